@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the system packages Daybreak's tests need. Idempotent: packages already present are skipped,
+# and apt is only touched when something is missing.
+#
+#   scripts/install-deps.sh          # what the tests need
+#   scripts/install-deps.sh --bench  # also what the benchmarks compare against (nginx, dnsmasq)
+set -euo pipefail
+
+need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu)
+[ "${1:-}" = "--bench" ] && need+=(nginx-light)
+
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+qemu_ok=1
+command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_ok=0
+
+if [ ${#missing[@]} -eq 0 ] && [ $qemu_ok -eq 1 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages (${missing[*]} ${qemu_ok/1/}${qemu_ok/0/qemu-system-x86}); run this script as root" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Debian 12's own qemu-system-x86 (7.2) conflicts with the qemu-utils from bookworm-backports that
+# these machines carry, so QEMU comes from backports as well.
+if [ -r /etc/os-release ] && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release; then
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >/etc/apt/sources.list.d/daybreak-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  backports=(-t bookworm-backports)
+else
+  backports=()
+fi
+
+apt-get update -qq
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ $qemu_ok -eq 0 ]; then
+  apt-get install -y -qq --no-install-recommends "${backports[@]}" qemu-system-x86 >/dev/null
+fi
