@@ -1,1 +1,246 @@
-fn main() {}
+//! The `daybreak` command: parses the command line, sets up logging, and hands off to the
+//! servers. Each subcommand's `--help` is its manual.
+
+mod boot;
+mod http;
+mod ipxe;
+mod serve;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::boot::PlanInput;
+use crate::serve::ServeOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "daybreak",
+    version,
+    about = "Network-boot server: boots machines over the network into Kairos or any live Linux",
+    long_about = "Daybreak boots machines over the network. It answers PXE firmware beside the DHCP \
+server your network already has (ProxyDHCP on UDP 67 and 4011), hands it iPXE over TFTP (UDP 69), \
+and serves iPXE its boot script, the kernel, the initrd, the root squashfs and the cloud-config over \
+HTTP (port 8090 by default).\n\n\
+It needs root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW, to listen on ports 67, 69 and 4011.",
+    after_help = "Examples:\n  \
+# Serve a kernel, initrd and squashfs with Kairos's default kernel arguments\n  \
+daybreak serve --kernel out/kairos-kernel --initrd out/kairos-initrd \\\n      \
+--rootfs out/kairos.squashfs --cloud-config config.yaml\n\n  \
+# The same, in pixiecore/AuroraBoot form (initrd before kernel)\n  \
+daybreak start-pixie config.yaml out/kairos.squashfs 0.0.0.0 8090 out/kairos-initrd out/kairos-kernel"
+)]
+struct Cli {
+    /// Log every packet decision and request, not just one line per machine step.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Log format: human-readable text, or one JSON object per line for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a kernel, initrds, a root squashfs and a cloud-config to every machine that network-boots.
+    #[command(
+        long_about = "Serve a kernel, initrds, a root squashfs and a cloud-config to every machine on the \
+LAN that network-boots, next to the DHCP server already there.\n\n\
+The kernel command line is Kairos's default:\n  \
+rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable root=live:<rootfs URL> netboot \
+nodepair.enable config_url=<cloud-config URL> console=tty1 console=ttyS0 console=tty0\n\
+--cmdline replaces it; root=live: and config_url= are still set to this server's URLs when \
+--rootfs and --cloud-config are given. Other files can be put on the command line with \
+pixiecore's template: --cmdline 'extra={{ ID \"/path/to/file\" }}' serves that file and puts its URL there.\n\n\
+Boot chain: PXE firmware gets an iPXE binary over TFTP (undionly.kpxe for BIOS, ipxe.efi for UEFI \
+x64; the binaries are built in), iPXE fetches http://<this host>:<port>/boot.ipxe, which loads the \
+kernel and initrds and boots.",
+        after_help = "Examples:\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs --cloud-config config.yaml\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0 quiet' --interface eth1\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --http-port 8080"
+    )]
+    Serve(ServeArgs),
+    /// Serve given files like `pixiecore boot` (AuroraBoot's start-pixie): CLOUD_CONFIG SQUASHFS ADDRESS PORT INITRD KERNEL.
+    #[command(
+        name = "start-pixie",
+        long_about = "Serve the given files the way AuroraBoot's start-pixie does (which runs pixiecore): \
+ProxyDHCP, TFTP and HTTP on ADDRESS, HTTP on PORT, with Kairos's default kernel command line pointing \
+root=live: at SQUASHFS and config_url= at CLOUD_CONFIG. Note the order: the initrd comes before the kernel.",
+        after_help = "Example (the Kairos docs' command):\n  \
+daybreak start-pixie /work/cloud-config.yaml /work/out/kairos.squashfs 0.0.0.0 8090 \\\n      \
+/work/out/kairos-initrd /work/out/kairos-kernel"
+    )]
+    StartPixie(StartPixieArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The kernel to boot (vmlinuz, bzImage).
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    /// An initrd; repeat for several, loaded in order.
+    #[arg(long, value_name = "FILE")]
+    initrd: Vec<PathBuf>,
+    /// The root squashfs, passed to the kernel as root=live:<URL>.
+    #[arg(long, value_name = "FILE")]
+    rootfs: Option<PathBuf>,
+    /// The cloud-config, passed to the kernel as config_url=<URL>. Served only on the boot HTTP port.
+    #[arg(long, value_name = "FILE")]
+    cloud_config: Option<PathBuf>,
+    /// Kernel arguments replacing the Kairos defaults (root=live: and config_url= are still added).
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+struct NetArgs {
+    /// Address TFTP and HTTP listen on. A specific address also limits ProxyDHCP to the interface
+    /// that holds it and is the address announced to clients.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    listen: Ipv4Addr,
+    /// HTTP port for the boot script and files.
+    #[arg(long, value_name = "PORT", default_value_t = 8090)]
+    http_port: u16,
+    /// Only answer boot requests arriving on this interface; repeat for several. Default: all.
+    #[arg(long, value_name = "IFACE")]
+    interface: Vec<String>,
+    /// Address to announce to clients (in DHCP replies and URLs) instead of the address of the
+    /// interface each request came in on. For NAT or port forwarding.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<Ipv4Addr>,
+    /// Do not answer DHCP at all (when your DHCP server already sends next-server/filename).
+    #[arg(long)]
+    no_proxy_dhcp: bool,
+    /// TFTP port. Firmware always asks port 69; change it only for testing.
+    #[arg(long, value_name = "PORT", default_value_t = 69)]
+    tftp_port: u16,
+    /// iPXE binary for BIOS PXE ROMs instead of the built-in undionly.kpxe.
+    #[arg(long, value_name = "FILE")]
+    ipxe_bios: Option<PathBuf>,
+    /// iPXE binary for UEFI x64 instead of the built-in ipxe.efi (e.g. snponly.efi builds).
+    #[arg(long, value_name = "FILE")]
+    ipxe_efi64: Option<PathBuf>,
+    /// iPXE binary for UEFI arm64; without it, arm64 machines are not answered.
+    #[arg(long, value_name = "FILE")]
+    ipxe_arm64: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct StartPixieArgs {
+    /// The cloud-config file (served as config_url=).
+    cloud_config: PathBuf,
+    /// The root squashfs (served as root=live:).
+    squashfs: PathBuf,
+    /// Address to listen on (0.0.0.0 for all).
+    address: Ipv4Addr,
+    /// HTTP port.
+    port: u16,
+    /// The initrd.
+    initrd: PathBuf,
+    /// The kernel.
+    kernel: PathBuf,
+}
+
+impl NetArgs {
+    fn into_options(self, plan: PlanInput) -> ServeOptions {
+        ServeOptions {
+            plan: PlanInput {
+                http_port: self.http_port,
+                advertise: self.advertise,
+                ..plan
+            },
+            listen: self.listen,
+            interfaces: self.interface,
+            proxy_dhcp: !self.no_proxy_dhcp,
+            tftp_port: self.tftp_port,
+            ipxe_bios: self.ipxe_bios,
+            ipxe_efi64: self.ipxe_efi64,
+            ipxe_arm64: self.ipxe_arm64,
+        }
+    }
+}
+
+fn init_logging(debug: bool, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = if debug { "debug" } else { "info" };
+    let filter =
+        EnvFilter::try_from_env("DAYBREAK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_target(debug)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.debug, cli.log_format);
+    let options = match cli.command {
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+        Some(Command::Serve(a)) => a.net.into_options(PlanInput {
+            kernel: a.kernel,
+            initrds: a.initrd,
+            rootfs: a.rootfs,
+            cloud_config: a.cloud_config,
+            cmdline: a.cmdline,
+            ..Default::default()
+        }),
+        Some(Command::StartPixie(a)) => ServeOptions {
+            plan: PlanInput {
+                kernel: a.kernel,
+                initrds: vec![a.initrd],
+                rootfs: Some(a.squashfs),
+                cloud_config: Some(a.cloud_config),
+                cmdline: None,
+                http_port: a.port,
+                advertise: None,
+            },
+            listen: a.address,
+            interfaces: Vec::new(),
+            proxy_dhcp: true,
+            tftp_port: 69,
+            ipxe_bios: None,
+            ipxe_efi64: None,
+            ipxe_arm64: None,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! A small HTTP/1.1 server for boot files: GET and HEAD, single byte ranges (dracut resumes the
+//! squashfs download with them), keep-alive, and file bodies sent with `sendfile(2)` straight
+//! from the page cache, so memory stays flat however many machines download at once.
+//!
+//! It serves only what a [`Router`] names; request paths never become filesystem paths.
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a connection may sit between requests, or take to send a request head.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may stall reading a response before it is dropped.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Where a response body comes from.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Memory(Arc<[u8]>),
+    File(PathBuf),
+}
+
+/// What the router decided for a request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A named resource; `name` is used in logs.
+    Resource {
+        name: String,
+        content_type: &'static str,
+        body: Body,
+    },
+    /// Plain 404.
+    NotFound,
+}
+
+/// What the router sees of a request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub path: &'a str,
+    pub query: &'a str,
+    /// Our address on the connection: what the client used to reach us.
+    pub local: IpAddr,
+    pub peer: SocketAddr,
+}
+
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, req: &Request<'_>) -> Reply;
+}
+
+/// Decodes `%XX` escapes; `None` on a malformed escape or non-UTF-8 result.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The value of `key` in a query string, decoded.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v)).flatten()
+    })
+}
+
+/// A parsed `Range` header against a body of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// No range, or one we serve whole (multiple ranges, unknown units).
+    Full,
+    /// Inclusive start and end.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+pub fn parse_range(header: Option<&str>, len: u64) -> Range {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Range::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(start), _) if start >= len => Range::Unsatisfiable,
+        (Some(start), None) if b.is_empty() => Range::Part(start, len - 1),
+        (Some(start), Some(end)) if end >= start => Range::Part(start, end.min(len - 1)),
+        (None, Some(0)) if a.is_empty() => Range::Unsatisfiable,
+        (None, Some(n)) if a.is_empty() => {
+            if len == 0 {
+                Range::Unsatisfiable
+            } else {
+                Range::Part(len.saturating_sub(n), len - 1)
+            }
+        }
+        _ => Range::Full,
+    }
+}
+
+struct Head {
+    method: String,
+    target: String,
+    range: Option<String>,
+    keep_alive: bool,
+    has_body: bool,
+}
+
+fn parse_head(raw: &[u8]) -> Option<Head> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let version = parts.next()?;
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let mut keep_alive = version == "HTTP/1.1";
+    let mut range = None;
+    let mut has_body = false;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("range") {
+            range = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            has_body = value != "0";
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            has_body = true;
+        }
+    }
+    Some(Head {
+        method,
+        target,
+        range,
+        keep_alive,
+        has_body,
+    })
+}
+
+/// Reads one request head into `buf`, returning its length. Bytes after it (a pipelined request)
+/// stay in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let mut scanned: usize = 0;
+    loop {
+        if let Some(pos) = buf[scanned.saturating_sub(3)..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
+            return Ok(Some(scanned.saturating_sub(3) + pos + 4));
+        }
+        scanned = buf.len();
+        if buf.len() >= MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-request",
+                ))
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn write_all(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(data))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
+}
+
+/// Sends `len` bytes of `file` from `offset` with sendfile(2), waiting for socket writability.
+async fn send_file(
+    stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    mut len: u64,
+) -> io::Result<()> {
+    let (sock, fd) = (stream.as_raw_fd(), file.as_raw_fd());
+    while len > 0 {
+        tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.writable())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        let chunk = len.min(1 << 30) as usize;
+        let res = stream.try_io(Interest::WRITABLE, || {
+            let mut off = offset as libc::off_t;
+            // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
+            let n = unsafe { libc::sendfile(sock, fd, &mut off, chunk) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as u64)
+            }
+        });
+        match res {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being sent",
+                ))
+            }
+            Ok(n) => {
+                offset += n;
+                len -= n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn status_text(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        _ => "",
+    }
+}
+
+fn simple(code: u16, keep_alive: bool, extra: &str) -> Vec<u8> {
+    let body = format!("{} {}\n", code, status_text(code));
+    format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: {}\r\n\r\n{body}",
+        status_text(code),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" },
+    )
+    .into_bytes()
+}
+
+/// Handles one connection until it closes, times out, errs, or shutdown is asked between requests.
+async fn connection<R: Router>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<R>,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => match a.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        },
+        Err(_) => return,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let head_len = tokio::select! {
+            _ = cancel.cancelled(), if buf.is_empty() => return,
+            r = tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buf)) => match r {
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "http: bad request");
+                    let _ = write_all(&mut stream, &simple(400, false, "")).await;
+                    return;
+                }
+                Err(_) => return,
+            },
+        };
+        let head = parse_head(&buf[..head_len]);
+        buf.drain(..head_len);
+        let Some(head) = head else {
+            let _ = write_all(&mut stream, &simple(400, false, "")).await;
+            return;
+        };
+        // Boot clients never send request bodies; rather than parse one, answer and close.
+        let keep_alive = head.keep_alive && !head.has_body && !cancel.is_cancelled();
+        match respond(&mut stream, &head, local, peer, &*router, keep_alive).await {
+            Ok(()) if keep_alive => continue,
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "http: connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn respond<R: Router>(
+    stream: &mut TcpStream,
+    head: &Head,
+    local: IpAddr,
+    peer: SocketAddr,
+    router: &R,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let is_head = head.method == "HEAD";
+    if head.method != "GET" && !is_head {
+        return write_all(stream, &simple(405, keep_alive, "Allow: GET, HEAD\r\n")).await;
+    }
+    let target = head
+        .target
+        .strip_prefix("http://")
+        .map_or(head.target.as_str(), |t| {
+            t.find('/').map_or("/", |i| &t[i..])
+        });
+    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Some(path) = percent_decode(raw_path) else {
+        return write_all(stream, &simple(400, keep_alive, "")).await;
+    };
+    let req = Request {
+        path: &path,
+        query,
+        local,
+        peer,
+    };
+    let (name, content_type, body) = match router.route(&req) {
+        Reply::Resource {
+            name,
+            content_type,
+            body,
+        } => (name, content_type, body),
+        Reply::NotFound => {
+            tracing::info!(client = %peer, path = %path, "http 404");
+            return write_all(stream, &simple(404, keep_alive, "")).await;
+        }
+    };
+    let started = Instant::now();
+    let file = match &body {
+        Body::File(p) => match tokio::fs::File::open(p).await {
+            Ok(f) => Some(f.into_std().await),
+            Err(e) => {
+                tracing::error!(file = %p.display(), error = %e, "http: registered file cannot be opened");
+                return write_all(stream, &simple(500, keep_alive, "")).await;
+            }
+        },
+        Body::Memory(_) => None,
+    };
+    let len = match (&body, &file) {
+        (Body::Memory(b), _) => b.len() as u64,
+        (_, Some(f)) => f.metadata()?.len(),
+        _ => 0,
+    };
+    let (code, start, count, range_hdr) = match parse_range(head.range.as_deref(), len) {
+        Range::Full => (200, 0, len, String::new()),
+        Range::Part(a, b) => (
+            206,
+            a,
+            b - a + 1,
+            format!("Content-Range: bytes {a}-{b}/{len}\r\n"),
+        ),
+        Range::Unsatisfiable => {
+            let extra = format!("Content-Range: bytes */{len}\r\n");
+            return write_all(stream, &simple(416, keep_alive, &extra)).await;
+        }
+    };
+    let header = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {count}\r\nAccept-Ranges: bytes\r\n{range_hdr}Connection: {}\r\n\r\n",
+        status_text(code),
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    write_all(stream, header.as_bytes()).await?;
+    if is_head {
+        tracing::debug!(client = %peer, file = %name, "http HEAD");
+        return Ok(());
+    }
+    let result = match (&body, &file) {
+        (Body::Memory(b), _) => {
+            write_all(stream, &b[start as usize..(start + count) as usize]).await
+        }
+        (_, Some(f)) => send_file(stream, f, start, count).await,
+        _ => Ok(()),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(()) if name.starts_with('_') => {
+            tracing::debug!(client = %peer, file = %name, bytes = count, ms, "http sent")
+        }
+        Ok(()) => tracing::info!(
+            client = %peer, file = %name, bytes = count, ms,
+            range = if code == 206 { format!("{start}-{}", start + count - 1) } else { String::new() },
+            "http sent"
+        ),
+        Err(e) => {
+            tracing::warn!(client = %peer, file = %name, error = %e, "http transfer interrupted")
+        }
+    }
+    result
+}
+
+/// Accepts connections until `cancel` fires, then gives open connections up to `grace` to finish.
+pub async fn serve<R: Router>(
+    listener: TcpListener,
+    router: Arc<R>,
+    cancel: CancellationToken,
+    grace: Duration,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tracker.spawn(connection(stream, peer, router.clone(), cancel.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            open = tracker.len(),
+            "http: connections still open at the shutdown deadline; closing them"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Range::Full);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Range::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Range::Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Range::Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-1000"), 100), Range::Part(0, 99));
+        assert_eq!(parse_range(Some("bytes=50-1000"), 100), Range::Part(50, 99));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Range::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 100), Range::Full);
+        assert_eq!(parse_range(Some("bytes=9-1"), 100), Range::Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 100), Range::Full);
+    }
+
+    #[test]
+    fn heads() {
+        let h = parse_head(b"GET /kernel HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\n\r\n").unwrap();
+        assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/kernel"));
+        assert_eq!(h.range.as_deref(), Some("bytes=1-2"));
+        assert!(h.keep_alive);
+        let h = parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        let h = parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert!(parse_head(b"GET / SPDY/3\r\n\r\n").is_none());
+        assert!(parse_head(b"GET /\r\n\r\n").is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n").is_none());
+        assert!(parse_head(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn query_and_percent() {
+        assert_eq!(
+            query_param("arch=7&mac=52%3A54", "mac").as_deref(),
+            Some("52:54")
+        );
+        assert_eq!(query_param("name=a+b", "name").as_deref(), Some("a b"));
+        assert_eq!(query_param("x=1", "name"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("/a%2Fb").as_deref(), Some("/a/b"));
+    }
+}

@@ -1,0 +1,55 @@
+//! The iPXE binaries built into Daybreak (Debian's `ipxe` package; see `ipxe/README.md`), and
+//! the user's overrides.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+pub const UNDIONLY_KPXE: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
+pub const IPXE_PXE: &[u8] = include_bytes!("../ipxe/ipxe.pxe");
+pub const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
+pub const SNPONLY_EFI: &[u8] = include_bytes!("../ipxe/snponly.efi");
+/// The Debian package version the embedded binaries come from.
+pub const VERSION: &str = "1.0.0+git-20190125.36a4c85-5.1 (Debian)";
+
+/// Overrides from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides<'a> {
+    pub bios: Option<&'a Path>,
+    pub efi64: Option<&'a Path>,
+    pub arm64: Option<&'a Path>,
+}
+
+/// The binaries to serve, by name, and the boot file names the ProxyDHCP answers use.
+pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> {
+    let read = |p: &Path, what: &str| -> anyhow::Result<Arc<[u8]>> {
+        let data = std::fs::read(p)
+            .with_context(|| format!("cannot read {what} iPXE binary {}", p.display()))?;
+        anyhow::ensure!(
+            !data.is_empty(),
+            "{what} iPXE binary {} is empty",
+            p.display()
+        );
+        Ok(data.into())
+    };
+    let mut files = tftp::Files::new();
+    files.insert("undionly.kpxe".into(), UNDIONLY_KPXE.into());
+    files.insert("ipxe.pxe".into(), IPXE_PXE.into());
+    files.insert("ipxe.efi".into(), IPXE_EFI.into());
+    files.insert("snponly.efi".into(), SNPONLY_EFI.into());
+    let mut boot = pxe::BootFiles::default();
+    if let Some(p) = o.bios {
+        files.insert("custom-bios.kpxe".into(), read(p, "--ipxe-bios")?);
+        boot.bios = Some("custom-bios.kpxe".into());
+    }
+    if let Some(p) = o.efi64 {
+        files.insert("custom-x64.efi".into(), read(p, "--ipxe-efi64")?);
+        boot.efi_x64 = Some("custom-x64.efi".into());
+    }
+    if let Some(p) = o.arm64 {
+        files.insert("ipxe-arm64.efi".into(), read(p, "--ipxe-arm64")?);
+        boot.efi_arm64 = Some("ipxe-arm64.efi".into());
+    }
+    Ok((files, boot))
+}

@@ -1,0 +1,310 @@
+//! Starts the boot servers (ProxyDHCP 67, PXE 4011, TFTP 69, HTTP) for a [`Plan`], and stops
+//! them cleanly on Ctrl-C or SIGTERM.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use pxe::driver::{DhcpSocket, Stats as DhcpStats};
+use tokio_util::sync::CancellationToken;
+
+use crate::boot::{Plan, PlanInput};
+use crate::ipxe;
+
+/// How long open HTTP downloads get to finish after a shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub plan: PlanInput,
+    /// Address TFTP and HTTP bind. A specific address also limits ProxyDHCP to the interface
+    /// holding it and is advertised to clients.
+    pub listen: Ipv4Addr,
+    pub interfaces: Vec<String>,
+    pub proxy_dhcp: bool,
+    pub tftp_port: u16,
+    pub ipxe_bios: Option<PathBuf>,
+    pub ipxe_efi64: Option<PathBuf>,
+    pub ipxe_arm64: Option<PathBuf>,
+}
+
+/// Which program holds a port, from /proc: `Some("dnsmasq (pid 812)")`.
+pub fn port_owner(proto: &str, port: u16) -> Option<String> {
+    let mut inodes = Vec::new();
+    for table in [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let Some(local) = cols.get(1) else { continue };
+            let Some((_, p)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() == Some(port) {
+                if let Some(inode) = cols.get(9).filter(|i| **i != "0") {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    let comm =
+                        std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                    return Some(format!("{} (pid {pid})", comm.trim()));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Turns a bind error into one line that names the port, the likely holder, and the fix.
+fn bind_error(e: io::Error, proto: &str, port: u16, role: &str, usual: &str) -> anyhow::Error {
+    let what = format!("{} port {port} ({role})", proto.to_uppercase());
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            let holder = port_owner(proto, port)
+                .map(|o| format!("held by {o}"))
+                .unwrap_or_else(|| format!("likely held by {usual}"));
+            anyhow!("{what} is already in use, {holder}; stop that service or choose another port")
+        }
+        io::ErrorKind::PermissionDenied => anyhow!(
+            "no permission to bind {what}: run as root, or grant the binary CAP_NET_BIND_SERVICE and \
+             CAP_NET_RAW (sudo setcap cap_net_bind_service,cap_net_raw+ep \"$(command -v daybreak)\")"
+        ),
+        io::ErrorKind::AddrNotAvailable => {
+            anyhow!("cannot bind {what}: the listen address is not assigned to any interface here")
+        }
+        _ => anyhow!("cannot bind {what}: {e}"),
+    }
+}
+
+/// Resolves `--interface` names to indexes, checking each has an IPv4 address.
+fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<(String, u32, Ipv4Addr)>> {
+    let all = pxe::driver::interfaces();
+    let list = || {
+        all.iter()
+            .map(|i| match i.ipv4 {
+                Some(a) => format!("{} ({a})", i.name),
+                None => format!("{} (no IPv4)", i.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    names
+        .iter()
+        .map(|n| {
+            let i = all
+                .iter()
+                .find(|i| &i.name == n)
+                .with_context(|| format!("no interface named {n:?}; interfaces here: {}", list()))?;
+            let a = i.ipv4.with_context(|| {
+                format!("interface {n} has no IPv4 address; give it one (ip addr add …) or choose another: {}", list())
+            })?;
+            Ok((n.clone(), i.index, a))
+        })
+        .collect()
+}
+
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let (binaries, boot_files) = ipxe::load(&ipxe::Overrides {
+        bios: opts.ipxe_bios.as_deref(),
+        efi64: opts.ipxe_efi64.as_deref(),
+        arm64: opts.ipxe_arm64.as_deref(),
+    })?;
+    let mut plan_input = opts.plan.clone();
+    let mut ifaces = resolve_interfaces(&opts.interfaces)?;
+    if !opts.listen.is_unspecified() {
+        let holder = pxe::driver::interfaces()
+            .into_iter()
+            .find(|i| i.ipv4 == Some(opts.listen))
+            .with_context(|| {
+                format!(
+                    "listen address {} is not assigned to any interface here",
+                    opts.listen
+                )
+            })?;
+        plan_input.advertise.get_or_insert(opts.listen);
+        if ifaces.is_empty() {
+            ifaces.push((holder.name, holder.index, opts.listen));
+        }
+    }
+    let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?);
+
+    let http_addr = SocketAddr::from((opts.listen, plan_input.http_port));
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| {
+            bind_error(
+                e,
+                "tcp",
+                plan_input.http_port,
+                "HTTP",
+                "another netboot or web server (AuroraBoot, pixiecore, nginx)",
+            )
+        })?;
+    let tftp_sock = tokio::net::UdpSocket::bind((opts.listen, opts.tftp_port))
+        .await
+        .map_err(|e| {
+            bind_error(
+                e,
+                "udp",
+                opts.tftp_port,
+                "TFTP",
+                "a TFTP server (tftpd-hpa, atftpd, dnsmasq with enable-tftp)",
+            )
+        })?;
+
+    let dhcp_stats = Arc::new(DhcpStats::default());
+    let mut dhcp_sockets = Vec::new();
+    if opts.proxy_dhcp {
+        let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        let s67 = match DhcpSocket::bind(any(67)) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let holder = port_owner("udp", 67).unwrap_or_else(|| "a DHCP server".into());
+                match DhcpSocket::raw(67) {
+                    Ok(s) => {
+                        tracing::info!("UDP port 67 is held by {holder}; receiving ProxyDHCP requests beside it through a raw socket");
+                        s
+                    }
+                    Err(re) if re.kind() == io::ErrorKind::PermissionDenied => bail!(
+                        "UDP port 67 (ProxyDHCP) is held by {holder}, and receiving beside it needs CAP_NET_RAW: \
+                         run as root or grant it (sudo setcap cap_net_bind_service,cap_net_raw+ep \"$(command -v daybreak)\")"
+                    ),
+                    Err(re) => bail!("UDP port 67 is held by {holder} and the raw-socket fallback failed: {re}"),
+                }
+            }
+            Err(e) => return Err(bind_error(e, "udp", 67, "ProxyDHCP", "a DHCP server")),
+        };
+        let s4011 = DhcpSocket::bind(any(4011)).map_err(|e| {
+            bind_error(
+                e,
+                "udp",
+                4011,
+                "PXE boot server",
+                "another PXE server (dnsmasq in proxy mode, pixiecore, AuroraBoot)",
+            )
+        })?;
+        dhcp_sockets.push((s67, pxe::Port::Dhcp));
+        dhcp_sockets.push((s4011, pxe::Port::ProxyBoot));
+    }
+
+    let dhcp_config = Arc::new(pxe::driver::Config {
+        advertise: plan_input.advertise,
+        http_port: plan_input.http_port,
+        boot_files,
+        interfaces: ifaces.iter().map(|i| i.1).collect(),
+    });
+
+    // Startup summary.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ipxe = ipxe::VERSION,
+        "daybreak starting"
+    );
+    for f in plan.files() {
+        tracing::info!(name = %f.name, path = %f.path.display(), bytes = f.size, "serving file");
+    }
+    let shown = plan.base_url(std::net::IpAddr::V4(
+        plan_input.advertise.unwrap_or(Ipv4Addr::new(0, 0, 0, 0)),
+    ));
+    tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (URLs use the address each client reached)");
+    if opts.proxy_dhcp {
+        let on = if ifaces.is_empty() {
+            "all interfaces".to_string()
+        } else {
+            ifaces
+                .iter()
+                .map(|i| format!("{} ({})", i.0, i.2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!("ProxyDHCP on UDP 67 and 4011, {on}");
+    } else {
+        tracing::info!("ProxyDHCP off: point your DHCP server's boot options at this host");
+    }
+    tracing::info!("TFTP on {}", tftp_sock.local_addr()?);
+    tracing::info!(
+        "HTTP on {} (boot script: /boot.ipxe)",
+        listener.local_addr()?
+    );
+
+    let files: tftp::Files = binaries;
+    let tftp_stats = Arc::new(tftp::Stats::default());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(tftp::run(
+        tftp_sock,
+        Arc::new(files),
+        tftp::Limits::default(),
+        tftp_stats.clone(),
+    ));
+    for (sock, port) in dhcp_sockets {
+        background.spawn(pxe::driver::run(
+            sock,
+            port,
+            dhcp_config.clone(),
+            dhcp_stats.clone(),
+        ));
+    }
+
+    let cancel = CancellationToken::new();
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        plan,
+        cancel.clone(),
+        SHUTDOWN_GRACE,
+    ));
+    tracing::info!("ready");
+
+    let signal = shutdown_signal().await;
+    tracing::info!(
+        "{signal}: shutting down (up to {}s for open downloads; again to force)",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    cancel.cancel();
+    background.abort_all();
+    tokio::select! {
+        _ = http => {}
+        s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
+    }
+    let d = dhcp_stats.snapshot();
+    tracing::info!(
+        dhcp = ?d,
+        tftp_completed = tftp_stats.completed.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupt";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => "SIGTERM",
+    }
+}
