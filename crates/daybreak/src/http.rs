@@ -421,11 +421,12 @@ async fn respond<R: Router>(
         Ok(()) if name.starts_with('_') => {
             tracing::debug!(client = %peer, file = %name, bytes = count, ms, "http sent")
         }
-        Ok(()) => tracing::info!(
+        Ok(()) if code == 206 => tracing::info!(
             client = %peer, file = %name, bytes = count, ms,
-            range = if code == 206 { format!("{start}-{}", start + count - 1) } else { String::new() },
+            range = %format_args!("{start}-{}", start + count - 1),
             "http sent"
         ),
+        Ok(()) => tracing::info!(client = %peer, file = %name, bytes = count, ms, "http sent"),
         Err(e) => {
             tracing::warn!(client = %peer, file = %name, error = %e, "http transfer interrupted")
         }
