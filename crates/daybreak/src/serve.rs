@@ -223,10 +223,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     for f in plan.files() {
         tracing::info!(name = %f.name, path = %f.path.display(), bytes = f.size, "serving file");
     }
-    let shown = plan.base_url(std::net::IpAddr::V4(
-        plan_input.advertise.unwrap_or(Ipv4Addr::new(0, 0, 0, 0)),
-    ));
-    tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (URLs use the address each client reached)");
+    let shown = match plan_input.advertise {
+        Some(a) => plan.base_url(a.into()),
+        None => format!("http://<server>:{}", plan_input.http_port),
+    };
+    tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (<server> is the address each client reached)");
     if opts.proxy_dhcp {
         let on = if ifaces.is_empty() {
             "all interfaces".to_string()

@@ -1,0 +1,40 @@
+#!/bin/busybox sh
+# /init of the boot-test guest. Writes to the serial port directly: the Kairos command line ends
+# with console=tty0, so /dev/console is not the serial port.
+/bin/busybox mkdir -p /proc /sys /dev /tmp
+/bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+exec >/dev/ttyS0 2>&1
+echo "E2E-CMDLINE $(cat /proc/cmdline)"
+for m in $(cat /lib/modules/order); do
+  [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
+done
+ip link set lo up
+iface=""
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for d in /sys/class/net/*; do
+    n=${d##*/}
+    [ "$n" = lo ] && continue
+    iface=$n
+  done
+  [ -n "$iface" ] && break
+  sleep 1
+done
+echo "E2E-IFACE $iface"
+ip link set "$iface" up
+udhcpc -i "$iface" -s /etc/udhcpc.sh -n -q -t 20 -T 1 || echo "E2E-ERROR dhcp failed"
+root=""; config=""
+for w in $(cat /proc/cmdline); do
+  case "$w" in
+    root=live:*) root=${w#root=live:} ;;
+    config_url=*) config=${w#config_url=} ;;
+  esac
+done
+hash() { wget -q -O /tmp/f "$1" && sha256sum /tmp/f | cut -d' ' -f1; rm -f /tmp/f; }
+echo "E2E-RESULT rootfs=$(hash "$root") config=$(hash "$config")"
+echo "E2E-DONE"
+sync
+poweroff -f

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Boots a real firmware in QEMU from Daybreak, on a private network made of namespaces:
+#
+#   netns LAN: bridge br0 (10.77.0.1/24, fd00:77::1/64) with a plain dnsmasq (addresses and
+#              router advertisements only, no PXE options), and QEMU on tap0
+#   netns SRV: Daybreak on a veth into br0 (10.77.0.2/24)
+#
+#   netboot.sh MODE DAYBREAK_BIN GUEST_DIR
+#     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM
+#           uefi          OVMF with virtio-net and no option ROM (EDK2's own PXE client)
+#           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
+#
+# Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
+set -euo pipefail
+mode=${1:?mode}; bin=${2:?daybreak binary}; guest=${3:?guest dir}
+timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
+accel=${DAYBREAK_E2E_ACCEL:-tcg}
+
+id=$$
+lan=dbk${id}l; srv=dbk${id}s
+tmp=$(mktemp -d /tmp/daybreak-e2e.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$lan" 2>/dev/null || true
+  ip netns del "$srv" 2>/dev/null || true
+  [ -n "${KEEP_E2E_TMP:-}" ] || rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "E2E-FAIL ($mode): $*"
+  for f in daybreak.log dnsmasq.log serial.log qemu.log; do
+    [ -f "$tmp/$f" ] && { echo "----- $f (last 60 lines)"; tail -n 60 "$tmp/$f"; }
+  done
+  exit 1
+}
+
+L() { ip netns exec "$lan" "$@"; }
+S() { ip netns exec "$srv" "$@"; }
+
+ip netns add "$lan"
+ip netns add "$srv"
+L ip link set lo up
+S ip link set lo up
+L ip link add br0 type bridge
+L ip link set br0 up
+L ip addr add 10.77.0.1/24 dev br0
+L ip -6 addr add fd00:77::1/64 dev br0 nodad
+L ip link add v0 type veth peer name v1 netns "$srv"
+L ip link set v0 master br0 up
+S ip addr add 10.77.0.2/24 dev v1
+S ip link set v1 up
+L ip tuntap add dev tap0 mode tap
+L ip link set tap0 master br0 up
+
+# The network's own DHCP server, like a home router: addresses and RAs, nothing about booting.
+L dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 \
+  --interface=br0 \
+  --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h \
+  --enable-ra --dhcp-range=fd00:77::,ra-only,64 \
+  --dhcp-leasefile="$tmp/leases" --log-dhcp --log-facility="$tmp/dnsmasq.log" &
+pids+=($!)
+# dnsmasq's default is an exclusive wildcard bind of port 67: wait for it, so the same-host mode
+# really meets a taken port.
+for _ in $(seq 1 50); do
+  L ss -lun 2>/dev/null | grep -q "0.0.0.0:67 " && break
+  sleep 0.1
+done
+L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
+
+head -c 8388608 /dev/urandom > "$tmp/rootfs.squashfs"
+printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairos\n' "$mode" > "$tmp/cloud-config.yaml"
+
+where=S
+[ "$mode" = bios-samehost ] && where=L
+$where "$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" \
+  --rootfs "$tmp/rootfs.squashfs" --cloud-config "$tmp/cloud-config.yaml" >"$tmp/daybreak.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  grep -q " ready" "$tmp/daybreak.log" 2>/dev/null && break
+  kill -0 "${pids[-1]}" 2>/dev/null || fail "daybreak exited at startup"
+  sleep 0.1
+done
+grep -q " ready" "$tmp/daybreak.log" || fail "daybreak not ready after 10 s"
+if [ "$mode" = bios-samehost ]; then
+  grep -q "raw socket" "$tmp/daybreak.log" || fail "expected the raw-socket fallback beside dnsmasq"
+fi
+
+mac=52:54:00:77:00:$(printf %02x $((id % 200 + 16)))
+common=(-accel "$accel" -display none -monitor none -no-reboot -serial "file:$tmp/serial.log"
+        -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
+case "$mode" in
+  bios|bios-samehost)
+    qemu=(-machine pc -m 512 -device "e1000,netdev=n0,mac=$mac" -boot n) ;;
+  uefi)
+    code=""
+    for c in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_CODE.fd; do [ -f "$c" ] && { code=$c; break; }; done
+    [ -n "$code" ] || fail "OVMF not installed"
+    cp "${code/CODE/VARS}" "$tmp/vars.fd"
+    qemu=(-machine q35 -m 1024
+          -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
+          -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd"
+          -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=") ;;
+  *) fail "unknown mode $mode" ;;
+esac
+L qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
+qpid=$!
+pids+=($qpid)
+
+start=$(date +%s)
+while :; do
+  grep -q "E2E-DONE" "$tmp/serial.log" 2>/dev/null && break
+  kill -0 "$qpid" 2>/dev/null || { sleep 0.5; grep -q "E2E-DONE" "$tmp/serial.log" 2>/dev/null && break; fail "QEMU exited before the guest finished"; }
+  [ $(( $(date +%s) - start )) -lt "$timeout_s" ] || fail "no result from the guest within ${timeout_s}s"
+  sleep 0.5
+done
+elapsed=$(( $(date +%s) - start ))
+
+want_root=$(sha256sum "$tmp/rootfs.squashfs" | cut -d' ' -f1)
+want_cfg=$(sha256sum "$tmp/cloud-config.yaml" | cut -d' ' -f1)
+result=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-RESULT" | tail -1)
+cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
+echo "$cmdline"
+echo "$result"
+server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
+for want in "root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config.yaml" \
+            "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0"; do
+  case "$cmdline" in *"$want"*) ;; *) fail "kernel command line lacks: $want" ;; esac
+done
+[ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
+grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
+if [ "$mode" = uefi ]; then
+  grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch ipxe.efi over TFTP"
+fi
+echo "--- daybreak log"
+grep -E "offer|ack|tftp|script|http sent|booting" "$tmp/daybreak.log" | sed 's/^[^ ]* *//' | head -30
+echo "E2E-PASS ($mode) in ${elapsed}s"
