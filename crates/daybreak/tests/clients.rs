@@ -1,0 +1,573 @@
+//! Real clients against a running `daybreak serve` on loopback: curl over HTTP and TFTP, atftp
+//! and busybox tftp with options, a UEFI-style size probe by hand, graceful shutdown, and the
+//! one-line errors for common mistakes.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_tcp_port, free_udp_port, have, pattern, require, tempdir, Daybreak, BIN};
+
+const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
+const UNDIONLY: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
+
+struct Setup {
+    dir: PathBuf,
+    http: u16,
+    tftp: u16,
+    server: Daybreak,
+    kernel: Vec<u8>,
+    rootfs: Vec<u8>,
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn setup(tag: &str) -> Setup {
+    let dir = tempdir(tag);
+    let kernel = pattern(3_000_001, 1);
+    let rootfs = pattern(9_000_000, 2);
+    let k = write(&dir, "vmlinuz", &kernel);
+    let i = write(&dir, "initrd.img", b"initrd");
+    let r = write(&dir, "rootfs.squashfs", &rootfs);
+    let c = write(&dir, "config.yaml", b"#cloud-config\nhostname: test\n");
+    let (http, tftp) = (free_tcp_port(), free_udp_port());
+    let server = Daybreak::start(
+        &[
+            "serve",
+            "--kernel",
+            &k,
+            "--initrd",
+            &i,
+            "--rootfs",
+            &r,
+            "--cloud-config",
+            &c,
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--tftp-port",
+            &tftp.to_string(),
+            "--no-proxy-dhcp",
+        ],
+        &dir,
+    );
+    Setup {
+        dir,
+        http,
+        tftp,
+        server,
+        kernel,
+        rootfs,
+    }
+}
+
+fn curl(args: &[&str]) -> (Vec<u8>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn url(s: &Setup, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", s.http)
+}
+
+#[test]
+fn http_serves_registered_files_with_ranges_and_head() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let s = setup("http");
+    let (body, _) = curl(&[&url(&s, "/kernel")]);
+    assert!(body == s.kernel, "full download differs");
+    let (body, _) = curl(&[&url(&s, "/_/file?name=rootfs.squashfs")]);
+    assert!(body == s.rootfs, "pixiecore-style /_/file download differs");
+
+    // Single ranges, as dracut uses to resume the squashfs.
+    let (body, _) = curl(&["-r", "1000-1999", &url(&s, "/rootfs.squashfs")]);
+    assert!(body == s.rootfs[1000..2000]);
+    let (body, _) = curl(&["-r", "8999990-", &url(&s, "/rootfs.squashfs")]);
+    assert!(body == s.rootfs[8_999_990..]);
+    let (body, _) = curl(&["-r", "-5", &url(&s, "/rootfs.squashfs")]);
+    assert!(body == s.rootfs[s.rootfs.len() - 5..]);
+    let (head, _) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-r",
+        "10-19",
+        &url(&s, "/kernel"),
+    ]);
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        head.contains("Content-Range: bytes 10-19/3000001"),
+        "{head}"
+    );
+    assert!(head.contains("Content-Length: 10"), "{head}");
+
+    // HEAD carries the real length and no body.
+    let (head, _) = curl(&["-I", &url(&s, "/rootfs.squashfs")]);
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.contains("Content-Length: 9000000"), "{head}");
+    assert!(head.contains("Accept-Ranges: bytes"), "{head}");
+
+    // Past the end: 416 with the size.
+    let (head, _) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-r",
+        "9000000-",
+        &url(&s, "/rootfs.squashfs"),
+    ]);
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 416") && head.contains("bytes */9000000"),
+        "{head}"
+    );
+
+    // Only registered names; nothing maps onto the filesystem.
+    for path in [
+        "/vmlinuz",
+        "/../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/config.yaml",
+        "/_/file?name=../vmlinuz",
+        "/",
+    ] {
+        let (code, _) = curl(&[
+            "--path-as-is",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url(&s, path),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&code), "404", "{path}");
+    }
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url(&s, "/kernel"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&code), "405");
+
+    // The script points at this server and carries the Kairos command line.
+    let (script, _) = curl(&[&url(&s, "/_/ipxe?arch=7&mac=52:54:00:aa:bb:cc")]);
+    let script = String::from_utf8_lossy(&script);
+    let base = format!("http://127.0.0.1:{}", s.http);
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains(&format!("kernel --name kernel {base}/kernel\n")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("initrd --name initrd0 {base}/initrd0\n")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!(
+            "boot kernel initrd=initrd0 rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable \
+             root=live:{base}/rootfs.squashfs netboot nodepair.enable config_url={base}/cloud-config.yaml \
+             console=tty1 console=ttyS0 console=tty0\n"
+        )),
+        "{script}"
+    );
+    let (cc, _) = curl(&[&url(&s, "/cloud-config.yaml")]);
+    assert_eq!(cc, b"#cloud-config\nhostname: test\n");
+
+    // Keep-alive: several requests over one connection.
+    let (out, err) = curl(&[
+        "-v",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &url(&s, "/initrd0"),
+        &url(&s, "/kernel"),
+    ]);
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing"),
+        "{err}{out:?}"
+    );
+
+    let log = s.server.log_text();
+    assert!(
+        log.contains("http sent") && log.contains("file=kernel"),
+        "{log}"
+    );
+    assert!(log.contains("boot script"), "{log}");
+}
+
+#[test]
+fn http_serves_many_clients_at_once() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let s = setup("http-many");
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let u = url(&s, "/rootfs.squashfs");
+            std::thread::spawn(move || curl(&[&u]).0)
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap() == s.rootfs);
+    }
+}
+
+#[test]
+fn tftp_serves_ipxe_to_curl_atftp_and_busybox() {
+    if !require(false, &["curl", "atftp", "busybox"]) {
+        return;
+    }
+    let s = setup("tftp");
+    let u = format!("tftp://127.0.0.1:{}/ipxe.efi", s.tftp);
+    let (body, err) = curl(&["--tftp-blksize", "1468", &u]);
+    assert!(body == IPXE_EFI, "curl tftp: {err}");
+    let (body, _) = curl(&[&format!("tftp://127.0.0.1:{}/undionly.kpxe", s.tftp)]);
+    assert!(body == UNDIONLY, "curl tftp with default 512-byte blocks");
+
+    let out = s.dir.join("atftp.efi");
+    let st = Command::new("atftp")
+        .args([
+            "--option",
+            "blksize 1468",
+            "--option",
+            "tsize 0",
+            "--option",
+            "windowsize 4",
+            "-g",
+            "-r",
+            "ipxe.efi",
+            "-l",
+        ])
+        .arg(&out)
+        .args(["127.0.0.1", &s.tftp.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        std::fs::read(&out).unwrap() == IPXE_EFI,
+        "atftp with blksize, tsize, windowsize"
+    );
+
+    let out = s.dir.join("busybox.kpxe");
+    let st = Command::new("busybox")
+        .args(["tftp", "-g", "-b", "1468", "-r", "undionly.kpxe", "-l"])
+        .arg(&out)
+        .args(["127.0.0.1", &s.tftp.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        std::fs::read(&out).unwrap() == UNDIONLY,
+        "busybox tftp with blksize"
+    );
+
+    // A missing file is an error, not a hang.
+    let (body, err) = curl(&[&format!("tftp://127.0.0.1:{}/nope.efi", s.tftp)]);
+    assert!(body.is_empty() && !err.is_empty());
+    let log = s.server.log_text();
+    assert!(
+        log.contains("tftp sent") && log.contains("file=ipxe.efi"),
+        "{log}"
+    );
+}
+
+/// The exchange OVMF performs: RRQ with tsize/blksize/windowsize, OACK, ERROR 8 once it has the
+/// size, then the real request. Also netascii and traversal refusals, by hand.
+#[test]
+fn tftp_uefi_size_probe_then_transfer() {
+    let s = setup("tftp-uefi");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let server = ("127.0.0.1", s.tftp);
+    let rrq = tftp::packet::rrq(
+        "ipxe.efi",
+        "octet",
+        &[("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")],
+    );
+    let mut buf = [0u8; 2048];
+
+    sock.send_to(&rrq, server).unwrap();
+    let (n, peer) = sock.recv_from(&mut buf).unwrap();
+    match tftp::packet::Packet::parse(&buf[..n]).unwrap() {
+        tftp::packet::Packet::Oack { options } => {
+            assert!(
+                options.contains(&("tsize".into(), IPXE_EFI.len().to_string())),
+                "{options:?}"
+            );
+            assert!(options.contains(&("blksize".into(), "1468".into())));
+            assert!(options.contains(&("windowsize".into(), "4".into())));
+        }
+        other => panic!("expected OACK, got {other:?}"),
+    }
+    sock.send_to(&tftp::packet::error(8, "size probe done"), peer)
+        .unwrap();
+    // Nothing more comes from that transfer.
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "server kept sending after the client's ERROR"
+    );
+
+    // The real transfer, windowed.
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sock.send_to(&rrq, server).unwrap();
+    let (n, peer) = sock.recv_from(&mut buf).unwrap();
+    assert!(matches!(
+        tftp::packet::Packet::parse(&buf[..n]),
+        Ok(tftp::packet::Packet::Oack { .. })
+    ));
+    sock.send_to(&tftp::packet::ack(0), peer).unwrap();
+    let mut got = Vec::new();
+    let mut expect: u16 = 1;
+    let started = Instant::now();
+    'outer: loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "transfer too slow"
+        );
+        for _ in 0..4 {
+            let (n, _) = sock.recv_from(&mut buf).unwrap();
+            let tftp::packet::Packet::Data { block, data } =
+                tftp::packet::Packet::parse(&buf[..n]).unwrap()
+            else {
+                panic!("expected DATA");
+            };
+            assert_eq!(block, expect);
+            got.extend_from_slice(data);
+            expect = expect.wrapping_add(1);
+            if data.len() < 1468 {
+                sock.send_to(&tftp::packet::ack(block), peer).unwrap();
+                break 'outer;
+            }
+        }
+        sock.send_to(&tftp::packet::ack(expect.wrapping_sub(1)), peer)
+            .unwrap();
+    }
+    assert!(got == IPXE_EFI);
+
+    for (req, code) in [
+        (tftp::packet::rrq("ipxe.efi", "netascii", &[]), 0u16),
+        (tftp::packet::rrq("../../etc/passwd", "octet", &[]), 2),
+        (tftp::packet::rrq("missing.efi", "octet", &[]), 1),
+    ] {
+        sock.send_to(&req, server).unwrap();
+        let (n, _) = sock.recv_from(&mut buf).unwrap();
+        match tftp::packet::Packet::parse(&buf[..n]).unwrap() {
+            tftp::packet::Packet::Error { code: c, .. } => assert_eq!(c, code),
+            other => panic!("expected ERROR {code}, got {other:?}"),
+        }
+    }
+    // Garbage does not take the server down.
+    sock.send_to(&[0xff; 3], server).unwrap();
+    sock.send_to(&[], server).unwrap();
+    let (body, _) = curl(&[&format!("tftp://127.0.0.1:{}/undionly.kpxe", s.tftp)]);
+    assert!(body == UNDIONLY);
+}
+
+#[test]
+fn sigterm_lets_open_downloads_finish() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let mut s = setup("shutdown");
+    let u = url(&s, "/rootfs.squashfs");
+    // About 2 s at this rate: the shutdown lands mid-download.
+    let dl = std::thread::spawn(move || curl(&["--limit-rate", "4M", &u]).0);
+    std::thread::sleep(Duration::from_millis(500));
+    let status = s
+        .server
+        .terminate(Duration::from_secs(12))
+        .expect("daybreak did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        dl.join().unwrap() == s.rootfs,
+        "the open download was cut short"
+    );
+    let log = s.server.log_text();
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn startup_errors_name_the_problem_and_the_fix() {
+    let dir = tempdir("errors");
+    let k = write(&dir, "vmlinuz", b"k");
+
+    let e = run_err(&[
+        "serve",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--no-proxy-dhcp",
+    ]);
+    assert!(
+        e.contains("kernel file /nonexistent/vmlinuz cannot be read"),
+        "{e}"
+    );
+
+    let e = run_err(&[
+        "serve",
+        "--kernel",
+        &k,
+        "--initrd",
+        "/nope/initrd",
+        "--no-proxy-dhcp",
+    ]);
+    assert!(e.contains("initrd file /nope/initrd"), "{e}");
+
+    let e = run_err(&[
+        "serve",
+        "--kernel",
+        &k,
+        "--interface",
+        "nosuchif0",
+        "--no-proxy-dhcp",
+    ]);
+    assert!(
+        e.contains("no interface named \"nosuchif0\"") && e.contains("lo (127.0.0.1)"),
+        "{e}"
+    );
+
+    // A port held by another process: the message names it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let e = run_err(&[
+        "serve",
+        "--kernel",
+        &k,
+        "--listen",
+        "127.0.0.1",
+        "--http-port",
+        &port,
+        "--no-proxy-dhcp",
+        "--tftp-port",
+        &free_udp_port().to_string(),
+    ]);
+    assert!(
+        e.contains(&format!("TCP port {port} (HTTP) is already in use")),
+        "{e}"
+    );
+    assert!(e.contains("held by") && e.contains("(pid "), "{e}");
+
+    // start-pixie takes exactly six arguments.
+    let out = Command::new(BIN)
+        .args(["start-pixie", "a", "b", "0.0.0.0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
+}
+
+#[test]
+fn binding_privileged_ports_without_root_explains_capabilities() {
+    if !require(true, &["setpriv"]) {
+        return;
+    }
+    let dir = tempdir("perm");
+    let k = write(&dir, "vmlinuz", b"k");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            BIN,
+        ])
+        .args([
+            "serve",
+            "--kernel",
+            &k,
+            "--http-port",
+            &free_tcp_port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    if e.contains("Permission denied") && e.contains(BIN) {
+        eprintln!("skipped: the test binary is not executable by an unprivileged user here");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(
+        e.contains("no permission to bind UDP port 69 (TFTP)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("CAP_NET_BIND_SERVICE") && e.contains("setcap"),
+        "{e}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    if !have("curl") {
+        return;
+    }
+    let dir = tempdir("json");
+    let k = write(&dir, "vmlinuz", b"kernel");
+    let http = free_tcp_port();
+    let server = Daybreak::start(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--kernel",
+            &k,
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--tftp-port",
+            &free_udp_port().to_string(),
+            "--no-proxy-dhcp",
+        ],
+        &dir,
+    );
+    curl(&[&format!("http://127.0.0.1:{http}/kernel")]);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log_text();
+    let sent = log
+        .lines()
+        .find(|l| l.contains("http sent"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(sent.starts_with('{') && sent.ends_with('}'), "{sent}");
+    assert!(
+        sent.contains("\"file\":\"kernel\"") && sent.contains("\"bytes\":6"),
+        "{sent}"
+    );
+}

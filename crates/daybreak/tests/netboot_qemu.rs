@@ -1,0 +1,60 @@
+//! Real firmware boots a real kernel from Daybreak: QEMU in a private network namespace, next
+//! to a plain dnsmasq DHCP server (addresses only). The guest's /init downloads the root=live:
+//! and config_url= URLs and prints their sha256, which the harness compares with the served files.
+//! See tests/e2e/netboot.sh for the topology.
+
+mod common;
+
+use std::process::Command;
+
+use common::{require, workspace_root, BIN};
+
+fn boot(mode: &str) {
+    if !require(
+        true,
+        &["qemu-system-x86_64", "dnsmasq", "ip", "cpio", "flock"],
+    ) {
+        return;
+    }
+    let root = workspace_root();
+    let guest = root.join("target/e2e-guest");
+    let built = Command::new("bash")
+        .arg(root.join("tests/e2e/build-guest.sh"))
+        .arg(&guest)
+        .status()
+        .expect("run build-guest.sh");
+    assert!(built.success(), "building the test guest failed");
+    let out = Command::new("bash")
+        .arg(root.join("tests/e2e/netboot.sh"))
+        .args([mode, BIN])
+        .arg(&guest)
+        .output()
+        .expect("run netboot.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("E2E-PASS"),
+        "{mode} boot failed:\n{text}"
+    );
+}
+
+/// SeaBIOS with QEMU's e1000 iPXE ROM: iPXE with HTTP gets its script URL in the first offer.
+#[test]
+fn bios_ipxe_rom_boots_kernel() {
+    boot("bios");
+}
+
+/// OVMF with no option ROM: EDK2's own PXE client takes the offer (option 43), TFTPs ipxe.efi
+/// (tsize probe, then blksize + windowsize), and the chainloaded iPXE gets the script.
+#[test]
+fn uefi_edk2_pxe_boots_kernel() {
+    boot("uefi");
+}
+
+/// Daybreak on the same host as the DHCP server: port 67 is taken, so ProxyDHCP listens through
+/// the raw socket and still answers.
+#[test]
+fn bios_boots_with_daybreak_beside_dhcp_server() {
+    boot("bios-samehost");
+}
