@@ -1,0 +1,275 @@
+//! ProxyDHCP and the port 4011 boot server over real sockets: Daybreak in one network namespace,
+//! a scripted client in another, joined by a veth pair. Covers the broadcast offer, the 4011
+//! exchange answered to the source port, relayed requests answered to giaddr:67, and malformed
+//! datagrams that are dropped and counted while the server keeps answering.
+
+mod common;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{require, tempdir, Daybreak};
+use pxe::message::{Message, MessageType};
+
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x78, 0x00, 0x10];
+
+fn request(
+    mtype: MessageType,
+    giaddr: Ipv4Addr,
+    ciaddr: Ipv4Addr,
+    options: Vec<(u8, Vec<u8>)>,
+) -> Vec<u8> {
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&MAC);
+    let mut opts = vec![(53u8, vec![mtype.to_u8()])];
+    opts.extend(options);
+    Message {
+        op: 1,
+        htype: 1,
+        hlen: 6,
+        hops: 0,
+        xid: 0x0bad_cafe,
+        secs: 0,
+        flags: 0x8000,
+        ciaddr,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr,
+        chaddr,
+        sname: vec![],
+        file: vec![],
+        options: opts,
+    }
+    .encode()
+}
+
+fn ovmf_options() -> Vec<(u8, Vec<u8>)> {
+    vec![
+        (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+        (93, vec![0, 7]),
+        (94, vec![1, 3, 0]),
+        (97, (0..17).collect()),
+    ]
+}
+
+fn recv_reply(sock: &UdpSocket) -> Message {
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("no reply from daybreak");
+        let m = Message::decode(&buf[..n]).unwrap();
+        if m.op == 2 && m.xid == 0x0bad_cafe {
+            assert!(n >= 300, "reply shorter than 300 bytes");
+            return m;
+        }
+    }
+}
+
+/// A client socket bound to the veth, as DHCP clients bind theirs to the interface they boot from
+/// (there is no route to 255.255.255.255 otherwise).
+fn udp(port: u16) -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(b"c0")).unwrap();
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .unwrap();
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+#[test]
+fn proxydhcp_answers_over_real_sockets() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let id = std::process::id();
+    let (cns, sns) = (format!("dbkp{id}c"), format!("dbkp{id}s"));
+    ip(&["netns", "add", &cns]);
+    let _guard_c = Netns {
+        names: vec![cns.clone()],
+    };
+    ip(&["netns", "add", &sns]);
+    let _guard_s = Netns {
+        names: vec![sns.clone()],
+    };
+    ip(&["-n", &cns, "link", "set", "lo", "up"]);
+    ip(&["-n", &sns, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
+    ]);
+    ip(&["-n", &cns, "addr", "add", "10.78.0.10/24", "dev", "c0"]);
+    ip(&["-n", &sns, "addr", "add", "10.78.0.2/24", "dev", "s0"]);
+    ip(&["-n", &cns, "link", "set", "c0", "up"]);
+    ip(&["-n", &sns, "link", "set", "s0", "up"]);
+
+    let dir = tempdir("proxydhcp");
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let mut server = {
+        let k = kernel.to_string_lossy().into_owned();
+        let d = dir.clone();
+        in_netns(&sns, move || {
+            Daybreak::start(&["--debug", "serve", "--kernel", &k], &d)
+        })
+    };
+
+    let server_ip = Ipv4Addr::new(10, 78, 0, 2);
+    in_netns(&cns, move || {
+        let server67 = SocketAddrV4::new(server_ip, 67);
+
+        // 1. EDK2's DISCOVER, broadcast: an offer with option 43, the TFTP file, and no address.
+        let c68 = udp(68);
+        let disc = request(
+            MessageType::Discover,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            ovmf_options(),
+        );
+        c68.send_to(&disc, (Ipv4Addr::BROADCAST, 67)).unwrap();
+        let offer = recv_reply(&c68);
+        assert_eq!(offer.message_type(), Some(MessageType::Offer));
+        assert_eq!(
+            offer.siaddr, server_ip,
+            "siaddr is the address on the receiving interface"
+        );
+        assert_eq!(offer.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(offer.file, b"ipxe.efi");
+        assert_eq!(offer.option(43).unwrap(), vec![6, 1, 8, 255]);
+        assert_eq!(offer.option(54).unwrap(), server_ip.octets());
+        assert_eq!(offer.option(60).unwrap(), b"PXEClient");
+        assert_eq!(offer.option(97).unwrap(), (0..17).collect::<Vec<u8>>());
+
+        // 2. Malformed datagrams: dropped, and the server keeps answering.
+        for junk in [&b""[..], &[0u8; 10][..], &[0xffu8; 400][..], &disc[..250]] {
+            c68.send_to(junk, server67).unwrap();
+        }
+        let mut bad_magic = disc.clone();
+        bad_magic[236] = 0;
+        c68.send_to(&bad_magic, server67).unwrap();
+        // iPXE with HTTP (option 175 feature 0x13) gets the script URL.
+        let ipxe = request(
+            MessageType::Discover,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            vec![
+                (93, vec![0, 0]),
+                (77, b"iPXE".to_vec()),
+                (175, vec![0x13, 1, 1]),
+            ],
+        );
+        c68.send_to(&ipxe, (Ipv4Addr::BROADCAST, 67)).unwrap();
+        let offer = recv_reply(&c68);
+        assert_eq!(
+            String::from_utf8(offer.file.clone()).unwrap(),
+            "http://10.78.0.2:8090/_/ipxe?arch=0&mac=52:54:00:78:00:10"
+        );
+        drop(c68);
+
+        // 3. Port 4011: a REQUEST from source port 4011 is answered there with an ACK.
+        let c4011 = udp(4011);
+        let req = request(
+            MessageType::Request,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 78, 0, 10),
+            [ovmf_options(), vec![(43, vec![71, 4, 0x80, 0, 0, 0, 255])]].concat(),
+        );
+        c4011.send_to(&req, (server_ip, 4011)).unwrap();
+        let ack = recv_reply(&c4011);
+        assert_eq!(ack.message_type(), Some(MessageType::Ack));
+        assert_eq!(ack.file, b"ipxe.efi");
+        assert_eq!(
+            ack.option(43).unwrap(),
+            vec![6, 1, 8, 71, 4, 0x80, 0, 0, 0, 255]
+        );
+        // BIOS on 4011 too.
+        let req = request(
+            MessageType::Request,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 78, 0, 10),
+            vec![
+                (60, b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
+                (93, vec![0, 0]),
+            ],
+        );
+        c4011.send_to(&req, (server_ip, 4011)).unwrap();
+        assert_eq!(recv_reply(&c4011).file, b"undionly.kpxe");
+        drop(c4011);
+
+        // 4. A relayed DISCOVER (giaddr set) is answered by unicast to giaddr:67.
+        let relay = udp(67);
+        let relayed = request(
+            MessageType::Discover,
+            Ipv4Addr::new(10, 78, 0, 10),
+            Ipv4Addr::UNSPECIFIED,
+            ovmf_options(),
+        );
+        relay.send_to(&relayed, server67).unwrap();
+        let offer = recv_reply(&relay);
+        assert_eq!(offer.giaddr, Ipv4Addr::new(10, 78, 0, 10));
+        assert_eq!(offer.file, b"ipxe.efi");
+
+        // 5. Ordinary DHCP traffic (no option 93) gets no answer.
+        relay
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let plain = request(
+            MessageType::Discover,
+            Ipv4Addr::new(10, 78, 0, 10),
+            Ipv4Addr::UNSPECIFIED,
+            vec![],
+        );
+        relay.send_to(&plain, server67).unwrap();
+        let mut buf = [0u8; 1500];
+        assert!(
+            relay.recv_from(&mut buf).is_err(),
+            "answered a non-PXE DISCOVER"
+        );
+    });
+
+    let status = server
+        .terminate(Duration::from_secs(12))
+        .expect("daybreak did not stop");
+    assert!(status.success());
+    let log = server.log_text();
+    assert!(log.contains("firmware=UEFI x64 PXE"), "{log}");
+    assert!(log.contains("dropped malformed packet"), "{log}");
+    assert!(
+        log.contains("(\"malformed\", 5)"),
+        "five malformed datagrams counted:\n{log}"
+    );
+}
