@@ -24,6 +24,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Anything else still running inside the namespaces goes too.
+  for ns in "$lan" "$srv"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
   ip netns del "$lan" 2>/dev/null || true
   ip netns del "$srv" 2>/dev/null || true
   [ -n "${KEEP_E2E_TMP:-}" ] || rm -rf "$tmp"
@@ -57,7 +59,7 @@ L ip tuntap add dev tap0 mode tap
 L ip link set tap0 master br0 up
 
 # The network's own DHCP server, like a home router: addresses and RAs, nothing about booting.
-L dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 \
+ip netns exec "$lan" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 \
   --interface=br0 \
   --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h \
   --enable-ra --dhcp-range=fd00:77::,ra-only,64 \
@@ -74,9 +76,11 @@ L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
 head -c 8388608 /dev/urandom > "$tmp/rootfs.squashfs"
 printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairos\n' "$mode" > "$tmp/cloud-config.yaml"
 
-where=S
-[ "$mode" = bios-samehost ] && where=L
-$where "$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" \
+# Background servers are started with `ip netns exec` itself (it execs the program), so $! is the
+# server's pid and cleanup can stop it.
+where=$srv
+[ "$mode" = bios-samehost ] && where=$lan
+ip netns exec "$where" "$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" \
   --rootfs "$tmp/rootfs.squashfs" --cloud-config "$tmp/cloud-config.yaml" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -106,7 +110,7 @@ case "$mode" in
           -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=") ;;
   *) fail "unknown mode $mode" ;;
 esac
-L qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
+ip netns exec "$lan" qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
 qpid=$!
 pids+=($qpid)
 

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Daybreak against the reference servers, same machine, same load generator, same run:
+#
+#   ProxyDHCP  Daybreak vs dnsmasq in proxy mode: DISCOVERs answered per second, p50/p99 latency
+#   TFTP       Daybreak vs dnsmasq's TFTP: ipxe.efi to 1 and 100 concurrent clients, blksize 1468,
+#              then asking for windowsize 4 as UEFI does
+#   HTTP       Daybreak vs nginx (sendfile on): a 1 GiB file to 1, 8 and 64 concurrent clients,
+#              aggregate throughput and the servers' peak memory
+#
+#   sudo bench/run.sh [dhcp|tftp|http]...     (default: all three)
+#
+# Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
+# Prints a table; the last column is Daybreak's figure divided by the reference's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http)
+
+bash scripts/install-deps.sh --bench
+cargo build --release -q -p daybreak -p daybreak-bench
+db=$PWD/target/release/daybreak
+lg=$PWD/target/release/daybreak-bench
+
+id=$$; sns=dbkb${id}s; cns=dbkb${id}c
+tmp=$(mktemp -d /tmp/daybreak-bench.XXXXXX)
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+cleanup() {
+  stop_all
+  for ns in "$sns" "$cns"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
+  ip netns del "$sns" 2>/dev/null || true; ip netns del "$cns" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+# For foreground commands only: a function run with & would give $! of a subshell, not the server.
+S() { ip netns exec "$sns" "$@"; }
+C() { ip netns exec "$cns" "$@"; }
+
+ip netns add "$sns"; ip netns add "$cns"
+S ip link set lo up; C ip link set lo up
+S ip link add s0 type veth peer name c0 netns "$cns"
+S ip addr add 10.79.0.2/24 dev s0; C ip addr add 10.79.0.10/24 dev c0
+S ip link set s0 up; C ip link set c0 up
+
+wait_port() { # ns proto port
+  for _ in $(seq 1 100); do ip netns exec "$1" ss -ln"$2" | grep -q ":$3 " && return 0; sleep 0.05; done
+  echo "server did not bind $2 port $3" >&2; exit 1
+}
+field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+rows=()
+row() { rows+=("$(printf '%-58s %12s %12s %8s' "$1" "$2" "$3" "$4")"); }
+
+head -c 4096 /dev/urandom > "$tmp/kernel"
+mkdir -p "$tmp/tftp" "$tmp/www"
+cp crates/daybreak/ipxe/ipxe.efi "$tmp/tftp/ipxe.efi"
+efi_size=$(stat -c %s "$tmp/tftp/ipxe.efi")
+
+daybreak() { # extra args...
+  ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" "$@" >/dev/null 2>"$tmp/daybreak.err" &
+  pids+=($!)
+}
+
+if [[ " ${what[*]} " == *" dhcp "* ]]; then
+  for conc in 1 32; do
+    daybreak; wait_port "$sns" u 67
+    d=$(C "$lg" dhcp c0 5 "$conc"); stop_all
+    ip netns exec "$sns" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 --interface=s0 \
+      --dhcp-range=10.79.0.0,proxy --pxe-service=X86-64_EFI,"Daybreak bench",ipxe.efi \
+      --log-facility=/dev/null &
+    pids+=($!); wait_port "$sns" u 67
+    r=$(C "$lg" dhcp c0 5 "$conc"); stop_all
+    echo "dhcp c=$conc daybreak: $d"; echo "dhcp c=$conc dnsmasq:  $r"
+    row "ProxyDHCP offers/s, $conc in flight" "$(field rate "$d")" "$(field rate "$r")" "$(ratio "$(field rate "$d")" "$(field rate "$r")")"
+    row "ProxyDHCP p50 latency us, $conc in flight" "$(field p50_us "$d")" "$(field p50_us "$r")" "$(ratio "$(field p50_us "$d")" "$(field p50_us "$r")")"
+    row "ProxyDHCP p99 latency us, $conc in flight" "$(field p99_us "$d")" "$(field p99_us "$r")" "$(ratio "$(field p99_us "$d")" "$(field p99_us "$r")")"
+    row "ProxyDHCP lost, $conc in flight" "$(field lost "$d")" "$(field lost "$r")" ""
+  done
+fi
+
+if [[ " ${what[*]} " == *" tftp "* ]]; then
+  daybreak --no-proxy-dhcp; wait_port "$sns" u 69
+  declare -A dres
+  for spec in "1 60 1" "100 6 1" "1 60 4" "100 6 4"; do
+    read -r clients rounds ws <<<"$spec"
+    dres[$spec]=$(C "$lg" tftp 10.79.0.2:69 ipxe.efi "$efi_size" "$clients" "$rounds" 1468 "$ws")
+  done
+  stop_all
+  ip netns exec "$sns" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 --enable-tftp \
+    --tftp-root="$tmp/tftp" --tftp-max=1000 --log-facility=/dev/null &
+  pids+=($!); wait_port "$sns" u 69
+  for spec in "1 60 1" "100 6 1" "1 60 4" "100 6 4"; do
+    read -r clients rounds ws <<<"$spec"
+    r=$(C "$lg" tftp 10.79.0.2:69 ipxe.efi "$efi_size" "$clients" "$rounds" 1468 "$ws")
+    d=${dres[$spec]}
+    echo "tftp clients=$clients ws=$ws daybreak: $d"; echo "tftp clients=$clients ws=$ws dnsmasq:  $r"
+    label="TFTP ipxe.efi MB/s, $clients client(s), blksize 1468"
+    [ "$ws" = 1 ] || label="$label, ask windowsize $ws"
+    row "$label" "$(field mb_per_s "$d")" "$(field mb_per_s "$r")" "$(ratio "$(field mb_per_s "$d")" "$(field mb_per_s "$r")")"
+    row "  failed transfers" "$(field failed "$d")/$(field transfers "$d")" "$(field failed "$r")/$(field transfers "$r")" ""
+  done
+  stop_all
+fi
+
+if [[ " ${what[*]} " == *" http "* ]]; then
+  head -c 1073741824 /dev/urandom > "$tmp/www/big.img"
+  cat > "$tmp/nginx.conf" <<EOF
+worker_processes auto;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  sendfile on; tcp_nopush on; access_log off;
+  client_body_temp_path $tmp; proxy_temp_path $tmp; fastcgi_temp_path $tmp; uwsgi_temp_path $tmp; scgi_temp_path $tmp;
+  server { listen 127.0.0.1:18091; root $tmp/www; }
+}
+EOF
+  cat "$tmp/www/big.img" > /dev/null   # both start from a warm page cache
+  ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" --rootfs "$tmp/www/big.img" --no-proxy-dhcp --listen 127.0.0.1 \
+    --http-port 18090 --tftp-port 16969 >/dev/null 2>&1 &
+  pids+=($!); dpid=$!; wait_port "$sns" t 18090
+  ip netns exec "$sns" nginx -c "$tmp/nginx.conf" -g 'daemon off;' &
+  pids+=($!); wait_port "$sns" t 18091
+  npids=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+  nmaster=$(cat "$tmp/nginx.pid")
+  # Loopback throughput swings from run to run: three interleaved runs each, the median reported.
+  by_rate() { # the run with the median throughput
+    for l in "$@"; do echo "$(field mib_per_s "$l") $l"; done | sort -n | sed -n "$(( ($# + 1) / 2 ))p" | cut -d' ' -f2-
+  }
+  for clients in ${HTTP_CLIENTS:-1 8 64}; do
+    ds=(); ns=()
+    for _ in 1 2 3; do
+      ds+=("$(S "$lg" http 127.0.0.1:18090 /rootfs.squashfs "$clients" "$dpid")")
+      # shellcheck disable=SC2086
+      ns+=("$(S "$lg" http 127.0.0.1:18091 /big.img "$clients" $nmaster $npids)")
+    done
+    for l in "${ds[@]}"; do echo "http clients=$clients daybreak: $l"; done
+    for l in "${ns[@]}"; do echo "http clients=$clients nginx:    $l"; done
+    d=$(by_rate "${ds[@]}"); r=$(by_rate "${ns[@]}")
+    row "HTTP 1 GiB MiB/s, $clients client(s), median of 3" "$(field mib_per_s "$d")" "$(field mib_per_s "$r")" "$(ratio "$(field mib_per_s "$d")" "$(field mib_per_s "$r")")"
+    row "  peak RSS KiB / failed" "$(field peak_rss_kib "$d")/$(field failed "$d")" "$(field peak_rss_kib "$r")/$(field failed "$r")" ""
+  done
+  stop_all
+fi
+
+echo
+printf '%-58s %12s %12s %8s\n' "benchmark ($(nproc) cores, $(date -u +%F))" "daybreak" "reference" "ratio"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,426 @@
+//! Load generators for `bench/run.sh`. Each drives one server (Daybreak or the reference) the same
+//! way and prints one line of `key=value` figures the script turns into a table.
+//!
+//!   daybreak-bench dhcp IFACE SECONDS CONCURRENCY
+//!   daybreak-bench tftp HOST:PORT FILE SIZE CLIENTS ROUNDS BLKSIZE WINDOWSIZE
+//!   daybreak-bench http HOST:PORT PATH CLIENTS [PID...]
+//!
+//! Loads are bounded in count and time and only target the address given (loopback or a test
+//! namespace).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pxe::message::{Message, MessageType};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("dhcp") if args.len() == 4 => dhcp(&args[1], args[2].parse()?, args[3].parse()?),
+        Some("tftp") if args.len() == 8 => tftp_load(
+            args[1].parse()?,
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+            args[5].parse()?,
+            args[6].parse()?,
+            args[7].parse()?,
+        ),
+        Some("http") if args.len() >= 4 => {
+            let pids = args[4..]
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<Vec<u32>, _>>()?;
+            http_load(args[1].parse()?, &args[2], args[3].parse()?, &pids)
+        }
+        _ => bail!("usage: see the module docs of crates/bench/src/main.rs"),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxyDHCP: closed loop with CONCURRENCY DISCOVERs in flight, each with its own xid and MAC,
+// broadcast from port 68 on IFACE as firmware does. A request unanswered for 250 ms counts as lost
+// and is replaced.
+
+fn discover(xid: u32) -> Vec<u8> {
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&[
+        0x52,
+        0x54,
+        0x00,
+        (xid >> 16) as u8,
+        (xid >> 8) as u8,
+        xid as u8,
+    ]);
+    Message {
+        op: 1,
+        htype: 1,
+        hlen: 6,
+        hops: 0,
+        xid,
+        secs: 0,
+        flags: 0x8000,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: Ipv4Addr::UNSPECIFIED,
+        chaddr,
+        sname: vec![],
+        file: vec![],
+        options: vec![
+            (53, vec![MessageType::Discover.to_u8()]),
+            (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+            (93, vec![0, 7]),
+            (94, vec![1, 3, 0]),
+            (97, (0..17).collect()),
+        ],
+    }
+    .encode()
+}
+
+fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+    s.set_recv_buffer_size(4 << 20)?;
+    let sock: UdpSocket = s.into();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let rx = sock.try_clone()?;
+    let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+
+    let pending: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+
+    let receiver = {
+        let (pending, latencies, stop) = (pending.clone(), latencies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = rx.recv(&mut buf) else { continue };
+                let Ok(m) = Message::decode(&buf[..n]) else {
+                    continue;
+                };
+                if m.op != 2 {
+                    continue;
+                }
+                if let Some(sent) = pending.lock().unwrap().remove(&m.xid) {
+                    latencies.lock().unwrap().push(sent.elapsed());
+                    let _ = done_tx.send(());
+                }
+            }
+        })
+    };
+
+    let mut next_xid: u32 = 0x1000;
+    let mut send = |pending: &Mutex<HashMap<u32, Instant>>| -> Result<()> {
+        next_xid = next_xid.wrapping_add(1);
+        pending.lock().unwrap().insert(next_xid, Instant::now());
+        sock.send_to(&discover(next_xid), dest)?;
+        Ok(())
+    };
+    // Warm up, then measure.
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    for _ in 0..concurrency {
+        send(&pending)?;
+    }
+    let mut lost = 0u64;
+    let mut sent = concurrency as u64;
+    while Instant::now() < end {
+        match done_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => {
+                send(&pending)?;
+                sent += 1;
+            }
+            Err(_) => {
+                let expired: Vec<u32> = pending
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, t)| t.elapsed() > Duration::from_millis(250))
+                    .map(|(x, _)| *x)
+                    .collect();
+                for x in expired {
+                    pending.lock().unwrap().remove(&x);
+                    lost += 1;
+                    send(&pending)?;
+                    sent += 1;
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = receiver.join();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    println!(
+        "answered={} sent={} lost={} rate={:.0} p50_us={} p99_us={}",
+        l.len(),
+        sent,
+        lost,
+        l.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&l, 0.50).as_micros(),
+        percentile(&l, 0.99).as_micros()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TFTP: ROUNDS rounds of CLIENTS concurrent downloads, each checking it got SIZE bytes.
+
+async fn tftp_one(
+    server: SocketAddr,
+    file: &str,
+    size: usize,
+    blksize: u16,
+    windowsize: u16,
+) -> Result<usize> {
+    use tftp::packet::{ack, rrq, Packet};
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    let bs = blksize.to_string();
+    let ws = windowsize.to_string();
+    let mut opts = vec![("blksize", bs.as_str()), ("tsize", "0")];
+    if windowsize > 1 {
+        opts.push(("windowsize", ws.as_str()));
+    }
+    let request = rrq(file, "octet", &opts);
+    sock.send_to(&request, server).await?;
+    let mut buf = vec![0u8; 70_000];
+    let mut got = 0usize;
+    let mut expect: u16 = 1;
+    let mut peer: Option<SocketAddr> = None;
+    let mut window = 1u16;
+    let mut block_size = 512usize;
+    let mut in_window = 0u16;
+    let mut retries = 0;
+    loop {
+        let (n, from) =
+            match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    retries += 1;
+                    if retries > 5 {
+                        bail!("timed out after {got} bytes");
+                    }
+                    match peer {
+                        None => sock.send_to(&request, server).await?,
+                        Some(p) => sock.send_to(&ack(expect.wrapping_sub(1)), p).await?,
+                    };
+                    in_window = 0;
+                    continue;
+                }
+            };
+        retries = 0;
+        if peer.is_some_and(|p| p != from) {
+            continue;
+        }
+        peer = Some(from);
+        match Packet::parse(&buf[..n]) {
+            Ok(Packet::Oack { options }) => {
+                for (k, v) in options {
+                    match k.as_str() {
+                        "blksize" => block_size = v.parse()?,
+                        "windowsize" => window = v.parse()?,
+                        _ => {}
+                    }
+                }
+                sock.send_to(&ack(0), from).await?;
+            }
+            Ok(Packet::Data { block, data }) => {
+                if block != expect {
+                    // Out of order: ask again from the last good block.
+                    sock.send_to(&ack(expect.wrapping_sub(1)), from).await?;
+                    in_window = 0;
+                    continue;
+                }
+                got += data.len();
+                expect = expect.wrapping_add(1);
+                in_window += 1;
+                let last = data.len() < block_size;
+                if last || in_window >= window {
+                    sock.send_to(&ack(block), from).await?;
+                    in_window = 0;
+                }
+                if last {
+                    break;
+                }
+            }
+            Ok(Packet::Error { code, message }) => bail!("server error {code}: {message}"),
+            _ => {}
+        }
+    }
+    if got != size {
+        bail!("got {got} bytes, expected {size}");
+    }
+    Ok(got)
+}
+
+fn tftp_load(
+    server: SocketAddr,
+    file: &str,
+    size: usize,
+    clients: usize,
+    rounds: usize,
+    blksize: u16,
+    windowsize: u16,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let failed = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    rt.block_on(async {
+        for _ in 0..rounds {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..clients {
+                let (file, failed, bytes) = (file.to_string(), failed.clone(), bytes.clone());
+                set.spawn(async move {
+                    match tftp_one(server, &file, size, blksize, windowsize).await {
+                        Ok(n) => {
+                            bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("tftp transfer failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let transfers = clients * rounds;
+    println!(
+        "transfers={} failed={} seconds={:.3} transfers_per_s={:.1} mb_per_s={:.1}",
+        transfers,
+        failed.load(Ordering::Relaxed),
+        secs,
+        transfers as f64 / secs,
+        bytes.load(Ordering::Relaxed) as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: CLIENTS concurrent GETs of PATH, each read to the end; aggregate throughput, and the peak
+// resident memory of the server processes PIDs while it ran.
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn http_one(server: SocketAddr, path: &str) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut head = Vec::new();
+    let (len, mut body) = loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("connection closed in headers");
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..p]).to_ascii_lowercase();
+            if !text.starts_with("http/1.1 200") {
+                bail!("unexpected response: {}", text.lines().next().unwrap_or(""));
+            }
+            let len: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("no content-length")?
+                .trim()
+                .parse()?;
+            break (len, (head.len() - p - 4) as u64);
+        }
+    };
+    while body < len {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("short body: {body} of {len}");
+        }
+        body += n as u64;
+    }
+    Ok(body)
+}
+
+fn http_load(server: SocketAddr, path: &str, clients: usize, pids: &[u32]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pids) = (peak.clone(), stop.clone(), pids.to_vec());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let total: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+                peak.fetch_max(total, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let start = Instant::now();
+    let (bytes, failed) = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let path = path.to_string();
+            set.spawn(async move { http_one(server, &path).await });
+        }
+        let (mut bytes, mut failed) = (0u64, 0u64);
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(n)) => bytes += n,
+                Ok(Err(e)) => {
+                    eprintln!("http download failed: {e}");
+                    failed += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        (bytes, failed)
+    });
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    println!(
+        "clients={} failed={} seconds={:.3} gbit_per_s={:.2} mib_per_s={:.0} peak_rss_kib={}",
+        clients,
+        failed,
+        secs,
+        bytes as f64 * 8.0 / secs / 1e9,
+        bytes as f64 / secs / (1 << 20) as f64,
+        peak.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
