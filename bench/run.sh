@@ -56,7 +56,7 @@ cp crates/daybreak/ipxe/ipxe.efi "$tmp/tftp/ipxe.efi"
 efi_size=$(stat -c %s "$tmp/tftp/ipxe.efi")
 
 daybreak() { # extra args...
-  ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" "$@" >/dev/null 2>"$tmp/daybreak.err" &
+  ip netns exec "$sns" env DAYBREAK_LOG=${DAYBREAK_LOG:-info} "$db" serve --kernel "$tmp/kernel" "$@" >/dev/null 2>"$tmp/daybreak.err" &
   pids+=($!)
 }
 

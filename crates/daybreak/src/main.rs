@@ -4,6 +4,7 @@
 mod boot;
 mod http;
 mod ipxe;
+mod logwriter;
 mod serve;
 
 use std::net::Ipv4Addr;
@@ -172,14 +173,15 @@ impl NetArgs {
     }
 }
 
-fn init_logging(debug: bool, format: LogFormat) {
+fn init_logging(debug: bool, format: LogFormat) -> logwriter::Guard {
     use tracing_subscriber::EnvFilter;
     let default = if debug { "debug" } else { "info" };
     let filter =
         EnvFilter::try_from_env("DAYBREAK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let (writer, guard) = logwriter::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder
@@ -187,11 +189,12 @@ fn init_logging(debug: bool, format: LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.debug, cli.log_format);
+    let _log_guard = init_logging(cli.debug, cli.log_format);
     let options = match cli.command {
         None => {
             use clap::CommandFactory;
@@ -238,7 +241,6 @@ fn main() -> ExitCode {
     match runtime.block_on(serve::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, free_udp_port, have, pattern, require, tempdir, Daybreak, BIN};
+use common::{
+    free_tcp_port, free_udp_port, have, output_within, pattern, require, tempdir, Daybreak, BIN,
+};
 
 const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 const UNDIONLY: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
@@ -416,7 +418,7 @@ fn sigterm_lets_open_downloads_finish() {
 }
 
 fn run_err(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = output_within(Command::new(BIN).args(args), Duration::from_secs(20));
     assert!(!out.status.success(), "expected failure for {args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -482,10 +484,10 @@ fn startup_errors_name_the_problem_and_the_fix() {
     assert!(e.contains("held by") && e.contains("(pid "), "{e}");
 
     // start-pixie takes exactly six arguments.
-    let out = Command::new(BIN)
-        .args(["start-pixie", "a", "b", "0.0.0.0"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN).args(["start-pixie", "a", "b", "0.0.0.0"]),
+        Duration::from_secs(20),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
 }
@@ -499,24 +501,25 @@ fn binding_privileged_ports_without_root_explains_capabilities() {
     let k = write(&dir, "vmlinuz", b"k");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            BIN,
-        ])
-        .args([
-            "serve",
-            "--kernel",
-            &k,
-            "--http-port",
-            &free_tcp_port().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                BIN,
+            ])
+            .args([
+                "serve",
+                "--kernel",
+                &k,
+                "--http-port",
+                &free_tcp_port().to_string(),
+            ]),
+        Duration::from_secs(20),
+    );
     let e = String::from_utf8_lossy(&out.stderr);
     if e.contains("Permission denied") && e.contains(BIN) {
         eprintln!("skipped: the test binary is not executable by an unprivileged user here");

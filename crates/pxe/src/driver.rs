@@ -485,7 +485,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
         let ctx = Context {
             server,
             http_port: config.http_port,
-            boot_files: config.boot_files.clone(),
+            boot_files: &config.boot_files,
         };
         let reply = match answer(&msg, &ctx, port) {
             Ok(r) => r,

@@ -130,14 +130,14 @@ impl BootFiles {
 
 /// What the server knows when it answers: its own address as seen on the interface the request came
 /// in on (or the advertised one), where HTTP listens, and which boot files exist.
-#[derive(Debug, Clone)]
-pub struct Context {
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
     pub server: Ipv4Addr,
     pub http_port: u16,
-    pub boot_files: BootFiles,
+    pub boot_files: &'a BootFiles,
 }
 
-impl Context {
+impl Context<'_> {
     fn http_base(&self) -> String {
         if self.http_port == 80 {
             format!("http://{}", self.server)
@@ -302,7 +302,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         Err(e) => return Err(e),
     };
 
-    let files = &ctx.boot_files;
+    let files = ctx.boot_files;
     let (target, vendor_class, pxe_options) = match client.firmware {
         Firmware::Pixiecore | Firmware::Ipxe { http: true } => {
             (BootTarget::Url(ctx.script_url(&client)), "PXEClient", false)
@@ -404,11 +404,12 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
 pub(crate) mod tests_support {
     use super::*;
 
-    pub fn ctx() -> Context {
+    pub fn ctx() -> Context<'static> {
+        static FILES: std::sync::OnceLock<BootFiles> = std::sync::OnceLock::new();
         Context {
             server: Ipv4Addr::new(10, 77, 0, 2),
             http_port: 8090,
-            boot_files: BootFiles::default(),
+            boot_files: FILES.get_or_init(BootFiles::default),
         }
     }
 }

@@ -193,8 +193,14 @@ fn arm64_needs_a_configured_binary() {
         answer(&req, &ctx(), Port::Dhcp),
         Err(Ignored::NoBootFile(Arch::EfiArm64))
     );
-    let mut c = ctx();
-    c.boot_files.efi_arm64 = Some("ipxe-arm64.efi".into());
+    let files = BootFiles {
+        efi_arm64: Some("ipxe-arm64.efi".into()),
+        ..Default::default()
+    };
+    let c = Context {
+        boot_files: &files,
+        ..ctx()
+    };
     let r = answer(&req, &c, Port::Dhcp).unwrap();
     assert_eq!(file(&r), "ipxe-arm64.efi");
     assert_eq!(r.client.arch, Arch::EfiArm64);
@@ -317,8 +323,14 @@ fn truncated_packets_are_errors_not_panics() {
 
 #[test]
 fn long_urls_move_to_option_67() {
-    let mut c = ctx();
-    c.boot_files.efi_x64 = Some("x".repeat(200));
+    let files = BootFiles {
+        efi_x64: Some("x".repeat(200)),
+        ..Default::default()
+    };
+    let c = Context {
+        boot_files: &files,
+        ..ctx()
+    };
     let r = answer(&discover(&[(93, &[0, 16])]), &c, Port::Dhcp).unwrap();
     assert!(r.message.file.is_empty());
     assert!(option(&r.message, 67).unwrap().ends_with(&[b'x'; 200]));
