@@ -1,7 +1,7 @@
 //! The tokio driver: requests arrive on the listening socket; each accepted transfer gets its own
 //! socket connected to the client (its transfer ID), and a task that feeds the state machine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,49 @@ fn lookup(files: &Files, name: &str) -> Option<Arc<[u8]>> {
     })
 }
 
+/// A transfer in progress, by client address.
+struct Active {
+    id: u64,
+    request: Vec<u8>,
+    task: tokio::task::AbortHandle,
+}
+
+type ActiveMap = Arc<Mutex<HashMap<SocketAddr, Active>>>;
+
+struct Shared {
+    files: Arc<Files>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    active: ActiveMap,
+    local_ip: Ipv4Addr,
+    next_id: AtomicU64,
+}
+
+/// Starts a transfer task for `peer`, replacing any it had.
+fn start(shared: &Arc<Shared>, peer: SocketAddr, request: Vec<u8>) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let sh = shared.clone();
+    let req = request.clone();
+    let mut active = shared.active.lock().unwrap_or_else(|e| e.into_inner());
+    let task = tokio::spawn(async move {
+        serve_one(req, peer, sh.local_ip, &sh.files, &sh.limits, &sh.stats).await;
+        let mut active = sh.active.lock().unwrap_or_else(|e| e.into_inner());
+        if active.get(&peer).is_some_and(|a| a.id == id) {
+            active.remove(&peer);
+        }
+    });
+    if let Some(old) = active.insert(
+        peer,
+        Active {
+            id,
+            request,
+            task: task.abort_handle(),
+        },
+    ) {
+        old.task.abort();
+    }
+}
+
 /// Serves requests arriving on `socket` forever. Cancel by dropping the future; transfers already
 /// running finish on their own tasks.
 pub async fn run(socket: UdpSocket, files: Arc<Files>, limits: Limits, stats: Arc<Stats>) {
@@ -44,7 +87,14 @@ pub async fn run(socket: UdpSocket, files: Arc<Files>, limits: Limits, stats: Ar
         Ok(SocketAddr::V4(a)) => *a.ip(),
         _ => Ipv4Addr::UNSPECIFIED,
     };
-    let active: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let shared = Arc::new(Shared {
+        files,
+        limits,
+        stats,
+        active: Arc::default(),
+        local_ip,
+        next_id: AtomicU64::new(0),
+    });
     let mut buf = vec![0u8; 1500];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -55,27 +105,36 @@ pub async fn run(socket: UdpSocket, files: Arc<Files>, limits: Limits, stats: Ar
                 continue;
             }
         };
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        // A client that repeats its request while the first is being answered gets one transfer.
-        if !active
+        shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request = buf[..n].to_vec();
+        let same = shared
+            .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer)
-        {
-            continue;
+            .get(&peer)
+            .map(|a| a.request == request);
+        match same {
+            // A new client, or a client that moved on to another request: the old transfer is
+            // abandoned (a client cannot run two transfers from one port).
+            None | Some(false) => start(&shared, peer, request),
+            // The same request again: either a retransmission while we answer it (the transfer
+            // answers for itself), or a fresh request racing the end of the previous one (UEFI
+            // asks again right after aborting its size probe). Look again once that has settled.
+            Some(true) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let still = shared
+                        .active
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&peer);
+                    if !still {
+                        start(&shared, peer, request);
+                    }
+                });
+            }
         }
-        let request = buf[..n].to_vec();
-        let files = files.clone();
-        let limits = limits.clone();
-        let stats = stats.clone();
-        let active = active.clone();
-        tokio::spawn(async move {
-            serve_one(request, peer, local_ip, &files, &limits, &stats).await;
-            active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&peer);
-        });
     }
 }
 
