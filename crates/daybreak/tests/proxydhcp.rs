@@ -273,3 +273,36 @@ fn proxydhcp_answers_over_real_sockets() {
         "five malformed datagrams counted:\n{log}"
     );
 }
+
+/// `--interface` naming an interface without an IPv4 address is refused at startup with a message
+/// that says so and lists the interfaces that have one.
+#[test]
+fn interface_without_ipv4_is_a_clear_error() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let ns = format!("dbkp{}i", std::process::id());
+    ip(&["netns", "add", &ns]);
+    let _guard = Netns {
+        names: vec![ns.clone()],
+    };
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &ns, "link", "add", "bare0", "type", "veth", "peer", "name", "bare1",
+    ]);
+    ip(&["-n", &ns, "link", "set", "bare0", "up"]);
+    let dir = tempdir("noipv4");
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let out = common::output_within(
+        Command::new("ip")
+            .args(["netns", "exec", &ns, common::BIN, "serve", "--kernel"])
+            .arg(&kernel)
+            .args(["--interface", "bare0"]),
+        Duration::from_secs(20),
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("interface bare0 has no IPv4 address"), "{e}");
+    assert!(e.contains("lo (127.0.0.1)"), "{e}");
+}
