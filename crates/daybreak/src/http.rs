@@ -255,6 +255,22 @@ async fn send_file(
     Ok(())
 }
 
+/// TCP_CORK holds partial segments until uncorked: the header rides in the first full segment of
+/// the body, and sendfile's output goes out in full segments (nginx's `tcp_nopush`).
+fn set_cork(stream: &TcpStream, on: bool) {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid socket fd and a pointer to an int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn status_text(code: u16) -> &'static str {
     match code {
         200 => "OK",
@@ -404,6 +420,10 @@ async fn respond<R: Router>(
         status_text(code),
         if keep_alive { "keep-alive" } else { "close" },
     );
+    let corked = file.is_some() && !is_head;
+    if corked {
+        set_cork(stream, true);
+    }
     write_all(stream, header.as_bytes()).await?;
     if is_head {
         tracing::debug!(client = %peer, file = %name, "http HEAD");
@@ -416,6 +436,9 @@ async fn respond<R: Router>(
         (_, Some(f)) => send_file(stream, f, start, count).await,
         _ => Ok(()),
     };
+    if corked {
+        set_cork(stream, false);
+    }
     let ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(()) if name.starts_with('_') => {
