@@ -53,3 +53,56 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
     }
     Ok((files, boot))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_binaries_and_overrides() {
+        let (files, boot) = load(&Overrides::default()).unwrap();
+        assert_eq!(boot, pxe::BootFiles::default());
+        for name in ["undionly.kpxe", "ipxe.pxe", "ipxe.efi", "snponly.efi"] {
+            assert!(files[name].len() > 50_000, "{name} embedded");
+        }
+        // An EFI binary starts with "MZ"; a PXE NBP does not need to.
+        assert_eq!(&files["ipxe.efi"][..2], b"MZ");
+
+        let dir = std::env::temp_dir().join(format!("daybreak-ipxe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let arm = dir.join("arm64.efi");
+        std::fs::write(&arm, b"MZarm64").unwrap();
+        let (files, boot) = load(&Overrides {
+            arm64: Some(&arm),
+            efi64: Some(&arm),
+            bios: None,
+        })
+        .unwrap();
+        assert_eq!(boot.efi_arm64.as_deref(), Some("ipxe-arm64.efi"));
+        assert_eq!(boot.efi_x64.as_deref(), Some("custom-x64.efi"));
+        assert_eq!(&files["ipxe-arm64.efi"][..], b"MZarm64");
+
+        let empty = dir.join("empty.efi");
+        std::fs::write(&empty, b"").unwrap();
+        let e = load(&Overrides {
+            bios: Some(&empty),
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().contains("--ipxe-bios") && e.to_string().contains("empty"),
+            "{e}"
+        );
+        let e = load(&Overrides {
+            bios: Some(&dir.join("missing")),
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(
+            format!("{e:#}").contains("cannot read --ipxe-bios"),
+            "{e:#}"
+        );
+    }
+}
