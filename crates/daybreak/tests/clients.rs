@@ -83,6 +83,12 @@ fn curl(args: &[&str]) -> (Vec<u8>, String) {
     )
 }
 
+/// The response headers of a ranged GET.
+fn range_headers(url: &str, range: &str) -> String {
+    let (head, _) = curl(&["-D", "-", "-o", "/dev/null", "-r", range, url]);
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 fn url(s: &Setup, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", s.http)
 }
@@ -105,16 +111,7 @@ fn http_serves_registered_files_with_ranges_and_head() {
     assert!(body == s.rootfs[8_999_990..]);
     let (body, _) = curl(&["-r", "-5", &url(&s, "/rootfs.squashfs")]);
     assert!(body == s.rootfs[s.rootfs.len() - 5..]);
-    let (head, _) = curl(&[
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-r",
-        "10-19",
-        &url(&s, "/kernel"),
-    ]);
-    let head = String::from_utf8_lossy(&head);
+    let head = range_headers(&url(&s, "/kernel"), "10-19");
     assert!(head.starts_with("HTTP/1.1 206"), "{head}");
     assert!(
         head.contains("Content-Range: bytes 10-19/3000001"),
@@ -129,16 +126,7 @@ fn http_serves_registered_files_with_ranges_and_head() {
     assert!(head.contains("Accept-Ranges: bytes"), "{head}");
 
     // Past the end: 416 with the size.
-    let (head, _) = curl(&[
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-r",
-        "9000000-",
-        &url(&s, "/rootfs.squashfs"),
-    ]);
-    let head = String::from_utf8_lossy(&head);
+    let head = range_headers(&url(&s, "/rootfs.squashfs"), "9000000-");
     assert!(
         head.starts_with("HTTP/1.1 416") && head.contains("bytes */9000000"),
         "{head}"
