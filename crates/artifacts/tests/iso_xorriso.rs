@@ -1,0 +1,270 @@
+//! The ISO reader against images made by xorriso with the Kairos layout, in every naming scheme.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use artifacts::iso::{Entry, Iso, IsoError};
+
+fn have_xorriso() -> bool {
+    let ok = Command::new("xorriso")
+        .arg("-version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is missing xorriso: scripts/install-deps.sh should have installed it");
+        }
+        eprintln!("skipped: xorriso not installed (scripts/install-deps.sh installs it)");
+    }
+    ok
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daybreak-iso-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = 0x9e37_79b9u32 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+struct Tree {
+    root: PathBuf,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+    rootfs: Vec<u8>,
+}
+
+/// A Kairos-shaped tree; `symlink` makes /boot/kernel a link to /boot/vmlinuz-6.1.0-9-amd64.
+fn tree(dir: &Path, symlink: bool) -> Tree {
+    let root = dir.join("tree");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    let t = Tree {
+        root: root.clone(),
+        kernel: pattern(300_001, 1),
+        initrd: pattern(120_000, 2),
+        rootfs: pattern(1_000_000, 3),
+    };
+    if symlink {
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), &t.kernel).unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1.0-9-amd64", root.join("boot/kernel")).unwrap();
+    } else {
+        std::fs::write(root.join("boot/kernel"), &t.kernel).unwrap();
+    }
+    std::fs::write(root.join("boot/initrd"), &t.initrd).unwrap();
+    std::fs::write(root.join("rootfs.squashfs"), &t.rootfs).unwrap();
+    std::fs::create_dir_all(root.join("EFI/BOOT")).unwrap();
+    std::fs::write(root.join("EFI/BOOT/grub.cfg"), b"menuentry").unwrap();
+    t
+}
+
+fn mkisofs(dir: &Path, name: &str, flags: &[&str], root: &Path) -> PathBuf {
+    let iso = dir.join(name);
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "KAIROS"])
+        .args(flags)
+        .arg("-o")
+        .arg(&iso)
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xorriso failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+fn contents(iso: &Path, e: &Entry) -> Vec<u8> {
+    let f = File::open(iso).unwrap();
+    let mut out = Vec::new();
+    for x in &e.extents {
+        let mut buf = vec![0u8; x.len as usize];
+        f.read_exact_at(&mut buf, x.offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+fn check(iso_path: &Path, t: &Tree) {
+    let iso = Iso::open(iso_path).unwrap();
+    let files = iso.netboot_files().unwrap();
+    assert!(
+        contents(iso_path, &files.kernel) == t.kernel,
+        "kernel differs"
+    );
+    assert!(
+        contents(iso_path, &files.initrd) == t.initrd,
+        "initrd differs"
+    );
+    assert!(
+        contents(iso_path, &files.rootfs) == t.rootfs,
+        "rootfs differs"
+    );
+    for e in [&files.kernel, &files.initrd, &files.rootfs] {
+        assert_eq!(e.extents.len(), 1, "small files are one extent");
+    }
+}
+
+#[test]
+fn rock_ridge_and_joliet_with_symlinked_kernel() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("rrj");
+    let t = tree(&dir, true);
+    let iso = mkisofs(&dir, "rrj.iso", &["-R", "-J"], &t.root);
+    check(&iso, &t);
+    let listing: Vec<String> = Iso::open(&iso)
+        .unwrap()
+        .list("/boot")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(
+        listing.contains(&"vmlinuz-6.1.0-9-amd64".to_string()),
+        "{listing:?}"
+    );
+}
+
+#[test]
+fn rock_ridge_only_with_symlinked_kernel() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("rr");
+    let t = tree(&dir, true);
+    check(&mkisofs(&dir, "rr.iso", &["-R"], &t.root), &t);
+}
+
+#[test]
+fn joliet_only() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("joliet");
+    let t = tree(&dir, false);
+    check(&mkisofs(&dir, "j.iso", &["-J"], &t.root), &t);
+}
+
+#[test]
+fn plain_iso9660_level3() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("plain");
+    let t = tree(&dir, false);
+    check(
+        &mkisofs(&dir, "plain.iso", &["-iso-level", "3"], &t.root),
+        &t,
+    );
+}
+
+/// A file over 4 GiB is stored as several extents; it must read back whole.
+#[test]
+fn multi_extent_file_over_4gib() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("big");
+    let t = tree(&dir, false);
+    let big = t.root.join("rootfs.squashfs");
+    let size: u64 = (4 << 30) + 12_345;
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&big)
+            .unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(b"HEAD-MARK", 0).unwrap();
+        f.write_all_at(b"MIDDLE", (4 << 30) - 3).unwrap();
+        f.write_all_at(b"TAIL-MARK", size - 9).unwrap();
+    }
+    let iso_path = mkisofs(&dir, "big.iso", &["-R", "-J", "-iso-level", "3"], &t.root);
+    std::fs::remove_file(&big).unwrap();
+    let iso = Iso::open(&iso_path).unwrap();
+    let files = iso.netboot_files().unwrap();
+    assert!(
+        files.rootfs.extents.len() >= 2,
+        "expected a multi-extent file: {:?}",
+        files.rootfs.extents
+    );
+    assert_eq!(files.rootfs.size(), size);
+    // Read the marks through the extent list, across the extent boundary.
+    let f = File::open(&iso_path).unwrap();
+    let read_at = |pos: u64, len: usize| -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut base = 0u64;
+        for x in &files.rootfs.extents {
+            let (start, end) = (base, base + x.len);
+            let (a, b) = (pos.max(start), (pos + len as u64).min(end));
+            if a < b {
+                let mut buf = vec![0u8; (b - a) as usize];
+                f.read_exact_at(&mut buf, x.offset + (a - start)).unwrap();
+                out.extend_from_slice(&buf);
+            }
+            base = end;
+        }
+        out
+    };
+    assert_eq!(read_at(0, 9), b"HEAD-MARK");
+    assert_eq!(read_at((4 << 30) - 3, 6), b"MIDDLE");
+    assert_eq!(read_at(size - 9, 9), b"TAIL-MARK");
+    drop(f);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_files_list_what_the_iso_holds() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("missing");
+    let t = tree(&dir, false);
+    std::fs::remove_file(t.root.join("boot/initrd")).unwrap();
+    let iso = mkisofs(&dir, "noinitrd.iso", &["-R", "-J"], &t.root);
+    let e = Iso::open(&iso).unwrap().netboot_files().err().unwrap();
+    let msg = e.to_string();
+    assert!(matches!(e, IsoError::NotFound { .. }));
+    assert!(msg.contains("/boot/initrd"), "{msg}");
+    assert!(msg.contains("/boot holds: kernel"), "{msg}");
+    assert!(
+        msg.contains("EFI/") && msg.contains("rootfs.squashfs"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_iso_is_reported_as_truncated() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("trunc");
+    let t = tree(&dir, false);
+    let iso = mkisofs(&dir, "t.iso", &["-R", "-J"], &t.root);
+    let len = std::fs::metadata(&iso).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&iso).unwrap();
+    f.set_len(len / 2).unwrap();
+    let e = Iso::open(&iso)
+        .and_then(|i| i.netboot_files())
+        .err()
+        .unwrap();
+    assert!(matches!(e, IsoError::Truncated { .. }), "{e}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+}
