@@ -121,17 +121,8 @@ impl Iso {
             }
         }
         let Some(pvd) = pvd_root else {
-            return Err(if size < 17 * SECTOR && size > 0 {
-                IsoError::Truncated {
-                    path: iso.path.clone(),
-                    size,
-                    needed: 17 * SECTOR,
-                    what: "volume descriptor".into(),
-                }
-            } else {
-                IsoError::NotIso {
-                    path: iso.path.clone(),
-                }
+            return Err(IsoError::NotIso {
+                path: iso.path.clone(),
             });
         };
         iso.root = pvd;
@@ -566,7 +557,7 @@ mod tests {
         assert!(matches!(Iso::open(&p), Err(IsoError::NotIso { .. })));
         let p = dir.join("short.iso");
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
-        assert!(matches!(Iso::open(&p), Err(IsoError::Truncated { .. })));
+        assert!(matches!(Iso::open(&p), Err(IsoError::NotIso { .. })));
         let e = Iso::open(&dir.join("missing.iso"))
             .err()
             .unwrap()

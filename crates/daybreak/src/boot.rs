@@ -28,6 +28,8 @@ pub struct BootFile {
     pub name: String,
     pub path: PathBuf,
     pub size: u64,
+    /// For a file inside an ISO: its byte ranges `(offset, len)` within `path`.
+    pub ranges: Option<Arc<[(u64, u64)]>>,
 }
 
 impl BootFile {
@@ -45,7 +47,17 @@ impl BootFile {
             name: name.to_string(),
             path: path.to_path_buf(),
             size: meta.len(),
+            ranges: None,
         })
+    }
+
+    fn in_iso(name: &str, iso: &Path, entry: &artifacts::iso::Entry) -> BootFile {
+        BootFile {
+            name: name.to_string(),
+            path: iso.to_path_buf(),
+            size: entry.size(),
+            ranges: Some(entry.extents.iter().map(|e| (e.offset, e.len)).collect()),
+        }
     }
 }
 
@@ -60,7 +72,10 @@ enum Part {
 /// What a plan is built from.
 #[derive(Debug, Clone, Default)]
 pub struct PlanInput {
-    pub kernel: PathBuf,
+    /// Required unless `iso` is given.
+    pub kernel: Option<PathBuf>,
+    /// A Kairos ISO whose /boot/kernel, /boot/initrd and /rootfs.squashfs are served in place.
+    pub iso: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,
     pub cloud_config: Option<PathBuf>,
@@ -127,18 +142,29 @@ fn unique_name(taken: &[&BootFile], base: &str) -> String {
 
 impl Plan {
     pub fn new(input: &PlanInput, binaries: HashMap<String, Arc<[u8]>>) -> anyhow::Result<Plan> {
-        let kernel = BootFile::open("kernel", &input.kernel, "kernel")?;
-        let initrds = input
-            .initrds
-            .iter()
-            .enumerate()
-            .map(|(i, p)| BootFile::open(&format!("initrd{i}"), p, "initrd"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let rootfs = input
-            .rootfs
-            .as_deref()
-            .map(|p| BootFile::open("rootfs.squashfs", p, "rootfs"))
-            .transpose()?;
+        let (kernel, initrds, rootfs) = match (&input.iso, &input.kernel) {
+            (Some(iso_path), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
+                let iso = artifacts::iso::Iso::open(iso_path)?;
+                let f = iso.netboot_files()?;
+                (
+                    BootFile::in_iso("kernel", iso_path, &f.kernel),
+                    vec![BootFile::in_iso("initrd0", iso_path, &f.initrd)],
+                    Some(BootFile::in_iso("rootfs.squashfs", iso_path, &f.rootfs)),
+                )
+            }
+            (Some(_), _) => bail!("--iso provides the kernel, initrd and rootfs; drop --kernel, --initrd and --rootfs"),
+            (None, None) => bail!("nothing to boot: give --kernel (with --initrd and --rootfs) or --iso"),
+            (None, Some(k)) => (
+                BootFile::open("kernel", k, "kernel")?,
+                input
+                    .initrds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| BootFile::open(&format!("initrd{i}"), p, "initrd"))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                input.rootfs.as_deref().map(|p| BootFile::open("rootfs.squashfs", p, "rootfs")).transpose()?,
+            ),
+        };
         let cloud_config = input
             .cloud_config
             .as_deref()
@@ -337,10 +363,14 @@ impl Plan {
         } else {
             "application/octet-stream"
         };
+        let body = match &f.ranges {
+            Some(r) => Body::Ranges(f.path.clone(), r.clone()),
+            None => Body::File(f.path.clone()),
+        };
         Reply::Resource {
             name: f.name.clone(),
             content_type,
-            body: Body::File(f.path.clone()),
+            body,
         }
     }
 }
@@ -425,7 +455,8 @@ mod tests {
 
     fn input(d: &Path) -> PlanInput {
         PlanInput {
-            kernel: tmpfile(d, "vmlinuz"),
+            kernel: Some(tmpfile(d, "vmlinuz")),
+            iso: None,
             initrds: vec![tmpfile(d, "initrd.img")],
             rootfs: Some(tmpfile(d, "rootfs.squashfs")),
             cloud_config: Some(tmpfile(d, "config.yaml")),
@@ -484,7 +515,7 @@ mod tests {
         let d = tmpdir("reuse");
         let mut i = input(&d);
         i.rootfs = None;
-        let kernel = i.kernel.clone();
+        let kernel = i.kernel.clone().unwrap();
         i.cmdline = Some(format!("k={{{{ ID \"{}\" }}}}", kernel.display()));
         let plan = Plan::new(&i, HashMap::new()).unwrap();
         assert!(plan.extras.is_empty());
@@ -507,7 +538,7 @@ mod tests {
             .to_string()
             .contains("unclosed"));
         let mut i = input(&d);
-        i.kernel = d.join("nope");
+        i.kernel = Some(d.join("nope"));
         let e = format!("{:#}", Plan::new(&i, HashMap::new()).err().unwrap());
         assert!(e.contains("kernel file") && e.contains("nope"), "{e}");
     }

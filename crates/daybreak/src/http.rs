@@ -28,6 +28,9 @@ const MAX_HEAD: usize = 16 * 1024;
 pub enum Body {
     Memory(Arc<[u8]>),
     File(PathBuf),
+    /// The concatenation of byte ranges `(offset, len)` of a file: a file inside an ISO, served
+    /// without extracting it.
+    Ranges(PathBuf, Arc<[(u64, u64)]>),
 }
 
 /// What the router decided for a request.
@@ -271,6 +274,36 @@ fn set_cork(stream: &TcpStream, on: bool) {
     }
 }
 
+/// Sends bytes `start..start + count` of the concatenation of `ranges` of `file`.
+async fn send_ranges(
+    stream: &TcpStream,
+    file: &File,
+    ranges: &[(u64, u64)],
+    start: u64,
+    count: u64,
+) -> io::Result<()> {
+    for (offset, a, b) in pieces(ranges, start, count) {
+        send_file(stream, file, offset, b - a).await?;
+    }
+    Ok(())
+}
+
+/// The file offsets covering `start..start + count` of the concatenated ranges:
+/// `(file offset, logical start, logical end)` per overlapping piece.
+fn pieces(ranges: &[(u64, u64)], start: u64, count: u64) -> Vec<(u64, u64, u64)> {
+    let end = start + count;
+    let mut base = 0u64;
+    let mut out = Vec::new();
+    for &(offset, len) in ranges {
+        let (a, b) = (start.max(base), end.min(base + len));
+        if a < b {
+            out.push((offset + (a - base), a, b));
+        }
+        base += len;
+    }
+    out
+}
+
 fn status_text(code: u16) -> &'static str {
     match code {
         200 => "OK",
@@ -388,7 +421,7 @@ async fn respond<R: Router>(
     };
     let started = Instant::now();
     let file = match &body {
-        Body::File(p) => match tokio::fs::File::open(p).await {
+        Body::File(p) | Body::Ranges(p, _) => match tokio::fs::File::open(p).await {
             Ok(f) => Some(f.into_std().await),
             Err(e) => {
                 tracing::error!(file = %p.display(), error = %e, "http: registered file cannot be opened");
@@ -399,6 +432,7 @@ async fn respond<R: Router>(
     };
     let len = match (&body, &file) {
         (Body::Memory(b), _) => b.len() as u64,
+        (Body::Ranges(_, r), _) => r.iter().map(|(_, l)| l).sum(),
         (_, Some(f)) => f.metadata()?.len(),
         _ => 0,
     };
@@ -433,6 +467,7 @@ async fn respond<R: Router>(
         (Body::Memory(b), _) => {
             write_all(stream, &b[start as usize..(start + count) as usize]).await
         }
+        (Body::Ranges(_, ranges), Some(f)) => send_ranges(stream, f, ranges, start, count).await,
         (_, Some(f)) => send_file(stream, f, start, count).await,
         _ => Ok(()),
     };
@@ -509,6 +544,18 @@ mod tests {
         assert_eq!(parse_range(Some("items=0-1"), 100), Range::Full);
         assert_eq!(parse_range(Some("bytes=9-1"), 100), Range::Full);
         assert_eq!(parse_range(Some("bytes=x-1"), 100), Range::Full);
+    }
+
+    #[test]
+    fn pieces_map_logical_ranges_onto_extents() {
+        let r = [(1000, 10), (5000, 20), (9000, 5)];
+        assert_eq!(
+            pieces(&r, 0, 35),
+            vec![(1000, 0, 10), (5000, 10, 30), (9000, 30, 35)]
+        );
+        assert_eq!(pieces(&r, 8, 4), vec![(1008, 8, 10), (5000, 10, 12)]);
+        assert_eq!(pieces(&r, 31, 4), vec![(9001, 31, 35)]);
+        assert_eq!(pieces(&r, 10, 20), vec![(5000, 10, 30)]);
     }
 
     #[test]

@@ -5,6 +5,8 @@ mod boot;
 mod http;
 mod ipxe;
 mod logwriter;
+mod netboot;
+mod progress;
 mod serve;
 
 use std::net::Ipv4Addr;
@@ -82,13 +84,35 @@ daybreak start-pixie /work/cloud-config.yaml /work/out/kairos.squashfs 0.0.0.0 8
 /work/out/kairos-initrd /work/out/kairos-kernel"
     )]
     StartPixie(StartPixieArgs),
+    /// Write the kernel, initrd and squashfs of a Kairos ISO into OUTDIR, without mounting it.
+    #[command(
+        long_about = "Read a Kairos ISO without mounting it (no root, no loop device) and write PREFIX-kernel (from /boot/kernel), PREFIX-initrd (from /boot/initrd) and PREFIX.squashfs (from /rootfs.squashfs) into OUTDIR, which is created if missing. Files appear under their names only once complete. Feed them to any netboot server, or serve them with `daybreak serve`; `daybreak serve --iso` serves them straight from the ISO without this step.",
+        after_help = "Example (the Kairos docs' command):\n  daybreak netboot kairos.iso out kairos\n  \
+# writes out/kairos-kernel, out/kairos-initrd, out/kairos.squashfs"
+    )]
+    Netboot(NetbootArgs),
+}
+
+#[derive(Args, Debug)]
+struct NetbootArgs {
+    /// The Kairos ISO.
+    source: PathBuf,
+    /// Where to write the files (created if missing).
+    outdir: PathBuf,
+    /// File name prefix; empty means "kairos".
+    #[arg(default_value = "kairos")]
+    prefix: String,
 }
 
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// The kernel to boot (vmlinuz, bzImage).
-    #[arg(long, value_name = "FILE")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "iso")]
+    kernel: Option<PathBuf>,
+    /// A Kairos ISO: its /boot/kernel, /boot/initrd and /rootfs.squashfs are served straight from
+    /// the ISO file, with no extraction.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "rootfs"])]
+    iso: Option<PathBuf>,
     /// An initrd; repeat for several, loaded in order.
     #[arg(long, value_name = "FILE")]
     initrd: Vec<PathBuf>,
@@ -201,8 +225,23 @@ fn main() -> ExitCode {
             let _ = Cli::command().print_help();
             return ExitCode::from(2);
         }
+        Some(Command::Netboot(a)) => {
+            return match netboot::run(&a.source, &a.outdir, &a.prefix) {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Serve(a)) => a.net.into_options(PlanInput {
             kernel: a.kernel,
+            iso: a.iso,
             initrds: a.initrd,
             rootfs: a.rootfs,
             cloud_config: a.cloud_config,
@@ -211,7 +250,8 @@ fn main() -> ExitCode {
         }),
         Some(Command::StartPixie(a)) => ServeOptions {
             plan: PlanInput {
-                kernel: a.kernel,
+                kernel: Some(a.kernel),
+                iso: None,
                 initrds: vec![a.initrd],
                 rootfs: Some(a.squashfs),
                 cloud_config: Some(a.cloud_config),
