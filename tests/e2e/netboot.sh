@@ -9,10 +9,14 @@
 #     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM
 #           uefi          OVMF with virtio-net and no option ROM (EDK2's own PXE client)
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
+#           bios-iso      as bios, with kernel, initrd and squashfs served straight from an ISO
+#                         made by xorriso (`daybreak serve --iso`)
 #
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
-mode=${1:?mode}; bin=${2:?daybreak binary}; guest=${3:?guest dir}
+mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
+from_iso=0
+case "$mode" in *-iso) from_iso=1; mode=${mode%-iso} ;; esac
 timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
 accel=${DAYBREAK_E2E_ACCEL:-tcg}
 
@@ -33,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 fail() {
-  echo "E2E-FAIL ($mode): $*"
+  echo "E2E-FAIL ($label): $*"
   for f in daybreak.log dnsmasq.log serial.log qemu.log; do
     [ -f "$tmp/$f" ] && { echo "----- $f (last 60 lines)"; tail -n 60 "$tmp/$f"; }
   done
@@ -80,8 +84,18 @@ printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairo
 # server's pid and cleanup can stop it.
 where=$srv
 [ "$mode" = bios-samehost ] && where=$lan
-ip netns exec "$where" "$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" \
-  --rootfs "$tmp/rootfs.squashfs" --cloud-config "$tmp/cloud-config.yaml" >"$tmp/daybreak.log" 2>&1 &
+if [ $from_iso = 1 ]; then
+  mkdir -p "$tmp/iso/boot"
+  cp "$guest/vmlinuz" "$tmp/iso/boot/vmlinuz-test"
+  ln -s vmlinuz-test "$tmp/iso/boot/kernel"
+  cp "$guest/initramfs.gz" "$tmp/iso/boot/initrd"
+  cp "$tmp/rootfs.squashfs" "$tmp/iso/rootfs.squashfs"
+  xorriso -as mkisofs -quiet -R -J -V KAIROS -o "$tmp/kairos.iso" "$tmp/iso" || fail "xorriso failed"
+  sources=(--iso "$tmp/kairos.iso")
+else
+  sources=(--kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs")
+fi
+ip netns exec "$where" "$bin" serve "${sources[@]}" --cloud-config "$tmp/cloud-config.yaml" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   grep -q " ready" "$tmp/daybreak.log" 2>/dev/null && break
@@ -141,4 +155,4 @@ if [ "$mode" = uefi ]; then
 fi
 echo "--- daybreak log"
 grep -E "offer|ack|tftp|script|http sent|booting" "$tmp/daybreak.log" | sed 's/^[^ ]* *//' | head -30
-echo "E2E-PASS ($mode) in ${elapsed}s"
+echo "E2E-PASS ($label) in ${elapsed}s"

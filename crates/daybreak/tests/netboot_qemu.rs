@@ -58,3 +58,9 @@ fn uefi_edk2_pxe_boots_kernel() {
 fn bios_boots_with_daybreak_beside_dhcp_server() {
     boot("bios-samehost");
 }
+
+/// The kernel, initrd and squashfs served as byte ranges of a Kairos-layout ISO (`serve --iso`).
+#[test]
+fn bios_boots_from_files_inside_an_iso() {
+    boot("bios-iso");
+}

@@ -1,0 +1,223 @@
+//! `daybreak netboot ISO OUTDIR [PREFIX]` and `daybreak serve --iso` against ISOs made by xorriso.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    free_tcp_port, free_udp_port, output_within, pattern, require, tempdir, Daybreak, BIN,
+};
+
+struct Kairos {
+    dir: PathBuf,
+    iso: PathBuf,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+    rootfs: Vec<u8>,
+}
+
+/// A Kairos-shaped ISO (Rock Ridge + Joliet, /boot/kernel a symlink) from `tree`'s files.
+fn kairos_iso(tag: &str, drop_initrd: bool) -> Kairos {
+    let dir = tempdir(tag);
+    let root = dir.join("tree");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    let k = Kairos {
+        iso: dir.join("kairos.iso"),
+        kernel: pattern(2_000_001, 1),
+        initrd: pattern(700_000, 2),
+        rootfs: pattern(5_000_000, 3),
+        dir: dir.clone(),
+    };
+    std::fs::write(root.join("boot/vmlinuz-6.6.0"), &k.kernel).unwrap();
+    std::os::unix::fs::symlink("vmlinuz-6.6.0", root.join("boot/kernel")).unwrap();
+    if !drop_initrd {
+        std::fs::write(root.join("boot/initrd"), &k.initrd).unwrap();
+    }
+    std::fs::write(root.join("rootfs.squashfs"), &k.rootfs).unwrap();
+    let out = output_within(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+            .arg(&k.iso)
+            .arg(&root),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    k
+}
+
+fn netboot(args: &[&Path]) -> std::process::Output {
+    output_within(
+        Command::new(BIN).arg("netboot").args(args),
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn netboot_writes_the_three_files_and_creates_outdir() {
+    if !require(false, &["xorriso"]) {
+        return;
+    }
+    let k = kairos_iso("netboot", false);
+    let out = k.dir.join("new/out");
+    let r = netboot(&[&k.iso, &out, Path::new("kairos")]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(out.join("kairos-kernel")).unwrap() == k.kernel);
+    assert!(std::fs::read(out.join("kairos-initrd")).unwrap() == k.initrd);
+    assert!(std::fs::read(out.join("kairos.squashfs")).unwrap() == k.rootfs);
+    let printed = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        printed.contains("kairos-kernel") && printed.contains("kairos.squashfs"),
+        "{printed}"
+    );
+    // Nothing but the three files: no temporary names left behind.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+
+    // Empty and custom prefixes.
+    let r = netboot(&[&k.iso, &out, Path::new("")]);
+    assert!(r.status.success());
+    let r = netboot(&[&k.iso, &out, Path::new("v3")]);
+    assert!(r.status.success());
+    assert!(std::fs::read(out.join("v3.squashfs")).unwrap() == k.rootfs);
+    assert!(out.join("v3-initrd").exists());
+}
+
+#[test]
+fn netboot_errors_name_the_file_and_the_fix() {
+    if !require(false, &["xorriso"]) {
+        return;
+    }
+    let k = kairos_iso("netboot-missing", true);
+    let out = k.dir.join("out");
+    let r = netboot(&[&k.iso, &out]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        e.contains("has no /boot/initrd") && e.contains("/boot holds: kernel, vmlinuz-6.6.0"),
+        "{e}"
+    );
+
+    let not_iso = k.dir.join("notes.txt");
+    std::fs::write(&not_iso, vec![b'x'; 100_000]).unwrap();
+    let e = String::from_utf8_lossy(&netboot(&[&not_iso, &out]).stderr).into_owned();
+    assert!(e.contains("notes.txt is not an ISO 9660 image"), "{e}");
+
+    let good = kairos_iso("netboot-trunc", false);
+    let len = std::fs::metadata(&good.iso).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&good.iso)
+        .unwrap()
+        .set_len(len - 1_000_000)
+        .unwrap();
+    let e = String::from_utf8_lossy(&netboot(&[&good.iso, &out]).stderr).into_owned();
+    assert!(
+        e.contains("is truncated") && e.contains("rootfs.squashfs"),
+        "{e}"
+    );
+    assert!(!out.join("kairos.squashfs").exists(), "a half file landed");
+}
+
+#[test]
+fn netboot_into_unwritable_outdir_explains() {
+    if !require(true, &["xorriso", "setpriv"]) {
+        return;
+    }
+    let k = kairos_iso("netboot-ro", false);
+    let ro = k.dir.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&k.dir, &ro] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&k.iso, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "netboot",
+            ])
+            .arg(&k.iso)
+            .arg(&ro),
+        Duration::from_secs(30),
+    );
+    let e = String::from_utf8_lossy(&r.stderr);
+    if e.contains("Permission denied") && e.contains(BIN) {
+        eprintln!("skipped: the test binary is not executable by an unprivileged user here");
+        return;
+    }
+    assert!(!r.status.success());
+    assert!(
+        e.contains("cannot write to") && e.contains("choose a writable OUTDIR"),
+        "{e}"
+    );
+}
+
+#[test]
+fn serve_iso_serves_files_in_place_with_ranges() {
+    if !require(false, &["xorriso", "curl"]) {
+        return;
+    }
+    let k = kairos_iso("serve-iso", false);
+    let http = free_tcp_port();
+    let iso = k.iso.to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    let server = Daybreak::start(
+        &[
+            "serve",
+            "--iso",
+            &iso,
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--tftp-port",
+            &free_udp_port().to_string(),
+            "--no-proxy-dhcp",
+        ],
+        &k.dir,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ready without extracting anything"
+    );
+    let get = |path: &str, range: Option<&str>| -> Vec<u8> {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "30"]);
+        if let Some(r) = range {
+            c.args(["-r", r]);
+        }
+        c.arg(format!("http://127.0.0.1:{http}{path}"))
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert!(get("/kernel", None) == k.kernel);
+    assert!(get("/initrd0", None) == k.initrd);
+    assert!(get("/rootfs.squashfs", None) == k.rootfs);
+    assert!(get("/rootfs.squashfs", Some("4000000-4099999")) == k.rootfs[4_000_000..4_100_000]);
+    assert!(get("/kernel", Some("-100")) == k.kernel[k.kernel.len() - 100..]);
+    let script = String::from_utf8(get("/boot.ipxe", None)).unwrap();
+    assert!(
+        script.contains(&format!(
+            "root=live:http://127.0.0.1:{http}/rootfs.squashfs"
+        )),
+        "{script}"
+    );
+    drop(server);
+    // Conflicting sources are refused.
+    let r = output_within(
+        Command::new(BIN).args(["serve", "--iso", &iso, "--kernel", "/x"]),
+        Duration::from_secs(20),
+    );
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot be used with"));
+}
