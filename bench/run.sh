@@ -6,14 +6,16 @@
 #              then asking for windowsize 4 as UEFI does
 #   HTTP       Daybreak vs nginx (sendfile on): a 1 GiB file to 1, 8 and 64 concurrent clients,
 #              aggregate throughput and the servers' peak memory
+#   ISO        `daybreak netboot` vs `xorriso -osirrox on -extract` for the three files of a ~3 GB
+#              Kairos-layout ISO (warm and cold page cache); `daybreak serve --iso` start to ready
 #
-#   sudo bench/run.sh [dhcp|tftp|http]...     (default: all three)
+#   sudo bench/run.sh [dhcp|tftp|http|iso]...     (default: all four)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -153,6 +155,59 @@ EOF
     row "  peak RSS KiB / failed" "$(field peak_rss_kib "$d")/$(field failed "$d")" "$(field peak_rss_kib "$r")/$(field failed "$r")" ""
   done
   stop_all
+fi
+
+if [[ " ${what[*]} " == *" iso "* ]]; then
+  # Built on disk next to the repository's target dir, not in a tmpfs: extraction reads and writes a
+  # real filesystem, as users' do.
+  work=$PWD/target/bench-iso
+  rm -rf "$work"; mkdir -p "$work/tree/boot"
+  head -c 12582912 /dev/urandom > "$work/tree/boot/vmlinuz-6.6.0"
+  ln -s vmlinuz-6.6.0 "$work/tree/boot/kernel"
+  head -c 104857600 /dev/urandom > "$work/tree/boot/initrd"
+  head -c 3221225472 /dev/urandom > "$work/tree/rootfs.squashfs"
+  xorriso -as mkisofs -quiet -R -J -iso-level 3 -V KAIROS -o "$work/kairos.iso" "$work/tree"
+  rm -rf "$work/tree"
+  iso_size=$(stat -c %s "$work/kairos.iso")
+  # Daybreak fsyncs what it writes before renaming it into place; xorriso leaves it in the page
+  # cache. The reference is therefore xorriso followed by a sync of its output, and every run
+  # starts with the disk's writeback settled, or it pays for the previous run's.
+  secs() { local s e; sync; sleep 3; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); awk -v a="$s" -v b="$e" 'BEGIN { printf "%.2f", b - a }'; }
+  cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+  extract_db() { rm -rf "$work/out-db"; "$db" netboot "$work/kairos.iso" "$work/out-db" kairos; }
+  extract_x() {
+    rm -rf "$work/out-x"; mkdir -p "$work/out-x"
+    xorriso -osirrox on -indev "$work/kairos.iso" -extract /boot/kernel "$work/out-x/kairos-kernel" \
+      -extract /boot/initrd "$work/out-x/kairos-initrd" -extract /rootfs.squashfs "$work/out-x/kairos.squashfs"
+  }
+  extract_x_sync() { extract_x; sync -f "$work/out-x/kairos.squashfs"; }
+  for cache in warm cold; do
+    dts=(); xts=(); rts=()
+    for _ in 1 2 3; do
+      [ $cache = cold ] && cold || cat "$work/kairos.iso" > /dev/null
+      dts+=("$(secs extract_db)")
+      [ $cache = cold ] && cold || cat "$work/kairos.iso" > /dev/null
+      xts+=("$(secs extract_x_sync)")
+      [ $cache = cold ] && cold || cat "$work/kairos.iso" > /dev/null
+      rts+=("$(secs extract_x)")
+    done
+    med() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+    d=$(med "${dts[@]}"); x=$(med "${xts[@]}"); r=$(med "${rts[@]}")
+    echo "iso extract $cache: daybreak ${dts[*]} s; xorriso+sync ${xts[*]} s; xorriso alone ${rts[*]} s"
+    row "ISO $((iso_size >> 20)) MiB: extract 3 files + sync, $cache cache, s" "$d" "$x" "$(ratio "$x" "$d")"
+    row "  xorriso without syncing its output, s" "" "$r" ""
+  done
+  cmp "$work/out-db/kairos.squashfs" "$work/out-x/kairos.squashfs" || { echo "extracted files differ" >&2; exit 1; }
+  # serve --iso: from exec to ready, cold cache.
+  cold
+  s=$(date +%s.%N)
+  ip netns exec "$sns" "$db" serve --iso "$work/kairos.iso" --no-proxy-dhcp >"$tmp/iso-serve.log" 2>&1 &
+  pids+=($!)
+  until grep -q " ready" "$tmp/iso-serve.log"; do sleep 0.005; done
+  e=$(date +%s.%N)
+  stop_all
+  row "ISO: daybreak serve --iso, start to ready, s (cold cache)" "$(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.3f", b - a }')" "-" ""
+  rm -rf "$work"
 fi
 
 echo
