@@ -5,4 +5,5 @@
 //! file only appears under its final name once it is complete and on disk.
 
 pub mod iso;
+pub mod release;
 pub mod write;
