@@ -4,6 +4,7 @@
 //! Everything read here is untrusted input: lengths are checked against what is there, and a
 //! file only appears under its final name once it is complete and on disk.
 
+pub mod download;
 pub mod iso;
 pub mod release;
 pub mod write;

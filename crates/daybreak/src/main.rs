@@ -102,6 +102,9 @@ struct NetbootArgs {
     /// File name prefix; empty means "kairos".
     #[arg(default_value = "kairos")]
     prefix: String,
+    /// Where downloaded ISOs are cached (absolute, or relative to the working directory).
+    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    state_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -109,10 +112,14 @@ struct ServeArgs {
     /// The kernel to boot (vmlinuz, bzImage).
     #[arg(long, value_name = "FILE", required_unless_present = "iso")]
     kernel: Option<PathBuf>,
-    /// A Kairos ISO: its /boot/kernel, /boot/initrd and /rootfs.squashfs are served straight from
-    /// the ISO file, with no extraction.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "rootfs"])]
+    /// A Kairos ISO, as a path or an http(s) URL (downloaded into --state-dir first): its
+    /// /boot/kernel, /boot/initrd and /rootfs.squashfs are served straight from the ISO file, with
+    /// no extraction.
+    #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["kernel", "initrd", "rootfs"])]
     iso: Option<PathBuf>,
+    /// Where downloaded ISOs are cached (absolute, or relative to the working directory).
+    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    state_dir: PathBuf,
     /// An initrd; repeat for several, loaded in order.
     #[arg(long, value_name = "FILE")]
     initrd: Vec<PathBuf>,
@@ -226,7 +233,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Some(Command::Netboot(a)) => {
-            return match netboot::run(&a.source, &a.outdir, &a.prefix) {
+            return match netboot::run(&a.source, &a.outdir, &a.prefix, &a.state_dir) {
                 Ok(paths) => {
                     for p in paths {
                         println!("{}", p.display());
@@ -241,7 +248,18 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve(a)) => a.net.into_options(PlanInput {
             kernel: a.kernel,
-            iso: a.iso,
+            iso: match a
+                .iso
+                .as_deref()
+                .map(|i| netboot::local_iso(i, &a.state_dir))
+                .transpose()
+            {
+                Ok(iso) => iso,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            },
             initrds: a.initrd,
             rootfs: a.rootfs,
             cloud_config: a.cloud_config,

@@ -26,8 +26,69 @@ fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     }
 }
 
-pub fn run(source: &Path, outdir: &Path, prefix: &str) -> anyhow::Result<Vec<PathBuf>> {
+/// Where a downloaded ISO is cached: `STATE_DIR/downloads/<hash of URL>-<file name>`, so two
+/// URLs with the same file name never share a cache entry.
+fn cache_path(url: &str, state_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let name: String = url
+        .rsplit('/')
+        .next()
+        .unwrap_or("download.iso")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = name.trim_start_matches('.');
+    let tag: String = sha2::Sha256::digest(url.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    state_dir.join("downloads").join(format!("{tag}-{name}"))
+}
+
+/// A local ISO path as is; an http(s) URL downloaded into the cache first (resumed, verified
+/// against the published .sha256, reused once complete).
+pub fn local_iso(source: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let Some(url) = source
+        .to_str()
+        .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
+    else {
+        return Ok(source.to_path_buf());
+    };
+    let dest = cache_path(url, state_dir);
+    let mut bar: Option<Progress> = None;
+    let out = artifacts::download::download(url, &dest, &mut |done, total| {
+        bar.get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
+            .update(done);
+    })?;
+    match out {
+        artifacts::download::Outcome::Cached => eprintln!("using cached {}", dest.display()),
+        artifacts::download::Outcome::Downloaded { verified, .. } => {
+            if let Some(b) = bar {
+                b.finish();
+            }
+            if !verified {
+                eprintln!("note: {url} has no published .sha256; the download is not verified");
+            }
+        }
+    }
+    Ok(dest)
+}
+
+pub fn run(
+    source: &Path,
+    outdir: &Path,
+    prefix: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let prefix = if prefix.is_empty() { "kairos" } else { prefix };
+    let source = &local_iso(source, state_dir)?;
     let iso = Iso::open(source)?;
     let files = iso.netboot_files()?;
     std::fs::create_dir_all(outdir).map_err(|e| match e.kind() {
@@ -56,4 +117,26 @@ pub fn run(source: &Path, outdir: &Path, prefix: &str) -> anyhow::Result<Vec<Pat
         written.push(dest);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_names_are_safe_and_distinct() {
+        let d = Path::new("/state");
+        let a = cache_path(
+            "https://github.com/kairos-io/kairos/releases/download/v3.7.2/kairos-x.iso",
+            d,
+        );
+        let b = cache_path("https://mirror.example/kairos-x.iso", d);
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("/state/downloads") && a.to_string_lossy().ends_with("-kairos-x.iso")
+        );
+        let evil = cache_path("http://x/..%2f..%2fetc%2fpasswd", d);
+        assert_eq!(evil.parent().unwrap(), Path::new("/state/downloads"));
+        assert!(!evil.file_name().unwrap().to_string_lossy().contains('/'));
+    }
 }

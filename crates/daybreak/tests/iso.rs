@@ -221,3 +221,95 @@ fn serve_iso_serves_files_in_place_with_ranges() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot be used with"));
 }
+
+/// `netboot` and `serve --iso` given an http:// URL download the ISO into the state dir's cache
+/// once, then work from there.
+#[test]
+fn iso_by_url_is_downloaded_once_into_the_state_dir() {
+    if !require(false, &["xorriso", "python3", "curl"]) {
+        return;
+    }
+    let k = kairos_iso("url", false);
+    let port = free_tcp_port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _web = Kill(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(&k.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}/kairos.iso");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = k.dir.join("state");
+    let out = k.dir.join("out");
+    let r = netboot(&[
+        Path::new(&url),
+        &out,
+        Path::new("kairos"),
+        Path::new("--state-dir"),
+        &state,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(out.join("kairos.squashfs")).unwrap() == k.rootfs);
+    let cached: Vec<_> = std::fs::read_dir(state.join("downloads"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(cached.len(), 1, "one complete file, no .part left");
+    assert!(cached[0]
+        .file_name()
+        .to_string_lossy()
+        .ends_with("-kairos.iso"));
+
+    // serve --iso with the same URL reuses the cache.
+    let http = free_tcp_port();
+    let state_s = state.to_string_lossy().into_owned();
+    let server = Daybreak::start(
+        &[
+            "serve",
+            "--iso",
+            &url,
+            "--state-dir",
+            &state_s,
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--tftp-port",
+            &free_udp_port().to_string(),
+            "--no-proxy-dhcp",
+        ],
+        &k.dir,
+    );
+    assert!(
+        server.log_text().contains("using cached"),
+        "{}",
+        server.log_text()
+    );
+    let body = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{http}/initrd0")])
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(body == k.initrd);
+}

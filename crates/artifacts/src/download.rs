@@ -1,0 +1,247 @@
+//! Downloading a release ISO into the cache: resumable, verified, atomic.
+//!
+//! Data goes to `NAME.part` beside the destination. A dropped connection is resumed with a
+//! `Range` request from where the file ends; a server that ignores the range starts it over. When
+//! the publisher has a `URL.sha256` beside the file, the whole file is hashed and must match, or it
+//! is deleted. Only then is it fsynced and renamed to its real name, so a complete name is always a
+//! complete, verified file and is reused as is.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Attempts per download before giving up; each resumes where the last stopped.
+const ATTEMPTS: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("downloading {url} failed after {attempts} attempts: {last}")]
+    Failed {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("{url} answered HTTP {status}; check the release keys or the URL")]
+    Status { url: String, status: u16 },
+    #[error(
+        "{url} does not match its published checksum (expected {expected}, got {actual}); the partial download was deleted, run again to fetch it anew"
+    )]
+    Checksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{url}.sha256 is not a sha256 checksum file")]
+    BadChecksumFile { url: String },
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// What happened, for the caller's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file was already complete in the cache.
+    Cached,
+    Downloaded {
+        bytes: u64,
+        resumed: u32,
+        verified: bool,
+    },
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+fn part_name(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!("{name}.part"))
+}
+
+/// The published checksum, if the publisher has one (`URL.sha256`, "HEX  NAME" or just "HEX").
+fn published_sha256(agent: &ureq::Agent, url: &str) -> Result<Option<String>, DownloadError> {
+    let sum_url = format!("{url}.sha256");
+    let mut resp = match agent.get(&sum_url).call() {
+        Ok(r) => r,
+        // No checksum server-side is not an error; a network failure here will show on the file.
+        Err(_) => return Ok(None),
+    };
+    match resp.status().as_u16() {
+        200 => {}
+        404 | 410 => return Ok(None),
+        status => {
+            return Err(DownloadError::Status {
+                url: sum_url,
+                status,
+            })
+        }
+    }
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .map_err(|_| DownloadError::BadChecksumFile { url: url.into() })?;
+    let hex = text
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DownloadError::BadChecksumFile { url: url.into() });
+    }
+    Ok(Some(hex))
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One GET from `have` bytes on, appended to `part`. Returns the total size when known.
+fn fetch_once(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<(), String> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut req = agent.get(url);
+    if have > 0 {
+        req = req.header("Range", &format!("bytes={have}-"));
+    }
+    let resp = req.call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let len = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (mut out, start, total) = match status {
+        206 => {
+            let f = OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(|e| e.to_string())?;
+            (f, have, len.map(|l| l + have))
+        }
+        200 => {
+            // Full body: the server ignored the range, or there was none.
+            let f = File::create(part).map_err(|e| e.to_string())?;
+            (f, 0, len)
+        }
+        416 if have > 0 => return Ok(()), // nothing left to fetch
+        s => return Err(format!("HTTP {s}")),
+    };
+    let mut reader = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = start;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        done += n as u64;
+        progress(done, total);
+    }
+    if let Some(t) = total {
+        if done < t {
+            return Err(format!("connection closed at {done} of {t} bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `url` to `dest` unless `dest` already exists. `progress` gets (bytes, total).
+pub fn download(
+    url: &str,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<Outcome, DownloadError> {
+    if dest.is_file() {
+        return Ok(Outcome::Cached);
+    }
+    let io_err = |source| DownloadError::Io {
+        path: dest.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let agent = agent();
+    let expected = published_sha256(&agent, url)?;
+    let part = part_name(dest);
+    let mut last = String::new();
+    let mut resumed = 0;
+    let mut ok = false;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            resumed += 1;
+            std::thread::sleep(Duration::from_millis(200 * (1 << attempt.min(5))));
+        }
+        match fetch_once(&agent, url, &part, progress) {
+            Ok(()) => {
+                ok = true;
+                break;
+            }
+            Err(e) if e.starts_with("HTTP 4") => {
+                let status = e[5..].parse().unwrap_or(0);
+                return Err(DownloadError::Status {
+                    url: url.into(),
+                    status,
+                });
+            }
+            Err(e) => last = e,
+        }
+    }
+    if !ok {
+        return Err(DownloadError::Failed {
+            url: url.into(),
+            attempts: ATTEMPTS,
+            last,
+        });
+    }
+    if let Some(expected) = &expected {
+        let actual = sha256_file(&part).map_err(io_err)?;
+        if &actual != expected {
+            let _ = std::fs::remove_file(&part);
+            return Err(DownloadError::Checksum {
+                url: url.into(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    let bytes = std::fs::metadata(&part).map_err(io_err)?.len();
+    File::open(&part)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err)?;
+    std::fs::rename(&part, dest).map_err(io_err)?;
+    Ok(Outcome::Downloaded {
+        bytes,
+        resumed,
+        verified: expected.is_some(),
+    })
+}
