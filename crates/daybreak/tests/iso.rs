@@ -313,3 +313,46 @@ fn iso_by_url_is_downloaded_once_into_the_state_dir() {
         .stdout;
     assert!(body == k.initrd);
 }
+
+/// A full disk: the error says so, and no partial or temporary file is left in OUTDIR.
+#[test]
+fn disk_full_leaves_nothing_half_written() {
+    if !require(true, &["xorriso", "unshare", "mount"]) {
+        return;
+    }
+    let k = kairos_iso("diskfull", false);
+    let small = k.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    // 3 MiB of tmpfs in a private mount namespace: the kernel and initrd fit, the squashfs not.
+    let script = format!(
+        "mount -t tmpfs -o size=3m tmpfs '{d}' && '{bin}' netboot '{iso}' '{d}/out'; rc=$?; ls -a '{d}/out'; exit $rc",
+        d = small.display(),
+        bin = BIN,
+        iso = k.iso.display()
+    );
+    let r = output_within(
+        Command::new("unshare").args(["-m", "sh", "-c", &script]),
+        Duration::from_secs(60),
+    );
+    let e = String::from_utf8_lossy(&r.stderr);
+    let listing = String::from_utf8_lossy(&r.stdout);
+    if e.contains("mount:") && e.contains("permission denied") {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    assert!(!r.status.success());
+    assert!(
+        e.contains("disk full writing")
+            && e.contains("kairos.squashfs")
+            && e.contains("nothing was left behind"),
+        "{e}"
+    );
+    assert!(
+        !listing.contains("kairos.squashfs") && !listing.contains(".tmp-"),
+        "left behind:\n{listing}"
+    );
+    assert!(
+        listing.contains("kairos-kernel") && listing.contains("kairos-initrd"),
+        "{listing}"
+    );
+}
