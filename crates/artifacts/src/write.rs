@@ -19,31 +19,28 @@ pub fn copy_extents_atomic(
     dest: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
-    let tmp = temp_name(dest);
-    let result = (|| {
-        let out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    atomically(dest, |out| {
         let mut done = 0u64;
         for e in extents {
-            copy_range(src, e.offset, &out, done, e.len, &mut |n| progress(n))?;
+            copy_range(src, e.offset, out, done, e.len, &mut |n| progress(n))?;
             done += e.len;
         }
-        out.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        sync_dir(dest);
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 /// Writes `data` to `dest` atomically.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
+    atomically(dest, |mut out| out.write_all(data))
+}
+
+/// Runs `fill` on a new temporary file beside `dest`, then fsyncs it and renames it to `dest`
+/// (and fsyncs the directory, so the name survives a crash too). On error the temporary file goes.
+fn atomically(dest: &Path, fill: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
     let tmp = temp_name(dest);
     let result = (|| {
-        let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        out.write_all(data)?;
+        let out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        fill(&out)?;
         out.sync_all()?;
         std::fs::rename(&tmp, dest)?;
         sync_dir(dest);

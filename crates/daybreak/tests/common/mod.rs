@@ -200,3 +200,27 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output
     }
     child.wait_with_output().unwrap()
 }
+
+/// Runs `BIN args…` as user nobody without capabilities. `None` (after saying so) when this
+/// machine's build directory is not reachable by an unprivileged user.
+pub fn run_as_nobody(args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
+    let out = output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                BIN,
+            ])
+            .args(args),
+        Duration::from_secs(30),
+    );
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    if e.contains("Permission denied") && e.contains(BIN) {
+        eprintln!("skipped: the test binary is not executable by an unprivileged user here");
+        return None;
+    }
+    Some((out.status, e))
+}
