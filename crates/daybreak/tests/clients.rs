@@ -39,8 +39,7 @@ fn setup(tag: &str) -> Setup {
     let i = write(&dir, "initrd.img", b"initrd");
     let r = write(&dir, "rootfs.squashfs", &rootfs);
     let c = write(&dir, "config.yaml", b"#cloud-config\nhostname: test\n");
-    let (http, tftp) = (free_tcp_port(), free_udp_port());
-    let server = Daybreak::start(
+    let (server, http, tftp) = Daybreak::start_loopback(
         &[
             "serve",
             "--kernel",
@@ -51,13 +50,6 @@ fn setup(tag: &str) -> Setup {
             &r,
             "--cloud-config",
             &c,
-            "--listen",
-            "127.0.0.1",
-            "--http-port",
-            &http.to_string(),
-            "--tftp-port",
-            &tftp.to_string(),
-            "--no-proxy-dhcp",
         ],
         &dir,
     );
@@ -508,24 +500,8 @@ fn json_logs_are_one_object_per_line() {
     }
     let dir = tempdir("json");
     let k = write(&dir, "vmlinuz", b"kernel");
-    let http = free_tcp_port();
-    let server = Daybreak::start(
-        &[
-            "--log-format",
-            "json",
-            "serve",
-            "--kernel",
-            &k,
-            "--listen",
-            "127.0.0.1",
-            "--http-port",
-            &http.to_string(),
-            "--tftp-port",
-            &free_udp_port().to_string(),
-            "--no-proxy-dhcp",
-        ],
-        &dir,
-    );
+    let (server, http, _) =
+        Daybreak::start_loopback(&["--log-format", "json", "serve", "--kernel", &k], &dir);
     curl(&[&format!("http://127.0.0.1:{http}/kernel")]);
     std::thread::sleep(Duration::from_millis(200));
     let log = server.log_text();

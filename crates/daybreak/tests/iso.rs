@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    free_tcp_port, free_udp_port, output_within, pattern, require, tempdir, Daybreak, BIN,
-};
+use common::{free_tcp_port, output_within, pattern, require, tempdir, Daybreak, BIN};
 
 struct Kairos {
     dir: PathBuf,
@@ -154,24 +152,9 @@ fn serve_iso_serves_files_in_place_with_ranges() {
         return;
     }
     let k = kairos_iso("serve-iso", false);
-    let http = free_tcp_port();
     let iso = k.iso.to_string_lossy().into_owned();
     let started = std::time::Instant::now();
-    let server = Daybreak::start(
-        &[
-            "serve",
-            "--iso",
-            &iso,
-            "--listen",
-            "127.0.0.1",
-            "--http-port",
-            &http.to_string(),
-            "--tftp-port",
-            &free_udp_port().to_string(),
-            "--no-proxy-dhcp",
-        ],
-        &k.dir,
-    );
+    let (server, http, _) = Daybreak::start_loopback(&["serve", "--iso", &iso], &k.dir);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "ready without extracting anything"
@@ -269,25 +252,9 @@ fn iso_by_url_is_downloaded_once_into_the_state_dir() {
         .ends_with("-kairos.iso"));
 
     // serve --iso with the same URL reuses the cache.
-    let http = free_tcp_port();
     let state_s = state.to_string_lossy().into_owned();
-    let server = Daybreak::start(
-        &[
-            "serve",
-            "--iso",
-            &url,
-            "--state-dir",
-            &state_s,
-            "--listen",
-            "127.0.0.1",
-            "--http-port",
-            &http.to_string(),
-            "--tftp-port",
-            &free_udp_port().to_string(),
-            "--no-proxy-dhcp",
-        ],
-        &k.dir,
-    );
+    let (server, http, _) =
+        Daybreak::start_loopback(&["serve", "--iso", &url, "--state-dir", &state_s], &k.dir);
     assert!(
         server.log_text().contains("using cached"),
         "{}",

@@ -120,6 +120,24 @@ impl Daybreak {
         d
     }
 
+    /// `daybreak ARGS… --listen 127.0.0.1 --http-port H --tftp-port T --no-proxy-dhcp` on free
+    /// loopback ports; returns the server and its (HTTP, TFTP) ports.
+    pub fn start_loopback(args: &[&str], dir: &Path) -> (Daybreak, u16, u16) {
+        let (http, tftp) = (free_tcp_port(), free_udp_port());
+        let (h, t) = (http.to_string(), tftp.to_string());
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            &h,
+            "--tftp-port",
+            &t,
+            "--no-proxy-dhcp",
+        ]);
+        (Daybreak::start(&all, dir), http, tftp)
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
