@@ -304,11 +304,7 @@ impl Plan {
             (None, IpAddr::V6(v6)) => format!("[{v6}]"),
             (None, v4) => v4.to_string(),
         };
-        if self.http_port == 80 {
-            format!("http://{host}")
-        } else {
-            format!("http://{host}:{}", self.http_port)
-        }
+        pxe::http_base(host, self.http_port)
     }
 
     pub fn file_url(&self, base: &str, name: &str) -> String {

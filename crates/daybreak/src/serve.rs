@@ -225,7 +225,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let shown = match plan_input.advertise {
         Some(a) => plan.base_url(a.into()),
-        None => format!("http://<server>:{}", plan_input.http_port),
+        None => pxe::http_base("<server>", plan_input.http_port),
     };
     tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (<server> is the address each client reached)");
     if opts.proxy_dhcp {

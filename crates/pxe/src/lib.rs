@@ -137,13 +137,19 @@ pub struct Context<'a> {
     pub boot_files: &'a BootFiles,
 }
 
+/// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client
+/// is given, in DHCP replies and in boot scripts alike, so the two always agree.
+pub fn http_base(host: impl std::fmt::Display, port: u16) -> String {
+    if port == 80 {
+        format!("http://{host}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
 impl Context<'_> {
     fn http_base(&self) -> String {
-        if self.http_port == 80 {
-            format!("http://{}", self.server)
-        } else {
-            format!("http://{}:{}", self.server, self.http_port)
-        }
+        http_base(self.server, self.http_port)
     }
 
     /// The URL of the iPXE boot script for a machine; the HTTP server serves this path.
