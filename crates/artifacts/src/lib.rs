@@ -1,5 +1,6 @@
-//! Sources to netboot artifacts. Today: Kairos ISOs, read without mounting ([`iso`]), and the
-//! atomic copy that lands files in an output directory or the cache ([`write`]).
+//! Sources to netboot artifacts: Kairos ISOs read without mounting ([`iso`]), OCI images merged
+//! from their layers ([`rootfs`]) into a squashfs ([`squashfs`]), and the atomic writes that land
+//! files in an output directory or the store ([`write`]).
 //!
 //! Everything read here is untrusted input: lengths are checked against what is there, and a
 //! file only appears under its final name once it is complete and on disk.
@@ -7,4 +8,6 @@
 pub mod download;
 pub mod iso;
 pub mod release;
+pub mod rootfs;
+pub mod squashfs;
 pub mod write;

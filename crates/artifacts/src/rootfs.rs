@@ -1,0 +1,611 @@
+//! The merged root filesystem of an image, built in memory from its layers, one tar stream at a
+//! time, with the OCI whiteout rules.
+//!
+//! Only names and metadata live here. File contents go straight from the tar stream into the
+//! squashfs [`Writer`], which hands back where they went; a file that a later layer replaces or
+//! deletes just stops being referenced. So an image is read once, never unpacked to disk.
+//!
+//! Every layer is untrusted. Entries with absolute paths or `..`, symlinks whose target climbs
+//! out of the root, and hard links to anything outside the tree are refused with an error that
+//! names the layer and the entry. A path whose parent is a symlink is resolved inside the root,
+//! the way the kernel would inside a chroot, so no entry can land outside it.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use crate::squashfs::{FileData, Writer};
+
+/// Longest path (in components) accepted from a layer; deeper trees are refused rather than
+/// recursed into.
+const MAX_DEPTH: usize = 512;
+/// Symlinks followed while resolving one path, as the kernel's limit.
+const MAX_HOPS: usize = 40;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits, set-id and sticky bits (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+}
+
+#[derive(Debug)]
+pub enum Kind {
+    Dir(BTreeMap<Vec<u8>, usize>),
+    File(FileData),
+    Symlink(Vec<u8>),
+    Block((u32, u32)),
+    Char((u32, u32)),
+    Fifo,
+    Socket,
+}
+
+#[derive(Debug)]
+pub struct Inode {
+    pub meta: Meta,
+    pub kind: Kind,
+    /// The last layer that declared this entry or walked through it (opaque directories hide
+    /// what no later layer touched).
+    touched: u32,
+}
+
+impl Inode {
+    pub fn mode_with_type(&self) -> u32 {
+        let ty = match self.kind {
+            Kind::Dir(_) => libc::S_IFDIR,
+            Kind::File(_) => libc::S_IFREG,
+            Kind::Symlink(_) => libc::S_IFLNK,
+            Kind::Block(_) => libc::S_IFBLK,
+            Kind::Char(_) => libc::S_IFCHR,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+        };
+        ty | (self.meta.mode & 0o7777)
+    }
+}
+
+/// An arena of inodes; directories map names to arena indices, so hard links share one index.
+#[derive(Debug)]
+pub struct Tree {
+    pub inodes: Vec<Inode>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("layer {layer}: refusing entry {entry:?}: {why}; the image is not safe to use")]
+    Hostile {
+        layer: String,
+        entry: String,
+        why: String,
+    },
+    #[error("layer {layer} is damaged or truncated ({source}); pull the image again")]
+    Corrupt { layer: String, source: io::Error },
+    #[error("writing the squashfs failed: {0}")]
+    Write(io::Error),
+}
+
+/// Counts for one applied layer.
+#[derive(Debug, Default, Clone)]
+pub struct LayerStats {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Paths of entries that carried extended attributes (not kept in the squashfs).
+    pub xattr_paths: Vec<String>,
+}
+
+fn display(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// The components of a path from a layer, or why it is refused.
+fn components(raw: &[u8]) -> Result<Vec<&[u8]>, String> {
+    if raw.starts_with(b"/") {
+        return Err("absolute path".into());
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path contains ..".into()),
+            c if c.len() > 255 => return Err("name longer than 255 bytes".into()),
+            c => out.push(c),
+        }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(format!("path deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(out)
+}
+
+/// Whether a relative symlink target climbs above the root from the directory `parent`.
+fn escapes(parent: &[&[u8]], target: &[u8]) -> bool {
+    if target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = parent.len() as i64;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+impl Tree {
+    pub const ROOT: usize = 0;
+
+    pub fn new() -> Tree {
+        Tree {
+            inodes: vec![Inode {
+                meta: Meta {
+                    mode: 0o755,
+                    ..Meta::default()
+                },
+                kind: Kind::Dir(BTreeMap::new()),
+                touched: 0,
+            }],
+        }
+    }
+
+    pub fn children(&self, dir: usize) -> Option<&BTreeMap<Vec<u8>, usize>> {
+        match &self.inodes[dir].kind {
+            Kind::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn children_mut(&mut self, dir: usize) -> &mut BTreeMap<Vec<u8>, usize> {
+        match &mut self.inodes[dir].kind {
+            Kind::Dir(c) => c,
+            _ => unreachable!("children_mut on a non-directory"),
+        }
+    }
+
+    fn push(&mut self, meta: Meta, kind: Kind, touched: u32) -> usize {
+        self.inodes.push(Inode {
+            meta,
+            kind,
+            touched,
+        });
+        self.inodes.len() - 1
+    }
+
+    /// Resolves `path` (absolute or relative to the root) inside the tree, following symlinks
+    /// with `..` and absolute targets kept inside the root. `follow_last` decides whether a
+    /// final symlink is followed.
+    pub fn resolve(&self, path: &[u8], follow_last: bool) -> Option<usize> {
+        let mut stack: Vec<usize> = vec![Tree::ROOT];
+        let mut todo: Vec<Vec<u8>> = path
+            .split(|&b| b == b'/')
+            .rev()
+            .map(|c| c.to_vec())
+            .collect();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let dir = *stack.last()?;
+            let id = *self.children(dir)?.get(&c)?;
+            let last = todo.iter().all(|t| t.is_empty() || t == b".");
+            if let Kind::Symlink(target) = &self.inodes[id].kind {
+                if last && !follow_last {
+                    stack.push(id);
+                    continue;
+                }
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return None;
+                }
+                if target.starts_with(b"/") {
+                    stack.truncate(1);
+                }
+                todo.extend(target.split(|&b| b == b'/').rev().map(|c| c.to_vec()));
+                continue;
+            }
+            stack.push(id);
+        }
+        stack.last().copied()
+    }
+
+    /// The directory `components` names, created (as 0755 root:root) where missing; symlinks on
+    /// the way are followed inside the root. Marks every directory walked as touched by `layer`.
+    fn parent_dir(&mut self, components: &[&[u8]], layer: u32) -> Result<usize, String> {
+        let mut dir = Tree::ROOT;
+        for (i, &c) in components.iter().enumerate() {
+            let next = match self.children(dir).and_then(|ch| ch.get(c)).copied() {
+                Some(id) => match self.inodes[id].kind {
+                    Kind::Dir(_) => id,
+                    Kind::Symlink(_) => {
+                        let joined = components[..=i].join(&b'/');
+                        match self.resolve(&joined, true) {
+                            Some(t) if matches!(self.inodes[t].kind, Kind::Dir(_)) => t,
+                            _ => {
+                                return Err(format!(
+                                    "parent {} is a symlink that does not lead to a directory",
+                                    display(&joined)
+                                ))
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "parent {} is not a directory",
+                            display(&components[..=i].join(&b'/'))
+                        ))
+                    }
+                },
+                None => {
+                    let id = self.push(
+                        Meta {
+                            mode: 0o755,
+                            ..Meta::default()
+                        },
+                        Kind::Dir(BTreeMap::new()),
+                        layer,
+                    );
+                    self.children_mut(dir).insert(c.to_vec(), id);
+                    id
+                }
+            };
+            self.inodes[next].touched = layer;
+            dir = next;
+        }
+        Ok(dir)
+    }
+
+    /// Hides, below `dir`, everything that `layer` neither declared nor walked through.
+    fn make_opaque(&mut self, dir: usize, layer: u32) {
+        let mut todo = vec![dir];
+        while let Some(d) = todo.pop() {
+            let keep: Vec<(Vec<u8>, usize)> = self
+                .children(d)
+                .into_iter()
+                .flatten()
+                .filter(|(_, &c)| self.inodes[c].touched >= layer)
+                .map(|(n, &c)| (n.clone(), c))
+                .collect();
+            for (_, c) in &keep {
+                if matches!(self.inodes[*c].kind, Kind::Dir(_)) {
+                    todo.push(*c);
+                }
+            }
+            *self.children_mut(d) = keep.into_iter().collect();
+        }
+    }
+
+    /// Applies one layer (an uncompressed tar stream) on top of the tree; file data goes to
+    /// `writer`. `layer` counts from 1 in application order; `name` (its digest) is for errors.
+    pub fn apply_layer(
+        &mut self,
+        writer: &mut Writer,
+        layer: u32,
+        name: &str,
+        reader: impl Read,
+    ) -> Result<LayerStats, MergeError> {
+        let corrupt = |source: io::Error| MergeError::Corrupt {
+            layer: name.to_string(),
+            source,
+        };
+        let mut stats = LayerStats::default();
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            stats.entries += 1;
+            let raw = entry.path_bytes().into_owned();
+            let hostile = |why: String| MergeError::Hostile {
+                layer: name.to_string(),
+                entry: display(&raw),
+                why,
+            };
+            let ty = entry.header().entry_type();
+            if matches!(
+                ty,
+                tar::EntryType::XGlobalHeader
+                    | tar::EntryType::XHeader
+                    | tar::EntryType::GNULongName
+                    | tar::EntryType::GNULongLink
+            ) {
+                continue;
+            }
+            let parts = components(&raw).map_err(hostile)?;
+            let Some((&base, parents)) = parts.split_last() else {
+                // "./": the root directory's own metadata.
+                if ty.is_dir() {
+                    self.inodes[Tree::ROOT].meta = meta_of(entry.header());
+                }
+                continue;
+            };
+            let meta = meta_of(entry.header());
+
+            if let Some(hidden) = base.strip_prefix(b".wh.") {
+                let parent = self.parent_dir(parents, layer).map_err(hostile)?;
+                if hidden == b".wh..opq" {
+                    self.make_opaque(parent, layer);
+                } else if !hidden.starts_with(b".wh.") {
+                    self.children_mut(parent).remove(hidden);
+                }
+                continue;
+            }
+
+            if entry
+                .pax_extensions()
+                .ok()
+                .flatten()
+                .is_some_and(|mut p| {
+                    p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"SCHILY.xattr.")))
+                })
+            {
+                stats.xattr_paths.push(display(&raw));
+            }
+
+            let parent = self.parent_dir(parents, layer).map_err(hostile)?;
+            let existing = self.children(parent).and_then(|c| c.get(base)).copied();
+            let kind = match ty {
+                tar::EntryType::Directory => {
+                    if let Some(id) = existing {
+                        if matches!(self.inodes[id].kind, Kind::Dir(_)) {
+                            self.inodes[id].meta = meta;
+                            self.inodes[id].touched = layer;
+                            continue;
+                        }
+                    }
+                    Kind::Dir(BTreeMap::new())
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let size = entry.size();
+                    let fd = writer.add_file(&mut entry, size).map_err(|e| match e {
+                        crate::squashfs::AddError::Read(e) => corrupt(e),
+                        crate::squashfs::AddError::Write(e) => MergeError::Write(e),
+                    })?;
+                    stats.bytes += size;
+                    Kind::File(fd)
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    if target.is_empty() {
+                        return Err(hostile("symlink without a target".into()));
+                    }
+                    if escapes(parents, &target) {
+                        return Err(hostile(format!(
+                            "symlink to {} climbs out of the root",
+                            display(&target)
+                        )));
+                    }
+                    Kind::Symlink(target)
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    let tparts = components(&target).map_err(|why| {
+                        hostile(format!("hard link to {}: {why}", display(&target)))
+                    })?;
+                    let id = self
+                        .resolve(&tparts.join(&b'/'), false)
+                        .filter(|&id| id != Tree::ROOT)
+                        .ok_or_else(|| {
+                            hostile(format!(
+                                "hard link to {}, which is not in the image",
+                                display(&target)
+                            ))
+                        })?;
+                    if matches!(self.inodes[id].kind, Kind::Dir(_)) {
+                        return Err(hostile(format!(
+                            "hard link to directory {}",
+                            display(&target)
+                        )));
+                    }
+                    self.inodes[id].touched = layer;
+                    self.children_mut(parent).insert(base.to_vec(), id);
+                    continue;
+                }
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    let header = entry.header();
+                    let dev = (
+                        header.device_major().ok().flatten().unwrap_or(0),
+                        header.device_minor().ok().flatten().unwrap_or(0),
+                    );
+                    if ty == tar::EntryType::Char {
+                        Kind::Char(dev)
+                    } else {
+                        Kind::Block(dev)
+                    }
+                }
+                tar::EntryType::Fifo => Kind::Fifo,
+                _ => continue,
+            };
+            let id = self.push(meta, kind, layer);
+            self.children_mut(parent).insert(base.to_vec(), id);
+        }
+        Ok(stats)
+    }
+
+    /// Adds a file, directory or symlink at `path` (for sources that are not tar streams).
+    pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<(), String> {
+        let parts = components(path)?;
+        let Some((&base, parents)) = parts.split_last() else {
+            self.inodes[Tree::ROOT].meta = meta;
+            return Ok(());
+        };
+        let parent = self.parent_dir(parents, 1)?;
+        let id = self.push(meta, kind, 1);
+        self.children_mut(parent).insert(base.to_vec(), id);
+        Ok(())
+    }
+}
+
+fn meta_of(h: &tar::Header) -> Meta {
+    Meta {
+        mode: h.mode().unwrap_or(0o644) & 0o7777,
+        uid: h.uid().unwrap_or(0).min(u32::MAX as u64) as u32,
+        gid: h.gid().unwrap_or(0).min(u32::MAX as u64) as u32,
+        mtime: h.mtime().unwrap_or(0).min(u32::MAX as u64) as u32,
+    }
+}
+
+/// Splits a name into runs of digits and non-digits and compares digit runs by value, so
+/// `vmlinuz-6.1.0-10` sorts after `vmlinuz-6.1.0-9`.
+pub fn version_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    fn runs(s: &[u8]) -> Vec<(bool, &[u8])> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..=s.len() {
+            if i == s.len() || s[i].is_ascii_digit() != s[start].is_ascii_digit() {
+                out.push((s[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for ((da, xa), (db, xb)) in ra.iter().zip(rb.iter()) {
+        let o = if *da && *db {
+            let (ta, tb) = (trim_zeros(xa), trim_zeros(xb));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            xa.cmp(xb)
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    ra.len().cmp(&rb.len())
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let i = d.iter().position(|&b| b != b'0').unwrap_or(d.len());
+    &d[i..]
+}
+
+/// The kernel and initrd chosen from `/boot`.
+#[derive(Debug, Clone)]
+pub struct BootPick {
+    pub kernel_name: String,
+    pub kernel: usize,
+    pub initrd_name: String,
+    pub initrd: usize,
+}
+
+const KERNEL_PREFIXES: [&str; 5] = ["vmlinuz", "Image", "zImage", "uImage", "image"];
+const INITRD_PREFIXES: [&str; 2] = ["initrd", "initramfs"];
+
+/// The version part of a boot file name: what follows the prefix.
+fn version_of<'a>(name: &'a [u8], prefixes: &[&str]) -> Option<&'a [u8]> {
+    prefixes
+        .iter()
+        .find_map(|p| name.strip_prefix(p.as_bytes()))
+}
+
+impl Tree {
+    /// Picks the newest kernel in `/boot` (version-aware), and the initrd of the same version
+    /// when there is one, else the newest initrd. Symlinks resolve inside the image. The error
+    /// lists what `/boot` holds.
+    pub fn boot_files(&self) -> Result<BootPick, String> {
+        let listing = || -> String {
+            let names: Vec<String> = self
+                .resolve(b"/boot", true)
+                .and_then(|b| self.children(b))
+                .map(|c| c.keys().map(|k| display(k)).collect())
+                .unwrap_or_default();
+            if names.is_empty() {
+                "/boot is missing or empty".into()
+            } else {
+                format!("/boot holds: {}", names.join(", "))
+            }
+        };
+        let boot = self.resolve(b"/boot", true).and_then(|b| self.children(b));
+        let candidates = |prefixes: &[&str]| -> Vec<(Vec<u8>, usize)> {
+            let mut v: Vec<(Vec<u8>, usize)> = boot
+                .into_iter()
+                .flatten()
+                .filter(|(n, _)| version_of(n, prefixes).is_some())
+                .filter_map(|(n, _)| {
+                    let mut p = b"/boot/".to_vec();
+                    p.extend_from_slice(n);
+                    let id = self.resolve(&p, true)?;
+                    matches!(self.inodes[id].kind, Kind::File(_)).then(|| (n.clone(), id))
+                })
+                .collect();
+            v.sort_by(|a, b| {
+                version_cmp(
+                    version_of(&a.0, prefixes).unwrap_or_default(),
+                    version_of(&b.0, prefixes).unwrap_or_default(),
+                )
+            });
+            v
+        };
+        let kernels = candidates(&KERNEL_PREFIXES);
+        let Some((kname, kernel)) = kernels.last().cloned() else {
+            return Err(format!("no kernel (vmlinuz*, Image*, …) in /boot; {}", listing()));
+        };
+        let initrds = candidates(&INITRD_PREFIXES);
+        let kver = version_of(&kname, &KERNEL_PREFIXES).unwrap_or_default();
+        let kver = kver.strip_prefix(b"-").unwrap_or(kver);
+        let same = initrds
+            .iter()
+            .rev()
+            .find(|(n, _)| {
+                !kver.is_empty() && n.windows(kver.len()).any(|w| w == kver)
+            })
+            .or(initrds.last());
+        let Some((iname, initrd)) = same.cloned() else {
+            return Err(format!("no initrd (initrd*, initramfs*) in /boot; {}", listing()));
+        };
+        Ok(BootPick {
+            kernel_name: display(&kname),
+            kernel,
+            initrd_name: display(&iname),
+            initrd,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(version_cmp(b"-6.1.0-10-amd64", b"-6.1.0-9-amd64"), Ordering::Greater);
+        assert_eq!(version_cmp(b"-5.15.0", b"-6.1.0"), Ordering::Less);
+        assert_eq!(version_cmp(b"", b"-6.1.0"), Ordering::Less);
+        assert_eq!(version_cmp(b"-6.1.01", b"-6.1.1"), Ordering::Equal);
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        assert!(components(b"/etc/passwd").is_err());
+        assert!(components(b"a/../../b").is_err());
+        assert_eq!(components(b"./etc//x/.").unwrap(), vec![&b"etc"[..], b"x"]);
+        assert!(escapes(&[b"a"], b"../../etc"));
+        assert!(!escapes(&[b"usr", b"lib"], b"../../bin/x"));
+        assert!(!escapes(&[], b"/etc/shadow"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Layers merged into a squashfs, checked with the real `unsquashfs` (listing with owners and
+//! modes, and extraction compared byte for byte) and, where loop devices work, by mounting the
+//! image with the kernel's own squashfs driver.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use artifacts::rootfs::{MergeError, Tree};
+use artifacts::squashfs::{Compression, Writer};
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A tar layer built entry by entry.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Layer {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+    fn header(ty: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+    fn dir(mut self, path: &str, mode: u32) -> Layer {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0, 0);
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+    fn file(mut self, path: &str, mode: u32, uid: u64, data: &[u8]) -> Layer {
+        let mut h = Self::header(tar::EntryType::Regular, mode, uid, data.len() as u64);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+    fn link(mut self, ty: tar::EntryType, path: &str, target: &str) -> Layer {
+        let mut h = Self::header(ty, 0o777, 0, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+    fn special(mut self, ty: tar::EntryType, path: &str, major: u32, minor: u32) -> Layer {
+        let mut h = Self::header(ty, 0o640, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+    /// An entry whose names go into the header as given, unchecked (tar's builder refuses
+    /// the hostile ones, as it should).
+    fn raw(mut self, ty: tar::EntryType, path: &str, target: &str, data: &[u8]) -> Layer {
+        let mut h = Self::header(ty, 0o644, 0, data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        gnu.linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn build(layers: &[Vec<u8>], img: &Path, comp: Compression) -> Result<Tree, MergeError> {
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(img)
+        .unwrap();
+    let mut w = Writer::new(f, comp, 1 << 17, 2).unwrap();
+    let mut tree = Tree::new();
+    for (i, l) in layers.iter().enumerate() {
+        tree.apply_layer(&mut w, i as u32 + 1, &format!("layer{i}"), &l[..])?;
+    }
+    w.finish(&tree).map_err(MergeError::Write)?;
+    Ok(tree)
+}
+
+/// `unsquashfs -lln`: path → (mode string, owner, size-or-device, link target).
+fn listing(img: &Path) -> BTreeMap<String, (String, String, String, String)> {
+    let out = Command::new("unsquashfs")
+        .args(["-lln", "-d", ""])
+        .arg(img)
+        .output()
+        .expect("unsquashfs (squashfs-tools) is installed by scripts/install-deps.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut m = BTreeMap::new();
+    for line in text.lines().filter(|l| l.len() > 10 && l.as_bytes()[1] != b' ') {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !"dl-cbps".contains(&f[0][..1]) {
+            continue;
+        }
+        // mode owner size date time path [-> target]; devices print "major, minor".
+        let (size, rest) = if f[2].ends_with(',') {
+            (format!("{} {}", f[2], f[3]), &f[6..])
+        } else {
+            (f[2].to_string(), &f[5..])
+        };
+        let path = rest[0].to_string();
+        let target = if rest.len() >= 3 && rest[1] == "->" {
+            rest[2].to_string()
+        } else {
+            String::new()
+        };
+        m.insert(path, (f[0].to_string(), f[1].to_string(), size, target));
+    }
+    m
+}
+
+fn extract(img: &Path, dest: &Path) {
+    let _ = std::fs::remove_dir_all(dest);
+    let out = Command::new("unsquashfs")
+        .args(["-q", "-n", "-no-xattrs", "-d"])
+        .arg(dest)
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn layers_merge_with_whiteouts_links_and_modes() {
+    let dir = tempdir("merge");
+    let big = noise(300_000, 7);
+    let mut sparse = vec![0u8; 400_000];
+    sparse[399_999] = 1;
+    let l1 = Layer::new()
+        .dir("./", 0o755)
+        .dir("etc/", 0o755)
+        .file("etc/hostname", 0o644, 0, b"layer1\n")
+        .file("etc/gone", 0o600, 0, b"deleted by layer 2")
+        .dir("opt/app/", 0o750)
+        .file("opt/app/old", 0o644, 0, b"hidden by the opaque dir")
+        .dir("opt/app/sub/", 0o755)
+        .file("opt/app/sub/deep", 0o644, 0, b"also hidden")
+        .file("usr/bin/tool", 0o4755, 1000, &big)
+        .link(tar::EntryType::Link, "usr/bin/tool-again", "usr/bin/tool")
+        .link(tar::EntryType::Symlink, "usr/bin/t", "tool")
+        .link(tar::EntryType::Symlink, "bin", "usr/bin")
+        .file("var/sparse", 0o644, 0, &sparse)
+        .file("var/empty", 0o644, 0, b"")
+        .special(tar::EntryType::Char, "dev/null", 1, 3)
+        .special(tar::EntryType::Block, "dev/loop30", 7, 30)
+        .special(tar::EntryType::Fifo, "run/fifo", 0, 0)
+        .bytes();
+    let l2 = Layer::new()
+        .file("etc/.wh.gone", 0o644, 0, b"")
+        .file("etc/hostname", 0o644, 0, b"layer2\n")
+        .dir("opt/app/", 0o755)
+        .file("opt/app/.wh..wh..opq", 0o644, 0, b"")
+        .file("opt/app/new", 0o644, 0, b"from layer 2")
+        // Through the `bin` symlink: lands in usr/bin, inside the root.
+        .file("bin/added", 0o755, 0, b"#!/bin/sh\n")
+        .bytes();
+
+    for comp in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
+        let img = dir.join(format!("root-{}.squashfs", comp.name()));
+        build(&[l1.clone(), l2.clone()], &img, comp).unwrap();
+        let l = listing(&img);
+        let get = |p: &str| l.get(p).unwrap_or_else(|| panic!("{p} missing: {l:#?}"));
+        assert!(!l.contains_key("/etc/gone"), "whiteout");
+        assert!(!l.contains_key("/opt/app/old") && !l.contains_key("/opt/app/sub"));
+        assert_eq!(get("/opt/app").0, "drwxr-xr-x");
+        assert_eq!(get("/usr/bin/tool").0, "-rwsr-xr-x");
+        assert_eq!(get("/usr/bin/tool").1, "1000/1000");
+        assert_eq!(get("/usr/bin/t").3, "tool");
+        assert_eq!(get("/bin").3, "usr/bin");
+        assert_eq!(get("/dev/null").0, "crw-r-----");
+        assert_eq!(get("/dev/null").2, "1, 3");
+        assert_eq!(get("/dev/loop30").2, "7, 30");
+        assert!(get("/run/fifo").0.starts_with('p'));
+
+        let out = dir.join(format!("x-{}", comp.name()));
+        extract(&img, &out);
+        let read = |p: &str| std::fs::read(out.join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), b"layer2\n");
+        assert_eq!(read("opt/app/new"), b"from layer 2");
+        assert_eq!(read("usr/bin/tool"), big);
+        assert_eq!(read("usr/bin/tool-again"), big);
+        assert_eq!(read("usr/bin/added"), b"#!/bin/sh\n");
+        assert_eq!(read("var/sparse"), sparse);
+        assert_eq!(read("var/empty"), b"");
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(out.join("usr/bin/tool")).unwrap();
+        let b = std::fs::metadata(out.join("usr/bin/tool-again")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link kept");
+    }
+}
+
+#[test]
+fn hostile_entries_are_refused_with_layer_and_entry() {
+    let dir = tempdir("hostile");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "absolute",
+            Layer::new()
+                .raw(tar::EntryType::Regular, "/etc/passwd", "", b"x")
+                .bytes(),
+            "absolute path",
+        ),
+        (
+            "dotdot",
+            Layer::new()
+                .raw(tar::EntryType::Regular, "a/../../etc/passwd", "", b"x")
+                .bytes(),
+            "..",
+        ),
+        (
+            "symlink",
+            Layer::new()
+                .raw(tar::EntryType::Symlink, "usr/evil", "../../../etc", b"")
+                .bytes(),
+            "climbs out of the root",
+        ),
+        (
+            "hardlink",
+            Layer::new()
+                .raw(tar::EntryType::Link, "evil", "../../etc/shadow", b"")
+                .bytes(),
+            "hard link",
+        ),
+        (
+            "hardlink-missing",
+            Layer::new()
+                .link(tar::EntryType::Link, "evil", "etc/shadow")
+                .bytes(),
+            "not in the image",
+        ),
+    ];
+    for (name, layer, why) in cases {
+        let img = dir.join(format!("{name}.squashfs"));
+        let err = build(&[layer], &img, Compression::Gzip).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, MergeError::Hostile { .. }) && msg.contains("layer0") && msg.contains(why),
+            "{name}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn truncated_layer_is_corrupt() {
+    let dir = tempdir("trunc");
+    let l = Layer::new().file("big", 0o644, 0, &noise(200_000, 3)).bytes();
+    let err = build(&[l[..100_000].to_vec()], &dir.join("t.squashfs"), Compression::Gzip)
+        .unwrap_err();
+    assert!(matches!(err, MergeError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn kernel_mounts_the_image() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/loop-control").exists() {
+        eprintln!("not root or no loop devices: the kernel mount check is skipped");
+        return;
+    }
+    let dir = tempdir("mount");
+    let data = noise(3_000_000, 11);
+    let l = Layer::new()
+        .file("boot/vmlinuz-6.1.0-9", 0o644, 0, b"old")
+        .file("data/blob", 0o644, 0, &data)
+        .file("data/small", 0o600, 42, b"small")
+        .bytes();
+    let img = dir.join("m.squashfs");
+    build(&[l], &img, Compression::Gzip).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "squashfs", "-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("mount -o loop failed here: the kernel mount check is skipped");
+        return;
+    }
+    let blob = std::fs::read(mnt.join("data/blob"));
+    let small = std::fs::read(mnt.join("data/small"));
+    Command::new("umount").arg(&mnt).status().unwrap();
+    assert_eq!(blob.unwrap(), data);
+    assert_eq!(small.unwrap(), b"small");
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("daybreak-sq-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
