@@ -638,7 +638,9 @@ impl Tables {
         let at = self.inodes.pos();
         let mut h = Vec::with_capacity(16);
         h.extend_from_slice(&ty.to_le_bytes());
-        h.extend_from_slice(&(ino.mode_with_type() as u16).to_le_bytes());
+        // Permission bits only, as mksquashfs writes them: the type is the inode type, and
+        // recent kernels refuse inodes whose mode carries type bits.
+        h.extend_from_slice(&((ino.meta.mode & 0o7777) as u16).to_le_bytes());
         h.extend_from_slice(&uid.to_le_bytes());
         h.extend_from_slice(&gid.to_le_bytes());
         h.extend_from_slice(&ino.meta.mtime.to_le_bytes());
