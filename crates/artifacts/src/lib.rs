@@ -5,9 +5,14 @@
 //! Everything read here is untrusted input: lengths are checked against what is there, and a
 //! file only appears under its final name once it is complete and on disk.
 
+pub mod build;
 pub mod download;
+pub mod image;
 pub mod iso;
+pub mod oci;
+pub mod registry;
 pub mod release;
 pub mod rootfs;
 pub mod squashfs;
+pub mod store;
 pub mod write;

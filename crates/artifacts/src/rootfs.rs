@@ -349,14 +349,9 @@ impl Tree {
                 continue;
             }
 
-            if entry
-                .pax_extensions()
-                .ok()
-                .flatten()
-                .is_some_and(|mut p| {
-                    p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"SCHILY.xattr.")))
-                })
-            {
+            if entry.pax_extensions().ok().flatten().is_some_and(|mut p| {
+                p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"SCHILY.xattr.")))
+            }) {
                 stats.xattr_paths.push(display(&raw));
             }
 
@@ -444,6 +439,20 @@ impl Tree {
             self.children_mut(parent).insert(base.to_vec(), id);
         }
         Ok(stats)
+    }
+
+    /// Adds a hard link at `path` to the inode already at `target` (for directory sources).
+    pub fn link(&mut self, path: &[u8], target: &[u8]) -> Result<(), String> {
+        let id = self
+            .resolve(target, false)
+            .ok_or_else(|| format!("hard link target {} is missing", display(target)))?;
+        let parts = components(path)?;
+        let Some((&base, parents)) = parts.split_last() else {
+            return Err("hard link to the root".into());
+        };
+        let parent = self.parent_dir(parents, 1)?;
+        self.children_mut(parent).insert(base.to_vec(), id);
+        Ok(())
     }
 
     /// Adds a file, directory or symlink at `path` (for sources that are not tar streams).
@@ -562,7 +571,10 @@ impl Tree {
         };
         let kernels = candidates(&KERNEL_PREFIXES);
         let Some((kname, kernel)) = kernels.last().cloned() else {
-            return Err(format!("no kernel (vmlinuz*, Image*, …) in /boot; {}", listing()));
+            return Err(format!(
+                "no kernel (vmlinuz*, Image*, …) in /boot; {}",
+                listing()
+            ));
         };
         let initrds = candidates(&INITRD_PREFIXES);
         let kver = version_of(&kname, &KERNEL_PREFIXES).unwrap_or_default();
@@ -570,12 +582,13 @@ impl Tree {
         let same = initrds
             .iter()
             .rev()
-            .find(|(n, _)| {
-                !kver.is_empty() && n.windows(kver.len()).any(|w| w == kver)
-            })
+            .find(|(n, _)| !kver.is_empty() && n.windows(kver.len()).any(|w| w == kver))
             .or(initrds.last());
         let Some((iname, initrd)) = same.cloned() else {
-            return Err(format!("no initrd (initrd*, initramfs*) in /boot; {}", listing()));
+            return Err(format!(
+                "no initrd (initrd*, initramfs*) in /boot; {}",
+                listing()
+            ));
         };
         Ok(BootPick {
             kernel_name: display(&kname),
@@ -593,7 +606,10 @@ mod tests {
 
     #[test]
     fn versions_compare_numerically() {
-        assert_eq!(version_cmp(b"-6.1.0-10-amd64", b"-6.1.0-9-amd64"), Ordering::Greater);
+        assert_eq!(
+            version_cmp(b"-6.1.0-10-amd64", b"-6.1.0-9-amd64"),
+            Ordering::Greater
+        );
         assert_eq!(version_cmp(b"-5.15.0", b"-6.1.0"), Ordering::Less);
         assert_eq!(version_cmp(b"", b"-6.1.0"), Ordering::Less);
         assert_eq!(version_cmp(b"-6.1.01", b"-6.1.1"), Ordering::Equal);

@@ -78,10 +78,8 @@ impl Compression {
                 let stream =
                     xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32)
                         .map_err(io::Error::other)?;
-                let mut e = xz2::write::XzEncoder::new_stream(
-                    Vec::with_capacity(data.len() / 2),
-                    stream,
-                );
+                let mut e =
+                    xz2::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 2), stream);
                 e.write_all(data)?;
                 e.finish()
             }
@@ -264,10 +262,7 @@ impl Writer {
             if self.fragment.len() + tail.len() > self.block_size as usize {
                 self.flush_fragment().map_err(AddError::Write)?;
             }
-            fd.fragment = Some((
-                self.fragment_units.len() as u32,
-                self.fragment.len() as u32,
-            ));
+            fd.fragment = Some((self.fragment_units.len() as u32, self.fragment.len() as u32));
             self.fragment.extend_from_slice(&tail);
             return Ok(fd);
         }
@@ -290,7 +285,10 @@ impl Writer {
         if self.fragment.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.fragment, Vec::with_capacity(self.block_size as usize));
+        let data = std::mem::replace(
+            &mut self.fragment,
+            Vec::with_capacity(self.block_size as usize),
+        );
         let unit = self.next_unit;
         self.next_unit += 1;
         self.fragment_units.push(unit);
@@ -456,7 +454,9 @@ fn write_units(done: Receiver<Done>, mut out: BufWriter<File>) -> WriterResult {
         }
     }
     if !pending.is_empty() {
-        return Err(io::Error::other("squashfs blocks missing after compression"));
+        return Err(io::Error::other(
+            "squashfs blocks missing after compression",
+        ));
     }
     Ok((out, locs, pos))
 }
@@ -665,11 +665,8 @@ impl Tables {
             Kind::File(fd) => {
                 let units = &locs[fd.first_unit as usize..][..fd.blocks as usize];
                 let start = units.first().map_or(0, |l| l.pos);
-                let sparse: u64 = units
-                    .iter()
-                    .filter(|l| l.size_field == 0)
-                    .count() as u64
-                    * block_size as u64;
+                let sparse: u64 =
+                    units.iter().filter(|l| l.size_field == 0).count() as u64 * block_size as u64;
                 let (frag, frag_off) = fd.fragment.unwrap_or((NO_FRAGMENT, 0));
                 let basic = nlink == 1 && fd.size < 1 << 32 && start < 1 << 32;
                 let at = self.header(tree, id, if basic { 2 } else { 9 })?;

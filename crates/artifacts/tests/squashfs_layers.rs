@@ -101,10 +101,17 @@ fn listing(img: &Path) -> BTreeMap<String, (String, String, String, String)> {
         .arg(img)
         .output()
         .expect("unsquashfs (squashfs-tools) is installed by scripts/install-deps.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut m = BTreeMap::new();
-    for line in text.lines().filter(|l| l.len() > 10 && l.as_bytes()[1] != b' ') {
+    for line in text
+        .lines()
+        .filter(|l| l.len() > 10 && l.as_bytes()[1] != b' ')
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 6 || !"dl-cbps".contains(&f[0][..1]) {
             continue;
@@ -134,7 +141,11 @@ fn extract(img: &Path, dest: &Path) {
         .arg(img)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -251,7 +262,9 @@ fn hostile_entries_are_refused_with_layer_and_entry() {
         let err = build(&[layer], &img, Compression::Gzip).unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, MergeError::Hostile { .. }) && msg.contains("layer0") && msg.contains(why),
+            matches!(err, MergeError::Hostile { .. })
+                && msg.contains("layer0")
+                && msg.contains(why),
             "{name}: {msg}"
         );
     }
@@ -260,9 +273,15 @@ fn hostile_entries_are_refused_with_layer_and_entry() {
 #[test]
 fn truncated_layer_is_corrupt() {
     let dir = tempdir("trunc");
-    let l = Layer::new().file("big", 0o644, 0, &noise(200_000, 3)).bytes();
-    let err = build(&[l[..100_000].to_vec()], &dir.join("t.squashfs"), Compression::Gzip)
-        .unwrap_err();
+    let l = Layer::new()
+        .file("big", 0o644, 0, &noise(200_000, 3))
+        .bytes();
+    let err = build(
+        &[l[..100_000].to_vec()],
+        &dir.join("t.squashfs"),
+        Compression::Gzip,
+    )
+    .unwrap_err();
     assert!(matches!(err, MergeError::Corrupt { .. }), "{err}");
 }
 

@@ -84,27 +84,82 @@ daybreak start-pixie /work/cloud-config.yaml /work/out/kairos.squashfs 0.0.0.0 8
 /work/out/kairos-initrd /work/out/kairos-kernel"
     )]
     StartPixie(StartPixieArgs),
-    /// Write the kernel, initrd and squashfs of a Kairos ISO into OUTDIR, without mounting it.
+    /// Write the kernel, initrd and squashfs of an OCI image or a Kairos ISO into OUTDIR.
     #[command(
-        long_about = "Read a Kairos ISO without mounting it (no root, no loop device) and write PREFIX-kernel (from /boot/kernel), PREFIX-initrd (from /boot/initrd) and PREFIX.squashfs (from /rootfs.squashfs) into OUTDIR, which is created if missing. Files appear under their names only once complete. Feed them to any netboot server, or serve them with `daybreak serve`; `daybreak serve --iso` serves them straight from the ISO without this step.",
-        after_help = "Example (the Kairos docs' command):\n  daybreak netboot kairos.iso out kairos\n  \
-# writes out/kairos-kernel, out/kairos-initrd, out/kairos.squashfs"
+        long_about = "Turn an image into the three files a netboot needs: PREFIX-kernel, PREFIX-initrd and \
+PREFIX.squashfs in OUTDIR (created if missing). Files appear under their names only once complete.\n\n\
+SOURCE is any of:\n  \
+quay.io/kairos/ubuntu:24.04-…   an image in a registry, by tag or @sha256 digest (also oci://… and docker://…;\n  \
+                                 short names like alpine mean docker.io/library/alpine)\n  \
+file://PATH, ocifile://PATH     a docker-save or OCI-archive tarball\n  \
+PATH                            an OCI layout directory (PATH:TAG picks a tag), a tarball or an ISO\n  \
+dir://PATH                      a root filesystem directory, taken as it is\n  \
+kairos.iso, https://…/x.iso     a Kairos ISO, read without mounting it (no root, no loop device):\n  \
+                                 /boot/kernel, /boot/initrd and /rootfs.squashfs are copied out\n\n\
+An OCI image is pulled (layers in parallel, resumable, every blob checked against its digest), its \
+layers are merged with the OCI whiteout rules and streamed straight into a squashfs (1 MiB blocks, \
+compressed on every core), and the newest kernel and initrd in its /boot are taken. The result is \
+kept in STATE_DIR/artifacts/<digest>/, so the same image is never built twice: the next run costs \
+one manifest request (none for a digest, and without a network the last known digest is used). \
+Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.",
+        after_help = "Examples:\n  \
+daybreak netboot quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 out\n  \
+daybreak netboot --arch arm64 --compression zstd quay.io/kairos/alpine:3.21-core-arm64-generic-v3.7.2 out\n  \
+daybreak netboot file://image.tar out myimage\n  \
+daybreak netboot kairos.iso out kairos     # the Kairos docs' command\n  \
+# each writes out/PREFIX-kernel, out/PREFIX-initrd, out/PREFIX.squashfs"
     )]
     Netboot(NetbootArgs),
+    /// List or prune what the state directory holds (built artifacts, layer blobs, ISO downloads).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// List built artifacts (newest first) and the size of the layer cache.
+    List(StateDirArg),
+    /// Remove cached layer blobs and leftovers of interrupted runs; --all removes built
+    /// artifacts and downloaded ISOs too.
+    Prune {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Also remove every built artifact and downloaded ISO.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StateDirArg {
+    /// The state directory (absolute, or relative to the working directory).
+    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    state_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
 struct NetbootArgs {
-    /// The Kairos ISO.
-    source: PathBuf,
+    /// The image: a registry reference, file://, ocifile://, dir://, an OCI layout, or an ISO.
+    source: String,
     /// Where to write the files (created if missing).
     outdir: PathBuf,
     /// File name prefix; empty means "kairos".
     #[arg(default_value = "kairos")]
     prefix: String,
-    /// Where downloaded ISOs are cached (absolute, or relative to the working directory).
+    /// Where artifacts, layers and downloads are kept (absolute, or relative to the working
+    /// directory).
     #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
     state_dir: PathBuf,
+    /// Platform to pull from a multi-arch image (default: this machine's).
+    #[arg(long, value_name = "ARCH", default_value = artifacts::oci::host_arch())]
+    arch: String,
+    /// Allow plain HTTP and self-signed certificates for registries (localhost and 127.0.0.0/8
+    /// are always allowed plain HTTP, as Docker does).
+    #[arg(long, alias = "insecure")]
+    allow_insecure_registries: bool,
+    /// squashfs compression: gzip (what Kairos uses), zstd (fast to boot), xz (smallest).
+    #[arg(long, value_name = "ALGO", default_value = "gzip")]
+    compression: artifacts::squashfs::Compression,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +278,53 @@ fn init_logging(debug: bool, format: LogFormat) -> logwriter::Guard {
     guard
 }
 
+fn cache(c: CacheCommand) -> ExitCode {
+    use artifacts::store::Store;
+    let human = progress::human;
+    match c {
+        CacheCommand::List(a) => {
+            let store = Store::new(&artifacts::image::absolute(&a.state_dir));
+            let list = store.list();
+            if list.is_empty() {
+                println!("no built artifacts in {}", store.root().display());
+            }
+            for e in &list {
+                let m = &e.meta;
+                let age = artifacts::store::now().saturating_sub(m.created);
+                println!(
+                    "{}  {:>9}  {}  {} ({}, {}, kernel {}) {} ago",
+                    m.digest,
+                    human(e.size()),
+                    e.dir.display(),
+                    m.source,
+                    m.arch,
+                    m.compression,
+                    m.kernel,
+                    ago(age)
+                );
+            }
+            let (n, bytes) = store.blobs();
+            println!("layer cache: {n} blobs, {}", human(bytes));
+            ExitCode::SUCCESS
+        }
+        CacheCommand::Prune { state, all } => {
+            let store = Store::new(&artifacts::image::absolute(&state.state_dir));
+            let p = store.prune(all);
+            println!("removed {} entries, {}", p.entries, human(p.bytes));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.debug, cli.log_format);
@@ -233,7 +335,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Some(Command::Netboot(a)) => {
-            return match netboot::run(&a.source, &a.outdir, &a.prefix, &a.state_dir) {
+            let opts = netboot::ImageOptions {
+                arch: a.arch,
+                insecure: a.allow_insecure_registries,
+                compression: a.compression,
+            };
+            return match netboot::run(&a.source, &a.outdir, &a.prefix, &a.state_dir, &opts) {
                 Ok(paths) => {
                     for p in paths {
                         println!("{}", p.display());
@@ -246,6 +353,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Cache(c)) => return cache(c),
         Some(Command::Serve(a)) => a.net.into_options(PlanInput {
             kernel: a.kernel,
             iso: match a

@@ -1,5 +1,6 @@
-//! `daybreak netboot ISO OUTDIR [PREFIX]`: the kernel, initrd and squashfs out of a Kairos ISO,
-//! read without mounting it and written atomically.
+//! `daybreak netboot SOURCE OUTDIR [PREFIX]`: the kernel, initrd and squashfs of an image. A
+//! Kairos ISO is read without mounting it; an OCI image (registry, archive, layout, rootfs
+//! directory) goes through the store, so the same digest is built once.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -81,16 +82,14 @@ pub fn local_iso(source: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dest)
 }
 
-pub fn run(
-    source: &Path,
-    outdir: &Path,
-    prefix: &str,
-    state_dir: &Path,
-) -> anyhow::Result<Vec<PathBuf>> {
-    let prefix = if prefix.is_empty() { "kairos" } else { prefix };
-    let source = &local_iso(source, state_dir)?;
-    let iso = Iso::open(source)?;
-    let files = iso.netboot_files()?;
+/// How to turn an OCI image into artifacts.
+pub struct ImageOptions {
+    pub arch: String,
+    pub insecure: bool,
+    pub compression: artifacts::squashfs::Compression,
+}
+
+fn create_outdir(outdir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(outdir).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => {
             anyhow!(
@@ -99,7 +98,69 @@ pub fn run(
             )
         }
         _ => anyhow!("cannot create {}: {e}", outdir.display()),
-    })?;
+    })
+}
+
+/// Builds (or finds in the store) the artifacts of an OCI image source.
+pub fn obtain_image(
+    source: &str,
+    state_dir: &Path,
+    opts: &ImageOptions,
+) -> anyhow::Result<artifacts::image::Obtained> {
+    let req = artifacts::image::Request {
+        source: source.to_string(),
+        arch: opts.arch.clone(),
+        insecure: opts.insecure,
+        compression: opts.compression,
+        state_dir: artifacts::image::absolute(state_dir),
+    };
+    Ok(artifacts::image::obtain(
+        &req,
+        &crate::progress::ImageProgress::default(),
+    )?)
+}
+
+pub fn run(
+    source: &str,
+    outdir: &Path,
+    prefix: &str,
+    state_dir: &Path,
+    opts: &ImageOptions,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let prefix = if prefix.is_empty() { "kairos" } else { prefix };
+    let is_url = source.starts_with("http://") || source.starts_with("https://");
+    if !is_url
+        && !matches!(
+            artifacts::oci::Source::parse(source)?,
+            artifacts::oci::Source::Iso(_)
+        )
+    {
+        let got = obtain_image(source, state_dir, opts)?;
+        create_outdir(outdir)?;
+        let a = &got.artifacts;
+        let jobs = [
+            (a.kernel(), format!("{prefix}-kernel")),
+            (a.initrd(), format!("{prefix}-initrd")),
+            (a.rootfs(), format!("{prefix}.squashfs")),
+        ];
+        let mut written = Vec::new();
+        for (src, name) in jobs {
+            let dest = outdir.join(&name);
+            let f = std::fs::File::open(&src)
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            let len = f.metadata()?.len();
+            let extent = artifacts::iso::Extent { offset: 0, len };
+            artifacts::write::copy_extents_atomic(&f, &[extent], &dest, &mut |_| {})
+                .map_err(|e| write_error(e, &dest, len))?;
+            written.push(dest);
+        }
+        eprintln!("image digest: {}", got.digest);
+        return Ok(written);
+    }
+    let source = &local_iso(Path::new(source), state_dir)?;
+    let iso = Iso::open(source)?;
+    let files = iso.netboot_files()?;
+    create_outdir(outdir)?;
     let src =
         std::fs::File::open(source).with_context(|| format!("cannot read {}", source.display()))?;
     let jobs: [(&Entry, String); 3] = [

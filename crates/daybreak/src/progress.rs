@@ -12,7 +12,7 @@ pub struct Progress {
     tty: bool,
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {
         0..=1023 => format!("{bytes} B"),
@@ -80,6 +80,162 @@ impl Progress {
             secs,
             human(rate as u64)
         );
+    }
+}
+
+/// Progress of an image pull and build, as [`artifacts::image::Report`]: one bar per layer
+/// while pulling and one for the build on a terminal; otherwise a line when each starts and ends.
+pub struct ImageProgress {
+    tty: bool,
+    state: std::sync::Mutex<BarsState>,
+}
+
+#[derive(Default)]
+struct BarsState {
+    bars: Vec<(String, u64, u64, bool)>,
+    drawn: usize,
+    last: Option<Instant>,
+    build_started: Option<Instant>,
+    build_total: u64,
+}
+
+fn short(digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    hex.get(..12).unwrap_or(hex).to_string()
+}
+
+impl Default for ImageProgress {
+    fn default() -> Self {
+        ImageProgress {
+            tty: std::io::stderr().is_terminal(),
+            state: Default::default(),
+        }
+    }
+}
+
+impl BarsState {
+    fn draw(&mut self, force: bool) {
+        if !force
+            && self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mut out = String::new();
+        if self.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        for (label, total, done, finished) in &self.bars {
+            let frac = if *total == 0 {
+                1.0
+            } else {
+                (*done as f64 / *total as f64).min(1.0)
+            };
+            let width = 30;
+            let filled = (frac * width as f64) as usize;
+            out.push_str(&format!(
+                "\r\x1b[2K{label:<18} [{}{}] {:>3.0}% {} / {}{}\n",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                frac * 100.0,
+                human(*done),
+                human(*total),
+                if *finished { "  done" } else { "" }
+            ));
+        }
+        self.drawn = self.bars.len();
+        eprint!("{out}");
+        let _ = std::io::stderr().flush();
+    }
+}
+
+impl artifacts::image::Report for ImageProgress {
+    fn event(&self, e: artifacts::image::Event) {
+        use artifacts::image::Event;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            Event::Resolved { image, digest } => eprintln!("{image}: {digest}"),
+            Event::Offline { image, digest, why } => eprintln!(
+                "warning: {why}\nwarning: using {digest}, what {image} resolved to last time"
+            ),
+            Event::Cached { dir } => eprintln!("artifacts already built: {}", dir.display()),
+            Event::Pulling { layers } => {
+                let todo = layers.iter().filter(|l| !l.2).count();
+                eprintln!(
+                    "pulling {todo} of {} layers ({} to download)",
+                    layers.len(),
+                    human(layers.iter().filter(|l| !l.2).map(|l| l.1).sum())
+                );
+                s.bars = layers
+                    .iter()
+                    .map(|(d, size, cached)| {
+                        (
+                            format!("layer {}", short(d)),
+                            *size,
+                            if *cached { *size } else { 0 },
+                            *cached,
+                        )
+                    })
+                    .collect();
+                if self.tty {
+                    s.draw(true);
+                }
+            }
+            Event::PullProgress { layer, done } => {
+                if let Some(b) = s.bars.get_mut(layer) {
+                    b.2 = done;
+                }
+                if self.tty {
+                    s.draw(false);
+                }
+            }
+            Event::PullDone { layer } => {
+                if let Some(b) = s.bars.get_mut(layer) {
+                    b.2 = b.1;
+                    b.3 = true;
+                    if !self.tty {
+                        eprintln!("{}: {} done", b.0, human(b.1));
+                    }
+                }
+                if self.tty {
+                    s.draw(true);
+                }
+            }
+            Event::Building { total } => {
+                s.build_started = Some(Instant::now());
+                s.build_total = total;
+                s.bars.clear();
+                s.drawn = 0;
+                if self.tty && total > 0 {
+                    s.bars.push(("building squashfs".into(), total, 0, false));
+                    s.draw(true);
+                } else {
+                    eprintln!("building kernel, initrd and squashfs ...");
+                }
+            }
+            Event::BuildProgress { done } => {
+                if let Some(b) = s.bars.first_mut() {
+                    b.2 = done;
+                }
+                if self.tty {
+                    s.draw(false);
+                }
+            }
+            Event::Built { dir } => {
+                if let Some(b) = s.bars.first_mut() {
+                    b.2 = b.1;
+                    b.3 = true;
+                }
+                if self.tty && !s.bars.is_empty() {
+                    s.draw(true);
+                }
+                let secs = s.build_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                eprintln!("built in {secs:.1}s: {}", dir.display());
+            }
+            Event::Warning(w) => eprintln!("warning: {w}"),
+        }
     }
 }
 

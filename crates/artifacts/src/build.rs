@@ -1,0 +1,242 @@
+//! One image to the three netboot files, in one pass: layers stream through decompression and
+//! the merge into the squashfs writer; the kernel and initrd are then read back out of the
+//! squashfs just written (they are a few dozen MB), so no file is ever unpacked to disk.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::oci::{LayerBlob, OciError};
+use crate::rootfs::{BootPick, Kind, MergeError, Meta, Tree};
+use crate::squashfs::{AddError, Compression, Image, Writer};
+
+/// squashfs block size: 1 MiB, as `mksquashfs -b 1024k` (what Kairos uses).
+pub const BLOCK_SIZE: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error("the image has no usable kernel or initrd: {0}")]
+    Boot(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a build produced, beside the files.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub kernel_name: String,
+    pub initrd_name: String,
+    pub rootfs_bytes: u64,
+    pub inodes: u32,
+    /// Entries that carried extended attributes, which the squashfs does not keep.
+    pub xattr_paths: Vec<String>,
+}
+
+/// The file names inside an artifact directory.
+pub const KERNEL: &str = "kernel";
+pub const INITRD: &str = "initrd";
+pub const ROOTFS: &str = "rootfs.squashfs";
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn new_writer(dir: &Path, comp: Compression) -> Result<Writer, BuildError> {
+    let path = dir.join(ROOTFS);
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    Writer::new(f, comp, BLOCK_SIZE, threads()).map_err(io_at(&path))
+}
+
+/// Builds `dir/{kernel,initrd,rootfs.squashfs}` from `layers`, applied in order.
+/// `progress(layer index, raw bytes of that layer read so far)` is called as data flows.
+pub fn from_layers(
+    layers: &[LayerBlob],
+    dir: &Path,
+    comp: Compression,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<Built, BuildError> {
+    let mut writer = new_writer(dir, comp)?;
+    let mut tree = Tree::new();
+    let mut xattr_paths = Vec::new();
+    for (i, blob) in layers.iter().enumerate() {
+        let mut layer = blob.open()?;
+        let counter = layer.progress.clone();
+        let mut last = 0u64;
+        let mut tick = |_| {
+            let done = counter.borrow().bytes();
+            if done >= last + (4 << 20) {
+                last = done;
+                progress(i, done);
+            }
+        };
+        let tar = ProgressRead {
+            inner: &mut layer.tar,
+            tick: &mut tick,
+        };
+        let stats = tree.apply_layer(&mut writer, i as u32 + 1, &blob.name, tar)?;
+        layer.verify()?;
+        progress(i, blob.size);
+        xattr_paths.extend(stats.xattr_paths);
+    }
+    finish(writer, tree, dir, xattr_paths)
+}
+
+/// Builds the artifacts from a root filesystem directory, taken as it is on disk (owners,
+/// modes, links; sockets are skipped).
+pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, BuildError> {
+    let meta = std::fs::symlink_metadata(root).map_err(io_at(root))?;
+    if !meta.is_dir() {
+        return Err(BuildError::Io {
+            path: root.to_path_buf(),
+            source: io::Error::other("not a directory"),
+        });
+    }
+    let mut writer = new_writer(dir, comp)?;
+    let mut tree = Tree::new();
+    let mut seen: std::collections::HashMap<(u64, u64), Vec<u8>> = Default::default();
+    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
+    let m = meta_from(&meta);
+    tree.insert(b"", m, Kind::Dir(Default::default()))
+        .map_err(|e| BuildError::Io {
+            path: root.to_path_buf(),
+            source: io::Error::other(e),
+        })?;
+    while let Some((path, rel)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&path)
+            .map_err(io_at(&path))?
+            .collect::<Result<_, _>>()
+            .map_err(io_at(&path))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).map_err(io_at(&p))?;
+            let mut r = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(
+                e.file_name().as_os_str(),
+            ));
+            let ft = md.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let meta = meta_from(&md);
+            let kind = if ft.is_dir() {
+                stack.push((p.clone(), r.clone()));
+                Kind::Dir(Default::default())
+            } else if ft.is_symlink() {
+                let t = std::fs::read_link(&p).map_err(io_at(&p))?;
+                Kind::Symlink(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec())
+            } else if ft.is_file() {
+                if md.nlink() > 1 {
+                    if let Some(first) = seen.get(&(md.dev(), md.ino())) {
+                        tree.link(&r, first).map_err(|e| BuildError::Io {
+                            path: p.clone(),
+                            source: io::Error::other(e),
+                        })?;
+                        continue;
+                    }
+                    seen.insert((md.dev(), md.ino()), r.clone());
+                }
+                let mut f = File::open(&p).map_err(io_at(&p))?;
+                let fd = writer.add_file(&mut f, md.len()).map_err(|e| match e {
+                    AddError::Read(e) => BuildError::Io {
+                        path: p.clone(),
+                        source: e,
+                    },
+                    AddError::Write(e) => BuildError::Merge(MergeError::Write(e)),
+                })?;
+                Kind::File(fd)
+            } else if ft.is_char_device() || ft.is_block_device() {
+                let dev = (libc::major(md.rdev()), libc::minor(md.rdev()));
+                if ft.is_char_device() {
+                    Kind::Char(dev)
+                } else {
+                    Kind::Block(dev)
+                }
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else {
+                continue;
+            };
+            tree.insert(&r, meta, kind).map_err(|e| BuildError::Io {
+                path: p.clone(),
+                source: io::Error::other(e),
+            })?;
+        }
+    }
+    finish(writer, tree, dir, Vec::new())
+}
+
+fn meta_from(md: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime().clamp(0, u32::MAX as i64) as u32,
+    }
+}
+
+fn finish(
+    writer: Writer,
+    tree: Tree,
+    dir: &Path,
+    xattr_paths: Vec<String>,
+) -> Result<Built, BuildError> {
+    let rootfs = dir.join(ROOTFS);
+    let pick: BootPick = tree.boot_files().map_err(BuildError::Boot)?;
+    let (summary, image) = writer.finish(&tree).map_err(io_at(&rootfs))?;
+    write_out(&image, &tree, pick.kernel, &dir.join(KERNEL))?;
+    write_out(&image, &tree, pick.initrd, &dir.join(INITRD))?;
+    image.into_file().sync_all().map_err(io_at(&rootfs))?;
+    Ok(Built {
+        kernel_name: pick.kernel_name,
+        initrd_name: pick.initrd_name,
+        rootfs_bytes: summary.bytes,
+        inodes: summary.inodes,
+        xattr_paths,
+    })
+}
+
+fn write_out(image: &Image, tree: &Tree, id: usize, dest: &Path) -> Result<(), BuildError> {
+    let Kind::File(fd) = &tree.inodes[id].kind else {
+        return Err(BuildError::Boot(format!(
+            "{} is not a file",
+            dest.display()
+        )));
+    };
+    let mut f = io::BufWriter::new(File::create(dest).map_err(io_at(dest))?);
+    image.read_file(fd, &mut f).map_err(io_at(dest))?;
+    let f = f.into_inner().map_err(|e| io_at(dest)(e.into_error()))?;
+    f.sync_all().map_err(io_at(dest))
+}
+
+struct ProgressRead<'a, R> {
+    inner: R,
+    tick: &'a mut dyn FnMut(usize),
+}
+
+impl<R: io::Read> io::Read for ProgressRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.tick)(n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,388 @@
+//! From "this image" to its three netboot files in the store: resolve the source to a digest,
+//! reuse the store entry when there is one, else pull the layers (in parallel, resumable,
+//! verified) and build. What happens is told through [`Report`], so the binary can draw
+//! progress bars and tests can stay quiet.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::build::{self, BuildError};
+use crate::oci::{self, Document, LayerBlob, OciError, Reference, Source};
+use crate::registry::{Client, RegistryError};
+use crate::squashfs::Compression;
+use crate::store::{self, Artifacts, Meta, Store};
+
+/// Layers downloaded at once.
+const PARALLEL_PULLS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("{0} is an ISO: use `daybreak netboot ISO OUTDIR` or `daybreak serve --iso`")]
+    Iso(PathBuf),
+    #[error("state directory {path}: {source}; choose a writable --state-dir")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<std::io::Error> for ImageError {
+    fn from(e: std::io::Error) -> Self {
+        ImageError::Build(BuildError::Io {
+            path: PathBuf::from("state directory"),
+            source: e,
+        })
+    }
+}
+
+/// Steps worth telling the user about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The source resolved to this digest.
+    Resolved {
+        image: String,
+        digest: String,
+    },
+    /// The registry could not be reached; the last known digest is used.
+    Offline {
+        image: String,
+        digest: String,
+        why: String,
+    },
+    /// The store already has the artifacts.
+    Cached {
+        dir: PathBuf,
+    },
+    /// Layers to fetch: (digest, size, already cached).
+    Pulling {
+        layers: Vec<(String, u64, bool)>,
+    },
+    PullProgress {
+        layer: usize,
+        done: u64,
+    },
+    PullDone {
+        layer: usize,
+    },
+    /// Building starts; `total` is the raw size of all layers.
+    Building {
+        total: u64,
+    },
+    BuildProgress {
+        done: u64,
+    },
+    Built {
+        dir: PathBuf,
+    },
+    Warning(String),
+}
+
+pub trait Report: Sync {
+    fn event(&self, e: Event);
+}
+
+/// A [`Report`] that says nothing.
+pub struct Quiet;
+impl Report for Quiet {
+    fn event(&self, _: Event) {}
+}
+
+pub struct Request {
+    /// The source as the user wrote it (any `container_image` form).
+    pub source: String,
+    pub arch: String,
+    pub insecure: bool,
+    pub compression: Compression,
+    pub state_dir: PathBuf,
+}
+
+pub struct Obtained {
+    pub artifacts: Artifacts,
+    pub digest: String,
+    /// True when this call built the artifacts (false: reused from the store).
+    pub built: bool,
+}
+
+pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError> {
+    std::fs::create_dir_all(&req.state_dir).map_err(|source| ImageError::State {
+        path: req.state_dir.clone(),
+        source,
+    })?;
+    let store = Store::new(&req.state_dir);
+    match Source::parse(&req.source)? {
+        Source::Iso(p) => Err(ImageError::Iso(p)),
+        Source::Registry(r) => from_registry(req, &store, &r, report),
+        Source::Layout(dir, tag) => {
+            let img = oci::open_layout(&dir, tag.as_deref(), &req.arch)?;
+            from_local(req, &store, img, report)
+        }
+        Source::Archive(path) => {
+            let img = oci::open_archive(&path, &req.arch, &req.state_dir)?;
+            from_local(req, &store, img, report)
+        }
+        Source::Dir(root) => {
+            let canon = root.canonicalize().map_err(|e| OciError::Source {
+                path: root.clone(),
+                why: e.to_string(),
+            })?;
+            let digest = format!(
+                "dir-{}",
+                &oci::sha256_digest(canon.as_os_str().as_encoded_bytes())[7..23]
+            );
+            report.event(Event::Building { total: 0 });
+            let artifacts = store.put(&Store::key(&digest, req.compression), |tmp| {
+                let b = build::from_dir(&canon, tmp, req.compression)?;
+                Ok::<_, ImageError>(meta(req, &digest, &b))
+            })?;
+            report.event(Event::Built {
+                dir: artifacts.dir.clone(),
+            });
+            Ok(Obtained {
+                artifacts,
+                digest,
+                built: true,
+            })
+        }
+    }
+}
+
+fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
+    Meta {
+        source: req.source.clone(),
+        digest: digest.to_string(),
+        arch: req.arch.clone(),
+        compression: req.compression.name().to_string(),
+        kernel: b.kernel_name.clone(),
+        initrd: b.initrd_name.clone(),
+        created: store::now(),
+    }
+}
+
+fn cached(store: &Store, req: &Request, digest: &str, report: &dyn Report) -> Option<Obtained> {
+    let a = store.get(&Store::key(digest, req.compression))?;
+    report.event(Event::Cached { dir: a.dir.clone() });
+    Some(Obtained {
+        artifacts: a,
+        digest: digest.to_string(),
+        built: false,
+    })
+}
+
+fn build_layers(
+    req: &Request,
+    store: &Store,
+    digest: &str,
+    layers: &[LayerBlob],
+    report: &dyn Report,
+) -> Result<Obtained, ImageError> {
+    let total: u64 = layers.iter().map(|l| l.size).sum();
+    report.event(Event::Building { total });
+    let before: Vec<u64> = layers
+        .iter()
+        .scan(0u64, |acc, l| {
+            let b = *acc;
+            *acc += l.size;
+            Some(b)
+        })
+        .collect();
+    let artifacts = store.put(&Store::key(digest, req.compression), |tmp| {
+        let b = build::from_layers(layers, tmp, req.compression, &mut |i, done| {
+            report.event(Event::BuildProgress {
+                done: before[i] + done,
+            })
+        })?;
+        if !b.xattr_paths.is_empty() {
+            let n = b.xattr_paths.len();
+            let some: Vec<&str> = b.xattr_paths.iter().take(5).map(|s| s.as_str()).collect();
+            report.event(Event::Warning(format!(
+                "{n} entries carry extended attributes, which the squashfs does not keep: {}{}",
+                some.join(", "),
+                if n > 5 { ", …" } else { "" }
+            )));
+        }
+        Ok::<_, ImageError>(meta(req, digest, &b))
+    })?;
+    report.event(Event::Built {
+        dir: artifacts.dir.clone(),
+    });
+    Ok(Obtained {
+        artifacts,
+        digest: digest.to_string(),
+        built: true,
+    })
+}
+
+fn from_local(
+    req: &Request,
+    store: &Store,
+    img: oci::LocalImage,
+    report: &dyn Report,
+) -> Result<Obtained, ImageError> {
+    report.event(Event::Resolved {
+        image: req.source.clone(),
+        digest: img.digest.clone(),
+    });
+    if let Some(o) = cached(store, req, &img.digest, report) {
+        return Ok(o);
+    }
+    build_layers(req, store, &img.digest, &img.layers, report)
+}
+
+fn from_registry(
+    req: &Request,
+    store: &Store,
+    r: &Reference,
+    report: &dyn Report,
+) -> Result<Obtained, ImageError> {
+    let name = r.to_string();
+    if r.digest.is_some() {
+        // Pinned: the store answers without asking the registry anything.
+        let d = store
+            .recall(&name, &req.arch)
+            .or(r.digest.clone())
+            .unwrap_or_default();
+        if let Some(o) = cached(store, req, &d, &Quiet) {
+            report.event(Event::Resolved {
+                image: name,
+                digest: d,
+            });
+            report.event(Event::Cached {
+                dir: o.artifacts.dir.clone(),
+            });
+            return Ok(o);
+        }
+    }
+    let client = Client::new(r, req.insecure);
+    let (bytes, digest) = match client.manifest(r.reference()) {
+        Ok(m) => m,
+        Err(e @ RegistryError::Unreachable { .. }) => {
+            // Offline: the last digest this reference resolved to, if it was built.
+            if let Some(d) = store.recall(&name, &req.arch) {
+                if let Some(o) = cached(store, req, &d, &Quiet) {
+                    report.event(Event::Offline {
+                        image: name.clone(),
+                        digest: d,
+                        why: e.to_string(),
+                    });
+                    report.event(Event::Cached {
+                        dir: o.artifacts.dir.clone(),
+                    });
+                    return Ok(o);
+                }
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut doc = Document::parse(&bytes, &format!("{name} manifest"))?;
+    let mut digest = digest;
+    for _ in 0..4 {
+        let Some(list) = &doc.manifests else { break };
+        let d = oci::select_platform(list, &req.arch, &name)?.digest.clone();
+        if let Some(o) = cached(store, req, &d, &Quiet) {
+            report.event(Event::Resolved {
+                image: name.clone(),
+                digest: d.clone(),
+            });
+            report.event(Event::Cached {
+                dir: o.artifacts.dir.clone(),
+            });
+            store.remember(&name, &req.arch, &d);
+            return Ok(o);
+        }
+        let (b, _) = client.manifest(&d)?;
+        doc = Document::parse(&b, &d)?;
+        digest = d;
+    }
+    report.event(Event::Resolved {
+        image: name.clone(),
+        digest: digest.clone(),
+    });
+    if let Some(o) = cached(store, req, &digest, report) {
+        store.remember(&name, &req.arch, &digest);
+        return Ok(o);
+    }
+    let descs = doc.layers.clone().unwrap_or_default();
+    if descs.is_empty() {
+        return Err(OciError::BadDocument {
+            what: name,
+            why: "the image has no layers".into(),
+        }
+        .into());
+    }
+    report.event(Event::Pulling {
+        layers: descs
+            .iter()
+            .map(|l| {
+                (
+                    l.digest.clone(),
+                    l.size,
+                    store.blob_path(&l.digest).is_file(),
+                )
+            })
+            .collect(),
+    });
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_PULLS.min(descs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= descs.len() || failure.lock().unwrap().is_some() {
+                    return;
+                }
+                let l = &descs[i];
+                let dest = store.blob_path(&l.digest);
+                if !dest.is_file() {
+                    let r = client.blob(&l.digest, &dest, &|done| {
+                        report.event(Event::PullProgress { layer: i, done })
+                    });
+                    if let Err(e) = r {
+                        failure.lock().unwrap().get_or_insert(e);
+                        return;
+                    }
+                }
+                report.event(Event::PullDone { layer: i });
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e.into());
+    }
+    let layers: Vec<LayerBlob> = descs
+        .iter()
+        .map(|l| {
+            let path = store.blob_path(&l.digest);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(l.size);
+            LayerBlob {
+                path,
+                offset: 0,
+                size,
+                // Verified on the way into the blob cache.
+                digest: None,
+                name: l.digest.clone(),
+            }
+        })
+        .collect();
+    let o = build_layers(req, store, &digest, &layers, report)?;
+    store.remember(&name, &req.arch, &digest);
+    Ok(o)
+}
+
+/// Where a state directory path points: relative paths are taken from the working directory.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

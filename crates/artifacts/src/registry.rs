@@ -1,0 +1,622 @@
+//! Pulling from an OCI registry (the distribution API): manifests by tag or digest, blobs into
+//! a content-addressed cache.
+//!
+//! Auth is what `docker pull` does: anonymous first, then the scheme the registry asks for in
+//! `WWW-Authenticate` (a bearer token from its realm, or basic), with credentials from
+//! `~/.docker/config.json` (inline `auths`, `credHelpers`, `credsStore`) or the containers
+//! `auth.json` that podman and skopeo write. Plain HTTP is used for `localhost` and 127.0.0.0/8,
+//! as Docker allows, and for any registry when insecure registries are allowed (after HTTPS,
+//! without certificate checks, has failed).
+//!
+//! Every blob lands in `blobs/sha256/<hex>` only after its digest matched; a `.part` file is
+//! resumed with a `Range` request after a dropped connection, and re-hashed from its start.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::oci::{self, Reference};
+
+const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot reach registry {registry}: {why}. Check the name and the network; for a plain-HTTP registry set allow-insecure-registries")]
+    Unreachable { registry: String, why: String },
+    #[error("{image}: {what} not found in the registry (HTTP 404); check the repository and tag")]
+    NotFound { image: String, what: String },
+    #[error("{image}: the registry refused access (HTTP {status}). Log in with `docker login {registry}` (Daybreak reads ~/.docker/config.json) or check the repository name")]
+    Denied {
+        image: String,
+        registry: String,
+        status: u16,
+    },
+    #[error("{image}: the registry answered HTTP {status} for {what}")]
+    Status {
+        image: String,
+        what: String,
+        status: u16,
+    },
+    #[error("{image}: blob {digest} does not match its digest (got {actual}); the partial download was deleted, run again")]
+    Digest {
+        image: String,
+        digest: String,
+        actual: String,
+    },
+    #[error("{image}: {what}")]
+    Protocol { image: String, what: String },
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+}
+
+/// Username and password (or identity token) for one registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Keys under which Docker's and podman's auth files may name a registry.
+fn auth_keys(registry: &str) -> Vec<String> {
+    let mut keys = vec![
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        format!("https://{registry}/v1/"),
+        format!("https://{registry}/v2/"),
+    ];
+    if registry == "docker.io" {
+        keys.push("https://index.docker.io/v1/".into());
+        keys.push("index.docker.io".into());
+        keys.push("registry-1.docker.io".into());
+    }
+    keys
+}
+
+fn credential_helper(helper: &str, registry: &str) -> Option<Credentials> {
+    use std::process::{Command, Stdio};
+    let server = if registry == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let mut child = Command::new(format!("docker-credential-{helper}"))
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(server.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(Credentials {
+        username: v.get("Username")?.as_str()?.to_string(),
+        password: v.get("Secret")?.as_str()?.to_string(),
+    })
+}
+
+/// Credentials for `registry` from the usual files, first match wins: `$REGISTRY_AUTH_FILE`,
+/// `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json` or
+/// `~/.docker/config.json`.
+pub fn find_credentials(registry: &str) -> Option<Credentials> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        files.push(f.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        files.push(Path::new(&d).join("containers/auth.json"));
+    }
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => files.push(Path::new(&d).join("config.json")),
+        None => {
+            if let Some(h) = std::env::var_os("HOME") {
+                files.push(Path::new(&h).join(".docker/config.json"));
+            }
+        }
+    }
+    let keys = auth_keys(registry);
+    for f in files {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        let Ok(cfg) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if let Some(helpers) = cfg.get("credHelpers").and_then(|h| h.as_object()) {
+            for k in &keys {
+                if let Some(h) = helpers.get(k).and_then(|h| h.as_str()) {
+                    if let Some(c) = credential_helper(h, registry) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        if let Some(auths) = cfg.get("auths").and_then(|a| a.as_object()) {
+            for k in &keys {
+                let Some(entry) = auths.get(k) else { continue };
+                if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(auth.trim())
+                        .ok()
+                        .and_then(|d| String::from_utf8(d).ok());
+                    if let Some((u, p)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+                        return Some(Credentials {
+                            username: u.to_string(),
+                            password: p.to_string(),
+                        });
+                    }
+                }
+                if let Some(tok) = entry.get("identitytoken").and_then(|a| a.as_str()) {
+                    return Some(Credentials {
+                        username: "<token>".into(),
+                        password: tok.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(store) = cfg.get("credsStore").and_then(|s| s.as_str()) {
+            if let Some(c) = credential_helper(store, registry) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Whether Docker would talk plain HTTP to this registry without being told.
+pub fn is_local(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// A `WWW-Authenticate` challenge: scheme and its parameters.
+fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
+    let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
+    let mut params = HashMap::new();
+    let mut s = rest;
+    while !s.is_empty() {
+        let Some((k, v)) = s.split_once('=') else {
+            break;
+        };
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (val, next) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(end) => (&v[..end], &v[end..]),
+                None => (v, ""),
+            }
+        };
+        params.insert(k, val.to_string());
+        s = next.trim_start_matches([',', ' ']);
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// A registry client for one image.
+pub struct Client {
+    agent: ureq::Agent,
+    image: Reference,
+    base: Mutex<Option<String>>,
+    insecure: bool,
+    auth: Mutex<Option<String>>,
+    creds: Option<Credentials>,
+}
+
+enum Fetch {
+    Response(ureq::http::Response<ureq::Body>),
+}
+
+impl Client {
+    pub fn new(image: &Reference, insecure: bool) -> Client {
+        let mut cfg = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(None)
+            .http_status_as_error(false)
+            .user_agent(concat!("daybreak/", env!("CARGO_PKG_VERSION")));
+        if insecure {
+            cfg = cfg.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .disable_verification(true)
+                    .build(),
+            );
+        }
+        Client {
+            agent: cfg.build().new_agent(),
+            image: image.clone(),
+            base: Mutex::new(None),
+            insecure,
+            auth: Mutex::new(None),
+            creds: find_credentials(&image.registry),
+        }
+    }
+
+    fn image_name(&self) -> String {
+        self.image.to_string()
+    }
+
+    fn unreachable(&self, why: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Unreachable {
+            registry: self.image.registry.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    /// The scheme and host to use, settled by the first request that gets an answer.
+    fn bases(&self) -> Vec<String> {
+        if let Some(b) = self.base.lock().unwrap().clone() {
+            return vec![b];
+        }
+        let host = self.image.api_host();
+        if is_local(&self.image.registry) {
+            vec![format!("http://{host}"), format!("https://{host}")]
+        } else if self.insecure {
+            vec![format!("https://{host}"), format!("http://{host}")]
+        } else {
+            vec![format!("https://{host}")]
+        }
+    }
+
+    /// GET `path` (under /v2/) with auth, retries and the scheme fallback.
+    fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
+            }
+            for base in self.bases() {
+                match self.get_once(&base, path, headers) {
+                    Ok(Fetch::Response(r)) => {
+                        let s = r.status().as_u16();
+                        if s == 429 || s >= 500 {
+                            last = format!("HTTP {s}");
+                            continue;
+                        }
+                        *self.base.lock().unwrap() = Some(base);
+                        return Ok(r);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(self.unreachable(last))
+    }
+
+    fn get_once(
+        &self,
+        base: &str,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Fetch, String> {
+        let url = format!("{base}/v2/{path}");
+        let send = |auth: Option<&str>| {
+            let mut req = self.agent.get(&url);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call().map_err(|e| e.to_string())
+        };
+        let auth = self.auth.lock().unwrap().clone();
+        let resp = send(auth.as_deref())?;
+        if resp.status().as_u16() != 401 {
+            return Ok(Fetch::Response(resp));
+        }
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let (scheme, params) = parse_challenge(&challenge);
+        let new_auth = match scheme.as_str() {
+            "bearer" => self.token(&params)?,
+            "basic" => match &self.creds {
+                Some(c) => format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", c.username, c.password))
+                ),
+                None => return Ok(Fetch::Response(resp)),
+            },
+            _ => return Ok(Fetch::Response(resp)),
+        };
+        *self.auth.lock().unwrap() = Some(new_auth.clone());
+        send(Some(&new_auth)).map(Fetch::Response)
+    }
+
+    /// A bearer token from the realm the registry named, with credentials when we have them.
+    fn token(&self, params: &HashMap<String, String>) -> Result<String, String> {
+        let realm = params
+            .get("realm")
+            .ok_or("the registry asked for a token without naming a realm")?;
+        let mut url = format!("{realm}?");
+        if let Some(s) = params.get("service") {
+            url.push_str(&format!("service={}&", urlencode(s)));
+        }
+        let scope = params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.image.repository));
+        url.push_str(&format!("scope={}", urlencode(&scope)));
+        let mut req = self.agent.get(&url);
+        if let Some(c) = &self.creds {
+            req = req.header(
+                "Authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", c.username, c.password))
+                ),
+            );
+        }
+        let mut resp = req
+            .call()
+            .map_err(|e| format!("token request to {realm}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "token request to {realm} answered HTTP {}",
+                resp.status().as_u16()
+            ));
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("token response: {e}"))?;
+        let tok = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or("token response without a token")?;
+        Ok(format!("Bearer {tok}"))
+    }
+
+    fn check_status(
+        &self,
+        resp: &ureq::http::Response<ureq::Body>,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            404 => Err(RegistryError::NotFound {
+                image: self.image_name(),
+                what: what.to_string(),
+            }),
+            s @ (401 | 403) => Err(RegistryError::Denied {
+                image: self.image_name(),
+                registry: self.image.registry.clone(),
+                status: s,
+            }),
+            s => Err(RegistryError::Status {
+                image: self.image_name(),
+                what: what.to_string(),
+                status: s,
+            }),
+        }
+    }
+
+    /// A manifest or index by tag or digest: its bytes and digest (checked when pinned).
+    pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let accept = [
+            oci::MEDIA_OCI_INDEX,
+            oci::MEDIA_OCI_MANIFEST,
+            oci::MEDIA_DOCKER_LIST,
+            oci::MEDIA_DOCKER_MANIFEST,
+        ]
+        .join(", ");
+        let mut resp = self.get(
+            &format!("{}/manifests/{reference}", self.image.repository),
+            &[("Accept", accept)],
+        )?;
+        self.check_status(&resp, &format!("manifest {reference}"))?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(oci::MAX_DOCUMENT)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(e))?;
+        let digest = oci::sha256_digest(&body);
+        if reference.starts_with("sha256:") && digest != reference {
+            return Err(RegistryError::Digest {
+                image: self.image_name(),
+                digest: reference.to_string(),
+                actual: digest,
+            });
+        }
+        Ok((body, digest))
+    }
+
+    /// Downloads a blob into `dest` (resuming `dest.part`), verified against `digest`.
+    /// `progress` gets the bytes done so far.
+    pub fn blob(
+        &self,
+        digest: &str,
+        dest: &Path,
+        progress: &dyn Fn(u64),
+    ) -> Result<u64, RegistryError> {
+        if !oci::is_digest(digest) {
+            return Err(RegistryError::Protocol {
+                image: self.image_name(),
+                what: format!("unsupported blob digest {digest:?}"),
+            });
+        }
+        let part = dest.with_extension("part");
+        let io_err = |source| RegistryError::Io {
+            path: part.clone(),
+            source,
+        };
+        if let Some(d) = dest.parent() {
+            std::fs::create_dir_all(d).map_err(io_err)?;
+        }
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
+            }
+            // What is already on disk is hashed again: it counts only if the whole matches.
+            let mut hasher = Sha256::new();
+            let mut have = 0u64;
+            if let Ok(mut f) = File::open(&part) {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).map_err(io_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    have += n as u64;
+                }
+            }
+            let mut headers = Vec::new();
+            if have > 0 {
+                headers.push(("Range", format!("bytes={have}-")));
+            }
+            let resp = match self.get(
+                &format!("{}/blobs/{digest}", self.image.repository),
+                &headers,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            if status == 416 && have > 0 {
+                // We have it all already (or the server thinks so): check below.
+            } else {
+                self.check_status(&resp, &format!("blob {digest}"))?;
+            }
+            let append = status == 206;
+            if !append && status != 416 {
+                hasher = Sha256::new();
+                have = 0;
+            }
+            let mut out = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append && status != 416)
+                .open(&part)
+                .map_err(io_err)?;
+            progress(have);
+            if status != 416 {
+                let mut body = resp.into_body().into_reader();
+                let mut buf = vec![0u8; 1 << 16];
+                let copied: Result<(), String> = loop {
+                    match body.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            if let Err(e) = out.write_all(&buf[..n]) {
+                                return Err(io_err(e));
+                            }
+                            hasher.update(&buf[..n]);
+                            have += n as u64;
+                            progress(have);
+                        }
+                        Err(e) => break Err(e.to_string()),
+                    }
+                };
+                if let Err(e) = copied {
+                    last = format!("connection lost after {have} bytes: {e}");
+                    let _ = out.sync_data();
+                    continue;
+                }
+            }
+            let actual = format!("sha256:{}", oci::hex(&hasher.finalize()));
+            if actual != digest {
+                drop(out);
+                let _ = std::fs::remove_file(&part);
+                if status == 416 {
+                    continue;
+                }
+                return Err(RegistryError::Digest {
+                    image: self.image_name(),
+                    digest: digest.to_string(),
+                    actual,
+                });
+            }
+            out.sync_all().map_err(io_err)?;
+            std::fs::rename(&part, dest).map_err(io_err)?;
+            return Ok(have);
+        }
+        Err(self.unreachable(format!("downloading blob {digest}: {last}")))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(s, "bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["scope"], "repository:library/alpine:pull");
+        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("basic", "Registry Realm")
+        );
+    }
+
+    #[test]
+    fn local_registries() {
+        assert!(is_local("localhost:5000"));
+        assert!(is_local("127.0.0.1:5000"));
+        assert!(is_local("127.1.2.3"));
+        assert!(is_local("[::1]:5000"));
+        assert!(!is_local("quay.io"));
+        assert!(!is_local("10.0.0.1:5000"));
+    }
+}
