@@ -209,7 +209,7 @@ impl Store {
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| self.get(&e.file_name().to_string_lossy()))
             .collect();
-        v.sort_by(|a, b| b.meta.created.cmp(&a.meta.created));
+        v.sort_by_key(|a| std::cmp::Reverse(a.meta.created));
         v
     }
 
