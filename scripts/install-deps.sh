@@ -6,7 +6,8 @@
 #   scripts/install-deps.sh --bench  # also what the benchmarks compare against (nginx, dnsmasq)
 set -euo pipefail
 
-need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools)
+need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools
+      docker-registry skopeo apache2-utils)
 [ "${1:-}" = "--bench" ] && need+=(nginx-light)
 
 missing=()

@@ -91,8 +91,18 @@ pub fn from_layers(
             inner: &mut layer.tar,
             tick: &mut tick,
         };
-        let stats = tree.apply_layer(&mut writer, i as u32 + 1, &blob.name, tar)?;
-        layer.verify()?;
+        let stats = match tree.apply_layer(&mut writer, i as u32 + 1, &blob.name, tar) {
+            Ok(s) => s,
+            Err(e @ MergeError::Corrupt { .. }) => {
+                blob.check_digest()?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = layer.verify() {
+            blob.check_digest()?;
+            return Err(e.into());
+        }
         progress(i, blob.size);
         xattr_paths.extend(stats.xattr_paths);
     }

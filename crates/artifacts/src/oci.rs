@@ -703,6 +703,30 @@ impl LayerBlob {
     }
 }
 
+impl LayerBlob {
+    /// Hashes the whole blob and compares it with its digest: when a layer fails to
+    /// decompress, this tells a corrupted download from a broken image.
+    pub fn check_digest(&self) -> Result<(), OciError> {
+        let Some(expected) = &self.digest else {
+            return Ok(());
+        };
+        let mut f = File::open(&self.path).map_err(io_err(&self.path))?;
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.path))?;
+        let mut h = Sha256::new();
+        io::copy(&mut f.take(self.size), &mut h).map_err(io_err(&self.path))?;
+        let actual = format!("sha256:{}", hex(&h.finalize()));
+        if &actual != expected {
+            return Err(OciError::Digest {
+                what: format!("layer {}", self.name),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl HashState {
     pub fn bytes(&self) -> u64 {
         self.bytes

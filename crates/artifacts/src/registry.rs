@@ -287,9 +287,10 @@ impl Client {
         &self,
         path: &str,
         headers: &[(&str, String)],
+        attempts: u32,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
             }
@@ -442,6 +443,8 @@ impl Client {
         let mut resp = self.get(
             &format!("{}/manifests/{reference}", self.image.repository),
             &[("Accept", accept)],
+            // Few: without a registry, a start from the store should not wait long.
+            3,
         )?;
         self.check_status(&resp, &format!("manifest {reference}"))?;
         let body = resp
@@ -509,6 +512,7 @@ impl Client {
             let resp = match self.get(
                 &format!("{}/blobs/{digest}", self.image.repository),
                 &headers,
+                2,
             ) {
                 Ok(r) => r,
                 Err(e) => {

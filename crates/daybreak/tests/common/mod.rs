@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
