@@ -9,13 +9,18 @@
 #   ISO        `daybreak netboot` vs `xorriso -osirrox on -extract` for the three files of a ~3 GB
 #              Kairos-layout ISO (warm and cold page cache); `daybreak serve --iso` start to ready
 #
-#   sudo bench/run.sh [dhcp|tftp|http|iso]...     (default: all four)
+#   OCI        `daybreak netboot IMAGE` from a local docker-registry, cold and warm, vs the
+#              AuroraBoot-style pipeline of standard tools (skopeo copy, umoci unpack, mksquashfs,
+#              xorriso ISO, extracting the three files back out), for a ~1.1 GB 3-layer image
+#              made of this machine's /usr; and the squashfs step alone vs mksquashfs (time, peak RSS)
+#
+#   sudo bench/run.sh [dhcp|tftp|http|iso|oci]...     (default: all five)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -208,6 +213,82 @@ if [[ " ${what[*]} " == *" iso "* ]]; then
   stop_all
   row "ISO: daybreak serve --iso, start to ready, s (cold cache)" "$(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.3f", b - a }')" "-" ""
   rm -rf "$work"
+fi
+
+if [[ " ${what[*]} " == *" oci "* ]]; then
+  work=$PWD/target/bench-oci
+  layout=$work/layout
+  # The image: this machine's /usr/lib/x86_64-linux-gnu, /usr/bin + /usr/libexec, and a /boot
+  # with an incompressible kernel and initrd, as three gzip layers. Kept between runs.
+  if [ ! -f "$layout/index.json" ]; then
+    rm -rf "$layout"; mkdir -p "$layout/blobs/sha256" "$work/boot/boot"
+    head -c 12582912 /dev/urandom > "$work/boot/boot/vmlinuz-6.6.0-1-amd64"
+    head -c 62914560 /dev/urandom > "$work/boot/boot/initrd.img-6.6.0-1-amd64"
+    blob() { # file -> digest (moves the file into the layout)
+      local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$layout/blobs/sha256/$d"; echo "$d"
+    }
+    layers=""; diffs=""
+    for spec in "/:usr/lib/x86_64-linux-gnu" "/:usr/bin usr/libexec" "$work/boot:boot"; do
+      dir=${spec%%:*}; paths=${spec#*:}
+      # shellcheck disable=SC2086
+      tar --numeric-owner -C "$dir" -cf "$work/layer.tar" $paths
+      diffs+="\"sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)\","
+      gzip -6 -f "$work/layer.tar"
+      size=$(stat -c %s "$work/layer.tar.gz"); d=$(blob "$work/layer.tar.gz")
+      layers+="{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$size},"
+    done
+    printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]},"config":{}}' "${diffs%,}" > "$work/config.json"
+    csize=$(stat -c %s "$work/config.json"); cd_=$(blob "$work/config.json")
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cd_" "$csize" "${layers%,}" > "$work/manifest.json"
+    msize=$(stat -c %s "$work/manifest.json"); md=$(blob "$work/manifest.json")
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' "$md" "$msize" > "$layout/index.json"
+    echo '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
+    rm -rf "$work/boot"
+  fi
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n  secret: bench\n' "$work/registry" "$port" > "$work/registry.yml"
+  rm -rf "$work/registry"
+  docker-registry serve "$work/registry.yml" >"$tmp/registry.log" 2>&1 &
+  pids+=($!)
+  until curl -fs "http://127.0.0.1:$port/v2/" >/dev/null; do sleep 0.1; done
+  image=127.0.0.1:$port/bench/kairos:v1
+  skopeo copy --quiet --dest-tls-verify=false "oci:$layout:v1" "docker://$image"
+  raw=$(du -sb /usr/lib/x86_64-linux-gnu /usr/bin /usr/libexec | awk '{ s += $1 } END { printf "%d", s / 1048576 }')
+  timed() { # cmd... -> prints "seconds peak_kib"
+    sync; /usr/bin/time -o "$tmp/time" -f "%e %M" "$@" >/dev/null 2>&1; tail -1 "$tmp/time"
+  }
+  pipeline() {
+    rm -rf "$work/p"; mkdir -p "$work/p/iso/boot"
+    skopeo copy --quiet --src-tls-verify=false "docker://$image" "oci:$work/p/oci:v1" &&
+    umoci unpack --rootless --image "$work/p/oci:v1" "$work/p/bundle" >/dev/null &&
+    mksquashfs "$work/p/bundle/rootfs" "$work/p/iso/rootfs.squashfs" -b 1024k -comp gzip -noappend -quiet -no-progress &&
+    cp "$work/p/bundle/rootfs/boot/vmlinuz-6.6.0-1-amd64" "$work/p/iso/boot/kernel" &&
+    cp "$work/p/bundle/rootfs/boot/initrd.img-6.6.0-1-amd64" "$work/p/iso/boot/initrd" &&
+    xorriso -as mkisofs -quiet -R -J -iso-level 3 -o "$work/p/kairos.iso" "$work/p/iso" &&
+    mkdir -p "$work/p/out" &&
+    xorriso -osirrox on -indev "$work/p/kairos.iso" -extract /boot/kernel "$work/p/out/kairos-kernel" \
+      -extract /boot/initrd "$work/p/out/kairos-initrd" -extract /rootfs.squashfs "$work/p/out/kairos.squashfs" &&
+    sync
+  }
+  export -f pipeline; export work image
+  rm -rf "$work/state" "$work/out"
+  read -r dcold dmem < <(timed "$db" netboot "$image" "$work/out" --state-dir "$work/state")
+  read -r dwarm _ < <(timed "$db" netboot "$image" "$work/out2" --state-dir "$work/state")
+  read -r pcold _ < <(timed bash -c pipeline)
+  echo "oci: daybreak cold ${dcold}s (peak ${dmem} KiB), warm ${dwarm}s; pipeline ${pcold}s"
+  row "OCI ${raw} MiB image, 3 layers: registry to 3 files, cold, s" "$dcold" "$pcold" "$(ratio "$pcold" "$dcold")"
+  row "  same digest again (warm), s" "$dwarm" "" ""
+  # The squashfs step alone, on the unpacked tree the pipeline made.
+  tree=$work/p/bundle/rootfs
+  rm -rf "$work/state-dir" "$work/out-dir" "$work/m.squashfs"
+  read -r ds dm < <(timed "$db" netboot "dir://$tree" "$work/out-dir" --state-dir "$work/state-dir")
+  read -r ms mm < <(timed mksquashfs "$tree" "$work/m.squashfs" -b 1024k -comp gzip -noappend -quiet -no-progress)
+  echo "squashfs: daybreak ${ds}s ${dm} KiB $(stat -c %s "$work/out-dir/kairos.squashfs") B; mksquashfs ${ms}s ${mm} KiB $(stat -c %s "$work/m.squashfs") B"
+  row "  squashfs of the unpacked tree (gzip, 1 MiB blocks), s" "$ds" "$ms" "$(ratio "$ms" "$ds")"
+  row "  squashfs peak RSS, MiB" "$((dm / 1024))" "$((mm / 1024))" "$(ratio "$dm" "$mm")"
+  row "  squashfs size, MiB" "$(( $(stat -c %s "$work/out-dir/kairos.squashfs") >> 20 ))" "$(( $(stat -c %s "$work/m.squashfs") >> 20 ))" ""
+  stop_all
+  rm -rf "$work/p" "$work/state" "$work/state-dir" "$work/out" "$work/out2" "$work/out-dir" "$work/m.squashfs" "$work/registry"
 fi
 
 echo

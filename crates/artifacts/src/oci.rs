@@ -83,6 +83,21 @@ impl Reference {
             }
             _ => ("docker.io".to_string(), rest.to_string()),
         };
+        let (host, port) = match registry.rsplit_once(':') {
+            Some((h, p)) if !registry.ends_with(']') => (h, Some(p)),
+            _ => (registry.as_str(), None),
+        };
+        let host_ok = !host.is_empty()
+            && (host.starts_with('[')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        if !host_ok || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad(
+                "the registry must be a host name with an optional numeric port",
+            ));
+        }
         let (path, tag) = match path.rsplit_once(':') {
             Some((p, t)) if !t.contains('/') => (p.to_string(), Some(t.to_string())),
             _ => (path, None),

@@ -155,6 +155,11 @@ impl Store {
         fs::create_dir_all(&tmp)?;
         let result = (|| {
             let meta = fill(&tmp)?;
+            // Entries are immutable; outputs may be hard links to them.
+            for f in [KERNEL, INITRD, ROOTFS] {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(tmp.join(f), fs::Permissions::from_mode(0o444))?;
+            }
             let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
             crate::write::write_atomic(&tmp.join("meta.json"), &json)?;
             sync_dir(&tmp);

@@ -34,6 +34,22 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
     atomically(dest, |mut out| out.write_all(data))
 }
 
+/// Puts a hard link to `src` (a read-only store file) at `dest`, replacing what was there, if
+/// both are on one filesystem. False when that is not possible: the caller copies instead.
+pub fn link_atomic(src: &Path, dest: &Path) -> bool {
+    let tmp = temp_name(dest);
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(src, &tmp).is_err() {
+        return false;
+    }
+    if std::fs::rename(&tmp, dest).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return false;
+    }
+    sync_dir(dest);
+    true
+}
+
 /// Runs `fill` on a new temporary file beside `dest`, then fsyncs it and renames it to `dest`
 /// (and fsyncs the directory, so the name survives a crash too). On error the temporary file goes.
 fn atomically(dest: &Path, fill: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {

@@ -2,13 +2,13 @@
 //! mid-file (the download resumes with a Range request and still verifies), publishes a wrong
 //! checksum (refused, nothing cached), or none (accepted unverified).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use artifacts::download::{download, DownloadError, Outcome};
+use common::Server;
 use sha2::{Digest, Sha256};
 
 #[derive(Clone, Copy)]
@@ -18,103 +18,27 @@ enum Sum {
     None,
 }
 
-struct Server {
-    base: String,
-    requests: Arc<AtomicUsize>,
-    ranged: Arc<AtomicUsize>,
-}
-
-/// Serves `data` at /x.iso. The first `drops` full-body responses stop halfway and close.
+/// Serves `data` at /x.iso with the given checksum file beside it; the first `drops` full-body
+/// responses stop halfway.
 fn serve(data: Vec<u8>, sum: Sum, drops: usize) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let ranged = Arc::new(AtomicUsize::new(0));
-    let (r, g) = (requests.clone(), ranged.clone());
     let hex: String = Sha256::digest(&data)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    std::thread::spawn(move || {
-        let mut dropped = 0;
-        for stream in listener.incoming().take(50) {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let mut range: Option<u64> = None;
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                if h.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = v.trim().trim_end_matches('-').parse().ok();
-                }
-            }
-            if path.ends_with(".sha256") {
-                let body = match sum {
-                    Sum::Right => format!("{hex}  x.iso\n"),
-                    Sum::Wrong => format!("{}  x.iso\n", "0".repeat(64)),
-                    Sum::None => {
-                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                        continue;
-                    }
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                continue;
-            }
-            if path != "/x.iso" {
-                let _ = s.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                continue;
-            }
-            r.fetch_add(1, Ordering::SeqCst);
-            let start = range.unwrap_or(0) as usize;
-            if range.is_some() {
-                g.fetch_add(1, Ordering::SeqCst);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
-                    data.len() - start,
-                    data.len() - 1,
-                    data.len()
-                );
-                let _ = s.write_all(&data[start..]);
-            } else {
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    data.len()
-                );
-                if dropped < drops {
-                    dropped += 1;
-                    let _ = s.write_all(&data[..data.len() / 2]);
-                    let _ = s.flush();
-                    continue; // closes mid-body
-                }
-                let _ = s.write_all(&data);
-            }
-        }
-    });
-    Server {
-        base,
-        requests,
-        ranged,
+    let mut routes = vec![("/x.iso".to_string(), data)];
+    match sum {
+        Sum::Right => routes.push(("/x.iso.sha256".into(), format!("{hex}  x.iso\n").into())),
+        Sum::Wrong => routes.push((
+            "/x.iso.sha256".into(),
+            format!("{}  x.iso\n", "0".repeat(64)).into(),
+        )),
+        Sum::None => {}
     }
+    common::serve(routes, "/x.iso", drops)
 }
 
 fn data() -> Vec<u8> {
-    (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
+    common::data(3_000_000)
 }
 
 fn dest(tag: &str) -> PathBuf {

@@ -146,12 +146,14 @@ pub fn run(
         let mut written = Vec::new();
         for (src, name) in jobs {
             let dest = outdir.join(&name);
-            let f = std::fs::File::open(&src)
-                .with_context(|| format!("cannot read {}", src.display()))?;
-            let len = f.metadata()?.len();
-            let extent = artifacts::iso::Extent { offset: 0, len };
-            artifacts::write::copy_extents_atomic(&f, &[extent], &dest, &mut |_| {})
-                .map_err(|e| write_error(e, &dest, len))?;
+            if !artifacts::write::link_atomic(&src, &dest) {
+                let f = std::fs::File::open(&src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                let len = f.metadata()?.len();
+                let extent = artifacts::iso::Extent { offset: 0, len };
+                artifacts::write::copy_extents_atomic(&f, &[extent], &dest, &mut |_| {})
+                    .map_err(|e| write_error(e, &dest, len))?;
+            }
             written.push(dest);
         }
         eprintln!("image digest: {}", got.digest);

@@ -1,0 +1,96 @@
+//! A local HTTP server that misbehaves on purpose, for download tests: it serves fixed bodies by
+//! path, honours `Range: bytes=N-`, and cuts the first few full responses of one path halfway.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub struct Server {
+    pub base: String,
+    /// Requests for the flaky path, and how many of them asked for a range.
+    pub requests: Arc<AtomicUsize>,
+    pub ranged: Arc<AtomicUsize>,
+}
+
+/// Serves `routes`; the first `drops` full-body responses for `flaky` stop halfway and close.
+/// Other paths get 404.
+pub fn serve(routes: Vec<(String, Vec<u8>)>, flaky: &str, drops: usize) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let ranged = Arc::new(AtomicUsize::new(0));
+    let (r, g) = (requests.clone(), ranged.clone());
+    let flaky = flaky.to_string();
+    std::thread::spawn(move || {
+        let mut dropped = 0;
+        for stream in listener.incoming().take(100) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut range: Option<usize> = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = v.trim().trim_end_matches('-').parse().ok();
+                }
+            }
+            let Some((_, data)) = routes.iter().find(|(p, _)| *p == path) else {
+                let _ = s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            if path == flaky {
+                r.fetch_add(1, Ordering::SeqCst);
+                if range.is_some() {
+                    g.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            if let Some(start) = range.filter(|&n| n <= data.len()) {
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                    data.len() - start,
+                    data.len().saturating_sub(1),
+                    data.len()
+                );
+                let _ = s.write_all(&data[start..]);
+                continue;
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            );
+            if path == flaky && dropped < drops {
+                dropped += 1;
+                let _ = s.write_all(&data[..data.len() / 2]);
+                let _ = s.flush();
+                continue; // closes mid-body
+            }
+            let _ = s.write_all(data);
+        }
+    });
+    Server {
+        base,
+        requests,
+        ranged,
+    }
+}
+
+/// Deterministic test data.
+pub fn data(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}

@@ -1,0 +1,84 @@
+//! The registry client against a local server that drops a blob download halfway (the pull
+//! resumes with a Range request and re-hashes what it had) or serves bytes that do not match
+//! the digest (refused, nothing cached).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use artifacts::oci::{sha256_digest, Reference};
+use artifacts::registry::{Client, RegistryError};
+
+fn routes(blob: &[u8], served: Vec<u8>) -> (Vec<(String, Vec<u8>)>, String) {
+    let digest = sha256_digest(blob);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"digest":"{d}","size":1}},"layers":[{{"digest":"{digest}","size":{n}}}]}}"#,
+        d = sha256_digest(b"{}"),
+        n = blob.len()
+    );
+    (
+        vec![
+            ("/v2/test/img/manifests/v1".into(), manifest.into_bytes()),
+            (format!("/v2/test/img/blobs/{digest}"), served),
+        ],
+        digest,
+    )
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("daybreak-pull-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn dropped_blob_download_resumes_and_verifies() {
+    let blob = common::data(2_000_000);
+    let (routes, digest) = routes(&blob, blob.clone());
+    let srv = common::serve(routes, &format!("/v2/test/img/blobs/{digest}"), 1);
+    let host = srv.base.trim_start_matches("http://");
+    let r = Reference::parse(&format!("{host}/test/img:v1")).unwrap();
+    let client = Client::new(&r, false);
+    let (manifest, mdigest) = client.manifest("v1").unwrap();
+    assert_eq!(mdigest, sha256_digest(&manifest));
+    let dest = tmp("resume").join("blobs").join(&digest[7..]);
+    let n = client.blob(&digest, &dest, &|_| {}).unwrap();
+    assert_eq!(n, blob.len() as u64);
+    assert!(std::fs::read(&dest).unwrap() == blob);
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(srv.ranged.load(Ordering::SeqCst), 1, "resumed with a Range");
+}
+
+#[test]
+fn blob_with_wrong_bytes_is_refused_and_not_cached() {
+    let blob = common::data(500_000);
+    let mut evil = blob.clone();
+    evil[1234] ^= 1;
+    let (routes, digest) = routes(&blob, evil);
+    let srv = common::serve(routes, "", 0);
+    let host = srv.base.trim_start_matches("http://");
+    let client = Client::new(
+        &Reference::parse(&format!("{host}/test/img:v1")).unwrap(),
+        false,
+    );
+    let dir = tmp("evil");
+    let dest = dir.join(&digest[7..]);
+    let e = client.blob(&digest, &dest, &|_| {}).unwrap_err();
+    assert!(matches!(e, RegistryError::Digest { .. }), "{e}");
+    assert!(!dest.exists());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no partial file left"
+    );
+    // A manifest pinned by a digest it does not have is refused too.
+    let bad = format!("sha256:{}", "0".repeat(64));
+    let e = client.manifest(&bad).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::NotFound { .. } | RegistryError::Digest { .. }
+        ),
+        "{e}"
+    );
+}
