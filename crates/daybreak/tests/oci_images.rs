@@ -332,6 +332,42 @@ fn basic_auth_comes_from_docker_config() {
     let (ok, err) = netboot(&image, &out, &state, &[], &[("DOCKER_CONFIG", &cfg)]);
     assert!(ok, "{err}");
     check_merged(&out, &work, "amd64");
+
+    // A credential helper (docker-credential-NAME get, server on stdin, JSON out).
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-daybreaktest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$server\" = \"{}\" ] || exit 1\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"daybreak\",\"Secret\":\"s3cret\"}}'\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg2 = work.join("docker2");
+    std::fs::create_dir_all(&cfg2).unwrap();
+    std::fs::write(
+        cfg2.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"daybreaktest"}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let path = PathBuf::from(path);
+    let state2 = work.join("state2");
+    let (ok, err) = netboot(
+        &image,
+        &work.join("o3"),
+        &state2,
+        &[],
+        &[("DOCKER_CONFIG", &cfg2), ("PATH", &path)],
+    );
+    assert!(ok, "credential helper: {err}");
 }
 
 #[test]
