@@ -214,6 +214,14 @@ fn is_iso(path: &Path) -> bool {
         && &magic == b"CD001"
 }
 
+fn is_tar(path: &Path) -> bool {
+    let mut head = [0u8; 263];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && (&head[257..262] == b"ustar" || head.starts_with(&[0x1f, 0x8b]))
+}
+
 impl Source {
     /// Every `container_image` form of AuroraBoot, plus local paths as they are.
     pub fn parse(s: &str) -> Result<Source, OciError> {
@@ -241,10 +249,12 @@ impl Source {
                     Source::Dir(path.to_path_buf())
                 });
             }
-            return Ok(if is_iso(path) {
-                Source::Iso(path.to_path_buf())
-            } else {
+            // A tarball (docker save, OCI archive) goes to the archive reader; anything else is
+            // taken for an ISO, whose reader says clearly when it is not one.
+            return Ok(if !is_iso(path) && is_tar(path) {
                 Source::Archive(path.to_path_buf())
+            } else {
+                Source::Iso(path.to_path_buf())
             });
         }
         // `LAYOUT:TAG`, as skopeo writes oci:LAYOUT:TAG.

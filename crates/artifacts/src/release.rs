@@ -17,6 +17,8 @@ pub struct ReleaseKeys {
     pub variant: String,
     /// Empty means `amd64`.
     pub platform: String,
+    /// Empty means `generic`.
+    pub model: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +79,11 @@ impl ReleaseKeys {
             &self.platform
         };
         let (flavor, av) = (&self.flavor, &self.artifact_version);
+        let model = if self.model.is_empty() {
+            "generic"
+        } else {
+            &self.model
+        };
         Ok(if below(&self.release_version, 2, 4, 0) {
             let v = if variant == "standard" {
                 "kairos"
@@ -85,10 +92,10 @@ impl ReleaseKeys {
             };
             format!("{v}-{flavor}-{av}")
         } else if below(&self.release_version, 2, 4, 2) {
-            format!("kairos-{variant}-{flavor}-{platform}-generic-{av}")
+            format!("kairos-{variant}-{flavor}-{platform}-{model}-{av}")
         } else {
             format!(
-                "kairos-{flavor}-{}-{variant}-{platform}-generic-{av}",
+                "kairos-{flavor}-{}-{variant}-{platform}-{model}-{av}",
                 self.flavor_release
             )
         })

@@ -371,6 +371,57 @@ impl Plan {
     }
 }
 
+/// What the artifact file server (`listen_addr`, :8080) hands out: the kernel, the initrds, the
+/// squashfs and the ISO they came from, for people who want to fetch them. Never the
+/// cloud-config, which holds passwords and tokens: it is only on the netboot port.
+pub struct ArtifactFiles {
+    files: Vec<BootFile>,
+}
+
+impl ArtifactFiles {
+    pub fn new(plan: &Plan, iso: Option<&Path>) -> anyhow::Result<ArtifactFiles> {
+        let mut files: Vec<BootFile> = std::iter::once(&plan.kernel)
+            .chain(&plan.initrds)
+            .chain(&plan.rootfs)
+            .cloned()
+            .collect();
+        if let Some(iso) = iso {
+            let name = iso
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image.iso".into());
+            files.push(BootFile::open(&name, iso, "ISO")?);
+        }
+        Ok(ArtifactFiles { files })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|f| f.name.as_str())
+    }
+}
+
+impl Router for ArtifactFiles {
+    fn route(&self, req: &Request<'_>) -> Reply {
+        if req.path == "/" {
+            let list: String = self
+                .files
+                .iter()
+                .map(|f| format!("{}\t{}\n", f.name, f.size))
+                .collect();
+            return Reply::Resource {
+                name: "_index".into(),
+                content_type: "text/plain; charset=utf-8",
+                body: Body::Memory(list.into_bytes().into()),
+            };
+        }
+        let name = req.path.strip_prefix('/').unwrap_or(req.path);
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(Reply::NotFound, Plan::file_reply)
+    }
+}
+
 impl Router for Plan {
     fn route(&self, req: &Request<'_>) -> Reply {
         let path = req.path;

@@ -2,12 +2,14 @@
 //! servers. Each subcommand's `--help` is its manual.
 
 mod boot;
+mod config;
 mod http;
 mod ipxe;
 mod logwriter;
 mod netboot;
 mod progress;
 mod serve;
+mod zero;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -22,18 +24,49 @@ use crate::serve::ServeOptions;
 #[command(
     name = "daybreak",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Network-boot server: boots machines over the network into Kairos or any live Linux",
-    long_about = "Daybreak boots machines over the network. It answers PXE firmware beside the DHCP \
-server your network already has (ProxyDHCP on UDP 67 and 4011), hands it iPXE over TFTP (UDP 69), \
-and serves iPXE its boot script, the kernel, the initrd, the root squashfs and the cloud-config over \
-HTTP (port 8090 by default).\n\n\
-It needs root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW, to listen on ports 67, 69 and 4011.",
+    long_about = "Daybreak boots machines over the network. Given an image, it makes the kernel, initrd and \
+root squashfs out of it, then answers PXE firmware beside the DHCP server your network already has \
+(ProxyDHCP on UDP 67 and 4011), hands it iPXE over TFTP (UDP 69), and serves iPXE its boot script, the \
+kernel, the initrd, the squashfs and the cloud-config over HTTP (port 8090). Without a subcommand it \
+works like AuroraBoot: settings come from an optional config file (YAML, a path or an http(s) URL) and \
+--set KEY=VALUE (dotted keys nest, true/false are booleans, --set wins over the file).\n\n\
+Settings:\n  \
+container_image       the image: quay.io/kairos/…:tag, oci://…, docker://…, file://image.tar,\n                        \
+ocifile://archive.tar, an OCI layout directory, dir://rootfs, or an ISO\n  \
+repository, release_version, artifact_version, flavor, flavor_release, variant, platform, model\n                        \
+a Kairos GitHub release ISO instead (variant: standard when artifact_version\n                        \
+mentions k3s, else core; platform amd64; model generic); release_base_url\n                        \
+replaces https://github.com\n  \
+arch                  platform to pull: amd64 or arm64 (default: this machine's)\n  \
+allow-insecure-registries (alias insecure)  plain HTTP or self-signed registries\n  \
+cloud_config          inline cloud-config (--cloud-config FILE|URL|- takes precedence)\n  \
+netboot.cmdline       replaces the default kernel arguments (root=live: and config_url= stay)\n  \
+netboot_http_port     8090        netboot_listen_addr   0.0.0.0\n  \
+listen_addr           :8080, the artifact file server (artifacts only, never the cloud-config)\n  \
+disable_netboot, disable_http_server   turn either server off (both: build and exit)\n  \
+state_dir             /tmp/auroraboot: artifacts, layer cache, downloads, the rendered cloud-config\n\n\
+The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set value (empty if unset), \
+so secrets stay off the file: --set kairos.password=… with passwd: [[[ .kairos.password ]]]. It is \
+written to STATE_DIR/cloud-config.yaml with mode 0600.\n\n\
+Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
     after_help = "Examples:\n  \
-# Serve a kernel, initrd and squashfs with Kairos's default kernel arguments\n  \
-daybreak serve --kernel out/kairos-kernel --initrd out/kairos-initrd \\\n      \
---rootfs out/kairos.squashfs --cloud-config config.yaml\n\n  \
-# The same, in pixiecore/AuroraBoot form (initrd before kernel)\n  \
-daybreak start-pixie config.yaml out/kairos.squashfs 0.0.0.0 8090 out/kairos-initrd out/kairos-kernel"
+# The Kairos docs' command: netboot an image, with a cloud-config\n  \
+sudo daybreak --set container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 \\\n      \
+--cloud-config config.yaml\n\n  \
+# A secret from the command line into the cloud-config template\n  \
+sudo daybreak --set container_image=quay.io/kairos/alpine:3.21-core-amd64-generic-v3.7.2 \\\n      \
+--set kairos.password=s3cret --cloud-config config.yaml\n\n  \
+# Settings from a file (or a URL); --set still wins\n  \
+sudo daybreak config.yaml --set netboot_http_port=9000\n\n  \
+# A Kairos release ISO from GitHub, served without extracting it\n  \
+sudo daybreak --set repository=kairos-io/kairos --set release_version=v3.7.2 --set flavor=ubuntu \\\n      \
+--set flavor_release=24.04 --set artifact_version=v3.7.2-k3sv1.35.0-k3s3\n\n  \
+# Given files, pixiecore/AuroraBoot style (initrd before kernel)\n  \
+sudo daybreak start-pixie config.yaml kairos.squashfs 0.0.0.0 8090 kairos-initrd kairos-kernel\n\n  \
+# Only make the files: see `daybreak netboot --help`\n  \
+daybreak netboot quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 out"
 )]
 struct Cli {
     /// Log every packet decision and request, not just one line per machine step.
@@ -42,6 +75,16 @@ struct Cli {
     /// Log format: human-readable text, or one JSON object per line for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// AuroraBoot-style config file (YAML): a path or an http(s) URL.
+    #[arg(value_name = "CONFIG_FILE_OR_URL")]
+    config: Option<String>,
+    /// A setting, KEY=VALUE (repeatable; dotted keys nest: netboot.cmdline=…).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The cloud-config: a file, an http(s) URL, or - for stdin. A [[[ ]]] template over the
+    /// --set values.
+    #[arg(long, value_name = "FILE|URL|-")]
+    cloud_config: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -255,6 +298,8 @@ impl NetArgs {
             ipxe_bios: self.ipxe_bios,
             ipxe_efi64: self.ipxe_efi64,
             ipxe_arm64: self.ipxe_arm64,
+            netboot: true,
+            artifact_listen: None,
         }
     }
 }
@@ -329,11 +374,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.debug, cli.log_format);
     let options = match cli.command {
-        None => {
+        None if cli.config.is_none() && cli.set.is_empty() && cli.cloud_config.is_none() => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
             return ExitCode::from(2);
         }
+        None => match zero::prepare(cli.config.as_deref(), &cli.set, cli.cloud_config.as_deref()) {
+            Ok(Some(o)) => o,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
         Some(Command::Netboot(a)) => {
             let opts = netboot::ImageOptions {
                 arch: a.arch,
@@ -392,6 +445,8 @@ fn main() -> ExitCode {
             ipxe_bios: None,
             ipxe_efi64: None,
             ipxe_arm64: None,
+            netboot: true,
+            artifact_listen: None,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

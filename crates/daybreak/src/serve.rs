@@ -29,6 +29,10 @@ pub struct ServeOptions {
     pub ipxe_bios: Option<PathBuf>,
     pub ipxe_efi64: Option<PathBuf>,
     pub ipxe_arm64: Option<PathBuf>,
+    /// Start the netboot servers (ProxyDHCP, TFTP, boot HTTP); off: only the artifact server.
+    pub netboot: bool,
+    /// Where the artifact file server listens, if at all.
+    pub artifact_listen: Option<SocketAddr>,
 }
 
 /// Which program holds a port, from /proc: `Some("dnsmasq (pid 812)")`.
@@ -148,6 +152,93 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?);
 
+    let cancel = CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
+    let mut http_servers = tokio::task::JoinSet::new();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ipxe = ipxe::VERSION,
+        "daybreak starting"
+    );
+    let mut counters = None;
+    if opts.netboot {
+        counters = Some(
+            start_netboot(
+                &opts,
+                &plan_input,
+                plan.clone(),
+                binaries,
+                boot_files,
+                &ifaces,
+                &cancel,
+                &mut background,
+                &mut http_servers,
+            )
+            .await?,
+        );
+    }
+    if let Some(addr) = opts.artifact_listen {
+        let files = crate::boot::ArtifactFiles::new(&plan, plan_input.iso.as_deref())?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            bind_error(
+                e,
+                "tcp",
+                addr.port(),
+                "artifact file server",
+                "another web server; change listen_addr or set disable_http_server=true",
+            )
+        })?;
+        tracing::info!(
+            "artifact files on http://{}/ ({}; never the cloud-config)",
+            listener.local_addr()?,
+            files.names().collect::<Vec<_>>().join(", ")
+        );
+        http_servers.spawn(crate::http::serve(
+            listener,
+            Arc::new(files),
+            cancel.clone(),
+            SHUTDOWN_GRACE,
+        ));
+    }
+    tracing::info!("ready");
+
+    let signal = shutdown_signal().await;
+    tracing::info!(
+        "{signal}: shutting down (up to {}s for open downloads; again to force)",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    cancel.cancel();
+    background.abort_all();
+    tokio::select! {
+        _ = async { while http_servers.join_next().await.is_some() {} } => {}
+        s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
+    }
+    match counters {
+        Some((dhcp_stats, tftp_stats)) => tracing::info!(
+            dhcp = ?dhcp_stats.snapshot(),
+            tftp_completed = tftp_stats.completed.load(std::sync::atomic::Ordering::Relaxed),
+            "stopped"
+        ),
+        None => tracing::info!("stopped"),
+    }
+    Ok(())
+}
+
+type Counters = (Arc<DhcpStats>, Arc<tftp::Stats>);
+
+/// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
+#[allow(clippy::too_many_arguments)]
+async fn start_netboot(
+    opts: &ServeOptions,
+    plan_input: &PlanInput,
+    plan: Arc<Plan>,
+    binaries: tftp::Files,
+    boot_files: pxe::BootFiles,
+    ifaces: &[(String, u32, Ipv4Addr)],
+    cancel: &CancellationToken,
+    background: &mut tokio::task::JoinSet<()>,
+    http_servers: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Counters> {
     let http_addr = SocketAddr::from((opts.listen, plan_input.http_port));
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -215,11 +306,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     });
 
     // Startup summary.
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        ipxe = ipxe::VERSION,
-        "daybreak starting"
-    );
     for f in plan.files() {
         tracing::info!(name = %f.name, path = %f.path.display(), bytes = f.size, "serving file");
     }
@@ -250,7 +336,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let files: tftp::Files = binaries;
     let tftp_stats = Arc::new(tftp::Stats::default());
-    let mut background = tokio::task::JoinSet::new();
     background.spawn(tftp::run(
         tftp_sock,
         Arc::new(files),
@@ -266,33 +351,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         ));
     }
 
-    let cancel = CancellationToken::new();
-    let http = tokio::spawn(crate::http::serve(
+    http_servers.spawn(crate::http::serve(
         listener,
         plan,
         cancel.clone(),
         SHUTDOWN_GRACE,
     ));
-    tracing::info!("ready");
-
-    let signal = shutdown_signal().await;
-    tracing::info!(
-        "{signal}: shutting down (up to {}s for open downloads; again to force)",
-        SHUTDOWN_GRACE.as_secs()
-    );
-    cancel.cancel();
-    background.abort_all();
-    tokio::select! {
-        _ = http => {}
-        s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
-    }
-    let d = dhcp_stats.snapshot();
-    tracing::info!(
-        dhcp = ?d,
-        tftp_completed = tftp_stats.completed.load(std::sync::atomic::Ordering::Relaxed),
-        "stopped"
-    );
-    Ok(())
+    Ok((dhcp_stats, tftp_stats))
 }
 
 async fn shutdown_signal() -> &'static str {

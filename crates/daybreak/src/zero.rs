@@ -1,0 +1,150 @@
+//! The default command, AuroraBoot's zero-touch netboot: settings → source → artifacts (from the
+//! store when the digest is known) → the boot servers, plus the artifact file server.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::boot::PlanInput;
+use crate::config::{self, Settings};
+use crate::serve::ServeOptions;
+
+const NO_SOURCE: &str = "nothing to boot: give an OCI image,\n  \
+daybreak --set container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3\n\
+or a Kairos release ISO,\n  \
+daybreak --set repository=kairos-io/kairos --set release_version=v3.7.2 --set flavor=ubuntu \\\n      \
+--set flavor_release=24.04 --set artifact_version=v3.7.2-k3sv1.35.0-k3s3\n\
+(on the command line or in a config file)";
+
+/// Writes the rendered cloud-config where only its owner can read it (it holds passwords and
+/// tokens): temp file created 0600, fsynced, renamed.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write the cloud-config to {}", path.display()))
+}
+
+/// What the settings resolve to: the boot server options, or `None` when both servers are
+/// disabled (the artifacts are built and the command is done).
+pub fn prepare(
+    config_file: Option<&str>,
+    sets: &[String],
+    cloud_config: Option<&str>,
+) -> anyhow::Result<Option<ServeOptions>> {
+    let root = config::merge(config_file, sets)?;
+    let s = Settings::from_map(&root)?;
+    let rendered = match config::cloud_config_source(cloud_config, s.cloud_config.as_deref())? {
+        Some(text) => Some(config::render(&text, &root)?),
+        None => None,
+    };
+    let used = rendered.as_ref().map(|r| r.1.clone()).unwrap_or_default();
+    for w in config::unknown_keys(&root, &used) {
+        tracing::warn!("{w}");
+    }
+    std::fs::create_dir_all(&s.state_dir).map_err(|e| {
+        anyhow!(
+            "cannot create state_dir {}: {e}; set state_dir to a writable directory",
+            s.state_dir.display()
+        )
+    })?;
+
+    let mut plan = PlanInput {
+        http_port: s.netboot_http_port,
+        cmdline: s.cmdline.clone(),
+        ..Default::default()
+    };
+    let iso_source = |src: &str| -> anyhow::Result<PathBuf> {
+        crate::netboot::local_iso(Path::new(src), &s.state_dir)
+    };
+    match &s.container_image {
+        Some(img) => {
+            let is_iso = img.starts_with("http://")
+                || img.starts_with("https://")
+                || matches!(
+                    artifacts::oci::Source::parse(img)?,
+                    artifacts::oci::Source::Iso(_)
+                );
+            if is_iso {
+                let iso = iso_source(img)?;
+                tracing::info!(iso = %iso.display(), "serving kernel, initrd and squashfs straight from the ISO");
+                plan.iso = Some(iso);
+            } else {
+                let got = crate::netboot::obtain_image(
+                    img,
+                    &s.state_dir,
+                    &crate::netboot::ImageOptions {
+                        arch: s.arch.clone(),
+                        insecure: s.insecure,
+                        compression: artifacts::squashfs::Compression::Gzip,
+                    },
+                )?;
+                let a = &got.artifacts;
+                tracing::info!(
+                    image = %img,
+                    digest = %got.digest,
+                    kernel = %a.meta.kernel,
+                    initrd = %a.meta.initrd,
+                    artifacts = %a.dir.display(),
+                    "{}",
+                    if got.built { "image built" } else { "image ready (built before)" }
+                );
+                plan.kernel = Some(a.kernel());
+                plan.initrds = vec![a.initrd()];
+                plan.rootfs = Some(a.rootfs());
+            }
+        }
+        None if s.has_release() => {
+            let url = s
+                .release
+                .iso_url(s.release_base_url.as_deref())
+                .map_err(|e| anyhow!("{e}"))?;
+            tracing::info!(url = %url, "Kairos release ISO");
+            plan.iso = Some(iso_source(&url)?);
+        }
+        None => bail!("{NO_SOURCE}"),
+    }
+    if let Some((text, _)) = &rendered {
+        let path = s.state_dir.join("cloud-config.yaml");
+        write_secret(&path, text)?;
+        tracing::info!(
+            path = %path.display(),
+            "cloud-config rendered (mode 0600; served only on the netboot port)"
+        );
+        plan.cloud_config = Some(path);
+    } else {
+        tracing::warn!(
+            "no cloud-config: machines boot the live system without one (give --cloud-config FILE)"
+        );
+    }
+    if s.disable_netboot && s.disable_http_server {
+        tracing::info!("disable_netboot and disable_http_server are set: artifacts are ready, nothing to serve");
+        return Ok(None);
+    }
+    Ok(Some(ServeOptions {
+        plan,
+        listen: s.netboot_listen_addr,
+        interfaces: Vec::new(),
+        proxy_dhcp: true,
+        tftp_port: 69,
+        ipxe_bios: None,
+        ipxe_efi64: None,
+        ipxe_arm64: None,
+        netboot: !s.disable_netboot,
+        artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),
+    }))
+}
