@@ -1,0 +1,381 @@
+//! The default command (`daybreak [CONFIG] --set … --cloud-config …`) without firmware: settings
+//! from a file, a URL and --set, the cloud-config template, every error of the settings, the
+//! artifact file server (which never hands out the cloud-config), and a second start of the same
+//! image from the store. QEMU boots are in netboot_qemu.rs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::oci::{self, Comp, Image, Registry, E};
+use common::{free_tcp_port, output_within, pattern, require, tempdir, Daybreak, BIN};
+
+fn image() -> Image {
+    Image {
+        arch: "amd64",
+        layers: vec![
+            (
+                vec![
+                    E::File("boot/vmlinuz-6.1.0-1-amd64", 0o644, 0, pattern(400_000, 1)),
+                    E::File(
+                        "boot/initrd.img-6.1.0-1-amd64",
+                        0o644,
+                        0,
+                        pattern(300_000, 2),
+                    ),
+                ],
+                Comp::Gzip,
+            ),
+            (
+                vec![E::File("etc/marker", 0o644, 0, b"zero touch".to_vec())],
+                Comp::Gzip,
+            ),
+        ],
+    }
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    let o = match stdin {
+        Some(text) => {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+        None => output_within(cmd.stdin(Stdio::null()), Duration::from_secs(60)),
+    };
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Serves `body` at any path, `n` times.
+fn serve_text(body: String, n: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/config.yaml", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().take(n) {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+fn layout(work: &Path) -> String {
+    let dir = work.join("layout");
+    oci::write_layout(&dir, "v1", &[image()]);
+    dir.display().to_string()
+}
+
+#[test]
+fn settings_from_file_url_and_set_with_the_template_rendered() {
+    let work = tempdir("zt-config");
+    let img = layout(&work);
+    let cc = work.join("cc.yaml");
+    std::fs::write(
+        &cc,
+        "#cloud-config\nusers:\n- name: kairos\n  passwd: [[[.kairos.password]]]\nhostname: \"[[[ .nothing.here ]]]\"\n",
+    )
+    .unwrap();
+    let yaml = |state: &Path| {
+        format!(
+            "container_image: {img}\nstate_dir: {}\ndisable_netboot: true\ndisable_http_server: true\nkairos:\n  password: from-file\n",
+            state.display()
+        )
+    };
+    // By path, with --set winning over the file.
+    let file_state = work.join("state-file");
+    let cfg = work.join("config.yaml");
+    std::fs::write(&cfg, yaml(&file_state)).unwrap();
+    let (ok, err) = run(
+        &[
+            cfg.to_str().unwrap(),
+            "--set",
+            "kairos.password=from-set",
+            "--cloud-config",
+            cc.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let rendered = file_state.join("cloud-config.yaml");
+    assert_eq!(
+        std::fs::read_to_string(&rendered).unwrap(),
+        "#cloud-config\nusers:\n- name: kairos\n  passwd: from-set\nhostname: \"\"\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(err.contains("image built"), "{err}");
+
+    // By URL, with the cloud-config on stdin; flags after the positional argument.
+    let url_state = work.join("state-url");
+    let url = serve_text(yaml(&url_state), 1);
+    let (ok, err) = run(
+        &["--cloud-config", "-", &url, "--set", "insecure=true"],
+        Some("#cloud-config\npw: [[[.kairos.password]]]\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(url_state.join("cloud-config.yaml")).unwrap(),
+        "#cloud-config\npw: from-file\n"
+    );
+    // Relative state_dir: from the working directory.
+    let (ok, err) = {
+        let o = output_within(
+            Command::new(BIN)
+                .current_dir(&work)
+                .args(["--set", &format!("container_image={img}")])
+                .args([
+                    "--set",
+                    "state_dir=rel-state",
+                    "--set",
+                    "disable_netboot=true",
+                ])
+                .args(["--set", "disable_http_server=true"]),
+            Duration::from_secs(60),
+        );
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(ok && work.join("rel-state/artifacts").is_dir(), "{err}");
+}
+
+#[test]
+fn every_settings_error_says_what_to_do() {
+    let work = tempdir("zt-errors");
+    let img = layout(&work);
+    let state = work.join("state");
+    let st = format!("state_dir={}", state.display());
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--set".to_string(),
+            format!("container_image={img}"),
+            "--set".into(),
+            st.clone(),
+            "--set".into(),
+            "disable_netboot=true".into(),
+            "--set".into(),
+            "disable_http_server=true".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, Option<&str>, &str)> = vec![
+        (
+            vec!["--set".into(), "container_image".into()],
+            None,
+            "has no '='",
+        ),
+        (vec!["--set".into(), st.clone()], None, "nothing to boot"),
+        (
+            base(&["--set", "netboot_http_port=http"]),
+            None,
+            "not a port number",
+        ),
+        (
+            base(&["--set", "listen_addr=nowhere"]),
+            None,
+            "not ADDRESS:PORT",
+        ),
+        (base(&["--set", "arch=sparc"]), None, "use amd64 or arm64"),
+        (
+            base(&["--set", "disable_netboot=maybe"]),
+            None,
+            "must be true or false",
+        ),
+        (base(&["--cloud-config", "-"]), Some("  \n"), "is empty"),
+        (
+            base(&["--cloud-config", "-"]),
+            Some("a: [[[ .x "),
+            "never closed",
+        ),
+        (
+            base(&["--cloud-config", "/nonexistent/cc.yaml"]),
+            None,
+            "/nonexistent/cc.yaml",
+        ),
+        (
+            vec!["/nonexistent/config.yaml".into()],
+            None,
+            "cannot read the config file",
+        ),
+        (base(&["--set", "release_version=v3.7.2"]), None, ""),
+    ];
+    for (args, stdin, want) in cases {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (ok, err) = run(&a, stdin);
+        if want.is_empty() {
+            // container_image wins over release keys.
+            assert!(ok, "{args:?}: {err}");
+            continue;
+        }
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
+    // A config that is not a mapping, and one that is not YAML.
+    let bad = work.join("bad.yaml");
+    std::fs::write(&bad, "- a\n- b\n").unwrap();
+    let (ok, err) = run(&[bad.to_str().unwrap()], None);
+    assert!(!ok && err.contains("must be a YAML mapping"), "{err}");
+    std::fs::write(&bad, "a: [\n").unwrap();
+    let (ok, err) = run(&[bad.to_str().unwrap()], None);
+    assert!(!ok && err.contains("not valid YAML"), "{err}");
+    // The release keys without container_image: missing ones are named.
+    let (ok, err) = run(&["--set", "release_version=v3.7.2", "--set", &st], None);
+    assert!(
+        !ok && err.contains("release key repository is empty"),
+        "{err}"
+    );
+    // Unknown keys warn and name the closest; template keys do not warn.
+    let (ok, err) = run(
+        &base(&[
+            "--set",
+            "netboot_http_prot=1",
+            "--set",
+            "kairos.password=x",
+            "--cloud-config",
+            "-",
+        ])
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>(),
+        Some("#cloud-config\np: [[[.kairos.password]]]\n"),
+    );
+    assert!(
+        ok && err.contains("did you mean \"netboot_http_port\""),
+        "{err}"
+    );
+    assert!(!err.contains("\"kairos\""), "{err}");
+}
+
+#[test]
+fn artifact_server_serves_artifacts_and_never_the_cloud_config() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let work = tempdir("zt-files");
+    let img = layout(&work);
+    let state = work.join("state");
+    let port = free_tcp_port();
+    let cc = work.join("cc.yaml");
+    std::fs::write(&cc, "#cloud-config\npassword: secret\n").unwrap();
+    let args = [
+        "--set".to_string(),
+        format!("container_image={img}"),
+        "--set".into(),
+        format!("state_dir={}", state.display()),
+        "--set".into(),
+        "disable_netboot=true".into(),
+        "--set".into(),
+        format!("listen_addr=127.0.0.1:{port}"),
+        "--cloud-config".into(),
+        cc.display().to_string(),
+    ];
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut d = Daybreak::start(&a, &work);
+    d.wait_for(" ready", Duration::from_secs(30));
+    let get = |path: &str| {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        let mut body = o.stdout;
+        let code_at = body.iter().rposition(|&b| b == b'\n').unwrap();
+        let code = String::from_utf8_lossy(&body[code_at + 1..]).into_owned();
+        body.truncate(code_at);
+        (code, body)
+    };
+    assert_eq!(get("/kernel"), ("200".into(), pattern(400_000, 1)));
+    assert_eq!(get("/initrd0").1, pattern(300_000, 2));
+    let (code, index) = get("/");
+    assert_eq!(code, "200");
+    let index = String::from_utf8_lossy(&index).into_owned();
+    assert!(
+        index.contains("kernel") && index.contains("rootfs.squashfs"),
+        "{index}"
+    );
+    assert!(!index.contains("cloud-config"), "{index}");
+    for p in [
+        "/cloud-config.yaml",
+        "/_/file?name=cloud-config.yaml",
+        "/../cloud-config.yaml",
+    ] {
+        assert_eq!(get(p).0, "404", "{p}");
+    }
+    d.terminate(Duration::from_secs(15));
+
+    // A second start of the same image comes from the store.
+    let mut d = Daybreak::start(&a, &work);
+    d.wait_for(" ready", Duration::from_secs(30));
+    let log = d.log_text();
+    assert!(log.contains("built before"), "{log}");
+    d.terminate(Duration::from_secs(15));
+}
+
+#[test]
+fn a_registry_image_second_start_is_from_the_store() {
+    if !require(true, &["docker-registry", "skopeo"]) {
+        return;
+    }
+    let work = tempdir("zt-reg");
+    let dir = work.join("layout");
+    oci::write_layout(&dir, "v1", &[image()]);
+    let reg = Registry::start(&work.join("reg"), None);
+    let image = reg.push(&dir, "v1", "kairos/zt");
+    let state = work.join("state");
+    for round in 0..2 {
+        let (ok, err) = run(
+            &[
+                "--set",
+                &format!("container_image={image}"),
+                "--set",
+                &format!("state_dir={}", state.display()),
+                "--set",
+                "disable_netboot=true",
+                "--set",
+                "disable_http_server=true",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+        let want = if round == 0 {
+            "image built"
+        } else {
+            "built before"
+        };
+        assert!(err.contains(want), "round {round}: {err}");
+    }
+}
