@@ -221,28 +221,10 @@ if [[ " ${what[*]} " == *" oci "* ]]; then
   # The image: this machine's /usr/lib/x86_64-linux-gnu, /usr/bin + /usr/libexec, and a /boot
   # with an incompressible kernel and initrd, as three gzip layers. Kept between runs.
   if [ ! -f "$layout/index.json" ]; then
-    rm -rf "$layout"; mkdir -p "$layout/blobs/sha256" "$work/boot/boot"
+    mkdir -p "$work/boot/boot"
     head -c 12582912 /dev/urandom > "$work/boot/boot/vmlinuz-6.6.0-1-amd64"
     head -c 62914560 /dev/urandom > "$work/boot/boot/initrd.img-6.6.0-1-amd64"
-    blob() { # file -> digest (moves the file into the layout)
-      local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$layout/blobs/sha256/$d"; echo "$d"
-    }
-    layers=""; diffs=""
-    for spec in "/:usr/lib/x86_64-linux-gnu" "/:usr/bin usr/libexec" "$work/boot:boot"; do
-      dir=${spec%%:*}; paths=${spec#*:}
-      # shellcheck disable=SC2086
-      tar --numeric-owner -C "$dir" -cf "$work/layer.tar" $paths
-      diffs+="\"sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)\","
-      gzip -6 -f "$work/layer.tar"
-      size=$(stat -c %s "$work/layer.tar.gz"); d=$(blob "$work/layer.tar.gz")
-      layers+="{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$size},"
-    done
-    printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]},"config":{}}' "${diffs%,}" > "$work/config.json"
-    csize=$(stat -c %s "$work/config.json"); cd_=$(blob "$work/config.json")
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cd_" "$csize" "${layers%,}" > "$work/manifest.json"
-    msize=$(stat -c %s "$work/manifest.json"); md=$(blob "$work/manifest.json")
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' "$md" "$msize" > "$layout/index.json"
-    echo '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
+    bash scripts/oci-layout.sh "$layout" v1 "/:usr/lib/x86_64-linux-gnu" "/:usr/bin usr/libexec" "$work/boot:boot" >/dev/null
     rm -rf "$work/boot"
   fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -11,12 +11,17 @@
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
 #           bios-iso      as bios, with kernel, initrd and squashfs served straight from an ISO
 #                         made by xorriso (`daybreak serve --iso`)
+#           bios-oci, uefi-oci
+#                         the default command, zero touch: an OCI image (the guest's kernel and
+#                         initramfs in /boot, three layers) in a docker-registry inside SRV,
+#                         `daybreak --set container_image=… --cloud-config TEMPLATE --set kairos.password=…`
 #
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0
-case "$mode" in *-iso) from_iso=1; mode=${mode%-iso} ;; esac
+from_iso=0; from_oci=0
+case "$mode" in *-iso) from_iso=1; mode=${mode%-iso} ;; *-oci) from_oci=1; mode=${mode%-oci} ;; esac
+repo_root=$(cd "$(dirname "$0")/../.." && pwd)
 timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
 accel=${DAYBREAK_E2E_ACCEL:-tcg}
 
@@ -38,7 +43,7 @@ trap cleanup EXIT
 
 fail() {
   echo "E2E-FAIL ($label): $*"
-  for f in daybreak.log dnsmasq.log serial.log qemu.log; do
+  for f in daybreak.log daybreak2.log registry.log dnsmasq.log serial.log qemu.log; do
     [ -f "$tmp/$f" ] && { echo "----- $f (last 60 lines)"; tail -n 60 "$tmp/$f"; }
   done
   exit 1
@@ -84,6 +89,15 @@ printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairo
 # server's pid and cleanup can stop it.
 where=$srv
 [ "$mode" = bios-samehost ] && where=$lan
+rootfs_file=$tmp/rootfs.squashfs
+wait_ready() { # log pid
+  for _ in $(seq 1 300); do
+    grep -q " ready" "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || fail "daybreak exited at startup"
+    sleep 0.1
+  done
+  fail "daybreak not ready after 30 s"
+}
 if [ $from_iso = 1 ]; then
   mkdir -p "$tmp/iso/boot"
   cp "$guest/vmlinuz" "$tmp/iso/boot/vmlinuz-test"
@@ -91,18 +105,46 @@ if [ $from_iso = 1 ]; then
   cp "$guest/initramfs.gz" "$tmp/iso/boot/initrd"
   cp "$tmp/rootfs.squashfs" "$tmp/iso/rootfs.squashfs"
   xorriso -as mkisofs -quiet -R -J -V KAIROS -o "$tmp/kairos.iso" "$tmp/iso" || fail "xorriso failed"
-  sources=(--iso "$tmp/kairos.iso")
+  cmd=("$bin" serve --iso "$tmp/kairos.iso" --cloud-config "$tmp/cloud-config.yaml")
+elif [ $from_oci = 1 ]; then
+  # The image: the guest's kernel and initramfs in /boot (with an older kernel beside them that
+  # must not win), a marker, and some data, as three layers in a registry on SRV's loopback.
+  mkdir -p "$tmp/img/l1/boot" "$tmp/img/l2/etc" "$tmp/img/l3/srv"
+  cp "$guest/vmlinuz" "$tmp/img/l1/boot/vmlinuz-6.1.0-10-e2e"
+  cp "$guest/initramfs.gz" "$tmp/img/l1/boot/initrd.img-6.1.0-10-e2e"
+  echo "not this one" > "$tmp/img/l1/boot/vmlinuz-6.1.0-9-e2e"
+  ln -s vmlinuz-6.1.0-9-e2e "$tmp/img/l1/boot/vmlinuz"
+  echo "daybreak e2e $id" > "$tmp/img/l2/etc/marker"
+  head -c 4194304 /dev/urandom > "$tmp/img/l3/srv/data"
+  bash "$repo_root/scripts/oci-layout.sh" "$tmp/layout" e2e "$tmp/img/l1" "$tmp/img/l2" "$tmp/img/l3" >/dev/null ||
+    fail "building the OCI layout failed"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n  secret: e2e\n' \
+    "$tmp/registry" > "$tmp/registry.yml"
+  ip netns exec "$srv" docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do S curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.1; done
+  S skopeo copy --quiet --dest-tls-verify=false "oci:$tmp/layout:e2e" docker://127.0.0.1:5000/e2e/kairos:v1 ||
+    fail "skopeo could not push the image"
+  printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: [[[ .kairos.password ]]]\n' "$mode" > "$tmp/cc-template.yaml"
+  printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: pw-%s\n' "$mode" "$id" > "$tmp/cloud-config.yaml"
+  cmd=("$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state"
+       --set "kairos.password=pw-$id" --cloud-config "$tmp/cc-template.yaml")
 else
-  sources=(--kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs")
+  cmd=("$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
+       --cloud-config "$tmp/cloud-config.yaml")
 fi
-ip netns exec "$where" "$bin" serve "${sources[@]}" --cloud-config "$tmp/cloud-config.yaml" >"$tmp/daybreak.log" 2>&1 &
+ip netns exec "$where" "${cmd[@]}" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do
-  grep -q " ready" "$tmp/daybreak.log" 2>/dev/null && break
-  kill -0 "${pids[-1]}" 2>/dev/null || fail "daybreak exited at startup"
-  sleep 0.1
-done
-grep -q " ready" "$tmp/daybreak.log" || fail "daybreak not ready after 10 s"
+wait_ready "$tmp/daybreak.log" "${pids[-1]}"
+if [ $from_oci = 1 ]; then
+  rootfs_file=$(ls "$tmp"/state/artifacts/sha256-*/rootfs.squashfs) || fail "no artifacts in the store"
+  cmp -s "$tmp/state/cloud-config.yaml" "$tmp/cloud-config.yaml" || fail "the rendered cloud-config is not the expected one"
+  [ "$(stat -c %a "$tmp/state/cloud-config.yaml")" = 600 ] || fail "the rendered cloud-config is not mode 0600"
+  code=$(S curl -s -o /dev/null -w '%{http_code}' http://10.77.0.2:8080/cloud-config.yaml)
+  [ "$code" = 404 ] || fail "the artifact server answered $code for the cloud-config"
+  code=$(S curl -s -o /dev/null -w '%{http_code}' http://10.77.0.2:8080/rootfs.squashfs)
+  [ "$code" = 200 ] || fail "the artifact server answered $code for the squashfs"
+fi
 if [ "$mode" = bios-samehost ]; then
   grep -q "raw socket" "$tmp/daybreak.log" || fail "expected the raw-socket fallback beside dnsmasq"
 fi
@@ -137,7 +179,7 @@ while :; do
 done
 elapsed=$(( $(date +%s) - start ))
 
-want_root=$(sha256sum "$tmp/rootfs.squashfs" | cut -d' ' -f1)
+want_root=$(sha256sum "$rootfs_file" | cut -d' ' -f1)
 want_cfg=$(sha256sum "$tmp/cloud-config.yaml" | cut -d' ' -f1)
 result=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-RESULT" | tail -1)
 cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
@@ -152,6 +194,20 @@ done
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
 if [ "$mode" = uefi ]; then
   grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch ipxe.efi over TFTP"
+fi
+if [ $from_oci = 1 ]; then
+  # The same image again: from the store, ready within a second.
+  kill "$qpid" 2>/dev/null || true
+  dpid=${pids[-2]}
+  kill "$dpid"; for _ in $(seq 1 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
+  s0=$(date +%s%N)
+  ip netns exec "$where" "${cmd[@]}" >"$tmp/daybreak2.log" 2>&1 &
+  pids+=($!)
+  wait_ready "$tmp/daybreak2.log" "${pids[-1]}"
+  ms=$(( ($(date +%s%N) - s0) / 1000000 ))
+  grep -q "built before" "$tmp/daybreak2.log" || fail "the second start built the image again"
+  echo "second start of the same image: ready in ${ms} ms"
+  [ "$ms" -lt 1000 ] || fail "the second start took ${ms} ms"
 fi
 echo "--- daybreak log"
 grep -E "offer|ack|tftp|script|http sent|booting" "$tmp/daybreak.log" | sed 's/^[^ ]* *//' | head -30

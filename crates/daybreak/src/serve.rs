@@ -314,6 +314,12 @@ async fn start_netboot(
         None => pxe::http_base("<server>", plan_input.http_port),
     };
     tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (<server> is the address each client reached)");
+    if let Some(cc) = &plan.cloud_config {
+        tracing::info!(
+            "cloud-config at {} (netboot port only)",
+            plan.file_url(&shown, &cc.name)
+        );
+    }
     if opts.proxy_dhcp {
         let on = if ifaces.is_empty() {
             "all interfaces".to_string()

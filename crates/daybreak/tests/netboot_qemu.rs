@@ -10,10 +10,11 @@ use std::process::Command;
 use common::{require, workspace_root, BIN};
 
 fn boot(mode: &str) {
-    if !require(
-        true,
-        &["qemu-system-x86_64", "dnsmasq", "ip", "cpio", "flock"],
-    ) {
+    let mut tools = vec!["qemu-system-x86_64", "dnsmasq", "ip", "cpio", "flock"];
+    if mode.ends_with("-oci") {
+        tools.extend(["docker-registry", "skopeo", "curl"]);
+    }
+    if !require(true, &tools) {
         return;
     }
     let root = workspace_root();
@@ -63,4 +64,19 @@ fn bios_boots_with_daybreak_beside_dhcp_server() {
 #[test]
 fn bios_boots_from_files_inside_an_iso() {
     boot("bios-iso");
+}
+
+/// Zero touch, as the Kairos docs have it: `daybreak --set container_image=… --cloud-config …`
+/// with the image in a local registry. The guest downloads the squashfs from the store and the
+/// rendered cloud-config template; the artifact server refuses the cloud-config; a second start
+/// of the same image is ready from the store within a second.
+#[test]
+fn bios_zero_touch_from_a_registry_image() {
+    boot("bios-oci");
+}
+
+/// The same with OVMF and EDK2's own PXE client.
+#[test]
+fn uefi_zero_touch_from_a_registry_image() {
+    boot("uefi-oci");
 }
