@@ -125,6 +125,17 @@ fn copy_range(
                 "source ended early (truncated?)",
             ));
         }
+        // Start writing this chunk back now rather than at the final fsync, so the disk works
+        // while the next chunk is copied.
+        // SAFETY: valid fd; the range is what was just written.
+        unsafe {
+            libc::sync_file_range(
+                dst.as_raw_fd(),
+                doff - n as i64,
+                n as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
         left -= n as u64;
         progress(doff as u64);
     }

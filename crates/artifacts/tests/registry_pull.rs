@@ -82,3 +82,24 @@ fn blob_with_wrong_bytes_is_refused_and_not_cached() {
         "{e}"
     );
 }
+
+#[test]
+fn bearer_token_from_the_realm_the_registry_names() {
+    let blob = common::data(300_000);
+    let (routes, digest) = routes(&blob, blob.clone());
+    let srv = common::serve_auth(routes, "", 0, Some("tok-123"));
+    let host = srv.base.trim_start_matches("http://");
+    let client = Client::new(
+        &Reference::parse(&format!("{host}/test/img:v1")).unwrap(),
+        false,
+    );
+    client.manifest("v1").unwrap();
+    let dest = tmp("bearer").join(&digest[7..]);
+    client.blob(&digest, &dest, &|_| {}).unwrap();
+    assert!(std::fs::read(&dest).unwrap() == blob);
+    assert_eq!(
+        srv.tokens.load(Ordering::SeqCst),
+        1,
+        "one token, reused for the blob"
+    );
+}

@@ -390,6 +390,15 @@ impl ArtifactFiles {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image.iso".into());
+            // Downloads are cached as `<12 hex digits of the URL's hash>-<name>`: serve <name>.
+            let name = match name.split_once('-') {
+                Some((tag, rest))
+                    if tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    rest.to_string()
+                }
+                _ => name,
+            };
             files.push(BootFile::open(&name, iso, "ISO")?);
         }
         Ok(ArtifactFiles { files })

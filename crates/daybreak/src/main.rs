@@ -271,7 +271,8 @@ struct NetArgs {
 struct StartPixieArgs {
     /// The cloud-config file (served as config_url=).
     cloud_config: PathBuf,
-    /// The root squashfs (served as root=live:).
+    /// The root squashfs (served as root=live:). A Kairos ISO here serves its own kernel,
+    /// initrd and squashfs straight from the ISO (INITRD and KERNEL are then not used).
     squashfs: PathBuf,
     /// Address to listen on (0.0.0.0 for all).
     address: Ipv4Addr,
@@ -428,15 +429,28 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         Some(Command::StartPixie(a)) => ServeOptions {
-            plan: PlanInput {
-                kernel: Some(a.kernel),
-                iso: None,
-                initrds: vec![a.initrd],
-                rootfs: Some(a.squashfs),
-                cloud_config: Some(a.cloud_config),
-                cmdline: None,
-                http_port: a.port,
-                advertise: None,
+            plan: if artifacts::iso::Iso::open(&a.squashfs).is_ok() {
+                eprintln!(
+                    "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
+                    a.squashfs.display()
+                );
+                PlanInput {
+                    iso: Some(a.squashfs),
+                    cloud_config: Some(a.cloud_config),
+                    http_port: a.port,
+                    ..Default::default()
+                }
+            } else {
+                PlanInput {
+                    kernel: Some(a.kernel),
+                    iso: None,
+                    initrds: vec![a.initrd],
+                    rootfs: Some(a.squashfs),
+                    cloud_config: Some(a.cloud_config),
+                    cmdline: None,
+                    http_port: a.port,
+                    advertise: None,
+                }
             },
             listen: a.address,
             interfaces: Vec::new(),

@@ -65,28 +65,42 @@ fn run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     )
 }
 
-/// Serves `body` at any path, `n` times.
-fn serve_text(body: String, n: usize) -> String {
+/// Serves each (path, body) over HTTP on loopback, `n` requests in all; other paths get 404.
+/// Returns the base URL.
+fn serve_files(routes: Vec<(String, Vec<u8>)>, n: usize) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/config.yaml", l.local_addr().unwrap());
+    let base = format!("http://{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         for s in l.incoming().take(n) {
             let Ok(mut s) = s else { continue };
             let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
             loop {
                 let mut line = String::new();
                 if r.read_line(&mut line).is_err() || line.trim().is_empty() {
                     break;
                 }
             }
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let path = first.split_whitespace().nth(1).unwrap_or("");
+            match routes.iter().find(|(p, _)| p == path) {
+                Some((_, body)) => {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(body);
+                }
+                None => {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            }
         }
     });
-    url
+    base
 }
 
 fn layout(work: &Path) -> String {
@@ -140,7 +154,13 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
 
     // By URL, with the cloud-config on stdin; flags after the positional argument.
     let url_state = work.join("state-url");
-    let url = serve_text(yaml(&url_state), 1);
+    let url = format!(
+        "{}/config.yaml",
+        serve_files(
+            vec![("/config.yaml".into(), yaml(&url_state).into_bytes())],
+            1
+        )
+    );
     let (ok, err) = run(
         &["--cloud-config", "-", &url, "--set", "insecure=true"],
         Some("#cloud-config\npw: [[[.kairos.password]]]\n"),
@@ -378,4 +398,133 @@ fn a_registry_image_second_start_is_from_the_store() {
         };
         assert!(err.contains(want), "round {round}: {err}");
     }
+}
+
+/// A Kairos-layout ISO made by xorriso: (path, kernel, initrd, squashfs).
+fn kairos_iso(work: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let tree = work.join("iso-tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    let (k, i, r) = (
+        pattern(200_000, 7),
+        pattern(150_000, 8),
+        pattern(900_000, 9),
+    );
+    std::fs::write(tree.join("boot/kernel"), &k).unwrap();
+    std::fs::write(tree.join("boot/initrd"), &i).unwrap();
+    std::fs::write(tree.join("rootfs.squashfs"), &r).unwrap();
+    let iso = work.join("kairos.iso");
+    let st = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (iso, k, i, r)
+}
+
+fn curl(url: &str) -> Vec<u8> {
+    let o = Command::new("curl").args(["-sf", url]).output().unwrap();
+    assert!(o.status.success(), "GET {url} failed");
+    o.stdout
+}
+
+#[test]
+fn release_keys_and_iso_images_are_served_from_the_iso() {
+    if !require(false, &["xorriso", "curl"]) {
+        return;
+    }
+    let work = tempdir("zt-iso");
+    let (iso, k, i, r) = kairos_iso(&work);
+    let bytes = std::fs::read(&iso).unwrap();
+    let name = "kairos-ubuntu-24.04-core-amd64-generic-v3.7.2";
+    let path = format!("/kairos-io/kairos/releases/download/v3.7.2/{name}.iso");
+    let base = serve_files(vec![(path, bytes)], 4);
+    let state = work.join("state");
+    let port = free_tcp_port();
+    let release = [
+        "--set",
+        "repository=kairos-io/kairos",
+        "--set",
+        "release_version=v3.7.2",
+        "--set",
+        "flavor=ubuntu",
+        "--set",
+        "flavor_release=24.04",
+        "--set",
+        "artifact_version=v3.7.2",
+    ];
+    let mut args: Vec<String> = release.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--set".into(),
+        format!("release_base_url={base}"),
+        "--set".into(),
+        format!("state_dir={}", state.display()),
+        "--set".into(),
+        "disable_netboot=true".into(),
+        "--set".into(),
+        format!("listen_addr=127.0.0.1:{port}"),
+    ]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut d = Daybreak::start(&a, &work);
+    d.wait_for(" ready", Duration::from_secs(30));
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert!(curl(&url("/kernel")) == k);
+    assert!(curl(&url("/initrd0")) == i);
+    assert!(curl(&url("/rootfs.squashfs")) == r);
+    assert!(
+        curl(&url(&format!("/{name}.iso"))).len() as u64 == std::fs::metadata(&iso).unwrap().len()
+    );
+    d.terminate(Duration::from_secs(15));
+
+    // container_image may be an ISO too.
+    let port = free_tcp_port();
+    let args = [
+        "--set".to_string(),
+        format!("container_image={}", iso.display()),
+        "--set".into(),
+        format!("state_dir={}", state.display()),
+        "--set".into(),
+        "disable_netboot=true".into(),
+        "--set".into(),
+        format!("listen_addr=127.0.0.1:{port}"),
+    ];
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut d = Daybreak::start(&a, &work);
+    d.wait_for(" ready", Duration::from_secs(30));
+    assert!(curl(&format!("http://127.0.0.1:{port}/rootfs.squashfs")) == r);
+    d.terminate(Duration::from_secs(15));
+}
+
+/// `start-pixie` given an ISO as SQUASHFS serves everything from it (in a private network
+/// namespace, since start-pixie always binds the DHCP ports).
+#[test]
+fn start_pixie_serves_an_iso_in_place() {
+    if !require(true, &["xorriso", "curl", "unshare", "ip"]) {
+        return;
+    }
+    let work = tempdir("zt-pixie");
+    let (iso, k, _, _) = kairos_iso(&work);
+    let cc = work.join("cc.yaml");
+    std::fs::write(&cc, "#cloud-config\n").unwrap();
+    let port = free_tcp_port();
+    let script = format!(
+        "ip link set lo up; {BIN} start-pixie {cc} {iso} 127.0.0.1 {port} none none >{log} 2>&1 & pid=$!; \
+         for i in $(seq 1 100); do grep -q ' ready' {log} && break; sleep 0.1; done; \
+         curl -sf http://127.0.0.1:{port}/kernel > {out}; kill $pid; wait $pid",
+        cc = cc.display(),
+        iso = iso.display(),
+        log = work.join("pixie.log").display(),
+        out = work.join("kernel.out").display(),
+    );
+    let o = output_within(
+        Command::new("unshare").args(["--net", "sh", "-c", &script]),
+        Duration::from_secs(60),
+    );
+    let log = std::fs::read_to_string(work.join("pixie.log")).unwrap_or_default();
+    assert!(o.status.success() || log.contains("ready"), "{log}");
+    assert!(
+        std::fs::read(work.join("kernel.out")).unwrap() == k,
+        "{log}"
+    );
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 pub struct Server {
     pub base: String,
+    /// Requests to the token endpoint (bearer-auth servers).
+    pub tokens: Arc<AtomicUsize>,
     /// Requests for the flaky path, and how many of them asked for a range.
     pub requests: Arc<AtomicUsize>,
     pub ranged: Arc<AtomicUsize>,
@@ -18,11 +20,24 @@ pub struct Server {
 /// Serves `routes`; the first `drops` full-body responses for `flaky` stop halfway and close.
 /// Other paths get 404.
 pub fn serve(routes: Vec<(String, Vec<u8>)>, flaky: &str, drops: usize) -> Server {
+    serve_auth(routes, flaky, drops, None)
+}
+
+/// As [`serve`]; with `token`, paths under /v2/ want `Authorization: Bearer TOKEN` and answer
+/// 401 with a registry's bearer challenge otherwise, and /token hands the token out.
+pub fn serve_auth(
+    routes: Vec<(String, Vec<u8>)>,
+    flaky: &str,
+    drops: usize,
+    token: Option<&'static str>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let ranged = Arc::new(AtomicUsize::new(0));
-    let (r, g) = (requests.clone(), ranged.clone());
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let (r, g, t) = (requests.clone(), ranged.clone(), tokens.clone());
+    let realm = format!("{base}/token");
     let flaky = flaky.to_string();
     std::thread::spawn(move || {
         let mut dropped = 0;
@@ -35,13 +50,39 @@ pub fn serve(routes: Vec<(String, Vec<u8>)>, flaky: &str, drops: usize) -> Serve
             }
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             let mut range: Option<usize> = None;
+            let mut authorized = false;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
                     break;
                 }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("range: bytes=") {
                     range = v.trim().trim_end_matches('-').parse().ok();
+                }
+                if let Some(tok) = token {
+                    authorized |= h.trim() == format!("Authorization: Bearer {tok}")
+                        || lower.trim()
+                            == format!("authorization: bearer {}", tok.to_ascii_lowercase());
+                }
+            }
+            if let Some(tok) = token {
+                if path.starts_with("/token?") && path.contains("scope=repository%3A") {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(r#"{{"token":"{tok}"}}"#);
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    continue;
+                }
+                if path.starts_with("/v2/") && !authorized {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"test-registry\",scope=\"repository:test/img:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    continue;
                 }
             }
             let Some((_, data)) = routes.iter().find(|(p, _)| *p == path) else {
@@ -83,6 +124,7 @@ pub fn serve(routes: Vec<(String, Vec<u8>)>, flaky: &str, drops: usize) -> Serve
     });
     Server {
         base,
+        tokens,
         requests,
         ranged,
     }
