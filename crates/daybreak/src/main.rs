@@ -24,7 +24,6 @@ use crate::serve::ServeOptions;
 #[command(
     name = "daybreak",
     version,
-    args_conflicts_with_subcommands = true,
     about = "Network-boot server: boots machines over the network into Kairos or any live Linux",
     long_about = "Daybreak boots machines over the network. Given an image, it makes the kernel, initrd and \
 root squashfs out of it, then answers PXE firmware beside the DHCP server your network already has \
@@ -374,6 +373,15 @@ fn ago(secs: u64) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.debug, cli.log_format);
+    if cli.command.is_some()
+        && (cli.config.is_some() || !cli.set.is_empty() || cli.cloud_config.is_some())
+    {
+        eprintln!(
+            "error: CONFIG, --set and --cloud-config before a subcommand belong to the default command; \
+             drop the subcommand, or give the subcommand's own options after it (see daybreak SUBCOMMAND --help)"
+        );
+        return ExitCode::from(2);
+    }
     let options = match cli.command {
         None if cli.config.is_none() && cli.set.is_empty() && cli.cloud_config.is_none() => {
             use clap::CommandFactory;
