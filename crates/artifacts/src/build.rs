@@ -190,9 +190,55 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
                 path: p.clone(),
                 source: io::Error::other(e),
             })?;
+            let xattrs = read_xattrs(&p);
+            if !xattrs.is_empty() {
+                if let Some(id) = tree.resolve(&r, false) {
+                    tree.inodes[id].xattrs = xattrs;
+                }
+            }
         }
     }
     finish(writer, tree, dir, Vec::new())
+}
+
+/// The attributes of a file on disk that squashfs can hold, sorted by name.
+fn read_xattrs(path: &Path) -> crate::rootfs::Xattrs {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: valid C string and buffer of the given length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !crate::squashfs::xattr_supported(name) {
+            continue;
+        }
+        let Ok(cn) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: valid C strings and buffer of the given length.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cn.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn meta_from(md: &std::fs::Metadata) -> Meta {

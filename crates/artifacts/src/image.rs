@@ -202,7 +202,7 @@ fn build_layers(
             let n = b.xattr_paths.len();
             let some: Vec<&str> = b.xattr_paths.iter().take(5).map(|s| s.as_str()).collect();
             report.event(Event::Warning(format!(
-                "{n} entries carry extended attributes, which the squashfs does not keep: {}{}",
+                "{n} entries carry extended attributes outside the user., trusted. and security. namespaces, which squashfs cannot hold and were dropped: {}{}",
                 some.join(", "),
                 if n > 5 { ", …" } else { "" }
             )));

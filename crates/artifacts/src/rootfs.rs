@@ -41,10 +41,14 @@ pub enum Kind {
     Socket,
 }
 
+/// Extended attributes: full names (`security.capability`) and raw values, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Debug)]
 pub struct Inode {
     pub meta: Meta,
     pub kind: Kind,
+    pub xattrs: Xattrs,
     /// The last layer that declared this entry or walked through it (opaque directories hide
     /// what no later layer touched).
     touched: u32,
@@ -96,7 +100,8 @@ pub enum MergeError {
 pub struct LayerStats {
     pub entries: u64,
     pub bytes: u64,
-    /// Paths of entries that carried extended attributes (not kept in the squashfs).
+    /// Paths of entries with extended attributes squashfs cannot hold (outside the user.,
+    /// trusted. and security. namespaces), which are dropped.
     pub xattr_paths: Vec<String>,
 }
 
@@ -156,6 +161,7 @@ impl Tree {
                     ..Meta::default()
                 },
                 kind: Kind::Dir(BTreeMap::new()),
+                xattrs: Vec::new(),
                 touched: 0,
             }],
         }
@@ -179,6 +185,7 @@ impl Tree {
         self.inodes.push(Inode {
             meta,
             kind,
+            xattrs: Vec::new(),
             touched,
         });
         self.inodes.len() - 1
@@ -349,11 +356,19 @@ impl Tree {
                 continue;
             }
 
-            if entry.pax_extensions().ok().flatten().is_some_and(|mut p| {
-                p.any(|e| e.is_ok_and(|e| e.key_bytes().starts_with(b"SCHILY.xattr.")))
-            }) {
-                stats.xattr_paths.push(display(&raw));
+            let mut xattrs: Xattrs = Vec::new();
+            if let Ok(Some(pax)) = entry.pax_extensions() {
+                for e in pax.flatten() {
+                    if let Some(name) = e.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                        if crate::squashfs::xattr_supported(name) {
+                            xattrs.push((name.to_vec(), e.value_bytes().to_vec()));
+                        } else {
+                            stats.xattr_paths.push(display(&raw));
+                        }
+                    }
+                }
             }
+            xattrs.sort();
 
             let parent = self.parent_dir(parents, layer).map_err(hostile)?;
             let existing = self.children(parent).and_then(|c| c.get(base)).copied();
@@ -362,6 +377,7 @@ impl Tree {
                     if let Some(id) = existing {
                         if matches!(self.inodes[id].kind, Kind::Dir(_)) {
                             self.inodes[id].meta = meta;
+                            self.inodes[id].xattrs = xattrs;
                             self.inodes[id].touched = layer;
                             continue;
                         }
@@ -436,6 +452,7 @@ impl Tree {
                 _ => continue,
             };
             let id = self.push(meta, kind, layer);
+            self.inodes[id].xattrs = xattrs;
             self.children_mut(parent).insert(base.to_vec(), id);
         }
         Ok(stats)

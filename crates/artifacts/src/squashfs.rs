@@ -31,6 +31,17 @@ const METADATA_UNCOMPRESSED: u16 = 0x8000;
 const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 const NO_TABLE: u64 = u64::MAX;
 const FLAG_NO_XATTRS: u16 = 0x0200;
+const NO_XATTR: u32 = 0xFFFF_FFFF;
+
+/// The xattr namespaces squashfs stores, by type number.
+const XATTR_PREFIXES: [(&[u8], u16); 3] = [(b"user.", 0), (b"trusted.", 1), (b"security.", 2)];
+
+/// Whether squashfs can hold an attribute of this name.
+pub fn xattr_supported(name: &[u8]) -> bool {
+    XATTR_PREFIXES
+        .iter()
+        .any(|(p, _)| name.len() > p.len() && name.starts_with(p))
+}
 
 /// The compressor of every data and metadata block, with `mksquashfs`'s default levels (gzip 9,
 /// zstd 15, xz preset 6 with a dictionary the size of a block, as the kernel requires).
@@ -337,6 +348,33 @@ impl Writer {
         out.write_all(&dir_table)?;
         let fragment_table_start = write_lookup_table(&mut out, &mut pos, &fragments, self.comp)?;
         let id_table_start = write_lookup_table(&mut out, &mut pos, &ids, self.comp)?;
+        let mut flags = FLAG_NO_XATTRS;
+        let mut xattr_id_table_start = NO_TABLE;
+        if !t.xattr_ids.is_empty() {
+            // Key/value blocks, then the id entries, then the header the superblock points at.
+            flags = 0;
+            let xattr_table_start = pos;
+            let kv = std::mem::take(&mut t.xattr_kv).finish()?;
+            out.write_all(&kv)?;
+            pos += kv.len() as u64;
+            let mut header = Vec::new();
+            header.extend_from_slice(&xattr_table_start.to_le_bytes());
+            header.extend_from_slice(&((t.xattr_ids.len() / 16) as u32).to_le_bytes());
+            header.extend_from_slice(&0u32.to_le_bytes());
+            let mut index = Vec::new();
+            for chunk in t.xattr_ids.chunks(METADATA_SIZE) {
+                let mut m = MetaWriter::new(self.comp);
+                m.write(chunk)?;
+                let block = m.finish()?;
+                index.extend_from_slice(&pos.to_le_bytes());
+                out.write_all(&block)?;
+                pos += block.len() as u64;
+            }
+            xattr_id_table_start = pos;
+            out.write_all(&header)?;
+            out.write_all(&index)?;
+            pos += (header.len() + index.len()) as u64;
+        }
         let bytes_used = pos;
         let padded = bytes_used.div_ceil(4096) * 4096;
         out.write_all(&vec![0u8; (padded - bytes_used) as usize])?;
@@ -349,14 +387,14 @@ impl Writer {
         sb.extend_from_slice(&(self.fragment_units.len() as u32).to_le_bytes());
         sb.extend_from_slice(&self.comp.id().to_le_bytes());
         sb.extend_from_slice(&(self.block_size.trailing_zeros() as u16).to_le_bytes());
-        sb.extend_from_slice(&FLAG_NO_XATTRS.to_le_bytes());
+        sb.extend_from_slice(&flags.to_le_bytes());
         sb.extend_from_slice(&(t.ids.len() as u16).to_le_bytes());
         sb.extend_from_slice(&4u16.to_le_bytes());
         sb.extend_from_slice(&0u16.to_le_bytes());
         sb.extend_from_slice(&root.to_le_bytes());
         sb.extend_from_slice(&bytes_used.to_le_bytes());
         sb.extend_from_slice(&id_table_start.to_le_bytes());
-        sb.extend_from_slice(&NO_TABLE.to_le_bytes());
+        sb.extend_from_slice(&xattr_id_table_start.to_le_bytes());
         sb.extend_from_slice(&inode_table_start.to_le_bytes());
         sb.extend_from_slice(&directory_table_start.to_le_bytes());
         sb.extend_from_slice(&fragment_table_start.to_le_bytes());
@@ -567,6 +605,11 @@ struct Tables {
     refs: Vec<Option<(u64, u16)>>,
     count: u32,
     max_mtime: u32,
+    /// Key/value pairs of each distinct attribute set, and the 16-byte id entries pointing at
+    /// them (what inodes index).
+    xattr_kv: MetaWriter,
+    xattr_ids: Vec<u8>,
+    xattr_sets: HashMap<crate::rootfs::Xattrs, u32>,
 }
 
 impl Tables {
@@ -609,7 +652,47 @@ impl Tables {
             refs: vec![None; n],
             count,
             max_mtime: 0,
+            xattr_kv: MetaWriter::new(comp),
+            xattr_ids: Vec::new(),
+            xattr_sets: HashMap::new(),
         }
+    }
+
+    /// The xattr index of an inode's attributes (written once per distinct set), or NO_XATTR.
+    fn xattr(&mut self, tree: &Tree, id: usize) -> io::Result<u32> {
+        let set = &tree.inodes[id].xattrs;
+        if set.is_empty() {
+            return Ok(NO_XATTR);
+        }
+        if let Some(&i) = self.xattr_sets.get(set) {
+            return Ok(i);
+        }
+        let (block, offset) = self.xattr_kv.pos();
+        let mut size = 0u32;
+        let mut count = 0u32;
+        for (name, value) in set {
+            let Some((prefix, ty)) = XATTR_PREFIXES.iter().find(|(p, _)| name.starts_with(p))
+            else {
+                continue;
+            };
+            let short = &name[prefix.len()..];
+            let mut kv = Vec::with_capacity(8 + short.len() + value.len());
+            kv.extend_from_slice(&ty.to_le_bytes());
+            kv.extend_from_slice(&(short.len() as u16).to_le_bytes());
+            kv.extend_from_slice(short);
+            kv.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            kv.extend_from_slice(value);
+            self.xattr_kv.write(&kv)?;
+            size += kv.len() as u32;
+            count += 1;
+        }
+        let i = (self.xattr_ids.len() / 16) as u32;
+        self.xattr_ids
+            .extend_from_slice(&(block << 16 | offset as u64).to_le_bytes());
+        self.xattr_ids.extend_from_slice(&count.to_le_bytes());
+        self.xattr_ids.extend_from_slice(&size.to_le_bytes());
+        self.xattr_sets.insert(set.clone(), i);
+        Ok(i)
     }
 
     fn id(&mut self, id: u32) -> io::Result<u16> {
@@ -668,7 +751,8 @@ impl Tables {
                 let sparse: u64 =
                     units.iter().filter(|l| l.size_field == 0).count() as u64 * block_size as u64;
                 let (frag, frag_off) = fd.fragment.unwrap_or((NO_FRAGMENT, 0));
-                let basic = nlink == 1 && fd.size < 1 << 32 && start < 1 << 32;
+                let xattr = self.xattr(tree, id)?;
+                let basic = nlink == 1 && fd.size < 1 << 32 && start < 1 << 32 && xattr == NO_XATTR;
                 let at = self.header(tree, id, if basic { 2 } else { 9 })?;
                 if basic {
                     body.extend_from_slice(&(start as u32).to_le_bytes());
@@ -682,34 +766,34 @@ impl Tables {
                     body.extend_from_slice(&nlink.to_le_bytes());
                     body.extend_from_slice(&frag.to_le_bytes());
                     body.extend_from_slice(&frag_off.to_le_bytes());
-                    body.extend_from_slice(&NO_FRAGMENT.to_le_bytes()); // no xattrs
+                    body.extend_from_slice(&xattr.to_le_bytes());
                 }
                 for u in units {
                     body.extend_from_slice(&u.size_field.to_le_bytes());
                 }
                 at
             }
-            Kind::Symlink(target) => {
-                let at = self.header(tree, id, 3)?;
-                body.extend_from_slice(&nlink.to_le_bytes());
-                body.extend_from_slice(&(target.len() as u32).to_le_bytes());
-                body.extend_from_slice(target);
-                at
-            }
-            Kind::Block(dev) | Kind::Char(dev) => {
-                let ty = basic_type(&tree.inodes[id].kind);
+            // The others: basic type, or extended (+7) with the xattr index at the end.
+            kind => {
+                let xattr = self.xattr(tree, id)?;
+                let ty = basic_type(kind) + if xattr == NO_XATTR { 0 } else { 7 };
                 let at = self.header(tree, id, ty)?;
                 body.extend_from_slice(&nlink.to_le_bytes());
-                body.extend_from_slice(&encode_dev(dev.0, dev.1).to_le_bytes());
+                match kind {
+                    Kind::Symlink(target) => {
+                        body.extend_from_slice(&(target.len() as u32).to_le_bytes());
+                        body.extend_from_slice(target);
+                    }
+                    Kind::Block(dev) | Kind::Char(dev) => {
+                        body.extend_from_slice(&encode_dev(dev.0, dev.1).to_le_bytes());
+                    }
+                    _ => {}
+                }
+                if xattr != NO_XATTR {
+                    body.extend_from_slice(&xattr.to_le_bytes());
+                }
                 at
             }
-            Kind::Fifo | Kind::Socket => {
-                let ty = basic_type(&tree.inodes[id].kind);
-                let at = self.header(tree, id, ty)?;
-                body.extend_from_slice(&nlink.to_le_bytes());
-                at
-            }
-            Kind::Dir(_) => unreachable!("directories are written by write_dir"),
         };
         self.inodes.write(&body)?;
         self.refs[id] = Some(at);
@@ -768,8 +852,9 @@ impl Tables {
 
         let size = listing.len() as u64 + 3;
         let nlink = self.nlinks[id];
+        let xattr = self.xattr(tree, id)?;
         let mut body = Vec::new();
-        let at = if size <= u16::MAX as u64 {
+        let at = if size <= u16::MAX as u64 && xattr == NO_XATTR {
             let at = self.header(tree, id, 1)?;
             body.extend_from_slice(&(dir_block as u32).to_le_bytes());
             body.extend_from_slice(&nlink.to_le_bytes());
@@ -785,7 +870,7 @@ impl Tables {
             body.extend_from_slice(&parent.to_le_bytes());
             body.extend_from_slice(&0u16.to_le_bytes()); // no directory index
             body.extend_from_slice(&dir_offset.to_le_bytes());
-            body.extend_from_slice(&NO_FRAGMENT.to_le_bytes()); // no xattrs
+            body.extend_from_slice(&xattr.to_le_bytes());
             at
         };
         self.inodes.write(&body)?;

@@ -72,6 +72,17 @@ impl Layer {
         self.0.append(&h, data).unwrap();
         self
     }
+    /// A file preceded by a PAX header carrying extended attributes.
+    fn file_xattrs(mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> Layer {
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.0
+            .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        self.file(path, 0o755, 0, data)
+    }
     fn bytes(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
@@ -297,6 +308,7 @@ fn kernel_mounts_the_image() {
         .file("boot/vmlinuz-6.1.0-9", 0o644, 0, b"old")
         .file("data/blob", 0o644, 0, &data)
         .file("data/small", 0o600, 42, b"small")
+        .file_xattrs("data/tagged", b"x", &[("user.daybreak", b"kept")])
         .bytes();
     let img = dir.join("m.squashfs");
     build(&[l], &img, Compression::Gzip).unwrap();
@@ -314,7 +326,13 @@ fn kernel_mounts_the_image() {
     }
     let blob = std::fs::read(mnt.join("data/blob"));
     let small = std::fs::read(mnt.join("data/small"));
+    let tagged = getxattr(&mnt.join("data/tagged"), "user.daybreak");
     Command::new("umount").arg(&mnt).status().unwrap();
+    assert_eq!(
+        tagged.as_deref(),
+        Some(&b"kept"[..]),
+        "the kernel reads the xattr table"
+    );
     assert_eq!(blob.unwrap(), data);
     assert_eq!(small.unwrap(), b"small");
 }
@@ -324,4 +342,75 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| {
+        buf.truncate(r as usize);
+        buf
+    })
+}
+
+#[test]
+fn extended_attributes_are_kept() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: unsquashfs cannot restore security.* attributes; skipped");
+        return;
+    }
+    let dir = tempdir("xattr");
+    let cap: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let l = Layer::new()
+        .file_xattrs(
+            "usr/bin/ping",
+            b"ping",
+            &[("security.capability", cap), ("user.note", b"hi")],
+        )
+        .file_xattrs("usr/bin/other", b"other", &[("user.note", b"hi")])
+        .file_xattrs(
+            "usr/bin/same",
+            b"same",
+            &[("security.capability", cap), ("user.note", b"hi")],
+        )
+        .bytes();
+    for comp in [Compression::Gzip, Compression::Zstd] {
+        let img = dir.join(format!("x-{}.squashfs", comp.name()));
+        build(&[l.clone()], &img, comp).unwrap();
+        let out = dir.join(format!("x-{}", comp.name()));
+        let _ = std::fs::remove_dir_all(&out);
+        let o = Command::new("unsquashfs")
+            .args(["-q", "-n", "-d"])
+            .arg(&out)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            getxattr(&out.join("usr/bin/ping"), "security.capability").as_deref(),
+            Some(cap)
+        );
+        assert_eq!(
+            getxattr(&out.join("usr/bin/ping"), "user.note").as_deref(),
+            Some(&b"hi"[..])
+        );
+        assert_eq!(
+            getxattr(&out.join("usr/bin/same"), "security.capability").as_deref(),
+            Some(cap)
+        );
+        assert_eq!(
+            getxattr(&out.join("usr/bin/other"), "user.note").as_deref(),
+            Some(&b"hi"[..])
+        );
+        assert_eq!(
+            getxattr(&out.join("usr/bin/other"), "security.capability"),
+            None
+        );
+    }
 }

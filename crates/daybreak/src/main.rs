@@ -436,40 +436,31 @@ fn main() -> ExitCode {
             cmdline: a.cmdline,
             ..Default::default()
         }),
-        Some(Command::StartPixie(a)) => ServeOptions {
-            plan: if artifacts::iso::Iso::open(&a.squashfs).is_ok() {
+        Some(Command::StartPixie(a)) => {
+            let plan = if artifacts::iso::Iso::open(&a.squashfs).is_ok() {
                 eprintln!(
                     "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
                     a.squashfs.display()
                 );
                 PlanInput {
                     iso: Some(a.squashfs),
-                    cloud_config: Some(a.cloud_config),
-                    http_port: a.port,
                     ..Default::default()
                 }
             } else {
                 PlanInput {
                     kernel: Some(a.kernel),
-                    iso: None,
                     initrds: vec![a.initrd],
                     rootfs: Some(a.squashfs),
-                    cloud_config: Some(a.cloud_config),
-                    cmdline: None,
-                    http_port: a.port,
-                    advertise: None,
+                    ..Default::default()
                 }
-            },
-            listen: a.address,
-            interfaces: Vec::new(),
-            proxy_dhcp: true,
-            tftp_port: 69,
-            ipxe_bios: None,
-            ipxe_efi64: None,
-            ipxe_arm64: None,
-            netboot: true,
-            artifact_listen: None,
-        },
+            };
+            let plan = PlanInput {
+                cloud_config: Some(a.cloud_config),
+                http_port: a.port,
+                ..plan
+            };
+            ServeOptions::new(plan, a.address)
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

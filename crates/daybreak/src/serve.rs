@@ -35,6 +35,25 @@ pub struct ServeOptions {
     pub artifact_listen: Option<SocketAddr>,
 }
 
+impl ServeOptions {
+    /// The boot servers for `plan` on `listen`, with the defaults: ProxyDHCP on, TFTP on 69, the
+    /// built-in iPXE binaries, no artifact server.
+    pub fn new(plan: PlanInput, listen: Ipv4Addr) -> ServeOptions {
+        ServeOptions {
+            plan,
+            listen,
+            interfaces: Vec::new(),
+            proxy_dhcp: true,
+            tftp_port: 69,
+            ipxe_bios: None,
+            ipxe_efi64: None,
+            ipxe_arm64: None,
+            netboot: true,
+            artifact_listen: None,
+        }
+    }
+}
+
 /// Which program holds a port, from /proc: `Some("dnsmasq (pid 812)")`.
 pub fn port_owner(proto: &str, port: u16) -> Option<String> {
     let mut inodes = Vec::new();

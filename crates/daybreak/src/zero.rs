@@ -136,15 +136,8 @@ pub fn prepare(
         return Ok(None);
     }
     Ok(Some(ServeOptions {
-        plan,
-        listen: s.netboot_listen_addr,
-        interfaces: Vec::new(),
-        proxy_dhcp: true,
-        tftp_port: 69,
-        ipxe_bios: None,
-        ipxe_efi64: None,
-        ipxe_arm64: None,
         netboot: !s.disable_netboot,
         artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),
+        ..ServeOptions::new(plan, s.netboot_listen_addr)
     }))
 }

@@ -187,16 +187,27 @@ fn artifact_entries(state: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A registry holding `images` as `repo:tag`, pushed from a layout in a new work directory.
+fn pushed(
+    tag: &str,
+    images: &[Image],
+    repo: &str,
+    creds: Option<(&str, &str)>,
+) -> (PathBuf, Registry, String) {
+    let work = tempdir(&format!("oci-{}", repo.replace('/', "-")));
+    let layout = work.join("layout");
+    oci::write_layout(&layout, tag, images);
+    let reg = Registry::start(&work.join("reg"), creds);
+    let image = reg.push(&layout, tag, repo);
+    (work, reg, image)
+}
+
 #[test]
 fn registry_image_is_merged_verified_and_built_once() {
     if !require(true, TOOLS) {
         return;
     }
-    let work = tempdir("oci-reg");
-    let layout = work.join("layout");
-    oci::write_layout(&layout, "v1", &[merge_image("amd64")]);
-    let reg = Registry::start(&work.join("reg"), None);
-    let image = reg.push(&layout, "v1", "kairos/test");
+    let (work, reg, image) = pushed("v1", &[merge_image("amd64")], "kairos/test", None);
     let digests = [reg.manifest_digest(&image, "amd64")];
     let state = work.join("state");
     let out = work.join("out");
@@ -272,15 +283,12 @@ fn multi_arch_index_gives_the_target_arch() {
     if !require(true, TOOLS) {
         return;
     }
-    let work = tempdir("oci-arch");
-    let layout = work.join("layout");
-    oci::write_layout(
-        &layout,
+    let (work, reg, image) = pushed(
         "multi",
         &[merge_image("amd64"), merge_image("arm64")],
+        "kairos/multi",
+        None,
     );
-    let reg = Registry::start(&work.join("reg"), None);
-    let image = reg.push(&layout, "multi", "kairos/multi");
     let digests = [
         reg.manifest_digest(&image, "amd64"),
         reg.manifest_digest(&image, "arm64"),
@@ -301,11 +309,12 @@ fn basic_auth_comes_from_docker_config() {
     if !require(true, TOOLS) {
         return;
     }
-    let work = tempdir("oci-auth");
-    let layout = work.join("layout");
-    oci::write_layout(&layout, "v1", &[merge_image("amd64")]);
-    let reg = Registry::start(&work.join("reg"), Some(("daybreak", "s3cret")));
-    let image = reg.push(&layout, "v1", "private/img");
+    let (work, reg, image) = pushed(
+        "v1",
+        &[merge_image("amd64")],
+        "private/img",
+        Some(("daybreak", "s3cret")),
+    );
     let state = work.join("state");
     let empty = work.join("no-config");
     std::fs::create_dir_all(&empty).unwrap();

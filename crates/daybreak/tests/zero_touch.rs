@@ -103,6 +103,14 @@ fn serve_files(routes: Vec<(String, Vec<u8>)>, n: usize) -> String {
     base
 }
 
+/// `--set KEY=VALUE` for each pair.
+fn sets(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
 fn layout(work: &Path) -> String {
     let dir = work.join("layout");
     oci::write_layout(&dir, "v1", &[image()]);
@@ -311,18 +319,13 @@ fn artifact_server_serves_artifacts_and_never_the_cloud_config() {
     let port = free_tcp_port();
     let cc = work.join("cc.yaml");
     std::fs::write(&cc, "#cloud-config\npassword: secret\n").unwrap();
-    let args = [
-        "--set".to_string(),
-        format!("container_image={img}"),
-        "--set".into(),
-        format!("state_dir={}", state.display()),
-        "--set".into(),
-        "disable_netboot=true".into(),
-        "--set".into(),
-        format!("listen_addr=127.0.0.1:{port}"),
-        "--cloud-config".into(),
-        cc.display().to_string(),
-    ];
+    let mut args = sets(&[
+        ("container_image", img),
+        ("state_dir", state.display().to_string()),
+        ("disable_netboot", "true".into()),
+        ("listen_addr", format!("127.0.0.1:{port}")),
+    ]);
+    args.extend(["--cloud-config".into(), cc.display().to_string()]);
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let mut d = Daybreak::start(&a, &work);
     d.wait_for(" ready", Duration::from_secs(30));
@@ -455,16 +458,12 @@ fn release_keys_and_iso_images_are_served_from_the_iso() {
         "artifact_version=v3.7.2",
     ];
     let mut args: Vec<String> = release.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--set".into(),
-        format!("release_base_url={base}"),
-        "--set".into(),
-        format!("state_dir={}", state.display()),
-        "--set".into(),
-        "disable_netboot=true".into(),
-        "--set".into(),
-        format!("listen_addr=127.0.0.1:{port}"),
-    ]);
+    args.extend(sets(&[
+        ("release_base_url", base),
+        ("state_dir", state.display().to_string()),
+        ("disable_netboot", "true".into()),
+        ("listen_addr", format!("127.0.0.1:{port}")),
+    ]));
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let mut d = Daybreak::start(&a, &work);
     d.wait_for(" ready", Duration::from_secs(30));
@@ -479,16 +478,12 @@ fn release_keys_and_iso_images_are_served_from_the_iso() {
 
     // container_image may be an ISO too.
     let port = free_tcp_port();
-    let args = [
-        "--set".to_string(),
-        format!("container_image={}", iso.display()),
-        "--set".into(),
-        format!("state_dir={}", state.display()),
-        "--set".into(),
-        "disable_netboot=true".into(),
-        "--set".into(),
-        format!("listen_addr=127.0.0.1:{port}"),
-    ];
+    let args = sets(&[
+        ("container_image", iso.display().to_string()),
+        ("state_dir", state.display().to_string()),
+        ("disable_netboot", "true".into()),
+        ("listen_addr", format!("127.0.0.1:{port}")),
+    ]);
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let mut d = Daybreak::start(&a, &work);
     d.wait_for(" ready", Duration::from_secs(30));
