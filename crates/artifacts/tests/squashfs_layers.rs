@@ -382,7 +382,7 @@ fn extended_attributes_are_kept() {
         .bytes();
     for comp in [Compression::Gzip, Compression::Zstd] {
         let img = dir.join(format!("x-{}.squashfs", comp.name()));
-        build(&[l.clone()], &img, comp).unwrap();
+        build(std::slice::from_ref(&l), &img, comp).unwrap();
         let out = dir.join(format!("x-{}", comp.name()));
         let _ = std::fs::remove_dir_all(&out);
         let o = Command::new("unsquashfs")
