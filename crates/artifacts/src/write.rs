@@ -22,6 +22,16 @@ pub fn copy_extents_atomic(
     atomically(dest, |out| {
         let mut done = 0u64;
         for e in extents {
+            // One long sequential read: let the kernel read ahead further.
+            // SAFETY: valid fd; advice only.
+            unsafe {
+                libc::posix_fadvise(
+                    src.as_raw_fd(),
+                    e.offset as i64,
+                    e.len as i64,
+                    libc::POSIX_FADV_SEQUENTIAL,
+                );
+            }
             copy_range(src, e.offset, out, done, e.len, &mut |n| progress(n))?;
             done += e.len;
         }
@@ -124,17 +134,6 @@ fn copy_range(
                 io::ErrorKind::UnexpectedEof,
                 "source ended early (truncated?)",
             ));
-        }
-        // Start writing this chunk back now rather than at the final fsync, so the disk works
-        // while the next chunk is copied.
-        // SAFETY: valid fd; the range is what was just written.
-        unsafe {
-            libc::sync_file_range(
-                dst.as_raw_fd(),
-                doff - n as i64,
-                n as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
         }
         left -= n as u64;
         progress(doff as u64);
