@@ -24,6 +24,9 @@ pub enum BuildError {
     Boot(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// Fetching a layer failed (the registry's error, as it is).
+    #[error(transparent)]
+    Fetch(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn io_at(path: &Path) -> impl Fn(io::Error) -> BuildError + '_ {
@@ -65,10 +68,13 @@ fn new_writer(dir: &Path, comp: Compression) -> Result<Writer, BuildError> {
     Writer::new(f, comp, BLOCK_SIZE, threads()).map_err(io_at(&path))
 }
 
-/// Builds `dir/{kernel,initrd,rootfs.squashfs}` from `layers`, applied in order.
-/// `progress(layer index, raw bytes of that layer read so far)` is called as data flows.
+/// Builds `dir/{kernel,initrd,rootfs.squashfs}` from `count` layers applied in order;
+/// `layer(i)` hands over layer `i` once it is there (it may wait for a download, so later layers
+/// can still be arriving while the first ones are merged). `progress(layer index, raw bytes of
+/// that layer read so far)` is called as data flows.
 pub fn from_layers(
-    layers: &[LayerBlob],
+    count: usize,
+    layer: &mut dyn FnMut(usize) -> Result<LayerBlob, BuildError>,
     dir: &Path,
     comp: Compression,
     progress: &mut dyn FnMut(usize, u64),
@@ -76,7 +82,8 @@ pub fn from_layers(
     let mut writer = new_writer(dir, comp)?;
     let mut tree = Tree::new();
     let mut xattr_paths = Vec::new();
-    for (i, blob) in layers.iter().enumerate() {
+    for i in 0..count {
+        let blob = &layer(i)?;
         let mut layer = blob.open()?;
         let counter = layer.progress.clone();
         let mut last = 0u64;

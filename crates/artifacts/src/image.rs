@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use crate::build::{self, BuildError};
 use crate::oci::{self, Document, LayerBlob, OciError, Reference, Source};
@@ -175,25 +174,28 @@ fn cached(store: &Store, req: &Request, digest: &str, report: &dyn Report) -> Op
     })
 }
 
+/// Builds the store entry from layers of the given sizes; `layer(i)` hands layer `i` over
+/// (possibly waiting for its download).
 fn build_layers(
     req: &Request,
     store: &Store,
     digest: &str,
-    layers: &[LayerBlob],
+    sizes: &[u64],
+    layer: &mut dyn FnMut(usize) -> Result<LayerBlob, BuildError>,
     report: &dyn Report,
 ) -> Result<Obtained, ImageError> {
-    let total: u64 = layers.iter().map(|l| l.size).sum();
+    let total: u64 = sizes.iter().sum();
     report.event(Event::Building { total });
-    let before: Vec<u64> = layers
+    let before: Vec<u64> = sizes
         .iter()
         .scan(0u64, |acc, l| {
             let b = *acc;
-            *acc += l.size;
+            *acc += l;
             Some(b)
         })
         .collect();
     let artifacts = store.put(&Store::key(digest, req.compression), |tmp| {
-        let b = build::from_layers(layers, tmp, req.compression, &mut |i, done| {
+        let b = build::from_layers(sizes.len(), layer, tmp, req.compression, &mut |i, done| {
             report.event(Event::BuildProgress {
                 done: before[i] + done,
             })
@@ -232,7 +234,15 @@ fn from_local(
     if let Some(o) = cached(store, req, &img.digest, report) {
         return Ok(o);
     }
-    build_layers(req, store, &img.digest, &img.layers, report)
+    let sizes: Vec<u64> = img.layers.iter().map(|l| l.size).collect();
+    build_layers(
+        req,
+        store,
+        &img.digest,
+        &sizes,
+        &mut |i| Ok(img.layers[i].clone()),
+        report,
+    )
 }
 
 fn from_registry(
@@ -329,49 +339,89 @@ fn from_registry(
             })
             .collect(),
     });
+    // Layers download in parallel while the build merges them in order: layer i is merged as
+    // soon as it is complete, whatever the others are doing.
     let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
-    std::thread::scope(|s| {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<(), RegistryError>)>();
+    let sizes: Vec<u64> = descs.iter().map(|l| l.size).collect();
+    let o = std::thread::scope(|s| {
         for _ in 0..PARALLEL_PULLS.min(descs.len()) {
-            s.spawn(|| loop {
+            let done_tx = done_tx.clone();
+            let (next, failed, descs, client) = (&next, &failed, &descs, &client);
+            s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= descs.len() || failure.lock().unwrap().is_some() {
+                if i >= descs.len() || failed.load(Ordering::Relaxed) {
                     return;
                 }
                 let l = &descs[i];
                 let dest = store.blob_path(&l.digest);
-                if !dest.is_file() {
-                    let r = client.blob(&l.digest, &dest, &|done| {
-                        report.event(Event::PullProgress { layer: i, done })
-                    });
-                    if let Err(e) = r {
-                        failure.lock().unwrap().get_or_insert(e);
-                        return;
-                    }
+                let r = if dest.is_file() {
+                    Ok(())
+                } else {
+                    client
+                        .blob(&l.digest, &dest, &|done| {
+                            report.event(Event::PullProgress { layer: i, done })
+                        })
+                        .map(|_| ())
+                };
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                } else {
+                    report.event(Event::PullDone { layer: i });
                 }
-                report.event(Event::PullDone { layer: i });
+                let _ = done_tx.send((i, r));
             });
         }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e.into());
-    }
-    let layers: Vec<LayerBlob> = descs
-        .iter()
-        .map(|l| {
+        drop(done_tx);
+        let mut arrived: Vec<Option<Result<(), RegistryError>>> =
+            (0..descs.len()).map(|_| None).collect();
+        let mut layer = |i: usize| -> Result<LayerBlob, BuildError> {
+            while arrived[i].is_none() {
+                match done_rx.recv() {
+                    Ok((j, r)) => arrived[j] = Some(r),
+                    Err(_) => {
+                        // Downloads stopped early: report the failure that stopped them.
+                        let first = arrived.iter_mut().find(|a| matches!(a, Some(Err(_))));
+                        return Err(match first.and_then(|a| a.take()) {
+                            Some(Err(e)) => BuildError::Fetch(Box::new(e)),
+                            _ => BuildError::Fetch(
+                                "layer downloads stopped before this layer arrived".into(),
+                            ),
+                        });
+                    }
+                }
+            }
+            if let Some(Err(_)) = &arrived[i] {
+                let Some(Err(e)) = arrived[i].take() else {
+                    unreachable!()
+                };
+                return Err(BuildError::Fetch(Box::new(e)));
+            }
+            let l = &descs[i];
             let path = store.blob_path(&l.digest);
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(l.size);
-            LayerBlob {
+            Ok(LayerBlob {
                 path,
                 offset: 0,
                 size,
                 // Verified on the way into the blob cache.
                 digest: None,
                 name: l.digest.clone(),
-            }
-        })
-        .collect();
-    let o = build_layers(req, store, &digest, &layers, report)?;
+            })
+        };
+        let o = build_layers(req, store, &digest, &sizes, &mut layer, report);
+        // A failed build stops the remaining downloads.
+        failed.store(true, Ordering::Relaxed);
+        o
+    });
+    let o = match o {
+        Err(ImageError::Build(BuildError::Fetch(e))) => match e.downcast::<RegistryError>() {
+            Ok(r) => return Err(ImageError::Registry(*r)),
+            Err(e) => return Err(ImageError::Build(BuildError::Fetch(e))),
+        },
+        other => other?,
+    };
     store.remember(&name, &req.arch, &digest);
     Ok(o)
 }

@@ -96,7 +96,8 @@ struct BarsState {
     drawn: usize,
     last: Option<Instant>,
     build_started: Option<Instant>,
-    build_total: u64,
+    /// Index of the build's bar, drawn below the layers' (which may still be downloading).
+    build_bar: Option<usize>,
 }
 
 fn short(digest: &str) -> String {
@@ -205,18 +206,16 @@ impl artifacts::image::Report for ImageProgress {
             }
             Event::Building { total } => {
                 s.build_started = Some(Instant::now());
-                s.build_total = total;
-                s.bars.clear();
-                s.drawn = 0;
                 if self.tty && total > 0 {
                     s.bars.push(("building squashfs".into(), total, 0, false));
+                    s.build_bar = Some(s.bars.len() - 1);
                     s.draw(true);
                 } else {
                     eprintln!("building kernel, initrd and squashfs ...");
                 }
             }
             Event::BuildProgress { done } => {
-                if let Some(b) = s.bars.first_mut() {
+                if let Some(b) = s.build_bar.and_then(|i| s.bars.get_mut(i)) {
                     b.2 = done;
                 }
                 if self.tty {
@@ -224,11 +223,11 @@ impl artifacts::image::Report for ImageProgress {
                 }
             }
             Event::Built { dir } => {
-                if let Some(b) = s.bars.first_mut() {
+                if let Some(b) = s.build_bar.and_then(|i| s.bars.get_mut(i)) {
                     b.2 = b.1;
                     b.3 = true;
                 }
-                if self.tty && !s.bars.is_empty() {
+                if self.tty && s.build_bar.is_some() {
                     s.draw(true);
                 }
                 let secs = s.build_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
