@@ -123,7 +123,7 @@ pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError
             from_local(req, &store, img, report)
         }
         Source::Archive(path) => {
-            let img = oci::open_archive(&path, &req.arch, &req.state_dir)?;
+            let img = oci::open_archive(&path, &req.arch)?;
             from_local(req, &store, img, report)
         }
         Source::Dir(root) => {

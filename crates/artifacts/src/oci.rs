@@ -523,7 +523,7 @@ struct DockerSaveEntry {
 }
 
 /// A docker-save or OCI-archive tarball: members are read in place (no extraction), by offset.
-pub fn open_archive(path: &Path, arch: &str, scratch: &Path) -> Result<LocalImage, OciError> {
+pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(io_err(path))?;
@@ -580,7 +580,6 @@ pub fn open_archive(path: &Path, arch: &str, scratch: &Path) -> Result<LocalImag
             name,
         })
     };
-    let _ = scratch;
 
     if members.contains_key("index.json") && members.contains_key("oci-layout") {
         let what = format!("{}:index.json", path.display());
