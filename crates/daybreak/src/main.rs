@@ -45,7 +45,7 @@ netboot.cmdline       replaces the default kernel arguments (root=live: and conf
 netboot_http_port     8090        netboot_listen_addr   0.0.0.0\n  \
 listen_addr           :8080, the artifact file server (artifacts only, never the cloud-config)\n  \
 disable_netboot, disable_http_server   turn either server off (both: build and exit)\n  \
-state_dir             /tmp/auroraboot: artifacts, layer cache, downloads, the rendered cloud-config\n\n\
+state_dir             /tmp/auroraboot: artifacts, layers, downloads, the cloud-config\n\n\
 The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set value (empty if unset), \
 so secrets stay off the file: --set kairos.password=… with passwd: [[[ .kairos.password ]]]. It is \
 written to STATE_DIR/cloud-config.yaml with mode 0600.\n\n\
