@@ -27,7 +27,7 @@ const ATTEMPTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot reach registry {registry}: {why}. Check the name and the network; for a plain-HTTP registry set allow-insecure-registries")]
+    #[error("cannot reach registry {registry}: {why}. Check the name and the network; for a plain-HTTP or self-signed registry set allow-insecure-registries")]
     Unreachable { registry: String, why: String },
     #[error("{image}: {what} not found in the registry (HTTP 404); check the repository and tag")]
     NotFound { image: String, what: String },
@@ -273,9 +273,9 @@ impl Client {
             return vec![b];
         }
         let host = self.image.api_host();
-        if is_local(&self.image.registry) {
-            vec![format!("http://{host}"), format!("https://{host}")]
-        } else if self.insecure {
+        // As Docker: HTTPS first; plain HTTP too for loopback and insecure registries. (A
+        // plain-HTTP registry fails the TLS handshake at once, so the fallback is quick.)
+        if is_local(&self.image.registry) || self.insecure {
             vec![format!("https://{host}"), format!("http://{host}")]
         } else {
             vec![format!("https://{host}")]
@@ -294,8 +294,13 @@ impl Client {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
             }
+            let mut https_failed = false;
             for base in self.bases() {
                 match self.get_once(&base, path, headers) {
+                    // Plain HTTP to a TLS port: the registry is HTTPS, and the HTTPS error above
+                    // (a certificate, most likely) is the one to report.
+                    Ok(Fetch::Response(r))
+                        if https_failed && base.starts_with("http://") && r.status() == 400 => {}
                     Ok(Fetch::Response(r)) => {
                         let s = r.status().as_u16();
                         if s == 429 || s >= 500 {
@@ -305,7 +310,10 @@ impl Client {
                         *self.base.lock().unwrap() = Some(base);
                         return Ok(r);
                     }
-                    Err(e) => last = e,
+                    Err(e) => {
+                        https_failed |= base.starts_with("https://");
+                        last = e;
+                    }
                 }
             }
         }

@@ -276,6 +276,29 @@ fn registry_image_is_merged_verified_and_built_once() {
         list.contains(&digests[0]) && list.contains("layer cache: 3 blobs"),
         "{list}"
     );
+
+    // prune drops the layer cache and keeps what was built; --all drops everything.
+    let cache = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("cache")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let pruned = cache(&["prune"]);
+    assert!(pruned.starts_with("removed 3 entries"), "{pruned}");
+    let list = cache(&["list"]);
+    assert!(
+        list.contains(&digests[0]) && list.contains("layer cache: 0 blobs"),
+        "{list}"
+    );
+    cache(&["prune", "--all"]);
+    assert!(cache(&["list"]).contains("no built artifacts"));
+    assert!(artifact_entries(&state).is_empty());
 }
 
 #[test]
@@ -377,6 +400,25 @@ fn basic_auth_comes_from_docker_config() {
         &[("DOCKER_CONFIG", &cfg2), ("PATH", &path)],
     );
     assert!(ok, "credential helper: {err}");
+}
+
+#[test]
+fn self_signed_registry_needs_allow_insecure_registries() {
+    if !require(true, &["docker-registry", "skopeo", "openssl"]) {
+        return;
+    }
+    let work = tempdir("oci-tls");
+    let layout = work.join("layout");
+    oci::write_layout(&layout, "v1", &[merge_image("amd64")]);
+    let reg = Registry::start_with(&work.join("reg"), None, true);
+    let image = reg.push(&layout, "v1", "tls/img");
+    let state = work.join("state");
+    let (ok, err) = netboot(&image, &work.join("o1"), &state, &[], &[]);
+    assert!(!ok && err.contains("allow-insecure-registries"), "{err}");
+    let out = work.join("o2");
+    let (ok, err) = netboot(&image, &out, &state, &["--allow-insecure-registries"], &[]);
+    assert!(ok, "{err}");
+    check_merged(&out, &work, "amd64");
 }
 
 #[test]

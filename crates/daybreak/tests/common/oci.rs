@@ -210,6 +210,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry storing into `dir`; with `creds`, it wants basic auth (htpasswd).
     pub fn start(dir: &Path, creds: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(dir, creds, false)
+    }
+
+    /// As [`Registry::start`]; with `tls`, it speaks HTTPS with a self-signed certificate.
+    pub fn start_with(dir: &Path, creds: Option<(&str, &str)>, tls: bool) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = super::free_tcp_port();
         let mut cfg = format!(
@@ -226,6 +231,34 @@ impl Registry {
             cfg.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: daybreak-test\n    path: {}\n",
                 dir.join("htpasswd").display()
+            ));
+        }
+        if tls {
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
             ));
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
