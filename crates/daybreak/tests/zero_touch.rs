@@ -111,6 +111,21 @@ fn sets(pairs: &[(&str, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The default command with only the artifact file server (on a free loopback port), once
+/// ready: `args` name the source and anything else.
+fn artifact_server(work: &Path, state: &Path, mut args: Vec<String>) -> (Daybreak, u16) {
+    let port = free_tcp_port();
+    args.extend(sets(&[
+        ("state_dir", state.display().to_string()),
+        ("disable_netboot", "true".into()),
+        ("listen_addr", format!("127.0.0.1:{port}")),
+    ]));
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut d = Daybreak::start(&a, work);
+    d.wait_for(" ready", Duration::from_secs(30));
+    (d, port)
+}
+
 fn layout(work: &Path) -> String {
     let dir = work.join("layout");
     oci::write_layout(&dir, "v1", &[image()]);
@@ -316,19 +331,11 @@ fn artifact_server_serves_artifacts_and_never_the_cloud_config() {
     let work = tempdir("zt-files");
     let img = layout(&work);
     let state = work.join("state");
-    let port = free_tcp_port();
     let cc = work.join("cc.yaml");
     std::fs::write(&cc, "#cloud-config\npassword: secret\n").unwrap();
-    let mut args = sets(&[
-        ("container_image", img),
-        ("state_dir", state.display().to_string()),
-        ("disable_netboot", "true".into()),
-        ("listen_addr", format!("127.0.0.1:{port}")),
-    ]);
+    let mut args = sets(&[("container_image", img)]);
     args.extend(["--cloud-config".into(), cc.display().to_string()]);
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let mut d = Daybreak::start(&a, &work);
-    d.wait_for(" ready", Duration::from_secs(30));
+    let (mut d, port) = artifact_server(&work, &state, args.clone());
     let get = |path: &str| {
         let o = Command::new("curl")
             .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
@@ -361,8 +368,7 @@ fn artifact_server_serves_artifacts_and_never_the_cloud_config() {
     d.terminate(Duration::from_secs(15));
 
     // A second start of the same image comes from the store.
-    let mut d = Daybreak::start(&a, &work);
-    d.wait_for(" ready", Duration::from_secs(30));
+    let (mut d, _) = artifact_server(&work, &state, args);
     let log = d.log_text();
     assert!(log.contains("built before"), "{log}");
     d.terminate(Duration::from_secs(15));
@@ -444,7 +450,6 @@ fn release_keys_and_iso_images_are_served_from_the_iso() {
     let path = format!("/kairos-io/kairos/releases/download/v3.7.2/{name}.iso");
     let base = serve_files(vec![(path, bytes)], 4);
     let state = work.join("state");
-    let port = free_tcp_port();
     let release = [
         "--set",
         "repository=kairos-io/kairos",
@@ -458,15 +463,8 @@ fn release_keys_and_iso_images_are_served_from_the_iso() {
         "artifact_version=v3.7.2",
     ];
     let mut args: Vec<String> = release.iter().map(|s| s.to_string()).collect();
-    args.extend(sets(&[
-        ("release_base_url", base),
-        ("state_dir", state.display().to_string()),
-        ("disable_netboot", "true".into()),
-        ("listen_addr", format!("127.0.0.1:{port}")),
-    ]));
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let mut d = Daybreak::start(&a, &work);
-    d.wait_for(" ready", Duration::from_secs(30));
+    args.extend(sets(&[("release_base_url", base)]));
+    let (mut d, port) = artifact_server(&work, &state, args);
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     assert!(curl(&url("/kernel")) == k);
     assert!(curl(&url("/initrd0")) == i);
@@ -477,16 +475,8 @@ fn release_keys_and_iso_images_are_served_from_the_iso() {
     d.terminate(Duration::from_secs(15));
 
     // container_image may be an ISO too.
-    let port = free_tcp_port();
-    let args = sets(&[
-        ("container_image", iso.display().to_string()),
-        ("state_dir", state.display().to_string()),
-        ("disable_netboot", "true".into()),
-        ("listen_addr", format!("127.0.0.1:{port}")),
-    ]);
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let mut d = Daybreak::start(&a, &work);
-    d.wait_for(" ready", Duration::from_secs(30));
+    let args = sets(&[("container_image", iso.display().to_string())]);
+    let (mut d, port) = artifact_server(&work, &state, args);
     assert!(curl(&format!("http://127.0.0.1:{port}/rootfs.squashfs")) == r);
     d.terminate(Duration::from_secs(15));
 }
