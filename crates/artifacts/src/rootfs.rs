@@ -529,6 +529,23 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
     &d[i..]
 }
 
+/// How a `/boot` name ranks before its version is compared: backups (`vmlinuz.old`,
+/// `initrd.img.bak`, `…~`) last, then names without a version (`vmlinuz`, usually a link to one
+/// that has it), then versioned names.
+fn boot_rank(version: &[u8]) -> u8 {
+    let backup = version.ends_with(b".old")
+        || version.ends_with(b".bak")
+        || version.ends_with(b"~")
+        || version.ends_with(b".dpkg-old");
+    if backup {
+        0
+    } else if version.iter().any(u8::is_ascii_digit) {
+        2
+    } else {
+        1
+    }
+}
+
 /// The kernel and initrd chosen from `/boot`.
 #[derive(Debug, Clone)]
 pub struct BootPick {
@@ -579,10 +596,13 @@ impl Tree {
                 })
                 .collect();
             v.sort_by(|a, b| {
-                version_cmp(
+                let (va, vb) = (
                     version_of(&a.0, prefixes).unwrap_or_default(),
                     version_of(&b.0, prefixes).unwrap_or_default(),
-                )
+                );
+                boot_rank(va)
+                    .cmp(&boot_rank(vb))
+                    .then_with(|| version_cmp(va, vb))
             });
             v
         };
@@ -630,6 +650,23 @@ mod tests {
         assert_eq!(version_cmp(b"-5.15.0", b"-6.1.0"), Ordering::Less);
         assert_eq!(version_cmp(b"", b"-6.1.0"), Ordering::Less);
         assert_eq!(version_cmp(b"-6.1.01", b"-6.1.1"), Ordering::Equal);
+    }
+
+    #[test]
+    fn backups_and_unversioned_names_lose() {
+        let mut names: Vec<&[u8]> =
+            vec![b".old", b"-6.8.0-45", b"", b"-6.8.0-52", b"-6.8.0-52.bak"];
+        names.sort_by(|a, b| {
+            boot_rank(a)
+                .cmp(&boot_rank(b))
+                .then_with(|| version_cmp(a, b))
+        });
+        assert_eq!(names.last().unwrap(), b"-6.8.0-52");
+        assert!(
+            names[..2].iter().all(|n| boot_rank(n) == 0),
+            "backups rank lowest"
+        );
+        assert_eq!(names[2], b"", "then the unversioned name");
     }
 
     #[test]
