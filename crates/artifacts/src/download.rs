@@ -104,33 +104,43 @@ fn published_sha256(agent: &ureq::Agent, url: &str) -> Result<Option<String>, Do
     Ok(Some(hex))
 }
 
-fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
+/// The sha256 of a file, in hex.
+pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(crate::oci::hex(&h.finalize()))
 }
 
-/// One GET from `have` bytes on, appended to `part`. Returns the total size when known.
+/// The bytes of a partial download already on disk (where a `Range` request starts).
+pub(crate) fn part_len(part: &Path) -> u64 {
+    std::fs::metadata(part).map(|m| m.len()).unwrap_or(0)
+}
+
+/// One GET from `have` bytes on, appended to `part`.
 fn fetch_once(
     agent: &ureq::Agent,
     url: &str,
     part: &Path,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), String> {
-    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let have = part_len(part);
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", &format!("bytes={have}-"));
     }
     let resp = req.call().map_err(|e| e.to_string())?;
+    receive(resp, part, have, progress)
+}
+
+/// Puts the answer to a GET that asked for bytes `have..` (no range when `have` is 0) into
+/// `part`: 206 appends, 200 starts over (the server ignored the range), 416 means nothing was
+/// left. Fails when the body ends before its Content-Length, so the caller can resume.
+pub(crate) fn receive(
+    resp: ureq::http::Response<ureq::Body>,
+    part: &Path,
+    have: u64,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<(), String> {
     let status = resp.status().as_u16();
     let len = resp
         .headers()

@@ -12,15 +12,15 @@
 //! resumed with a `Range` request after a dropped connection, and re-hashed from its start.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 
+use crate::download;
 use crate::oci::{self, Reference};
 
 const ATTEMPTS: u32 = 5;
@@ -499,20 +499,7 @@ impl Client {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
             }
-            // What is already on disk is hashed again: it counts only if the whole matches.
-            let mut hasher = Sha256::new();
-            let mut have = 0u64;
-            if let Ok(mut f) = File::open(&part) {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf).map_err(io_err)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    have += n as u64;
-                }
-            }
+            let have = download::part_len(&part);
             let mut headers = Vec::new();
             if have > 0 {
                 headers.push(("Range", format!("bytes={have}-")));
@@ -529,50 +516,17 @@ impl Client {
                 }
             };
             let status = resp.status().as_u16();
-            if status == 416 && have > 0 {
-                // We have it all already (or the server thinks so): check below.
-            } else {
+            if !(status == 416 && have > 0) {
                 self.check_status(&resp, &format!("blob {digest}"))?;
             }
-            let append = status == 206;
-            if !append && status != 416 {
-                hasher = Sha256::new();
-                have = 0;
-            }
-            let mut out = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(append)
-                .truncate(!append && status != 416)
-                .open(&part)
-                .map_err(io_err)?;
             progress(have);
-            if status != 416 {
-                let mut body = resp.into_body().into_reader();
-                let mut buf = vec![0u8; 1 << 16];
-                let copied: Result<(), String> = loop {
-                    match body.read(&mut buf) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            if let Err(e) = out.write_all(&buf[..n]) {
-                                return Err(io_err(e));
-                            }
-                            hasher.update(&buf[..n]);
-                            have += n as u64;
-                            progress(have);
-                        }
-                        Err(e) => break Err(e.to_string()),
-                    }
-                };
-                if let Err(e) = copied {
-                    last = format!("connection lost after {have} bytes: {e}");
-                    let _ = out.sync_data();
-                    continue;
-                }
+            if let Err(e) = download::receive(resp, &part, have, &mut |done, _| progress(done)) {
+                last = e;
+                continue;
             }
-            let actual = format!("sha256:{}", oci::hex(&hasher.finalize()));
+            // The whole file is hashed, resumed parts included: it counts only if all matches.
+            let actual = format!("sha256:{}", download::sha256_file(&part).map_err(io_err)?);
             if actual != digest {
-                drop(out);
                 let _ = std::fs::remove_file(&part);
                 if status == 416 {
                     continue;
@@ -583,9 +537,12 @@ impl Client {
                     actual,
                 });
             }
-            out.sync_all().map_err(io_err)?;
+            let len = download::part_len(&part);
+            File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err)?;
             std::fs::rename(&part, dest).map_err(io_err)?;
-            return Ok(have);
+            return Ok(len);
         }
         Err(self.unreachable(format!("downloading blob {digest}: {last}")))
     }
