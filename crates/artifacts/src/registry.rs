@@ -227,10 +227,6 @@ pub struct Client {
     creds: Option<Credentials>,
 }
 
-enum Fetch {
-    Response(ureq::http::Response<ureq::Body>),
-}
-
 impl Client {
     pub fn new(image: &Reference, insecure: bool) -> Client {
         let mut cfg = ureq::Agent::config_builder()
@@ -299,9 +295,8 @@ impl Client {
                 match self.get_once(&base, path, headers) {
                     // Plain HTTP to a TLS port: the registry is HTTPS, and the HTTPS error above
                     // (a certificate, most likely) is the one to report.
-                    Ok(Fetch::Response(r))
-                        if https_failed && base.starts_with("http://") && r.status() == 400 => {}
-                    Ok(Fetch::Response(r)) => {
+                    Ok(r) if https_failed && base.starts_with("http://") && r.status() == 400 => {}
+                    Ok(r) => {
                         let s = r.status().as_u16();
                         if s == 429 || s >= 500 {
                             last = format!("HTTP {s}");
@@ -325,7 +320,7 @@ impl Client {
         base: &str,
         path: &str,
         headers: &[(&str, String)],
-    ) -> Result<Fetch, String> {
+    ) -> Result<ureq::http::Response<ureq::Body>, String> {
         let url = format!("{base}/v2/{path}");
         let send = |auth: Option<&str>| {
             let mut req = self.agent.get(&url);
@@ -340,7 +335,7 @@ impl Client {
         let auth = self.auth.lock().unwrap().clone();
         let resp = send(auth.as_deref())?;
         if resp.status().as_u16() != 401 {
-            return Ok(Fetch::Response(resp));
+            return Ok(resp);
         }
         let challenge = resp
             .headers()
@@ -357,12 +352,12 @@ impl Client {
                     base64::engine::general_purpose::STANDARD
                         .encode(format!("{}:{}", c.username, c.password))
                 ),
-                None => return Ok(Fetch::Response(resp)),
+                None => return Ok(resp),
             },
-            _ => return Ok(Fetch::Response(resp)),
+            _ => return Ok(resp),
         };
         *self.auth.lock().unwrap() = Some(new_auth.clone());
-        send(Some(&new_auth)).map(Fetch::Response)
+        send(Some(&new_auth))
     }
 
     /// A bearer token from the realm the registry named, with credentials when we have them.
