@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::{INITRD, KERNEL, ROOTFS};
 use crate::squashfs::Compression;
+use crate::write::sync_dir;
 
 /// What an artifact directory holds besides the three files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,12 +84,6 @@ pub fn now() -> u64 {
 
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// What `prune` removed.

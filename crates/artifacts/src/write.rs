@@ -19,7 +19,7 @@ pub fn copy_extents_atomic(
     dest: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
-    atomically(dest, |out| {
+    atomically(dest, 0o666, |out| {
         let mut done = 0u64;
         for e in extents {
             // One long sequential read: let the kernel read ahead further.
@@ -41,7 +41,13 @@ pub fn copy_extents_atomic(
 
 /// Writes `data` to `dest` atomically.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
-    atomically(dest, |mut out| out.write_all(data))
+    atomically(dest, 0o666, |mut out| out.write_all(data))
+}
+
+/// Writes `data` to `dest` atomically, readable by its owner only from the first byte on (for
+/// secrets: the cloud-config).
+pub fn write_private(dest: &Path, data: &[u8]) -> io::Result<()> {
+    atomically(dest, 0o600, |mut out| out.write_all(data))
 }
 
 /// Puts a hard link to `src` (a read-only store file) at `dest`, replacing what was there, if
@@ -56,20 +62,29 @@ pub fn link_atomic(src: &Path, dest: &Path) -> bool {
         let _ = std::fs::remove_file(&tmp);
         return false;
     }
-    sync_dir(dest);
+    sync_parent(dest);
     true
 }
 
 /// Runs `fill` on a new temporary file beside `dest`, then fsyncs it and renames it to `dest`
 /// (and fsyncs the directory, so the name survives a crash too). On error the temporary file goes.
-fn atomically(dest: &Path, fill: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
+fn atomically(
+    dest: &Path,
+    mode: u32,
+    fill: impl FnOnce(&File) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = temp_name(dest);
     let result = (|| {
-        let out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         fill(&out)?;
         out.sync_all()?;
         std::fs::rename(&tmp, dest)?;
-        sync_dir(dest);
+        sync_parent(dest);
         Ok(())
     })();
     if result.is_err() {
@@ -88,11 +103,17 @@ fn temp_name(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-fn sync_dir(path: &Path) {
+/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
+fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
+    }
+}
+
+/// Fsyncs a directory (its entries), best effort.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

@@ -1,8 +1,6 @@
 //! The default command, AuroraBoot's zero-touch netboot: settings → source → artifacts (from the
 //! store when the digest is known) → the boot servers, plus the artifact file server.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -17,27 +15,6 @@ or a Kairos release ISO,\n  \
 daybreak --set repository=kairos-io/kairos --set release_version=v3.7.2 --set flavor=ubuntu \\\n      \
 --set flavor_release=24.04 --set artifact_version=v3.7.2-k3sv1.35.0-k3s3\n\
 (on the command line or in a config file)";
-
-/// Writes the rendered cloud-config where only its owner can read it (it holds passwords and
-/// tokens): temp file created 0600, fsynced, renamed.
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write the cloud-config to {}", path.display()))
-}
 
 /// What the settings resolve to: the boot server options, or `None` when both servers are
 /// disabled (the artifacts are built and the command is done).
@@ -120,7 +97,8 @@ pub fn prepare(
     }
     if let Some((text, _)) = &rendered {
         let path = s.state_dir.join("cloud-config.yaml");
-        write_secret(&path, text)?;
+        artifacts::write::write_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write the cloud-config to {}", path.display()))?;
         tracing::info!(
             path = %path.display(),
             "cloud-config rendered (mode 0600; served only on the netboot port)"
