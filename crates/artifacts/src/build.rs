@@ -193,16 +193,11 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
             } else {
                 continue;
             };
-            tree.insert(&r, meta, kind).map_err(|e| BuildError::Io {
+            let id = tree.insert(&r, meta, kind).map_err(|e| BuildError::Io {
                 path: p.clone(),
                 source: io::Error::other(e),
             })?;
-            let xattrs = read_xattrs(&p);
-            if !xattrs.is_empty() {
-                if let Some(id) = tree.resolve(&r, false) {
-                    tree.inodes[id].xattrs = xattrs;
-                }
-            }
+            tree.inodes[id].xattrs = read_xattrs(&p);
         }
     }
     finish(writer, tree, dir, Vec::new())

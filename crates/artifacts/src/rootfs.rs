@@ -472,17 +472,18 @@ impl Tree {
         Ok(())
     }
 
-    /// Adds a file, directory or symlink at `path` (for sources that are not tar streams).
-    pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<(), String> {
+    /// Adds a file, directory or symlink at `path` (for sources that are not tar streams);
+    /// returns its inode (the root's for an empty path, whose metadata it sets).
+    pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<usize, String> {
         let parts = components(path)?;
         let Some((&base, parents)) = parts.split_last() else {
             self.inodes[Tree::ROOT].meta = meta;
-            return Ok(());
+            return Ok(Tree::ROOT);
         };
         let parent = self.parent_dir(parents, 1)?;
         let id = self.push(meta, kind, 1);
         self.children_mut(parent).insert(base.to_vec(), id);
-        Ok(())
+        Ok(id)
     }
 }
 
