@@ -346,8 +346,9 @@ impl Writer {
         let mut pos = directory_table_start + dir_table.len() as u64;
         out.write_all(&inode_table)?;
         out.write_all(&dir_table)?;
-        let fragment_table_start = write_lookup_table(&mut out, &mut pos, &fragments, self.comp)?;
-        let id_table_start = write_lookup_table(&mut out, &mut pos, &ids, self.comp)?;
+        let fragment_table_start =
+            write_lookup_table(&mut out, &mut pos, &fragments, &[], self.comp)?;
+        let id_table_start = write_lookup_table(&mut out, &mut pos, &ids, &[], self.comp)?;
         let mut flags = FLAG_NO_XATTRS;
         let mut xattr_id_table_start = NO_TABLE;
         if !t.xattr_ids.is_empty() {
@@ -361,19 +362,8 @@ impl Writer {
             header.extend_from_slice(&xattr_table_start.to_le_bytes());
             header.extend_from_slice(&((t.xattr_ids.len() / 16) as u32).to_le_bytes());
             header.extend_from_slice(&0u32.to_le_bytes());
-            let mut index = Vec::new();
-            for chunk in t.xattr_ids.chunks(METADATA_SIZE) {
-                let mut m = MetaWriter::new(self.comp);
-                m.write(chunk)?;
-                let block = m.finish()?;
-                index.extend_from_slice(&pos.to_le_bytes());
-                out.write_all(&block)?;
-                pos += block.len() as u64;
-            }
-            xattr_id_table_start = pos;
-            out.write_all(&header)?;
-            out.write_all(&index)?;
-            pos += (header.len() + index.len()) as u64;
+            xattr_id_table_start =
+                write_lookup_table(&mut out, &mut pos, &t.xattr_ids, &header, self.comp)?;
         }
         let bytes_used = pos;
         let padded = bytes_used.div_ceil(4096) * 4096;
@@ -583,12 +573,13 @@ impl MetaWriter {
     }
 }
 
-/// Writes `entries` as metadata blocks followed by the array of their positions; returns the
-/// position of that array (what the superblock points at).
+/// Writes `entries` as metadata blocks, then `header` and the array of the blocks' positions;
+/// returns where the header starts (what the superblock points at).
 fn write_lookup_table(
     out: &mut impl Write,
     pos: &mut u64,
     entries: &[u8],
+    header: &[u8],
     comp: Compression,
 ) -> io::Result<u64> {
     let mut index = Vec::new();
@@ -601,8 +592,9 @@ fn write_lookup_table(
         *pos += block.len() as u64;
     }
     let start = *pos;
+    out.write_all(header)?;
     out.write_all(&index)?;
-    *pos += index.len() as u64;
+    *pos += (header.len() + index.len()) as u64;
     Ok(start)
 }
 
