@@ -116,6 +116,17 @@ pub fn obtain_image(
     )?)
 }
 
+/// Whether a source names an ISO: a local ISO file, or an http(s) URL (images come from
+/// registries by reference, so a URL is a release ISO to download).
+pub fn is_iso(source: &str) -> anyhow::Result<bool> {
+    Ok(source.starts_with("http://")
+        || source.starts_with("https://")
+        || matches!(
+            artifacts::oci::Source::parse(source)?,
+            artifacts::oci::Source::Iso(_)
+        ))
+}
+
 pub fn run(
     source: &str,
     outdir: &Path,
@@ -124,13 +135,7 @@ pub fn run(
     opts: &ImageOptions,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let prefix = if prefix.is_empty() { "kairos" } else { prefix };
-    let is_url = source.starts_with("http://") || source.starts_with("https://");
-    if !is_url
-        && !matches!(
-            artifacts::oci::Source::parse(source)?,
-            artifacts::oci::Source::Iso(_)
-        )
-    {
+    if !is_iso(source)? {
         let got = obtain_image(source, state_dir, opts)?;
         create_outdir(outdir)?;
         let a = &got.artifacts;

@@ -50,13 +50,7 @@ pub fn prepare(
     };
     match &s.container_image {
         Some(img) => {
-            let is_iso = img.starts_with("http://")
-                || img.starts_with("https://")
-                || matches!(
-                    artifacts::oci::Source::parse(img)?,
-                    artifacts::oci::Source::Iso(_)
-                );
-            if is_iso {
+            if crate::netboot::is_iso(img)? {
                 let iso = iso_source(img)?;
                 tracing::info!(iso = %iso.display(), "serving kernel, initrd and squashfs straight from the ISO");
                 plan.iso = Some(iso);
