@@ -87,12 +87,6 @@ pub trait Report: Sync {
     fn event(&self, e: Event);
 }
 
-/// A [`Report`] that says nothing.
-pub struct Quiet;
-impl Report for Quiet {
-    fn event(&self, _: Event) {}
-}
-
 pub struct Request {
     /// The source as the user wrote it (any `container_image` form).
     pub source: String,
@@ -164,8 +158,19 @@ fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
     }
 }
 
-fn cached(store: &Store, req: &Request, digest: &str, report: &dyn Report) -> Option<Obtained> {
+/// The store's entry for `digest`, if it has one; then `announce` (when given) and `Cached`
+/// are reported.
+fn cached(
+    store: &Store,
+    req: &Request,
+    digest: &str,
+    report: &dyn Report,
+    announce: Option<Event>,
+) -> Option<Obtained> {
     let a = store.get(&Store::key(digest, req.compression))?;
+    if let Some(e) = announce {
+        report.event(e);
+    }
     report.event(Event::Cached { dir: a.dir.clone() });
     Some(Obtained {
         artifacts: a,
@@ -231,7 +236,7 @@ fn from_local(
         image: req.source.clone(),
         digest: img.digest.clone(),
     });
-    if let Some(o) = cached(store, req, &img.digest, report) {
+    if let Some(o) = cached(store, req, &img.digest, report, None) {
         return Ok(o);
     }
     let sizes: Vec<u64> = img.layers.iter().map(|l| l.size).collect();
@@ -258,14 +263,11 @@ fn from_registry(
             .recall(&name, &req.arch)
             .or(r.digest.clone())
             .unwrap_or_default();
-        if let Some(o) = cached(store, req, &d, &Quiet) {
-            report.event(Event::Resolved {
-                image: name,
-                digest: d,
-            });
-            report.event(Event::Cached {
-                dir: o.artifacts.dir.clone(),
-            });
+        let resolved = Event::Resolved {
+            image: name.clone(),
+            digest: d.clone(),
+        };
+        if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
             return Ok(o);
         }
     }
@@ -275,15 +277,12 @@ fn from_registry(
         Err(e @ RegistryError::Unreachable { .. }) => {
             // Offline: the last digest this reference resolved to, if it was built.
             if let Some(d) = store.recall(&name, &req.arch) {
-                if let Some(o) = cached(store, req, &d, &Quiet) {
-                    report.event(Event::Offline {
-                        image: name.clone(),
-                        digest: d,
-                        why: e.to_string(),
-                    });
-                    report.event(Event::Cached {
-                        dir: o.artifacts.dir.clone(),
-                    });
+                let offline = Event::Offline {
+                    image: name.clone(),
+                    digest: d.clone(),
+                    why: e.to_string(),
+                };
+                if let Some(o) = cached(store, req, &d, report, Some(offline)) {
                     return Ok(o);
                 }
             }
@@ -296,14 +295,11 @@ fn from_registry(
     for _ in 0..4 {
         let Some(list) = &doc.manifests else { break };
         let d = oci::select_platform(list, &req.arch, &name)?.digest.clone();
-        if let Some(o) = cached(store, req, &d, &Quiet) {
-            report.event(Event::Resolved {
-                image: name.clone(),
-                digest: d.clone(),
-            });
-            report.event(Event::Cached {
-                dir: o.artifacts.dir.clone(),
-            });
+        let resolved = Event::Resolved {
+            image: name.clone(),
+            digest: d.clone(),
+        };
+        if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
             store.remember(&name, &req.arch, &d);
             return Ok(o);
         }
@@ -315,7 +311,7 @@ fn from_registry(
         image: name.clone(),
         digest: digest.clone(),
     });
-    if let Some(o) = cached(store, req, &digest, report) {
+    if let Some(o) = cached(store, req, &digest, report, None) {
         store.remember(&name, &req.arch, &digest);
         return Ok(o);
     }
