@@ -739,11 +739,15 @@ impl LayerBlob {
             .map_err(io_err(&self.path))?;
         let mut h = Sha256::new();
         io::copy(&mut f.take(self.size), &mut h).map_err(io_err(&self.path))?;
-        let actual = format!("sha256:{}", hex(&h.finalize()));
-        if &actual != expected {
+        self.compare(expected, h)
+    }
+
+    fn compare(&self, expected: &str, hashed: Sha256) -> Result<(), OciError> {
+        let actual = format!("sha256:{}", hex(&hashed.finalize()));
+        if actual != expected {
             return Err(OciError::Digest {
                 what: format!("layer {}", self.name),
-                expected: expected.clone(),
+                expected: expected.to_string(),
                 actual,
             });
         }
@@ -764,37 +768,16 @@ impl OpenLayer<'_> {
         let path = self.blob.path.clone();
         io::copy(&mut self.tar, &mut io::sink()).map_err(io_err(&path))?;
         drop(self.tar);
-        let (seen, hasher) = {
-            let s = self.state.borrow();
-            (s.bytes, s.hasher.clone())
+        let Some(expected) = &self.blob.digest else {
+            return Ok(());
         };
-        let mut hasher = hasher;
-        if seen < self.blob.size {
-            // Bytes after the end of the compressed stream still belong to the blob.
-            let mut f = File::open(&path).map_err(io_err(&path))?;
-            f.seek(SeekFrom::Start(self.blob.offset + seen))
-                .map_err(io_err(&path))?;
-            let mut rest = f.take(self.blob.size - seen);
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = rest.read(&mut buf).map_err(io_err(&path))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+        let s = self.state.borrow();
+        if s.bytes < self.blob.size {
+            // Bytes after the end of the compressed stream belong to the blob too (rare):
+            // hash the blob whole.
+            return self.blob.check_digest();
         }
-        if let Some(expected) = &self.blob.digest {
-            let actual = format!("sha256:{}", hex(&hasher.finalize()));
-            if &actual != expected {
-                return Err(OciError::Digest {
-                    what: format!("layer {}", self.blob.name),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        self.blob.compare(expected, s.hasher.clone())
     }
 }
 
