@@ -22,6 +22,25 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// `[#####     ]  50% 1.0 MiB / 2.0 MiB`
+fn bar(done: u64, total: u64) -> String {
+    let frac = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let width = 30;
+    let filled = (frac * width as f64) as usize;
+    format!(
+        "[{}{}] {:>3.0}% {} / {}",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        frac * 100.0,
+        human(done),
+        human(total)
+    )
+}
+
 impl Progress {
     pub fn new(label: &str, total: u64) -> Progress {
         let tty = std::io::stderr().is_terminal();
@@ -46,22 +65,11 @@ impl Progress {
             return;
         }
         self.last_draw = Some(Instant::now());
-        let frac = if self.total == 0 {
-            1.0
-        } else {
-            done as f64 / self.total as f64
-        };
-        let width = 30;
-        let filled = ((frac * width as f64) as usize).min(width);
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         eprint!(
-            "\r{} [{}{}] {:>3.0}% {} / {} {}/s   ",
+            "\r{} {} {}/s   ",
             self.label,
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            frac * 100.0,
-            human(done),
-            human(self.total),
+            bar(done, self.total),
             human(rate as u64)
         );
         let _ = std::io::stderr().flush();
@@ -129,20 +137,9 @@ impl BarsState {
             out.push_str(&format!("\x1b[{}A", self.drawn));
         }
         for (label, total, done, finished) in &self.bars {
-            let frac = if *total == 0 {
-                1.0
-            } else {
-                (*done as f64 / *total as f64).min(1.0)
-            };
-            let width = 30;
-            let filled = (frac * width as f64) as usize;
             out.push_str(&format!(
-                "\r\x1b[2K{label:<18} [{}{}] {:>3.0}% {} / {}{}\n",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                frac * 100.0,
-                human(*done),
-                human(*total),
+                "\r\x1b[2K{label:<18} {}{}\n",
+                bar(*done, *total),
                 if *finished { "  done" } else { "" }
             ));
         }
