@@ -15,14 +15,22 @@ const QUEUE_LINES: usize = 65_536;
 #[derive(Clone)]
 pub struct NonBlocking {
     tx: SyncSender<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// Lines queued, written and dropped, shared by the senders and the writer thread.
+#[derive(Default)]
+struct Counts {
+    queued: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// Starts the writer thread. Lines still queued when the process exits are flushed by [`Guard`].
 pub fn stderr() -> (NonBlocking, Guard) {
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let seen = dropped.clone();
+    let counts = Arc::new(Counts::default());
+    let seen = counts.clone();
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
@@ -35,14 +43,16 @@ pub fn stderr() -> (NonBlocking, Guard) {
             // thread, so logging costs the hot path no syscall.
             while let Ok(line) = rx.recv() {
                 let _ = stderr.lock().write_all(&line);
+                seen.written.fetch_add(1, Ordering::Release);
                 loop {
                     let mut out = stderr.lock();
                     let mut wrote = false;
                     while let Ok(more) = rx.try_recv() {
                         let _ = out.write_all(&more);
+                        seen.written.fetch_add(1, Ordering::Release);
                         wrote = true;
                     }
-                    let d = seen.load(Ordering::Relaxed);
+                    let d = seen.dropped.load(Ordering::Relaxed);
                     if d > reported {
                         let _ = writeln!(
                             out,
@@ -64,11 +74,12 @@ pub fn stderr() -> (NonBlocking, Guard) {
     (
         NonBlocking {
             tx: tx.clone(),
-            dropped,
+            counts: counts.clone(),
         },
         Guard {
             tx: Some(tx),
             thread: Some(thread),
+            counts,
         },
     )
 }
@@ -77,18 +88,35 @@ pub fn stderr() -> (NonBlocking, Guard) {
 pub struct Guard {
     tx: Option<SyncSender<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    counts: Arc<Counts>,
+}
+
+impl Guard {
+    /// Waits until the thread has written every line queued so far (other senders live in the
+    /// global subscriber, so the thread itself does not end), half a second at most for a
+    /// stalled stderr. True if everything was written.
+    fn drain(&mut self) -> bool {
+        drop(self.tx.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let queued = self.counts.queued.load(Ordering::Acquire);
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        loop {
+            if self.counts.written.load(Ordering::Acquire) >= queued {
+                return true;
+            }
+            if t.is_finished() || std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        // Other senders live in the global subscriber; give the writer a moment to drain.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
-        if let Some(t) = self.thread.take() {
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        self.drain();
     }
 }
 
@@ -96,7 +124,7 @@ impl Drop for Guard {
 pub struct Line {
     buf: Vec<u8>,
     tx: SyncSender<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl Write for Line {
@@ -115,10 +143,13 @@ impl Drop for Line {
         if self.buf.is_empty() {
             return;
         }
+        // Counted before it is sent, so the writer can never have written more than was queued.
+        self.counts.queued.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(std::mem::take(&mut self.buf)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counts.queued.fetch_sub(1, Ordering::AcqRel);
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -131,7 +162,28 @@ impl<'a> MakeWriter<'a> for NonBlocking {
         Line {
             buf: Vec::with_capacity(256),
             tx: self.tx.clone(),
-            dropped: self.dropped.clone(),
+            counts: self.counts.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The global subscriber keeps a sender alive, so the guard cannot wait for the thread to
+    /// end: it waits for the queued lines only, and a short-lived command exits at once.
+    #[test]
+    fn guard_waits_for_queued_lines_not_for_the_thread() {
+        let (nb, guard) = stderr();
+        let counts = nb.counts.clone();
+        for _ in 0..3 {
+            let mut line = nb.make_writer();
+            line.write_all(b"logwriter test line\n").unwrap();
+        }
+        let mut guard = guard;
+        assert!(guard.drain(), "the guard gave up waiting");
+        assert_eq!(counts.written.load(Ordering::Acquire), 3);
+        drop(nb);
     }
 }
