@@ -236,8 +236,13 @@ if [[ " ${what[*]} " == *" oci "* ]]; then
   image=127.0.0.1:$port/bench/kairos:v1
   skopeo copy --quiet --dest-tls-verify=false "oci:$layout:v1" "docker://$image"
   raw=$(du -sb /usr/lib/x86_64-linux-gnu /usr/bin /usr/libexec | awk '{ s += $1 } END { printf "%d", s / 1048576 }')
-  timed() { # cmd... -> prints "seconds peak_kib"
-    sync; /usr/bin/time -o "$tmp/time" -f "%e %M" "$@" >/dev/null 2>&1; tail -1 "$tmp/time"
+  timed() { # cmd... -> prints "seconds peak_kib"; a failed command stops the bench
+    local s e
+    sync; s=$(date +%s.%N)
+    /usr/bin/time -o "$tmp/time" -f "%M %x" "$@" >/dev/null 2>"$tmp/timed.err" ||
+      { echo "bench command failed: $*" >&2; cat "$tmp/timed.err" >&2; kill $$; }
+    e=$(date +%s.%N)
+    awk -v a="$s" -v b="$e" -v m="$(tail -1 "$tmp/time" | cut -d' ' -f1)" 'BEGIN { printf "%.3f %s\n", b - a, m }'
   }
   pipeline() {
     rm -rf "$work/p"; mkdir -p "$work/p/iso/boot"

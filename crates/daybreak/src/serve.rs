@@ -171,9 +171,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?);
 
-    let cancel = CancellationToken::new();
-    let mut background = tokio::task::JoinSet::new();
-    let mut http_servers = tokio::task::JoinSet::new();
+    let mut tasks = Tasks::default();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         ipxe = ipxe::VERSION,
@@ -189,9 +187,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 binaries,
                 boot_files,
                 &ifaces,
-                &cancel,
-                &mut background,
-                &mut http_servers,
+                &mut tasks,
             )
             .await?,
         );
@@ -212,12 +208,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             listener.local_addr()?,
             files.names().collect::<Vec<_>>().join(", ")
         );
-        http_servers.spawn(crate::http::serve(
-            listener,
-            Arc::new(files),
-            cancel.clone(),
-            SHUTDOWN_GRACE,
-        ));
+        tasks.http(listener, Arc::new(files));
     }
     tracing::info!("ready");
 
@@ -226,10 +217,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         "{signal}: shutting down (up to {}s for open downloads; again to force)",
         SHUTDOWN_GRACE.as_secs()
     );
-    cancel.cancel();
-    background.abort_all();
+    tasks.cancel.cancel();
+    tasks.background.abort_all();
     tokio::select! {
-        _ = async { while http_servers.join_next().await.is_some() {} } => {}
+        _ = async { while tasks.http.join_next().await.is_some() {} } => {}
         s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
     }
     match counters {
@@ -245,8 +236,31 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
 type Counters = (Arc<DhcpStats>, Arc<tftp::Stats>);
 
+/// What runs until shutdown: HTTP servers, which finish their downloads within the grace period
+/// once `cancel` fires, and background tasks (TFTP, ProxyDHCP), which are aborted.
+#[derive(Default)]
+struct Tasks {
+    cancel: CancellationToken,
+    http: tokio::task::JoinSet<()>,
+    background: tokio::task::JoinSet<()>,
+}
+
+impl Tasks {
+    fn http<R: crate::http::Router + 'static>(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        router: Arc<R>,
+    ) {
+        self.http.spawn(crate::http::serve(
+            listener,
+            router,
+            self.cancel.clone(),
+            SHUTDOWN_GRACE,
+        ));
+    }
+}
+
 /// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
-#[allow(clippy::too_many_arguments)]
 async fn start_netboot(
     opts: &ServeOptions,
     plan_input: &PlanInput,
@@ -254,9 +268,7 @@ async fn start_netboot(
     binaries: tftp::Files,
     boot_files: pxe::BootFiles,
     ifaces: &[(String, u32, Ipv4Addr)],
-    cancel: &CancellationToken,
-    background: &mut tokio::task::JoinSet<()>,
-    http_servers: &mut tokio::task::JoinSet<()>,
+    tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
     let http_addr = SocketAddr::from((opts.listen, plan_input.http_port));
     let listener = tokio::net::TcpListener::bind(http_addr)
@@ -361,14 +373,14 @@ async fn start_netboot(
 
     let files: tftp::Files = binaries;
     let tftp_stats = Arc::new(tftp::Stats::default());
-    background.spawn(tftp::run(
+    tasks.background.spawn(tftp::run(
         tftp_sock,
         Arc::new(files),
         tftp::Limits::default(),
         tftp_stats.clone(),
     ));
     for (sock, port) in dhcp_sockets {
-        background.spawn(pxe::driver::run(
+        tasks.background.spawn(pxe::driver::run(
             sock,
             port,
             dhcp_config.clone(),
@@ -376,12 +388,7 @@ async fn start_netboot(
         ));
     }
 
-    http_servers.spawn(crate::http::serve(
-        listener,
-        plan,
-        cancel.clone(),
-        SHUTDOWN_GRACE,
-    ));
+    tasks.http(listener, plan);
     Ok((dhcp_stats, tftp_stats))
 }
 
