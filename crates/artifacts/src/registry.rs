@@ -189,6 +189,18 @@ pub fn is_local(registry: &str) -> bool {
             .is_ok_and(|a| a.is_loopback())
 }
 
+/// Puts the two TLS failures users meet into words before the library's own: a registry that
+/// speaks plain HTTP, and a certificate nobody vouches for.
+fn explain_tls(why: &str) -> String {
+    if why.contains("InvalidContentType") {
+        format!("it answers in plain HTTP, not HTTPS ({why})")
+    } else if why.contains("UnknownIssuer") || why.contains("invalid peer certificate") {
+        format!("its TLS certificate is not trusted, self-signed or from a private CA ({why})")
+    } else {
+        why.to_string()
+    }
+}
+
 /// A `WWW-Authenticate` challenge: scheme and its parameters.
 fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
@@ -259,7 +271,7 @@ impl Client {
     fn unreachable(&self, why: impl std::fmt::Display) -> RegistryError {
         RegistryError::Unreachable {
             registry: self.image.registry.clone(),
-            why: why.to_string(),
+            why: explain_tls(&why.to_string()),
         }
     }
 

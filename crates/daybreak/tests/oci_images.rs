@@ -414,11 +414,74 @@ fn self_signed_registry_needs_allow_insecure_registries() {
     let image = reg.push(&layout, "v1", "tls/img");
     let state = work.join("state");
     let (ok, err) = netboot(&image, &work.join("o1"), &state, &[], &[]);
-    assert!(!ok && err.contains("allow-insecure-registries"), "{err}");
+    assert!(
+        !ok && err.contains("certificate is not trusted")
+            && err.contains("allow-insecure-registries"),
+        "{err}"
+    );
     let out = work.join("o2");
     let (ok, err) = netboot(&image, &out, &state, &["--allow-insecure-registries"], &[]);
     assert!(ok, "{err}");
     check_merged(&out, &work, "amd64");
+}
+
+/// A plain-HTTP registry that is not on loopback (a LAN registry without TLS): refused without
+/// `--allow-insecure-registries`, with an error that names it; pulled with it. In a private
+/// network namespace, on a veth address.
+#[test]
+fn plain_http_registry_off_loopback_needs_allow_insecure_registries() {
+    if !require(true, &["docker-registry", "skopeo", "unshare", "ip"]) {
+        return;
+    }
+    let work = tempdir("oci-lan");
+    let layout = work.join("layout");
+    oci::write_layout(&layout, "v1", &[merge_image("amd64")]);
+    let reg = work.join("reg");
+    std::fs::create_dir_all(&reg).unwrap();
+    std::fs::write(
+        reg.join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 10.77.0.1:5000\n  secret: daybreak-test\n",
+            reg.join("data").display()
+        ),
+    )
+    .unwrap();
+    let (w, state) = (work.display(), work.join("state"));
+    let script = format!(
+        "set -u; ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 && ip link set v1 up && ip link set v0 up || exit 90
+         docker-registry serve {w}/reg/config.yml 2>{w}/reg/registry.log & reg=$!; trap 'kill $reg' EXIT
+         for i in $(seq 1 200); do (exec 3<>/dev/tcp/10.77.0.1/5000) 2>/dev/null && break; sleep 0.05; done
+         skopeo copy --quiet --dest-tls-verify=false oci:{w}/layout:v1 docker://10.77.0.1:5000/lan/img:v1 || exit 91
+         {BIN} netboot 10.77.0.1:5000/lan/img:v1 {w}/o1 --state-dir {s} 2>{w}/o1.err; echo $? > {w}/o1.rc
+         {BIN} netboot 10.77.0.1:5000/lan/img:v1 {w}/o2 --state-dir {s} --allow-insecure-registries 2>{w}/o2.err; echo $? > {w}/o2.rc",
+        s = state.display()
+    );
+    let o = output_within(
+        Command::new("unshare").args(["--net", "bash", "-c", &script]),
+        Duration::from_secs(180),
+    );
+    let read = |n: &str| std::fs::read_to_string(work.join(n)).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "setup failed ({:?}): {} {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr),
+        read("reg/registry.log")
+    );
+    let err = read("o1.err");
+    assert!(
+        read("o1.rc").trim() != "0"
+            && err.contains("plain HTTP, not HTTPS")
+            && err.contains("allow-insecure-registries"),
+        "without the flag: {err}"
+    );
+    assert_eq!(
+        read("o2.rc").trim(),
+        "0",
+        "with the flag: {}",
+        read("o2.err")
+    );
+    check_merged(&work.join("o2"), &work, "amd64");
 }
 
 #[test]
