@@ -653,6 +653,68 @@ mod tests {
         assert_eq!(version_cmp(b"-6.1.01", b"-6.1.1"), Ordering::Equal);
     }
 
+    /// `/boot` as real images lay it out; each picks the pair that boots.
+    #[test]
+    fn boot_pairs_of_real_layouts() {
+        let pick = |entries: &[(&str, Option<&str>)]| -> (String, String) {
+            let mut t = Tree::new();
+            for (name, target) in entries {
+                let path = format!("boot/{name}");
+                let kind = match target {
+                    Some(to) => Kind::Symlink(to.as_bytes().to_vec()),
+                    None => Kind::File(FileData::default()),
+                };
+                t.insert(path.as_bytes(), Meta::default(), kind).unwrap();
+            }
+            let p = t.boot_files().unwrap();
+            (p.kernel_name, p.initrd_name)
+        };
+        let names = |k: &str, i: &str| (k.to_string(), i.to_string());
+        // Kairos (kairos-init removes every initrd, then `dracut -f /boot/initrd KVER`).
+        assert_eq!(
+            pick(&[
+                ("vmlinuz", Some("vmlinuz-6.8.0-49-generic")),
+                ("vmlinuz-6.8.0-49-generic", None),
+                ("config-6.8.0-49-generic", None),
+                ("System.map-6.8.0-49-generic", None),
+                ("initrd", None),
+            ]),
+            names("vmlinuz-6.8.0-49-generic", "initrd")
+        );
+        // Debian with two kernels and initramfs-tools' symlinks.
+        assert_eq!(
+            pick(&[
+                ("vmlinuz", Some("vmlinuz-6.1.0-10-amd64")),
+                ("vmlinuz.old", Some("vmlinuz-6.1.0-9-amd64")),
+                ("initrd.img", Some("initrd.img-6.1.0-10-amd64")),
+                ("initrd.img.old", Some("initrd.img-6.1.0-9-amd64")),
+                ("vmlinuz-6.1.0-9-amd64", None),
+                ("vmlinuz-6.1.0-10-amd64", None),
+                ("initrd.img-6.1.0-9-amd64", None),
+                ("initrd.img-6.1.0-10-amd64", None),
+            ]),
+            names("vmlinuz-6.1.0-10-amd64", "initrd.img-6.1.0-10-amd64")
+        );
+        // Fedora, with the rescue pair that must not win.
+        assert_eq!(
+            pick(&[
+                ("vmlinuz-0-rescue-4f1c", None),
+                ("initramfs-0-rescue-4f1c.img", None),
+                ("vmlinuz-6.5.6-300.fc39.x86_64", None),
+                ("initramfs-6.5.6-300.fc39.x86_64.img", None),
+            ]),
+            names(
+                "vmlinuz-6.5.6-300.fc39.x86_64",
+                "initramfs-6.5.6-300.fc39.x86_64.img"
+            )
+        );
+        // Alpine: `vmlinuz-lts` and `initramfs-lts`, no version numbers at all.
+        assert_eq!(
+            pick(&[("vmlinuz-lts", None), ("initramfs-lts", None)]),
+            names("vmlinuz-lts", "initramfs-lts")
+        );
+    }
+
     #[test]
     fn backups_and_unversioned_names_lose() {
         let mut names: Vec<&[u8]> =
