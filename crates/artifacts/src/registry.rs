@@ -511,16 +511,18 @@ impl Client {
             if have > 0 {
                 headers.push(("Range", format!("bytes={have}-")));
             }
+            // One request per attempt: this loop does the retrying (and resumes where it left).
             let resp = match self.get(
                 &format!("{}/blobs/{digest}", self.image.repository),
                 &headers,
-                2,
+                1,
             ) {
                 Ok(r) => r,
-                Err(e) => {
-                    last = e.to_string();
+                Err(RegistryError::Unreachable { why, .. }) => {
+                    last = why;
                     continue;
                 }
+                Err(e) => return Err(e),
             };
             let status = resp.status().as_u16();
             if !(status == 416 && have > 0) {
