@@ -9,84 +9,7 @@ use std::process::Command;
 
 use artifacts::rootfs::{MergeError, Tree};
 use artifacts::squashfs::{Compression, Writer};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A tar layer built entry by entry.
-struct Layer(tar::Builder<Vec<u8>>);
-
-impl Layer {
-    fn new() -> Layer {
-        Layer(tar::Builder::new(Vec::new()))
-    }
-    fn header(ty: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(ty);
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_mtime(1_700_000_000);
-        h.set_size(size);
-        h
-    }
-    fn dir(mut self, path: &str, mode: u32) -> Layer {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0, 0);
-        self.0.append_data(&mut h, path, &[][..]).unwrap();
-        self
-    }
-    fn file(mut self, path: &str, mode: u32, uid: u64, data: &[u8]) -> Layer {
-        let mut h = Self::header(tar::EntryType::Regular, mode, uid, data.len() as u64);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
-    }
-    fn link(mut self, ty: tar::EntryType, path: &str, target: &str) -> Layer {
-        let mut h = Self::header(ty, 0o777, 0, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-    fn special(mut self, ty: tar::EntryType, path: &str, major: u32, minor: u32) -> Layer {
-        let mut h = Self::header(ty, 0o640, 0, 0);
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        self.0.append_data(&mut h, path, &[][..]).unwrap();
-        self
-    }
-    /// An entry whose names go into the header as given, unchecked (tar's builder refuses
-    /// the hostile ones, as it should).
-    fn raw(mut self, ty: tar::EntryType, path: &str, target: &str, data: &[u8]) -> Layer {
-        let mut h = Self::header(ty, 0o644, 0, data.len() as u64);
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
-        gnu.linkname[..target.len()].copy_from_slice(target.as_bytes());
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-        self
-    }
-    /// A file preceded by a PAX header carrying extended attributes.
-    fn file_xattrs(mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> Layer {
-        let keys: Vec<(String, &[u8])> = xattrs
-            .iter()
-            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
-            .collect();
-        self.0
-            .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
-            .unwrap();
-        self.file(path, 0o755, 0, data)
-    }
-    fn bytes(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
-}
+use testkit::{pattern, EntryType, Layer};
 
 fn build(layers: &[Vec<u8>], img: &Path, comp: Compression) -> Result<Tree, MergeError> {
     let f = File::options()
@@ -162,7 +85,7 @@ fn extract(img: &Path, dest: &Path) {
 #[test]
 fn layers_merge_with_whiteouts_links_and_modes() {
     let dir = tempdir("merge");
-    let big = noise(300_000, 7);
+    let big = pattern(300_000, 7);
     let mut sparse = vec![0u8; 400_000];
     sparse[399_999] = 1;
     let l1 = Layer::new()
@@ -175,14 +98,14 @@ fn layers_merge_with_whiteouts_links_and_modes() {
         .dir("opt/app/sub/", 0o755)
         .file("opt/app/sub/deep", 0o644, 0, b"also hidden")
         .file("usr/bin/tool", 0o4755, 1000, &big)
-        .link(tar::EntryType::Link, "usr/bin/tool-again", "usr/bin/tool")
-        .link(tar::EntryType::Symlink, "usr/bin/t", "tool")
-        .link(tar::EntryType::Symlink, "bin", "usr/bin")
+        .link(EntryType::Link, "usr/bin/tool-again", "usr/bin/tool")
+        .link(EntryType::Symlink, "usr/bin/t", "tool")
+        .link(EntryType::Symlink, "bin", "usr/bin")
         .file("var/sparse", 0o644, 0, &sparse)
         .file("var/empty", 0o644, 0, b"")
-        .special(tar::EntryType::Char, "dev/null", 1, 3)
-        .special(tar::EntryType::Block, "dev/loop30", 7, 30)
-        .special(tar::EntryType::Fifo, "run/fifo", 0, 0)
+        .special(EntryType::Char, "dev/null", 1, 3)
+        .special(EntryType::Block, "dev/loop30", 7, 30)
+        .special(EntryType::Fifo, "run/fifo", 0, 0)
         .bytes();
     let l2 = Layer::new()
         .file("etc/.wh.gone", 0o644, 0, b"")
@@ -235,35 +158,35 @@ fn hostile_entries_are_refused_with_layer_and_entry() {
         (
             "absolute",
             Layer::new()
-                .raw(tar::EntryType::Regular, "/etc/passwd", "", b"x")
+                .raw(EntryType::Regular, "/etc/passwd", "", b"x")
                 .bytes(),
             "absolute path",
         ),
         (
             "dotdot",
             Layer::new()
-                .raw(tar::EntryType::Regular, "a/../../etc/passwd", "", b"x")
+                .raw(EntryType::Regular, "a/../../etc/passwd", "", b"x")
                 .bytes(),
             "..",
         ),
         (
             "symlink",
             Layer::new()
-                .raw(tar::EntryType::Symlink, "usr/evil", "../../../etc", b"")
+                .raw(EntryType::Symlink, "usr/evil", "../../../etc", b"")
                 .bytes(),
             "climbs out of the root",
         ),
         (
             "hardlink",
             Layer::new()
-                .raw(tar::EntryType::Link, "evil", "../../etc/shadow", b"")
+                .raw(EntryType::Link, "evil", "../../etc/shadow", b"")
                 .bytes(),
             "hard link",
         ),
         (
             "hardlink-missing",
             Layer::new()
-                .link(tar::EntryType::Link, "evil", "etc/shadow")
+                .link(EntryType::Link, "evil", "etc/shadow")
                 .bytes(),
             "not in the image",
         ),
@@ -285,7 +208,7 @@ fn hostile_entries_are_refused_with_layer_and_entry() {
 fn truncated_layer_is_corrupt() {
     let dir = tempdir("trunc");
     let l = Layer::new()
-        .file("big", 0o644, 0, &noise(200_000, 3))
+        .file("big", 0o644, 0, &pattern(200_000, 3))
         .bytes();
     let err = build(
         &[l[..100_000].to_vec()],
@@ -303,7 +226,7 @@ fn kernel_mounts_the_image() {
         return;
     }
     let dir = tempdir("mount");
-    let data = noise(3_000_000, 11);
+    let data = pattern(3_000_000, 11);
     let l = Layer::new()
         .file("boot/vmlinuz-6.1.0-9", 0o644, 0, b"old")
         .file("data/blob", 0o644, 0, &data)

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    free_tcp_port, free_udp_port, have, output_within, pattern, require, tempdir, Daybreak, BIN,
-};
+use common::{free_tcp_port, free_udp_port, have, output_within, require, tempdir, Daybreak, BIN};
+use testkit::pattern;
 
 const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 const UNDIONLY: &[u8] = include_bytes!("../ipxe/undionly.kpxe");

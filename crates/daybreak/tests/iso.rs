@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_tcp_port, output_within, pattern, require, tempdir, Daybreak, BIN};
+use common::{free_tcp_port, output_within, require, tempdir, Daybreak, BIN};
+use testkit::pattern;
 
 struct Kairos {
     dir: PathBuf,

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::oci::{self, Comp, Image, Registry, E};
-use common::{output_within, pattern, require, tempdir, BIN};
+use common::{output_within, require, tempdir, BIN};
+use testkit::pattern;
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "unsquashfs", "htpasswd"];
 
@@ -554,22 +555,22 @@ fn bad_images_are_refused_and_the_store_stays_empty() {
     let hostile = [
         (
             "absolute",
-            E::Raw(tar::EntryType::Regular, "/etc/passwd", ""),
+            E::Raw(testkit::EntryType::Regular, "/etc/passwd", ""),
             "absolute path",
         ),
         (
             "dotdot",
-            E::Raw(tar::EntryType::Regular, "etc/../../x", ""),
+            E::Raw(testkit::EntryType::Regular, "etc/../../x", ""),
             "path contains ..",
         ),
         (
             "symlink",
-            E::Raw(tar::EntryType::Symlink, "lib/evil", "../../../etc"),
+            E::Raw(testkit::EntryType::Symlink, "lib/evil", "../../../etc"),
             "climbs out of the root",
         ),
         (
             "hardlink",
-            E::Raw(tar::EntryType::Link, "evil", "../etc/shadow"),
+            E::Raw(testkit::EntryType::Link, "evil", "../etc/shadow"),
             "hard link",
         ),
     ];

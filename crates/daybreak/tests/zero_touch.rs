@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::oci::{self, Comp, Image, Registry, E};
-use common::{free_tcp_port, output_within, pattern, require, tempdir, Daybreak, BIN};
+use common::{free_tcp_port, output_within, require, tempdir, Daybreak, BIN};
+use testkit::pattern;
 
 fn image() -> Image {
     Image {

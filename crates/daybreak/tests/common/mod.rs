@@ -84,19 +84,6 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-/// Deterministic bytes for test files.
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// A running `daybreak`, killed on drop; its stderr goes to a log file.
 pub struct Daybreak {
     pub child: Child,

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use testkit::{EntryType, Layer};
 
 /// One entry of a test layer.
 #[derive(Clone)]
@@ -17,7 +18,7 @@ pub enum E {
     Sym(&'static str, &'static str),
     Hard(&'static str, &'static str),
     /// Entry type, name and link name written into the header unchecked (for hostile layers).
-    Raw(tar::EntryType, &'static str, &'static str),
+    Raw(EntryType, &'static str, &'static str),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,46 +34,16 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// The uncompressed tar stream of `entries`.
 pub fn tar_of(entries: &[E]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h.set_mode(0o644);
-        match e {
-            E::Dir(p, mode) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(*mode);
-                b.append_data(&mut h, p, &[][..]).unwrap();
-            }
-            E::File(p, mode, owner, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_uid(*owner);
-                h.set_gid(*owner);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, &data[..]).unwrap();
-            }
-            E::Sym(p, t) | E::Hard(p, t) => {
-                h.set_entry_type(if matches!(e, E::Sym(..)) {
-                    tar::EntryType::Symlink
-                } else {
-                    tar::EntryType::Link
-                });
-                h.set_mode(0o777);
-                b.append_link(&mut h, p, t).unwrap();
-            }
-            E::Raw(ty, p, t) => {
-                h.set_entry_type(*ty);
-                let g = h.as_gnu_mut().unwrap();
-                g.name[..p.len()].copy_from_slice(p.as_bytes());
-                g.linkname[..t.len()].copy_from_slice(t.as_bytes());
-                h.set_cksum();
-                b.append(&h, &[][..]).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
+    entries
+        .iter()
+        .fold(Layer::new(), |l, e| match e {
+            E::Dir(p, mode) => l.dir(p, *mode),
+            E::File(p, mode, owner, data) => l.file(p, *mode, *owner, data),
+            E::Sym(p, t) => l.link(EntryType::Symlink, p, t),
+            E::Hard(p, t) => l.link(EntryType::Link, p, t),
+            E::Raw(ty, p, t) => l.raw(*ty, p, t, b""),
+        })
+        .bytes()
 }
 
 pub fn compress(tar: &[u8], c: Comp) -> Vec<u8> {

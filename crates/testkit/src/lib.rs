@@ -1,0 +1,89 @@
+//! Test data shared by Daybreak's test suites: deterministic bytes, and tar layers built entry by
+//! entry, hostile entries included (tar's own builder refuses those, as it should).
+
+pub use tar::EntryType;
+
+/// Deterministic, incompressible-looking bytes (xorshift), the same for the same seed.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = 0x9e37_79b9u32 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tar layer built entry by entry.
+pub struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    pub fn new() -> Layer {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+    fn header(ty: EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+    pub fn dir(mut self, path: &str, mode: u32) -> Layer {
+        let mut h = Self::header(EntryType::Directory, mode, 0, 0);
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+    pub fn file(mut self, path: &str, mode: u32, uid: u64, data: &[u8]) -> Layer {
+        let mut h = Self::header(EntryType::Regular, mode, uid, data.len() as u64);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+    pub fn link(mut self, ty: EntryType, path: &str, target: &str) -> Layer {
+        let mut h = Self::header(ty, 0o777, 0, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+    pub fn special(mut self, ty: EntryType, path: &str, major: u32, minor: u32) -> Layer {
+        let mut h = Self::header(ty, 0o640, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+    /// An entry whose names go into the header as given, unchecked (tar's builder refuses
+    /// the hostile ones, as it should).
+    pub fn raw(mut self, ty: EntryType, path: &str, target: &str, data: &[u8]) -> Layer {
+        let mut h = Self::header(ty, 0o644, 0, data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        gnu.linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    /// A file preceded by a PAX header carrying extended attributes.
+    pub fn file_xattrs(mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> Layer {
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.0
+            .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        self.file(path, 0o755, 0, data)
+    }
+    pub fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+impl Default for Layer {
+    fn default() -> Layer {
+        Layer::new()
+    }
+}
