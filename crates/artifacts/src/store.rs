@@ -82,10 +82,6 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// What `prune` removed.
 #[derive(Debug, Default, Clone)]
 pub struct Pruned {
@@ -182,7 +178,7 @@ impl Store {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(pid) = pid_of(&name) {
-                    if pid != std::process::id() && !pid_alive(pid) {
+                    if pid != std::process::id() && !crate::write::pid_alive(pid) {
                         p.bytes += du(&e.path());
                         p.entries += 1;
                         let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));

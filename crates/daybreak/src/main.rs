@@ -411,7 +411,11 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    // Stopped by a signal: exit as shells expect (130 for Ctrl-C).
+                    match artifacts::write::interrupted() {
+                        Some(sig) => ExitCode::from(128 + sig as u8),
+                        None => ExitCode::FAILURE,
+                    }
                 }
             };
         }

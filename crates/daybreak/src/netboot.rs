@@ -13,6 +13,12 @@ use crate::progress::Progress;
 /// Explains a write failure in terms of the output directory and what to do.
 fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     let dir = dest.parent().unwrap_or(Path::new("."));
+    if artifacts::write::interrupted().is_some() {
+        return anyhow!(
+            "{e} while writing {}; nothing half-written was left behind",
+            dest.display()
+        );
+    }
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => anyhow!(
             "disk full writing {} ({size} bytes needed); nothing was left behind: free space in {} or choose another OUTDIR",
