@@ -567,8 +567,15 @@ fn version_of<'a>(name: &'a [u8], prefixes: &[&str]) -> Option<&'a [u8]> {
 }
 
 impl Tree {
-    /// Picks the newest kernel in `/boot` (version-aware), and the initrd of the same version
-    /// when there is one, else the newest initrd. Symlinks resolve inside the image. The error
+    /// Picks the kernel and initrd from `/boot`, as a pair that boots:
+    /// 1. the newest kernel (version-aware) that has an initrd of its own version
+    ///    (`initrd.img-V`, `initramfs-V.img`, `initrd-V`);
+    /// 2. else, with an unversioned initrd (Kairos builds exactly one, `/boot/initrd`, for the
+    ///    kernel `/boot/vmlinuz` points at), the kernel the unversioned kernel name resolves
+    ///    to, or the newest;
+    /// 3. else the newest kernel and the newest initrd.
+    ///
+    /// Backups (`.old`, `.bak`, `~`) never win. Symlinks resolve inside the image. The error
     /// lists what `/boot` holds.
     pub fn boot_files(&self) -> Result<BootPick, String> {
         let listing = || -> String {
@@ -608,26 +615,53 @@ impl Tree {
             v
         };
         let kernels = candidates(&KERNEL_PREFIXES);
-        let Some((kname, kernel)) = kernels.last().cloned() else {
+        let initrds = candidates(&INITRD_PREFIXES);
+        let Some(newest) = kernels.last().cloned() else {
             return Err(format!(
                 "no kernel (vmlinuz*, Image*, …) in /boot; {}",
                 listing()
             ));
         };
-        let initrds = candidates(&INITRD_PREFIXES);
-        let kver = version_of(&kname, &KERNEL_PREFIXES).unwrap_or_default();
-        let kver = kver.strip_prefix(b"-").unwrap_or(kver);
-        let same = initrds
-            .iter()
-            .rev()
-            .find(|(n, _)| !kver.is_empty() && n.windows(kver.len()).any(|w| w == kver))
-            .or(initrds.last());
-        let Some((iname, initrd)) = same.cloned() else {
+        let Some(newest_initrd) = initrds.last().cloned() else {
             return Err(format!(
                 "no initrd (initrd*, initramfs*) in /boot; {}",
                 listing()
             ));
         };
+        let version = |name: &[u8], prefixes: &[&str]| -> Vec<u8> {
+            let v = version_of(name, prefixes).unwrap_or_default();
+            let v = v.strip_prefix(b".img").unwrap_or(v);
+            let v = v.strip_prefix(b"-").unwrap_or(v);
+            v.strip_suffix(b".img").unwrap_or(v).to_vec()
+        };
+        let own_initrd = |k: &(Vec<u8>, usize)| {
+            let kv = version(&k.0, &KERNEL_PREFIXES);
+            initrds
+                .iter()
+                .rev()
+                .find(|i| {
+                    !kv.is_empty() && boot_rank(&kv) > 0 && version(&i.0, &INITRD_PREFIXES) == kv
+                })
+                .map(|i| (k.clone(), i.clone()))
+        };
+        let unversioned = |list: &[(Vec<u8>, usize)], prefixes: &[&str]| {
+            list.iter()
+                .find(|(n, _)| boot_rank(version_of(n, prefixes).unwrap_or_default()) == 1)
+                .cloned()
+        };
+        let ((kname, kernel), (iname, initrd)) = kernels
+            .iter()
+            .rev()
+            .find_map(own_initrd)
+            .or_else(|| {
+                let i = unversioned(&initrds, &INITRD_PREFIXES)?;
+                // The kernel the image names without a version, reported by its own name.
+                let k = unversioned(&kernels, &KERNEL_PREFIXES)
+                    .and_then(|(_, id)| kernels.iter().rev().find(|k| k.1 == id).cloned())
+                    .unwrap_or_else(|| newest.clone());
+                Some((k, i))
+            })
+            .unwrap_or((newest, newest_initrd));
         Ok(BootPick {
             kernel_name: display(&kname),
             kernel,
@@ -680,6 +714,35 @@ mod tests {
                 ("initrd", None),
             ]),
             names("vmlinuz-6.8.0-49-generic", "initrd")
+        );
+        // Kairos with a second, newer kernel installed: /boot/initrd was built for the kernel
+        // /boot/vmlinuz points at, so that is the pair (the newer kernel has no initrd).
+        assert_eq!(
+            pick(&[
+                ("vmlinuz", Some("vmlinuz-6.8.0-49-generic")),
+                ("vmlinuz-6.8.0-49-generic", None),
+                ("vmlinuz-6.11.0-9-generic", None),
+                ("initrd", None),
+            ]),
+            names("vmlinuz-6.8.0-49-generic", "initrd")
+        );
+        // A newer kernel whose initrd was never generated loses to an older complete pair.
+        assert_eq!(
+            pick(&[
+                ("vmlinuz-6.1.0-9-amd64", None),
+                ("vmlinuz-6.1.0-10-amd64", None),
+                ("initrd.img-6.1.0-9-amd64", None),
+            ]),
+            names("vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64")
+        );
+        // Arch: the fallback initramfs is not the kernel's own.
+        assert_eq!(
+            pick(&[
+                ("vmlinuz-linux", None),
+                ("initramfs-linux-fallback.img", None),
+                ("initramfs-linux.img", None),
+            ]),
+            names("vmlinuz-linux", "initramfs-linux.img")
         );
         // Debian with two kernels and initramfs-tools' symlinks.
         assert_eq!(

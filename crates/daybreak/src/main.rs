@@ -140,7 +140,8 @@ kairos.iso, https://…/x.iso     a Kairos ISO, read without mounting it (no roo
                                  /boot/kernel, /boot/initrd and /rootfs.squashfs are copied out\n\n\
 An OCI image is pulled (layers in parallel, resumable, every blob checked against its digest), its \
 layers are merged with the OCI whiteout rules and streamed straight into a squashfs (1 MiB blocks, \
-compressed on every core), and the newest kernel and initrd in its /boot are taken. The result is \
+compressed on every core). From its /boot comes the newest kernel that has an initrd of its own \
+version, or else the pair /boot/vmlinuz and /boot/initrd name (as Kairos images have). The result is \
 kept in STATE_DIR/artifacts/<digest>/, so the same image is never built twice: the next run costs \
 one manifest request (none for a digest, and without a network the last known digest is used). \
 Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.",
