@@ -52,8 +52,8 @@ written to STATE_DIR/cloud-config.yaml with mode 0600.\n\n\
 Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
     after_help = "Examples:\n  \
 # The Kairos docs' command: netboot an image, with a cloud-config\n  \
-sudo daybreak --set container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 \\\n      \
---cloud-config config.yaml\n\n  \
+sudo daybreak --cloud-config config.yaml --set \\\n    \
+container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3\n\n  \
 # A secret from the command line into the cloud-config template\n  \
 sudo daybreak --set container_image=quay.io/kairos/alpine:3.21-core-amd64-generic-v3.7.2 \\\n      \
 --set kairos.password=s3cret --cloud-config config.yaml\n\n  \
@@ -101,7 +101,7 @@ enum Command {
         long_about = "Serve a kernel, initrds, a root squashfs and a cloud-config to every machine on the \
 LAN that network-boots, next to the DHCP server already there.\n\n\
 The kernel command line is Kairos's default:\n  \
-rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable root=live:<rootfs URL> netboot \
+rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable root=live:<rootfs URL> netboot\n  \
 nodepair.enable config_url=<cloud-config URL> console=tty1 console=ttyS0 console=tty0\n\
 --cmdline replaces it; root=live: and config_url= are still set to this server's URLs when \
 --rootfs and --cloud-config are given. Other files can be put on the command line with \
@@ -110,8 +110,10 @@ Boot chain: PXE firmware gets an iPXE binary over TFTP (undionly.kpxe for BIOS, 
 x64; the binaries are built in), iPXE fetches http://<this host>:<port>/boot.ipxe, which loads the \
 kernel and initrds and boots.",
         after_help = "Examples:\n  \
-daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs --cloud-config config.yaml\n  \
-daybreak serve --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0 quiet' --interface eth1\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\n      \
+--cloud-config config.yaml\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0 quiet' \\\n      \
+--interface eth1\n  \
 daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --http-port 8080"
     )]
     Serve(ServeArgs),
@@ -131,13 +133,14 @@ daybreak start-pixie /work/cloud-config.yaml /work/out/kairos.squashfs 0.0.0.0 8
         long_about = "Turn an image into the three files a netboot needs: PREFIX-kernel, PREFIX-initrd and \
 PREFIX.squashfs in OUTDIR (created if missing). Files appear under their names only once complete.\n\n\
 SOURCE is any of:\n  \
-quay.io/kairos/ubuntu:24.04-…   an image in a registry, by tag or @sha256 digest (also oci://… and docker://…;\n  \
-                                 short names like alpine mean docker.io/library/alpine)\n  \
-file://PATH, ocifile://PATH     a docker-save or OCI-archive tarball\n  \
-PATH                            an OCI layout directory (PATH:TAG picks a tag), a tarball or an ISO\n  \
-dir://PATH                      a root filesystem directory, taken as it is\n  \
-kairos.iso, https://…/x.iso     a Kairos ISO, read without mounting it (no root, no loop device):\n  \
-                                 /boot/kernel, /boot/initrd and /rootfs.squashfs are copied out\n\n\
+quay.io/kairos/ubuntu:24.04-…  a registry image, by tag or @sha256 digest; also oci://…\n                                 \
+and docker://…; alpine means docker.io/library/alpine\n  \
+file://PATH, ocifile://PATH    a docker-save or OCI-archive tarball\n  \
+PATH                           an OCI layout directory (PATH:TAG picks a tag), a tarball,\n                                 \
+or an ISO\n  \
+dir://PATH                     a root filesystem directory, taken as it is\n  \
+kairos.iso, https://…/x.iso    a Kairos ISO, read without mounting it (no root, no loop\n                                 \
+device): /boot/kernel, /boot/initrd, /rootfs.squashfs\n\n\
 An OCI image is pulled (layers in parallel, resumable, every blob checked against its digest), its \
 layers are merged with the OCI whiteout rules and streamed straight into a squashfs (1 MiB blocks, \
 compressed on every core). From its /boot comes the newest kernel that has an initrd of its own \
@@ -147,7 +150,8 @@ one manifest request (none for a digest, and without a network the last known di
 Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.",
         after_help = "Examples:\n  \
 daybreak netboot quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 out\n  \
-daybreak netboot --arch arm64 --compression zstd quay.io/kairos/alpine:3.21-core-arm64-generic-v3.7.2 out\n  \
+daybreak netboot --arch arm64 --compression zstd \\\n      \
+quay.io/kairos/alpine:3.21-core-arm64-generic-v3.7.2 out\n  \
 daybreak netboot file://image.tar out myimage\n  \
 daybreak netboot kairos.iso out kairos     # the Kairos docs' command\n  \
 # each writes out/PREFIX-kernel, out/PREFIX-initrd, out/PREFIX.squashfs"
