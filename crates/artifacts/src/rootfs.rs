@@ -617,10 +617,12 @@ impl Tree {
         let kernels = candidates(&KERNEL_PREFIXES);
         let initrds = candidates(&INITRD_PREFIXES);
         let Some(newest) = kernels.last().cloned() else {
-            return Err(format!(
-                "no kernel (vmlinuz*, Image*, …) in /boot; {}",
-                listing()
-            ));
+            return self.modules_pair().ok_or_else(|| {
+                format!(
+                    "no kernel (vmlinuz*, Image*, …) in /boot, nor a vmlinuz with an initramfs.img in /usr/lib/modules/VERSION; {}",
+                    listing()
+                )
+            });
         };
         let Some(newest_initrd) = initrds.last().cloned() else {
             return Err(format!(
@@ -667,6 +669,29 @@ impl Tree {
             kernel,
             initrd_name: display(&iname),
             initrd,
+        })
+    }
+
+    /// Images that keep the kernel beside its modules and nothing in `/boot` (bootc, Fedora
+    /// CoreOS): `/usr/lib/modules/VERSION/vmlinuz` and `initramfs.img`, newest version first.
+    fn modules_pair(&self) -> Option<BootPick> {
+        let dir = self.resolve(b"/usr/lib/modules", true)?;
+        let mut versions: Vec<&Vec<u8>> = self.children(dir)?.keys().collect();
+        versions.sort_by(|a, b| version_cmp(a, b));
+        versions.into_iter().rev().find_map(|v| {
+            let file = |name: &str| {
+                let path = [b"/usr/lib/modules/", &v[..], b"/", name.as_bytes()].concat();
+                let id = self.resolve(&path, true)?;
+                matches!(self.inodes[id].kind, Kind::File(_)).then(|| (display(&path), id))
+            };
+            let ((kernel_name, kernel), (initrd_name, initrd)) =
+                (file("vmlinuz")?, file("initramfs.img")?);
+            Some(BootPick {
+                kernel_name,
+                kernel,
+                initrd_name,
+                initrd,
+            })
         })
     }
 }
@@ -770,6 +795,32 @@ mod tests {
                 "vmlinuz-6.5.6-300.fc39.x86_64",
                 "initramfs-6.5.6-300.fc39.x86_64.img"
             )
+        );
+        // bootc / Fedora CoreOS: nothing in /boot, the kernel beside its modules.
+        let mut t = Tree::new();
+        for (path, kind) in [
+            ("usr/lib/modules/6.5.6-300.fc39.x86_64/vmlinuz", true),
+            ("usr/lib/modules/6.5.6-300.fc39.x86_64/initramfs.img", true),
+            ("usr/lib/modules/6.10.1-200.fc40.x86_64/vmlinuz", true),
+            ("usr/lib/modules/6.10.1-200.fc40.x86_64/initramfs.img", true),
+            ("usr/lib/modules/6.11.0-1.fc41.x86_64/vmlinuz", true),
+            ("boot", false),
+        ] {
+            let k = if kind {
+                Kind::File(FileData::default())
+            } else {
+                Kind::Dir(BTreeMap::new())
+            };
+            t.insert(path.as_bytes(), Meta::default(), k).unwrap();
+        }
+        let p = t.boot_files().unwrap();
+        assert_eq!(
+            (p.kernel_name.as_str(), p.initrd_name.as_str()),
+            (
+                "/usr/lib/modules/6.10.1-200.fc40.x86_64/vmlinuz",
+                "/usr/lib/modules/6.10.1-200.fc40.x86_64/initramfs.img"
+            ),
+            "the newest version that has both files"
         );
         // Alpine: `vmlinuz-lts` and `initramfs-lts`, no version numbers at all.
         assert_eq!(

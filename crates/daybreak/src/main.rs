@@ -144,7 +144,8 @@ device): /boot/kernel, /boot/initrd, /rootfs.squashfs\n\n\
 An OCI image is pulled (layers in parallel, resumable, every blob checked against its digest), its \
 layers are merged with the OCI whiteout rules and streamed straight into a squashfs (1 MiB blocks, \
 compressed on every core). From its /boot comes the newest kernel that has an initrd of its own \
-version, or else the pair /boot/vmlinuz and /boot/initrd name (as Kairos images have). The result is \
+version, or else the pair /boot/vmlinuz and /boot/initrd name (as Kairos images have); with nothing \
+in /boot, /usr/lib/modules/VERSION/vmlinuz and initramfs.img (bootc images). The result is \
 kept in STATE_DIR/artifacts/<digest>/, so the same image is never built twice: the next run costs \
 one manifest request (none for a digest, and without a network the last known digest is used). \
 Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.",
