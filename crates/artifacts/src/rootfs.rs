@@ -597,10 +597,7 @@ impl Tree {
                 .flatten()
                 .filter(|(n, _)| version_of(n, prefixes).is_some())
                 .filter_map(|(n, _)| {
-                    let mut p = b"/boot/".to_vec();
-                    p.extend_from_slice(n);
-                    let id = self.resolve(&p, true)?;
-                    matches!(self.inodes[id].kind, Kind::File(_)).then(|| (n.clone(), id))
+                    Some((n.clone(), self.file_at(&[b"/boot/", &n[..]].concat())?))
                 })
                 .collect();
             v.sort_by(|a, b| {
@@ -638,12 +635,13 @@ impl Tree {
         };
         let own_initrd = |k: &(Vec<u8>, usize)| {
             let kv = version(&k.0, &KERNEL_PREFIXES);
+            if kv.is_empty() || boot_rank(&kv) == 0 {
+                return None;
+            }
             initrds
                 .iter()
                 .rev()
-                .find(|i| {
-                    !kv.is_empty() && boot_rank(&kv) > 0 && version(&i.0, &INITRD_PREFIXES) == kv
-                })
+                .find(|i| version(&i.0, &INITRD_PREFIXES) == kv)
                 .map(|i| (k.clone(), i.clone()))
         };
         let unversioned = |list: &[(Vec<u8>, usize)], prefixes: &[&str]| {
@@ -672,6 +670,12 @@ impl Tree {
         })
     }
 
+    /// The regular file at `path`, symlinks followed inside the image.
+    fn file_at(&self, path: &[u8]) -> Option<usize> {
+        let id = self.resolve(path, true)?;
+        matches!(self.inodes[id].kind, Kind::File(_)).then_some(id)
+    }
+
     /// Images that keep the kernel beside its modules and nothing in `/boot` (bootc, Fedora
     /// CoreOS): `/usr/lib/modules/VERSION/vmlinuz` and `initramfs.img`, newest version first.
     fn modules_pair(&self) -> Option<BootPick> {
@@ -681,8 +685,7 @@ impl Tree {
         versions.into_iter().rev().find_map(|v| {
             let file = |name: &str| {
                 let path = [b"/usr/lib/modules/", &v[..], b"/", name.as_bytes()].concat();
-                let id = self.resolve(&path, true)?;
-                matches!(self.inodes[id].kind, Kind::File(_)).then(|| (display(&path), id))
+                Some((display(&path), self.file_at(&path)?))
             };
             let ((kernel_name, kernel), (initrd_name, initrd)) =
                 (file("vmlinuz")?, file("initramfs.img")?);
