@@ -550,8 +550,7 @@ mod tests {
 
     #[test]
     fn not_an_iso_and_truncated() {
-        let dir = std::env::temp_dir().join(format!("daybreak-iso-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("iso-unit");
         let p = dir.join("zeros.iso");
         std::fs::write(&p, vec![0u8; 40 * 2048]).unwrap();
         assert!(matches!(Iso::open(&p), Err(IsoError::NotIso { .. })));
@@ -568,8 +567,7 @@ mod tests {
     #[test]
     fn hostile_directory_records_are_errors() {
         // A PVD whose root directory points past the end of the file.
-        let dir = std::env::temp_dir().join(format!("daybreak-iso-hostile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("iso-hostile");
         let mut img = vec![0u8; 20 * 2048];
         let pvd = &mut img[16 * 2048..17 * 2048];
         pvd[0] = 1;

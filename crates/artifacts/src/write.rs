@@ -518,8 +518,7 @@ mod tests {
 
     #[test]
     fn copies_extents_in_order_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("daybreak-write-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("write");
         let src_path = dir.join("src");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&src_path, &data).unwrap();
@@ -568,9 +567,7 @@ mod tests {
     /// name; a live process's are left alone, and so are other names' temporaries.
     #[test]
     fn stale_temporaries_of_dead_processes_go() {
-        let dir = std::env::temp_dir().join(format!("daybreak-stale-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("stale");
         // PID 1 is alive; the largest PID the kernel can hand out is not.
         let dead = ".out.tmp-4194304";
         for n in [dead, ".out.tmp-1", ".other.tmp-4194304"] {
@@ -593,8 +590,7 @@ mod tests {
     /// same bytes, and the padding of the last direct write is cut off.
     #[test]
     fn chunked_copies_cross_extents() {
-        let dir = std::env::temp_dir().join(format!("daybreak-chunks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("chunks");
         let src_path = dir.join("src");
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
         std::fs::write(&src_path, &data).unwrap();

@@ -38,13 +38,11 @@ fn serve(data: Vec<u8>, sum: Sum, drops: usize) -> Server {
 }
 
 fn data() -> Vec<u8> {
-    common::data(3_000_000)
+    testkit::pattern(3_000_000, 1)
 }
 
 fn dest(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daybreak-dl-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d.join("cache/x.iso")
+    testkit::tempdir(&format!("dl-{tag}")).join("cache/x.iso")
 }
 
 #[test]

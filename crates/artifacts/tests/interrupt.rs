@@ -23,9 +23,7 @@ fn a_signal_mid_copy_leaves_nothing_behind() {
     // copy respects; the test wants the usual default.
     // SAFETY: resetting a signal to its default action in this single-test process.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-    let dir = std::env::temp_dir().join(format!("daybreak-interrupt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::tempdir("interrupt");
     let src_path = dir.join("src");
     let len = 80u64 << 20;
     std::fs::write(&src_path, testkit::pattern(len as usize, 9)).unwrap();

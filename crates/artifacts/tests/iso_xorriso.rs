@@ -4,7 +4,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use testkit::pattern;
+use testkit::{pattern, tempdir};
 
 use artifacts::iso::{Entry, Iso, IsoError};
 
@@ -21,13 +21,6 @@ fn have_xorriso() -> bool {
         eprintln!("skipped: xorriso not installed (scripts/install-deps.sh installs it)");
     }
     ok
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daybreak-iso-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 struct Tree {
@@ -114,7 +107,7 @@ fn rock_ridge_and_joliet_with_symlinked_kernel() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("rrj");
+    let dir = tempdir("iso-rrj");
     let t = tree(&dir, true);
     let iso = mkisofs(&dir, "rrj.iso", &["-R", "-J"], &t.root);
     check(&iso, &t);
@@ -136,7 +129,7 @@ fn rock_ridge_only_with_symlinked_kernel() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("rr");
+    let dir = tempdir("iso-rr");
     let t = tree(&dir, true);
     check(&mkisofs(&dir, "rr.iso", &["-R"], &t.root), &t);
 }
@@ -146,7 +139,7 @@ fn joliet_only() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("joliet");
+    let dir = tempdir("iso-joliet");
     let t = tree(&dir, false);
     check(&mkisofs(&dir, "j.iso", &["-J"], &t.root), &t);
 }
@@ -156,7 +149,7 @@ fn plain_iso9660_level3() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("plain");
+    let dir = tempdir("iso-plain");
     let t = tree(&dir, false);
     check(
         &mkisofs(&dir, "plain.iso", &["-iso-level", "3"], &t.root),
@@ -170,7 +163,7 @@ fn multi_extent_file_over_4gib() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("big");
+    let dir = tempdir("iso-big");
     let t = tree(&dir, false);
     let big = t.root.join("rootfs.squashfs");
     let size: u64 = (4 << 30) + 12_345;
@@ -240,7 +233,7 @@ fn missing_files_list_what_the_iso_holds() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("missing");
+    let dir = tempdir("iso-missing");
     let t = tree(&dir, false);
     std::fs::remove_file(t.root.join("boot/initrd")).unwrap();
     let iso = mkisofs(&dir, "noinitrd.iso", &["-R", "-J"], &t.root);
@@ -260,7 +253,7 @@ fn truncated_iso_is_reported_as_truncated() {
     if !have_xorriso() {
         return;
     }
-    let dir = tempdir("trunc");
+    let dir = tempdir("iso-trunc");
     let t = tree(&dir, false);
     let iso = mkisofs(&dir, "t.iso", &["-R", "-J"], &t.root);
     let len = std::fs::metadata(&iso).unwrap().len();

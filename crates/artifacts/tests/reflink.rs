@@ -53,8 +53,7 @@ fn aligned_extents_are_cloned_on_xfs() {
         eprintln!("skipped: needs root, loop devices, mkfs.xfs (xfsprogs) and filefrag");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("daybreak-reflink-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = testkit::tempdir("reflink");
     std::fs::create_dir_all(dir.join("mnt")).unwrap();
     let img = dir.join("xfs.img");
     File::create(&img).unwrap().set_len(512 << 20).unwrap();

@@ -26,14 +26,12 @@ fn routes(blob: &[u8], served: Vec<u8>) -> (Vec<(String, Vec<u8>)>, String) {
 }
 
 fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("daybreak-pull-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    testkit::tempdir(&format!("pull-{tag}"))
 }
 
 #[test]
 fn dropped_blob_download_resumes_and_verifies() {
-    let blob = common::data(2_000_000);
+    let blob = testkit::pattern(2_000_000, 2);
     let (routes, digest) = routes(&blob, blob.clone());
     let srv = common::serve(routes, &format!("/v2/test/img/blobs/{digest}"), 1);
     let host = srv.base.trim_start_matches("http://");
@@ -51,7 +49,7 @@ fn dropped_blob_download_resumes_and_verifies() {
 
 #[test]
 fn blob_with_wrong_bytes_is_refused_and_not_cached() {
-    let blob = common::data(500_000);
+    let blob = testkit::pattern(500_000, 3);
     let mut evil = blob.clone();
     evil[1234] ^= 1;
     let (routes, digest) = routes(&blob, evil);
@@ -85,7 +83,7 @@ fn blob_with_wrong_bytes_is_refused_and_not_cached() {
 
 #[test]
 fn bearer_token_from_the_realm_the_registry_names() {
-    let blob = common::data(300_000);
+    let blob = testkit::pattern(300_000, 4);
     let (routes, digest) = routes(&blob, blob.clone());
     let srv = common::serve_auth(routes, "", 0, Some("tok-123"));
     let host = srv.base.trim_start_matches("http://");

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use artifacts::rootfs::{MergeError, Tree};
 use artifacts::squashfs::{Compression, Writer};
-use testkit::{pattern, EntryType, Layer};
+use testkit::{pattern, tempdir, EntryType, Layer};
 
 fn build(layers: &[Vec<u8>], img: &Path, comp: Compression) -> Result<Tree, MergeError> {
     let f = File::options()
@@ -87,7 +87,7 @@ fn extract(img: &Path, dest: &Path, xattrs: bool) {
 
 #[test]
 fn layers_merge_with_whiteouts_links_and_modes() {
-    let dir = tempdir("merge");
+    let dir = tempdir("sq-merge");
     let big = pattern(300_000, 7);
     let mut sparse = vec![0u8; 400_000];
     sparse[399_999] = 1;
@@ -156,7 +156,7 @@ fn layers_merge_with_whiteouts_links_and_modes() {
 
 #[test]
 fn hostile_entries_are_refused_with_layer_and_entry() {
-    let dir = tempdir("hostile");
+    let dir = tempdir("sq-hostile");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "absolute",
@@ -209,7 +209,7 @@ fn hostile_entries_are_refused_with_layer_and_entry() {
 
 #[test]
 fn truncated_layer_is_corrupt() {
-    let dir = tempdir("trunc");
+    let dir = tempdir("sq-trunc");
     let l = Layer::new()
         .file("big", 0o644, 0, &pattern(200_000, 3))
         .bytes();
@@ -228,7 +228,7 @@ fn kernel_mounts_the_image() {
         eprintln!("not root or no loop devices: the kernel mount check is skipped");
         return;
     }
-    let dir = tempdir("mount");
+    let dir = tempdir("sq-mount");
     let data = pattern(3_000_000, 11);
     let l = Layer::new()
         .file("boot/vmlinuz-6.1.0-9", 0o644, 0, b"old")
@@ -263,13 +263,6 @@ fn kernel_mounts_the_image() {
     assert_eq!(small.unwrap(), b"small");
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("daybreak-sq-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -289,7 +282,7 @@ fn extended_attributes_are_kept() {
         eprintln!("not root: unsquashfs cannot restore security.* attributes; skipped");
         return;
     }
-    let dir = tempdir("xattr");
+    let dir = tempdir("sq-xattr");
     let cap: &[u8] = &[
         1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];

@@ -1,7 +1,18 @@
 //! Test data shared by Daybreak's test suites: deterministic bytes, and tar layers built entry by
 //! entry, hostile entries included (tar's own builder refuses those, as it should).
 
+use std::path::PathBuf;
+
 pub use tar::EntryType;
+
+/// A fresh, empty directory for one test: `daybreak-TAG-PID` in the system temp dir (emptied
+/// first if an earlier run of the same process id left it behind).
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daybreak-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// Deterministic, incompressible-looking bytes (xorshift), the same for the same seed.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {

@@ -129,10 +129,3 @@ pub fn serve_auth(
         ranged,
     }
 }
-
-/// Deterministic test data.
-pub fn data(len: u32) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}

@@ -74,14 +74,7 @@ pub fn free_udp_port() -> u16 {
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "daybreak-test-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::tempdir(&format!("test-{tag}"))
 }
 
 /// A running `daybreak`, killed on drop; its stderr goes to a log file.
