@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
-use artifacts::iso::{Entry, Iso};
+use artifacts::iso::Iso;
 
 use crate::progress::Progress;
 
@@ -133,6 +133,15 @@ pub fn is_iso(source: &str) -> anyhow::Result<bool> {
         ))
 }
 
+/// AuroraBoot's output names: `PREFIX-kernel`, `PREFIX-initrd`, `PREFIX.squashfs`.
+fn output_names(prefix: &str) -> [String; 3] {
+    [
+        format!("{prefix}-kernel"),
+        format!("{prefix}-initrd"),
+        format!("{prefix}.squashfs"),
+    ]
+}
+
 pub fn run(
     source: &str,
     outdir: &Path,
@@ -145,13 +154,11 @@ pub fn run(
         let got = obtain_image(source, state_dir, opts)?;
         create_outdir(outdir)?;
         let a = &got.artifacts;
-        let jobs = [
-            (a.kernel(), format!("{prefix}-kernel")),
-            (a.initrd(), format!("{prefix}-initrd")),
-            (a.rootfs(), format!("{prefix}.squashfs")),
-        ];
         let mut written = Vec::new();
-        for (src, name) in jobs {
+        for (src, name) in [a.kernel(), a.initrd(), a.rootfs()]
+            .into_iter()
+            .zip(output_names(prefix))
+        {
             let dest = outdir.join(&name);
             if !artifacts::write::link_atomic(&src, &dest) {
                 let f = std::fs::File::open(&src)
@@ -172,13 +179,11 @@ pub fn run(
     create_outdir(outdir)?;
     let src =
         std::fs::File::open(source).with_context(|| format!("cannot read {}", source.display()))?;
-    let jobs: [(&Entry, String); 3] = [
-        (&files.kernel, format!("{prefix}-kernel")),
-        (&files.initrd, format!("{prefix}-initrd")),
-        (&files.rootfs, format!("{prefix}.squashfs")),
-    ];
     let mut written = Vec::new();
-    for (entry, name) in jobs {
+    for (entry, name) in [&files.kernel, &files.initrd, &files.rootfs]
+        .into_iter()
+        .zip(output_names(prefix))
+    {
         let dest = outdir.join(&name);
         let mut bar = Progress::new(&name, entry.size());
         artifacts::write::copy_extents_atomic(&src, &entry.extents, &dest, &mut |n| bar.update(n))
