@@ -56,12 +56,15 @@ pub fn copy_extents_atomic(
         }
         if clone_extents(src, extents, out)? {
             progress(extents.iter().map(|e| e.len).sum());
-            Ok(())
-        } else if set_direct(out, true) {
-            copy_direct(src, extents, out, CHUNK, progress)
-        } else {
-            copy_in_kernel(src, extents, out, progress)
+            return Ok(());
         }
+        let direct = set_direct(out, true);
+        if !direct && copy_in_kernel(src, extents, out, progress)? {
+            return Ok(());
+        }
+        // Direct writes, or buffered ones where both O_DIRECT and copy_file_range are refused
+        // (the pipeline then rewrites from the start).
+        copy_direct(src, extents, out, CHUNK, direct, progress)
     })
 }
 
@@ -108,18 +111,21 @@ fn clone_extents(src: &File, extents: &[Extent], out: &File) -> io::Result<bool>
 }
 
 /// Copies the concatenated `extents` of `src` to `out` from offset 0 with `copy_file_range`.
+/// False if the kernel refuses it for these files.
 fn copy_in_kernel(
     src: &File,
     extents: &[Extent],
     out: &File,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut done = 0u64;
     for e in extents {
-        copy_range(src, e.offset, out, done, e.len, progress)?;
+        if !copy_range(src, e.offset, out, done, e.len, progress)? {
+            return Ok(false);
+        }
         done += e.len;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Turns `O_DIRECT` on or off for `f`; false if the filesystem refuses it.
@@ -166,16 +172,17 @@ impl Aligned {
     }
 }
 
-/// Copies the concatenated `extents` of `src` to `out` (opened with `O_DIRECT`) from offset 0,
-/// in buffers of `chunk` bytes: a reader thread fills them, this thread writes them. Every write
-/// but the last starts and ends on a chunk boundary; the last is padded with zeros to `ALIGN`
-/// and the file is then cut to its length. If the filesystem refuses a direct write, the rest is
-/// written buffered.
+/// Copies the concatenated `extents` of `src` to `out` from offset 0, in buffers of `chunk`
+/// bytes: a reader thread fills them, this thread writes them. With `direct` (`out` has
+/// `O_DIRECT`), every write but the last starts and ends on a chunk boundary; the last is padded
+/// with zeros to `ALIGN` and the file is then cut to its length. If the filesystem refuses a
+/// direct write, the rest is written buffered.
 fn copy_direct(
     src: &File,
     extents: &[Extent],
     out: &File,
     chunk: usize,
+    direct: bool,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -221,7 +228,7 @@ fn copy_direct(
             }
             Ok(())
         });
-        let written = write_chunks(full_rx, free_tx, out, progress);
+        let written = write_chunks(full_rx, free_tx, out, direct, progress);
         let read = reader
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the reading thread of a copy panicked")));
@@ -238,9 +245,10 @@ fn write_chunks(
     full: mpsc::Receiver<Aligned>,
     free: mpsc::Sender<Aligned>,
     out: &File,
+    mut direct: bool,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
-    let (mut pos, mut direct) = (0u64, true);
+    let mut pos = 0u64;
     for mut b in full {
         stop_check()?;
         let n = b.filled;
@@ -445,7 +453,8 @@ pub(crate) fn sync_dir(dir: &Path) {
 }
 
 /// Copies `len` bytes from `src` at `src_off` to `dst` at `dst_off`; `progress` gets the running
-/// total of this call plus `dst_off`.
+/// total of this call plus `dst_off`. False if the kernel refuses (other filesystems, old
+/// kernels): the caller copies another way.
 fn copy_range(
     src: &File,
     src_off: u64,
@@ -453,7 +462,7 @@ fn copy_range(
     dst_off: u64,
     len: u64,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let (mut so, mut doff, mut left) = (src_off as i64, dst_off as i64, len);
     while left > 0 {
         stop_check()?;
@@ -472,9 +481,7 @@ fn copy_range(
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
-                    copy_plain(src, so as u64, dst, doff as u64, left, progress)
-                }
+                Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
                 _ => Err(e),
             };
         }
@@ -487,29 +494,7 @@ fn copy_range(
         left -= n as u64;
         progress(doff as u64);
     }
-    Ok(())
-}
-
-fn copy_plain(
-    src: &File,
-    mut src_off: u64,
-    dst: &File,
-    mut dst_off: u64,
-    mut left: u64,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        stop_check()?;
-        let n = left.min(buf.len() as u64) as usize;
-        src.read_exact_at(&mut buf[..n], src_off)?;
-        dst.write_all_at(&buf[..n], dst_off)?;
-        src_off += n as u64;
-        dst_off += n as u64;
-        left -= n as u64;
-        progress(dst_off);
-    }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -620,9 +605,9 @@ mod tests {
         for (i, direct) in [true, false].into_iter().enumerate() {
             let out_path = dir.join(format!("out{i}"));
             let out = File::create(&out_path).unwrap();
-            set_direct(&out, direct);
+            let direct = set_direct(&out, direct) && direct;
             let mut seen = Vec::new();
-            copy_direct(&src, &extents, &out, 8192, &mut |n| seen.push(n)).unwrap();
+            copy_direct(&src, &extents, &out, 8192, direct, &mut |n| seen.push(n)).unwrap();
             drop(out);
             assert_eq!(std::fs::read(&out_path).unwrap(), want, "direct={direct}");
             assert_eq!(seen.last(), Some(&(want.len() as u64)));
@@ -630,7 +615,7 @@ mod tests {
         }
         let out_path = dir.join("in-kernel");
         let out = File::create(&out_path).unwrap();
-        copy_in_kernel(&src, &extents, &out, &mut |_| {}).unwrap();
+        assert!(copy_in_kernel(&src, &extents, &out, &mut |_| {}).unwrap());
         assert_eq!(std::fs::read(&out_path).unwrap(), want);
         // A source shorter than its extents says so.
         let out = File::create(dir.join("short")).unwrap();
@@ -638,7 +623,7 @@ mod tests {
             offset: 290_000,
             len: 50_000,
         }];
-        let err = copy_direct(&src, &past, &out, 8192, &mut |_| {}).unwrap_err();
+        let err = copy_direct(&src, &past, &out, 8192, false, &mut |_| {}).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         std::fs::remove_dir_all(&dir).unwrap();
     }
