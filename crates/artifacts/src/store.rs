@@ -173,26 +173,24 @@ impl Store {
     /// Removes temporary directories and partial blobs left by processes that are gone.
     pub fn clean_stale(&self) -> Pruned {
         let mut p = Pruned::default();
-        let mut check = |dir: &Path, pid_of: &dyn Fn(&str) -> Option<u32>| {
-            let Ok(rd) = fs::read_dir(dir) else { return };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = pid_of(&name) {
-                    if pid != std::process::id() && !crate::write::pid_alive(pid) {
-                        p.bytes += du(&e.path());
-                        p.entries += 1;
-                        let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
-                    }
-                }
-            }
-        };
-        let tmp_pid = |name: &str| -> Option<u32> {
+        // `.tmp-KEY-PID` (a build) and `.old-KEY-PID` (a replaced entry on its way out).
+        let pid_of = |name: &str| -> Option<u32> {
             let rest = name
                 .strip_prefix(".tmp-")
                 .or_else(|| name.strip_prefix(".old-"))?;
             rest.rsplit('-').next()?.parse().ok()
         };
-        check(&self.artifacts_dir(), &tmp_pid);
+        let Ok(rd) = fs::read_dir(self.artifacts_dir()) else {
+            return p;
+        };
+        for e in rd.flatten() {
+            let pid = pid_of(&e.file_name().to_string_lossy());
+            if pid.is_some_and(|pid| pid != std::process::id() && !crate::write::pid_alive(pid)) {
+                p.bytes += du(&e.path());
+                p.entries += 1;
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
         p
     }
 
