@@ -104,11 +104,11 @@ fn published_sha256(agent: &ureq::Agent, url: &str) -> Result<Option<String>, Do
     Ok(Some(hex))
 }
 
-/// The sha256 of a file, in hex.
-pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
+/// The sha256 of a file.
+pub(crate) fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     io::copy(&mut File::open(path)?, &mut h)?;
-    Ok(crate::oci::hex(&h.finalize()))
+    Ok(h.finalize().into())
 }
 
 /// The bytes of a partial download already on disk (where a `Range` request starts).
@@ -234,7 +234,7 @@ pub fn download(
         });
     }
     if let Some(expected) = &expected {
-        let actual = sha256_file(&part).map_err(io_err)?;
+        let actual = crate::digest::hex(&sha256_file(&part).map_err(io_err)?);
         if &actual != expected {
             let _ = std::fs::remove_file(&part);
             return Err(DownloadError::Checksum {

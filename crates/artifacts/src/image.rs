@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::build::{self, BuildError};
+use crate::digest::Digest;
 use crate::oci::{self, Document, LayerBlob, OciError, Reference, Source};
 use crate::registry::{Client, RegistryError};
 use crate::squashfs::Compression;
-use crate::store::{self, Artifacts, Meta, Store};
+use crate::store::{self, Artifacts, Key, Meta, Store};
 
 /// Layers downloaded at once.
 const PARALLEL_PULLS: usize = 3;
@@ -96,6 +97,7 @@ pub struct Request {
     pub state_dir: PathBuf,
 }
 
+#[derive(Debug)]
 pub struct Obtained {
     pub artifacts: Artifacts,
     pub digest: String,
@@ -125,12 +127,10 @@ pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError
                 path: root.clone(),
                 why: e.to_string(),
             })?;
-            let digest = format!(
-                "dir-{}",
-                &oci::sha256_digest(canon.as_os_str().as_encoded_bytes())[7..23]
-            );
+            let key = Key::dir(&canon, req.compression);
+            let digest = key.as_str().to_string();
             report.event(Event::Building { total: 0 });
-            let artifacts = store.put(&Store::key(&digest, req.compression), |tmp| {
+            let artifacts = store.put(&key, |tmp| {
                 let b = build::from_dir(&canon, tmp, req.compression)?;
                 Ok::<_, ImageError>(meta(req, &digest, &b))
             })?;
@@ -163,11 +163,11 @@ fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
 fn cached(
     store: &Store,
     req: &Request,
-    digest: &str,
+    digest: &Digest,
     report: &dyn Report,
     announce: Option<Event>,
 ) -> Option<Obtained> {
-    let a = store.get(&Store::key(digest, req.compression))?;
+    let a = store.get(&Key::image(digest, req.compression))?;
     if let Some(e) = announce {
         report.event(e);
     }
@@ -184,7 +184,7 @@ fn cached(
 fn build_layers(
     req: &Request,
     store: &Store,
-    digest: &str,
+    digest: &Digest,
     sizes: &[u64],
     layer: &mut dyn FnMut(usize) -> Result<LayerBlob, BuildError>,
     report: &dyn Report,
@@ -199,7 +199,7 @@ fn build_layers(
             Some(b)
         })
         .collect();
-    let artifacts = store.put(&Store::key(digest, req.compression), |tmp| {
+    let artifacts = store.put(&Key::image(digest, req.compression), |tmp| {
         let b = build::from_layers(sizes.len(), layer, tmp, req.compression, &mut |i, done| {
             report.event(Event::BuildProgress {
                 done: before[i] + done,
@@ -214,7 +214,7 @@ fn build_layers(
                 if n > 5 { ", …" } else { "" }
             )));
         }
-        Ok::<_, ImageError>(meta(req, digest, &b))
+        Ok::<_, ImageError>(meta(req, digest.as_str(), &b))
     })?;
     report.event(Event::Built {
         dir: artifacts.dir.clone(),
@@ -234,7 +234,7 @@ fn from_local(
 ) -> Result<Obtained, ImageError> {
     report.event(Event::Resolved {
         image: req.source.clone(),
-        digest: img.digest.clone(),
+        digest: img.digest.to_string(),
     });
     if let Some(o) = cached(store, req, &img.digest, report, None) {
         return Ok(o);
@@ -257,29 +257,28 @@ fn from_registry(
     report: &dyn Report,
 ) -> Result<Obtained, ImageError> {
     let name = r.to_string();
-    if r.digest.is_some() {
+    if let Some(pinned) = &r.digest {
         // Pinned: the store answers without asking the registry anything.
         let d = store
             .recall(&name, &req.arch)
-            .or(r.digest.clone())
-            .unwrap_or_default();
+            .unwrap_or_else(|| pinned.clone());
         let resolved = Event::Resolved {
             image: name.clone(),
-            digest: d.clone(),
+            digest: d.to_string(),
         };
         if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
             return Ok(o);
         }
     }
     let client = Client::new(r, req.insecure);
-    let (bytes, digest) = match client.manifest(r.reference()) {
+    let (bytes, digest) = match client.manifest() {
         Ok(m) => m,
         Err(e @ RegistryError::Unreachable { .. }) => {
             // Offline: the last digest this reference resolved to, if it was built.
             if let Some(d) = store.recall(&name, &req.arch) {
                 let offline = Event::Offline {
                     image: name.clone(),
-                    digest: d.clone(),
+                    digest: d.to_string(),
                     why: e.to_string(),
                 };
                 if let Some(o) = cached(store, req, &d, report, Some(offline)) {
@@ -297,19 +296,19 @@ fn from_registry(
         let d = oci::select_platform(list, &req.arch, &name)?.digest.clone();
         let resolved = Event::Resolved {
             image: name.clone(),
-            digest: d.clone(),
+            digest: d.to_string(),
         };
         if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
             store.remember(&name, &req.arch, &d);
             return Ok(o);
         }
-        let (b, _) = client.manifest(&d)?;
-        doc = Document::parse(&b, &d)?;
+        let b = client.manifest_by_digest(&d)?;
+        doc = Document::parse(&b, d.as_str())?;
         digest = d;
     }
     report.event(Event::Resolved {
         image: name.clone(),
-        digest: digest.clone(),
+        digest: digest.to_string(),
     });
     if let Some(o) = cached(store, req, &digest, report, None) {
         store.remember(&name, &req.arch, &digest);
@@ -328,7 +327,7 @@ fn from_registry(
             .iter()
             .map(|l| {
                 (
-                    l.digest.clone(),
+                    l.digest.to_string(),
                     l.size,
                     store.blob_path(&l.digest).is_file(),
                 )
@@ -403,7 +402,7 @@ fn from_registry(
                 size,
                 // Verified on the way into the blob cache.
                 digest: None,
-                name: l.digest.clone(),
+                name: l.digest.to_string(),
             })
         };
         let o = build_layers(req, store, &digest, &sizes, &mut layer, report);

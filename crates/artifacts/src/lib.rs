@@ -6,6 +6,7 @@
 //! file only appears under its final name once it is complete and on disk.
 
 pub mod build;
+pub mod digest;
 pub mod download;
 pub mod image;
 pub mod iso;

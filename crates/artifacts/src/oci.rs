@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::printable;
+pub use crate::digest::Digest;
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -24,7 +27,7 @@ pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.man
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("{0:?} is not an image reference ({1}); write it like quay.io/kairos/ubuntu:24.04 or alpine@sha256:…")]
+    #[error("{shown} is not an image reference ({1}); write it like quay.io/kairos/ubuntu:24.04 or alpine@sha256:…", shown = printable(.0, 200))]
     BadReference(String, String),
     #[error("{path}: {why}")]
     Source { path: PathBuf, why: String },
@@ -39,8 +42,8 @@ pub enum OciError {
     #[error("{what}: content does not match its digest (expected {expected}, got {actual}); the data is corrupt or was tampered with")]
     Digest {
         what: String,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("reading {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -60,19 +63,17 @@ pub struct Reference {
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference, OciError> {
         let bad = |why: &str| OciError::BadReference(s.to_string(), why.to_string());
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => {
-                if !is_digest(d) {
-                    return Err(bad("the digest must be sha256: and 64 hex digits"));
-                }
-                (r, Some(d.to_string()))
-            }
+            Some((r, d)) => match Digest::parse(d) {
+                Ok(d) => (r, Some(d)),
+                Err(_) => return Err(bad("the digest must be sha256: and 64 hex digits")),
+            },
             None => (s, None),
         };
         let (registry, path) = match rest.split_once('/') {
@@ -142,14 +143,6 @@ impl Reference {
         })
     }
 
-    /// What to ask the registry for: the digest when pinned, else the tag.
-    pub fn reference(&self) -> &str {
-        self.digest
-            .as_deref()
-            .or(self.tag.as_deref())
-            .unwrap_or("latest")
-    }
-
     /// The host that serves Docker Hub's API.
     pub fn api_host(&self) -> &str {
         if self.registry == "docker.io" {
@@ -171,22 +164,6 @@ impl std::fmt::Display for Reference {
         }
         Ok(())
     }
-}
-
-pub fn is_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    })
-}
-
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(data)))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where an image comes from, as the user wrote it.
@@ -288,7 +265,8 @@ pub struct Platform {
 pub struct Descriptor {
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
-    pub digest: String,
+    /// Validated while parsing: a document with any malformed digest is refused whole.
+    pub digest: Digest,
     #[serde(default)]
     pub size: u64,
     #[serde(default)]
@@ -316,16 +294,10 @@ impl Document {
             what: what.to_string(),
             why: e.to_string(),
         })?;
-        let ok = match (&d.manifests, &d.layers) {
-            (Some(_), None) => true,
-            (None, Some(l)) => l.iter().all(|l| is_digest(&l.digest)),
-            _ => false,
-        };
-        if !ok {
+        if d.manifests.is_some() == d.layers.is_some() {
             return Err(OciError::BadDocument {
                 what: what.to_string(),
-                why: "neither an index (manifests) nor an image manifest (layers with sha256 digests)"
-                    .into(),
+                why: "neither an index (manifests) nor an image manifest (layers)".into(),
             });
         }
         Ok(d)
@@ -406,7 +378,7 @@ pub struct LayerBlob {
     pub offset: u64,
     pub size: u64,
     /// Expected sha256 of the raw (compressed) bytes; `None` when the source has none to offer.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// Name for messages: the digest, or the member name in an archive.
     pub name: String,
 }
@@ -415,32 +387,33 @@ pub struct LayerBlob {
 #[derive(Debug, Clone)]
 pub struct LocalImage {
     /// The manifest digest (or, for docker-save archives, the image id).
-    pub digest: String,
+    pub digest: Digest,
     pub layers: Vec<LayerBlob>,
 }
 
 /// Reads a blob of an OCI layout directory, checking its digest.
-fn read_layout_blob(dir: &Path, digest: &str, limit: u64) -> Result<Vec<u8>, OciError> {
-    if !is_digest(digest) {
-        return Err(OciError::BadDocument {
-            what: dir.display().to_string(),
-            why: format!("unsupported digest {digest:?}"),
-        });
-    }
-    let path = dir.join("blobs/sha256").join(&digest[7..]);
+fn read_layout_blob(dir: &Path, digest: &Digest, limit: u64) -> Result<Vec<u8>, OciError> {
+    let path = dir.join("blobs/sha256").join(digest.hex());
     let mut data = Vec::new();
     File::open(&path)
         .and_then(|f| f.take(limit).read_to_end(&mut data))
         .map_err(io_err(&path))?;
-    let actual = sha256_digest(&data);
-    if actual != digest {
+    verify_document(&data, digest, &path.display().to_string())?;
+    Ok(data)
+}
+
+/// Checks that `data` is what `expected` names: every document fetched by digest goes
+/// through here, from a layout, an archive or a registry.
+pub fn verify_document(data: &[u8], expected: &Digest, what: &str) -> Result<(), OciError> {
+    let actual = Digest::of(data);
+    if &actual != expected {
         return Err(OciError::Digest {
-            what: path.display().to_string(),
-            expected: digest.to_string(),
+            what: what.to_string(),
+            expected: expected.clone(),
             actual,
         });
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Manifests, indexes and configs are small; anything bigger is refused unread.
@@ -451,7 +424,7 @@ fn resolve_in_layout(
     dir: &Path,
     tag: Option<&str>,
     arch: &str,
-) -> Result<(String, Document), OciError> {
+) -> Result<(Digest, Document), OciError> {
     let index_path = dir.join("index.json");
     let bytes = std::fs::read(&index_path).map_err(io_err(&index_path))?;
     let what = index_path.display().to_string();
@@ -479,12 +452,16 @@ fn resolve_in_layout(
     let mut desc = select_platform(&picked, arch, &what)?.clone();
     for _ in 0..4 {
         let bytes = read_layout_blob(dir, &desc.digest, MAX_DOCUMENT)?;
-        let doc = Document::parse(&bytes, &desc.digest)?;
+        let doc = Document::parse(&bytes, desc.digest.as_str())?;
         if !doc.is_index() {
             return Ok((desc.digest, doc));
         }
-        desc =
-            select_platform(doc.manifests.as_deref().unwrap_or(&[]), arch, &desc.digest)?.clone();
+        desc = select_platform(
+            doc.manifests.as_deref().unwrap_or(&[]),
+            arch,
+            desc.digest.as_str(),
+        )?
+        .clone();
     }
     Err(OciError::BadDocument {
         what,
@@ -500,13 +477,13 @@ pub fn open_layout(dir: &Path, tag: Option<&str>, arch: &str) -> Result<LocalIma
         .unwrap_or_default()
         .into_iter()
         .map(|l| {
-            let path = dir.join("blobs/sha256").join(&l.digest[7..]);
+            let path = dir.join("blobs/sha256").join(l.digest.hex());
             let size = std::fs::metadata(&path).map_err(io_err(&path))?.len();
             Ok(LayerBlob {
                 path,
                 offset: 0,
                 size,
-                name: l.digest.clone(),
+                name: l.digest.to_string(),
                 digest: Some(l.digest),
             })
         })
@@ -566,8 +543,8 @@ pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
             .map_err(io_err(path))?;
         Ok(buf)
     };
-    let blob = |digest: &str, name: String| -> Result<LayerBlob, OciError> {
-        let member = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let blob = |digest: &Digest, name: String| -> Result<LayerBlob, OciError> {
+        let member = format!("blobs/sha256/{}", digest.hex());
         let &(offset, size) = members.get(&member).ok_or_else(|| OciError::Source {
             path: path.to_path_buf(),
             why: format!("the archive lacks {member}"),
@@ -576,7 +553,7 @@ pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
             path: path.to_path_buf(),
             offset,
             size,
-            digest: Some(digest.to_string()),
+            digest: Some(digest.clone()),
             name,
         })
     };
@@ -587,28 +564,22 @@ pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
         let mut desc =
             select_platform(index.manifests.as_deref().unwrap_or(&[]), arch, &what)?.clone();
         for _ in 0..4 {
-            if !is_digest(&desc.digest) {
-                return Err(not_image());
-            }
-            let bytes = read_member(&format!("blobs/sha256/{}", &desc.digest[7..]))?;
-            let actual = sha256_digest(&bytes);
-            if actual != desc.digest {
-                return Err(OciError::Digest {
-                    what: format!("{}:{}", path.display(), desc.digest),
-                    expected: desc.digest.clone(),
-                    actual,
-                });
-            }
-            let doc = Document::parse(&bytes, &desc.digest)?;
+            let bytes = read_member(&format!("blobs/sha256/{}", desc.digest.hex()))?;
+            verify_document(
+                &bytes,
+                &desc.digest,
+                &format!("{}:{}", path.display(), desc.digest),
+            )?;
+            let doc = Document::parse(&bytes, desc.digest.as_str())?;
             if let Some(m) = &doc.manifests {
-                desc = select_platform(m, arch, &desc.digest)?.clone();
+                desc = select_platform(m, arch, desc.digest.as_str())?.clone();
                 continue;
             }
             let layers = doc
                 .layers
                 .unwrap_or_default()
                 .iter()
-                .map(|l| blob(&l.digest, l.digest.clone()))
+                .map(|l| blob(&l.digest, l.digest.to_string()))
                 .collect::<Result<_, _>>()?;
             return Ok(LocalImage {
                 digest: desc.digest,
@@ -637,8 +608,11 @@ pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
         .iter()
         .map(|name| {
             let name = name.trim_start_matches("./");
-            match name.strip_prefix("blobs/sha256/") {
-                Some(hex) => blob(&format!("sha256:{hex}"), name.to_string()),
+            match name
+                .strip_prefix("blobs/sha256/")
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            {
+                Some(d) => blob(&d, name.to_string()),
                 None => {
                     let &(offset, size) = members.get(name).ok_or_else(|| OciError::Source {
                         path: path.to_path_buf(),
@@ -656,7 +630,7 @@ pub fn open_archive(path: &Path, arch: &str) -> Result<LocalImage, OciError> {
         })
         .collect::<Result<_, _>>()?;
     Ok(LocalImage {
-        digest: sha256_digest(&config),
+        digest: Digest::of(&config),
         layers,
     })
 }
@@ -742,12 +716,12 @@ impl LayerBlob {
         self.compare(expected, h)
     }
 
-    fn compare(&self, expected: &str, hashed: Sha256) -> Result<(), OciError> {
-        let actual = format!("sha256:{}", hex(&hashed.finalize()));
-        if actual != expected {
+    fn compare(&self, expected: &Digest, hashed: Sha256) -> Result<(), OciError> {
+        let actual = Digest::from_hash(&hashed.finalize());
+        if &actual != expected {
             return Err(OciError::Digest {
                 what: format!("layer {}", self.name),
-                expected: expected.to_string(),
+                expected: expected.clone(),
                 actual,
             });
         }
@@ -809,7 +783,7 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str(), r.tag.clone()),
             ("127.0.0.1:5000", "img/x", None)
         );
-        assert_eq!(r.reference(), d);
+        assert_eq!(r.digest.unwrap().as_str(), d);
         let r = Reference::parse("localhost/foo:1").unwrap();
         assert_eq!(r.registry, "localhost");
         for bad in ["UPPER/case", "a//b", "x@sha256:12", "x:bad/tag", ""] {
@@ -845,11 +819,13 @@ mod tests {
         assert!(select_platform(&m, "arm64", "x")
             .unwrap()
             .digest
-            .starts_with("sha256:2"));
+            .hex()
+            .starts_with('2'));
         assert!(select_platform(&m, "amd64", "x")
             .unwrap()
             .digest
-            .starts_with("sha256:1"));
+            .hex()
+            .starts_with('1'));
         let e = select_platform(&m, "riscv64", "x").unwrap_err().to_string();
         assert!(e.contains("linux/amd64, linux/arm64/v8"), "{e}");
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use crate::digest::{printable, Digest};
 use crate::download;
 use crate::oci::{self, Reference};
 
@@ -43,11 +44,11 @@ pub enum RegistryError {
         what: String,
         status: u16,
     },
-    #[error("{image}: blob {digest} does not match its digest (got {actual}); the partial download was deleted, run again")]
+    #[error("{image}: {digest} does not match its digest (the bytes sent have {actual}); the registry, or something between it and this host, altered them. Nothing of it was kept")]
     Digest {
         image: String,
-        digest: String,
-        actual: String,
+        digest: Digest,
+        actual: Digest,
     },
     #[error("{image}: {what}")]
     Protocol { image: String, what: String },
@@ -446,8 +447,47 @@ impl Client {
         }
     }
 
-    /// A manifest or index by tag or digest: its bytes and digest (checked when pinned).
-    pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
+    /// A manifest or an index by tag: its bytes and their digest.
+    pub fn manifest_by_tag(&self, tag: &str) -> Result<(Vec<u8>, Digest), RegistryError> {
+        if tag.is_empty()
+            || tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(RegistryError::Protocol {
+                image: self.image_name(),
+                what: format!("{} is not a tag", printable(tag, 130)),
+            });
+        }
+        let body = self.fetch_manifest(tag)?;
+        let digest = Digest::of(&body);
+        Ok((body, digest))
+    }
+
+    /// A manifest or an index by digest, refused unless its bytes have that digest.
+    pub fn manifest_by_digest(&self, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
+        let body = self.fetch_manifest(digest.as_str())?;
+        let actual = Digest::of(&body);
+        if &actual != digest {
+            return Err(RegistryError::Digest {
+                image: self.image_name(),
+                digest: digest.clone(),
+                actual,
+            });
+        }
+        Ok(body)
+    }
+
+    /// The manifest the reference names: by digest when pinned, else by tag.
+    pub fn manifest(&self) -> Result<(Vec<u8>, Digest), RegistryError> {
+        match &self.image.digest {
+            Some(d) => Ok((self.manifest_by_digest(d)?, d.clone())),
+            None => self.manifest_by_tag(self.image.tag.as_deref().unwrap_or("latest")),
+        }
+    }
+
+    fn fetch_manifest(&self, reference: &str) -> Result<Vec<u8>, RegistryError> {
         let accept = [
             oci::MEDIA_OCI_INDEX,
             oci::MEDIA_OCI_MANIFEST,
@@ -462,37 +502,21 @@ impl Client {
             3,
         )?;
         self.check_status(&resp, &format!("manifest {reference}"))?;
-        let body = resp
-            .body_mut()
+        resp.body_mut()
             .with_config()
             .limit(oci::MAX_DOCUMENT)
             .read_to_vec()
-            .map_err(|e| self.unreachable(e))?;
-        let digest = oci::sha256_digest(&body);
-        if reference.starts_with("sha256:") && digest != reference {
-            return Err(RegistryError::Digest {
-                image: self.image_name(),
-                digest: reference.to_string(),
-                actual: digest,
-            });
-        }
-        Ok((body, digest))
+            .map_err(|e| self.unreachable(e))
     }
 
     /// Downloads a blob into `dest` (resuming `dest.part`), verified against `digest`.
     /// `progress` gets the bytes done so far.
     pub fn blob(
         &self,
-        digest: &str,
+        digest: &Digest,
         dest: &Path,
         progress: &dyn Fn(u64),
     ) -> Result<u64, RegistryError> {
-        if !oci::is_digest(digest) {
-            return Err(RegistryError::Protocol {
-                image: self.image_name(),
-                what: format!("unsupported blob digest {digest:?}"),
-            });
-        }
         let part = dest.with_extension("part");
         let io_err = |source| RegistryError::Io {
             path: part.clone(),
@@ -534,15 +558,15 @@ impl Client {
                 continue;
             }
             // The whole file is hashed, resumed parts included: it counts only if all matches.
-            let actual = format!("sha256:{}", download::sha256_file(&part).map_err(io_err)?);
-            if actual != digest {
+            let actual = Digest::from_hash(&download::sha256_file(&part).map_err(io_err)?);
+            if &actual != digest {
                 let _ = std::fs::remove_file(&part);
                 if status == 416 {
                     continue;
                 }
                 return Err(RegistryError::Digest {
                     image: self.image_name(),
-                    digest: digest.to_string(),
+                    digest: digest.clone(),
                     actual,
                 });
             }

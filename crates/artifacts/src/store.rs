@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::build::{INITRD, KERNEL, ROOTFS};
+use crate::digest::Digest;
 use crate::squashfs::Compression;
 use crate::write::sync_dir;
 
@@ -69,7 +70,53 @@ impl Artifacts {
 struct RefRecord {
     reference: String,
     arch: String,
-    digest: String,
+    digest: Digest,
+}
+
+/// The name of a store entry. It can only be made from a [`Digest`] (or the hash that stands
+/// for a directory source), and [`Key::parse`] accepts only names such a key could have, so a
+/// key is always one plain path component: no `/`, no `..`, never absolute, never hidden.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// `sha256-<hex>` plus the compression when it is not the default.
+    pub fn image(digest: &Digest, comp: Compression) -> Key {
+        Key::with(format!("sha256-{}", digest.hex()), comp)
+    }
+
+    /// A `dir://` source, which has no digest: named by a hash of its canonical path.
+    pub fn dir(canonical: &Path, comp: Compression) -> Key {
+        let h = Digest::of(canonical.as_os_str().as_encoded_bytes());
+        Key::with(format!("dir-{}", &h.hex()[..16]), comp)
+    }
+
+    fn with(base: String, comp: Compression) -> Key {
+        match comp {
+            Compression::Gzip => Key(base),
+            c => Key(format!("{base}-{}", c.name())),
+        }
+    }
+
+    /// A directory name found in the store, if it is one a key could have.
+    pub fn parse(name: &str) -> Option<Key> {
+        let ok = (1..=96).contains(&name.len())
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        ok.then(|| Key(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 pub struct Store {
@@ -104,24 +151,13 @@ impl Store {
         self.root.join("artifacts")
     }
 
-    /// `sha256-<hex>` plus the compression when it is not the default.
-    pub fn key(digest: &str, comp: Compression) -> String {
-        let base = digest.replace(':', "-");
-        match comp {
-            Compression::Gzip => base,
-            c => format!("{base}-{}", c.name()),
-        }
-    }
-
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
     }
 
     /// The complete entry for `key`, if there is one.
-    pub fn get(&self, key: &str) -> Option<Artifacts> {
-        let dir = self.artifacts_dir().join(key);
+    pub fn get(&self, key: &Key) -> Option<Artifacts> {
+        let dir = self.artifacts_dir().join(key.as_str());
         let meta: Meta = serde_json::from_slice(&fs::read(dir.join("meta.json")).ok()?).ok()?;
         let a = Artifacts { dir, meta };
         [a.kernel(), a.initrd(), a.rootfs()]
@@ -135,7 +171,7 @@ impl Store {
     /// An existing entry is replaced (for sources without a digest, such as directories).
     pub fn put<E: From<io::Error>>(
         &self,
-        key: &str,
+        key: &Key,
         fill: impl FnOnce(&Path) -> Result<Meta, E>,
     ) -> Result<Artifacts, E> {
         let base = self.artifacts_dir();
@@ -154,7 +190,7 @@ impl Store {
             let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
             crate::write::write_atomic(&tmp.join("meta.json"), &json)?;
             sync_dir(&tmp);
-            let dest = base.join(key);
+            let dest = base.join(key.as_str());
             if dest.exists() {
                 let old = base.join(format!(".old-{key}-{}", std::process::id()));
                 fs::rename(&dest, &old)?;
@@ -200,8 +236,7 @@ impl Store {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| self.get(&e.file_name().to_string_lossy()))
+            .filter_map(|e| self.get(&Key::parse(e.file_name().to_str()?)?))
             .collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.meta.created));
         v
@@ -249,16 +284,18 @@ impl Store {
     }
 
     fn ref_path(&self, reference: &str, arch: &str) -> PathBuf {
-        let h = crate::oci::sha256_digest(format!("{reference}\n{arch}").as_bytes());
-        self.root.join("refs").join(format!("{}.json", &h[7..23]))
+        let h = Digest::of(format!("{reference}\n{arch}").as_bytes());
+        self.root
+            .join("refs")
+            .join(format!("{}.json", &h.hex()[..16]))
     }
 
     /// Records what `reference` resolved to, for starts without the registry.
-    pub fn remember(&self, reference: &str, arch: &str, digest: &str) {
+    pub fn remember(&self, reference: &str, arch: &str, digest: &Digest) {
         let rec = RefRecord {
             reference: reference.into(),
             arch: arch.into(),
-            digest: digest.into(),
+            digest: digest.clone(),
         };
         let path = self.ref_path(reference, arch);
         if let (Some(dir), Ok(json)) = (path.parent(), serde_json::to_vec(&rec)) {
@@ -268,7 +305,7 @@ impl Store {
     }
 
     /// The digest `reference` last resolved to.
-    pub fn recall(&self, reference: &str, arch: &str) -> Option<String> {
+    pub fn recall(&self, reference: &str, arch: &str) -> Option<Digest> {
         let rec: RefRecord =
             serde_json::from_slice(&fs::read(self.ref_path(reference, arch)).ok()?).ok()?;
         (rec.reference == reference && rec.arch == arch).then_some(rec.digest)
@@ -288,4 +325,33 @@ fn du(path: &Path) -> u64 {
         .flatten()
         .map(|e| du(&e.path()))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_one_plain_path_component() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            Key::image(&d, Compression::Zstd).as_str(),
+            format!("sha256-{}-zstd", d.hex())
+        );
+        let k = Key::dir(Path::new("/srv/root"), Compression::Gzip);
+        assert!(k.as_str().starts_with("dir-") && Key::parse(k.as_str()).is_some());
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".tmp-x-1",
+            "a/b",
+            "/etc",
+            "A",
+            "x y",
+            &"a".repeat(97),
+        ] {
+            assert!(Key::parse(bad).is_none(), "{bad:?}");
+        }
+    }
 }

@@ -6,14 +6,15 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use artifacts::oci::{sha256_digest, Reference};
+use artifacts::digest::Digest;
+use artifacts::oci::Reference;
 use artifacts::registry::{Client, RegistryError};
 
-fn routes(blob: &[u8], served: Vec<u8>) -> (Vec<(String, Vec<u8>)>, String) {
-    let digest = sha256_digest(blob);
+fn routes(blob: &[u8], served: Vec<u8>) -> (Vec<(String, Vec<u8>)>, Digest) {
+    let digest = Digest::of(blob);
     let manifest = format!(
         r#"{{"schemaVersion":2,"config":{{"digest":"{d}","size":1}},"layers":[{{"digest":"{digest}","size":{n}}}]}}"#,
-        d = sha256_digest(b"{}"),
+        d = Digest::of(b"{}"),
         n = blob.len()
     );
     (
@@ -37,9 +38,9 @@ fn dropped_blob_download_resumes_and_verifies() {
     let host = srv.base.trim_start_matches("http://");
     let r = Reference::parse(&format!("{host}/test/img:v1")).unwrap();
     let client = Client::new(&r, false);
-    let (manifest, mdigest) = client.manifest("v1").unwrap();
-    assert_eq!(mdigest, sha256_digest(&manifest));
-    let dest = tmp("resume").join("blobs").join(&digest[7..]);
+    let (manifest, mdigest) = client.manifest_by_tag("v1").unwrap();
+    assert_eq!(mdigest, Digest::of(&manifest));
+    let dest = tmp("resume").join("blobs").join(digest.hex());
     let n = client.blob(&digest, &dest, &|_| {}).unwrap();
     assert_eq!(n, blob.len() as u64);
     assert!(std::fs::read(&dest).unwrap() == blob);
@@ -60,7 +61,7 @@ fn blob_with_wrong_bytes_is_refused_and_not_cached() {
         false,
     );
     let dir = tmp("evil");
-    let dest = dir.join(&digest[7..]);
+    let dest = dir.join(digest.hex());
     let e = client.blob(&digest, &dest, &|_| {}).unwrap_err();
     assert!(matches!(e, RegistryError::Digest { .. }), "{e}");
     assert!(!dest.exists());
@@ -70,8 +71,8 @@ fn blob_with_wrong_bytes_is_refused_and_not_cached() {
         "no partial file left"
     );
     // A manifest pinned by a digest it does not have is refused too.
-    let bad = format!("sha256:{}", "0".repeat(64));
-    let e = client.manifest(&bad).unwrap_err();
+    let bad = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+    let e = client.manifest_by_digest(&bad).unwrap_err();
     assert!(
         matches!(
             e,
@@ -91,8 +92,8 @@ fn bearer_token_from_the_realm_the_registry_names() {
         &Reference::parse(&format!("{host}/test/img:v1")).unwrap(),
         false,
     );
-    client.manifest("v1").unwrap();
-    let dest = tmp("bearer").join(&digest[7..]);
+    client.manifest_by_tag("v1").unwrap();
+    let dest = tmp("bearer").join(digest.hex());
     client.blob(&digest, &dest, &|_| {}).unwrap();
     assert!(std::fs::read(&dest).unwrap() == blob);
     assert_eq!(

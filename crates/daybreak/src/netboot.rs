@@ -51,7 +51,7 @@ fn cache_path(url: &str, state_dir: &Path) -> PathBuf {
         })
         .collect();
     let name = name.trim_start_matches('.');
-    let tag = artifacts::oci::hex(&sha2::Sha256::digest(url.as_bytes())[..6]);
+    let tag = artifacts::digest::hex(&sha2::Sha256::digest(url.as_bytes())[..6]);
     state_dir.join("downloads").join(format!("{tag}-{name}"))
 }
 
