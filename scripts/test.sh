@@ -10,4 +10,4 @@ if ! bash scripts/install-deps.sh; then
   [ -n "${CI:-}" ] && exit 1
   echo "test.sh: continuing without the missing packages; the tests that need them will be skipped" >&2
 fi
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked --no-fail-fast "$@"

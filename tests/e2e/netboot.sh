@@ -138,10 +138,12 @@ pids+=($!)
 wait_ready "$tmp/daybreak.log" "${pids[-1]}"
 if [ $from_oci = 1 ]; then
   rootfs_file=$(ls "$tmp"/state/artifacts/sha256-*/rootfs.squashfs) || fail "no artifacts in the store"
-  cmp -s "$tmp/state/cloud-config.yaml" "$tmp/cloud-config.yaml" || fail "the rendered cloud-config is not the expected one"
-  [ "$(stat -c %a "$tmp/state/cloud-config.yaml")" = 600 ] || fail "the rendered cloud-config is not mode 0600"
-  code=$(S curl -s -o /dev/null -w '%{http_code}' http://10.77.0.2:8080/cloud-config.yaml)
-  [ "$code" = 404 ] || fail "the artifact server answered $code for the cloud-config"
+  [ ! -e "$tmp/state/cloud-config.yaml" ] || fail "the rendered cloud-config was written to the state directory"
+  [ "$(stat -c %a "$tmp/state")" = 700 ] || fail "the state directory was not created 0700"
+  for p in 8080/cloud-config.yaml 8090/cloud-config.yaml "8090/_/file?name=cloud-config.yaml"; do
+    code=$(S curl -s -o /dev/null -w '%{http_code}' "http://10.77.0.2:$p")
+    [ "$code" = 404 ] || fail "http://10.77.0.2:$p answered $code: the cloud-config must only be at its secret path"
+  done
   code=$(S curl -s -o /dev/null -w '%{http_code}' http://10.77.0.2:8080/rootfs.squashfs)
   [ "$code" = 200 ] || fail "the artifact server answered $code for the squashfs"
 fi
@@ -186,7 +188,7 @@ cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
 echo "$cmdline"
 echo "$result"
 server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
-for want in "root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config.yaml" \
+for want in "root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-" \
             "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0"; do
   case "$cmdline" in *"$want"*) ;; *) fail "kernel command line lacks: $want" ;; esac
 done

@@ -26,11 +26,8 @@ pub enum ImageError {
     Build(#[from] BuildError),
     #[error("{0} is an ISO: use `daybreak netboot ISO OUTDIR` or `daybreak serve --iso`")]
     Iso(PathBuf),
-    #[error("state directory {path}: {source}; choose a writable --state-dir")]
-    State {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] store::StateError),
 }
 
 impl From<std::io::Error> for ImageError {
@@ -106,11 +103,7 @@ pub struct Obtained {
 }
 
 pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError> {
-    std::fs::create_dir_all(&req.state_dir).map_err(|source| ImageError::State {
-        path: req.state_dir.clone(),
-        source,
-    })?;
-    let store = Store::new(&req.state_dir);
+    let store = Store::open(&req.state_dir)?;
     match Source::parse(&req.source)? {
         Source::Iso(p) => Err(ImageError::Iso(p)),
         Source::Registry(r) => from_registry(req, &store, &r, report),

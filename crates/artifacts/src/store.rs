@@ -123,6 +123,122 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// A state directory that must not be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}; choose a writable state_dir")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("state directory {path} is unsafe: {why}. Another user could change what machines boot or what this process deletes; remove it or fix it, or choose another state_dir (default {default})", default = default_state_dir().display())]
+    Unsafe { path: PathBuf, why: String },
+}
+
+/// Where the state lives unless told otherwise: `/var/lib/daybreak` for root, the user's
+/// `$XDG_STATE_HOME/daybreak` (`~/.local/state/daybreak`) for anyone else. Never a fixed name
+/// in a world-writable directory, which any local user could create first.
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/daybreak");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("daybreak"),
+        _ => home
+            .map(|h| h.join(".local/state/daybreak"))
+            .unwrap_or_else(|| PathBuf::from("daybreak-state")),
+    }
+}
+
+/// The ssh rule for a state directory, applied to the path as the kernel resolves it: every
+/// directory above it belongs to root or to us and is writable by nobody else, unless it is
+/// sticky (as `/tmp` is, where others cannot move our entries); a symlink on the way belongs
+/// to root or to us; the directory itself belongs to us and is writable by nobody else.
+fn check_state_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let unsafe_ = |why: String| StateError::Unsafe {
+        path: dir.to_path_buf(),
+        why,
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Io { path, source }
+    };
+    // Symlinks in the path as written: a link another user owns could be pointed anywhere.
+    let mut prefix = PathBuf::new();
+    for c in dir.components() {
+        prefix.push(c);
+        if let Ok(m) = fs::symlink_metadata(&prefix) {
+            if m.file_type().is_symlink() && m.uid() != 0 && m.uid() != me {
+                return Err(unsafe_(format!(
+                    "{} is a symlink owned by uid {}",
+                    prefix.display(),
+                    m.uid()
+                )));
+            }
+        }
+    }
+    let real = dir.canonicalize().map_err(io(dir))?;
+    let mut at = PathBuf::new();
+    let parts: Vec<_> = real.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        at.push(c);
+        let m = fs::symlink_metadata(&at).map_err(io(&at))?;
+        let mode = m.mode();
+        let last = i + 1 == parts.len();
+        if last {
+            if !m.is_dir() {
+                return Err(unsafe_("it is not a directory".into()));
+            }
+            if m.uid() != me {
+                return Err(unsafe_(format!(
+                    "it belongs to uid {}, not to this user (uid {me})",
+                    m.uid()
+                )));
+            }
+            if mode & 0o022 != 0 {
+                return Err(unsafe_(format!(
+                    "its mode {:o} lets others write to it (chmod go-w {})",
+                    mode & 0o7777,
+                    real.display()
+                )));
+            }
+        } else {
+            if m.uid() != 0 && m.uid() != me {
+                return Err(unsafe_(format!(
+                    "{} above it belongs to uid {}",
+                    at.display(),
+                    m.uid()
+                )));
+            }
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(unsafe_(format!(
+                    "{} above it is writable by others and not sticky",
+                    at.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a directory itself, not a symlink to one: what is listed or emptied in the
+/// store must be, so a planted link cannot point a prune at another directory.
+fn real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// `read_dir`, only of a real directory.
+fn entries(path: &Path) -> impl Iterator<Item = fs::DirEntry> {
+    real_dir(path)
+        .then(|| fs::read_dir(path).ok())
+        .flatten()
+        .into_iter()
+        .flatten()
+        .flatten()
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -137,10 +253,26 @@ pub struct Pruned {
 }
 
 impl Store {
-    pub fn new(state_dir: &Path) -> Store {
-        Store {
-            root: state_dir.to_path_buf(),
+    /// Opens the state directory (relative paths are taken from the working directory),
+    /// creating it with mode 0700 if missing, and refuses one that is not safe to trust.
+    pub fn open(state_dir: &Path) -> Result<Store, StateError> {
+        let root = crate::image::absolute(state_dir);
+        if fs::symlink_metadata(&root).is_err() {
+            if let Some(parent) = root.parent() {
+                fs::create_dir_all(parent).map_err(|source| StateError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            match fs::DirBuilder::new().mode(0o700).create(&root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(StateError::Io { path: root, source }),
+            }
         }
+        check_state_dir(&root)?;
+        Ok(Store { root })
     }
 
     pub fn root(&self) -> &Path {
@@ -151,18 +283,36 @@ impl Store {
         self.root.join("artifacts")
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
-    /// The complete entry for `key`, if there is one.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(digest.hex())
+    }
+
+    /// Where downloaded ISOs are kept.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    /// The complete entry for `key`, if there is one: a real directory whose files are
+    /// regular files (never symlinks), with its completeness marker.
     pub fn get(&self, key: &Key) -> Option<Artifacts> {
         let dir = self.artifacts_dir().join(key.as_str());
-        let meta: Meta = serde_json::from_slice(&fs::read(dir.join("meta.json")).ok()?).ok()?;
+        if !real_dir(&self.artifacts_dir()) || !real_dir(&dir) {
+            return None;
+        }
+        let regular = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file());
+        let marker = dir.join("meta.json");
+        if !regular(&marker) {
+            return None;
+        }
+        let meta: Meta = serde_json::from_slice(&fs::read(marker).ok()?).ok()?;
         let a = Artifacts { dir, meta };
         [a.kernel(), a.initrd(), a.rootfs()]
             .iter()
-            .all(|p| p.is_file())
+            .all(|p| regular(p))
             .then_some(a)
     }
 
@@ -216,10 +366,7 @@ impl Store {
                 .or_else(|| name.strip_prefix(".old-"))?;
             rest.rsplit('-').next()?.parse().ok()
         };
-        let Ok(rd) = fs::read_dir(self.artifacts_dir()) else {
-            return p;
-        };
-        for e in rd.flatten() {
+        for e in entries(&self.artifacts_dir()) {
             let pid = pid_of(&e.file_name().to_string_lossy());
             if pid.is_some_and(|pid| pid != std::process::id() && !crate::write::pid_alive(pid)) {
                 p.bytes += du(&e.path());
@@ -232,10 +379,7 @@ impl Store {
 
     /// Every complete entry, newest first.
     pub fn list(&self) -> Vec<Artifacts> {
-        let mut v: Vec<Artifacts> = fs::read_dir(self.artifacts_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
+        let mut v: Vec<Artifacts> = entries(&self.artifacts_dir())
             .filter_map(|e| self.get(&Key::parse(e.file_name().to_str()?)?))
             .collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.meta.created));
@@ -244,11 +388,7 @@ impl Store {
 
     /// Bytes and count of cached layer blobs.
     pub fn blobs(&self) -> (u64, u64) {
-        let dir = self.root.join("blobs/sha256");
-        fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
+        entries(&self.blob_dir())
             .filter_map(|e| e.metadata().ok())
             .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
     }
@@ -257,26 +397,28 @@ impl Store {
     /// with `all`, every artifact entry and downloaded ISO too.
     pub fn prune(&self, all: bool) -> Pruned {
         let mut p = self.clean_stale();
+        // `remove_dir_all` does not follow symlinks inside what it removes; a symlink met here
+        // is removed itself, never what it points at.
         let mut remove = |path: PathBuf| {
-            if path.exists() {
+            if let Ok(m) = fs::symlink_metadata(&path) {
                 p.bytes += du(&path);
                 p.entries += 1;
-                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                let _ = if m.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
             }
         };
-        if let Ok(rd) = fs::read_dir(self.root.join("blobs/sha256")) {
-            for e in rd.flatten() {
-                remove(e.path());
-            }
+        for e in entries(&self.blob_dir()) {
+            remove(e.path());
         }
         if all {
             for a in self.list() {
                 remove(a.dir);
             }
-            if let Ok(rd) = fs::read_dir(self.root.join("downloads")) {
-                for e in rd.flatten() {
-                    remove(e.path());
-                }
+            for e in entries(&self.downloads_dir()) {
+                remove(e.path());
             }
             remove(self.root.join("refs"));
         }

@@ -7,6 +7,7 @@
 //! and rendered per request.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,44 +22,100 @@ pub const DEFAULT_CMDLINE_HEAD: &str =
 pub const DEFAULT_CMDLINE_MID: &str = "netboot nodepair.enable";
 pub const DEFAULT_CMDLINE_TAIL: &str = "console=tty1 console=ttyS0 console=tty0";
 
-/// A file the HTTP server may hand out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A file the HTTP server may hand out. It is opened once, when the plan is made, and served
+/// from that descriptor: whatever happens to the path afterwards (a symlink planted in its
+/// place, a rename), requests get the file that was checked.
+#[derive(Debug, Clone)]
 pub struct BootFile {
     /// URL path below `/`, also the `name=` of `/_/file`.
     pub name: String,
-    pub path: PathBuf,
+    /// Where it was read from (`None` for content made in memory).
+    pub path: Option<PathBuf>,
     pub size: u64,
-    /// For a file inside an ISO: its byte ranges `(offset, len)` within `path`.
-    pub ranges: Option<Arc<[(u64, u64)]>>,
+    pub body: Body,
+    /// Served only under its unguessable name, and never logged by it.
+    pub secret: bool,
+}
+
+/// Where a cloud-config comes from.
+#[derive(Debug, Clone)]
+pub enum CloudConfig {
+    File(PathBuf),
+    /// Rendered by this run: kept in memory, never written to the state directory.
+    Text(Arc<[u8]>),
 }
 
 impl BootFile {
     fn open(name: &str, path: &Path, what: &str) -> anyhow::Result<BootFile> {
-        let meta = std::fs::metadata(path).with_context(|| {
+        let cannot = || {
             format!(
                 "{what} file {} cannot be read; check the path",
                 path.display()
             )
-        })?;
+        };
+        let file = File::open(path).with_context(cannot)?;
+        let meta = file.metadata().with_context(cannot)?;
         if !meta.is_file() {
             bail!("{what} {} is not a regular file", path.display());
         }
         Ok(BootFile {
             name: name.to_string(),
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             size: meta.len(),
-            ranges: None,
+            body: Body::File(Arc::new(file)),
+            secret: false,
         })
     }
 
-    fn in_iso(name: &str, iso: &Path, entry: &artifacts::iso::Entry) -> BootFile {
+    fn in_iso(name: &str, iso: &Path, file: &Arc<File>, entry: &artifacts::iso::Entry) -> BootFile {
         BootFile {
             name: name.to_string(),
-            path: iso.to_path_buf(),
+            path: Some(iso.to_path_buf()),
             size: entry.size(),
-            ranges: Some(entry.extents.iter().map(|e| (e.offset, e.len)).collect()),
+            body: Body::Ranges(
+                file.clone(),
+                entry.extents.iter().map(|e| (e.offset, e.len)).collect(),
+            ),
+            secret: false,
         }
     }
+
+    /// The cloud-config, under a name made of 128 random bits that changes with every run:
+    /// only machines given the kernel command line learn it.
+    fn cloud_config(source: &CloudConfig) -> anyhow::Result<BootFile> {
+        let name = format!("cloud-config-{}.yaml", random_hex(16)?);
+        let mut f = match source {
+            CloudConfig::File(p) => BootFile::open(&name, p, "cloud-config")?,
+            CloudConfig::Text(t) => BootFile {
+                name,
+                path: None,
+                size: t.len() as u64,
+                body: Body::Memory(t.clone()),
+                secret: false,
+            },
+        };
+        f.secret = true;
+        Ok(f)
+    }
+}
+
+/// `n` random bytes from the kernel, in hex.
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        // SAFETY: the pointer and length describe the unfilled part of `buf`.
+        let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("getrandom");
+        }
+        got += r as usize;
+    }
+    Ok(artifacts::digest::hex(&buf))
 }
 
 /// A piece of the kernel command line template.
@@ -78,7 +135,7 @@ pub struct PlanInput {
     pub iso: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,
-    pub cloud_config: Option<PathBuf>,
+    pub cloud_config: Option<CloudConfig>,
     /// Replaces the default arguments; `root=live:` and `config_url=` are still set by Daybreak.
     pub cmdline: Option<String>,
     pub http_port: u16,
@@ -146,10 +203,13 @@ impl Plan {
             (Some(iso_path), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
                 let iso = artifacts::iso::Iso::open(iso_path)?;
                 let f = iso.netboot_files()?;
+                let file = Arc::new(File::open(iso_path).with_context(|| {
+                    format!("ISO {} cannot be read", iso_path.display())
+                })?);
                 (
-                    BootFile::in_iso("kernel", iso_path, &f.kernel),
-                    vec![BootFile::in_iso("initrd0", iso_path, &f.initrd)],
-                    Some(BootFile::in_iso("rootfs.squashfs", iso_path, &f.rootfs)),
+                    BootFile::in_iso("kernel", iso_path, &file, &f.kernel),
+                    vec![BootFile::in_iso("initrd0", iso_path, &file, &f.initrd)],
+                    Some(BootFile::in_iso("rootfs.squashfs", iso_path, &file, &f.rootfs)),
                 )
             }
             (Some(_), _) => bail!("--iso provides the kernel, initrd and rootfs; drop --kernel, --initrd and --rootfs"),
@@ -167,8 +227,8 @@ impl Plan {
         };
         let cloud_config = input
             .cloud_config
-            .as_deref()
-            .map(|p| BootFile::open("cloud-config.yaml", p, "cloud-config"))
+            .as_ref()
+            .map(BootFile::cloud_config)
             .transpose()?;
 
         let mut plan = Plan {
@@ -274,7 +334,7 @@ impl Plan {
     /// Registers a file named in a `{{ ID "path" }}` template, reusing the name of a file already
     /// registered under the same path.
     fn register_extra(&mut self, path: &Path) -> anyhow::Result<String> {
-        if let Some(f) = self.files().find(|f| f.path == path) {
+        if let Some(f) = self.files().find(|f| f.path.as_deref() == Some(path)) {
             return Ok(f.name.clone());
         }
         let base = path
@@ -312,10 +372,23 @@ impl Plan {
     }
 
     pub fn cmdline(&self, base: &str) -> String {
+        self.render_cmdline(base, false)
+    }
+
+    /// The command line for logs: the cloud-config's secret name left out.
+    pub fn cmdline_redacted(&self, base: &str) -> String {
+        self.render_cmdline(base, true)
+    }
+
+    fn render_cmdline(&self, base: &str, redact: bool) -> String {
+        let secret = |n: &str| self.files().any(|f| f.secret && f.name == n);
         let mut s = String::new();
         for p in &self.cmdline {
             match p {
                 Part::Text(t) => s.push_str(t),
+                Part::Url(n) if redact && secret(n) => {
+                    s.push_str(&self.file_url(base, "cloud-config-<secret>.yaml"))
+                }
                 Part::Url(n) => s.push_str(&self.file_url(base, n)),
             }
         }
@@ -359,14 +432,14 @@ impl Plan {
         } else {
             "application/octet-stream"
         };
-        let body = match &f.ranges {
-            Some(r) => Body::Ranges(f.path.clone(), r.clone()),
-            None => Body::File(f.path.clone()),
-        };
         Reply::Resource {
-            name: f.name.clone(),
+            name: if f.secret {
+                "cloud-config".into()
+            } else {
+                f.name.clone()
+            },
             content_type,
-            body,
+            body: f.body.clone(),
         }
     }
 }
@@ -515,7 +588,7 @@ mod tests {
             iso: None,
             initrds: vec![tmpfile(d, "initrd.img")],
             rootfs: Some(tmpfile(d, "rootfs.squashfs")),
-            cloud_config: Some(tmpfile(d, "config.yaml")),
+            cloud_config: Some(CloudConfig::File(tmpfile(d, "config.yaml"))),
             cmdline: None,
             http_port: 8090,
             advertise: None,
@@ -528,12 +601,16 @@ mod tests {
     fn default_cmdline_is_kairos_exactly() {
         let d = tmpdir("default");
         let plan = Plan::new(&input(&d), HashMap::new()).unwrap();
+        let cc = &plan.cloud_config.as_ref().unwrap().name;
         assert_eq!(
             plan.cmdline(BASE),
-            "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable \
-             root=live:http://10.0.0.1:8090/rootfs.squashfs netboot nodepair.enable \
-             config_url=http://10.0.0.1:8090/cloud-config.yaml console=tty1 console=ttyS0 console=tty0"
+            format!(
+                "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable \
+                 root=live:http://10.0.0.1:8090/rootfs.squashfs netboot nodepair.enable \
+                 config_url=http://10.0.0.1:8090/{cc} console=tty1 console=ttyS0 console=tty0"
+            )
         );
+        assert!(!plan.cmdline_redacted(BASE).contains(cc.as_str()));
         let script = plan.script(BASE, Some("52:54:00:12:34:56"));
         assert!(script.starts_with("#!ipxe\nkernel --name kernel http://10.0.0.1:8090/kernel\n"));
         assert!(script.contains("initrd --name initrd0 http://10.0.0.1:8090/initrd0\n"));
@@ -558,10 +635,13 @@ mod tests {
             extra.display()
         ));
         let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let cc = &plan.cloud_config.as_ref().unwrap().name;
         assert_eq!(
             plan.cmdline(BASE),
-            "quiet foo=http://10.0.0.1:8090/extra.bin console=ttyS0 \
-             root=live:http://10.0.0.1:8090/rootfs.squashfs config_url=http://10.0.0.1:8090/cloud-config.yaml"
+            format!(
+                "quiet foo=http://10.0.0.1:8090/extra.bin console=ttyS0 \
+                 root=live:http://10.0.0.1:8090/rootfs.squashfs config_url=http://10.0.0.1:8090/{cc}"
+            )
         );
         assert_eq!(plan.extras.len(), 1);
     }
@@ -605,6 +685,7 @@ mod tests {
         let mut bins = HashMap::new();
         bins.insert("ipxe.efi".to_string(), Arc::from(&b"EFI"[..]));
         let plan = Plan::new(&input(&d), bins).unwrap();
+        let secret = format!("/{}", plan.cloud_config.as_ref().unwrap().name);
         let peer = "10.0.0.9:1234".parse().unwrap();
         let local = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let get = |path: &str, query: &str| {
@@ -619,7 +700,7 @@ mod tests {
             ("/kernel", ""),
             ("/initrd0", ""),
             ("/rootfs.squashfs", ""),
-            ("/cloud-config.yaml", ""),
+            (secret.as_str(), ""),
             ("/_/file", "name=kernel"),
             ("/_/ipxe", "arch=0&mac=52:54:00:00:00:01"),
             ("/boot.ipxe", ""),
@@ -637,6 +718,10 @@ mod tests {
             ("/etc/passwd", ""),
             ("/_/file", "name=../kernel"),
             ("/_/file", ""),
+            // The cloud-config only under its secret per-run name.
+            ("/cloud-config.yaml", ""),
+            ("/_/file", "name=cloud-config.yaml"),
+            ("/config.yaml", ""),
             ("/ipxe/../kernel", ""),
             ("/vmlinuz", ""),
         ] {

@@ -151,6 +151,8 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
     pub state_dir: PathBuf,
     pub cmdline: Option<String>,
+    /// `netboot.proxy_dhcp: false` leaves DHCP to a server that already sends the boot options.
+    pub proxy_dhcp: bool,
 }
 
 fn string(root: &Map<String, Value>, key: &str) -> anyhow::Result<Option<String>> {
@@ -207,14 +209,24 @@ impl Settings {
         let listen_addr = listen_addr(&listen).ok_or_else(|| {
             anyhow!("listen_addr {listen:?} is not ADDRESS:PORT or :PORT (e.g. :8080)")
         })?;
-        let state_dir = artifacts::image::absolute(&PathBuf::from(
-            s("state_dir")?.unwrap_or_else(|| "/tmp/auroraboot".into()),
-        ));
-        let cmdline = match root.get("netboot") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(m)) => string(m, "cmdline")?,
+        let state_dir = artifacts::image::absolute(
+            &s("state_dir")?
+                .map(PathBuf::from)
+                .unwrap_or_else(artifacts::store::default_state_dir),
+        );
+        let (cmdline, proxy_dhcp) = match root.get("netboot") {
+            None | Some(Value::Null) => (None, true),
+            Some(Value::Object(m)) => (
+                string(m, "cmdline")?,
+                !matches!(m.get("proxy_dhcp"), Some(Value::Bool(false))),
+            ),
             Some(_) => bail!("setting netboot must be a map (netboot.cmdline=…)"),
         };
+        if let Some(Value::Object(m)) = root.get("netboot") {
+            if m.get("proxy_dhcp").is_some_and(|v| !v.is_boolean()) {
+                bail!("setting netboot.proxy_dhcp must be true or false");
+            }
+        }
         let arch = s("arch")?.unwrap_or_else(|| artifacts::oci::host_arch().to_string());
         if !["amd64", "arm64"].contains(&arch.as_str()) {
             bail!("arch {arch:?} is not supported: use amd64 or arm64");
@@ -242,6 +254,7 @@ impl Settings {
             listen_addr,
             state_dir,
             cmdline,
+            proxy_dhcp,
         })
     }
 
@@ -286,9 +299,9 @@ pub fn unknown_keys(root: &Map<String, Value>, used: &HashSet<String>) -> Vec<St
         });
     }
     if let Some(Value::Object(m)) = root.get("netboot") {
-        for k in m.keys().filter(|k| *k != "cmdline") {
+        for k in m.keys().filter(|k| *k != "cmdline" && *k != "proxy_dhcp") {
             out.push(format!(
-                "unknown key \"netboot.{k}\" is ignored: did you mean \"netboot.cmdline\"?"
+                "unknown key \"netboot.{k}\" is ignored: the netboot keys are cmdline and proxy_dhcp"
             ));
         }
     }

@@ -8,7 +8,6 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +22,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Where a response body comes from.
+/// Where a response body comes from. Files are descriptors opened before serving started,
+/// never paths: nothing a request does, and nothing done to the filesystem since, can make the
+/// server open another file.
 #[derive(Debug, Clone)]
 pub enum Body {
     Memory(Arc<[u8]>),
-    File(PathBuf),
+    File(Arc<File>),
     /// The concatenation of byte ranges `(offset, len)` of a file: a file inside an ISO, served
     /// without extracting it.
-    Ranges(PathBuf, Arc<[(u64, u64)]>),
+    Ranges(Arc<File>, Arc<[(u64, u64)]>),
 }
 
 /// What the router decided for a request.
@@ -421,20 +422,14 @@ async fn respond<R: Router>(
     };
     let started = Instant::now();
     let file = match &body {
-        Body::File(p) | Body::Ranges(p, _) => match tokio::fs::File::open(p).await {
-            Ok(f) => Some(f.into_std().await),
-            Err(e) => {
-                tracing::error!(file = %p.display(), error = %e, "http: registered file cannot be opened");
-                return write_all(stream, &simple(500, keep_alive, "")).await;
-            }
-        },
+        Body::File(f) | Body::Ranges(f, _) => Some(f.clone()),
         Body::Memory(_) => None,
     };
-    let len = match (&body, &file) {
-        (Body::Memory(b), _) => b.len() as u64,
-        (Body::Ranges(_, r), _) => r.iter().map(|(_, l)| l).sum(),
-        (_, Some(f)) => f.metadata()?.len(),
-        _ => 0,
+    let len = match &body {
+        Body::Memory(b) => b.len() as u64,
+        Body::Ranges(_, r) => r.iter().map(|(_, l)| l).sum(),
+        // Now, not when it was opened: a file rewritten in place is served as it is.
+        Body::File(f) => f.metadata()?.len(),
     };
     let (code, start, count, range_hdr) = match parse_range(head.range.as_deref(), len) {
         Range::Full => (200, 0, len, String::new()),

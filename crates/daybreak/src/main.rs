@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::boot::PlanInput;
+use crate::boot::{CloudConfig, PlanInput};
 use crate::serve::ServeOptions;
 
 #[derive(Parser, Debug)]
@@ -42,13 +42,17 @@ arch                  platform to pull: amd64 or arm64 (default: this machine's)
 allow-insecure-registries (alias insecure)  plain HTTP or self-signed registries\n  \
 cloud_config          inline cloud-config (--cloud-config FILE|URL|- takes precedence)\n  \
 netboot.cmdline       replaces the default kernel arguments (root=live: and config_url= stay)\n  \
+netboot.proxy_dhcp    false: leave DHCP alone (your DHCP server sends next-server and filename)\n  \
 netboot_http_port     8090        netboot_listen_addr   0.0.0.0\n  \
 listen_addr           :8080, the artifact file server (artifacts only, never the cloud-config)\n  \
 disable_netboot, disable_http_server   turn either server off (both: build and exit)\n  \
-state_dir             /tmp/auroraboot: artifacts, layers, downloads, the cloud-config\n\n\
+state_dir             artifacts, layers and downloads: /var/lib/daybreak as root, else\n                        \
+~/.local/state/daybreak. It must be yours and writable by no one else\n                        \
+(created 0700); /tmp/auroraboot works when asked for, under the same rule\n\n\
 The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set value (empty if unset), \
 so secrets stay off the file: --set kairos.password=… with passwd: [[[ .kairos.password ]]]. It is \
-written to STATE_DIR/cloud-config.yaml with mode 0600.\n\n\
+kept in memory, never written to disk, and served on the netboot port at a random path that changes \
+every run and is given only in the kernel command line of booting machines.\n\n\
 Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
     after_help = "Examples:\n  \
 # The Kairos docs' command: netboot an image, with a cloud-config\n  \
@@ -181,7 +185,7 @@ enum CacheCommand {
 #[derive(Args, Debug)]
 struct StateDirArg {
     /// The state directory (absolute, or relative to the working directory).
-    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
     state_dir: PathBuf,
 }
 
@@ -196,7 +200,7 @@ struct NetbootArgs {
     prefix: String,
     /// Where artifacts, layers and downloads are kept (absolute, or relative to the working
     /// directory).
-    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
     state_dir: PathBuf,
     /// Platform to pull from a multi-arch image (default: this machine's).
     #[arg(long, value_name = "ARCH", default_value = artifacts::oci::host_arch())]
@@ -221,7 +225,7 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["kernel", "initrd", "rootfs"])]
     iso: Option<PathBuf>,
     /// Where downloaded ISOs are cached (absolute, or relative to the working directory).
-    #[arg(long, value_name = "DIR", default_value = "/tmp/auroraboot")]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
     state_dir: PathBuf,
     /// An initrd; repeat for several, loaded in order.
     #[arg(long, value_name = "FILE")]
@@ -332,9 +336,19 @@ fn init_logging(debug: bool, format: LogFormat) -> logwriter::Guard {
 fn cache(c: CacheCommand) -> ExitCode {
     use artifacts::store::Store;
     let human = progress::human;
+    let dir = match &c {
+        CacheCommand::List(a) => &a.state_dir,
+        CacheCommand::Prune { state, .. } => &state.state_dir,
+    };
+    let store = match Store::open(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match c {
-        CacheCommand::List(a) => {
-            let store = Store::new(&artifacts::image::absolute(&a.state_dir));
+        CacheCommand::List(_) => {
             let list = store.list();
             if list.is_empty() {
                 println!("no built artifacts in {}", store.root().display());
@@ -358,8 +372,7 @@ fn cache(c: CacheCommand) -> ExitCode {
             println!("layer cache: {n} blobs, {}", human(bytes));
             ExitCode::SUCCESS
         }
-        CacheCommand::Prune { state, all } => {
-            let store = Store::new(&artifacts::image::absolute(&state.state_dir));
+        CacheCommand::Prune { all, .. } => {
             let p = store.prune(all);
             println!("removed {} entries, {}", p.entries, human(p.bytes));
             ExitCode::SUCCESS
@@ -442,7 +455,7 @@ fn main() -> ExitCode {
             },
             initrds: a.initrd,
             rootfs: a.rootfs,
-            cloud_config: a.cloud_config,
+            cloud_config: a.cloud_config.map(CloudConfig::File),
             cmdline: a.cmdline,
             ..Default::default()
         }),
@@ -465,7 +478,7 @@ fn main() -> ExitCode {
                 }
             };
             let plan = PlanInput {
-                cloud_config: Some(a.cloud_config),
+                cloud_config: Some(CloudConfig::File(a.cloud_config)),
                 http_port: a.port,
                 ..plan
             };

@@ -33,9 +33,9 @@ fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     }
 }
 
-/// Where a downloaded ISO is cached: `STATE_DIR/downloads/<hash of URL>-<file name>`, so two
-/// URLs with the same file name never share a cache entry.
-fn cache_path(url: &str, state_dir: &Path) -> PathBuf {
+/// Where a downloaded ISO is cached: `DOWNLOADS/<hash of URL>-<file name>`, so two URLs with
+/// the same file name never share a cache entry.
+fn cache_path(url: &str, downloads: &Path) -> PathBuf {
     use sha2::Digest;
     let name: String = url
         .rsplit('/')
@@ -52,7 +52,7 @@ fn cache_path(url: &str, state_dir: &Path) -> PathBuf {
         .collect();
     let name = name.trim_start_matches('.');
     let tag = artifacts::digest::hex(&sha2::Sha256::digest(url.as_bytes())[..6]);
-    state_dir.join("downloads").join(format!("{tag}-{name}"))
+    downloads.join(format!("{tag}-{name}"))
 }
 
 /// A local ISO path as is; an http(s) URL downloaded into the cache first (resumed, verified
@@ -64,7 +64,8 @@ pub fn local_iso(source: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
     else {
         return Ok(source.to_path_buf());
     };
-    let dest = cache_path(url, state_dir);
+    let store = artifacts::store::Store::open(state_dir)?;
+    let dest = cache_path(url, &store.downloads_dir());
     let mut bar: Option<Progress> = None;
     let out = artifacts::download::download(url, &dest, &mut |done, total| {
         bar.get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
@@ -200,7 +201,7 @@ mod tests {
 
     #[test]
     fn cache_names_are_safe_and_distinct() {
-        let d = Path::new("/state");
+        let d = Path::new("/state/downloads");
         let a = cache_path(
             "https://github.com/kairos-io/kairos/releases/download/v3.7.2/kairos-x.iso",
             d,

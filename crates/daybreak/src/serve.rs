@@ -338,17 +338,21 @@ async fn start_netboot(
 
     // Startup summary.
     for f in plan.files() {
-        tracing::info!(name = %f.name, path = %f.path.display(), bytes = f.size, "serving file");
+        let from = f.path.as_ref().map_or_else(
+            || "(rendered, in memory)".into(),
+            |p| p.display().to_string(),
+        );
+        let name = if f.secret { "cloud-config" } else { &f.name };
+        tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
     }
     let shown = match plan_input.advertise {
         Some(a) => plan.base_url(a.into()),
         None => pxe::http_base("<server>", plan_input.http_port),
     };
-    tracing::info!(cmdline = %plan.cmdline(&shown), "kernel command line (<server> is the address each client reached)");
-    if let Some(cc) = &plan.cloud_config {
+    tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
+    if plan.cloud_config.is_some() {
         tracing::info!(
-            "cloud-config at {} (netboot port only)",
-            plan.file_url(&shown, &cc.name)
+            "cloud-config served on the netboot port only, at a random path that changes every run and is given only in the kernel command line"
         );
     }
     if opts.proxy_dhcp {

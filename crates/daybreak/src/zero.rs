@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 
-use crate::boot::PlanInput;
+use crate::boot::{CloudConfig, PlanInput};
 use crate::config::{self, Settings};
 use crate::serve::ServeOptions;
 
@@ -33,12 +33,6 @@ pub fn prepare(
     for w in config::unknown_keys(&root, &used) {
         tracing::warn!("{w}");
     }
-    std::fs::create_dir_all(&s.state_dir).map_err(|e| {
-        anyhow!(
-            "cannot create state_dir {}: {e}; set state_dir to a writable directory",
-            s.state_dir.display()
-        )
-    })?;
 
     let mut plan = PlanInput {
         http_port: s.netboot_http_port,
@@ -89,15 +83,14 @@ pub fn prepare(
         }
         None => bail!("{NO_SOURCE}"),
     }
-    if let Some((text, _)) = &rendered {
-        let path = s.state_dir.join("cloud-config.yaml");
-        artifacts::write::write_private(&path, text.as_bytes())
-            .with_context(|| format!("cannot write the cloud-config to {}", path.display()))?;
+    if let Some((text, _)) = rendered {
+        // Kept in memory for this run only: nothing with passwords or join tokens is left on
+        // disk, and two servers sharing a state directory each serve their own.
         tracing::info!(
-            path = %path.display(),
-            "cloud-config rendered (mode 0600; served only on the netboot port)"
+            bytes = text.len(),
+            "cloud-config rendered (kept in memory; served only on the netboot port)"
         );
-        plan.cloud_config = Some(path);
+        plan.cloud_config = Some(CloudConfig::Text(text.into_bytes().into()));
     } else {
         tracing::warn!(
             "no cloud-config: machines boot the live system without one (give --cloud-config FILE)"
@@ -109,6 +102,7 @@ pub fn prepare(
     }
     Ok(Some(ServeOptions {
         netboot: !s.disable_netboot,
+        proxy_dhcp: s.proxy_dhcp,
         artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),
         ..ServeOptions::new(plan, s.netboot_listen_addr)
     }))

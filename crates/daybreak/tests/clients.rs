@@ -166,16 +166,42 @@ fn http_serves_registered_files_with_ranges_and_head() {
         script.contains(&format!("initrd --name initrd0 {base}/initrd0\n")),
         "{script}"
     );
+    // The cloud-config is at a random per-run path, given only in the command line.
+    let config_url = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url="))
+        .unwrap_or_else(|| panic!("no config_url= in {script}"))
+        .to_string();
+    let secret = config_url
+        .strip_prefix(&format!("{base}/cloud-config-"))
+        .and_then(|r| r.strip_suffix(".yaml"))
+        .unwrap_or_else(|| panic!("{config_url}"));
+    assert!(
+        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{config_url}"
+    );
     assert!(
         script.contains(&format!(
             "boot kernel initrd=initrd0 rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable \
-             root=live:{base}/rootfs.squashfs netboot nodepair.enable config_url={base}/cloud-config.yaml \
+             root=live:{base}/rootfs.squashfs netboot nodepair.enable config_url={config_url} \
              console=tty1 console=ttyS0 console=tty0\n"
         )),
         "{script}"
     );
-    let (cc, _) = curl(&[&url(&s, "/cloud-config.yaml")]);
+    let (cc, _) = curl(&[&config_url]);
     assert_eq!(cc, b"#cloud-config\nhostname: test\n");
+    for guess in [
+        "/cloud-config.yaml",
+        "/_/file?name=cloud-config.yaml",
+        "/config.yaml",
+    ] {
+        let (code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url(&s, guess)]);
+        assert_eq!(String::from_utf8_lossy(&code), "404", "{guess}");
+    }
+    assert!(
+        !s.server.log_text().contains(secret),
+        "the secret path is never logged"
+    );
 
     // Keep-alive: several requests over one connection.
     let (out, err) = curl(&[

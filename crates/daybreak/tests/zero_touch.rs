@@ -127,6 +127,70 @@ fn artifact_server(work: &Path, state: &Path, mut args: Vec<String>) -> (Daybrea
     (d, port)
 }
 
+/// Starts the default command with `args` and its netboot servers on loopback (no ProxyDHCP,
+/// no artifact server), and returns the cloud-config a booting machine gets: the `config_url=`
+/// of the boot script, fetched. TFTP's port 69 needs root; only this helper binds it here.
+fn rendered_cloud_config(work: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let addr = "127.0.0.1".to_string();
+    let port = free_tcp_port();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(sets(&[
+        ("disable_netboot", "false".into()),
+        ("disable_http_server", "true".into()),
+        ("netboot.proxy_dhcp", "false".into()),
+        ("netboot_listen_addr", addr.clone()),
+        ("netboot_http_port", port.to_string()),
+    ]));
+    let log = work.join(format!("rendered-{n}.log"));
+    let mut child = Command::new(BIN)
+        .args(&all)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let mut d = Daybreak { child, log };
+    d.wait_for(" ready\n", Duration::from_secs(60));
+    let get = |url: &str| {
+        let o = Command::new("curl")
+            .args(["-sSf", "--max-time", "10", url])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let script = get(&format!("http://{addr}:{port}/boot.ipxe"));
+    let url = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url="))
+        .unwrap_or_else(|| panic!("no config_url= in {script}"))
+        .to_string();
+    let body = get(&url);
+    let _ = get(&format!("http://{addr}:{port}/kernel"));
+    for guess in ["/cloud-config.yaml", "/_/file?name=cloud-config.yaml"] {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{addr}:{port}{guess}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "404", "{guess}");
+    }
+    d.terminate(Duration::from_secs(15));
+    body
+}
+
 fn layout(work: &Path) -> String {
     let dir = work.join("layout");
     oci::write_layout(&dir, "v1", &[image()]);
@@ -164,17 +228,28 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
         None,
     );
     assert!(ok, "{err}");
-    let rendered = file_state.join("cloud-config.yaml");
-    assert_eq!(
-        std::fs::read_to_string(&rendered).unwrap(),
-        "#cloud-config\nusers:\n- name: kairos\n  passwd: from-set\nhostname: \"\"\n"
-    );
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
     assert!(err.contains("image built"), "{err}");
+    assert!(
+        !file_state.join("cloud-config.yaml").exists(),
+        "the rendered cloud-config never touches the disk"
+    );
+    if require(true, &["curl"]) {
+        let served = rendered_cloud_config(
+            &work,
+            &[
+                cfg.to_str().unwrap(),
+                "--set",
+                "kairos.password=from-set",
+                "--cloud-config",
+                cc.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(
+            served,
+            "#cloud-config\nusers:\n- name: kairos\n  passwd: from-set\nhostname: \"\"\n"
+        );
+    }
 
     // By URL, with the cloud-config on stdin; flags after the positional argument.
     let url_state = work.join("state-url");
@@ -182,7 +257,7 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
         "{}/config.yaml",
         serve_files(
             vec![("/config.yaml".into(), yaml(&url_state).into_bytes())],
-            1
+            2
         )
     );
     let (ok, err) = run(
@@ -190,10 +265,14 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
         Some("#cloud-config\npw: [[[.kairos.password]]]\n"),
     );
     assert!(ok, "{err}");
-    assert_eq!(
-        std::fs::read_to_string(url_state.join("cloud-config.yaml")).unwrap(),
-        "#cloud-config\npw: from-file\n"
-    );
+    if require(true, &["curl"]) {
+        let served = rendered_cloud_config(
+            &work,
+            &["--cloud-config", "-", &url, "--set", "insecure=true"],
+            Some("#cloud-config\npw: [[[.kairos.password]]]\n"),
+        );
+        assert_eq!(served, "#cloud-config\npw: from-file\n");
+    }
     // Relative state_dir: from the working directory.
     let (ok, err) = {
         let o = output_within(

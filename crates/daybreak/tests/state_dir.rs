@@ -1,0 +1,184 @@
+//! The state directory is not trusted blindly: one another user prepared (owned by them,
+//! writable by them, or reached through their symlink) is refused with a message that says
+//! why; a new one is made 0700; prune never follows a planted symlink; and files are served
+//! from the descriptor opened at start, so swapping a path for a symlink serves nothing new.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{output_within, require, tempdir, Daybreak, BIN};
+
+fn cache_list(state: &Path) -> (bool, String) {
+    let o = output_within(
+        Command::new(BIN)
+            .args(["cache", "list", "--state-dir"])
+            .arg(state),
+        Duration::from_secs(30),
+    );
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn chown(path: &Path, uid: u32, follow: bool) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let r = unsafe {
+        if follow {
+            libc::chown(c.as_ptr(), uid, uid)
+        } else {
+            libc::lchown(c.as_ptr(), uid, uid)
+        }
+    };
+    assert_eq!(r, 0, "chown {}", path.display());
+}
+
+#[test]
+fn a_new_state_dir_is_private_and_an_open_one_is_refused() {
+    let work = tempdir("state-mode");
+    let state = work.join("new/state");
+    let (ok, err) = cache_list(&state);
+    assert!(ok, "{err}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "created private");
+
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = cache_list(&state);
+    assert!(!ok, "a world-writable state dir is refused");
+    assert!(
+        err.contains("unsafe") && err.contains("lets others write") && err.contains("go-w"),
+        "{err}"
+    );
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o775)).unwrap();
+    assert!(!cache_list(&state).0, "group-writable is refused too");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(cache_list(&state).0, "0755 and ours is fine");
+}
+
+#[test]
+fn a_state_dir_another_user_made_first_is_refused() {
+    if !require(true, &[]) {
+        return;
+    }
+    // /tmp/auroraboot made by someone else before root's first run.
+    let work = tempdir("state-owner");
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let theirs = work.join("auroraboot");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    chown(&theirs, 65534, true);
+    let (ok, err) = cache_list(&theirs);
+    assert!(!ok && err.contains("belongs to uid 65534"), "{err}");
+
+    // Their symlink in a sticky directory, pointing at a directory root owns.
+    let ours = work.join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = work.join("link");
+    std::os::unix::fs::symlink(&ours, &link).unwrap();
+    chown(&link, 65534, false);
+    assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), 65534);
+    let (ok, err) = cache_list(&link);
+    assert!(!ok && err.contains("symlink owned by uid 65534"), "{err}");
+
+    // A parent directory another user can write to, not sticky.
+    let open = work.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = cache_list(&open.join("state"));
+    assert!(
+        !ok && err.contains("writable by others and not sticky"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prune_never_follows_a_symlink_out_of_the_state_dir() {
+    let work = tempdir("state-prune");
+    let state = work.join("state");
+    assert!(cache_list(&state).0);
+    let victim = work.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"keep").unwrap();
+    std::fs::create_dir_all(state.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("blobs/sha256")).unwrap();
+    std::fs::create_dir_all(state.join("artifacts")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("artifacts/.tmp-x-999999")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("downloads")).unwrap();
+    for all in [false, true] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["cache", "prune", "--state-dir"]).arg(&state);
+        if all {
+            cmd.arg("--all");
+        }
+        let o = output_within(&mut cmd, Duration::from_secs(30));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep");
+}
+
+#[test]
+fn served_files_are_the_ones_opened_at_start() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let work = tempdir("state-fd");
+    let kernel = work.join("kernel");
+    let cc = work.join("cc.yaml");
+    let secret = work.join("shadow");
+    std::fs::write(&kernel, b"the real kernel").unwrap();
+    std::fs::write(&cc, b"#cloud-config\n").unwrap();
+    std::fs::write(&secret, b"root:$6$secret").unwrap();
+    let (mut d, http, _) = Daybreak::start_loopback(
+        &[
+            "serve",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cloud-config",
+            cc.to_str().unwrap(),
+        ],
+        &work,
+    );
+    // Swap both paths for symlinks to the secret.
+    for p in [&kernel, &cc] {
+        std::fs::remove_file(p).unwrap();
+        std::os::unix::fs::symlink(&secret, p).unwrap();
+    }
+    let get = |url: &str| {
+        let o = Command::new("curl")
+            .args(["-sSf", "--max-time", "10", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let base = format!("http://127.0.0.1:{http}");
+    assert_eq!(get(&format!("{base}/kernel")), "the real kernel");
+    let script = get(&format!("{base}/boot.ipxe"));
+    let config_url = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url="))
+        .unwrap()
+        .to_string();
+    assert_eq!(get(&config_url), "#cloud-config\n");
+    d.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn help_names_the_safe_default() {
+    let o = output_within(
+        Command::new(BIN).args(["cache", "list", "--help"]),
+        Duration::from_secs(10),
+    );
+    let help = String::from_utf8_lossy(&o.stdout);
+    let want = if common::is_root() {
+        "/var/lib/daybreak"
+    } else {
+        ".local/state/daybreak"
+    };
+    assert!(help.contains(want), "{help}");
+}
