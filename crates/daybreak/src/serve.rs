@@ -381,6 +381,7 @@ async fn start_netboot(
         tftp_sock,
         Arc::new(files),
         tftp::Limits::default(),
+        tftp::Budget::default(),
         tftp_stats.clone(),
     ));
     for (sock, port) in dhcp_sockets {

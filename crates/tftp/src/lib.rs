@@ -6,16 +6,19 @@
 //! and only in octet mode.
 //!
 //! [`transfer::Transfer`] is the whole protocol as a pure state machine: bytes and the time in,
-//! bytes to send and a deadline out. [`server`] is the tokio driver: one socket on port 69 for
-//! requests, one connected socket per transfer, as the RFC asks.
+//! bytes to send and a deadline out. [`endpoint::Endpoint`] routes what reaches port 69 (start,
+//! refuse, ignore) within a budget of transfers and requests per address. [`server`] is the tokio
+//! driver: one socket on port 69 for requests, one connected socket per transfer, as the RFC asks.
 //!
 //! Real firmware shapes this code. UEFI asks for `tsize`, `blksize` and `windowsize`, reads the
 //! size from the OACK, sends ERROR 8 and asks again; that error must end the transfer quietly, not
 //! start retransmissions.
 
+pub mod endpoint;
 pub mod packet;
 pub mod server;
 pub mod transfer;
 
+pub use endpoint::Budget;
 pub use server::{run, Files, Stats};
 pub use transfer::{Limits, Status, Transfer};

@@ -1,14 +1,18 @@
-//! The tokio driver: requests arrive on the listening socket; each accepted transfer gets its own
-//! socket connected to the client (its transfer ID), and a task that feeds the state machine.
+//! The tokio driver: requests arrive on the listening socket and go to the [`Endpoint`], which
+//! decides; each started transfer gets its own socket connected to the client (its transfer
+//! ID) and a task that feeds the [`Transfer`] machine. Refusals are sent from the listening
+//! socket, so saying no costs no descriptor.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
+use crate::endpoint::{Action, Budget, Endpoint, Ignored};
 use crate::transfer::{Limits, Status, Transfer};
 
 /// Files by name, held in memory: iPXE binaries are small and asked for by every booting machine.
@@ -24,6 +28,8 @@ pub struct Stats {
     pub timed_out: AtomicU64,
     pub refused: AtomicU64,
     pub malformed: AtomicU64,
+    /// Dropped unanswered: the source was over its request rate.
+    pub rate_limited: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
 
@@ -37,114 +43,109 @@ fn lookup(files: &Files, name: &str) -> Option<Arc<[u8]>> {
     })
 }
 
-/// A transfer in progress, by client address.
-struct Active {
-    id: u64,
-    request: Vec<u8>,
-    task: tokio::task::AbortHandle,
+/// Client-chosen text (file names, error messages) as it may go into a log line: control
+/// characters escaped, at most 200 characters, so a request cannot forge or flood log lines.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= 200 && !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let mut out: String = s.chars().take(200).flat_map(char::escape_default).collect();
+    if s.chars().nth(200).is_some() {
+        out.push('…');
+    }
+    out.into()
 }
 
-type ActiveMap = Arc<Mutex<HashMap<SocketAddr, Active>>>;
+/// What a transfer task tells the endpoint.
+enum Event {
+    Confirmed(SocketAddr, u64),
+    Finished(SocketAddr, u64),
+}
 
-struct Shared {
+/// Serves requests arriving on `socket` until the future is dropped; transfers already running
+/// finish on their own tasks.
+pub async fn run(
+    socket: UdpSocket,
     files: Arc<Files>,
     limits: Limits,
+    budget: Budget,
     stats: Arc<Stats>,
-    active: ActiveMap,
-    local_ip: Ipv4Addr,
-    next_id: AtomicU64,
-}
-
-/// Starts a transfer task for `peer`, replacing any it had.
-fn start(shared: &Arc<Shared>, peer: SocketAddr, request: Vec<u8>) {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let sh = shared.clone();
-    let req = request.clone();
-    let mut active = shared.active.lock().unwrap_or_else(|e| e.into_inner());
-    let task = tokio::spawn(async move {
-        serve_one(req, peer, sh.local_ip, &sh.files, &sh.limits, &sh.stats).await;
-        let mut active = sh.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.get(&peer).is_some_and(|a| a.id == id) {
-            active.remove(&peer);
-        }
-    });
-    if let Some(old) = active.insert(
-        peer,
-        Active {
-            id,
-            request,
-            task: task.abort_handle(),
-        },
-    ) {
-        old.task.abort();
-    }
-}
-
-/// Serves requests arriving on `socket` forever. Cancel by dropping the future; transfers already
-/// running finish on their own tasks.
-pub async fn run(socket: UdpSocket, files: Arc<Files>, limits: Limits, stats: Arc<Stats>) {
+) {
     let local_ip = match socket.local_addr() {
         Ok(SocketAddr::V4(a)) => *a.ip(),
         _ => Ipv4Addr::UNSPECIFIED,
     };
-    let shared = Arc::new(Shared {
-        files,
-        limits,
-        stats,
-        active: Arc::default(),
-        local_ip,
-        next_id: AtomicU64::new(0),
-    });
+    let mut endpoint = Endpoint::new(limits, budget);
+    let mut tasks: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; 1500];
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "tftp receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (n, peer) = tokio::select! {
+            Some(ev) = events.recv() => {
+                match ev {
+                    Event::Confirmed(peer, id) => endpoint.on_confirmed(peer, id),
+                    Event::Finished(peer, id) => {
+                        endpoint.on_finished(peer, id);
+                        tasks.remove(&id);
+                    }
+                }
                 continue;
             }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tftp receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
-        shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let request = buf[..n].to_vec();
-        let same = shared
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&peer)
-            .map(|a| a.request == request);
-        match same {
-            // A new client, or a client that moved on to another request: the old transfer is
-            // abandoned (a client cannot run two transfers from one port).
-            None | Some(false) => start(&shared, peer, request),
-            // The same request again: either a retransmission while we answer it (the transfer
-            // answers for itself), or a fresh request racing the end of the previous one (UEFI
-            // asks again right after aborting its size probe). Look again once that has settled.
-            Some(true) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    let still = shared
-                        .active
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(&peer);
-                    if !still {
-                        start(&shared, peer, request);
-                    }
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request = &buf[..n];
+        match endpoint.on_request(peer, request, Instant::now(), |name| lookup(&files, name)) {
+            Action::Start {
+                id,
+                replaces,
+                transfer,
+                send,
+            } => {
+                if let Some(h) = replaces.and_then(|old| tasks.remove(&old)) {
+                    h.abort();
+                }
+                let (stats, events) = (stats.clone(), events_tx.clone());
+                let task = tokio::spawn(async move {
+                    serve_one(*transfer, send, peer, local_ip, id, &stats, &events).await;
+                    let _ = events.send(Event::Finished(peer, id));
                 });
+                tasks.insert(id, task.abort_handle());
             }
+            Action::Refuse(refused) => {
+                if crate::packet::Packet::parse(request).is_err() {
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(client = %peer, reason = %shown(&refused.reason), "tftp request refused");
+                let _ = socket.send_to(&refused.packet, peer).await;
+            }
+            Action::Ignore(Ignored::RateLimited) => {
+                if stats.rate_limited.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::warn!(client = %peer, "tftp: requests over the rate limit are dropped");
+                }
+            }
+            Action::Ignore(Ignored::Duplicate) => {}
         }
     }
 }
 
 async fn serve_one(
-    request: Vec<u8>,
+    mut t: Transfer,
+    mut out: Vec<Vec<u8>>,
     peer: SocketAddr,
     local_ip: Ipv4Addr,
-    files: &Files,
-    limits: &Limits,
+    id: u64,
     stats: &Stats,
+    events: &mpsc::UnboundedSender<Event>,
 ) {
     let sock = match UdpSocket::bind((IpAddr::V4(local_ip), 0)).await {
         Ok(s) => s,
@@ -158,22 +159,9 @@ async fn serve_one(
         return;
     }
     let started = Instant::now();
-    let mut out = Vec::new();
-    let mut t = match Transfer::start(&request, |n| lookup(files, n), limits, started, &mut out) {
-        Ok(t) => t,
-        Err(refused) => {
-            if crate::packet::Packet::parse(&request).is_err() {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(client = %peer, reason = %refused.reason, "tftp request refused");
-            let _ = sock.send(&refused.packet).await;
-            return;
-        }
-    };
     let mut buf = vec![0u8; 1500];
     let mut sent_bytes = 0u64;
+    let mut confirmed = false;
     loop {
         for p in out.drain(..) {
             sent_bytes += p.len().saturating_sub(4) as u64;
@@ -183,6 +171,10 @@ async fn serve_one(
         }
         if t.status() != &Status::Running {
             break;
+        }
+        if !confirmed && t.confirmed() {
+            confirmed = true;
+            let _ = events.send(Event::Confirmed(peer, id));
         }
         let deadline = tokio::time::Instant::from_std(t.deadline());
         match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
@@ -206,7 +198,7 @@ async fn serve_one(
         Status::Complete => {
             stats.completed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
-                client = %peer, file = %n.filename, bytes = t.file_len(), ms,
+                client = %peer, file = %shown(&n.filename), bytes = t.file_len(), ms,
                 blksize = n.blksize, windowsize = n.windowsize, retransmits = t.retransmits,
                 "tftp sent"
             );
@@ -215,16 +207,36 @@ async fn serve_one(
             after_oack: true, ..
         } => {
             stats.aborted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client = %peer, file = %n.filename, "tftp size probe answered");
+            tracing::debug!(client = %peer, file = %shown(&n.filename), "tftp size probe answered");
         }
         Status::ClientAborted { code, message, .. } => {
             stats.aborted.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, file = %n.filename, code, message = %message, "tftp transfer aborted by client");
+            tracing::warn!(client = %peer, file = %shown(&n.filename), code, message = %shown(message), "tftp transfer aborted by client");
         }
         Status::TimedOut => {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, file = %n.filename, ms, "tftp transfer timed out");
+            if t.confirmed() {
+                tracing::warn!(client = %peer, file = %shown(&n.filename), ms, "tftp transfer timed out");
+            } else {
+                tracing::debug!(client = %peer, file = %shown(&n.filename), "tftp: no answer to our first packet (a forged request, or a client gone)");
+            }
         }
         Status::Running => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn client_text_cannot_forge_log_lines() {
+        assert_eq!(shown("ipxe.efi"), "ipxe.efi");
+        let evil = format!("a\nINFO forged\x1b[2J{}", "x".repeat(500));
+        let s = shown(&evil);
+        assert!(
+            !s.contains('\n') && !s.contains('\x1b') && s.len() < 260,
+            "{s}"
+        );
     }
 }

@@ -20,6 +20,12 @@ pub struct Limits {
     pub default_timeout: Duration,
     /// Retransmissions of the same window before giving up.
     pub max_retries: u32,
+    /// Longest retransmission timeout a client may ask for (RFC 2349 allows 255 s); a request
+    /// for more is not granted and the default applies. A spoofed request must not hold a socket
+    /// for minutes.
+    pub max_timeout: Duration,
+    /// Longest a whole transfer may take, however it goes; iPXE is a few hundred KB.
+    pub max_duration: Duration,
 }
 
 impl Default for Limits {
@@ -29,9 +35,16 @@ impl Default for Limits {
             max_windowsize: 64,
             default_timeout: Duration::from_secs(1),
             max_retries: 5,
+            max_timeout: Duration::from_secs(5),
+            max_duration: Duration::from_secs(120),
         }
     }
 }
+
+/// Until the client has acknowledged something, it may not be the one who asked (UDP sources are
+/// easy to forge): it gets one packet and one retransmission of it, no window, and no ERROR
+/// when it stays silent. A forged 17-byte request so buys at most two replies.
+const RETRIES_BEFORE_FIRST_ACK: u32 = 1;
 
 /// Why a request got an ERROR instead of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +124,25 @@ pub struct Transfer {
     oack: Option<Vec<u8>>,
     retries: u32,
     deadline: Instant,
+    /// When the whole transfer must be over.
+    end_by: Instant,
+    /// The client has acknowledged something: it is really at the address it claims.
+    confirmed: bool,
     status: Status,
     pub negotiated: Negotiated,
     /// Packets sent again after a timeout.
     pub retransmits: u64,
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer")
+            .field("negotiated", &self.negotiated)
+            .field("len", &self.file.len())
+            .field("acked", &self.acked)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Transfer {
@@ -172,7 +200,7 @@ impl Transfer {
                     windowsize = n.min(u64::from(limits.max_windowsize)).min(65535) as u16;
                     granted.push((key.clone(), windowsize.to_string()));
                 }
-                "timeout" if (1..=255).contains(&n) => {
+                "timeout" if n >= 1 && Duration::from_secs(n) <= limits.max_timeout => {
                     timeout = Duration::from_secs(n);
                     granted.push((key.clone(), n.to_string()));
                 }
@@ -195,6 +223,8 @@ impl Transfer {
             oack: None,
             retries: 0,
             deadline: now + timeout,
+            end_by: now + limits.max_duration,
+            confirmed: false,
             status: Status::Running,
             negotiated: Negotiated {
                 filename: name,
@@ -221,7 +251,12 @@ impl Transfer {
 
     /// When [`Transfer::on_timeout`] should next be called.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.deadline.min(self.end_by)
+    }
+
+    /// Whether the client has acknowledged anything yet.
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
     }
 
     pub fn file_len(&self) -> usize {
@@ -230,7 +265,8 @@ impl Transfer {
 
     fn send_window(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
         let first = self.acked + 1;
-        let last = (self.acked + self.windowsize).min(self.total_blocks);
+        let window = if self.confirmed { self.windowsize } else { 1 };
+        let last = (self.acked + window).min(self.total_blocks);
         for abs in first..=last {
             let start = ((abs - 1) as usize)
                 .saturating_mul(self.blksize)
@@ -247,12 +283,16 @@ impl Transfer {
         if self.status != Status::Running {
             return &self.status;
         }
+        if now >= self.end_by {
+            return self.on_timeout(now, out);
+        }
         match Packet::parse(bytes) {
             Ok(Packet::Ack { block }) => {
                 if self.oack.is_some() {
                     if block == 0 {
                         self.oack = None;
                         self.retries = 0;
+                        self.confirmed = true;
                         self.send_window(now, out);
                     }
                     return &self.status;
@@ -265,6 +305,7 @@ impl Transfer {
                 }
                 self.acked += ahead;
                 self.retries = 0;
+                self.confirmed = true;
                 if self.acked == self.total_blocks {
                     self.status = Status::Complete;
                 } else {
@@ -286,16 +327,28 @@ impl Transfer {
 
     /// Call at or after [`Transfer::deadline`]: retransmits what is unacknowledged, or gives up.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) -> &Status {
-        if self.status != Status::Running || now < self.deadline {
+        if self.status != Status::Running || now < self.deadline() {
+            return &self.status;
+        }
+        if now >= self.end_by {
+            self.status = Status::TimedOut;
+            out.push(packet::error(code::NOT_DEFINED, "transfer took too long"));
             return &self.status;
         }
         self.retries += 1;
-        if self.retries > self.max_retries {
+        let allowed = if self.confirmed {
+            self.max_retries
+        } else {
+            RETRIES_BEFORE_FIRST_ACK
+        };
+        if self.retries > allowed {
             self.status = Status::TimedOut;
-            out.push(packet::error(
-                code::NOT_DEFINED,
-                "timed out waiting for ACK",
-            ));
+            if self.confirmed {
+                out.push(packet::error(
+                    code::NOT_DEFINED,
+                    "timed out waiting for ACK",
+                ));
+            }
             return &self.status;
         }
         let before = out.len();
@@ -461,12 +514,90 @@ mod tests {
     }
 
     #[test]
+    fn an_unacknowledged_request_gets_two_packets_at_most() {
+        // A forged 17-byte RRQ: block 1 once, one retransmission, then silence.
+        let req = rrq(
+            "ipxe.efi",
+            "octet",
+            &[("windowsize", "64"), ("blksize", "1468")],
+        );
+        let mut out = vec![];
+        let mut t = start(&rrq("ipxe.efi", "octet", &[]), file(100_000), &mut out).unwrap();
+        let mut now = Instant::now();
+        for _ in 0..10 {
+            now += Duration::from_secs(1);
+            t.on_timeout(now, &mut out);
+        }
+        assert_eq!(out.len(), 2, "block 1 and one retransmission");
+        assert!(out.iter().all(|p| data_of(p).0 == 1));
+        assert_eq!(t.status(), &Status::TimedOut);
+        // With options, the OACK stands in for block 1: no window before ACK 0.
+        let mut out = vec![];
+        let mut t = start(&req, file(100_000), &mut out).unwrap();
+        for _ in 0..10 {
+            now += Duration::from_secs(1);
+            t.on_timeout(now, &mut out);
+        }
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|p| matches!(Packet::parse(p), Ok(Packet::Oack { .. }))));
+        // A client that asks without options gets one block until its first ACK, then windows.
+        let mut out = vec![];
+        let mut t = start(&req, file(100_000), &mut out).unwrap();
+        out.clear();
+        t.on_packet(&ack(0), now, &mut out);
+        assert_eq!(out.len(), 64, "the window opens once the client answered");
+    }
+
+    #[test]
+    fn long_timeouts_are_not_granted_and_transfers_end_in_time() {
+        let mut out = vec![];
+        let req = rrq("ipxe.efi", "octet", &[("timeout", "255"), ("tsize", "0")]);
+        let t = start(&req, file(10_000), &mut out).unwrap();
+        match Packet::parse(&out[0]).unwrap() {
+            Packet::Oack { options } => {
+                assert!(options.iter().all(|(k, _)| k != "timeout"), "{options:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.negotiated.timeout, Duration::from_secs(1));
+        // A client that acknowledges just often enough to keep a transfer alive (one block per
+        // 0.9 s of a 1 MB file) is ended at the overall limit.
+        let start_at = Instant::now();
+        let mut now = start_at;
+        let mut out = vec![];
+        let mut t = start(&rrq("ipxe.efi", "octet", &[]), file(1_000_000), &mut out).unwrap();
+        let mut block = 0u16;
+        while t.status() == &Status::Running {
+            now += Duration::from_millis(900);
+            block = block.wrapping_add(1);
+            t.on_packet(&ack(block), now, &mut out);
+            t.on_timeout(now, &mut out);
+            assert!(now - start_at < Duration::from_secs(200));
+        }
+        assert_eq!(t.status(), &Status::TimedOut);
+        let took = now - start_at;
+        let max = Limits::default().max_duration;
+        assert!(
+            took >= max && took <= max + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(matches!(
+            Packet::parse(out.last().unwrap()),
+            Ok(Packet::Error { .. })
+        ));
+    }
+
+    #[test]
     fn timeout_retransmits_then_gives_up() {
         let mut out = vec![];
         let mut t = start(&rrq("ipxe.efi", "octet", &[]), file(2000), &mut out).unwrap();
-        let first = out[0].clone();
         out.clear();
         let mut now = Instant::now();
+        t.on_packet(&ack(1), now, &mut out);
+        let first = out[0].clone();
+        out.clear();
         t.on_timeout(now, &mut out);
         assert!(out.is_empty(), "not yet due");
         for _ in 0..5 {
@@ -481,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn oack_is_retransmitted_on_timeout() {
+    fn oack_is_retransmitted_on_timeout_once() {
         let mut out = vec![];
         let mut t = start(
             &rrq("ipxe.efi", "octet", &[("tsize", "0")]),

@@ -1,0 +1,362 @@
+//! What to do with each datagram that reaches the listening port, as a pure state machine: no
+//! sockets, no clock of its own (time comes in as an argument, as in quinn-proto's `Endpoint`).
+//!
+//! A request starts a transfer (with its first packets to send from a new socket), is refused
+//! with an ERROR sent from the listening socket (no socket is opened to say no), or is ignored:
+//! a repeat of a request whose transfer already runs, or a source over its budget. The budget
+//! bounds what unauthenticated UDP can make the server do: transfers in all and per source
+//! address, and new requests per source address per second (a token bucket), so a flood of
+//! forged requests neither exhausts descriptors nor turns the server into an amplifier.
+//!
+//! The same request again is the subtle case. Before the client has acknowledged anything it
+//! is a client that missed our first packet, or UEFI asking again right after aborting its size
+//! probe (ERROR 8 on the transfer socket, then the same RRQ here, in either order): both want a
+//! fresh transfer, which replaces the old one. Once the client has acknowledged data it is a
+//! stale duplicate, and the running transfer answers for itself.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::packet::{self, code};
+use crate::transfer::{Limits, Refused, Transfer};
+
+/// Bounds on what the listening port accepts.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Transfers running at once, from everyone.
+    pub max_transfers: usize,
+    /// Transfers running at once from one address (a client runs one, UEFI two for a moment).
+    pub max_per_address: usize,
+    /// New requests one address may make per second, sustained…
+    pub requests_per_second: f64,
+    /// …and in a burst.
+    pub burst: f64,
+    /// Addresses whose request rate is remembered; past this, idle ones are forgotten first and
+    /// requests from new addresses are dropped while none is idle.
+    pub tracked_addresses: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_transfers: 512,
+            max_per_address: 4,
+            requests_per_second: 4.0,
+            burst: 8.0,
+            tracked_addresses: 16_384,
+        }
+    }
+}
+
+/// Why a datagram was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// The same request as a transfer that is under way.
+    Duplicate,
+    /// The address is over its request rate: dropped without an answer.
+    RateLimited,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Open a socket for `peer`, send `send` from it and drive `transfer`; stop transfer
+    /// `replaces` first if given.
+    Start {
+        id: u64,
+        replaces: Option<u64>,
+        transfer: Box<Transfer>,
+        send: Vec<Vec<u8>>,
+    },
+    /// Answer from the listening socket and open nothing.
+    Refuse(Refused),
+    Ignore(Ignored),
+}
+
+struct Session {
+    id: u64,
+    request: Vec<u8>,
+    confirmed: bool,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct Endpoint {
+    limits: Limits,
+    budget: Budget,
+    sessions: HashMap<SocketAddr, Session>,
+    per_address: HashMap<IpAddr, usize>,
+    buckets: HashMap<IpAddr, Bucket>,
+    next_id: u64,
+}
+
+fn busy(reason: &str) -> Refused {
+    Refused {
+        packet: packet::error(code::NOT_DEFINED, "server busy, try again"),
+        reason: reason.to_string(),
+    }
+}
+
+impl Endpoint {
+    pub fn new(limits: Limits, budget: Budget) -> Endpoint {
+        Endpoint {
+            limits,
+            budget,
+            sessions: HashMap::new(),
+            per_address: HashMap::new(),
+            buckets: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Transfers under way.
+    pub fn transfers(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A datagram from `peer` on the listening port. `lookup` finds a file by its normalised name.
+    pub fn on_request(
+        &mut self,
+        peer: SocketAddr,
+        request: &[u8],
+        now: Instant,
+        lookup: impl FnOnce(&str) -> Option<Arc<[u8]>>,
+    ) -> Action {
+        let replaces = match self.sessions.get(&peer) {
+            Some(s) if s.request == request && s.confirmed => {
+                return Action::Ignore(Ignored::Duplicate)
+            }
+            Some(s) => Some(s.id),
+            None => None,
+        };
+        if !self.take_token(peer.ip(), now) {
+            return Action::Ignore(Ignored::RateLimited);
+        }
+        if replaces.is_none() {
+            if self.sessions.len() >= self.budget.max_transfers {
+                return Action::Refuse(busy("too many transfers at once"));
+            }
+            if self.per_address.get(&peer.ip()).copied().unwrap_or(0) >= self.budget.max_per_address
+            {
+                return Action::Refuse(busy("too many transfers from this address"));
+            }
+        }
+        let mut send = Vec::new();
+        match Transfer::start(request, lookup, &self.limits, now, &mut send) {
+            Ok(transfer) => {
+                if let Some(old) = replaces {
+                    self.on_finished(peer, old);
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                self.sessions.insert(
+                    peer,
+                    Session {
+                        id,
+                        request: request.to_vec(),
+                        confirmed: false,
+                    },
+                );
+                *self.per_address.entry(peer.ip()).or_insert(0) += 1;
+                Action::Start {
+                    id,
+                    replaces,
+                    transfer: Box::new(transfer),
+                    send,
+                }
+            }
+            Err(refused) => Action::Refuse(refused),
+        }
+    }
+
+    /// Transfer `id` got its first acknowledgement: a repeat of its request is stale from now on.
+    pub fn on_confirmed(&mut self, peer: SocketAddr, id: u64) {
+        if let Some(s) = self.sessions.get_mut(&peer).filter(|s| s.id == id) {
+            s.confirmed = true;
+        }
+    }
+
+    /// Transfer `id` ended (or was stopped).
+    pub fn on_finished(&mut self, peer: SocketAddr, id: u64) {
+        if self.sessions.get(&peer).is_some_and(|s| s.id == id) {
+            self.sessions.remove(&peer);
+            if let Some(n) = self.per_address.get_mut(&peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_address.remove(&peer.ip());
+                }
+            }
+        }
+    }
+
+    fn take_token(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let (rate, burst) = (self.budget.requests_per_second, self.budget.burst);
+        let refill = |b: &Bucket| {
+            let secs = now.saturating_duration_since(b.at).as_secs_f64();
+            (b.tokens + secs * rate).min(burst)
+        };
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.budget.tracked_addresses {
+            // Forget addresses whose bucket has filled up again: they are idle.
+            self.buckets.retain(|_, b| refill(b) < burst);
+            if self.buckets.len() >= self.budget.tracked_addresses {
+                return false;
+            }
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        b.tokens = refill(b);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+}
+
+/// How long a source must stay quiet to regain its whole burst.
+pub fn refill_time(budget: &Budget) -> Duration {
+    Duration::from_secs_f64(budget.burst / budget.requests_per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{rrq, Packet};
+
+    fn file() -> Option<Arc<[u8]>> {
+        Some(Arc::from(vec![7u8; 3000]))
+    }
+
+    fn addr(i: u32, port: u16) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), port))
+    }
+
+    fn started(a: &Action) -> u64 {
+        match a {
+            Action::Start { id, .. } => *id,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_uefi_re_ask_replaces_the_probe_and_a_stale_duplicate_is_ignored() {
+        let mut e = Endpoint::new(Limits::default(), Budget::default());
+        let now = Instant::now();
+        let peer = addr(1, 1000);
+        let req = rrq("ipxe.efi", "octet", &[("tsize", "0"), ("blksize", "1468")]);
+        let probe = started(&e.on_request(peer, &req, now, |_| file()));
+        // UEFI aborts after the OACK and asks again: a fresh transfer replaces the probe,
+        // whichever of the ERROR and the new RRQ is seen first.
+        let a = e.on_request(peer, &req, now, |_| file());
+        assert!(matches!(a, Action::Start { replaces: Some(r), .. } if r == probe));
+        let real = started(&a);
+        assert_eq!(e.transfers(), 1);
+        e.on_finished(peer, probe); // the probe's task ends late: no effect on the new one
+        assert_eq!(e.transfers(), 1);
+        // Once data flows, the same request again is a stale retransmission.
+        e.on_confirmed(peer, real);
+        assert!(matches!(
+            e.on_request(peer, &req, now, |_| file()),
+            Action::Ignore(Ignored::Duplicate)
+        ));
+        // Another request from the same port moves on to it.
+        let other = rrq("undionly.kpxe", "octet", &[]);
+        assert!(matches!(
+            e.on_request(peer, &other, now, |_| file()),
+            Action::Start { replaces: Some(r), .. } if r == real
+        ));
+        e.on_finished(peer, real + 1);
+        assert_eq!(e.transfers(), 0);
+    }
+
+    #[test]
+    fn a_flood_from_one_address_is_capped_and_rate_limited() {
+        let mut e = Endpoint::new(Limits::default(), Budget::default());
+        let now = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[]);
+        let (mut starts, mut busy, mut dropped) = (0, 0, 0);
+        for port in 0..1200u16 {
+            match e.on_request(addr(1, 2000 + port), &req, now, |_| file()) {
+                Action::Start { .. } => starts += 1,
+                Action::Refuse(_) => busy += 1,
+                Action::Ignore(Ignored::RateLimited) => dropped += 1,
+                Action::Ignore(Ignored::Duplicate) => unreachable!(),
+            }
+        }
+        assert_eq!(starts, 4, "max_per_address");
+        assert_eq!(busy, 4, "the rest of the burst is refused");
+        assert_eq!(dropped, 1192, "the remainder gets no answer at all");
+        // After a quiet second the address may ask again (and is refused while still at its cap).
+        let later = now + Duration::from_secs(1);
+        assert!(matches!(
+            e.on_request(addr(1, 9999), &req, later, |_| file()),
+            Action::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn many_addresses_share_the_total_cap() {
+        let budget = Budget {
+            max_transfers: 100,
+            ..Budget::default()
+        };
+        let mut e = Endpoint::new(Limits::default(), budget);
+        let now = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[]);
+        let mut starts = 0;
+        for i in 0..300 {
+            match e.on_request(addr(i, 1000), &req, now, |_| file()) {
+                Action::Start { .. } => starts += 1,
+                Action::Refuse(r) => assert!(r.reason.contains("too many transfers")),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(starts, 100);
+        assert_eq!(e.transfers(), 100);
+    }
+
+    #[test]
+    fn refusals_come_back_without_a_transfer() {
+        let mut e = Endpoint::new(Limits::default(), Budget::default());
+        let now = Instant::now();
+        let a = e.on_request(addr(1, 1), &rrq("nope", "octet", &[]), now, |_| None);
+        match a {
+            Action::Refuse(r) => assert!(matches!(
+                Packet::parse(&r.packet),
+                Ok(Packet::Error { code: 1, .. })
+            )),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.transfers(), 0);
+    }
+
+    #[test]
+    fn forged_sources_cannot_grow_memory_without_bound() {
+        let budget = Budget {
+            tracked_addresses: 1000,
+            max_transfers: 10_000,
+            ..Budget::default()
+        };
+        let mut e = Endpoint::new(Limits::default(), budget.clone());
+        let now = Instant::now();
+        let req = rrq("nope", "octet", &[]);
+        for i in 0..5000 {
+            let _ = e.on_request(addr(i, 1), &req, now, |_| None);
+        }
+        assert!(e.buckets.len() <= 1000);
+        // Once they have been quiet long enough, new addresses are served again.
+        let later = now + refill_time(&budget) + Duration::from_millis(1);
+        assert!(matches!(
+            e.on_request(addr(999_999, 1), &req, later, |_| None),
+            Action::Refuse(_)
+        ));
+    }
+}
