@@ -4,11 +4,12 @@
 //!
 //! It serves only what a [`Router`] names; request paths never become filesystem paths.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -16,11 +17,168 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a connection may sit between requests, or take to send a request head.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may stall reading a response before it is dropped.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_HEAD: usize = 16 * 1024;
+
+/// What clients may hold of the server. Every connection costs a descriptor, and anyone on the
+/// LAN can open them: the caps keep the server answering whatever a flood does, by shedding
+/// the connections that are doing nothing (the oldest idle keep-alive first) before refusing
+/// new ones, and by cutting off clients that read too slowly to be booting anything.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    /// How long a connection may wait between requests, or take to send a request head.
+    pub idle: Duration,
+    /// Slowest a response body may be read, averaged over `rate_window` (which is also how
+    /// long a client may stall outright).
+    pub min_rate: u64,
+    pub rate_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_per_address: 32,
+            idle: Duration::from_secs(30),
+            min_rate: 16 * 1024,
+            rate_window: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Conn {
+    ip: IpAddr,
+    /// Since when it waits for a request, if it does.
+    idle_since: Option<Instant>,
+    shed: CancellationToken,
+}
+
+/// The open connections, for the caps.
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Conn>,
+    per_address: HashMap<IpAddr, usize>,
+    next: u64,
+}
+
+impl Registry {
+    /// Makes room for a connection from `ip` (shedding the oldest idle connection of that
+    /// address when it is at its cap, and of anyone when the server is) and registers it.
+    /// `None` when nothing could be shed.
+    fn admit(&mut self, ip: IpAddr, limits: &Limits) -> Option<(u64, CancellationToken)> {
+        if self.per_address.get(&ip).copied().unwrap_or(0) >= limits.max_per_address
+            && !self.shed_oldest_idle(Some(ip))
+        {
+            return None;
+        }
+        if self.conns.len() >= limits.max_connections && !self.shed_oldest_idle(None) {
+            return None;
+        }
+        let id = self.next;
+        self.next += 1;
+        let shed = CancellationToken::new();
+        self.conns.insert(
+            id,
+            Conn {
+                ip,
+                idle_since: Some(Instant::now()),
+                shed: shed.clone(),
+            },
+        );
+        *self.per_address.entry(ip).or_insert(0) += 1;
+        Some((id, shed))
+    }
+
+    fn shed_oldest_idle(&mut self, of: Option<IpAddr>) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| of.is_none_or(|ip| c.ip == ip))
+            .filter_map(|(id, c)| Some((c.idle_since?, *id)))
+            .min();
+        match oldest {
+            Some((_, id)) => {
+                if let Some(c) = self.remove(id) {
+                    c.shed.cancel();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_idle(&mut self, id: u64, idle: bool) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.idle_since = idle.then(Instant::now);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Conn> {
+        let c = self.conns.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&c.ip);
+            }
+        }
+        Some(c)
+    }
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unregisters a connection however its task ends.
+struct Admitted {
+    id: u64,
+    registry: Shared,
+    shed: CancellationToken,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        lock(&self.registry).remove(self.id);
+    }
+}
+
+/// Checks that a client keeps reading: at least `min_rate` bytes per `window`.
+struct Pace {
+    min_rate: u64,
+    window: Duration,
+    since: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(limits: &Limits) -> Pace {
+        Pace {
+            min_rate: limits.min_rate,
+            window: limits.rate_window,
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn sent(&mut self, n: u64) -> io::Result<()> {
+        self.bytes += n;
+        let elapsed = self.since.elapsed();
+        if elapsed >= self.window {
+            if (self.bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("client reads slower than {} KiB/s", self.min_rate / 1024),
+                ));
+            }
+            self.since = Instant::now();
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
 
 /// Where a response body comes from. Files are descriptors opened before serving started,
 /// never paths: nothing a request does, and nothing done to the filesystem since, can make the
@@ -212,8 +370,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Opti
     }
 }
 
+/// How long a client may stall reading a response before it is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
 async fn write_all(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
-    tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(data))
+    tokio::time::timeout(WRITE_STALL, stream.write_all(data))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
 }
@@ -224,10 +385,11 @@ async fn send_file(
     file: &File,
     mut offset: u64,
     mut len: u64,
+    pace: &mut Pace,
 ) -> io::Result<()> {
     let (sock, fd) = (stream.as_raw_fd(), file.as_raw_fd());
     while len > 0 {
-        tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.writable())
+        tokio::time::timeout(pace.window, stream.writable())
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
         let chunk = len.min(1 << 30) as usize;
@@ -251,6 +413,7 @@ async fn send_file(
             Ok(n) => {
                 offset += n;
                 len -= n;
+                pace.sent(n)?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -282,9 +445,10 @@ async fn send_ranges(
     ranges: &[(u64, u64)],
     start: u64,
     count: u64,
+    pace: &mut Pace,
 ) -> io::Result<()> {
     for (offset, a, b) in pieces(ranges, start, count) {
-        send_file(stream, file, offset, b - a).await?;
+        send_file(stream, file, offset, b - a, pace).await?;
     }
     Ok(())
 }
@@ -314,6 +478,7 @@ fn status_text(code: u16) -> &'static str {
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "",
     }
 }
@@ -335,6 +500,8 @@ async fn connection<R: Router>(
     peer: SocketAddr,
     router: Arc<R>,
     cancel: CancellationToken,
+    limits: Arc<Limits>,
+    admitted: Admitted,
 ) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
@@ -349,9 +516,14 @@ async fn connection<R: Router>(
     };
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
+        lock(&admitted.registry).set_idle(admitted.id, buf.is_empty());
         let head_len = tokio::select! {
             _ = cancel.cancelled(), if buf.is_empty() => return,
-            r = tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buf)) => match r {
+            _ = admitted.shed.cancelled(), if buf.is_empty() => {
+                tracing::debug!(client = %peer, "http: idle connection closed to make room");
+                return;
+            }
+            r = tokio::time::timeout(limits.idle, read_head(&mut stream, &mut buf)) => match r {
                 Ok(Ok(Some(n))) => n,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
@@ -362,6 +534,7 @@ async fn connection<R: Router>(
                 Err(_) => return,
             },
         };
+        lock(&admitted.registry).set_idle(admitted.id, false);
         let head = parse_head(&buf[..head_len]);
         buf.drain(..head_len);
         let Some(head) = head else {
@@ -370,7 +543,18 @@ async fn connection<R: Router>(
         };
         // Boot clients never send request bodies; rather than parse one, answer and close.
         let keep_alive = head.keep_alive && !head.has_body && !cancel.is_cancelled();
-        match respond(&mut stream, &head, local, peer, &*router, keep_alive).await {
+        let mut pace = Pace::new(&limits);
+        match respond(
+            &mut stream,
+            &head,
+            local,
+            peer,
+            &*router,
+            keep_alive,
+            &mut pace,
+        )
+        .await
+        {
             Ok(()) if keep_alive => continue,
             Ok(()) => return,
             Err(e) => {
@@ -388,6 +572,7 @@ async fn respond<R: Router>(
     peer: SocketAddr,
     router: &R,
     keep_alive: bool,
+    pace: &mut Pace,
 ) -> io::Result<()> {
     let is_head = head.method == "HEAD";
     if head.method != "GET" && !is_head {
@@ -462,8 +647,10 @@ async fn respond<R: Router>(
         (Body::Memory(b), _) => {
             write_all(stream, &b[start as usize..(start + count) as usize]).await
         }
-        (Body::Ranges(_, ranges), Some(f)) => send_ranges(stream, f, ranges, start, count).await,
-        (_, Some(f)) => send_file(stream, f, start, count).await,
+        (Body::Ranges(_, ranges), Some(f)) => {
+            send_ranges(stream, f, ranges, start, count, pace).await
+        }
+        (_, Some(f)) => send_file(stream, f, start, count, pace).await,
         _ => Ok(()),
     };
     if corked {
@@ -491,16 +678,37 @@ async fn respond<R: Router>(
 pub async fn serve<R: Router>(
     listener: TcpListener,
     router: Arc<R>,
+    limits: Limits,
     cancel: CancellationToken,
     grace: Duration,
 ) {
     let tracker = TaskTracker::new();
+    let limits = Arc::new(limits);
+    let registry: Shared = Arc::default();
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(connection(stream, peer, router.clone(), cancel.clone()));
+                    let Some((id, shed)) = lock(&registry).admit(peer.ip(), &limits) else {
+                        // Full of busy connections: say so without waiting, and close.
+                        let _ = stream.try_write(&simple(503, false, "Retry-After: 5\r\n"));
+                        refused += 1;
+                        if refused % 100 == 1 {
+                            tracing::warn!(client = %peer, refused, "http: connection limit reached; refusing new connections");
+                        }
+                        continue;
+                    };
+                    let admitted = Admitted { id, registry: registry.clone(), shed };
+                    tracker.spawn(connection(
+                        stream,
+                        peer,
+                        router.clone(),
+                        cancel.clone(),
+                        limits.clone(),
+                        admitted,
+                    ));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -171,7 +171,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?);
 
-    let mut tasks = Tasks::default();
+    let mut tasks = Tasks {
+        cancel: CancellationToken::new(),
+        http: Default::default(),
+        background: Default::default(),
+        budget: descriptor_budget(),
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         ipxe = ipxe::VERSION,
@@ -238,11 +243,11 @@ type Counters = (Arc<DhcpStats>, Arc<tftp::Stats>);
 
 /// What runs until shutdown: HTTP servers, which finish their downloads within the grace period
 /// once `cancel` fires, and background tasks (TFTP, ProxyDHCP), which are aborted.
-#[derive(Default)]
 struct Tasks {
     cancel: CancellationToken,
     http: tokio::task::JoinSet<()>,
     background: tokio::task::JoinSet<()>,
+    budget: Budget,
 }
 
 impl Tasks {
@@ -254,9 +259,63 @@ impl Tasks {
         self.http.spawn(crate::http::serve(
             listener,
             router,
+            self.budget.http.clone(),
             self.cancel.clone(),
             SHUTDOWN_GRACE,
         ));
+    }
+}
+
+/// How the descriptors this process may open are shared out.
+#[derive(Debug, Clone)]
+struct Budget {
+    http: crate::http::Limits,
+    tftp: tftp::Budget,
+}
+
+/// Descriptors kept back for everything but client connections: served files, the store,
+/// sockets of our own, logs.
+const FD_RESERVE: u64 = 128;
+
+/// Raises the soft descriptor limit to the hard one (the common soft 1024 is a legacy of
+/// select(2), which nothing here uses) and shares it out: a quarter of what is left after the
+/// reserve for TFTP transfers (at most 512), the rest for HTTP connections (at most 8192), so
+/// a flood of either runs into its own cap, never into EMFILE.
+fn descriptor_budget() -> Budget {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    let nofile = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+            lim.rlim_cur
+        } else {
+            1024
+        }
+    };
+    let spare = nofile.saturating_sub(FD_RESERVE).max(64);
+    let tftp = (spare / 4).clamp(8, 512) as usize;
+    let http = (spare - spare / 4).clamp(32, 8192) as usize;
+    tracing::debug!(nofile, http, tftp, "descriptor budget");
+    Budget {
+        http: crate::http::Limits {
+            max_connections: http,
+            ..Default::default()
+        },
+        tftp: tftp::Budget {
+            max_transfers: tftp,
+            ..Default::default()
+        },
     }
 }
 
@@ -381,7 +440,7 @@ async fn start_netboot(
         tftp_sock,
         Arc::new(files),
         tftp::Limits::default(),
-        tftp::Budget::default(),
+        tasks.budget.tftp.clone(),
         tftp_stats.clone(),
     ));
     for (sock, port) in dhcp_sockets {

@@ -62,11 +62,11 @@ pub enum Ignored {
 /// What the driver must do.
 #[derive(Debug)]
 pub enum Action {
-    /// Open a socket for `peer`, send `send` from it and drive `transfer`; stop transfer
-    /// `replaces` first if given.
+    /// Open a socket for `peer`, send `send` from it and drive `transfer`; first stop the
+    /// transfers in `stop` (the one this request replaces, or one evicted to make room).
     Start {
         id: u64,
-        replaces: Option<u64>,
+        stop: Vec<u64>,
         transfer: Box<Transfer>,
         send: Vec<Vec<u8>>,
     },
@@ -79,6 +79,7 @@ struct Session {
     id: u64,
     request: Vec<u8>,
     confirmed: bool,
+    started: Instant,
 }
 
 struct Bucket {
@@ -137,20 +138,32 @@ impl Endpoint {
         if !self.take_token(peer.ip(), now) {
             return Action::Ignore(Ignored::RateLimited);
         }
-        if replaces.is_none() {
-            if self.sessions.len() >= self.budget.max_transfers {
-                return Action::Refuse(busy("too many transfers at once"));
-            }
-            if self.per_address.get(&peer.ip()).copied().unwrap_or(0) >= self.budget.max_per_address
-            {
-                return Action::Refuse(busy("too many transfers from this address"));
-            }
-        }
         let mut send = Vec::new();
         match Transfer::start(request, lookup, &self.limits, now, &mut send) {
             Ok(transfer) => {
+                let mut stop = Vec::new();
                 if let Some(old) = replaces {
                     self.on_finished(peer, old);
+                    stop.push(old);
+                } else {
+                    // At a cap, a transfer whose client never answered (a forged request, most
+                    // likely) makes room; only clients that answer can fill the server.
+                    let full_here = self.per_address.get(&peer.ip()).copied().unwrap_or(0)
+                        >= self.budget.max_per_address;
+                    if full_here {
+                        match self.evict_unconfirmed(Some(peer.ip())) {
+                            Some(id) => stop.push(id),
+                            None => {
+                                return Action::Refuse(busy("too many transfers from this address"))
+                            }
+                        }
+                    }
+                    if self.sessions.len() >= self.budget.max_transfers {
+                        match self.evict_unconfirmed(None) {
+                            Some(id) => stop.push(id),
+                            None => return Action::Refuse(busy("too many transfers at once")),
+                        }
+                    }
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -160,18 +173,31 @@ impl Endpoint {
                         id,
                         request: request.to_vec(),
                         confirmed: false,
+                        started: now,
                     },
                 );
                 *self.per_address.entry(peer.ip()).or_insert(0) += 1;
                 Action::Start {
                     id,
-                    replaces,
+                    stop,
                     transfer: Box::new(transfer),
                     send,
                 }
             }
             Err(refused) => Action::Refuse(refused),
         }
+    }
+
+    /// Ends the oldest transfer (of `of`, or of anyone) whose client has not answered yet.
+    fn evict_unconfirmed(&mut self, of: Option<IpAddr>) -> Option<u64> {
+        let (peer, id) = self
+            .sessions
+            .iter()
+            .filter(|(p, s)| !s.confirmed && of.is_none_or(|ip| p.ip() == ip))
+            .min_by_key(|(_, s)| (s.started, s.id))
+            .map(|(p, s)| (*p, s.id))?;
+        self.on_finished(peer, id);
+        Some(id)
     }
 
     /// Transfer `id` got its first acknowledgement: a repeat of its request is stale from now on.
@@ -256,7 +282,7 @@ mod tests {
         // UEFI aborts after the OACK and asks again: a fresh transfer replaces the probe,
         // whichever of the ERROR and the new RRQ is seen first.
         let a = e.on_request(peer, &req, now, |_| file());
-        assert!(matches!(a, Action::Start { replaces: Some(r), .. } if r == probe));
+        assert!(matches!(&a, Action::Start { stop, .. } if stop == &[probe]));
         let real = started(&a);
         assert_eq!(e.transfers(), 1);
         e.on_finished(peer, probe); // the probe's task ends late: no effect on the new one
@@ -271,7 +297,7 @@ mod tests {
         let other = rrq("undionly.kpxe", "octet", &[]);
         assert!(matches!(
             e.on_request(peer, &other, now, |_| file()),
-            Action::Start { replaces: Some(r), .. } if r == real
+            Action::Start { stop, .. } if stop == [real]
         ));
         e.on_finished(peer, real + 1);
         assert_eq!(e.transfers(), 0);
@@ -282,24 +308,36 @@ mod tests {
         let mut e = Endpoint::new(Limits::default(), Budget::default());
         let now = Instant::now();
         let req = rrq("ipxe.efi", "octet", &[]);
-        let (mut starts, mut busy, mut dropped) = (0, 0, 0);
+        let (mut starts, mut evicting, mut dropped) = (0, 0, 0);
+        let mut ids = Vec::new();
         for port in 0..1200u16 {
             match e.on_request(addr(1, 2000 + port), &req, now, |_| file()) {
-                Action::Start { .. } => starts += 1,
-                Action::Refuse(_) => busy += 1,
+                Action::Start { stop, id, .. } => {
+                    starts += 1;
+                    evicting += stop.len();
+                    ids.push((port, id));
+                }
                 Action::Ignore(Ignored::RateLimited) => dropped += 1,
-                Action::Ignore(Ignored::Duplicate) => unreachable!(),
+                other => panic!("{other:?}"),
             }
         }
-        assert_eq!(starts, 4, "max_per_address");
-        assert_eq!(busy, 4, "the rest of the burst is refused");
+        assert_eq!(starts, 8, "the burst");
+        assert_eq!(
+            evicting, 4,
+            "past max_per_address, unanswered transfers make room"
+        );
+        assert_eq!(e.transfers(), 4);
         assert_eq!(dropped, 1192, "the remainder gets no answer at all");
-        // After a quiet second the address may ask again (and is refused while still at its cap).
+        // Transfers whose clients answered are never evicted: a new request is refused.
+        for (port, id) in ids.iter().skip(4) {
+            e.on_confirmed(addr(1, 2000 + port), *id);
+        }
         let later = now + Duration::from_secs(1);
-        assert!(matches!(
-            e.on_request(addr(1, 9999), &req, later, |_| file()),
-            Action::Refuse(_)
-        ));
+        let a = e.on_request(addr(1, 9999), &req, later, |_| file());
+        assert!(
+            matches!(&a, Action::Refuse(r) if r.reason.contains("this address")),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -311,16 +349,34 @@ mod tests {
         let mut e = Endpoint::new(Limits::default(), budget);
         let now = Instant::now();
         let req = rrq("ipxe.efi", "octet", &[]);
-        let mut starts = 0;
-        for i in 0..300 {
+        // 100 clients that answer fill the server; then requests are refused, not queued.
+        for i in 0..100 {
+            let id = started(&e.on_request(addr(i, 1000), &req, now, |_| file()));
+            e.on_confirmed(addr(i, 1000), id);
+        }
+        for i in 100..300 {
             match e.on_request(addr(i, 1000), &req, now, |_| file()) {
-                Action::Start { .. } => starts += 1,
-                Action::Refuse(r) => assert!(r.reason.contains("too many transfers")),
+                Action::Refuse(r) => assert!(r.reason.contains("at once"), "{}", r.reason),
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(starts, 100);
         assert_eq!(e.transfers(), 100);
+        // Forged requests from many addresses cannot lock a real client out: each new request
+        // evicts the oldest transfer nobody answered.
+        let mut e = Endpoint::new(
+            Limits::default(),
+            Budget {
+                max_transfers: 100,
+                ..Budget::default()
+            },
+        );
+        for i in 0..1000 {
+            let a = e.on_request(addr(i, 1000), &req, now, |_| file());
+            assert!(matches!(a, Action::Start { .. }), "{a:?}");
+        }
+        assert_eq!(e.transfers(), 100);
+        let real = e.on_request(addr(5000, 1), &req, now, |_| file());
+        assert!(matches!(&real, Action::Start { stop, .. } if stop.len() == 1));
     }
 
     #[test]

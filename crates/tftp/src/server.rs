@@ -105,11 +105,11 @@ pub async fn run(
         match endpoint.on_request(peer, request, Instant::now(), |name| lookup(&files, name)) {
             Action::Start {
                 id,
-                replaces,
+                stop,
                 transfer,
                 send,
             } => {
-                if let Some(h) = replaces.and_then(|old| tasks.remove(&old)) {
+                for h in stop.iter().filter_map(|old| tasks.remove(old)) {
                     h.abort();
                 }
                 let (stats, events) = (stats.clone(), events_tx.clone());
@@ -129,7 +129,11 @@ pub async fn run(
                 let _ = socket.send_to(&refused.packet, peer).await;
             }
             Action::Ignore(Ignored::RateLimited) => {
-                if stats.rate_limited.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                if stats
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
                     tracing::warn!(client = %peer, "tftp: requests over the rate limit are dropped");
                 }
             }
