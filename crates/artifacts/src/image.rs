@@ -79,6 +79,8 @@ pub enum Event {
         dir: PathBuf,
     },
     Warning(String),
+    /// Another process sharing the state directory is doing this step; this one waits for it.
+    Waiting(String),
 }
 
 pub trait Report: Sync {
@@ -123,10 +125,14 @@ pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError
             let key = Key::dir(&canon, req.compression);
             let digest = key.as_str().to_string();
             report.event(Event::Building { total: 0 });
-            let artifacts = store.put(&key, |tmp| {
-                let b = build::from_dir(&canon, tmp, req.compression)?;
-                Ok::<_, ImageError>(meta(req, &digest, &b))
-            })?;
+            let artifacts = store.put(
+                &key,
+                || waiting(report, "building", key.as_str()),
+                |tmp| {
+                    let b = build::from_dir(&canon, tmp, req.compression)?;
+                    Ok::<_, ImageError>(meta(req, &digest, &b))
+                },
+            )?;
             report.event(Event::Built {
                 dir: artifacts.dir.clone(),
             });
@@ -139,6 +145,12 @@ pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError
     }
 }
 
+fn waiting(report: &dyn Report, doing: &str, what: &str) {
+    report.event(Event::Waiting(format!(
+        "another Daybreak process sharing the state directory is {doing} {what}; waiting for it"
+    )));
+}
+
 fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
     Meta {
         source: req.source.clone(),
@@ -148,6 +160,7 @@ fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
         kernel: b.kernel_name.clone(),
         initrd: b.initrd_name.clone(),
         created: store::now(),
+        sizes: None,
     }
 }
 
@@ -192,7 +205,8 @@ fn build_layers(
             Some(b)
         })
         .collect();
-    let artifacts = store.put(&Key::image(digest, req.compression), |tmp| {
+    let key = Key::image(digest, req.compression);
+    let artifacts = store.put(&key, || waiting(report, "building", key.as_str()), |tmp| {
         let b = build::from_layers(sizes.len(), layer, tmp, req.compression, &mut |i, done| {
             report.event(Event::BuildProgress {
                 done: before[i] + done,
@@ -344,14 +358,23 @@ fn from_registry(
                 }
                 let l = &descs[i];
                 let dest = store.blob_path(&l.digest);
-                let r = if dest.is_file() {
-                    Ok(())
-                } else {
-                    client
+                // One download of a blob at a time, whichever process asks.
+                let lock = store
+                    .lock_blob(&l.digest, || {
+                        waiting(report, "downloading", l.digest.as_str())
+                    })
+                    .map_err(|source| RegistryError::Io {
+                        path: store.root().join("locks"),
+                        source,
+                    });
+                let r = match lock {
+                    Err(e) => Err(e),
+                    Ok(_held) if dest.is_file() => Ok(()),
+                    Ok(_held) => client
                         .blob(&l.digest, &dest, &|done| {
                             report.event(Event::PullProgress { layer: i, done })
                         })
-                        .map(|_| ())
+                        .map(|_| ()),
                 };
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);

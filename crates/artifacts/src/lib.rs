@@ -10,6 +10,7 @@ pub mod digest;
 pub mod download;
 pub mod image;
 pub mod iso;
+pub mod lock;
 pub mod oci;
 pub mod registry;
 pub mod release;

@@ -37,6 +37,10 @@ pub struct Meta {
     pub initrd: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Sizes of kernel, initrd and squashfs, recorded last: an entry whose files do not have
+    /// them is incomplete.
+    #[serde(default)]
+    pub sizes: Option<[u64; 3]>,
 }
 
 /// A complete store entry.
@@ -110,6 +114,11 @@ impl Key {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Named by the content (a digest): an entry that exists is the one wanted, never rebuilt.
+    pub fn content_addressed(&self) -> bool {
+        self.0.starts_with("sha256-")
     }
 }
 
@@ -223,6 +232,16 @@ fn check_state_dir(dir: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The key of a build's leftover: `.tmp-KEY.SUFFIX` (a build) or `.old-KEY.SUFFIX` (a replaced
+/// entry on its way out).
+fn leftover_key(name: &str) -> Option<&str> {
+    let rest = name
+        .strip_prefix(".tmp-")
+        .or_else(|| name.strip_prefix(".old-"))?;
+    let key = rest.split_once('.')?.0;
+    Key::parse(key).map(|_| key)
+}
+
 /// Whether `path` is a directory itself, not a symlink to one: what is listed or emptied in the
 /// store must be, so a planted link cannot point a prune at another directory.
 fn real_dir(path: &Path) -> bool {
@@ -272,7 +291,10 @@ impl Store {
             }
         }
         check_state_dir(&root)?;
-        Ok(Store { root })
+        let store = Store { root };
+        // Leftovers of builds that were killed go at every start.
+        store.clean_stale();
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -309,40 +331,69 @@ impl Store {
             return None;
         }
         let meta: Meta = serde_json::from_slice(&fs::read(marker).ok()?).ok()?;
+        let sizes = meta.sizes?;
         let a = Artifacts { dir, meta };
+        let size = |p: &Path| {
+            fs::symlink_metadata(p)
+                .ok()
+                .filter(|m| m.file_type().is_file())
+                .map(|m| m.len())
+        };
         [a.kernel(), a.initrd(), a.rootfs()]
             .iter()
-            .all(|p| regular(p))
+            .zip(sizes)
+            .all(|(p, want)| size(p) == Some(want))
             .then_some(a)
     }
 
     /// Builds the entry `key` with `fill`, which writes the three files into the directory it
     /// is given and returns the metadata. Nothing appears under `key` unless `fill` succeeds.
     /// An existing entry is replaced (for sources without a digest, such as directories).
+    ///
+    /// Builds of one key are serialised by a lock, across processes sharing the state
+    /// directory: a second server asking for an image the first is building waits (`waiting` is
+    /// called once), then takes the finished entry instead of building it again.
     pub fn put<E: From<io::Error>>(
         &self,
         key: &Key,
+        waiting: impl FnOnce(),
         fill: impl FnOnce(&Path) -> Result<Meta, E>,
     ) -> Result<Artifacts, E> {
         let base = self.artifacts_dir();
         fs::create_dir_all(&base)?;
-        self.clean_stale();
-        let tmp = base.join(format!(".tmp-{key}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp)?;
-        let result = (|| {
-            let meta = fill(&tmp)?;
-            // Entries are immutable; outputs may be hard links to them.
-            for f in [KERNEL, INITRD, ROOTFS] {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(tmp.join(f), fs::Permissions::from_mode(0o444))?;
+        let _lock = self.lock(&format!("build-{key}"), waiting)?;
+        if key.content_addressed() {
+            if let Some(a) = self.get(key) {
+                return Ok(a);
             }
+        }
+        // Holding the key's lock, any temporary of this key is a dead build's.
+        for e in entries(&base) {
+            if leftover_key(&e.file_name().to_string_lossy()) == Some(key.as_str()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        self.clean_stale();
+        let tmp = base.join(format!(".tmp-{key}.{}", crate::lock::unique_suffix()));
+        fs::create_dir(&tmp)?;
+        let result = (|| {
+            let mut meta = fill(&tmp)?;
+            // Entries are immutable; outputs may be hard links to them.
+            let mut sizes = [0u64; 3];
+            for (f, size) in [KERNEL, INITRD, ROOTFS].iter().zip(&mut sizes) {
+                use std::os::unix::fs::PermissionsExt;
+                let path = tmp.join(f);
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
+                *size = fs::symlink_metadata(&path)?.len();
+            }
+            // meta.json, with the sizes, is the completeness marker: written last, checked by get.
+            meta.sizes = Some(sizes);
             let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
             crate::write::write_atomic(&tmp.join("meta.json"), &json)?;
             sync_dir(&tmp);
             let dest = base.join(key.as_str());
-            if dest.exists() {
-                let old = base.join(format!(".old-{key}-{}", std::process::id()));
+            if fs::symlink_metadata(&dest).is_ok() {
+                let old = base.join(format!(".old-{key}.{}", crate::lock::unique_suffix()));
                 fs::rename(&dest, &old)?;
                 let _ = fs::remove_dir_all(&old);
             }
@@ -356,19 +407,39 @@ impl Store {
         result
     }
 
-    /// Removes temporary directories and partial blobs left by processes that are gone.
+    /// Takes the lock `name` of this state directory (`locks/NAME`), waiting if another process
+    /// holds it.
+    pub fn lock(&self, name: &str, waiting: impl FnOnce()) -> io::Result<crate::lock::Lock> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir)?;
+        crate::lock::Lock::exclusive(&dir.join(name), waiting)
+    }
+
+    fn try_lock(&self, name: &str) -> Option<crate::lock::Lock> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).ok()?;
+        crate::lock::Lock::try_exclusive(&dir.join(name)).ok()?
+    }
+
+    /// The lock a blob download holds, so two processes never write one `.part` file.
+    pub fn lock_blob(
+        &self,
+        digest: &Digest,
+        waiting: impl FnOnce(),
+    ) -> io::Result<crate::lock::Lock> {
+        self.lock(&format!("blob-{}", digest.hex()), waiting)
+    }
+
+    /// Removes what builds that are gone left behind: temporary and replaced entry directories
+    /// whose key nobody holds the build lock of (so never a build at work in another process).
     pub fn clean_stale(&self) -> Pruned {
         let mut p = Pruned::default();
-        // `.tmp-KEY-PID` (a build) and `.old-KEY-PID` (a replaced entry on its way out).
-        let pid_of = |name: &str| -> Option<u32> {
-            let rest = name
-                .strip_prefix(".tmp-")
-                .or_else(|| name.strip_prefix(".old-"))?;
-            rest.rsplit('-').next()?.parse().ok()
-        };
         for e in entries(&self.artifacts_dir()) {
-            let pid = pid_of(&e.file_name().to_string_lossy());
-            if pid.is_some_and(|pid| pid != std::process::id() && !crate::write::pid_alive(pid)) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(key) = leftover_key(&name) else {
+                continue;
+            };
+            if let Some(_lock) = self.try_lock(&format!("build-{key}")) {
                 p.bytes += du(&e.path());
                 p.entries += 1;
                 let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
@@ -410,15 +481,29 @@ impl Store {
                 };
             }
         };
+        // What another process is downloading or building (it holds the lock) stays.
+        let lock_of = |e: &fs::DirEntry, kind: &str, sep: char| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.split(sep).next().unwrap_or_default().to_string();
+            self.try_lock(&format!("{kind}-{id}"))
+        };
         for e in entries(&self.blob_dir()) {
-            remove(e.path());
+            if let Some(_held) = lock_of(&e, "blob", '.') {
+                remove(e.path());
+            }
         }
         if all {
-            for a in self.list() {
-                remove(a.dir);
+            for e in entries(&self.artifacts_dir()) {
+                if Key::parse(&e.file_name().to_string_lossy()).is_some() {
+                    if let Some(_held) = lock_of(&e, "build", '/') {
+                        remove(e.path());
+                    }
+                }
             }
             for e in entries(&self.downloads_dir()) {
-                remove(e.path());
+                if let Some(_held) = lock_of(&e, "download", '-') {
+                    remove(e.path());
+                }
             }
             remove(self.root.join("refs"));
         }

@@ -312,6 +312,8 @@ fn atomically(
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Held while writing: this is how other processes tell a live temporary from a dead one.
+        let _lock = crate::lock::Lock::on(out.try_clone()?)?;
         fill(&out)?;
         out.sync_all()?;
         std::fs::rename(&tmp, dest)?;
@@ -325,7 +327,8 @@ fn atomically(
 }
 
 /// Removes the temporary files of `dest` left by processes that are gone (killed mid-copy, or a
-/// crash), and one of this process's PID from an earlier process that had it.
+/// crash): those nobody holds a lock on. One younger than a few seconds is left alone, as its
+/// writer may be between creating and locking it.
 fn clean_stale_temps(dest: &Path) {
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
         return;
@@ -340,20 +343,26 @@ fn clean_stale_temps(dest: &Path) {
         return;
     };
     for e in entries.flatten() {
-        let pid = e
+        let ours = e
             .file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| p == std::process::id() || !pid_alive(p)) {
+            .is_some_and(|n| n.starts_with(&prefix));
+        if ours && stale(&e.path()) {
             let _ = std::fs::remove_file(e.path());
         }
     }
 }
 
-/// Whether a process with this PID exists (in this PID namespace).
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Whether a temporary file or directory was left by a writer that is gone: unlocked, and not
+/// touched for a few seconds.
+pub(crate) fn stale(path: &Path) -> bool {
+    let old = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| {
+            t.elapsed()
+                .is_ok_and(|a| a > std::time::Duration::from_secs(5))
+        });
+    old && !crate::lock::held(path)
 }
 
 /// The signal (SIGINT or SIGTERM) that asked a copy to stop, 0 if none.
@@ -428,14 +437,14 @@ impl Drop for Interruptible {
     }
 }
 
-/// `.NAME.tmp-PID` beside `dest`: same filesystem, so the rename is atomic; hidden, so nobody
-/// picks it up as the real thing.
+/// `.NAME.tmp-PID-RANDOM` beside `dest`: same filesystem, so the rename is atomic; hidden, so
+/// nobody picks it up as the real thing; unique even among processes that share a PID.
 fn temp_name(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    dest.with_file_name(format!(".{name}.tmp-{}", crate::lock::unique_suffix()))
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.
@@ -548,17 +557,25 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("small")).unwrap(), b"hello");
     }
 
-    /// Temporary files of processes that are gone are removed by the next write of the same
-    /// name; a live process's are left alone, and so are other names' temporaries.
+    /// Temporary files of writers that are gone (unlocked) are removed by the next write of the
+    /// same name; a live writer's (locked) are left alone, and so are other names' temporaries
+    /// and one just created.
     #[test]
-    fn stale_temporaries_of_dead_processes_go() {
+    fn stale_temporaries_of_dead_writers_go() {
         let dir = testkit::tempdir("stale");
-        // PID 1 is alive; the largest PID the kernel can hand out is not.
-        let dead = ".out.tmp-4194304";
-        for n in [dead, ".out.tmp-1", ".other.tmp-4194304"] {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for n in [".out.tmp-1-dead", ".out.tmp-1-live", ".other.tmp-1-dead"] {
             std::fs::write(dir.join(n), b"half").unwrap();
+            File::options()
+                .write(true)
+                .open(dir.join(n))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
         }
-        std::fs::write(dir.join(format!(".out.tmp-{}", std::process::id())), b"x").unwrap();
+        std::fs::write(dir.join(".out.tmp-1-fresh"), b"x").unwrap();
+        let live = File::open(dir.join(".out.tmp-1-live")).unwrap();
+        let _held = crate::lock::Lock::on(live).unwrap().unwrap();
         write_atomic(&dir.join("out"), b"whole").unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -566,7 +583,15 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, [".other.tmp-4194304", ".out.tmp-1", "out"]);
+        assert_eq!(
+            names,
+            [
+                ".other.tmp-1-dead",
+                ".out.tmp-1-fresh",
+                ".out.tmp-1-live",
+                "out"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -83,7 +83,8 @@ impl BootFile {
     /// The cloud-config, under a name made of 128 random bits that changes with every run:
     /// only machines given the kernel command line learn it.
     fn cloud_config(source: &CloudConfig) -> anyhow::Result<BootFile> {
-        let name = format!("cloud-config-{}.yaml", random_hex(16)?);
+        let token = artifacts::lock::random_hex(16).context("reading random bytes")?;
+        let name = format!("cloud-config-{token}.yaml");
         let mut f = match source {
             CloudConfig::File(p) => BootFile::open(&name, p, "cloud-config")?,
             CloudConfig::Text(t) => BootFile {
@@ -97,25 +98,6 @@ impl BootFile {
         f.secret = true;
         Ok(f)
     }
-}
-
-/// `n` random bytes from the kernel, in hex.
-fn random_hex(n: usize) -> anyhow::Result<String> {
-    let mut buf = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        // SAFETY: the pointer and length describe the unfilled part of `buf`.
-        let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("getrandom");
-        }
-        got += r as usize;
-    }
-    Ok(artifacts::digest::hex(&buf))
 }
 
 /// A piece of the kernel command line template.

@@ -66,6 +66,15 @@ pub fn local_iso(source: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
     };
     let store = artifacts::store::Store::open(state_dir)?;
     let dest = cache_path(url, &store.downloads_dir());
+    let tag = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .unwrap_or_default();
+    // Two processes sharing the state directory never write one download at once.
+    let _held = store.lock(&format!("download-{tag}"), || {
+        eprintln!("another Daybreak process is downloading {url}; waiting for it")
+    })?;
     let mut bar: Option<Progress> = None;
     let out = artifacts::download::download(url, &dest, &mut |done, total| {
         bar.get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))

@@ -231,6 +231,7 @@ impl artifacts::image::Report for ImageProgress {
                 eprintln!("built in {secs:.1}s: {}", dir.display());
             }
             Event::Warning(w) => eprintln!("warning: {w}"),
+            Event::Waiting(w) => eprintln!("{w}"),
         }
     }
 }

@@ -178,7 +178,6 @@ fn rendered_cloud_config(work: &Path, args: &[&str], stdin: Option<&str>) -> Str
         .unwrap_or_else(|| panic!("no config_url= in {script}"))
         .to_string();
     let body = get(&url);
-    let _ = get(&format!("http://{addr}:{port}/kernel"));
     for guess in ["/cloud-config.yaml", "/_/file?name=cloud-config.yaml"] {
         let o = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
