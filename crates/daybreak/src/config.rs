@@ -123,7 +123,11 @@ pub fn load_file(src: &str) -> anyhow::Result<Map<String, Value>> {
 }
 
 /// The config file, then each `--set` on top.
-pub fn merge(file: Option<&str>, sets: &[String]) -> anyhow::Result<Map<String, Value>> {
+pub fn merge(
+    file: Option<&str>,
+    sets: &[String],
+    set_files: &[String],
+) -> anyhow::Result<Map<String, Value>> {
     let mut root = match file {
         Some(f) => load_file(f)?,
         None => Map::new(),
@@ -132,7 +136,39 @@ pub fn merge(file: Option<&str>, sets: &[String]) -> anyhow::Result<Map<String, 
         let (path, v) = parse_set(s)?;
         set_path(&mut root, &path, v);
     }
+    for s in set_files {
+        let (path, v) = parse_set_file(s)?;
+        set_path(&mut root, &path, v);
+    }
     Ok(root)
+}
+
+/// Largest file `--set-file` reads: a secret, a certificate, a key.
+const MAX_SET_FILE: u64 = 1 << 20;
+
+/// `--set-file KEY=PATH`: the key as `--set` has it, the value read from the file (always a
+/// string; one trailing newline, as `echo` and editors leave, is dropped).
+pub fn parse_set_file(arg: &str) -> anyhow::Result<(Vec<String>, Value)> {
+    let Some((key, path)) = arg.split_once('=') else {
+        bail!("--set-file {arg:?} has no '=': write --set-file key=/path/to/file, e.g. --set-file kairos.password=/run/secrets/pw");
+    };
+    let (keys, _) = parse_set(&format!("{key}="))
+        .map_err(|e| anyhow!("{}", e.to_string().replace("--set", "--set-file")))?;
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SET_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| anyhow!("--set-file {key}: cannot read {path}: {e}"))?;
+    if text.len() as u64 > MAX_SET_FILE {
+        bail!("--set-file {key}: {path} is larger than 1 MiB; it should hold one value");
+    }
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok((keys, Value::String(text)))
 }
 
 /// The typed settings of the default command.
@@ -478,5 +514,33 @@ mod tests {
             Some("127.0.0.1:9".parse().unwrap())
         );
         assert_eq!(listen_addr("nope"), None);
+    }
+
+    #[test]
+    fn set_file_reads_the_value_from_a_file() {
+        let d = std::env::temp_dir().join(format!("daybreak-setfile-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let (path, v) = parse_set_file(&format!("kairos.password={}", f.display())).unwrap();
+        assert_eq!(path, ["kairos", "password"]);
+        assert_eq!(v, Value::String("s3cret".into()));
+        let root = merge(
+            None,
+            &["kairos.password=x".into()],
+            &[format!("kairos.password={}", f.display())],
+        )
+        .unwrap();
+        assert_eq!(
+            root["kairos"]["password"], "s3cret",
+            "--set-file wins over --set"
+        );
+        let e = parse_set_file("nokey").unwrap_err().to_string();
+        assert!(e.contains("--set-file") && e.contains("no '='"), "{e}");
+        let e = parse_set_file(&format!("k={}", d.join("missing").display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read") && e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -50,7 +50,8 @@ state_dir             artifacts, layers and downloads: /var/lib/daybreak as root
 ~/.local/state/daybreak. It must be yours and writable by no one else\n                        \
 (created 0700); /tmp/auroraboot works when asked for, under the same rule\n\n\
 The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set value (empty if unset), \
-so secrets stay off the file: --set kairos.password=… with passwd: [[[ .kairos.password ]]]. It is \
+so secrets stay off the file: --set-file kairos.password=/run/secrets/pw with \
+passwd: [[[ .kairos.password ]]] (--set works too, but any local user can read a command line). It is \
 kept in memory, never written to disk, and served on the netboot port at a random path that changes \
 every run and is given only in the kernel command line of booting machines.\n\n\
 Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
@@ -58,9 +59,9 @@ Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
 # The Kairos docs' command: netboot an image, with a cloud-config\n  \
 sudo daybreak --cloud-config config.yaml --set \\\n    \
 container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3\n\n  \
-# A secret from the command line into the cloud-config template\n  \
+# A secret from a file into the cloud-config template (kept off the command line)\n  \
 sudo daybreak --set container_image=quay.io/kairos/alpine:3.21-core-amd64-generic-v3.7.2 \\\n      \
---set kairos.password=s3cret --cloud-config config.yaml\n\n  \
+--set-file kairos.password=/run/secrets/kairos-pw --cloud-config config.yaml\n\n  \
 # Settings from a file (or a URL); --set still wins\n  \
 sudo daybreak config.yaml --set netboot_http_port=9000\n\n  \
 # A Kairos release ISO from GitHub, served without extracting it\n  \
@@ -84,6 +85,11 @@ struct Cli {
     /// A setting, KEY=VALUE (repeatable; dotted keys nest: netboot.cmdline=…).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// A setting whose value is the content of a file (one trailing newline dropped): for
+    /// passwords and tokens, which on the command line any local user can read in
+    /// /proc/PID/cmdline. Applied after --set.
+    #[arg(long = "set-file", value_name = "KEY=PATH")]
+    set_file: Vec<String>,
     /// The cloud-config: a file, an http(s) URL, or - for stdin. A [[[ ]]] template over the
     /// --set values.
     #[arg(long, value_name = "FILE|URL|-")]
@@ -392,9 +398,11 @@ fn ago(secs: u64) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.debug, cli.log_format);
-    if cli.command.is_some()
-        && (cli.config.is_some() || !cli.set.is_empty() || cli.cloud_config.is_some())
-    {
+    let default_args = cli.config.is_some()
+        || !cli.set.is_empty()
+        || !cli.set_file.is_empty()
+        || cli.cloud_config.is_some();
+    if cli.command.is_some() && default_args {
         eprintln!(
             "error: CONFIG, --set and --cloud-config before a subcommand belong to the default command; \
              drop the subcommand, or give the subcommand's own options after it (see daybreak SUBCOMMAND --help)"
@@ -402,12 +410,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let options = match cli.command {
-        None if cli.config.is_none() && cli.set.is_empty() && cli.cloud_config.is_none() => {
+        None if !default_args => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
             return ExitCode::from(2);
         }
-        None => match zero::prepare(cli.config.as_deref(), &cli.set, cli.cloud_config.as_deref()) {
+        None => match zero::prepare(
+            cli.config.as_deref(),
+            &cli.set,
+            &cli.set_file,
+            cli.cloud_config.as_deref(),
+        ) {
             Ok(Some(o)) => o,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {

@@ -21,9 +21,10 @@ daybreak --set repository=kairos-io/kairos --set release_version=v3.7.2 --set fl
 pub fn prepare(
     config_file: Option<&str>,
     sets: &[String],
+    set_files: &[String],
     cloud_config: Option<&str>,
 ) -> anyhow::Result<Option<ServeOptions>> {
-    let root = config::merge(config_file, sets)?;
+    let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
     let rendered = match config::cloud_config_source(cloud_config, s.cloud_config.as_deref())? {
         Some(text) => Some(config::render(&text, &root)?),

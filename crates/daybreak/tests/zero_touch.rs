@@ -233,12 +233,18 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
         "the rendered cloud-config never touches the disk"
     );
     if require(true, &["curl"]) {
+        // --set-file (a secret kept off the command line) wins over --set.
+        let pw = work.join("pw");
+        std::fs::write(&pw, "from-set-file\n").unwrap();
+        let set_file = format!("kairos.password={}", pw.display());
         let served = rendered_cloud_config(
             &work,
             &[
                 cfg.to_str().unwrap(),
                 "--set",
                 "kairos.password=from-set",
+                "--set-file",
+                &set_file,
                 "--cloud-config",
                 cc.to_str().unwrap(),
             ],
@@ -246,7 +252,7 @@ fn settings_from_file_url_and_set_with_the_template_rendered() {
         );
         assert_eq!(
             served,
-            "#cloud-config\nusers:\n- name: kairos\n  passwd: from-set\nhostname: \"\"\n"
+            "#cloud-config\nusers:\n- name: kairos\n  passwd: from-set-file\nhostname: \"\"\n"
         );
     }
 
