@@ -459,6 +459,11 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
             tracing::debug!(port = port_name, from = %rx.source, "dropped oversized datagram");
             continue;
         }
+        if !crate::acceptable_source(port, rx.source) {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(port = port_name, from = %rx.source, "dropped: not from a client port");
+            continue;
+        }
         let msg = match Message::decode(&buf[..rx.len]) {
             Ok(m) => m,
             Err(e) => {

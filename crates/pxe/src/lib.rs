@@ -218,6 +218,34 @@ pub enum Ignored {
     UnknownArch(u16),
     /// We have no boot file for this architecture.
     NoBootFile(Arch),
+    /// A relay address (giaddr) no relay agent can have: 0.0.0.0/8, loopback, multicast,
+    /// broadcast or reserved. Answering would send our reply where the sender chose.
+    BadRelay(Ipv4Addr),
+    /// Sent from an address or port no PXE client uses (the 4011 reply goes back to it).
+    BadSource,
+}
+
+/// Whether `a` can be a relay agent's address.
+fn routable_unicast(a: Ipv4Addr) -> bool {
+    !(a.octets()[0] == 0
+        || a.is_loopback()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || a.octets()[0] >= 240)
+}
+
+/// Whether a request from `source` on `port` may be answered at all. The port 4011 reply goes
+/// back to the source, so the source must be a client's: port 68 (or 4011, as some ROMs use),
+/// and not an address a reply would bounce off (loopback, multicast, broadcast). Without this a
+/// forged request turns the server into a reflector aimed at any port.
+pub fn acceptable_source(port: Port, source: std::net::SocketAddrV4) -> bool {
+    match port {
+        Port::Dhcp => true,
+        Port::ProxyBoot => {
+            matches!(source.port(), 68 | 4011)
+                && (source.ip().is_unspecified() || routable_unicast(*source.ip()))
+        }
+    }
 }
 
 /// Reads option 77 (user class). iPXE sends the raw string; RFC 3004 clients send length-prefixed
@@ -288,6 +316,9 @@ fn client_uuid(msg: &Message) -> Option<Vec<u8>> {
 pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored> {
     if msg.op != OP_REQUEST {
         return Err(Ignored::NotRequest);
+    }
+    if !msg.giaddr.is_unspecified() && !routable_unicast(msg.giaddr) {
+        return Err(Ignored::BadRelay(msg.giaddr));
     }
     let mtype = msg.message_type();
     let reply_type = match (port, mtype) {

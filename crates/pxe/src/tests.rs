@@ -348,3 +348,43 @@ fn http_port_80_is_left_out_of_urls() {
     .unwrap();
     assert!(file(&r).starts_with("http://10.77.0.2/_/ipxe?"));
 }
+
+#[test]
+fn a_relay_address_no_relay_can_have_is_not_answered() {
+    for giaddr in [
+        [0, 0, 0, 5],
+        [127, 0, 0, 1],
+        [224, 0, 0, 1],
+        [255, 255, 255, 255],
+        [240, 1, 2, 3],
+    ] {
+        let req = Message::decode(&packet(1, giaddr, [0; 4], &[(93, &[0, 7])])).unwrap();
+        assert_eq!(
+            answer(&req, &ctx(), Port::Dhcp),
+            Err(Ignored::BadRelay(Ipv4Addr::from(giaddr))),
+            "{giaddr:?}"
+        );
+    }
+}
+
+#[test]
+fn port_4011_answers_only_client_ports() {
+    use std::net::SocketAddrV4;
+    let ok =
+        |a: [u8; 4], p: u16| acceptable_source(Port::ProxyBoot, SocketAddrV4::new(a.into(), p));
+    assert!(ok([10, 0, 0, 9], 68));
+    assert!(ok([10, 0, 0, 9], 4011));
+    assert!(ok([0, 0, 0, 0], 68));
+    assert!(
+        !ok([10, 0, 0, 9], 53),
+        "a forged source port would make us a reflector"
+    );
+    assert!(!ok([10, 0, 0, 9], 19));
+    assert!(!ok([127, 0, 0, 1], 68));
+    assert!(!ok([224, 0, 0, 1], 68));
+    assert!(!ok([255, 255, 255, 255], 68));
+    assert!(acceptable_source(
+        Port::Dhcp,
+        SocketAddrV4::new([10, 0, 0, 9].into(), 5555)
+    ));
+}
