@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
-use crate::http::{query_param, Body, Reply, Request, Router};
+use crate::http::{loggable, query_param, Body, Reply, Request, Router};
 
 /// Kairos's kernel arguments (AuroraBoot's defaults), around the two URLs Daybreak fills in.
 pub const DEFAULT_CMDLINE_HEAD: &str =
@@ -165,7 +165,20 @@ fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>
     Ok(out)
 }
 
+/// A name for a file registered from a path: its file name with anything but letters, digits
+/// and `.`, `_`, `+`, `-` made `_` (the name goes into iPXE script lines), unique among `taken`.
 fn unique_name(taken: &[&BootFile], base: &str) -> String {
+    let base: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = base.as_str();
     let mut name = base.to_string();
     let mut n = 1;
     while taken.iter().any(|f| f.name == name)
@@ -350,7 +363,7 @@ impl Plan {
     }
 
     pub fn file_url(&self, base: &str, name: &str) -> String {
-        format!("{base}/{name}")
+        format!("{base}/{}", crate::http::percent_encode(name))
     }
 
     pub fn cmdline(&self, base: &str) -> String {
@@ -495,8 +508,8 @@ impl Router for Plan {
                 let base = self.base_url(req.local);
                 tracing::info!(
                     client = %req.peer.ip(),
-                    mac = mac.as_deref().unwrap_or("-"),
-                    arch = query_param(req.query, "arch").as_deref().unwrap_or("-"),
+                    mac = %loggable(mac.as_deref().unwrap_or("-")),
+                    arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
                     "boot script"
                 );
                 Reply::Resource {
@@ -508,7 +521,7 @@ impl Router for Plan {
             "/_/booting" => {
                 tracing::info!(
                     client = %req.peer.ip(),
-                    mac = query_param(req.query, "mac").as_deref().unwrap_or("-"),
+                    mac = %loggable(query_param(req.query, "mac").as_deref().unwrap_or("-")),
                     "booting kernel"
                 );
                 Reply::Resource {
@@ -711,6 +724,32 @@ mod tests {
                 matches!(get(path, query), Reply::NotFound),
                 "{path}?{query}"
             );
+        }
+    }
+
+    #[test]
+    fn template_file_names_with_plus_and_spaces_round_trip() {
+        let d = tmpdir("plus");
+        let extra = tmpfile(&d, "a+b c.img");
+        let mut i = input(&d);
+        i.cmdline = Some(format!("x={{{{ ID \"{}\" }}}}", extra.display()));
+        let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let line = plan.cmdline(BASE);
+        assert!(
+            line.starts_with("x=http://10.0.0.1:8090/a%2Bb_c.img "),
+            "{line}"
+        );
+        // What a client sends for that URL is routed to the file: `+` in a path is a plus.
+        let decoded = crate::http::percent_decode("/a%2Bb_c.img").unwrap();
+        let raw_plus = crate::http::percent_decode("/a+b_c.img").unwrap();
+        for path in [decoded.as_str(), raw_plus.as_str()] {
+            let r = plan.route(&Request {
+                path,
+                query: "",
+                local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                peer: "10.0.0.9:1".parse().unwrap(),
+            });
+            assert!(matches!(r, Reply::Resource { .. }), "{path}");
         }
     }
 

@@ -219,8 +219,13 @@ pub trait Router: Send + Sync + 'static {
     fn route(&self, req: &Request<'_>) -> Reply;
 }
 
-/// Decodes `%XX` escapes; `None` on a malformed escape or non-UTF-8 result.
+/// Decodes `%XX` escapes of a path; `None` on a malformed escape or non-UTF-8 result. A `+` is
+/// a plus here: only in a query does it stand for a space.
 pub fn percent_decode(s: &str) -> Option<String> {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -231,7 +236,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -248,8 +253,31 @@ pub fn percent_decode(s: &str) -> Option<String> {
 pub fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(v)).flatten()
+        (k == key).then(|| decode(v, true)).flatten()
     })
+}
+
+/// A file name made fit for a URL path: everything but unreserved characters percent-encoded.
+pub fn percent_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Client-chosen text (a path, a query value) as it may go into a log line: as it is when it is
+/// short and plain, else quoted with control characters escaped and cut to 200 characters.
+pub fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= 200 && !s.chars().any(char::is_control) {
+        s.into()
+    } else {
+        artifacts::digest::printable(s, 200).into()
+    }
 }
 
 /// A parsed `Range` header against a body of `len` bytes.
@@ -601,7 +629,7 @@ async fn respond<R: Router>(
             body,
         } => (name, content_type, body),
         Reply::NotFound => {
-            tracing::info!(client = %peer, path = %path, "http 404");
+            tracing::info!(client = %peer, path = %loggable(&path), "http 404");
             return write_all(stream, &simple(404, keep_alive, "")).await;
         }
     };
@@ -784,6 +812,15 @@ mod tests {
             Some("52:54")
         );
         assert_eq!(query_param("name=a+b", "name").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("/a+b.img").as_deref(), Some("/a+b.img"));
+        assert_eq!(percent_encode("a+b c.img"), "a%2Bb%20c.img");
+        assert_eq!(
+            percent_decode(&percent_encode("a+b c.img")).unwrap(),
+            "a+b c.img"
+        );
+        assert_eq!(loggable("/kernel"), "/kernel");
+        let l = loggable("/x\n2026 INFO forged\u{1b}[2J");
+        assert!(!l.contains('\n') && !l.contains('\u{1b}'), "{l}");
         assert_eq!(query_param("x=1", "name"), None);
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);

@@ -170,7 +170,7 @@ fn an_unanswered_request_gets_two_packets_at_most() {
     let dir = tempdir("amplify");
     let kernel = dir.join("vmlinuz");
     std::fs::write(&kernel, b"k").unwrap();
-    let (server, _, tftp) = start_limited(&dir, &kernel);
+    let (server, http, tftp) = start_limited(&dir, &kernel);
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -196,10 +196,24 @@ fn an_unanswered_request_gets_two_packets_at_most() {
     let evil = tftp::packet::rrq("x\n2026-01-01 INFO forged\u{1b}[2J", "octet", &[]);
     s.send_to(&evil, ("127.0.0.1", tftp)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // And an HTTP path that decodes to a line break and an escape code.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    std::io::Write::write_all(
+        &mut c,
+        b"GET /x%0A2026-01-01%20INFO%20forged%1B%5B2J HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    std::thread::sleep(Duration::from_millis(200));
     let log = server.log_text();
     assert!(
-        !log.contains("\nINFO forged") && !log.contains('\u{1b}'),
+        !log.contains("\n2026-01-01 INFO forged") && !log.contains('\u{1b}'),
         "{log}"
     );
-    assert!(log.contains("tftp request refused"), "{log}");
+    assert!(
+        log.contains("tftp request refused") && log.contains("http 404"),
+        "{log}"
+    );
 }
