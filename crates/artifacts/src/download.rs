@@ -70,12 +70,31 @@ fn part_name(dest: &Path) -> PathBuf {
 }
 
 /// The published checksum, if the publisher has one (`URL.sha256`, "HEX  NAME" or just "HEX").
+/// Only an answer saying there is none (404, 410) means none: a checksum that could not be
+/// fetched is an error, never a reason to skip verifying (that is what someone in the middle
+/// would arrange).
 fn published_sha256(agent: &ureq::Agent, url: &str) -> Result<Option<String>, DownloadError> {
     let sum_url = format!("{url}.sha256");
-    let mut resp = match agent.get(&sum_url).call() {
-        Ok(r) => r,
-        // No checksum server-side is not an error; a network failure here will show on the file.
-        Err(_) => return Ok(None),
+    let mut last = String::new();
+    let mut answer = None;
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+        }
+        match agent.get(&sum_url).call() {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let Some(mut resp) = answer else {
+        return Err(DownloadError::Failed {
+            url: sum_url,
+            attempts: 3,
+            last: format!("{last}; the published checksum could not be fetched, so the download cannot be verified"),
+        });
     };
     match resp.status().as_u16() {
         200 => {}
@@ -129,16 +148,20 @@ fn fetch_once(
         req = req.header("Range", &format!("bytes={have}-"));
     }
     let resp = req.call().map_err(|e| e.to_string())?;
-    receive(resp, part, have, progress)
+    receive(resp, part, have, None, progress)
 }
 
 /// Puts the answer to a GET that asked for bytes `have..` (no range when `have` is 0) into
 /// `part`: 206 appends, 200 starts over (the server ignored the range), 416 means nothing was
 /// left. Fails when the body ends before its Content-Length, so the caller can resume.
+///
+/// With `limit`, a body that would make the file longer than `limit` bytes (a registry sending
+/// more than the descriptor said) fails before it is written.
 pub(crate) fn receive(
     resp: ureq::http::Response<ureq::Body>,
     part: &Path,
     have: u64,
+    limit: Option<u64>,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), String> {
     let status = resp.status().as_u16();
@@ -163,6 +186,14 @@ pub(crate) fn receive(
         416 if have > 0 => return Ok(()), // nothing left to fetch
         s => return Err(format!("HTTP {s}")),
     };
+    let over = |n: u64| limit.is_some_and(|l| n > l);
+    if total.is_some_and(over) {
+        return Err(format!(
+            "the server announced {} bytes, more than the {} expected",
+            total.unwrap_or(0),
+            limit.unwrap_or(0)
+        ));
+    }
     let mut reader = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = start;
@@ -170,6 +201,12 @@ pub(crate) fn receive(
         let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
+        }
+        if over(done + n as u64) {
+            return Err(format!(
+                "the server sent more than the {} bytes expected",
+                limit.unwrap_or(0)
+            ));
         }
         out.write_all(&buf[..n])
             .map_err(|e| format!("writing {}: {e}", part.display()))?;

@@ -371,7 +371,7 @@ fn from_registry(
                     Err(e) => Err(e),
                     Ok(_held) if dest.is_file() => Ok(()),
                     Ok(_held) => client
-                        .blob(&l.digest, &dest, &|done| {
+                        .blob(&l.digest, l.size, &dest, &|done| {
                             report.event(Event::PullProgress { layer: i, done })
                         })
                         .map(|_| ()),

@@ -358,7 +358,7 @@ impl Client {
             .to_string();
         let (scheme, params) = parse_challenge(&challenge);
         let new_auth = match scheme.as_str() {
-            "bearer" => self.token(&params)?,
+            "bearer" => self.token(base, &params)?,
             "basic" => match &self.creds {
                 Some(c) => format!(
                     "Basic {}",
@@ -374,10 +374,27 @@ impl Client {
     }
 
     /// A bearer token from the realm the registry named, with credentials when we have them.
-    fn token(&self, params: &HashMap<String, String>) -> Result<String, String> {
+    ///
+    /// Credentials go to the realm only over HTTPS, or over plain HTTP to the registry's own
+    /// origin (already trusted with them): a registry, or anyone in the middle of a plain-HTTP
+    /// pull, must not be able to name a realm that collects passwords in the clear.
+    fn token(&self, base: &str, params: &HashMap<String, String>) -> Result<String, String> {
         let realm = params
             .get("realm")
             .ok_or("the registry asked for a token without naming a realm")?;
+        let plain = realm.starts_with("http://");
+        if !plain && !realm.starts_with("https://") {
+            return Err(format!(
+                "the registry named a token realm that is not an http(s) URL: {}",
+                printable(realm, 100)
+            ));
+        }
+        let origin = |u: &str| -> String {
+            let after = u.split_once("://").map_or(u, |x| x.1);
+            let host = after.split(['/', '?']).next().unwrap_or("");
+            format!("{}://{host}", u.split("://").next().unwrap_or(""))
+        };
+        let send_creds = !plain || origin(realm) == origin(base);
         let mut url = format!("{realm}?");
         if let Some(s) = params.get("service") {
             url.push_str(&format!("service={}&", urlencode(s)));
@@ -388,7 +405,8 @@ impl Client {
             .unwrap_or_else(|| format!("repository:{}:pull", self.image.repository));
         url.push_str(&format!("scope={}", urlencode(&scope)));
         let mut req = self.agent.get(&url);
-        if let Some(c) = &self.creds {
+        let withheld = self.creds.is_some() && !send_creds;
+        if let Some(c) = self.creds.as_ref().filter(|_| send_creds) {
             req = req.header(
                 "Authorization",
                 format!(
@@ -403,8 +421,13 @@ impl Client {
             .map_err(|e| format!("token request to {realm}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!(
-                "token request to {realm} answered HTTP {}",
-                resp.status().as_u16()
+                "token request to {realm} answered HTTP {}{}",
+                resp.status().as_u16(),
+                if withheld {
+                    " (your credentials were not sent: the realm is plain HTTP on another host)"
+                } else {
+                    ""
+                }
             ));
         }
         let body = resp
@@ -509,14 +532,22 @@ impl Client {
             .map_err(|e| self.unreachable(e))
     }
 
-    /// Downloads a blob into `dest` (resuming `dest.part`), verified against `digest`.
-    /// `progress` gets the bytes done so far.
+    /// Downloads a blob of `size` bytes (as its descriptor says) into `dest` (resuming
+    /// `dest.part`), verified against `digest`; a body longer than `size` is refused as it
+    /// arrives. `progress` gets the bytes done so far.
     pub fn blob(
         &self,
         digest: &Digest,
+        size: u64,
         dest: &Path,
         progress: &dyn Fn(u64),
     ) -> Result<u64, RegistryError> {
+        if size == 0 {
+            return Err(RegistryError::Protocol {
+                image: self.image_name(),
+                what: format!("the manifest gives {digest} no size"),
+            });
+        }
         let part = dest.with_extension("part");
         let io_err = |source| RegistryError::Io {
             path: part.clone(),
@@ -553,7 +584,16 @@ impl Client {
                 self.check_status(&resp, &format!("blob {digest}"))?;
             }
             progress(have);
-            if let Err(e) = download::receive(resp, &part, have, &mut |done, _| progress(done)) {
+            if let Err(e) =
+                download::receive(resp, &part, have, Some(size), &mut |done, _| progress(done))
+            {
+                if e.contains("more than") {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(RegistryError::Protocol {
+                        image: self.image_name(),
+                        what: format!("{digest}: {e}; nothing of it was kept"),
+                    });
+                }
                 last = e;
                 continue;
             }

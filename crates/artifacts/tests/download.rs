@@ -120,3 +120,37 @@ fn missing_release_is_a_clear_error() {
     );
     assert!(e.to_string().contains("check the release keys"), "{e}");
 }
+
+/// A checksum that cannot be fetched (the connection is cut before any answer) is an error:
+/// only a 404 means the publisher has none.
+#[test]
+fn a_checksum_that_cannot_be_fetched_is_an_error_not_a_skip() {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let data = data();
+    let body = data.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(20) {
+            let Ok(mut s) = s else { continue };
+            let mut first = String::new();
+            let _ = BufReader::new(s.try_clone().unwrap()).read_line(&mut first);
+            if first.contains(".sha256") {
+                continue; // dropped without a word
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    let dest = dest("sum-unreachable");
+    let e = download(&format!("{base}/x.iso"), &dest, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(e, DownloadError::Failed { .. }) && e.to_string().contains("cannot be verified"),
+        "{e}"
+    );
+    assert!(!dest.exists());
+}

@@ -41,7 +41,9 @@ fn dropped_blob_download_resumes_and_verifies() {
     let (manifest, mdigest) = client.manifest_by_tag("v1").unwrap();
     assert_eq!(mdigest, Digest::of(&manifest));
     let dest = tmp("resume").join("blobs").join(digest.hex());
-    let n = client.blob(&digest, &dest, &|_| {}).unwrap();
+    let n = client
+        .blob(&digest, blob.len() as u64, &dest, &|_| {})
+        .unwrap();
     assert_eq!(n, blob.len() as u64);
     assert!(std::fs::read(&dest).unwrap() == blob);
     assert_eq!(srv.requests.load(Ordering::SeqCst), 2);
@@ -62,7 +64,9 @@ fn blob_with_wrong_bytes_is_refused_and_not_cached() {
     );
     let dir = tmp("evil");
     let dest = dir.join(digest.hex());
-    let e = client.blob(&digest, &dest, &|_| {}).unwrap_err();
+    let e = client
+        .blob(&digest, blob.len() as u64, &dest, &|_| {})
+        .unwrap_err();
     assert!(matches!(e, RegistryError::Digest { .. }), "{e}");
     assert!(!dest.exists());
     assert_eq!(
@@ -94,11 +98,37 @@ fn bearer_token_from_the_realm_the_registry_names() {
     );
     client.manifest_by_tag("v1").unwrap();
     let dest = tmp("bearer").join(digest.hex());
-    client.blob(&digest, &dest, &|_| {}).unwrap();
+    client
+        .blob(&digest, blob.len() as u64, &dest, &|_| {})
+        .unwrap();
     assert!(std::fs::read(&dest).unwrap() == blob);
     assert_eq!(
         srv.tokens.load(Ordering::SeqCst),
         1,
         "one token, reused for the blob"
     );
+}
+
+#[test]
+fn a_blob_longer_than_its_descriptor_is_refused_as_it_arrives() {
+    let blob = testkit::pattern(100_000, 5);
+    let mut long = blob.clone();
+    long.extend(testkit::pattern(5_000_000, 6));
+    let (routes, digest) = routes(&blob, long);
+    let srv = common::serve(routes, "", 0);
+    let host = srv.base.trim_start_matches("http://");
+    let client = Client::new(
+        &Reference::parse(&format!("{host}/test/img:v1")).unwrap(),
+        false,
+    );
+    let dir = tmp("long");
+    let dest = dir.join(digest.hex());
+    let e = client
+        .blob(&digest, blob.len() as u64, &dest, &|_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("more than"), "{e}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing kept");
+    // A descriptor without a size is refused before asking.
+    let e = client.blob(&digest, 0, &dest, &|_| {}).unwrap_err();
+    assert!(e.to_string().contains("no size"), "{e}");
 }
