@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use artifacts::oci::Reference;
 use artifacts::registry::Client;
 
-/// A server answering every request with `respond(path)`; records each request's
-/// Authorization header.
-fn server(
-    respond: impl Fn(&str) -> String + Send + 'static,
-) -> (String, Arc<Mutex<Vec<(String, Option<String>)>>>) {
+/// Each request's path and Authorization header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A server answering every request with `respond(path)`, recording what it was sent.
+fn server(respond: impl Fn(&str) -> String + Send + 'static) -> (String, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
