@@ -14,6 +14,13 @@ use crate::squashfs::{AddError, Compression, Image, Writer};
 /// squashfs block size: 1 MiB, as `mksquashfs -b 1024k` (what Kairos uses).
 pub const BLOCK_SIZE: u32 = 1 << 20;
 
+/// Most an image's layers may unpack to, all together (a Kairos image: about 3 GB).
+pub const MAX_UNPACKED: u64 = 64 << 30;
+/// Most a layer may grow when decompressed, past its first [`RATIO_GRACE`] bytes: real layers
+/// grow 2 to 10 times, a decompression bomb a million.
+pub const MAX_RATIO: u64 = 1000;
+const RATIO_GRACE: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
@@ -24,6 +31,8 @@ pub enum BuildError {
     Boot(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("layer {layer}: {why}; the image is refused")]
+    Limit { layer: String, why: String },
     /// Fetching a layer failed (the registry's error, as it is).
     #[error(transparent)]
     Fetch(Box<dyn std::error::Error + Send + Sync>),
@@ -82,23 +91,54 @@ pub fn from_layers(
     let mut writer = new_writer(dir, comp)?;
     let mut tree = Tree::new();
     let mut xattr_paths = Vec::new();
+    let mut unpacked = 0u64;
     for i in 0..count {
         let blob = &layer(i)?;
         let mut layer = blob.open()?;
         let counter = layer.progress.clone();
         let mut last = 0u64;
-        let mut tick = |_| {
+        let mut out = 0u64;
+        let mut exceeded: Option<String> = None;
+        let mut tick = |n: usize| {
             let done = counter.borrow().bytes();
             if done >= last + (4 << 20) {
                 last = done;
                 progress(i, done);
+            }
+            out += n as u64;
+            unpacked += n as u64;
+            let why = if unpacked > MAX_UNPACKED {
+                Some(format!(
+                    "the image unpacks to more than {} GiB",
+                    MAX_UNPACKED >> 30
+                ))
+            } else if out > RATIO_GRACE && out > done.saturating_mul(MAX_RATIO) {
+                Some(format!(
+                    "it decompresses to more than {MAX_RATIO} times its size (a decompression bomb)"
+                ))
+            } else {
+                None
+            };
+            match why {
+                Some(w) => {
+                    exceeded = Some(w.clone());
+                    Err(io::Error::other(w))
+                }
+                None => Ok(()),
             }
         };
         let tar = ProgressRead {
             inner: &mut layer.tar,
             tick: &mut tick,
         };
-        let stats = match tree.apply_layer(&mut writer, i as u32 + 1, &blob.name, tar) {
+        let applied = tree.apply_layer(&mut writer, i as u32 + 1, &blob.name, tar);
+        if let Some(why) = exceeded {
+            return Err(BuildError::Limit {
+                layer: blob.name.clone(),
+                why,
+            });
+        }
+        let stats = match applied {
             Ok(s) => s,
             Err(e @ MergeError::Corrupt { .. }) => {
                 blob.check_digest()?;
@@ -288,13 +328,14 @@ fn write_out(image: &Image, tree: &Tree, id: usize, dest: &Path) -> Result<(), B
 
 struct ProgressRead<'a, R> {
     inner: R,
-    tick: &'a mut dyn FnMut(usize),
+    /// Told how many bytes came out; an error stops the read.
+    tick: &'a mut dyn FnMut(usize) -> io::Result<()>,
 }
 
 impl<R: io::Read> io::Read for ProgressRead<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        (self.tick)(n);
+        (self.tick)(n)?;
         Ok(n)
     }
 }

@@ -634,6 +634,9 @@ struct Tables {
     xattr_sets: HashMap<crate::rootfs::Xattrs, u32>,
 }
 
+/// A written child of a directory: name, inode reference, inode number, basic type.
+type Entry<'t> = (&'t [u8], (u64, u16), u32, u16);
+
 impl Tables {
     /// Numbers reachable inodes breadth first, so the entries of one directory have consecutive
     /// numbers (directory headers store them as 16-bit offsets from a base).
@@ -729,10 +732,54 @@ impl Tables {
         Ok(i)
     }
 
-    fn write_tree(&mut self, tree: &Tree, locs: &[Loc], block_size: u32) -> io::Result<u64> {
-        let root_parent = self.count + 1;
-        let (block, offset) = self.write_dir(tree, Tree::ROOT, root_parent, locs, block_size)?;
-        Ok(block << 16 | offset as u64)
+    /// Writes every inode and directory listing, children before their directory (whose inode
+    /// points at them), with an explicit stack: image data never drives recursion.
+    fn write_tree<'t>(&mut self, tree: &'t Tree, locs: &[Loc], block_size: u32) -> io::Result<u64> {
+        struct Frame<'t> {
+            id: usize,
+            name: &'t [u8],
+            parent: u32,
+            children: Vec<(&'t Vec<u8>, usize)>,
+            next: usize,
+            entries: Vec<Entry<'t>>,
+        }
+        let frame = |id: usize, name: &'t [u8], parent: u32| -> Frame<'t> {
+            let Kind::Dir(children) = &tree.inodes[id].kind else {
+                unreachable!("a frame is a directory")
+            };
+            Frame {
+                id,
+                name,
+                parent,
+                children: children.iter().map(|(n, &c)| (n, c)).collect(),
+                next: 0,
+                entries: Vec::new(),
+            }
+        };
+        let mut stack = vec![frame(Tree::ROOT, b"", self.count + 1)];
+        loop {
+            let top = stack
+                .last_mut()
+                .expect("the root frame stays until the end");
+            if let Some(&(name, c)) = top.children.get(top.next) {
+                top.next += 1;
+                if matches!(tree.inodes[c].kind, Kind::Dir(_)) {
+                    let parent = self.numbers[top.id];
+                    stack.push(frame(c, name, parent));
+                } else {
+                    let r = self.write_leaf(tree, c, locs, block_size)?;
+                    top.entries
+                        .push((name, r, self.numbers[c], basic_type(&tree.inodes[c].kind)));
+                }
+                continue;
+            }
+            let done = stack.pop().expect("just looked at it");
+            let r = self.write_dir(tree, done.id, done.parent, &done.entries)?;
+            match stack.last_mut() {
+                Some(up) => up.entries.push((done.name, r, self.numbers[done.id], 1)),
+                None => return Ok(r.0 << 16 | r.1 as u64),
+            }
+        }
     }
 
     fn header(&mut self, tree: &Tree, id: usize, ty: u16) -> io::Result<(u64, u16)> {
@@ -822,29 +869,15 @@ impl Tables {
         Ok(at)
     }
 
-    /// Writes the subtree under `id` depth first: children's inodes, then this directory's
-    /// listing, then its inode (which points at the listing).
+    /// Writes a directory whose children are written (`entries`, in name order): its listing,
+    /// then its inode, which points at the listing.
     fn write_dir(
         &mut self,
         tree: &Tree,
         id: usize,
         parent: u32,
-        locs: &[Loc],
-        block_size: u32,
+        entries: &[Entry<'_>],
     ) -> io::Result<(u64, u16)> {
-        let Kind::Dir(children) = &tree.inodes[id].kind else {
-            unreachable!()
-        };
-        let mut entries = Vec::with_capacity(children.len());
-        for (name, &c) in children {
-            let r = if matches!(tree.inodes[c].kind, Kind::Dir(_)) {
-                self.write_dir(tree, c, self.numbers[id], locs, block_size)?
-            } else {
-                self.write_leaf(tree, c, locs, block_size)?
-            };
-            entries.push((name, r, self.numbers[c], basic_type(&tree.inodes[c].kind)));
-        }
-
         let (dir_block, dir_offset) = self.dirs.pos();
         let mut listing = Vec::new();
         let mut i = 0;

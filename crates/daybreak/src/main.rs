@@ -158,7 +158,12 @@ version, or else the pair /boot/vmlinuz and /boot/initrd name (as Kairos images 
 in /boot, /usr/lib/modules/VERSION/vmlinuz and initramfs.img (bootc images). The result is \
 kept in STATE_DIR/artifacts/<digest>/, so the same image is never built twice: the next run costs \
 one manifest request (none for a digest, and without a network the last known digest is used). \
-Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.",
+Registry credentials come from ~/.docker/config.json (docker login) or containers' auth.json.\n\n\
+Images are untrusted input. One is refused, with the reason, when a layer unpacks to more than \
+1000 times its compressed size (past its first 64 MiB), when the layers unpack to more than 64 GiB \
+in all, when it has more than 4,000,000 entries, or directories nested more than 512 deep (symlinked \
+parents included). Paths with .. or a leading / and hard links out of the image are refused; a \
+symlink that climbs above / stops there, as at boot.",
         after_help = "Examples:\n  \
 daybreak netboot quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3 out\n  \
 daybreak netboot --arch arm64 --compression zstd \\\n      \
