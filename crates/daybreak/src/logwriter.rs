@@ -1,7 +1,8 @@
 //! A log writer that never blocks the caller: formatted lines go through a bounded queue to a
 //! thread that writes them to stderr. The DHCP path logs every offer, and a slow reader of our
-//! stderr (a paused terminal, a busy journald) must not delay the next one. If the queue is ever
-//! full, lines are dropped and the count is reported once the writer catches up.
+//! stderr (a paused terminal, a busy journald) must not delay the next one. The queue is bounded in
+//! lines and in bytes (lines carry text from clients, so their size is not ours to choose); if it
+//! is ever full, lines are dropped and the count is reported once the writer catches up.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 
 const QUEUE_LINES: usize = 65_536;
+/// Most bytes waiting to be written.
+const QUEUE_BYTES: u64 = 8 << 20;
 
 #[derive(Clone)]
 pub struct NonBlocking {
@@ -24,6 +27,8 @@ struct Counts {
     queued: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
+    /// Bytes queued and not yet written.
+    pending: AtomicU64,
 }
 
 /// Starts the writer thread. Lines still queued when the process exits are flushed by [`Guard`].
@@ -31,6 +36,10 @@ pub fn stderr() -> (NonBlocking, Guard) {
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
     let counts = Arc::new(Counts::default());
     let seen = counts.clone();
+    let done = |seen: &Counts, line: &[u8]| {
+        seen.pending.fetch_sub(line.len() as u64, Ordering::AcqRel);
+        seen.written.fetch_add(1, Ordering::Release);
+    };
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
@@ -43,13 +52,13 @@ pub fn stderr() -> (NonBlocking, Guard) {
             // thread, so logging costs the hot path no syscall.
             while let Ok(line) = rx.recv() {
                 let _ = stderr.lock().write_all(&line);
-                seen.written.fetch_add(1, Ordering::Release);
+                done(&seen, &line);
                 loop {
                     let mut out = stderr.lock();
                     let mut wrote = false;
                     while let Ok(more) = rx.try_recv() {
                         let _ = out.write_all(&more);
-                        seen.written.fetch_add(1, Ordering::Release);
+                        done(&seen, &more);
                         wrote = true;
                     }
                     let d = seen.dropped.load(Ordering::Relaxed);
@@ -143,14 +152,19 @@ impl Drop for Line {
         if self.buf.is_empty() {
             return;
         }
+        let len = self.buf.len() as u64;
         // Counted before it is sent, so the writer can never have written more than was queued.
+        let before = self.counts.pending.fetch_add(len, Ordering::AcqRel);
         self.counts.queued.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(std::mem::take(&mut self.buf)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counts.queued.fetch_sub(1, Ordering::AcqRel);
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let sent = before + len <= QUEUE_BYTES
+            && match self.tx.try_send(std::mem::take(&mut self.buf)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            };
+        if !sent {
+            self.counts.pending.fetch_sub(len, Ordering::AcqRel);
+            self.counts.queued.fetch_sub(1, Ordering::AcqRel);
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -184,6 +198,25 @@ mod tests {
         let mut guard = guard;
         assert!(guard.drain(), "the guard gave up waiting");
         assert_eq!(counts.written.load(Ordering::Acquire), 3);
+        assert_eq!(counts.pending.load(Ordering::Acquire), 0);
         drop(nb);
+    }
+
+    /// With nobody writing, the queue holds at most QUEUE_BYTES, however few lines that is.
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let (tx, _rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let nb = NonBlocking {
+            tx,
+            counts: Arc::default(),
+        };
+        let big = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            nb.make_writer().write_all(&big).unwrap();
+        }
+        let c = &nb.counts;
+        assert_eq!(c.queued.load(Ordering::Acquire), 8, "8 MiB of 1 MiB lines");
+        assert_eq!(c.dropped.load(Ordering::Acquire), 12);
+        assert!(c.pending.load(Ordering::Acquire) <= QUEUE_BYTES);
     }
 }
