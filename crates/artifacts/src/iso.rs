@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 const SECTOR: u64 = 2048;
 /// Deeper than any real image; bounds work on hostile ones.
 const MAX_SYMLINKS: usize = 32;
+/// Path components one lookup may walk, symlink targets and `..` restarts included.
+const MAX_STEPS: usize = 4096;
 const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_CONTINUATIONS: usize = 64;
 
@@ -394,8 +396,21 @@ impl Iso {
         )
     }
 
-    /// Finds a file or directory by absolute path, following symlinks within the image.
+    /// Finds a file or directory by absolute path, following symlinks within the image. Each
+    /// directory is read once per lookup however often the walk passes through it, and the walk
+    /// is bounded in steps: a hostile image (long symlink targets, `..` loops over huge
+    /// directories) costs at most [`MAX_STEPS`] steps over directories read once.
     pub fn lookup(&self, path: &str) -> Result<Entry, IsoError> {
+        let mut cache: std::collections::HashMap<u64, std::rc::Rc<Vec<Entry>>> = Default::default();
+        let mut read_dir = |dir: Extent| -> Result<std::rc::Rc<Vec<Entry>>, IsoError> {
+            if let Some(e) = cache.get(&dir.offset) {
+                return Ok(e.clone());
+            }
+            let e = std::rc::Rc::new(self.read_dir(dir)?);
+            cache.insert(dir.offset, e.clone());
+            Ok(e)
+        };
+        let mut steps = 0;
         let mut pending: Vec<String> = components(path);
         pending.reverse();
         let mut resolved: Vec<String> = Vec::new();
@@ -409,6 +424,12 @@ impl Iso {
         };
         let mut current = root_entry.clone();
         while let Some(comp) = pending.pop() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                return Err(self.malformed(format!(
+                    "resolving {path} takes more than {MAX_STEPS} steps"
+                )));
+            }
             if comp == ".." {
                 resolved.pop();
                 // Walk again from the root to the parent.
@@ -422,7 +443,7 @@ impl Iso {
             if !current.is_dir {
                 return Err(self.not_found(path));
             }
-            let entries = self.read_dir(dir)?;
+            let entries = read_dir(dir)?;
             let found = entries
                 .iter()
                 .find(|e| e.name == comp)

@@ -266,3 +266,39 @@ fn truncated_iso_is_reported_as_truncated() {
     assert!(matches!(e, IsoError::Truncated { .. }), "{e}");
     assert!(e.to_string().contains("truncated"), "{e}");
 }
+
+/// Symlinks whose targets walk `..` back and forth: a lookup that needs a few thousand steps
+/// resolves (each directory read once), one that needs more is refused with the reason.
+#[test]
+fn long_symlink_walks_are_bounded() {
+    if !have_xorriso() {
+        return;
+    }
+    let dir = tempdir("iso-walk");
+    let root = dir.join("tree");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    let kernel = pattern(4096, 4);
+    std::fs::write(root.join("boot/vmlinuz"), &kernel).unwrap();
+    std::fs::write(root.join("boot/initrd"), b"i").unwrap();
+    std::fs::write(root.join("rootfs.squashfs"), b"r").unwrap();
+    // Rock Ridge keeps a symlink target under 1 KB: 100 round trips of 3 steps each.
+    let walk = "../boot/".repeat(100);
+    // /boot/ok → k1 → vmlinuz: about 600 steps. /boot/kernel → h1 → … → h20 → vmlinuz: more
+    // than 4,096.
+    let link = |name: &str, to: &str| {
+        std::os::unix::fs::symlink(format!("{walk}{to}"), root.join("boot").join(name)).unwrap()
+    };
+    link("ok", "k1");
+    link("k1", "vmlinuz");
+    link("kernel", "h1");
+    for i in 1..20 {
+        link(&format!("h{i}"), &format!("h{}", i + 1));
+    }
+    link("h20", "vmlinuz");
+    let iso_path = mkisofs(&dir, "walk.iso", &["-R"], &root);
+    let iso = Iso::open(&iso_path).unwrap();
+    let e = iso.lookup("/boot/ok").unwrap();
+    assert!(contents(&iso_path, &e) == kernel);
+    let err = iso.netboot_files().unwrap_err().to_string();
+    assert!(err.contains("more than 4096 steps"), "{err}");
+}
