@@ -319,6 +319,31 @@ fn descriptor_budget() -> Budget {
     }
 }
 
+/// The TFTP port, with `IP_PKTINFO`: each request's local address comes with it, so its
+/// transfer answers from the address the client asked (on a link with several).
+struct TftpListener(DhcpSocket, Ipv4Addr);
+
+impl tftp::Listener for TftpListener {
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+        let r = self.0.recv(buf).await?;
+        if r.len > buf.len() {
+            // Larger than any TFTP request: say so as an empty datagram, which is refused.
+            return Ok((0, r.source.into(), Some(r.local)));
+        }
+        Ok((r.len, r.source.into(), Some(r.local)))
+    }
+    async fn send_to(&self, data: &[u8], to: SocketAddr, from: Option<Ipv4Addr>) -> io::Result<()> {
+        let SocketAddr::V4(to) = to else {
+            return Ok(());
+        };
+        let from = from.filter(|a| !a.is_unspecified()).unwrap_or(self.1);
+        self.0.send(data, to, 0, from).await
+    }
+    fn local_ip(&self) -> Ipv4Addr {
+        self.1
+    }
+}
+
 /// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
 async fn start_netboot(
     opts: &ServeOptions,
@@ -341,8 +366,8 @@ async fn start_netboot(
                 "another netboot or web server (AuroraBoot, pixiecore, nginx)",
             )
         })?;
-    let tftp_sock = tokio::net::UdpSocket::bind((opts.listen, opts.tftp_port))
-        .await
+    let tftp_sock = DhcpSocket::bind_exclusive(SocketAddrV4::new(opts.listen, opts.tftp_port))
+        .map(|s| TftpListener(s, opts.listen))
         .map_err(|e| {
             bind_error(
                 e,
@@ -428,7 +453,7 @@ async fn start_netboot(
     } else {
         tracing::info!("ProxyDHCP off: point your DHCP server's boot options at this host");
     }
-    tracing::info!("TFTP on {}", tftp_sock.local_addr()?);
+    tracing::info!("TFTP on {}:{}", opts.listen, opts.tftp_port);
     tracing::info!(
         "HTTP on {} (boot script: /boot.ipxe)",
         listener.local_addr()?

@@ -306,3 +306,55 @@ fn interface_without_ipv4_is_a_clear_error() {
     assert!(e.contains("interface bare0 has no IPv4 address"), "{e}");
     assert!(e.contains("lo (127.0.0.1)"), "{e}");
 }
+
+/// On a link with two addresses, a TFTP request to either is answered from that address (PXE
+/// firmware ignores replies from any other), and so is a refusal.
+#[test]
+fn tftp_answers_from_the_address_the_client_asked() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let id = std::process::id();
+    let (cns, sns) = (format!("dbkt{id}c"), format!("dbkt{id}s"));
+    ip(&["netns", "add", &cns]);
+    let _guard_c = Netns {
+        names: vec![cns.clone()],
+    };
+    ip(&["netns", "add", &sns]);
+    let _guard_s = Netns {
+        names: vec![sns.clone()],
+    };
+    ip(&[
+        "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
+    ]);
+    ip(&["-n", &cns, "addr", "add", "10.79.0.10/24", "dev", "c0"]);
+    ip(&["-n", &sns, "addr", "add", "10.79.0.2/24", "dev", "s0"]);
+    ip(&["-n", &sns, "addr", "add", "10.79.0.3/24", "dev", "s0"]);
+    ip(&["-n", &cns, "link", "set", "c0", "up"]);
+    ip(&["-n", &sns, "link", "set", "s0", "up"]);
+    let dir = tempdir("tftp-multiaddr");
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let _server = {
+        let k = kernel.to_string_lossy().into_owned();
+        let d = dir.clone();
+        in_netns(&sns, move || {
+            Daybreak::start(&["serve", "--kernel", &k, "--no-proxy-dhcp"], &d)
+        })
+    };
+    in_netns(&cns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 2048];
+        for (asked, file) in [
+            ("10.79.0.3", "undionly.kpxe"),
+            ("10.79.0.2", "ipxe.efi"),
+            ("10.79.0.3", "missing.efi"),
+        ] {
+            let rrq = tftp::packet::rrq(file, "octet", &[]);
+            s.send_to(&rrq, (asked, 69)).unwrap();
+            let (_, from) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(from.ip().to_string(), asked, "{file}: answered from {from}");
+        }
+    });
+}

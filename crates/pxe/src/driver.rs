@@ -86,8 +86,18 @@ fn register(s: Socket) -> io::Result<AsyncFd<Socket>> {
 impl DhcpSocket {
     /// Binds UDP `addr` with broadcast and `IP_PKTINFO` enabled.
     pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+        Self::bind_with(addr, true)
+    }
+
+    /// As [`DhcpSocket::bind`], without `SO_REUSEADDR`: binding fails while another socket holds
+    /// the port (TFTP, where two servers on one port would split the requests between them).
+    pub fn bind_exclusive(addr: SocketAddrV4) -> io::Result<Self> {
+        Self::bind_with(addr, false)
+    }
+
+    fn bind_with(addr: SocketAddrV4, reuse: bool) -> io::Result<Self> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_address(true)?;
+        s.set_reuse_address(reuse)?;
         s.set_broadcast(true)?;
         s.set_nonblocking(true)?;
         setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
@@ -338,7 +348,7 @@ fn send_pktinfo(
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if ifindex != 0 {
+        if ifindex != 0 || !source.is_unspecified() {
             let space = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
             msg.msg_control = control.as_mut_ptr() as *mut _;
             msg.msg_controllen = space;

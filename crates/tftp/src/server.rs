@@ -56,6 +56,49 @@ pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// Where requests arrive. Besides the datagram and its sender, a listener may tell the local
+/// address the request was sent to: on a link with several addresses, the transfer must answer
+/// from that one (firmware ignores a reply from any other), and an unbound socket would leave
+/// the choice to the routing table. Replies sent from the listener (refusals) go from it too.
+pub trait Listener: Send + Sync + 'static {
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)>> + Send;
+    fn send_to(
+        &self,
+        data: &[u8],
+        to: SocketAddr,
+        from: Option<Ipv4Addr>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// The address the listener is bound to (unspecified for all).
+    fn local_ip(&self) -> Ipv4Addr;
+}
+
+impl Listener for UdpSocket {
+    async fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+        let (n, peer) = UdpSocket::recv_from(self, buf).await?;
+        Ok((n, peer, None))
+    }
+    async fn send_to(
+        &self,
+        data: &[u8],
+        to: SocketAddr,
+        _from: Option<Ipv4Addr>,
+    ) -> std::io::Result<()> {
+        UdpSocket::send_to(self, data, to).await.map(|_| ())
+    }
+    fn local_ip(&self) -> Ipv4Addr {
+        match self.local_addr() {
+            Ok(SocketAddr::V4(a)) => *a.ip(),
+            _ => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+}
+
 /// What a transfer task tells the endpoint.
 enum Event {
     Confirmed(SocketAddr, u64),
@@ -64,23 +107,20 @@ enum Event {
 
 /// Serves requests arriving on `socket` until the future is dropped; transfers already running
 /// finish on their own tasks.
-pub async fn run(
-    socket: UdpSocket,
+pub async fn run<L: Listener>(
+    socket: L,
     files: Arc<Files>,
     limits: Limits,
     budget: Budget,
     stats: Arc<Stats>,
 ) {
-    let local_ip = match socket.local_addr() {
-        Ok(SocketAddr::V4(a)) => *a.ip(),
-        _ => Ipv4Addr::UNSPECIFIED,
-    };
+    let bound_ip = socket.local_ip();
     let mut endpoint = Endpoint::new(limits, budget);
     let mut tasks: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; 1500];
     loop {
-        let (n, peer) = tokio::select! {
+        let (n, peer, to) = tokio::select! {
             Some(ev) = events.recv() => {
                 match ev {
                     Event::Confirmed(peer, id) => endpoint.on_confirmed(peer, id),
@@ -113,6 +153,8 @@ pub async fn run(
                     h.abort();
                 }
                 let (stats, events) = (stats.clone(), events_tx.clone());
+                // Answer from the address the client asked.
+                let local_ip = to.filter(|a| !a.is_unspecified()).unwrap_or(bound_ip);
                 let task = tokio::spawn(async move {
                     serve_one(*transfer, send, peer, local_ip, id, &stats, &events).await;
                     let _ = events.send(Event::Finished(peer, id));
@@ -126,7 +168,7 @@ pub async fn run(
                     stats.refused.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::warn!(client = %peer, reason = %shown(&refused.reason), "tftp request refused");
-                let _ = socket.send_to(&refused.packet, peer).await;
+                let _ = socket.send_to(&refused.packet, peer, to).await;
             }
             Action::Ignore(Ignored::RateLimited) => {
                 if stats
