@@ -6,7 +6,7 @@
 #   scripts/install-deps.sh --bench  # also what the benchmarks compare against (nginx, dnsmasq)
 set -euo pipefail
 
-need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools
+need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools g++
       docker-registry skopeo apache2-utils openssl xfsprogs)
 [ "${1:-}" = "--bench" ] && need+=(nginx-light umoci)
 
@@ -31,9 +31,13 @@ export DEBIAN_FRONTEND=noninteractive
 # these machines carry, so QEMU comes from backports as well.
 if [ -r /etc/os-release ] && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release; then
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    cat >/etc/apt/sources.list.d/daybreak-backports.sources <<'SRC'
+    # The mirror this machine already uses for bookworm itself.
+    uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$uri" ] || { echo "install-deps: no bookworm apt source to take the mirror from" >&2; exit 1; }
+    cat >/etc/apt/sources.list.d/daybreak-backports.sources <<SRC
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $uri
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

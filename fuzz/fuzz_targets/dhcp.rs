@@ -1,0 +1,31 @@
+//! Any datagram on UDP 67 or 4011: decoded, answered for either port, the answer encoded and
+//! decoded again. Nothing may panic, and an answer must be a well-formed reply.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pxe::message::Message;
+use pxe::{answer, BootFiles, Context, Port};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(msg) = Message::decode(data) else {
+        return;
+    };
+    let files = BootFiles {
+        efi_arm64: Some("ipxe-arm64.efi".into()),
+        ..BootFiles::default()
+    };
+    let ctx = Context {
+        server: [10, 0, 0, 1].into(),
+        http_port: 8090,
+        boot_files: &files,
+    };
+    for port in [Port::Dhcp, Port::ProxyBoot] {
+        if let Ok(reply) = answer(&msg, &ctx, port) {
+            let bytes = reply.message.encode();
+            let back = Message::decode(&bytes).expect("our own reply decodes");
+            assert_eq!(back.xid, msg.xid);
+            assert!(bytes.len() >= 300 && bytes.len() <= 1500, "{}", bytes.len());
+        }
+    }
+    let _ = msg.encode();
+});
