@@ -279,7 +279,7 @@ const FD_RESERVE: u64 = 128;
 
 /// Raises the soft descriptor limit to the hard one (the common soft 1024 is a legacy of
 /// select(2), which nothing here uses) and shares it out: a quarter of what is left after the
-/// reserve for TFTP transfers (at most 512), the rest for HTTP connections (at most 8192), so
+/// reserve for TFTP transfers (at most 2048), the rest for HTTP connections (at most 16384), so
 /// a flood of either runs into its own cap, never into EMFILE.
 fn descriptor_budget() -> Budget {
     let mut lim = libc::rlimit {
@@ -304,8 +304,8 @@ fn descriptor_budget() -> Budget {
         }
     };
     let spare = nofile.saturating_sub(FD_RESERVE).max(64);
-    let tftp = (spare / 4).clamp(8, 512) as usize;
-    let http = (spare - spare / 4).clamp(32, 8192) as usize;
+    let tftp = (spare / 4).clamp(8, 2048) as usize;
+    let http = (spare - spare / 4).clamp(32, 16384) as usize;
     tracing::debug!(nofile, http, tftp, "descriptor budget");
     Budget {
         http: crate::http::Limits {

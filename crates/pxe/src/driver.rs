@@ -29,19 +29,27 @@ pub struct Stats {
     pub ignored: AtomicU64,
     pub malformed: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Requests the kernel dropped because the receive buffer was full (`SO_RXQ_OVFL`).
+    pub kernel_drops: AtomicU64,
 }
 
 impl Stats {
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
         [
             ("received", self.received.load(Ordering::Relaxed)),
             ("answered", self.answered.load(Ordering::Relaxed)),
             ("ignored", self.ignored.load(Ordering::Relaxed)),
             ("malformed", self.malformed.load(Ordering::Relaxed)),
             ("send_errors", self.send_errors.load(Ordering::Relaxed)),
+            ("kernel_drops", self.kernel_drops.load(Ordering::Relaxed)),
         ]
     }
 }
+
+/// Receive buffer of the DHCP sockets: a boot storm (a rack powered on at once) is hundreds of
+/// DISCOVERs within milliseconds, several times for each machine, and the default buffer
+/// (about 200 KB, a few hundred datagrams with their overhead) would drop some.
+const RECEIVE_BUFFER: i32 = 8 << 20;
 
 /// Where a datagram came from and where it landed.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +59,8 @@ pub struct Received {
     pub ifindex: u32,
     /// Our address on the receiving interface, as the kernel picked it for replies.
     pub local: Ipv4Addr,
+    /// Datagrams the kernel has dropped on this socket so far, when it says (`SO_RXQ_OVFL`).
+    pub drops: Option<u32>,
 }
 
 /// A UDP endpoint for ProxyDHCP or the PXE boot server: an ordinary bound socket, or the raw
@@ -78,6 +88,16 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()
     }
 }
 
+/// Sizes the receive buffer for bursts (past `net.core.rmem_max` where allowed, as root) and asks
+/// the kernel to report its drops with each datagram. Best effort: a smaller buffer still works.
+fn size_receive_buffer(s: &Socket) {
+    let fd = s.as_raw_fd();
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER);
+    }
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
+}
+
 fn register(s: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: the Socket owns its fd, which stays open and unchanged until the AsyncFd drops it.
     unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
@@ -101,6 +121,7 @@ impl DhcpSocket {
         s.set_broadcast(true)?;
         s.set_nonblocking(true)?;
         setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        size_receive_buffer(&s);
         s.bind(&addr.into())?;
         Ok(DhcpSocket {
             fd: register(s)?,
@@ -115,6 +136,7 @@ impl DhcpSocket {
         s.set_broadcast(true)?;
         s.set_nonblocking(true)?;
         setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        size_receive_buffer(&s);
         attach_port_filter(s.as_raw_fd(), port)?;
         Ok(DhcpSocket {
             fd: register(s)?,
@@ -299,6 +321,7 @@ fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         let len = n.min(buf.len());
         let mut ifindex = 0;
         let mut local = Ipv4Addr::UNSPECIFIED;
+        let mut drops = None;
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
@@ -306,6 +329,9 @@ fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                 ifindex = info.ipi_ifindex as u32;
                 local = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+            }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
@@ -320,6 +346,7 @@ fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             source,
             ifindex,
             local,
+            drops,
         })
     }
 }
@@ -450,6 +477,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
         Port::Dhcp => "proxydhcp",
         Port::ProxyBoot => "pxe-4011",
     };
+    let mut seen_drops = 0u64;
     loop {
         let rx = match socket.recv(&mut buf).await {
             Ok(r) => r,
@@ -460,6 +488,21 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
             }
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(total) = rx.drops {
+            // The kernel's count for this socket; the stats add up both sockets' growth.
+            let before = seen_drops;
+            seen_drops = u64::from(total);
+            if seen_drops > before {
+                stats
+                    .kernel_drops
+                    .fetch_add(seen_drops - before, Ordering::Relaxed);
+                tracing::warn!(
+                    port = port_name,
+                    dropped = seen_drops - before,
+                    "the kernel dropped requests: the receive buffer was full"
+                );
+            }
+        }
         if !config.interfaces.is_empty() && !config.interfaces.contains(&rx.ifindex) {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -3,7 +3,8 @@
 //!
 //! A request starts a transfer (with its first packets to send from a new socket), is refused
 //! with an ERROR sent from the listening socket (no socket is opened to say no), or is ignored:
-//! a repeat of a request whose transfer already runs, or a source over its budget. The budget
+//! a repeat of a request whose transfer already runs, a source over its request rate, or a
+//! moment when every slot is held by clients that answer (the client's own retry is the queue). The budget
 //! bounds what unauthenticated UDP can make the server do: transfers in all and per source
 //! address, and new requests per source address per second (a token bucket), so a flood of
 //! forged requests neither exhausts descriptors nor turns the server into an amplifier.
@@ -19,7 +20,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::packet::{self, code};
 use crate::transfer::{Limits, Refused, Transfer};
 
 /// Bounds on what the listening port accepts.
@@ -57,6 +57,10 @@ pub enum Ignored {
     Duplicate,
     /// The address is over its request rate: dropped without an answer.
     RateLimited,
+    /// Every transfer slot (of the server, or of this address) is held by a client that
+    /// answers: no answer now, so the client asks again after its timeout, as firmware does,
+    /// and gets a slot then (an ERROR would make it give up).
+    Busy,
 }
 
 /// What the driver must do.
@@ -94,13 +98,6 @@ pub struct Endpoint {
     per_address: HashMap<IpAddr, usize>,
     buckets: HashMap<IpAddr, Bucket>,
     next_id: u64,
-}
-
-fn busy(reason: &str) -> Refused {
-    Refused {
-        packet: packet::error(code::NOT_DEFINED, "server busy, try again"),
-        reason: reason.to_string(),
-    }
 }
 
 impl Endpoint {
@@ -153,15 +150,13 @@ impl Endpoint {
                     if full_here {
                         match self.evict_unconfirmed(Some(peer.ip())) {
                             Some(id) => stop.push(id),
-                            None => {
-                                return Action::Refuse(busy("too many transfers from this address"))
-                            }
+                            None => return Action::Ignore(Ignored::Busy),
                         }
                     }
                     if self.sessions.len() >= self.budget.max_transfers {
                         match self.evict_unconfirmed(None) {
                             Some(id) => stop.push(id),
-                            None => return Action::Refuse(busy("too many transfers at once")),
+                            None => return Action::Ignore(Ignored::Busy),
                         }
                     }
                 }
@@ -328,16 +323,13 @@ mod tests {
         );
         assert_eq!(e.transfers(), 4);
         assert_eq!(dropped, 1192, "the remainder gets no answer at all");
-        // Transfers whose clients answered are never evicted: a new request is refused.
+        // Transfers whose clients answered are never evicted: a new request waits (no answer).
         for (port, id) in ids.iter().skip(4) {
             e.on_confirmed(addr(1, 2000 + port), *id);
         }
         let later = now + Duration::from_secs(1);
         let a = e.on_request(addr(1, 9999), &req, later, |_| file());
-        assert!(
-            matches!(&a, Action::Refuse(r) if r.reason.contains("this address")),
-            "{a:?}"
-        );
+        assert!(matches!(&a, Action::Ignore(Ignored::Busy)), "{a:?}");
     }
 
     #[test]
@@ -349,14 +341,14 @@ mod tests {
         let mut e = Endpoint::new(Limits::default(), budget);
         let now = Instant::now();
         let req = rrq("ipxe.efi", "octet", &[]);
-        // 100 clients that answer fill the server; then requests are refused, not queued.
+        // 100 clients that answer fill the server; then requests get no answer and are asked again later.
         for i in 0..100 {
             let id = started(&e.on_request(addr(i, 1000), &req, now, |_| file()));
             e.on_confirmed(addr(i, 1000), id);
         }
         for i in 100..300 {
             match e.on_request(addr(i, 1000), &req, now, |_| file()) {
-                Action::Refuse(r) => assert!(r.reason.contains("at once"), "{}", r.reason),
+                Action::Ignore(Ignored::Busy) => {}
                 other => panic!("{other:?}"),
             }
         }

@@ -30,6 +30,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Dropped unanswered: the source was over its request rate.
     pub rate_limited: AtomicU64,
+    /// Left unanswered while every transfer slot was in use.
+    pub busy: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
 
@@ -177,6 +179,15 @@ pub async fn run<L: Listener>(
                     .is_multiple_of(1000)
                 {
                     tracing::warn!(client = %peer, "tftp: requests over the rate limit are dropped");
+                }
+            }
+            Action::Ignore(Ignored::Busy) => {
+                if stats
+                    .busy
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::warn!(client = %peer, "tftp: every transfer slot is in use; requests wait for the client to ask again");
                 }
             }
             Action::Ignore(Ignored::Duplicate) => {}
