@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(head) = wire::parse_head(data) {
         let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
         if let Some(p) = wire::percent_decode(path) {
-            assert_eq!(wire::percent_decode(&wire::percent_encode(&p)).as_deref(), Some(&p[..]));
+            assert_eq!(
+                wire::percent_decode(&wire::percent_encode(&p)).as_deref(),
+                Some(&p[..])
+            );
         }
         let _ = wire::query_param(query, "mac");
         for len in [0u64, 1, 4096, u64::MAX] {

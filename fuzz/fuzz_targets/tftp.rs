@@ -21,8 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let mut e = Endpoint::new(Limits::default(), Budget::default());
     let mut now = Instant::now();
     let peer = "10.0.0.9:1000".parse().unwrap();
-    let Action::Start { mut transfer, send, .. } =
-        e.on_request(peer, request, now, |_| Some(file.clone()))
+    let Action::Start {
+        mut transfer, send, ..
+    } = e.on_request(peer, request, now, |_| Some(file.clone()))
     else {
         return;
     };

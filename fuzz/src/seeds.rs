@@ -59,14 +59,44 @@ fn main() {
     let dir = Path::new(&dir);
     let uuid: Vec<u8> = (0..17).collect();
     let seeds: [(&str, Vec<u8>); 8] = [
-        ("bios", dhcp(1, [0; 4], &[(93, &[0, 0]), (60, b"PXEClient:Arch:00000:UNDI:002001")])),
-        ("uefi", dhcp(1, [0; 4], &[(93, &[0, 7]), (60, b"PXEClient"), (97, &uuid)])),
-        ("ipxe", dhcp(1, [0; 4], &[(93, &[0, 0]), (77, b"iPXE"), (175, &[0x13, 1, 1])])),
-        ("pixiecore", dhcp(1, [0; 4], &[(93, &[0, 7]), (77, b"pixiecore")])),
-        ("httpboot", dhcp(1, [0; 4], &[(93, &[0, 16]), (60, b"HTTPClient")])),
+        (
+            "bios",
+            dhcp(
+                1,
+                [0; 4],
+                &[(93, &[0, 0]), (60, b"PXEClient:Arch:00000:UNDI:002001")],
+            ),
+        ),
+        (
+            "uefi",
+            dhcp(1, [0; 4], &[(93, &[0, 7]), (60, b"PXEClient"), (97, &uuid)]),
+        ),
+        (
+            "ipxe",
+            dhcp(
+                1,
+                [0; 4],
+                &[(93, &[0, 0]), (77, b"iPXE"), (175, &[0x13, 1, 1])],
+            ),
+        ),
+        (
+            "pixiecore",
+            dhcp(1, [0; 4], &[(93, &[0, 7]), (77, b"pixiecore")]),
+        ),
+        (
+            "httpboot",
+            dhcp(1, [0; 4], &[(93, &[0, 16]), (60, b"HTTPClient")]),
+        ),
         ("arm64", dhcp(1, [0; 4], &[(93, &[0, 11])])),
         ("relayed", dhcp(1, [10, 1, 2, 1], &[(93, &[0, 7])])),
-        ("4011", dhcp(3, [0; 4], &[(93, &[0, 0]), (43, &[71, 4, 0x80, 0, 0, 0, 255])])),
+        (
+            "4011",
+            dhcp(
+                3,
+                [0; 4],
+                &[(93, &[0, 0]), (43, &[71, 4, 0x80, 0, 0, 0, 255])],
+            ),
+        ),
     ];
     for (name, data) in seeds {
         put(dir, "dhcp", name, &data);
@@ -74,19 +104,63 @@ fn main() {
 
     use tftp::packet::{ack, error, rrq};
     let join = |parts: &[Vec<u8>]| parts.join(&0xfe_u8);
-    let probe = rrq("ipxe.efi", "octet", &[("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")]);
-    put(dir, "tftp", "plain", &join(&[rrq("undionly.kpxe", "octet", &[]), ack(1), ack(2)]));
-    put(dir, "tftp", "uefi-probe", &join(&[probe.clone(), error(8, "User aborted")]));
-    put(dir, "tftp", "windowed", &join(&[probe, ack(0), ack(4), ack(3), ack(8)]));
-    put(dir, "tftp", "timeout", &rrq("ipxe.efi", "octet", &[("timeout", "255")]));
-    put(dir, "tftp", "netascii", &rrq("/boot\\x.efi", "netascii", &[]));
+    let probe = rrq(
+        "ipxe.efi",
+        "octet",
+        &[("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")],
+    );
+    put(
+        dir,
+        "tftp",
+        "plain",
+        &join(&[rrq("undionly.kpxe", "octet", &[]), ack(1), ack(2)]),
+    );
+    put(
+        dir,
+        "tftp",
+        "uefi-probe",
+        &join(&[probe.clone(), error(8, "User aborted")]),
+    );
+    put(
+        dir,
+        "tftp",
+        "windowed",
+        &join(&[probe, ack(0), ack(4), ack(3), ack(8)]),
+    );
+    put(
+        dir,
+        "tftp",
+        "timeout",
+        &rrq("ipxe.efi", "octet", &[("timeout", "255")]),
+    );
+    put(
+        dir,
+        "tftp",
+        "netascii",
+        &rrq("/boot\\x.efi", "netascii", &[]),
+    );
 
     for (name, head) in [
-        ("get", "GET /kernel HTTP/1.1\r\nHost: 10.0.0.1:8090\r\nRange: bytes=0-9\r\n\r\n"),
-        ("head", "HEAD /rootfs.squashfs HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
-        ("script", "GET /_/ipxe?arch=7&mac=52%3A54%3A00%3A12%3A34%3A56 HTTP/1.1\r\n\r\n"),
-        ("suffix", "GET http://x/a+b%20c.img HTTP/1.1\r\nRange: bytes=-100\r\nConnection: close\r\n\r\n"),
-        ("body", "POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        (
+            "get",
+            "GET /kernel HTTP/1.1\r\nHost: 10.0.0.1:8090\r\nRange: bytes=0-9\r\n\r\n",
+        ),
+        (
+            "head",
+            "HEAD /rootfs.squashfs HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ),
+        (
+            "script",
+            "GET /_/ipxe?arch=7&mac=52%3A54%3A00%3A12%3A34%3A56 HTTP/1.1\r\n\r\n",
+        ),
+        (
+            "suffix",
+            "GET http://x/a+b%20c.img HTTP/1.1\r\nRange: bytes=-100\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "body",
+            "POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
     ] {
         put(dir, "http_head", name, head.as_bytes());
     }
@@ -105,7 +179,12 @@ fn main() {
                    {"digest": d('6'), "size": 7}]});
     put(dir, "oci", "index", index.to_string().as_bytes());
     put(dir, "oci", "manifest", manifest.to_string().as_bytes());
-    put(dir, "oci", "reference", b"quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2");
+    put(
+        dir,
+        "oci",
+        "reference",
+        b"quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2",
+    );
 
     use tar::EntryType as T;
     let kairos = tar(|b| {
@@ -117,18 +196,40 @@ fn main() {
             ("usr/lib/modules/6.1.0/vmlinuz", T::Regular, b"k"),
             ("usr/lib/modules/6.1.0/initramfs.img", T::Regular, b"i"),
         ] {
-            b.append_data(&mut header(ty, data.len() as u64), p, data).unwrap();
+            b.append_data(&mut header(ty, data.len() as u64), p, data)
+                .unwrap();
         }
-        b.append_link(&mut header(T::Symlink, 0), "boot/vmlinuz", "vmlinuz-6.1.0-9-amd64").unwrap();
-        b.append_link(&mut header(T::Symlink, 0), "lib", "usr/lib").unwrap();
-        b.append_link(&mut header(T::Link, 0), "etc/os-release.hard", "etc/os-release").unwrap();
-        b.append_data(&mut header(T::Regular, 0), "lib/modules/.wh.6.0.0", &b""[..]).unwrap();
-        b.append_data(&mut header(T::Regular, 0), "etc/.wh..wh..opq", &b""[..]).unwrap();
-        b.append_data(&mut header(T::Fifo, 0), "run/fifo", &b""[..]).unwrap();
-        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..])]).unwrap();
-        b.append_data(&mut header(T::Regular, 1), "usr/bin/ping", &b"p"[..]).unwrap();
+        b.append_link(
+            &mut header(T::Symlink, 0),
+            "boot/vmlinuz",
+            "vmlinuz-6.1.0-9-amd64",
+        )
+        .unwrap();
+        b.append_link(&mut header(T::Symlink, 0), "lib", "usr/lib")
+            .unwrap();
+        b.append_link(
+            &mut header(T::Link, 0),
+            "etc/os-release.hard",
+            "etc/os-release",
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(T::Regular, 0),
+            "lib/modules/.wh.6.0.0",
+            &b""[..],
+        )
+        .unwrap();
+        b.append_data(&mut header(T::Regular, 0), "etc/.wh..wh..opq", &b""[..])
+            .unwrap();
+        b.append_data(&mut header(T::Fifo, 0), "run/fifo", &b""[..])
+            .unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..])])
+            .unwrap();
+        b.append_data(&mut header(T::Regular, 1), "usr/bin/ping", &b"p"[..])
+            .unwrap();
         let long = format!("{}/f", vec!["d"; 60].join("/"));
-        b.append_data(&mut header(T::Regular, 1), long, &b"x"[..]).unwrap();
+        b.append_data(&mut header(T::Regular, 1), long, &b"x"[..])
+            .unwrap();
     });
     put(dir, "layer", "kairos", &kairos);
 }

@@ -4,6 +4,8 @@
 //!   daybreak-bench dhcp IFACE SECONDS CONCURRENCY
 //!   daybreak-bench tftp HOST:PORT FILE SIZE CLIENTS ROUNDS BLKSIZE WINDOWSIZE
 //!   daybreak-bench http HOST:PORT PATH CLIENTS [PID...]
+//!   daybreak-bench storm IFACE SERVER N EFI,KERNEL,INITRD,ROOTFS PID
+//!   daybreak-bench flood SERVER SECONDS
 //!
 //! Loads are bounded in count and time and only target the address given (loopback or a test
 //! namespace).
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pxe::message::{Message, MessageType};
+
+mod storm;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +41,23 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<u32>, _>>()?;
             http_load(args[1].parse()?, &args[2], args[3].parse()?, &pids)
         }
+        Some("storm") if args.len() == 6 => {
+            let sizes: Vec<usize> = args[4]
+                .split(',')
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()?;
+            let sizes: [usize; 4] = sizes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("four sizes"))?;
+            storm::storm(
+                &args[1],
+                args[2].parse()?,
+                args[3].parse()?,
+                sizes,
+                args[5].parse()?,
+            )
+        }
+        Some("flood") if args.len() == 3 => storm::flood(args[1].parse()?, args[2].parse()?),
         _ => bail!("usage: see the module docs of crates/bench/src/main.rs"),
     }
 }
@@ -186,13 +207,14 @@ fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
 
 async fn tftp_one(
     server: SocketAddr,
+    bind: Ipv4Addr,
     file: &str,
     size: usize,
     blksize: u16,
     windowsize: u16,
 ) -> Result<usize> {
     use tftp::packet::{ack, rrq, Packet};
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    let sock = tokio::net::UdpSocket::bind((bind, 0)).await?;
     let bs = blksize.to_string();
     let ws = windowsize.to_string();
     let mut opts = vec![("blksize", bs.as_str()), ("tsize", "0")];
@@ -292,7 +314,16 @@ fn tftp_load(
             for _ in 0..clients {
                 let (file, failed, bytes) = (file.to_string(), failed.clone(), bytes.clone());
                 set.spawn(async move {
-                    match tftp_one(server, &file, size, blksize, windowsize).await {
+                    match tftp_one(
+                        server,
+                        Ipv4Addr::UNSPECIFIED,
+                        &file,
+                        size,
+                        blksize,
+                        windowsize,
+                    )
+                    .await
+                    {
                         Ok(n) => {
                             bytes.fetch_add(n as u64, Ordering::Relaxed);
                         }

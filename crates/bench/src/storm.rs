@@ -1,0 +1,395 @@
+//! A boot storm: N simulated machines powered on at once, each doing what UEFI firmware and
+//! iPXE do, from an address of its own: DISCOVER (answered by ProxyDHCP), REQUEST to port 4011,
+//! the EFI loader over TFTP (blksize 1468, windowsize 4, tsize), then over HTTP the boot
+//! script, kernel, initrd and squashfs, each checked whole. And a flood to run beside it:
+//! forged TFTP requests never acknowledged and idle TCP connections, from many addresses.
+//!
+//! Only the server address given is targeted (a test namespace); every loop is bounded in count
+//! and time. Source addresses must exist on the interface (bench/run.sh adds them).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pxe::message::{Message, MessageType};
+use tokio::sync::oneshot;
+
+/// The address of machine `i` in a block of addresses starting at 10.79.`first`.1.
+pub fn address(first: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 79, first + (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+const PHASES: [&str; 7] = [
+    "dhcp", "pxe4011", "tftp", "script", "kernel", "initrd", "rootfs",
+];
+
+fn request(mtype: MessageType, xid: u32, mac: [u8; 6]) -> Vec<u8> {
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&mac);
+    let mut options = vec![
+        (53, vec![mtype.to_u8()]),
+        (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+        (93, vec![0, 7]),
+        (94, vec![1, 3, 0]),
+        (97, [&[0u8][..], &mac, &[0u8; 10]].concat()),
+    ];
+    if mtype == MessageType::Request {
+        options.push((43, vec![71, 4, 0x80, 0, 0, 0, 255]));
+    }
+    Message {
+        op: 1,
+        htype: 1,
+        hlen: 6,
+        hops: 0,
+        xid,
+        secs: 0,
+        flags: 0x8000,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: Ipv4Addr::UNSPECIFIED,
+        chaddr,
+        sname: vec![],
+        file: vec![],
+        options,
+    }
+    .encode()
+}
+
+type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
+
+/// One DHCP exchange, retried as firmware does (up to 4 tries, 1, 2, 4 s apart).
+async fn exchange(
+    sock: &tokio::net::UdpSocket,
+    waiting: &Waiting,
+    to: SocketAddrV4,
+    packet: &[u8],
+    xid: u32,
+) -> Result<Message> {
+    for wait in [1, 2, 4, 4] {
+        let (tx, rx) = oneshot::channel();
+        waiting.lock().unwrap().insert(xid, tx);
+        sock.send_to(packet, to).await?;
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(wait), rx).await {
+            return Ok(m);
+        }
+    }
+    waiting.lock().unwrap().remove(&xid);
+    bail!("no answer from {to}")
+}
+
+async fn http_get(src: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
+    let mut s = sock.connect(server).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await?;
+    let p = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no response head")?;
+    let head = String::from_utf8_lossy(&all[..p]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        bail!("{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .context("no content-length")?
+        .trim()
+        .parse()?;
+    let body = all.split_off(p + 4);
+    if body.len() != len {
+        bail!("{path}: {} of {len} bytes", body.len());
+    }
+    Ok(body)
+}
+
+/// One machine's boot: the time of each phase.
+async fn machine(
+    i: usize,
+    sock: Arc<tokio::net::UdpSocket>,
+    waiting: Waiting,
+    server: Ipv4Addr,
+    sizes: [usize; 4],
+) -> Result<[Duration; 7]> {
+    let mac = [0x52, 0x54, 0x00, 0x99, (i >> 8) as u8, i as u8];
+    let xid = 0x5700_0000 | i as u32;
+    let src = address(1, i);
+    let mut t = [Duration::ZERO; 7];
+    let mut lap = Instant::now();
+    let mut phase = |k: usize, t: &mut [Duration; 7]| {
+        t[k] = lap.elapsed();
+        lap = Instant::now();
+    };
+    let offer = exchange(
+        &sock,
+        &waiting,
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        &request(MessageType::Discover, xid, mac),
+        xid,
+    )
+    .await
+    .context("DISCOVER")?;
+    if offer.file != b"ipxe.efi" {
+        bail!("offer names {:?}", String::from_utf8_lossy(&offer.file));
+    }
+    phase(0, &mut t);
+    let ack = exchange(
+        &sock,
+        &waiting,
+        SocketAddrV4::new(server, 4011),
+        &request(MessageType::Request, xid, mac),
+        xid,
+    )
+    .await
+    .context("port 4011")?;
+    if ack.message_type() != Some(MessageType::Ack) {
+        bail!("4011 answered {:?}", ack.message_type());
+    }
+    phase(1, &mut t);
+    crate::tftp_one(
+        SocketAddr::from((server, 69)),
+        src,
+        "ipxe.efi",
+        sizes[0],
+        1468,
+        4,
+    )
+    .await
+    .context("TFTP")?;
+    phase(2, &mut t);
+    let http = SocketAddr::from((server, 8090));
+    let script = http_get(
+        src,
+        http,
+        &format!(
+            "/_/ipxe?arch=7&mac=52:54:00:99:{:02x}:{:02x}",
+            mac[4], mac[5]
+        ),
+    )
+    .await?;
+    if !script.starts_with(b"#!ipxe") {
+        bail!("the script is not an iPXE script");
+    }
+    phase(3, &mut t);
+    for (k, (path, size)) in [
+        ("/kernel", sizes[1]),
+        ("/initrd0", sizes[2]),
+        ("/rootfs.squashfs", sizes[3]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = http_get(src, http, path).await?;
+        if body.len() != size {
+            bail!("{path}: {} bytes, expected {size}", body.len());
+        }
+        phase(4 + k, &mut t);
+    }
+    Ok(t)
+}
+
+fn peak_of(pid: u32, peak_rss: &AtomicU64, peak_fds: &AtomicU64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    peak_rss.fetch_max(rss, Ordering::Relaxed);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    peak_fds.fetch_max(fds, Ordering::Relaxed);
+}
+
+/// Datagrams the kernel dropped on the server's UDP 67 and 4011 sockets (from its namespace's
+/// /proc/PID/net/udp, last column).
+fn udp_drops(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let local = l.split_whitespace().nth(1).unwrap_or("");
+            local.ends_with(":0043") || local.ends_with(":0FAB")
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `storm IFACE SERVER N SIZES PID`: N machines at once; SIZES is
+/// `efi,kernel,initrd,rootfs` in bytes; PID the server's, for its memory and descriptors.
+pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u32) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (peak_rss, peak_fds) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (r, f, stop) = (peak_rss.clone(), peak_fds.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak_of(pid, &r, &f);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let drops_before = udp_drops(pid);
+    let start = Instant::now();
+    let results = rt.block_on(async {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(iface.as_bytes()))?;
+        s.set_recv_buffer_size(8 << 20)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+        let sock = Arc::new(tokio::net::UdpSocket::from_std(s.into())?);
+        let waiting: Waiting = Arc::default();
+        let dispatcher = {
+            let (sock, waiting) = (sock.clone(), waiting.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1500];
+                while let Ok(n) = sock.recv(&mut buf).await {
+                    let Ok(m) = Message::decode(&buf[..n]) else {
+                        continue;
+                    };
+                    if m.op != 2 {
+                        continue;
+                    }
+                    if let Some(tx) = waiting.lock().unwrap().remove(&m.xid) {
+                        let _ = tx.send(m);
+                    }
+                }
+            })
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (sock, waiting) = (sock.clone(), waiting.clone());
+            set.spawn(async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(300),
+                    machine(i, sock, waiting, server, sizes),
+                )
+                .await;
+                (
+                    i,
+                    r.unwrap_or_else(|_| Err(anyhow::anyhow!("took over 300 s"))),
+                )
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r?);
+        }
+        dispatcher.abort();
+        anyhow::Ok(out)
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let mut per: Vec<Vec<Duration>> = vec![Vec::new(); PHASES.len()];
+    let mut total = Vec::new();
+    let mut failed = 0;
+    for (i, r) in &results {
+        match r {
+            Ok(t) => {
+                for (k, d) in t.iter().enumerate() {
+                    per[k].push(*d);
+                }
+                total.push(t.iter().sum::<Duration>());
+            }
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("machine {i}: {e:#}");
+                }
+            }
+        }
+    }
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let mut line = format!(
+        "machines={n} failed={failed} seconds={secs:.2} peak_rss_kib={} peak_fds={} dhcp_drops={}",
+        peak_rss.load(Ordering::Relaxed),
+        peak_fds.load(Ordering::Relaxed),
+        udp_drops(pid).saturating_sub(drops_before),
+    );
+    total.sort();
+    line += &format!(
+        " boot_p50_ms={} boot_p99_ms={}",
+        ms(crate::percentile(&total, 0.5)),
+        ms(crate::percentile(&total, 0.99))
+    );
+    for (k, name) in PHASES.iter().enumerate() {
+        per[k].sort();
+        line += &format!(
+            " {name}_p50_ms={} {name}_p99_ms={}",
+            ms(crate::percentile(&per[k], 0.5)),
+            ms(crate::percentile(&per[k], 0.99))
+        );
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// `flood SERVER SECONDS`: for SECONDS, 1,050 idle TCP connections to HTTP (25 from each of 42
+/// addresses, reopened when the server sheds them) and 1,200 forged TFTP requests a second
+/// (one from each of 1,200 addresses), never acknowledged. Addresses from 10.79.20.1 on.
+pub fn flood(server: Ipv4Addr, seconds: u64) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let (sent, opened) = (AtomicU64::new(0), AtomicU64::new(0));
+    rt.block_on(async {
+        let http = SocketAddr::from((server, 8090));
+        let mut conns: Vec<Option<tokio::net::TcpStream>> = (0..1050).map(|_| None).collect();
+        let mut udp = Vec::new();
+        for i in 0..1200 {
+            let s = tokio::net::UdpSocket::bind((address(20, i), 0)).await?;
+            udp.push(s);
+        }
+        let rrq = tftp::packet::rrq("ipxe.efi", "octet", &[("blksize", "1468")]);
+        while Instant::now() < end {
+            for (i, c) in conns.iter_mut().enumerate() {
+                let closed = match c {
+                    None => true,
+                    Some(s) => {
+                        let mut b = [0u8; 1];
+                        matches!(s.try_read(&mut b), Ok(0))
+                    }
+                };
+                if closed {
+                    let sock = tokio::net::TcpSocket::new_v4()?;
+                    sock.bind(SocketAddr::from((address(40, i / 25), 0)))?;
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_millis(200), sock.connect(http)).await
+                    {
+                        *c = Some(s);
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            for s in &udp {
+                let _ = s.send_to(&rrq, (server, 69)).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "forged_rrq={} idle_connections_opened={}",
+        sent.load(Ordering::Relaxed),
+        opened.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
