@@ -75,39 +75,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 // and is replaced.
 
 fn discover(xid: u32) -> Vec<u8> {
-    let mut chaddr = [0u8; 16];
-    chaddr[..6].copy_from_slice(&[
+    let mac = [
         0x52,
         0x54,
         0x00,
         (xid >> 16) as u8,
         (xid >> 8) as u8,
         xid as u8,
-    ]);
-    Message {
-        op: 1,
-        htype: 1,
-        hlen: 6,
-        hops: 0,
-        xid,
-        secs: 0,
-        flags: 0x8000,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: Ipv4Addr::UNSPECIFIED,
-        chaddr,
-        sname: vec![],
-        file: vec![],
-        options: vec![
-            (53, vec![MessageType::Discover.to_u8()]),
-            (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
-            (93, vec![0, 7]),
-            (94, vec![1, 3, 0]),
-            (97, (0..17).collect()),
-        ],
-    }
-    .encode()
+    ];
+    storm::request(MessageType::Discover, xid, mac)
 }
 
 fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {

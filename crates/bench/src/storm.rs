@@ -26,7 +26,8 @@ const PHASES: [&str; 7] = [
     "dhcp", "pxe4011", "tftp", "script", "kernel", "initrd", "rootfs",
 ];
 
-fn request(mtype: MessageType, xid: u32, mac: [u8; 6]) -> Vec<u8> {
+/// What EDK2 sends: a DISCOVER, or the REQUEST to port 4011 with its boot item.
+pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6]) -> Vec<u8> {
     let mut chaddr = [0u8; 16];
     chaddr[..6].copy_from_slice(&mac);
     let mut options = vec![

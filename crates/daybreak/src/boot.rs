@@ -165,11 +165,10 @@ fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>
     Ok(out)
 }
 
-/// A name for a file registered from a path: its file name with anything but letters, digits
-/// and `.`, `_`, `+`, `-` made `_` (the name goes into iPXE script lines), unique among `taken`.
-fn unique_name(taken: &[&BootFile], base: &str) -> String {
-    let base: String = base
-        .chars()
+/// A file name with anything but letters, digits and `.`, `_`, `+`, `-` made `_`: safe in a
+/// URL, an iPXE script line and a directory.
+pub fn safe_name(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._+-".contains(c) {
                 c
@@ -177,7 +176,12 @@ fn unique_name(taken: &[&BootFile], base: &str) -> String {
                 '_'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// A name for a file registered from a path: its [`safe_name`], unique among `taken`.
+fn unique_name(taken: &[&BootFile], base: &str) -> String {
+    let base = safe_name(base);
     let base = base.as_str();
     let mut name = base.to_string();
     let mut n = 1;

@@ -37,19 +37,7 @@ fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
 /// the same file name never share a cache entry.
 fn cache_path(url: &str, downloads: &Path) -> PathBuf {
     use sha2::Digest;
-    let name: String = url
-        .rsplit('/')
-        .next()
-        .unwrap_or("download.iso")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = crate::boot::safe_name(url.rsplit('/').next().unwrap_or("download.iso"));
     let name = name.trim_start_matches('.');
     let tag = artifacts::digest::hex(&sha2::Sha256::digest(url.as_bytes())[..6]);
     downloads.join(format!("{tag}-{name}"))

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, free_udp_port, have, output_within, require, tempdir, Daybreak, BIN};
+use common::{
+    config_url, free_tcp_port, free_udp_port, have, output_within, require, tempdir, Daybreak, BIN,
+};
 use testkit::pattern;
 
 const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
@@ -167,11 +169,7 @@ fn http_serves_registered_files_with_ranges_and_head() {
         "{script}"
     );
     // The cloud-config is at a random per-run path, given only in the command line.
-    let config_url = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("config_url="))
-        .unwrap_or_else(|| panic!("no config_url= in {script}"))
-        .to_string();
+    let config_url = config_url(&script);
     let secret = config_url
         .strip_prefix(&format!("{base}/cloud-config-"))
         .and_then(|r| r.strip_suffix(".yaml"))

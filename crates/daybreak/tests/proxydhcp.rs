@@ -112,19 +112,17 @@ fn udp(port: u16) -> UdpSocket {
     s
 }
 
-#[test]
-fn proxydhcp_answers_over_real_sockets() {
-    if !require(true, &["ip"]) {
-        return;
-    }
+/// A client namespace and a server namespace joined by a veth pair (`c0` ~ `s0`), with the
+/// given addresses (prefix length included); removed when the guards drop.
+fn veth_pair(tag: &str, client: &str, server: &[&str]) -> (String, String, [Netns; 2]) {
     let id = std::process::id();
-    let (cns, sns) = (format!("dbkp{id}c"), format!("dbkp{id}s"));
+    let (cns, sns) = (format!("db{tag}{id}c"), format!("db{tag}{id}s"));
     ip(&["netns", "add", &cns]);
-    let _guard_c = Netns {
+    let guard_c = Netns {
         names: vec![cns.clone()],
     };
     ip(&["netns", "add", &sns]);
-    let _guard_s = Netns {
+    let guard_s = Netns {
         names: vec![sns.clone()],
     };
     ip(&["-n", &cns, "link", "set", "lo", "up"]);
@@ -132,10 +130,21 @@ fn proxydhcp_answers_over_real_sockets() {
     ip(&[
         "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
     ]);
-    ip(&["-n", &cns, "addr", "add", "10.78.0.10/24", "dev", "c0"]);
-    ip(&["-n", &sns, "addr", "add", "10.78.0.2/24", "dev", "s0"]);
+    ip(&["-n", &cns, "addr", "add", client, "dev", "c0"]);
+    for a in server {
+        ip(&["-n", &sns, "addr", "add", a, "dev", "s0"]);
+    }
     ip(&["-n", &cns, "link", "set", "c0", "up"]);
     ip(&["-n", &sns, "link", "set", "s0", "up"]);
+    (cns, sns, [guard_c, guard_s])
+}
+
+#[test]
+fn proxydhcp_answers_over_real_sockets() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let (cns, sns, _guards) = veth_pair("kp", "10.78.0.10/24", &["10.78.0.2/24"]);
 
     let dir = tempdir("proxydhcp");
     let kernel = dir.join("vmlinuz");
@@ -314,24 +323,7 @@ fn tftp_answers_from_the_address_the_client_asked() {
     if !require(true, &["ip"]) {
         return;
     }
-    let id = std::process::id();
-    let (cns, sns) = (format!("dbkt{id}c"), format!("dbkt{id}s"));
-    ip(&["netns", "add", &cns]);
-    let _guard_c = Netns {
-        names: vec![cns.clone()],
-    };
-    ip(&["netns", "add", &sns]);
-    let _guard_s = Netns {
-        names: vec![sns.clone()],
-    };
-    ip(&[
-        "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
-    ]);
-    ip(&["-n", &cns, "addr", "add", "10.79.0.10/24", "dev", "c0"]);
-    ip(&["-n", &sns, "addr", "add", "10.79.0.2/24", "dev", "s0"]);
-    ip(&["-n", &sns, "addr", "add", "10.79.0.3/24", "dev", "s0"]);
-    ip(&["-n", &cns, "link", "set", "c0", "up"]);
-    ip(&["-n", &sns, "link", "set", "s0", "up"]);
+    let (cns, sns, _guards) = veth_pair("kt", "10.79.0.10/24", &["10.79.0.2/24", "10.79.0.3/24"]);
     let dir = tempdir("tftp-multiaddr");
     let kernel = dir.join("vmlinuz");
     std::fs::write(&kernel, b"kernel").unwrap();

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::oci::{self, Comp, Image, E};
-use common::{free_tcp_port, output_within, require, tempdir, Daybreak, BIN};
+use common::{config_url, free_tcp_port, get_text, output_within, require, tempdir, Daybreak, BIN};
 use testkit::pattern;
 
 fn image() -> Image {
@@ -140,20 +140,9 @@ fn a_second_instance_does_not_change_the_first_ones_cloud_config() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let get = |url: &str| {
-        let o = Command::new("curl")
-            .args(["-sSf", "--max-time", "10", url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let script = get(&format!("http://127.0.0.1:{port}/boot.ipxe"));
-    let url = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("config_url="))
-        .unwrap()
-        .to_string();
-    assert_eq!(get(&url), "#cloud-config\ntoken: cluster-a\n");
+    let script = get_text(&format!("http://127.0.0.1:{port}/boot.ipxe"));
+    let url = config_url(&script);
+    assert_eq!(get_text(&url), "#cloud-config\ntoken: cluster-a\n");
     assert!(!state.join("cloud-config.yaml").exists());
     d.terminate(Duration::from_secs(10));
 }

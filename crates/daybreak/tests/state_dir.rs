@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{output_within, require, tempdir, Daybreak, BIN};
+use common::{config_url, get_text, output_within, require, tempdir, Daybreak, BIN};
 
 fn cache_list(state: &Path) -> (bool, String) {
     let o = output_within(
@@ -149,22 +149,11 @@ fn served_files_are_the_ones_opened_at_start() {
         std::fs::remove_file(p).unwrap();
         std::os::unix::fs::symlink(&secret, p).unwrap();
     }
-    let get = |url: &str| {
-        let o = Command::new("curl")
-            .args(["-sSf", "--max-time", "10", url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
     let base = format!("http://127.0.0.1:{http}");
-    assert_eq!(get(&format!("{base}/kernel")), "the real kernel");
-    let script = get(&format!("{base}/boot.ipxe"));
-    let config_url = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("config_url="))
-        .unwrap()
-        .to_string();
-    assert_eq!(get(&config_url), "#cloud-config\n");
+    assert_eq!(get_text(&format!("{base}/kernel")), "the real kernel");
+    let script = get_text(&format!("{base}/boot.ipxe"));
+    let config_url = config_url(&script);
+    assert_eq!(get_text(&config_url), "#cloud-config\n");
     d.terminate(Duration::from_secs(10));
 }
 

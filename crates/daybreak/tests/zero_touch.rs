@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::oci::{self, Comp, Image, Registry, E};
-use common::{free_tcp_port, output_within, require, tempdir, Daybreak, BIN};
+use common::{config_url, free_tcp_port, get_text, output_within, require, tempdir, Daybreak, BIN};
 use testkit::pattern;
 
 fn image() -> Image {
@@ -159,25 +159,9 @@ fn rendered_cloud_config(work: &Path, args: &[&str], stdin: Option<&str>) -> Str
     drop(input);
     let mut d = Daybreak { child, log };
     d.wait_for(" ready\n", Duration::from_secs(60));
-    let get = |url: &str| {
-        let o = Command::new("curl")
-            .args(["-sSf", "--max-time", "10", url])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{url}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    };
-    let script = get(&format!("http://{addr}:{port}/boot.ipxe"));
-    let url = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("config_url="))
-        .unwrap_or_else(|| panic!("no config_url= in {script}"))
-        .to_string();
-    let body = get(&url);
+    let script = get_text(&format!("http://{addr}:{port}/boot.ipxe"));
+    let url = config_url(&script);
+    let body = get_text(&url);
     for guess in ["/cloud-config.yaml", "/_/file?name=cloud-config.yaml"] {
         let o = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])

@@ -172,22 +172,20 @@ pub async fn run<L: Listener>(
                 tracing::warn!(client = %peer, reason = %shown(&refused.reason), "tftp request refused");
                 let _ = socket.send_to(&refused.packet, peer, to).await;
             }
-            Action::Ignore(Ignored::RateLimited) => {
-                if stats
-                    .rate_limited
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(1000)
-                {
-                    tracing::warn!(client = %peer, "tftp: requests over the rate limit are dropped");
-                }
-            }
-            Action::Ignore(Ignored::Busy) => {
-                if stats
-                    .busy
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(1000)
-                {
-                    tracing::warn!(client = %peer, "tftp: every transfer slot is in use; requests wait for the client to ask again");
+            Action::Ignore(why @ (Ignored::RateLimited | Ignored::Busy)) => {
+                let (counter, what) = match why {
+                    Ignored::RateLimited => (
+                        &stats.rate_limited,
+                        "requests over the rate limit are dropped",
+                    ),
+                    _ => (
+                        &stats.busy,
+                        "every transfer slot is in use; requests wait for the client to ask again",
+                    ),
+                };
+                // Counted always, logged once in a thousand: a flood must not flood the log too.
+                if counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                    tracing::warn!(client = %peer, "tftp: {what}");
                 }
             }
             Action::Ignore(Ignored::Duplicate) => {}

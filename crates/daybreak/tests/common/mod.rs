@@ -224,3 +224,26 @@ pub fn run_as_nobody(args: &[&str]) -> Option<(std::process::ExitStatus, String)
     }
     Some((out.status, e))
 }
+
+/// The body of `url` as text, fetched with curl; panics with curl's error when it fails.
+pub fn get_text(url: &str) -> String {
+    let o = output_within(
+        Command::new("curl").args(["-sSf", "--max-time", "10", url]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        o.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `config_url=` of an iPXE script or kernel command line (the cloud-config's secret URL).
+pub fn config_url(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url="))
+        .unwrap_or_else(|| panic!("no config_url= in {script}"))
+        .to_string()
+}
