@@ -53,6 +53,17 @@ S ip link set lo up; C ip link set lo up
 S ip link add s0 type veth peer name c0 netns "$cns"
 S ip addr add 10.79.0.2/16 dev s0; C ip addr add 10.79.0.10/16 dev c0
 S ip link set s0 up; C ip link set c0 up
+# Simulated machines each have an address of their own (10.79.1.1…), as real ones do: per-address
+# limits apply to each, not to the load generator. 1,000 hosts on one link overflow the server's ARP
+# table (gc_thresh3 is 1,024 and cannot be set per namespace), so the server learns them as a large
+# L2 network's admin would: statically.
+add_hosts() { # first-octet count: 10.79.FIRST.1 … on c0, and static neighbours on s0
+  local mac; mac=$(ip -n "$cns" -o link show c0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
+  for i in $(seq 0 $(($2 - 1))); do echo "10.79.$(($1 + i / 250)).$((i % 250 + 1))"; done > "$tmp/hosts"
+  sed 's|.*|addr add &/16 dev c0|' "$tmp/hosts" | ip -n "$cns" -batch -
+  sed "s|.*|neigh replace & lladdr $mac nud permanent dev s0|" "$tmp/hosts" | ip -n "$sns" -batch -
+}
+add_hosts 1 1000
 
 wait_port() { # ns proto port
   for _ in $(seq 1 100); do ip netns exec "$1" ss -ln"$2" | grep -q ":$3 " && return 0; sleep 0.05; done
@@ -285,17 +296,8 @@ if [[ " ${what[*]} " == *" oci "* ]]; then
 fi
 
 if [[ " ${what[*]} " == *" storm "* ]]; then
-  # Each simulated machine has an address of its own (10.79.1.1…), as real ones do: per-address
-  # limits apply to each, not to the load generator. The flood's addresses: 10.79.20.1…, 10.79.40.1….
-  { for i in $(seq 0 999); do echo "addr add 10.79.$((1 + i / 250)).$((i % 250 + 1))/16 dev c0"; done
-    for i in $(seq 0 1199); do echo "addr add 10.79.$((20 + i / 250)).$((i % 250 + 1))/16 dev c0"; done
-    for i in $(seq 0 41); do echo "addr add 10.79.40.$((i + 1))/16 dev c0"; done; } > "$tmp/addrs"
-  ip -n "$cns" -batch "$tmp/addrs"
-  # 2,200 hosts on one link overflow the server's ARP table (gc_thresh3 is 1,024 and cannot be set
-  # per namespace), so the server learns them as a large L2 network's admin would: statically.
-  mac=$(ip -n "$cns" -o link show c0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
-  sed "s|^addr add \([0-9.]*\)/16 dev c0|neigh replace \1 lladdr $mac nud permanent dev s0|" "$tmp/addrs" > "$tmp/neigh"
-  ip -n "$sns" -batch "$tmp/neigh"
+  # The flood's addresses: 10.79.20.1… (forged TFTP requests), 10.79.40.1… (idle connections).
+  add_hosts 20 1200; add_hosts 40 42
   ks=$((4 << 20)); is=$((1 << 20)); rs=$((8 << 20))
   head -c "$ks" /dev/urandom > "$tmp/storm-kernel"; head -c "$is" /dev/urandom > "$tmp/storm-initrd"
   head -c "$rs" /dev/urandom > "$tmp/storm-rootfs"

@@ -287,12 +287,14 @@ fn tftp_load(
     rt.block_on(async {
         for _ in 0..rounds {
             let mut set = tokio::task::JoinSet::new();
-            for _ in 0..clients {
+            for c in 0..clients {
                 let (file, failed, bytes) = (file.to_string(), failed.clone(), bytes.clone());
                 set.spawn(async move {
+                    // Each client from an address of its own, as machines are (bench/run.sh adds
+                    // them): per-address limits then apply per client, as on a real network.
                     match tftp_one(
                         server,
-                        Ipv4Addr::UNSPECIFIED,
+                        storm::address(1, c),
                         &file,
                         size,
                         blksize,
@@ -342,9 +344,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn http_one(server: SocketAddr, path: &str) -> Result<u64> {
+/// One download; on loopback, from an address of its own (127.1.0.1…), as separate machines.
+async fn http_one(server: SocketAddr, path: &str, client: usize) -> Result<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server).await?;
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if server.ip().is_loopback() {
+        sock.bind(SocketAddr::from((
+            Ipv4Addr::new(127, 1, (client / 250) as u8, (client % 250) as u8 + 1),
+            0,
+        )))?;
+    }
+    let mut s = sock.connect(server).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -400,9 +410,9 @@ fn http_load(server: SocketAddr, path: &str, clients: usize, pids: &[u32]) -> Re
     let start = Instant::now();
     let (bytes, failed) = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..clients {
+        for c in 0..clients {
             let path = path.to_string();
-            set.spawn(async move { http_one(server, &path).await });
+            set.spawn(async move { http_one(server, &path, c).await });
         }
         let (mut bytes, mut failed) = (0u64, 0u64);
         while let Some(r) = set.join_next().await {

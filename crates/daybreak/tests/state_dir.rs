@@ -171,3 +171,33 @@ fn help_names_the_safe_default() {
     };
     assert!(help.contains(want), "{help}");
 }
+
+/// What a killed build left (a temporary entry nobody holds the lock of) is gone at the next
+/// start, whatever command it is; one whose build is alive stays.
+#[test]
+fn leftovers_of_killed_builds_go_at_the_next_start() {
+    let work = tempdir("state-leftovers");
+    let state = work.join("state");
+    assert!(cache_list(&state).0);
+    let key = format!("sha256-{}", "ab".repeat(32));
+    let dead = state.join("artifacts").join(format!(".tmp-{key}.1-dead"));
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("rootfs.squashfs"), vec![0u8; 4096]).unwrap();
+    let live_key = format!("sha256-{}", "cd".repeat(32));
+    let live = state
+        .join("artifacts")
+        .join(format!(".tmp-{live_key}.1-live"));
+    std::fs::create_dir_all(&live).unwrap();
+    // A build at work holds its key's lock.
+    std::fs::create_dir_all(state.join("locks")).unwrap();
+    let lock =
+        std::fs::File::create(state.join("locks").join(format!("build-{live_key}"))).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    assert!(cache_list(&state).0);
+    assert!(!dead.exists(), "a dead build's leftovers are removed");
+    assert!(live.exists(), "a live build's temporary entry stays");
+}
