@@ -285,16 +285,17 @@ fn tftp_load(
     let bytes = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     rt.block_on(async {
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let mut set = tokio::task::JoinSet::new();
             for c in 0..clients {
                 let (file, failed, bytes) = (file.to_string(), failed.clone(), bytes.clone());
                 set.spawn(async move {
-                    // Each client from an address of its own, as machines are (bench/run.sh adds
-                    // them): per-address limits then apply per client, as on a real network.
+                    // Each transfer from an address of its own, as machines are (bench/run.sh
+                    // adds them): per-address limits then apply as on a real network, where one
+                    // machine does not fetch iPXE dozens of times a second.
                     match tftp_one(
                         server,
-                        storm::address(1, c),
+                        storm::address(1, (round * clients + c) % 1000),
                         &file,
                         size,
                         blksize,
