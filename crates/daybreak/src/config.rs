@@ -104,10 +104,9 @@ pub fn load_file(src: &str) -> anyhow::Result<Map<String, Value>> {
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    let y: serde_yaml::Value = serde_yaml::from_str(&text)
+    // serde-saphyr: pure Rust, bounded, panic-free on any input (a config file may come from a URL).
+    let v: Value = serde_saphyr::from_str(&text)
         .map_err(|e| anyhow!("config file {src} is not valid YAML: {e}"))?;
-    let v = serde_json::to_value(y)
-        .map_err(|e| anyhow!("config file {src}: unsupported YAML ({e})"))?;
     match v {
         Value::Object(mut m) => {
             if let Some(v) = m.remove("insecure") {
