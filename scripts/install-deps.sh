@@ -31,17 +31,19 @@ export DEBIAN_FRONTEND=noninteractive
 # these machines carry, so QEMU comes from backports as well.
 if [ -r /etc/os-release ] && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release; then
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    # The mirror this machine already uses for bookworm itself.
-    uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$uri" ] || { echo "install-deps: no bookworm apt source to take the mirror from" >&2; exit 1; }
-    cat >/etc/apt/sources.list.d/daybreak-backports.sources <<SRC
-Types: deb
-URIs: $uri
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+    # The mirror and keyring this machine already uses for bookworm itself (deb822 stanzas are
+    # separated by blank lines; a one-line sources.list entry has no keyring field).
+    read -r uri key < <(awk 'BEGIN { RS = "" } /Suites:[^\n]*bookworm([ \n]|$)/ && !/security/ {
+        u = ""; k = ""; n = split($0, l, "\n")
+        for (i = 1; i <= n; i++) { if (l[i] ~ /^URIs:/) { split(l[i], f, " "); u = f[2] }
+                                   if (l[i] ~ /^Signed-By:/) { split(l[i], f, " "); k = f[2] } }
+        if (u != "") { print u, k; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null) || true
+    [ -n "${uri:-}" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "${uri:-}" ] || { echo "install-deps: no bookworm apt source to take the mirror from" >&2; exit 1; }
+    {
+      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$uri"
+      if [ -n "${key:-}" ]; then printf 'Signed-By: %s\n' "$key"; fi
+    } >/etc/apt/sources.list.d/daybreak-backports.sources
   fi
   backports=(-t bookworm-backports)
 else
