@@ -9,18 +9,7 @@ use testkit::{pattern, tempdir};
 use artifacts::iso::{Entry, Iso, IsoError};
 
 fn have_xorriso() -> bool {
-    let ok = Command::new("xorriso")
-        .arg("-version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is missing xorriso: scripts/install-deps.sh should have installed it");
-        }
-        eprintln!("skipped: xorriso not installed (scripts/install-deps.sh installs it)");
-    }
-    ok
+    testkit::require(false, &["xorriso"])
 }
 
 struct Tree {

@@ -21,18 +21,6 @@ impl Drop for Mounted {
     }
 }
 
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("CI is missing {tool}: scripts/install-deps.sh should have installed it");
-    }
-    ok
-}
-
 fn shared(path: &Path) -> bool {
     let o = Command::new("filefrag")
         .arg("-v")
@@ -44,13 +32,11 @@ fn shared(path: &Path) -> bool {
 
 #[test]
 fn aligned_extents_are_cloned_on_xfs() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0
-        || !Path::new("/dev/loop-control").exists()
-        || !have("mkfs.xfs")
-        || !have("filefrag")
-    {
-        eprintln!("skipped: needs root, loop devices, mkfs.xfs (xfsprogs) and filefrag");
+    if !testkit::require(true, &["mkfs.xfs", "filefrag"]) {
+        return;
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        testkit::skip("no loop devices");
         return;
     }
     let dir = testkit::tempdir("reflink");
@@ -71,7 +57,7 @@ fn aligned_extents_are_cloned_on_xfs() {
         .status()
         .unwrap();
     if !st.success() {
-        eprintln!("skipped: mount -o loop of an XFS image failed here");
+        testkit::skip("mount -o loop of an XFS image failed here");
         return;
     }
     let _mounted = Mounted(mnt.clone());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_tcp_port, output_within, require, tempdir, Daybreak, BIN};
+use common::{free_tcp_port, output_within, require, skip, tempdir, Daybreak, BIN};
 use testkit::pattern;
 
 struct Kairos {
@@ -292,7 +292,7 @@ fn disk_full_leaves_nothing_half_written() {
     let e = String::from_utf8_lossy(&r.stderr);
     let listing = String::from_utf8_lossy(&r.stdout);
     if e.contains("mount:") && e.contains("permission denied") {
-        eprintln!("skipped: cannot mount a tmpfs here");
+        skip("cannot mount a tmpfs here");
         return;
     }
     assert!(!r.status.success());

@@ -5,6 +5,62 @@ use std::path::PathBuf;
 
 pub use tar::EntryType;
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The one way a test says it cannot do its work here, `why` naming what is missing. Under
+/// `CI=true` that is a failure: CI never passes by skipping. Elsewhere the test returns early
+/// (the caller returns when this gives false) after a `SKIP` line on stderr, and the skip is
+/// appended to the file `DAYBREAK_SKIP_LOG` names, which `scripts/test.sh` counts and lists at the
+/// end of the run.
+pub fn skip(why: &str) -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run here ({why}) and CI must not skip: scripts/install-deps.sh installs what the tests need, and CI runs as root");
+    }
+    eprintln!("SKIP {test}: {why}");
+    if let Some(log) = std::env::var_os("DAYBREAK_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+    false
+}
+
+/// Whether a test needing root (when `root`) and `tools` can run; see [`skip`] for when not.
+pub fn require(root: bool, tools: &[&str]) -> bool {
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !have(t))
+        .map(|t| t.to_string())
+        .collect();
+    if root && !is_root() {
+        missing.push("root".into());
+    }
+    missing.is_empty() || skip(&format!("needs {}", missing.join(", ")))
+}
+
 /// A fresh, empty directory for one test: `daybreak-TAG-PID` in the system temp dir (emptied
 /// first if an earlier run of the same process id left it behind).
 pub fn tempdir(tag: &str) -> PathBuf {

@@ -20,42 +20,8 @@ pub fn workspace_root() -> PathBuf {
         .unwrap()
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Whether a test needing `root` and `tools` can run. Under CI=true a missing requirement fails
-/// the test instead of skipping it, so CI never passes by skipping.
-pub fn require(root: bool, tools: &[&str]) -> bool {
-    let mut missing: Vec<String> = tools
-        .iter()
-        .filter(|t| !have(t))
-        .map(|t| t.to_string())
-        .collect();
-    if root && !is_root() {
-        missing.push("root".into());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is missing {missing:?}: scripts/install-deps.sh should have installed it");
-    }
-    eprintln!(
-        "skipped: needs {missing:?} (run scripts/test.sh as root to install and run everything)"
-    );
-    false
-}
+#[allow(unused_imports)]
+pub use testkit::{have, is_root, require, skip};
 
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -219,7 +185,7 @@ pub fn run_as_nobody(args: &[&str]) -> Option<(std::process::ExitStatus, String)
     );
     let e = String::from_utf8_lossy(&out.stderr).into_owned();
     if e.contains("Permission denied") && e.contains(BIN) {
-        eprintln!("skipped: the test binary is not executable by an unprivileged user here");
+        skip("the test binary is not executable by an unprivileged user here");
         return None;
     }
     Some((out.status, e))
