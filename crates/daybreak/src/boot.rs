@@ -136,6 +136,8 @@ pub struct Plan {
     advertise: Option<Ipv4Addr>,
     /// iPXE binaries by name, for UEFI HTTP boot (`/ipxe/NAME`).
     binaries: HashMap<String, Arc<[u8]>>,
+    /// Told of scripts and `booting` calls, and of the MAC each script URL names.
+    events: Option<Arc<crate::events::Hub>>,
 }
 
 /// Splits `{{ ID "path" }}` templates out of a command line, the form pixiecore and AuroraBoot
@@ -240,6 +242,7 @@ impl Plan {
             http_port: input.http_port,
             advertise: input.advertise,
             binaries,
+            events: None,
         };
         let mut parts = Vec::new();
         match &input.cmdline {
@@ -273,6 +276,12 @@ impl Plan {
         parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
         plan.cmdline = parts;
         Ok(plan)
+    }
+
+    /// The plan, reporting to `hub`.
+    pub fn observed(mut self, hub: Arc<crate::events::Hub>) -> Plan {
+        self.events = Some(hub);
+        self
     }
 
     fn push_rootfs(&self, parts: &mut Vec<Part>) {
@@ -386,7 +395,7 @@ impl Plan {
             match p {
                 Part::Text(t) => s.push_str(t),
                 Part::Url(n) if redact && secret(n) => {
-                    s.push_str(&self.file_url(base, "cloud-config-<secret>.yaml"))
+                    s.push_str(&self.file_url(base, "cloud-config-SECRET.yaml"))
                 }
                 Part::Url(n) => s.push_str(&self.file_url(base, n)),
             }
@@ -509,10 +518,23 @@ impl Router for Plan {
         match path {
             "/_/ipxe" | "/boot.ipxe" => {
                 let mac = query_param(req.query, "mac");
+                if let Some(hub) = &self.events {
+                    if let Some(m) = &mac {
+                        hub.learn(req.peer.ip(), m);
+                    }
+                    hub.emit(
+                        Some(req.peer.ip()),
+                        mac.as_deref(),
+                        crate::events::Step::Script,
+                    );
+                }
                 let base = self.base_url(req.local);
                 tracing::info!(
                     client = %req.peer.ip(),
-                    mac = %loggable(mac.as_deref().unwrap_or("-")),
+                    mac = %mac
+                        .as_deref()
+                        .map_or_else(|| "-".into(), |m| crate::events::normal_mac(m)
+                            .unwrap_or_else(|| loggable(m).into_owned())),
                     arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
                     "boot script"
                 );
@@ -523,6 +545,14 @@ impl Router for Plan {
                 }
             }
             "/_/booting" => {
+                if let Some(hub) = &self.events {
+                    let mac = query_param(req.query, "mac");
+                    hub.emit(
+                        Some(req.peer.ip()),
+                        mac.as_deref(),
+                        crate::events::Step::Booting,
+                    );
+                }
                 tracing::info!(
                     client = %req.peer.ip(),
                     mac = %loggable(query_param(req.query, "mac").as_deref().unwrap_or("-")),

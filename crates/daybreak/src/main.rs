@@ -3,6 +3,7 @@
 
 mod boot;
 mod config;
+mod events;
 mod http;
 mod ipxe;
 mod logwriter;

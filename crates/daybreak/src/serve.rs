@@ -12,6 +12,7 @@ use pxe::driver::{DhcpSocket, Stats as DhcpStats};
 use tokio_util::sync::CancellationToken;
 
 use crate::boot::{Plan, PlanInput};
+use crate::events::Hub;
 use crate::ipxe;
 
 /// How long open HTTP downloads get to finish after a shutdown request.
@@ -169,13 +170,15 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             ifaces.push((holder.name, holder.index, opts.listen));
         }
     }
-    let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?);
+    let hub = Arc::new(Hub::default());
+    let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?.observed(hub.clone()));
 
     let mut tasks = Tasks {
         cancel: CancellationToken::new(),
         http: Default::default(),
         background: Default::default(),
         budget: descriptor_budget(),
+        hub,
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -213,7 +216,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             listener.local_addr()?,
             files.names().collect::<Vec<_>>().join(", ")
         );
-        tasks.http(listener, Arc::new(files));
+        tasks.http(listener, Arc::new(files), None);
     }
     tracing::info!("ready");
 
@@ -248,6 +251,8 @@ struct Tasks {
     http: tokio::task::JoinSet<()>,
     background: tokio::task::JoinSet<()>,
     budget: Budget,
+    /// Boot events of the netboot servers.
+    hub: Arc<Hub>,
 }
 
 impl Tasks {
@@ -255,11 +260,13 @@ impl Tasks {
         &mut self,
         listener: tokio::net::TcpListener,
         router: Arc<R>,
+        events: Option<Arc<Hub>>,
     ) {
         self.http.spawn(crate::http::serve(
             listener,
             router,
             self.budget.http.clone(),
+            events,
             self.cancel.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -354,6 +361,24 @@ async fn start_netboot(
     ifaces: &[(String, u32, Ipv4Addr)],
     tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
+    let hub = tasks.hub.clone();
+    // Every boot event, keyed by MAC, in the debug log (until the status page reads them too).
+    let mut events = hub.subscribe();
+    tasks.background.spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(e) => tracing::debug!(
+                    mac = e.mac.as_deref().unwrap_or("-"),
+                    client = %e.ip.map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    step = ?e.step,
+                    "boot event"
+                ),
+                Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "boot events skipped"),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
     let http_addr = SocketAddr::from((opts.listen, plan_input.http_port));
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -418,6 +443,10 @@ async fn start_netboot(
         http_port: plan_input.http_port,
         boot_files,
         interfaces: ifaces.iter().map(|i| i.1).collect(),
+        events: Some({
+            let hub = hub.clone();
+            pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))
+        }),
     });
 
     // Startup summary.
@@ -467,6 +496,10 @@ async fn start_netboot(
         tftp::Limits::default(),
         tasks.budget.tftp.clone(),
         tftp_stats.clone(),
+        {
+            let hub = hub.clone();
+            Arc::new(move |r| hub.on_tftp(r))
+        },
     ));
     for (sock, port) in dhcp_sockets {
         tasks.background.spawn(pxe::driver::run(
@@ -477,7 +510,7 @@ async fn start_netboot(
         ));
     }
 
-    tasks.http(listener, plan);
+    tasks.http(listener, plan, Some(hub));
     Ok((dhcp_stats, tftp_stats))
 }
 

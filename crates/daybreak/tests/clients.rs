@@ -538,3 +538,36 @@ fn json_logs_are_one_object_per_line() {
         "{sent}"
     );
 }
+
+/// Once a machine has said its MAC (here in the script URL, as iPXE does; ProxyDHCP learns it from
+/// the DHCPREQUEST too), the TFTP and HTTP lines of its boot carry it, so one grep finds them all.
+#[test]
+fn lines_of_one_boot_carry_its_mac() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let s = setup("mac-lines");
+    let (script, _) = curl(&[&url(&s, "/_/ipxe?arch=7&mac=52%3A54%3A00%3AAB%3Acd%3Aef")]);
+    assert!(script.starts_with(b"#!ipxe"));
+    let (kernel, _) = curl(&[&url(&s, "/kernel")]);
+    assert!(kernel == s.kernel);
+    let (efi, err) = curl(&[&format!("tftp://127.0.0.1:{}/ipxe.efi", s.tftp)]);
+    assert!(efi == IPXE_EFI, "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.server.log_text();
+    let mine: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("52:54:00:ab:cd:ef"))
+        .collect();
+    assert!(mine.iter().any(|l| l.contains("boot script")), "{log}");
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("http sent") && l.contains("file=kernel")),
+        "{log}"
+    );
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("tftp sent") && l.contains("ipxe.efi")),
+        "{log}"
+    );
+}

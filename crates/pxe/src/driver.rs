@@ -468,6 +468,32 @@ pub struct Config {
     pub boot_files: BootFiles,
     /// Only answer requests that arrive on these interface indexes; empty means all.
     pub interfaces: Vec<u32>,
+    /// Told of each answer and of each address a client takes.
+    pub events: Option<Sink>,
+}
+
+/// What the driver tells the rest of the server, besides its log lines.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An offer (port 67) or an ack (port 4011) went out.
+    Answered {
+        mac: String,
+        firmware: String,
+        target: String,
+        port: Port,
+    },
+    /// A client told the network's DHCP server which address it takes ([`crate::lease`]).
+    Lease { mac: String, ip: Ipv4Addr },
+}
+
+/// Where [`Event`]s go. Called on the DHCP path: it must not block.
+#[derive(Clone)]
+pub struct Sink(pub Arc<dyn Fn(Event) + Send + Sync>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
 }
 
 /// Receives and answers forever. Cancel by dropping the future (UDP receive is cancel-safe).
@@ -540,6 +566,11 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 }
             },
         };
+        if let (Some(sink), Port::Dhcp) = (&config.events, port) {
+            if let Some((mac, ip)) = crate::lease(&msg) {
+                (sink.0)(Event::Lease { mac, ip });
+            }
+        }
         let ctx = Context {
             server,
             http_port: config.http_port,
@@ -577,13 +608,22 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                     Port::Dhcp => "offer",
                     Port::ProxyBoot => "ack",
                 };
+                let firmware = firmware_label(&reply.client);
                 tracing::info!(
                     mac = %reply.client.mac,
-                    firmware = %firmware_label(&reply.client),
+                    firmware = %firmware,
                     boot = reply.target.as_str(),
                     to = %dest,
                     "{kind}"
                 );
+                if let Some(sink) = &config.events {
+                    (sink.0)(Event::Answered {
+                        mac: reply.client.mac.clone(),
+                        firmware,
+                        target: reply.target.as_str().to_string(),
+                        port,
+                    });
+                }
             }
             Err(e) => {
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);

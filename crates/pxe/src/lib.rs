@@ -312,6 +312,24 @@ fn client_uuid(msg: &Message) -> Option<Vec<u8>> {
         .filter(|v| v.len() == 17 && v[0] == 0)
 }
 
+/// What a client's own DHCP traffic tells about its address: a DHCPREQUEST to the network's
+/// DHCP server (which ProxyDHCP sees, broadcast on port 67) names the address it takes, in
+/// option 50 or `ciaddr`. So later TFTP and HTTP requests from that address can be told apart
+/// by MAC. Pure, like [`answer`].
+pub fn lease(msg: &Message) -> Option<(String, Ipv4Addr)> {
+    if msg.op != OP_REQUEST || msg.message_type() != Some(MessageType::Request) {
+        return None;
+    }
+    let requested = msg
+        .option(opt::REQUESTED_ADDRESS)
+        .filter(|v| v.len() == 4)
+        .map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+    let ip = requested
+        .or((!msg.ciaddr.is_unspecified()).then_some(msg.ciaddr))
+        .filter(|a| routable_unicast(*a))?;
+    Some((msg.mac_string(), ip))
+}
+
 /// Decides the answer to one request. Pure: the same input always gives the same output.
 pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored> {
     if msg.op != OP_REQUEST {

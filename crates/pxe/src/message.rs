@@ -19,6 +19,7 @@ pub const OP_REPLY: u8 = 2;
 pub mod opt {
     pub const PAD: u8 = 0;
     pub const VENDOR_SPECIFIC: u8 = 43;
+    pub const REQUESTED_ADDRESS: u8 = 50;
     pub const MESSAGE_TYPE: u8 = 53;
     pub const SERVER_ID: u8 = 54;
     pub const VENDOR_CLASS: u8 = 60;

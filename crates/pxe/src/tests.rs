@@ -388,3 +388,30 @@ fn port_4011_answers_only_client_ports() {
         SocketAddrV4::new([10, 0, 0, 9].into(), 5555)
     ));
 }
+
+#[test]
+fn a_request_to_the_dhcp_server_teaches_the_clients_address() {
+    let req = Message::decode(&packet(
+        3,
+        [0; 4],
+        [0; 4],
+        &[(50, &[10, 0, 0, 42]), (93, &[0, 7])],
+    ))
+    .unwrap();
+    assert_eq!(
+        lease(&req),
+        Some(("52:54:00:12:34:56".to_string(), Ipv4Addr::new(10, 0, 0, 42)))
+    );
+    let renew = Message::decode(&packet(3, [0; 4], [10, 0, 0, 43], &[])).unwrap();
+    assert_eq!(lease(&renew).unwrap().1, Ipv4Addr::new(10, 0, 0, 43));
+    // A DISCOVER, an address no client can hold, or no address at all: nothing learned.
+    for (mtype, opts) in [
+        (1u8, &[(50u8, &[10u8, 0, 0, 42][..])][..]),
+        (3, &[(50, &[127, 0, 0, 1][..])]),
+        (3, &[(50, &[10, 0, 0][..])]),
+        (3, &[]),
+    ] {
+        let m = Message::decode(&packet(mtype, [0; 4], [0; 4], opts)).unwrap();
+        assert_eq!(lease(&m), None, "{mtype} {opts:?}");
+    }
+}

@@ -101,6 +101,64 @@ impl Listener for UdpSocket {
     }
 }
 
+/// How a transfer ended, as the server's caller hears of it (for its log lines and boot events).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub peer: SocketAddr,
+    pub file: String,
+    pub bytes: usize,
+    pub ms: u64,
+    pub blksize: u16,
+    pub windowsize: u16,
+    pub retransmits: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    /// UEFI read the size from the OACK and ended the transfer, as it does before the real one.
+    SizeProbe,
+    Aborted {
+        code: u16,
+        message: String,
+    },
+    /// `confirmed`: the client had answered before it went silent (else: a forged request, or a
+    /// client gone before its first ACK).
+    TimedOut {
+        confirmed: bool,
+    },
+}
+
+/// Where [`Report`]s go.
+pub type Reports = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// The log lines of a transfer's end; `mac` is the client's, when the caller knows it.
+pub fn log_report(r: &Report, mac: Option<&str>) {
+    let file = shown(&r.file);
+    let mac = mac.unwrap_or("-");
+    match &r.outcome {
+        Outcome::Complete => tracing::info!(
+            client = %r.peer, mac, file = %file, bytes = r.bytes, ms = r.ms, blksize = r.blksize,
+            windowsize = r.windowsize, retransmits = r.retransmits, "tftp sent"
+        ),
+        Outcome::SizeProbe => {
+            tracing::debug!(client = %r.peer, mac, file = %file, "tftp size probe answered")
+        }
+        Outcome::Aborted { code, message } => tracing::warn!(
+            client = %r.peer, mac, file = %file, code, message = %shown(message),
+            "tftp transfer aborted by client"
+        ),
+        Outcome::TimedOut { confirmed: true } => {
+            tracing::warn!(client = %r.peer, mac, file = %file, ms = r.ms, "tftp transfer timed out")
+        }
+        Outcome::TimedOut { confirmed: false } => tracing::debug!(
+            client = %r.peer, mac, file = %file,
+            "tftp: no answer to our first packet (a forged request, or a client gone)"
+        ),
+    }
+}
+
 /// What a transfer task tells the endpoint.
 enum Event {
     Confirmed(SocketAddr, u64),
@@ -115,6 +173,7 @@ pub async fn run<L: Listener>(
     limits: Limits,
     budget: Budget,
     stats: Arc<Stats>,
+    reports: Reports,
 ) {
     let bound_ip = socket.local_ip();
     let mut endpoint = Endpoint::new(limits, budget);
@@ -154,11 +213,15 @@ pub async fn run<L: Listener>(
                 for h in stop.iter().filter_map(|old| tasks.remove(old)) {
                     h.abort();
                 }
-                let (stats, events) = (stats.clone(), events_tx.clone());
+                let (stats, events, reports) = (stats.clone(), events_tx.clone(), reports.clone());
                 // Answer from the address the client asked.
                 let local_ip = to.filter(|a| !a.is_unspecified()).unwrap_or(bound_ip);
                 let task = tokio::spawn(async move {
-                    serve_one(*transfer, send, peer, local_ip, id, &stats, &events).await;
+                    if let Some(r) =
+                        serve_one(*transfer, send, peer, local_ip, id, &stats, &events).await
+                    {
+                        reports(r);
+                    }
                     let _ = events.send(Event::Finished(peer, id));
                 });
                 tasks.insert(id, task.abort_handle());
@@ -201,17 +264,17 @@ async fn serve_one(
     id: u64,
     stats: &Stats,
     events: &mpsc::UnboundedSender<Event>,
-) {
+) -> Option<Report> {
     let sock = match UdpSocket::bind((IpAddr::V4(local_ip), 0)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(client = %peer, error = %e, "tftp: cannot open a transfer socket");
-            return;
+            return None;
         }
     };
     if let Err(e) = sock.connect(peer).await {
         tracing::warn!(client = %peer, error = %e, "tftp: cannot reach client");
-        return;
+        return None;
     }
     let started = Instant::now();
     let mut buf = vec![0u8; 1500];
@@ -248,36 +311,42 @@ async fn serve_one(
     }
     stats.bytes_sent.fetch_add(sent_bytes, Ordering::Relaxed);
     let n = &t.negotiated;
-    let ms = started.elapsed().as_millis() as u64;
-    match t.status() {
+    let outcome = match t.status() {
         Status::Complete => {
             stats.completed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                client = %peer, file = %shown(&n.filename), bytes = t.file_len(), ms,
-                blksize = n.blksize, windowsize = n.windowsize, retransmits = t.retransmits,
-                "tftp sent"
-            );
+            Outcome::Complete
         }
         Status::ClientAborted {
             after_oack: true, ..
         } => {
             stats.aborted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client = %peer, file = %shown(&n.filename), "tftp size probe answered");
+            Outcome::SizeProbe
         }
         Status::ClientAborted { code, message, .. } => {
             stats.aborted.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, file = %shown(&n.filename), code, message = %shown(message), "tftp transfer aborted by client");
+            Outcome::Aborted {
+                code: *code,
+                message: message.clone(),
+            }
         }
         Status::TimedOut => {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
-            if t.confirmed() {
-                tracing::warn!(client = %peer, file = %shown(&n.filename), ms, "tftp transfer timed out");
-            } else {
-                tracing::debug!(client = %peer, file = %shown(&n.filename), "tftp: no answer to our first packet (a forged request, or a client gone)");
+            Outcome::TimedOut {
+                confirmed: t.confirmed(),
             }
         }
-        Status::Running => {}
-    }
+        Status::Running => return None,
+    };
+    Some(Report {
+        peer,
+        file: n.filename.clone(),
+        bytes: t.file_len(),
+        ms: started.elapsed().as_millis() as u64,
+        blksize: n.blksize,
+        windowsize: n.windowsize,
+        retransmits: t.retransmits,
+        outcome,
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 
 pub mod wire;
 
+use crate::events::{Hub, Step};
+
 use wire::{parse_head, parse_range, pieces, Head, Range};
 pub use wire::{percent_decode, percent_encode, query_param};
 
@@ -384,6 +386,7 @@ async fn connection<R: Router>(
     cancel: CancellationToken,
     limits: Arc<Limits>,
     admitted: Admitted,
+    events: Option<Arc<Hub>>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
@@ -425,18 +428,14 @@ async fn connection<R: Router>(
         };
         // Boot clients never send request bodies; rather than parse one, answer and close.
         let keep_alive = head.keep_alive && !head.has_body && !cancel.is_cancelled();
-        let mut pace = Pace::new(&limits);
-        match respond(
-            &mut stream,
-            &head,
+        let exchange = Exchange {
             local,
             peer,
-            &*router,
             keep_alive,
-            &mut pace,
-        )
-        .await
-        {
+            pace: Pace::new(&limits),
+            events: events.as_deref(),
+        };
+        match respond(&mut stream, &head, &*router, exchange).await {
             Ok(()) if keep_alive => continue,
             Ok(()) => return,
             Err(e) => {
@@ -447,15 +446,30 @@ async fn connection<R: Router>(
     }
 }
 
+/// One request's circumstances: the two ends, whether the connection stays open after it, the
+/// reader's pace, and where boot events go.
+struct Exchange<'a> {
+    local: IpAddr,
+    peer: SocketAddr,
+    keep_alive: bool,
+    pace: Pace,
+    events: Option<&'a Hub>,
+}
+
 async fn respond<R: Router>(
     stream: &mut TcpStream,
     head: &Head,
-    local: IpAddr,
-    peer: SocketAddr,
     router: &R,
-    keep_alive: bool,
-    pace: &mut Pace,
+    exchange: Exchange<'_>,
 ) -> io::Result<()> {
+    let Exchange {
+        local,
+        peer,
+        keep_alive,
+        mut pace,
+        events,
+    } = exchange;
+    let pace = &mut pace;
     let is_head = head.method == "HEAD";
     if head.method != "GET" && !is_head {
         return write_all(stream, &simple(405, keep_alive, "Allow: GET, HEAD\r\n")).await;
@@ -539,19 +553,36 @@ async fn respond<R: Router>(
         set_cork(stream, false);
     }
     let ms = started.elapsed().as_millis() as u64;
+    // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
+    let mac = events
+        .and_then(|h| h.mac_of(peer.ip()))
+        .unwrap_or_else(|| "-".into());
     match &result {
         Ok(()) if name.starts_with('_') => {
-            tracing::debug!(client = %peer, file = %name, bytes = count, ms, "http sent")
+            tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
         }
         Ok(()) if code == 206 => tracing::info!(
-            client = %peer, file = %name, bytes = count, ms,
+            client = %peer, mac = %mac, file = %name, bytes = count, ms,
             range = %format_args!("{start}-{}", start + count - 1),
             "http sent"
         ),
-        Ok(()) => tracing::info!(client = %peer, file = %name, bytes = count, ms, "http sent"),
-        Err(e) => {
-            tracing::warn!(client = %peer, file = %name, error = %e, "http transfer interrupted")
+        Ok(()) => {
+            tracing::info!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
         }
+        Err(e) => {
+            tracing::warn!(client = %peer, mac = %mac, file = %name, error = %e, "http transfer interrupted")
+        }
+    }
+    if let (Ok(()), Some(hub), false) = (&result, events, name.starts_with('_')) {
+        hub.emit(
+            Some(peer.ip()),
+            None,
+            Step::File {
+                name: name.clone(),
+                bytes: count,
+                ms,
+            },
+        );
     }
     result
 }
@@ -561,6 +592,7 @@ pub async fn serve<R: Router>(
     listener: TcpListener,
     router: Arc<R>,
     limits: Limits,
+    events: Option<Arc<Hub>>,
     cancel: CancellationToken,
     grace: Duration,
 ) {
@@ -590,6 +622,7 @@ pub async fn serve<R: Router>(
                         cancel.clone(),
                         limits.clone(),
                         admitted,
+                        events.clone(),
                     ));
                 }
                 Err(e) => {

@@ -1,0 +1,212 @@
+//! Boot events: one type for what the servers see each machine do, from the ProxyDHCP offer to
+//! the last byte of the squashfs, keyed by MAC. This is the seam that machine profiles, the
+//! status page and metrics read (by [`Hub::subscribe`]); the log lines of TFTP and HTTP carry the
+//! MAC from here too, so every line of one boot can be found by it.
+//!
+//! TFTP and HTTP see only an address. The hub learns which MAC holds which address from what the
+//! machine itself says: the DHCPREQUEST it sends the network's DHCP server (ProxyDHCP sees it
+//! broadcast) and the `mac=` of the iPXE script URL. The table is bounded; the oldest entries go.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+
+/// Addresses remembered; past this the oldest are forgotten (a LAN has far fewer machines).
+const MAX_LEASES: usize = 65_536;
+/// Events kept for a subscriber that falls behind (it then skips ahead, and is told how far).
+const BACKLOG: usize = 4096;
+
+/// A step of one machine's boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// ProxyDHCP answered: an offer (port 67) or an ack (port 4011).
+    Offer {
+        firmware: String,
+        target: String,
+        port: pxe::Port,
+    },
+    /// The machine took this address from the network's DHCP server.
+    Lease,
+    /// The iPXE binary over TFTP, whole (`ok`) or not.
+    Loader { file: String, bytes: u64, ok: bool },
+    /// iPXE fetched its boot script.
+    Script,
+    /// A file over HTTP (kernel, initrd, squashfs, cloud-config), or a part of one.
+    File { name: String, bytes: u64, ms: u64 },
+    /// The script's last request before the kernel starts.
+    Booting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEvent {
+    pub at: std::time::SystemTime,
+    /// Lowercase `aa:bb:cc:dd:ee:ff`, when known.
+    pub mac: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub step: Step,
+}
+
+pub struct Hub {
+    leases: Mutex<HashMap<IpAddr, (String, Instant)>>,
+    tx: broadcast::Sender<BootEvent>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            leases: Mutex::default(),
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+/// A MAC as clients write it (`52:54:00:12:34:56`, `52-54-…`, any case), normalised; `None` for
+/// anything else, so client text never becomes a key.
+pub fn normal_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| parts.join(":").to_ascii_lowercase())
+}
+
+impl Hub {
+    /// Remembers that `mac` holds `ip`.
+    pub fn learn(&self, ip: IpAddr, mac: &str) {
+        let Some(mac) = normal_mac(mac) else { return };
+        let mut l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() >= MAX_LEASES && !l.contains_key(&ip) {
+            // Full (a flood of made-up requests, most likely): keep what was seen in the last
+            // hour, or start over. Amortised, so the DHCP path never scans the table per packet.
+            l.retain(|_, (_, t)| t.elapsed() < std::time::Duration::from_secs(3600));
+            if l.len() >= MAX_LEASES / 2 {
+                l.clear();
+            }
+        }
+        l.insert(ip, (mac, Instant::now()));
+    }
+
+    /// The MAC known to hold `ip`.
+    pub fn mac_of(&self, ip: IpAddr) -> Option<String> {
+        let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        l.get(&ip).map(|(m, _)| m.clone())
+    }
+
+    /// Records a step: the MAC is the one given, else the one known for `ip`.
+    pub fn emit(&self, ip: Option<IpAddr>, mac: Option<&str>, step: Step) -> BootEvent {
+        let mac = mac
+            .and_then(normal_mac)
+            .or_else(|| ip.and_then(|ip| self.mac_of(ip)));
+        let e = BootEvent {
+            at: std::time::SystemTime::now(),
+            mac,
+            ip,
+            step,
+        };
+        // Nobody listening is fine: the status page and metrics subscribe when they run.
+        let _ = self.tx.send(e.clone());
+        e
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BootEvent> {
+        self.tx.subscribe()
+    }
+
+    /// What ProxyDHCP reports.
+    pub fn on_dhcp(&self, e: pxe::driver::Event) {
+        match e {
+            pxe::driver::Event::Lease { mac, ip } => {
+                self.learn(ip.into(), &mac);
+                self.emit(Some(ip.into()), Some(&mac), Step::Lease);
+            }
+            pxe::driver::Event::Answered {
+                mac,
+                firmware,
+                target,
+                port,
+            } => {
+                self.emit(
+                    None,
+                    Some(&mac),
+                    Step::Offer {
+                        firmware,
+                        target,
+                        port,
+                    },
+                );
+            }
+        }
+    }
+
+    /// What TFTP reports: its log line, with the MAC when known, and the event.
+    pub fn on_tftp(&self, r: tftp::Report) {
+        let ip = r.peer.ip();
+        let mac = self.mac_of(ip);
+        tftp::log_report(&r, mac.as_deref());
+        let ok = r.outcome == tftp::Outcome::Complete;
+        if ok
+            || matches!(
+                r.outcome,
+                tftp::Outcome::Aborted { .. } | tftp::Outcome::TimedOut { confirmed: true }
+            )
+        {
+            self.emit(
+                Some(ip),
+                None,
+                Step::Loader {
+                    file: r.file,
+                    bytes: r.bytes as u64,
+                    ok,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_learned_from_the_lease_name_later_steps() {
+        let hub = Hub::default();
+        let mut rx = hub.subscribe();
+        let ip: IpAddr = "10.0.0.42".parse().unwrap();
+        hub.on_dhcp(pxe::driver::Event::Lease {
+            mac: "52:54:00:AA:bb:01".into(),
+            ip: "10.0.0.42".parse().unwrap(),
+        });
+        let e = hub.emit(Some(ip), None, Step::Script);
+        assert_eq!(e.mac.as_deref(), Some("52:54:00:aa:bb:01"));
+        assert_eq!(rx.try_recv().unwrap().step, Step::Lease);
+        assert_eq!(rx.try_recv().unwrap().step, Step::Script);
+        let other = hub.emit(Some("10.0.0.7".parse().unwrap()), None, Step::Booting);
+        assert_eq!(other.mac, None);
+    }
+
+    #[test]
+    fn only_macs_become_keys_and_the_table_is_bounded() {
+        assert_eq!(
+            normal_mac("52-54-00-AA-BB-CC").as_deref(),
+            Some("52:54:00:aa:bb:cc")
+        );
+        for bad in [
+            "",
+            "52:54:00:aa:bb",
+            "52:54:00:aa:bb:cc:dd",
+            "zz:54:00:aa:bb:cc",
+            "a\n:b:c:d:e:f",
+        ] {
+            assert_eq!(normal_mac(bad), None, "{bad:?}");
+        }
+        let hub = Hub::default();
+        for i in 0..(MAX_LEASES as u32 + 10) {
+            hub.learn(IpAddr::V4(i.into()), "52:54:00:00:00:01");
+        }
+        assert!(hub.leases.lock().unwrap().len() <= MAX_LEASES);
+    }
+}
