@@ -3,6 +3,7 @@
 
 mod boot;
 mod config;
+mod default_command;
 mod events;
 mod http;
 mod ipxe;
@@ -10,7 +11,6 @@ mod logwriter;
 mod netboot;
 mod progress;
 mod serve;
-mod zero;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -421,7 +421,7 @@ fn main() -> ExitCode {
             let _ = Cli::command().print_help();
             return ExitCode::from(2);
         }
-        None => match zero::prepare(
+        None => match default_command::prepare(
             cli.config.as_deref(),
             &cli.set,
             &cli.set_file,
