@@ -7,8 +7,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::boot_files::BootPick;
 use crate::oci::{LayerBlob, OciError};
-use crate::rootfs::{BootPick, Kind, MergeError, Meta, Tree};
+use crate::rootfs::{Kind, MergeError, Meta, Tree};
 use crate::squashfs::{AddError, Compression, Image, Writer};
 
 /// squashfs block size: 1 MiB, as `mksquashfs -b 1024k` (what Kairos uses).

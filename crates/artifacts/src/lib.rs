@@ -5,6 +5,7 @@
 //! Everything read here is untrusted input: lengths are checked against what is there, and a
 //! file only appears under its final name once it is complete and on disk.
 
+pub mod boot_files;
 pub mod build;
 pub mod digest;
 pub mod download;

@@ -20,7 +20,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::rootfs::{Kind, Tree};
+pub use crate::rootfs::{AddError, FileData};
+use crate::rootfs::{Kind, Sink, Tree};
 
 const MAGIC: u32 = 0x7371_7368;
 const SUPERBLOCK_LEN: u64 = 96;
@@ -135,22 +136,6 @@ impl std::str::FromStr for Compression {
     }
 }
 
-/// Where a file's data went: a run of consecutive blocks and/or a piece of a fragment block.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileData {
-    pub size: u64,
-    first_unit: u64,
-    blocks: u32,
-    fragment: Option<(u32, u32)>,
-}
-
-/// Why [`Writer::add_file`] failed: the source could not be read, or the image not written.
-#[derive(Debug)]
-pub enum AddError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
 enum Job {
     Block { unit: u64, data: Vec<u8> },
     Fragment { unit: u64, data: Vec<u8> },
@@ -257,39 +242,7 @@ impl Writer {
 
     /// Reads exactly `size` bytes of one file from `r` and queues them.
     pub fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
-        let bs = self.block_size as u64;
-        let mut fd = FileData {
-            size,
-            first_unit: self.next_unit,
-            blocks: 0,
-            fragment: None,
-        };
-        if size == 0 {
-            return Ok(fd);
-        }
-        if size < bs {
-            let mut tail = vec![0u8; size as usize];
-            r.read_exact(&mut tail).map_err(AddError::Read)?;
-            if self.fragment.len() + tail.len() > self.block_size as usize {
-                self.flush_fragment().map_err(AddError::Write)?;
-            }
-            fd.fragment = Some((self.fragment_units.len() as u32, self.fragment.len() as u32));
-            self.fragment.extend_from_slice(&tail);
-            return Ok(fd);
-        }
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(bs) as usize;
-            let mut data = vec![0u8; n];
-            r.read_exact(&mut data).map_err(AddError::Read)?;
-            let unit = self.next_unit;
-            self.next_unit += 1;
-            self.send(Job::Block { unit, data })
-                .map_err(AddError::Write)?;
-            fd.blocks += 1;
-            left -= n as u64;
-        }
-        Ok(fd)
+        Sink::add_file(self, r, size)
     }
 
     fn flush_fragment(&mut self) -> io::Result<()> {
@@ -406,6 +359,48 @@ impl Writer {
                 fragment_units: std::mem::take(&mut self.fragment_units),
             },
         ))
+    }
+}
+
+impl Sink for Writer {
+    fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
+        let bs = self.block_size as u64;
+        let mut fd = FileData {
+            size,
+            first_unit: self.next_unit,
+            blocks: 0,
+            fragment: None,
+        };
+        if size == 0 {
+            return Ok(fd);
+        }
+        if size < bs {
+            let mut tail = vec![0u8; size as usize];
+            r.read_exact(&mut tail).map_err(AddError::Read)?;
+            if self.fragment.len() + tail.len() > self.block_size as usize {
+                self.flush_fragment().map_err(AddError::Write)?;
+            }
+            fd.fragment = Some((self.fragment_units.len() as u32, self.fragment.len() as u32));
+            self.fragment.extend_from_slice(&tail);
+            return Ok(fd);
+        }
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(bs) as usize;
+            let mut data = vec![0u8; n];
+            r.read_exact(&mut data).map_err(AddError::Read)?;
+            let unit = self.next_unit;
+            self.next_unit += 1;
+            self.send(Job::Block { unit, data })
+                .map_err(AddError::Write)?;
+            fd.blocks += 1;
+            left -= n as u64;
+        }
+        Ok(fd)
+    }
+
+    fn keeps_xattr(&self, name: &[u8]) -> bool {
+        xattr_supported(name)
     }
 }
 
