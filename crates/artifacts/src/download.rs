@@ -135,19 +135,37 @@ pub(crate) fn part_len(part: &Path) -> u64 {
     std::fs::metadata(part).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Why one attempt at a body failed: what the caller does next depends on which.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReceiveError {
+    /// An answer that is not the file (a 4xx is final, a 5xx worth another try).
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The server sends more than the size it was asked for: refused, never resumed.
+    #[error("the server sent more than the {limit} bytes expected")]
+    TooLong { limit: u64 },
+    /// The connection ended early, or never came up: resumable.
+    #[error("{0}")]
+    Network(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
 /// One GET from `have` bytes on, appended to `part`.
 fn fetch_once(
     agent: &ureq::Agent,
     url: &str,
     part: &Path,
     progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<(), String> {
+) -> Result<(), ReceiveError> {
     let have = part_len(part);
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", &format!("bytes={have}-"));
     }
-    let resp = req.call().map_err(|e| e.to_string())?;
+    let resp = req
+        .call()
+        .map_err(|e| ReceiveError::Network(e.to_string()))?;
     receive(resp, part, have, None, progress)
 }
 
@@ -163,7 +181,11 @@ pub(crate) fn receive(
     have: u64,
     limit: Option<u64>,
     progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<(), String> {
+) -> Result<(), ReceiveError> {
+    let write = |source| ReceiveError::Write {
+        path: part.to_path_buf(),
+        source,
+    };
     let status = resp.status().as_u16();
     let len = resp
         .headers()
@@ -172,50 +194,46 @@ pub(crate) fn receive(
         .and_then(|v| v.parse::<u64>().ok());
     let (mut out, start, total) = match status {
         206 => {
-            let f = OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(|e| e.to_string())?;
+            let f = OpenOptions::new().append(true).open(part).map_err(write)?;
             (f, have, len.map(|l| l + have))
         }
         200 => {
             // Full body: the server ignored the range, or there was none.
-            let f = File::create(part).map_err(|e| e.to_string())?;
+            let f = File::create(part).map_err(write)?;
             (f, 0, len)
         }
         416 if have > 0 => return Ok(()), // nothing left to fetch
-        s => return Err(format!("HTTP {s}")),
+        s => return Err(ReceiveError::Status(s)),
     };
     let over = |n: u64| limit.is_some_and(|l| n > l);
+    let too_long = || ReceiveError::TooLong {
+        limit: limit.unwrap_or(0),
+    };
     if total.is_some_and(over) {
-        return Err(format!(
-            "the server announced {} bytes, more than the {} expected",
-            total.unwrap_or(0),
-            limit.unwrap_or(0)
-        ));
+        return Err(too_long());
     }
     let mut reader = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = start;
     loop {
-        let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| ReceiveError::Network(e.to_string()))?;
         if n == 0 {
             break;
         }
         if over(done + n as u64) {
-            return Err(format!(
-                "the server sent more than the {} bytes expected",
-                limit.unwrap_or(0)
-            ));
+            return Err(too_long());
         }
-        out.write_all(&buf[..n])
-            .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        out.write_all(&buf[..n]).map_err(write)?;
         done += n as u64;
         progress(done, total);
     }
     if let Some(t) = total {
         if done < t {
-            return Err(format!("connection closed at {done} of {t} bytes"));
+            return Err(ReceiveError::Network(format!(
+                "connection closed at {done} of {t} bytes"
+            )));
         }
     }
     Ok(())
@@ -253,14 +271,13 @@ pub fn download(
                 ok = true;
                 break;
             }
-            Err(e) if e.starts_with("HTTP 4") => {
-                let status = e[5..].parse().unwrap_or(0);
+            Err(ReceiveError::Status(status)) if (400..500).contains(&status) => {
                 return Err(DownloadError::Status {
                     url: url.into(),
                     status,
                 });
             }
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
     }
     if !ok {

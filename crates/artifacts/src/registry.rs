@@ -584,18 +584,19 @@ impl Client {
                 self.check_status(&resp, &format!("blob {digest}"))?;
             }
             progress(have);
-            if let Err(e) =
-                download::receive(resp, &part, have, Some(size), &mut |done, _| progress(done))
-            {
-                if e.contains("more than") {
+            match download::receive(resp, &part, have, Some(size), &mut |done, _| progress(done)) {
+                Ok(()) => {}
+                Err(e @ download::ReceiveError::TooLong { .. }) => {
                     let _ = std::fs::remove_file(&part);
                     return Err(RegistryError::Protocol {
                         image: self.image_name(),
                         what: format!("{digest}: {e}; nothing of it was kept"),
                     });
                 }
-                last = e;
-                continue;
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
             }
             // The whole file is hashed, resumed parts included: it counts only if all matches.
             let actual = Digest::from_hash(&download::sha256_file(&part).map_err(io_err)?);
