@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 
 use crate::http::{loggable, query_param, Body, Reply, Request, Router};
+use pxe::routes;
 
 /// Kairos's kernel arguments (AuroraBoot's defaults), around the two URLs Daybreak fills in.
 pub const DEFAULT_CMDLINE_HEAD: &str =
@@ -424,7 +425,8 @@ impl Plan {
                 .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'-')
         }) {
             s.push_str(&format!(
-                "imgfetch --name ready {base}/_/booting?mac={mac} ||\nimgfree ready ||\n"
+                "imgfetch --name ready {base}{}?mac={mac} ||\nimgfree ready ||\n",
+                routes::BOOTING
             ));
         }
         s.push_str(&format!(
@@ -516,7 +518,7 @@ impl Router for Plan {
     fn route(&self, req: &Request<'_>) -> Reply {
         let path = req.path;
         match path {
-            "/_/ipxe" | "/boot.ipxe" => {
+            routes::SCRIPT | routes::SCRIPT_ALIAS => {
                 let mac = query_param(req.query, "mac");
                 if let Some(hub) = &self.events {
                     if let Some(m) = &mac {
@@ -544,7 +546,7 @@ impl Router for Plan {
                     body: Body::Memory(self.script(&base, mac.as_deref()).into_bytes().into()),
                 }
             }
-            "/_/booting" => {
+            routes::BOOTING => {
                 if let Some(hub) = &self.events {
                     let mac = query_param(req.query, "mac");
                     hub.emit(
@@ -564,7 +566,7 @@ impl Router for Plan {
                     body: Body::Memory(Arc::from(&b""[..])),
                 }
             }
-            "/_/file" => match query_param(req.query, "name") {
+            routes::FILE => match query_param(req.query, "name") {
                 Some(n) => self
                     .files()
                     .find(|f| f.name == n)
@@ -572,7 +574,7 @@ impl Router for Plan {
                 None => Reply::NotFound,
             },
             _ => {
-                if let Some(bin) = path.strip_prefix("/ipxe/") {
+                if let Some(bin) = path.strip_prefix(routes::BINARIES) {
                     return match self.binaries.get(bin) {
                         Some(b) => Reply::Resource {
                             name: format!("ipxe/{bin}"),

@@ -138,6 +138,21 @@ pub struct Context<'a> {
 }
 
 /// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client
+/// The HTTP paths the DHCP answers point at, defined once: the HTTP server routes these same
+/// constants (pixiecore's paths, which existing setups and the Kairos iPXE ISO use).
+pub mod routes {
+    /// The iPXE boot script, `?arch=&mac=`.
+    pub const SCRIPT: &str = "/_/ipxe";
+    /// The script under the name iPXE's own DHCP boot looks for.
+    pub const SCRIPT_ALIAS: &str = "/boot.ipxe";
+    /// The script's last request before the kernel runs, `?mac=`.
+    pub const BOOTING: &str = "/_/booting";
+    /// pixiecore's file route, `?name=`.
+    pub const FILE: &str = "/_/file";
+    /// iPXE binaries for UEFI HTTP Boot, `/ipxe/NAME`.
+    pub const BINARIES: &str = "/ipxe/";
+}
+
 /// is given, in DHCP replies and in boot scripts alike, so the two always agree.
 pub fn http_base(host: impl std::fmt::Display, port: u16) -> String {
     if port == 80 {
@@ -155,8 +170,9 @@ impl Context<'_> {
     /// The URL of the iPXE boot script for a machine; the HTTP server serves this path.
     pub fn script_url(&self, client: &Client) -> String {
         format!(
-            "{}/_/ipxe?arch={}&mac={}",
+            "{}{}?arch={}&mac={}",
             self.http_base(),
+            routes::SCRIPT,
             client.arch_code,
             client.mac
         )
@@ -164,7 +180,7 @@ impl Context<'_> {
 
     /// Where iPXE binaries are served over HTTP, for UEFI HTTP boot clients.
     pub fn binary_url(&self, name: &str) -> String {
-        format!("{}/ipxe/{}", self.http_base(), name)
+        format!("{}{}{}", self.http_base(), routes::BINARIES, name)
     }
 }
 
