@@ -581,4 +581,124 @@ mod tests {
             assert!(Key::parse(bad).is_none(), "{bad:?}");
         }
     }
+
+    fn meta() -> Meta {
+        Meta {
+            source: "test".into(),
+            digest: "sha256:x".into(),
+            arch: "amd64".into(),
+            compression: "gzip".into(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd".into(),
+            created: now(),
+            sizes: None,
+        }
+    }
+
+    fn fill(dir: &Path) -> io::Result<Meta> {
+        for (f, n) in [(KERNEL, 10), (INITRD, 20), (ROOTFS, 30)] {
+            fs::write(dir.join(f), vec![7u8; n])?;
+        }
+        Ok(meta())
+    }
+
+    fn store(tag: &str) -> (PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("daybreak-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = Store::open(&dir.join("state")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn an_entry_is_built_once_and_found_whole() {
+        let (dir, s) = store("once");
+        let key = Key::image(&Digest::of(b"img"), Compression::Gzip);
+        assert!(s.get(&key).is_none());
+        let a = s.put(&key, || panic!("nobody else builds"), fill).unwrap();
+        assert_eq!(a.meta.sizes, Some([10, 20, 30]), "sizes recorded last");
+        assert_eq!(a.size(), 60);
+        // Content-addressed: the next put takes the entry, without building.
+        let b = s
+            .put(
+                &key,
+                || {},
+                |_: &Path| -> io::Result<Meta> { panic!("built twice") },
+            )
+            .unwrap();
+        assert_eq!(b.dir, a.dir);
+        assert_eq!(s.list().len(), 1);
+        // Nothing but the entry and its lock is left.
+        let names: Vec<String> = fs::read_dir(dir.join("state/artifacts"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [key.as_str()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_build_leaves_nothing_and_an_incomplete_entry_is_not_taken() {
+        let (dir, s) = store("fail");
+        let key = Key::image(&Digest::of(b"img"), Compression::Gzip);
+        let e = s
+            .put(
+                &key,
+                || {},
+                |d: &Path| -> io::Result<Meta> {
+                    fs::write(d.join(KERNEL), b"half")?;
+                    Err(io::Error::other("disk full"))
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "disk full");
+        assert!(s.get(&key).is_none());
+        assert_eq!(
+            fs::read_dir(dir.join("state/artifacts")).unwrap().count(),
+            0
+        );
+        // A whole entry whose squashfs was cut short (or swapped for a symlink) is not whole.
+        let a = s.put(&key, || {}, fill).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(a.rootfs(), fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(a.rootfs(), b"short").unwrap();
+        }
+        assert!(s.get(&key).is_none(), "sizes checked");
+        fs::remove_file(a.rootfs()).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", a.rootfs()).unwrap();
+        assert!(s.get(&key).is_none(), "a symlink is no file of an entry");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_a_reference_resolved_to_is_recalled_for_its_arch() {
+        let (dir, s) = store("refs");
+        let d = Digest::of(b"manifest");
+        assert_eq!(s.recall("quay.io/kairos/x:v1", "amd64"), None);
+        s.remember("quay.io/kairos/x:v1", "amd64", &d);
+        assert_eq!(s.recall("quay.io/kairos/x:v1", "amd64"), Some(d));
+        assert_eq!(s.recall("quay.io/kairos/x:v1", "arm64"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_what_another_process_holds() {
+        let (dir, s) = store("prune");
+        let blobs = dir.join("state/blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let (free, held) = (Digest::of(b"a"), Digest::of(b"b"));
+        fs::write(s.blob_path(&free), b"a").unwrap();
+        fs::write(blobs.join(format!("{}.part", held.hex())), b"b").unwrap();
+        let lock = s.lock_blob(&held, || {}).unwrap();
+        let p = s.prune(false);
+        assert_eq!(p.entries, 1);
+        assert!(!s.blob_path(&free).exists());
+        assert!(
+            blobs.join(format!("{}.part", held.hex())).exists(),
+            "a download at work stays"
+        );
+        drop(lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
