@@ -447,3 +447,137 @@ pub fn absolute(p: &Path) -> PathBuf {
             .unwrap_or_else(|_| p.to_path_buf())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<String>>);
+    impl Report for Events {
+        fn event(&self, e: Event) {
+            let name = match e {
+                Event::Resolved { .. } => "resolved",
+                Event::Cached { .. } => "cached",
+                Event::Building { .. } => "building",
+                Event::Built { .. } => "built",
+                _ => return,
+            };
+            self.0.lock().unwrap().push(name.into());
+        }
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("daybreak-image-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// An OCI layout holding one image of one layer: /boot/vmlinuz-1 and /boot/initrd.img-1.
+    fn layout(at: &Path) {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("boot/vmlinuz-1", &b"kernel"[..]),
+            ("boot/initrd.img-1", b"initrd"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, name, data).unwrap();
+        }
+        let layer = tar.into_inner().unwrap();
+        let blobs = at.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let d = Digest::of(data);
+            std::fs::write(blobs.join(d.hex()), data).unwrap();
+            (d, data.len())
+        };
+        let (ld, ll) = put(&layer);
+        let (cd, cl) = put(br#"{"architecture":"amd64","os":"linux"}"#);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{cd}","size":{cl}}},"layers":[{{"digest":"{ld}","size":{ll}}}]}}"#
+        );
+        let (md, ml) = put(manifest.as_bytes());
+        std::fs::write(
+            at.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"digest":"{md}","size":{ml},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(at.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    fn request(source: String, state: &Path) -> Request {
+        Request {
+            source,
+            arch: "amd64".into(),
+            insecure: false,
+            compression: Compression::Gzip,
+            state_dir: state.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn an_image_is_built_once_then_taken_from_the_store() {
+        let d = dir("layout");
+        layout(&d.join("img"));
+        let req = request(d.join("img").display().to_string(), &d.join("state"));
+        let first = Events::default();
+        let a = obtain(&req, &first).unwrap();
+        assert!(a.built);
+        assert_eq!(a.artifacts.meta.kernel, "vmlinuz-1");
+        assert_eq!(std::fs::read(a.artifacts.kernel()).unwrap(), b"kernel");
+        assert_eq!(*first.0.lock().unwrap(), ["resolved", "building", "built"]);
+        let again = Events::default();
+        let b = obtain(&req, &again).unwrap();
+        assert!(!b.built);
+        assert_eq!((b.digest, b.artifacts.dir), (a.digest, a.artifacts.dir));
+        assert_eq!(*again.0.lock().unwrap(), ["resolved", "cached"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_source_is_built_every_time_under_one_key() {
+        let d = dir("rootfs");
+        let root = d.join("root/boot");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("vmlinuz-2"), b"k2").unwrap();
+        std::fs::write(root.join("initrd.img-2"), b"i2").unwrap();
+        let req = request(
+            format!("dir://{}", d.join("root").display()),
+            &d.join("state"),
+        );
+        let a = obtain(&req, &Events::default()).unwrap();
+        std::fs::write(root.join("vmlinuz-2"), b"k2 changed").unwrap();
+        let b = obtain(&req, &Events::default()).unwrap();
+        assert!(
+            a.built && b.built,
+            "a directory has no digest: it may have changed"
+        );
+        assert_eq!(a.artifacts.dir, b.artifacts.dir);
+        assert_eq!(std::fs::read(b.artifacts.kernel()).unwrap(), b"k2 changed");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_iso_is_sent_to_the_iso_reader() {
+        let d = dir("iso");
+        let iso = d.join("x.iso");
+        let mut data = vec![0u8; 0x9000];
+        data[0x8001..0x8006].copy_from_slice(b"CD001");
+        std::fs::write(&iso, data).unwrap();
+        let e = obtain(
+            &request(iso.display().to_string(), &d.join("state")),
+            &Events::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ImageError::Iso(_)), "{e}");
+        assert!(e.to_string().contains("daybreak serve --iso"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
