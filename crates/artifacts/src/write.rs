@@ -11,9 +11,9 @@
 //! filesystem refuses `O_DIRECT`, `copy_file_range` is used (server-side copies on network
 //! filesystems), falling back to read/write.
 //!
-//! A long copy stops cleanly on SIGINT or SIGTERM (its temporary file removed, [`interrupted`]
-//! tells the caller which signal), and every write first removes the temporary files of its
-//! destination that a killed process left behind.
+//! A long copy stops cleanly when its [`Stop`] is requested (the binary does that from its
+//! SIGINT and SIGTERM handlers; the library installs none), its temporary file removed; and every
+//! write first removes the temporary files of its destination that a killed process left behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -21,6 +21,34 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Asks long copies to stop between chunks. Whoever owns the process's signals requests it (with
+/// the signal's number, or any non-zero reason); a copy that sees it fails with
+/// [`io::ErrorKind::Interrupted`] after removing its temporary file.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicI32);
+
+impl Stop {
+    pub const fn new() -> Stop {
+        Stop(AtomicI32::new(0))
+    }
+
+    /// Async-signal-safe: one atomic store.
+    pub fn request(&self, reason: i32) {
+        self.0.store(reason, Ordering::SeqCst);
+    }
+
+    pub fn requested(&self) -> Option<i32> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|&r| r != 0)
+    }
+
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What the copy loops call after each chunk: progress, and a chance to stop.
+type Tick<'a> = dyn FnMut(u64) -> io::Result<()> + 'a;
 use std::sync::mpsc;
 
 use crate::iso::Extent;
@@ -33,14 +61,22 @@ const IN_FLIGHT: usize = 4;
 const ALIGN: usize = 4096;
 
 /// Copies `extents` of `src`, in order, into a new file at `dest`. `progress` is called with the
-/// bytes copied so far. On any error the temporary file is removed and `dest` is untouched.
+/// bytes copied so far. On any error, or when `stop` is requested, the temporary file is removed
+/// and `dest` is untouched.
 pub fn copy_extents_atomic(
     src: &File,
     extents: &[Extent],
     dest: &Path,
+    stop: &Stop,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
-    let _signals = Interruptible::new();
+    let progress = &mut |n| match stop.requested() {
+        Some(_) => Err(io::Error::new(io::ErrorKind::Interrupted, "copy stopped")),
+        None => {
+            progress(n);
+            Ok(())
+        }
+    };
     atomically(dest, 0o666, |out| {
         for e in extents {
             // One long sequential read: let the kernel read ahead further.
@@ -55,8 +91,7 @@ pub fn copy_extents_atomic(
             }
         }
         if clone_extents(src, extents, out)? {
-            progress(extents.iter().map(|e| e.len).sum());
-            return Ok(());
+            return progress(extents.iter().map(|e| e.len).sum());
         }
         let direct = set_direct(out, true);
         if !direct && copy_in_kernel(src, extents, out, progress)? {
@@ -116,7 +151,7 @@ fn copy_in_kernel(
     src: &File,
     extents: &[Extent],
     out: &File,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Tick<'_>,
 ) -> io::Result<bool> {
     let mut done = 0u64;
     for e in extents {
@@ -183,7 +218,7 @@ fn copy_direct(
     out: &File,
     chunk: usize,
     direct: bool,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Tick<'_>,
 ) -> io::Result<()> {
     let total: u64 = extents.iter().map(|e| e.len).sum();
     let (full_tx, full_rx) = mpsc::sync_channel::<Aligned>(IN_FLIGHT);
@@ -246,11 +281,10 @@ fn write_chunks(
     free: mpsc::Sender<Aligned>,
     out: &File,
     mut direct: bool,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Tick<'_>,
 ) -> io::Result<()> {
     let mut pos = 0u64;
     for mut b in full {
-        stop_check()?;
         let n = b.filled;
         let padded = if direct { n.next_multiple_of(ALIGN) } else { n };
         b.buf()[n..padded].fill(0);
@@ -263,7 +297,7 @@ fn write_chunks(
             r => r?,
         }
         pos += n as u64;
-        progress(pos);
+        progress(pos)?;
         let _ = free.send(b);
     }
     Ok(())
@@ -365,78 +399,6 @@ pub(crate) fn stale(path: &Path) -> bool {
     old && !crate::lock::held(path)
 }
 
-/// The signal (SIGINT or SIGTERM) that asked a copy to stop, 0 if none.
-static STOP: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn note_signal(sig: libc::c_int) {
-    STOP.store(sig, Ordering::SeqCst);
-}
-
-/// The signal that stopped the last copy, if one did: the caller exits with 128 + it.
-pub fn interrupted() -> Option<i32> {
-    Some(STOP.load(Ordering::SeqCst)).filter(|&s| s != 0)
-}
-
-fn stop_check() -> io::Result<()> {
-    match interrupted() {
-        Some(sig) => Err(io::Error::other(format!(
-            "stopped by {}",
-            if sig == libc::SIGTERM {
-                "SIGTERM"
-            } else {
-                "SIGINT"
-            }
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// While alive, SIGINT and SIGTERM do not kill the process: the copy stops at its next chunk and
-/// its temporary file is removed, so a Ctrl-C in the middle of 3 GB leaves no hidden 3 GB behind.
-/// The handler is one-shot (`SA_RESETHAND`): a second signal kills as usual.
-struct Interruptible {
-    old: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-impl Interruptible {
-    fn new() -> Interruptible {
-        STOP.store(0, Ordering::SeqCst);
-        let mut old = Vec::new();
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which
-            // is async-signal-safe; the previous action is kept and restored on drop.
-            unsafe {
-                let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as usize;
-                act.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
-                libc::sigemptyset(&mut act.sa_mask);
-                let mut prev: libc::sigaction = std::mem::zeroed();
-                // A signal the parent told us to ignore (nohup, a background job) stays ignored.
-                if libc::sigaction(sig, std::ptr::null(), &mut prev) != 0
-                    || prev.sa_sigaction == libc::SIG_IGN
-                {
-                    continue;
-                }
-                if libc::sigaction(sig, &act, std::ptr::null_mut()) == 0 {
-                    old.push((sig, prev));
-                }
-            }
-        }
-        Interruptible { old }
-    }
-}
-
-impl Drop for Interruptible {
-    fn drop(&mut self) {
-        for (sig, prev) in &self.old {
-            // SAFETY: restores the action saved in `new`.
-            unsafe {
-                libc::sigaction(*sig, prev, std::ptr::null_mut());
-            }
-        }
-    }
-}
-
 /// `.NAME.tmp-PID-RANDOM` beside `dest`: same filesystem, so the rename is atomic; hidden, so
 /// nobody picks it up as the real thing; unique even among processes that share a PID.
 fn temp_name(dest: &Path) -> PathBuf {
@@ -470,11 +432,10 @@ fn copy_range(
     dst: &File,
     dst_off: u64,
     len: u64,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Tick<'_>,
 ) -> io::Result<bool> {
     let (mut so, mut doff, mut left) = (src_off as i64, dst_off as i64, len);
     while left > 0 {
-        stop_check()?;
         let chunk = left.min(64 << 20) as usize;
         // SAFETY: valid fds; the offset pointers are live locals.
         let n = unsafe {
@@ -501,7 +462,7 @@ fn copy_range(
             ));
         }
         left -= n as u64;
-        progress(doff as u64);
+        progress(doff as u64)?;
     }
     Ok(true)
 }
@@ -529,7 +490,7 @@ mod tests {
                 len: 20,
             },
         ];
-        copy_extents_atomic(&src, &extents, &dest, &mut |n| last = n).unwrap();
+        copy_extents_atomic(&src, &extents, &dest, &Stop::new(), &mut |n| last = n).unwrap();
         let got = std::fs::read(&dest).unwrap();
         assert_eq!(&got[..10_000], &data[50_000..60_000]);
         assert_eq!(&got[10_000..], &data[10..30]);
@@ -543,6 +504,7 @@ mod tests {
                 len: 5_000,
             }],
             &dest2,
+            &Stop::new(),
             &mut |_| {},
         );
         assert!(err.is_err());
@@ -632,7 +594,11 @@ mod tests {
             let out = File::create(&out_path).unwrap();
             let direct = set_direct(&out, direct) && direct;
             let mut seen = Vec::new();
-            copy_direct(&src, &extents, &out, 8192, direct, &mut |n| seen.push(n)).unwrap();
+            copy_direct(&src, &extents, &out, 8192, direct, &mut |n| {
+                seen.push(n);
+                Ok(())
+            })
+            .unwrap();
             drop(out);
             assert_eq!(std::fs::read(&out_path).unwrap(), want, "direct={direct}");
             assert_eq!(seen.last(), Some(&(want.len() as u64)));
@@ -640,7 +606,7 @@ mod tests {
         }
         let out_path = dir.join("in-kernel");
         let out = File::create(&out_path).unwrap();
-        assert!(copy_in_kernel(&src, &extents, &out, &mut |_| {}).unwrap());
+        assert!(copy_in_kernel(&src, &extents, &out, &mut |_| Ok(())).unwrap());
         assert_eq!(std::fs::read(&out_path).unwrap(), want);
         // A source shorter than its extents says so.
         let out = File::create(dir.join("short")).unwrap();
@@ -648,7 +614,7 @@ mod tests {
             offset: 290_000,
             len: 50_000,
         }];
-        let err = copy_direct(&src, &past, &out, 8192, false, &mut |_| {}).unwrap_err();
+        let err = copy_direct(&src, &past, &out, 8192, false, &mut |_| Ok(())).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -199,7 +199,14 @@ fn multi_extent_file_over_4gib() {
     assert_eq!(read_at(size - 9, 9), b"TAIL-MARK");
     // Extracted the way `daybreak netboot` does it, the copy equals the extents byte for byte.
     let out = dir.join("out.squashfs");
-    artifacts::write::copy_extents_atomic(&f, &files.rootfs.extents, &out, &mut |_| {}).unwrap();
+    artifacts::write::copy_extents_atomic(
+        &f,
+        &files.rootfs.extents,
+        &out,
+        &artifacts::write::Stop::new(),
+        &mut |_| {},
+    )
+    .unwrap();
     let got = File::open(&out).unwrap();
     assert_eq!(got.metadata().unwrap().len(), size);
     let mut pos = 0u64;

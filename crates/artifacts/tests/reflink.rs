@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use artifacts::iso::Extent;
-use artifacts::write::copy_extents_atomic;
+use artifacts::write::{copy_extents_atomic, Stop};
 use testkit::pattern;
 
 /// Unmounts on drop, so a failed assertion does not leave the loop mount behind.
@@ -85,7 +85,7 @@ fn aligned_extents_are_cloned_on_xfs() {
     ];
     let out = mnt.join("cloned");
     let mut last = 0;
-    copy_extents_atomic(&src, &aligned, &out, &mut |n| last = n).unwrap();
+    copy_extents_atomic(&src, &aligned, &out, &Stop::new(), &mut |n| last = n).unwrap();
     assert!(
         std::fs::read(&out).unwrap() == want(&aligned),
         "cloned bytes differ"
@@ -99,7 +99,7 @@ fn aligned_extents_are_cloned_on_xfs() {
         len: 8 << 20,
     }];
     let out = mnt.join("copied");
-    copy_extents_atomic(&src, &misaligned, &out, &mut |_| {}).unwrap();
+    copy_extents_atomic(&src, &misaligned, &out, &Stop::new(), &mut |_| {}).unwrap();
     assert!(
         std::fs::read(&out).unwrap() == want(&misaligned),
         "copied bytes differ"

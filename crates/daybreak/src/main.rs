@@ -6,6 +6,7 @@ mod config;
 mod default_command;
 mod events;
 mod http;
+mod interrupt;
 mod ipxe;
 mod logwriter;
 mod netboot;
@@ -450,7 +451,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     // Stopped by a signal: exit as shells expect (130 for Ctrl-C).
-                    match artifacts::write::interrupted() {
+                    match interrupt::interrupted() {
                         Some(sig) => ExitCode::from(128 + sig as u8),
                         None => ExitCode::FAILURE,
                     }

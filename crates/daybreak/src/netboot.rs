@@ -13,9 +13,10 @@ use crate::progress::Progress;
 /// Explains a write failure in terms of the output directory and what to do.
 fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    if artifacts::write::interrupted().is_some() {
+    if let Some(sig) = crate::interrupt::interrupted() {
         return anyhow!(
-            "{e} while writing {}; nothing half-written was left behind",
+            "stopped by {} while writing {}; nothing half-written was left behind",
+            crate::interrupt::name(sig),
             dest.display()
         );
     }
@@ -163,8 +164,15 @@ pub fn run(
                     .with_context(|| format!("cannot read {}", src.display()))?;
                 let len = f.metadata()?.len();
                 let extent = artifacts::iso::Extent { offset: 0, len };
-                artifacts::write::copy_extents_atomic(&f, &[extent], &dest, &mut |_| {})
-                    .map_err(|e| write_error(e, &dest, len))?;
+                let _signals = crate::interrupt::Guard::new();
+                artifacts::write::copy_extents_atomic(
+                    &f,
+                    &[extent],
+                    &dest,
+                    &crate::interrupt::STOP,
+                    &mut |_| {},
+                )
+                .map_err(|e| write_error(e, &dest, len))?;
             }
             written.push(dest);
         }
@@ -184,8 +192,15 @@ pub fn run(
     {
         let dest = outdir.join(&name);
         let mut bar = Progress::new(&name, entry.size());
-        artifacts::write::copy_extents_atomic(&src, &entry.extents, &dest, &mut |n| bar.update(n))
-            .map_err(|e| write_error(e, &dest, entry.size()))?;
+        let _signals = crate::interrupt::Guard::new();
+        artifacts::write::copy_extents_atomic(
+            &src,
+            &entry.extents,
+            &dest,
+            &crate::interrupt::STOP,
+            &mut |n| bar.update(n),
+        )
+        .map_err(|e| write_error(e, &dest, entry.size()))?;
         bar.finish();
         written.push(dest);
     }
