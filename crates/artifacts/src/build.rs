@@ -34,9 +34,10 @@ pub enum BuildError {
     Io { path: PathBuf, source: io::Error },
     #[error("layer {layer}: {why}; the image is refused")]
     Limit { layer: String, why: String },
-    /// Fetching a layer failed (the registry's error, as it is).
-    #[error(transparent)]
-    Fetch(Box<dyn std::error::Error + Send + Sync>),
+    /// The caller could not hand over layer `layer` (its download failed); the caller holds
+    /// the reason and reports it.
+    #[error("layer {layer} could not be fetched")]
+    LayerUnavailable { layer: usize },
 }
 
 fn io_at(path: &Path) -> impl Fn(io::Error) -> BuildError + '_ {

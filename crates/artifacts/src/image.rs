@@ -257,6 +257,17 @@ fn from_local(
     )
 }
 
+/// What a reference comes to before anything is pulled: an entry the store already has, or the
+/// image manifest's digest and layers.
+enum Resolution {
+    Cached(Obtained),
+    Manifest {
+        digest: Digest,
+        layers: Vec<oci::Descriptor>,
+    },
+}
+
+/// A registry image: resolve → cached? → pull and build, each its own step.
 fn from_registry(
     req: &Request,
     store: &Store,
@@ -264,24 +275,61 @@ fn from_registry(
     report: &dyn Report,
 ) -> Result<Obtained, ImageError> {
     let name = r.to_string();
-    if let Some(pinned) = &r.digest {
-        // Pinned: the store answers without asking the registry anything.
-        let d = store
-            .recall(&name, &req.arch)
-            .unwrap_or_else(|| pinned.clone());
-        let resolved = Event::Resolved {
-            image: name.clone(),
-            digest: d.to_string(),
-        };
-        if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
-            return Ok(o);
-        }
+    if let Some(o) = pinned_in_store(req, store, r, report) {
+        return Ok(o);
     }
     let client = Client::new(r, req.insecure);
-    let (bytes, digest) = match client.manifest() {
+    match resolve(req, store, r, &client, report)? {
+        Resolution::Cached(o) => Ok(o),
+        Resolution::Manifest { digest, layers } => {
+            if layers.is_empty() {
+                return Err(OciError::BadDocument {
+                    what: name,
+                    why: "the image has no layers".into(),
+                }
+                .into());
+            }
+            let o = pull_and_build(req, store, &client, &digest, &layers, report)?;
+            store.remember(&name, &req.arch, &digest);
+            Ok(o)
+        }
+    }
+}
+
+/// A reference pinned by digest whose entry the store has: answered without asking the
+/// registry anything.
+fn pinned_in_store(
+    req: &Request,
+    store: &Store,
+    r: &Reference,
+    report: &dyn Report,
+) -> Option<Obtained> {
+    let name = r.to_string();
+    let pinned = r.digest.as_ref()?;
+    let d = store
+        .recall(&name, &req.arch)
+        .unwrap_or_else(|| pinned.clone());
+    let resolved = Event::Resolved {
+        image: name,
+        digest: d.to_string(),
+    };
+    cached(store, req, &d, report, Some(resolved))
+}
+
+/// Follows the reference through indexes to the image manifest for the target platform,
+/// stopping at the first digest the store has; without the registry, the last digest the
+/// reference resolved to, if the store has it.
+fn resolve(
+    req: &Request,
+    store: &Store,
+    r: &Reference,
+    client: &Client,
+    report: &dyn Report,
+) -> Result<Resolution, ImageError> {
+    let name = r.to_string();
+    let (bytes, mut digest) = match client.manifest() {
         Ok(m) => m,
         Err(e @ RegistryError::Unreachable { .. }) => {
-            // Offline: the last digest this reference resolved to, if it was built.
             if let Some(d) = store.recall(&name, &req.arch) {
                 let offline = Event::Offline {
                     image: name.clone(),
@@ -289,7 +337,7 @@ fn from_registry(
                     why: e.to_string(),
                 };
                 if let Some(o) = cached(store, req, &d, report, Some(offline)) {
-                    return Ok(o);
+                    return Ok(Resolution::Cached(o));
                 }
             }
             return Err(e.into());
@@ -297,7 +345,6 @@ fn from_registry(
         Err(e) => return Err(e.into()),
     };
     let mut doc = Document::parse(&bytes, &format!("{name} manifest"))?;
-    let mut digest = digest;
     for _ in 0..4 {
         let Some(list) = &doc.manifests else { break };
         let d = oci::select_platform(list, &req.arch, &name)?.digest.clone();
@@ -307,11 +354,18 @@ fn from_registry(
         };
         if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
             store.remember(&name, &req.arch, &d);
-            return Ok(o);
+            return Ok(Resolution::Cached(o));
         }
         let b = client.manifest_by_digest(&d)?;
         doc = Document::parse(&b, d.as_str())?;
         digest = d;
+    }
+    if doc.manifests.is_some() {
+        return Err(OciError::BadDocument {
+            what: name,
+            why: "indexes nested too deep".into(),
+        }
+        .into());
     }
     report.event(Event::Resolved {
         image: name.clone(),
@@ -319,16 +373,25 @@ fn from_registry(
     });
     if let Some(o) = cached(store, req, &digest, report, None) {
         store.remember(&name, &req.arch, &digest);
-        return Ok(o);
+        return Ok(Resolution::Cached(o));
     }
-    let descs = doc.layers.clone().unwrap_or_default();
-    if descs.is_empty() {
-        return Err(OciError::BadDocument {
-            what: name,
-            why: "the image has no layers".into(),
-        }
-        .into());
-    }
+    Ok(Resolution::Manifest {
+        digest,
+        layers: doc.layers.unwrap_or_default(),
+    })
+}
+
+/// Downloads the layers in parallel while the build merges them in order: layer i is merged as
+/// soon as it is complete, whatever the others are doing. A failed download stops the build,
+/// and its error is the one returned.
+fn pull_and_build(
+    req: &Request,
+    store: &Store,
+    client: &Client,
+    digest: &Digest,
+    descs: &[oci::Descriptor],
+    report: &dyn Report,
+) -> Result<Obtained, ImageError> {
     report.event(Event::Pulling {
         layers: descs
             .iter()
@@ -341,41 +404,20 @@ fn from_registry(
             })
             .collect(),
     });
-    // Layers download in parallel while the build merges them in order: layer i is merged as
-    // soon as it is complete, whatever the others are doing.
     let next = AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<(), RegistryError>)>();
     let sizes: Vec<u64> = descs.iter().map(|l| l.size).collect();
-    let o = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         for _ in 0..PARALLEL_PULLS.min(descs.len()) {
             let done_tx = done_tx.clone();
-            let (next, failed, descs, client) = (&next, &failed, &descs, &client);
+            let (next, failed) = (&next, &failed);
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= descs.len() || failed.load(Ordering::Relaxed) {
                     return;
                 }
-                let l = &descs[i];
-                let dest = store.blob_path(&l.digest);
-                // One download of a blob at a time, whichever process asks.
-                let lock = store
-                    .lock_blob(&l.digest, || {
-                        waiting(report, "downloading", l.digest.as_str())
-                    })
-                    .map_err(|source| RegistryError::Io {
-                        path: store.root().join("locks"),
-                        source,
-                    });
-                let r = match lock {
-                    Err(e) => Err(e),
-                    Ok(_held) if dest.is_file() => Ok(()),
-                    Ok(_held) => client
-                        .blob(&l.digest, l.size, &dest, &|done| {
-                            report.event(Event::PullProgress { layer: i, done })
-                        })
-                        .map(|_| ()),
-                };
+                let r = fetch_layer(store, client, &descs[i], i, report);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 } else {
@@ -385,56 +427,81 @@ fn from_registry(
             });
         }
         drop(done_tx);
-        let mut arrived: Vec<Option<Result<(), RegistryError>>> =
-            (0..descs.len()).map(|_| None).collect();
-        let mut layer = |i: usize| -> Result<LayerBlob, BuildError> {
-            while arrived[i].is_none() {
-                match done_rx.recv() {
-                    Ok((j, r)) => arrived[j] = Some(r),
-                    Err(_) => {
-                        // Downloads stopped early: report the failure that stopped them.
-                        let first = arrived.iter_mut().find(|a| matches!(a, Some(Err(_))));
-                        return Err(match first.and_then(|a| a.take()) {
-                            Some(Err(e)) => BuildError::Fetch(Box::new(e)),
-                            _ => BuildError::Fetch(
-                                "layer downloads stopped before this layer arrived".into(),
-                            ),
-                        });
+        // The registry's error, when a layer could not be had: kept here, returned as it is.
+        let mut fetch_error: Option<RegistryError> = None;
+        let built = {
+            let mut arrived: Vec<Option<Result<(), RegistryError>>> =
+                (0..descs.len()).map(|_| None).collect();
+            let mut layer = |i: usize| -> Result<LayerBlob, BuildError> {
+                while arrived[i].is_none() {
+                    match done_rx.recv() {
+                        Ok((j, r)) => arrived[j] = Some(r),
+                        // Downloads stopped early: the failure that stopped them is the reason.
+                        Err(_) => break,
                     }
                 }
-            }
-            if let Some(Err(_)) = &arrived[i] {
-                let Some(Err(e)) = arrived[i].take() else {
-                    unreachable!()
-                };
-                return Err(BuildError::Fetch(Box::new(e)));
-            }
-            let l = &descs[i];
-            let path = store.blob_path(&l.digest);
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(l.size);
-            Ok(LayerBlob {
-                path,
-                offset: 0,
-                size,
-                // Verified on the way into the blob cache.
-                digest: None,
-                name: l.digest.to_string(),
-            })
+                match arrived[i].take() {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        fetch_error = Some(e);
+                        return Err(BuildError::LayerUnavailable { layer: i });
+                    }
+                    None => {
+                        fetch_error = arrived.iter_mut().find_map(|a| match a.take() {
+                            Some(Err(e)) => Some(e),
+                            _ => None,
+                        });
+                        return Err(BuildError::LayerUnavailable { layer: i });
+                    }
+                }
+                let l = &descs[i];
+                let path = store.blob_path(&l.digest);
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(l.size);
+                Ok(LayerBlob {
+                    path,
+                    offset: 0,
+                    size,
+                    // Verified on the way into the blob cache.
+                    digest: None,
+                    name: l.digest.to_string(),
+                })
+            };
+            build_layers(req, store, digest, &sizes, &mut layer, report)
         };
-        let o = build_layers(req, store, &digest, &sizes, &mut layer, report);
         // A failed build stops the remaining downloads.
         failed.store(true, Ordering::Relaxed);
-        o
-    });
-    let o = match o {
-        Err(ImageError::Build(BuildError::Fetch(e))) => match e.downcast::<RegistryError>() {
-            Ok(r) => return Err(ImageError::Registry(*r)),
-            Err(e) => return Err(ImageError::Build(BuildError::Fetch(e))),
-        },
-        other => other?,
-    };
-    store.remember(&name, &req.arch, &digest);
-    Ok(o)
+        match (built, fetch_error) {
+            (Err(ImageError::Build(BuildError::LayerUnavailable { .. })), Some(e)) => Err(e.into()),
+            (built, _) => built,
+        }
+    })
+}
+
+/// One layer into the blob cache, unless it is there; one download per blob across processes.
+fn fetch_layer(
+    store: &Store,
+    client: &Client,
+    l: &oci::Descriptor,
+    i: usize,
+    report: &dyn Report,
+) -> Result<(), RegistryError> {
+    let dest = store.blob_path(&l.digest);
+    let _held = store
+        .lock_blob(&l.digest, || {
+            waiting(report, "downloading", l.digest.as_str())
+        })
+        .map_err(|source| RegistryError::Io {
+            path: store.root().join("locks"),
+            source,
+        })?;
+    if dest.is_file() {
+        return Ok(());
+    }
+    client
+        .blob(&l.digest, l.size, &dest, &|done| {
+            report.event(Event::PullProgress { layer: i, done })
+        })
+        .map(|_| ())
 }
 
 /// Where a state directory path points: relative paths are taken from the working directory.
