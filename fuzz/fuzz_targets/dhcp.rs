@@ -7,6 +7,31 @@ use pxe::message::Message;
 use pxe::{answer, BootFiles, Context, Port};
 
 fuzz_target!(|data: &[u8]| {
+    // The whole decision as the driver asks it, from a few sources and ports.
+    let settings = pxe::endpoint::Settings {
+        advertise: None,
+        http_port: 8090,
+        boot_files: BootFiles::default(),
+        interfaces: vec![],
+    };
+    for (src, sport) in [
+        ([0u8, 0, 0, 0], 68u16),
+        ([10, 0, 0, 9], 4011),
+        ([10, 0, 0, 9], 53),
+    ] {
+        for port in [Port::Dhcp, Port::ProxyBoot] {
+            let d = pxe::endpoint::Datagram {
+                bytes: data,
+                source: std::net::SocketAddrV4::new(src.into(), sport),
+                ifindex: 2,
+                local: [10, 0, 0, 1].into(),
+                truncated: false,
+            };
+            if let Ok(t) = pxe::endpoint::handle(&d, port, &settings, |_| None).outcome {
+                assert!(!t.destination.ip().is_loopback() && !t.destination.ip().is_multicast());
+            }
+        }
+    }
     let Ok(msg) = Message::decode(data) else {
         return;
     };

@@ -439,10 +439,12 @@ async fn start_netboot(
     }
 
     let dhcp_config = Arc::new(pxe::driver::Config {
-        advertise: plan_input.advertise,
-        http_port: plan_input.http_port,
-        boot_files,
-        interfaces: ifaces.iter().map(|i| i.1).collect(),
+        settings: pxe::endpoint::Settings {
+            advertise: plan_input.advertise,
+            http_port: plan_input.http_port,
+            boot_files,
+            interfaces: ifaces.iter().map(|i| i.1).collect(),
+        },
         events: Some({
             let hub = hub.clone();
             pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))

@@ -19,7 +19,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::{answer, BootFiles, Context, Destination, Ignored, Message, Port};
+use crate::endpoint::{handle, Datagram, Dropped, Settings};
+use crate::{Ignored, Port};
 
 /// Counters a status page or metrics endpoint can read.
 #[derive(Debug, Default)]
@@ -462,12 +463,7 @@ pub fn interfaces() -> Vec<Interface> {
 /// What the driver needs to answer.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Overrides the per-interface server address in replies (siaddr, option 54, URLs).
-    pub advertise: Option<Ipv4Addr>,
-    pub http_port: u16,
-    pub boot_files: BootFiles,
-    /// Only answer requests that arrive on these interface indexes; empty means all.
-    pub interfaces: Vec<u32>,
+    pub settings: Settings,
     /// Told of each answer and of each address a client takes.
     pub events: Option<Sink>,
 }
@@ -529,106 +525,87 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 );
             }
         }
-        if !config.interfaces.is_empty() && !config.interfaces.contains(&rx.ifindex) {
-            stats.ignored.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if rx.len == usize::MAX {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(port = port_name, from = %rx.source, "dropped oversized datagram");
-            continue;
-        }
-        if !crate::acceptable_source(port, rx.source) {
-            stats.ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(port = port_name, from = %rx.source, "dropped: not from a client port");
-            continue;
-        }
-        let msg = match Message::decode(&buf[..rx.len]) {
-            Ok(m) => m,
-            Err(e) => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(port = port_name, from = %rx.source, error = %e, "dropped malformed packet");
-                continue;
-            }
+        let truncated = rx.len == usize::MAX;
+        let datagram = Datagram {
+            bytes: if truncated { &[] } else { &buf[..rx.len] },
+            source: rx.source,
+            ifindex: rx.ifindex,
+            local: rx.local,
+            truncated,
         };
-        let server = match config.advertise {
-            Some(a) => a,
-            None if !rx.local.is_unspecified() => rx.local,
-            None => match interface_ipv4(rx.ifindex) {
-                Some(a) => a,
-                None => {
-                    stats.ignored.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        ifindex = rx.ifindex,
-                        "request on an interface with no IPv4 address; ignored"
-                    );
-                    continue;
-                }
-            },
-        };
-        if let (Some(sink), Port::Dhcp) = (&config.events, port) {
-            if let Some((mac, ip)) = crate::lease(&msg) {
-                (sink.0)(Event::Lease { mac, ip });
-            }
+        let handled = handle(&datagram, port, &config.settings, interface_ipv4);
+        if let (Some(sink), Some((mac, ip))) = (&config.events, handled.lease) {
+            (sink.0)(Event::Lease { mac, ip });
         }
-        let ctx = Context {
-            server,
-            http_port: config.http_port,
-            boot_files: &config.boot_files,
-        };
-        let reply = match answer(&msg, &ctx, port) {
-            Ok(r) => r,
+        let t = match handled.outcome {
+            Ok(t) => t,
             Err(why) => {
-                stats.ignored.fetch_add(1, Ordering::Relaxed);
-                match why {
-                    Ignored::NoBootFile(arch) => tracing::warn!(
-                        mac = %msg.mac_string(), arch = arch.name(),
-                        "no iPXE binary for this architecture; not answering (see --ipxe-arm64)"
-                    ),
-                    other => {
-                        tracing::trace!(port = port_name, mac = %msg.mac_string(), reason = ?other, "not answered")
-                    }
-                }
+                note_dropped(&why, port_name, &datagram, &stats);
                 continue;
             }
         };
-        let dest = match reply.destination {
-            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-            Destination::Relay(gw) => SocketAddrV4::new(gw, 67),
-            Destination::Source if rx.source.ip().is_unspecified() => {
-                SocketAddrV4::new(Ipv4Addr::BROADCAST, rx.source.port())
-            }
-            Destination::Source => rx.source,
-        };
-        let bytes = reply.message.encode();
-        match socket.send(&bytes, dest, rx.ifindex, server).await {
+        match socket
+            .send(&t.bytes, t.destination, t.ifindex, t.source)
+            .await
+        {
             Ok(()) => {
                 stats.answered.fetch_add(1, Ordering::Relaxed);
                 let kind = match port {
                     Port::Dhcp => "offer",
                     Port::ProxyBoot => "ack",
                 };
-                let firmware = firmware_label(&reply.client);
+                let client = &t.reply.client;
+                let firmware = firmware_label(client);
                 tracing::info!(
-                    mac = %reply.client.mac,
+                    mac = %client.mac,
                     firmware = %firmware,
-                    boot = reply.target.as_str(),
-                    to = %dest,
+                    boot = t.reply.target.as_str(),
+                    to = %t.destination,
                     "{kind}"
                 );
                 if let Some(sink) = &config.events {
                     (sink.0)(Event::Answered {
-                        mac: reply.client.mac.clone(),
+                        mac: client.mac.clone(),
                         firmware,
-                        target: reply.target.as_str().to_string(),
+                        target: t.reply.target.as_str().to_string(),
                         port,
                     });
                 }
             }
             Err(e) => {
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(mac = %reply.client.mac, to = %dest, error = %e, "sending reply failed");
+                tracing::warn!(mac = %t.reply.client.mac, to = %t.destination, error = %e, "sending reply failed");
             }
+        }
+    }
+}
+
+/// Counts and logs a datagram that got no answer: most are ordinary traffic, so only what an
+/// operator should act on is above debug.
+fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats) {
+    match why {
+        Dropped::Oversized | Dropped::Malformed(_) => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(port = port_name, from = %d.source, reason = ?why, "dropped malformed packet");
+        }
+        Dropped::NoAddress(ifindex) => {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                ifindex,
+                "request on an interface with no IPv4 address; ignored"
+            );
+        }
+        Dropped::Ignored(Ignored::NoBootFile(arch)) => {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                arch = arch.name(),
+                from = %d.source,
+                "no iPXE binary for this architecture; not answering (see --ipxe-arm64)"
+            );
+        }
+        other => {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(port = port_name, from = %d.source, reason = ?other, "not answered");
         }
     }
 }

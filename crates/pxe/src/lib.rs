@@ -16,6 +16,7 @@
 //! second answer differs from the first, which is what keeps clients out of a boot loop.
 
 pub mod driver;
+pub mod endpoint;
 pub mod message;
 
 use std::net::Ipv4Addr;
