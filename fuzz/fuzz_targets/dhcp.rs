@@ -9,8 +9,7 @@ use pxe::{answer, BootFiles, Context, Port};
 fuzz_target!(|data: &[u8]| {
     // The whole decision as the driver asks it, from a few sources and ports.
     let settings = pxe::endpoint::Settings {
-        advertise: None,
-        http_port: 8090,
+        http: pxe::HttpAddress::default(),
         boot_files: BootFiles::default(),
         interfaces: vec![],
     };

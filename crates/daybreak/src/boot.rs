@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,9 +121,9 @@ pub struct PlanInput {
     pub cloud_config: Option<CloudConfig>,
     /// Replaces the default arguments; `root=live:` and `config_url=` are still set by Daybreak.
     pub cmdline: Option<String>,
-    pub http_port: u16,
-    /// Address to put in URLs instead of the one each client reached us by.
-    pub advertise: Option<Ipv4Addr>,
+    /// Where clients reach the HTTP server (port, and an address to announce), shared with
+    /// the DHCP side.
+    pub http: pxe::HttpAddress,
 }
 
 pub struct Plan {
@@ -133,8 +133,7 @@ pub struct Plan {
     pub cloud_config: Option<BootFile>,
     pub extras: Vec<BootFile>,
     cmdline: Vec<Part>,
-    http_port: u16,
-    advertise: Option<Ipv4Addr>,
+    http: pxe::HttpAddress,
     /// iPXE binaries by name, for UEFI HTTP boot (`/ipxe/NAME`).
     binaries: HashMap<String, Arc<[u8]>>,
     /// Told of scripts and `booting` calls, and of the MAC each script URL names.
@@ -240,8 +239,7 @@ impl Plan {
             cloud_config,
             extras: Vec::new(),
             cmdline: Vec::new(),
-            http_port: input.http_port,
-            advertise: input.advertise,
+            http: input.http,
             binaries,
             events: None,
         };
@@ -368,12 +366,7 @@ impl Plan {
 
     /// `http://HOST:PORT` for a client that reached us at `local`.
     pub fn base_url(&self, local: IpAddr) -> String {
-        let host = match (self.advertise, local) {
-            (Some(a), _) => a.to_string(),
-            (None, IpAddr::V6(v6)) => format!("[{v6}]"),
-            (None, v4) => v4.to_string(),
-        };
-        pxe::http_base(host, self.http_port)
+        self.http.base(local)
     }
 
     pub fn file_url(&self, base: &str, name: &str) -> String {
@@ -596,6 +589,7 @@ impl Router for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use std::io::Write;
 
     fn tmpfile(dir: &Path, name: &str) -> PathBuf {
@@ -621,8 +615,7 @@ mod tests {
             rootfs: Some(tmpfile(d, "rootfs.squashfs")),
             cloud_config: Some(CloudConfig::File(tmpfile(d, "config.yaml"))),
             cmdline: None,
-            http_port: 8090,
-            advertise: None,
+            http: pxe::HttpAddress::default(),
         }
     }
 
@@ -793,8 +786,10 @@ mod tests {
     fn advertise_and_port_80_shape_urls() {
         let d = tmpdir("adv");
         let mut i = input(&d);
-        i.advertise = Some(Ipv4Addr::new(192, 0, 2, 7));
-        i.http_port = 80;
+        i.http = pxe::HttpAddress {
+            port: 80,
+            advertise: Some(Ipv4Addr::new(192, 0, 2, 7)),
+        };
         let plan = Plan::new(&i, HashMap::new()).unwrap();
         assert_eq!(
             plan.base_url(IpAddr::V4(Ipv4Addr::LOCALHOST)),

@@ -36,7 +36,10 @@ pub fn prepare(
     }
 
     let mut plan = PlanInput {
-        http_port: s.netboot_http_port,
+        http: pxe::HttpAddress {
+            port: s.netboot_http_port,
+            advertise: None,
+        },
         cmdline: s.cmdline.clone(),
         ..Default::default()
     };

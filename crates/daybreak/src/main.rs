@@ -310,8 +310,10 @@ impl NetArgs {
     fn into_options(self, plan: PlanInput) -> ServeOptions {
         ServeOptions {
             plan: PlanInput {
-                http_port: self.http_port,
-                advertise: self.advertise,
+                http: pxe::HttpAddress {
+                    port: self.http_port,
+                    advertise: self.advertise,
+                },
                 ..plan
             },
             listen: self.listen,
@@ -499,7 +501,10 @@ fn main() -> ExitCode {
             };
             let plan = PlanInput {
                 cloud_config: Some(CloudConfig::File(a.cloud_config)),
-                http_port: a.port,
+                http: pxe::HttpAddress {
+                    port: a.port,
+                    advertise: None,
+                },
                 ..plan
             };
             ServeOptions::new(plan, a.address)

@@ -165,7 +165,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                     opts.listen
                 )
             })?;
-        plan_input.advertise.get_or_insert(opts.listen);
+        plan_input.http.advertise.get_or_insert(opts.listen);
         if ifaces.is_empty() {
             ifaces.push((holder.name, holder.index, opts.listen));
         }
@@ -379,14 +379,14 @@ async fn start_netboot(
             }
         }
     });
-    let http_addr = SocketAddr::from((opts.listen, plan_input.http_port));
+    let http_addr = SocketAddr::from((opts.listen, plan_input.http.port));
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .map_err(|e| {
             bind_error(
                 e,
                 "tcp",
-                plan_input.http_port,
+                plan_input.http.port,
                 "HTTP",
                 "another netboot or web server (AuroraBoot, pixiecore, nginx)",
             )
@@ -440,8 +440,7 @@ async fn start_netboot(
 
     let dhcp_config = Arc::new(pxe::driver::Config {
         settings: pxe::endpoint::Settings {
-            advertise: plan_input.advertise,
-            http_port: plan_input.http_port,
+            http: plan_input.http,
             boot_files,
             interfaces: ifaces.iter().map(|i| i.1).collect(),
         },
@@ -460,9 +459,9 @@ async fn start_netboot(
         let name = if f.secret { "cloud-config" } else { &f.name };
         tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
     }
-    let shown = match plan_input.advertise {
+    let shown = match plan_input.http.advertise {
         Some(a) => plan.base_url(a.into()),
-        None => pxe::http_base("<server>", plan_input.http_port),
+        None => pxe::http_base("<server>", plan_input.http.port),
     };
     tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
     if plan.cloud_config.is_some() {

@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::message::{DecodeError, Message};
 use crate::{
-    acceptable_source, answer, lease, BootFiles, Context, Destination, Ignored, Port, Reply,
+    acceptable_source, answer, lease, BootFiles, Context, Destination, HttpAddress, Ignored, Port,
+    Reply,
 };
 
 /// A datagram as the socket received it.
@@ -28,9 +29,9 @@ pub struct Datagram<'a> {
 /// What the endpoint knows besides the datagram.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Overrides the per-interface server address in replies (siaddr, option 54, URLs).
-    pub advertise: Option<Ipv4Addr>,
-    pub http_port: u16,
+    /// The boot HTTP server; its `advertise` overrides the per-interface server address in
+    /// replies (siaddr, option 54, URLs).
+    pub http: HttpAddress,
     pub boot_files: BootFiles,
     /// Only answer requests that arrive on these interface indexes; empty means all.
     pub interfaces: Vec<u32>,
@@ -102,7 +103,7 @@ pub fn handle(
         Port::Dhcp => lease(&msg),
         Port::ProxyBoot => None,
     };
-    let server = match settings.advertise {
+    let server = match settings.http.advertise {
         Some(a) => a,
         None if !d.local.is_unspecified() => d.local,
         None => match interface_address(d.ifindex) {
@@ -117,7 +118,7 @@ pub fn handle(
     };
     let ctx = Context {
         server,
-        http_port: settings.http_port,
+        http_port: settings.http.port,
         boot_files: &settings.boot_files,
     };
     let outcome = answer(&msg, &ctx, port)
@@ -150,8 +151,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            advertise: None,
-            http_port: 8090,
+            http: HttpAddress::default(),
             boot_files: BootFiles::default(),
             interfaces: vec![],
         }
@@ -281,7 +281,10 @@ mod tests {
         );
         assert_eq!(h.outcome, Err(Dropped::OtherInterface(4)));
         let nat = Settings {
-            advertise: Some(Ipv4Addr::new(203, 0, 113, 7)),
+            http: HttpAddress {
+                port: 8090,
+                advertise: Some(Ipv4Addr::new(203, 0, 113, 7)),
+            },
             ..settings()
         };
         let t = handle(

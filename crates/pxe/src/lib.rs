@@ -138,7 +138,6 @@ pub struct Context<'a> {
     pub boot_files: &'a BootFiles,
 }
 
-/// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client
 /// The HTTP paths the DHCP answers point at, defined once: the HTTP server routes these same
 /// constants (pixiecore's paths, which existing setups and the Kairos iPXE ISO use).
 pub mod routes {
@@ -154,12 +153,42 @@ pub mod routes {
     pub const BINARIES: &str = "/ipxe/";
 }
 
+/// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client
 /// is given, in DHCP replies and in boot scripts alike, so the two always agree.
 pub fn http_base(host: impl std::fmt::Display, port: u16) -> String {
     if port == 80 {
         format!("http://{host}")
     } else {
         format!("http://{host}:{port}")
+    }
+}
+
+/// Where clients reach the boot HTTP server: its port, and an address to announce instead of the
+/// one each client reached us by (NAT, port forwards). Held once, by the DHCP side and the HTTP
+/// side alike, so the URLs in answers and in scripts cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddress {
+    pub port: u16,
+    pub advertise: Option<Ipv4Addr>,
+}
+
+impl Default for HttpAddress {
+    fn default() -> Self {
+        HttpAddress {
+            port: 8090,
+            advertise: None,
+        }
+    }
+}
+
+impl HttpAddress {
+    /// `http://HOST[:PORT]` for a client that reached us at `local`.
+    pub fn base(&self, local: std::net::IpAddr) -> String {
+        match (self.advertise, local) {
+            (Some(a), _) => http_base(a, self.port),
+            (None, std::net::IpAddr::V6(v6)) => http_base(format!("[{v6}]"), self.port),
+            (None, v4) => http_base(v4, self.port),
+        }
     }
 }
 
