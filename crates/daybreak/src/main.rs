@@ -11,6 +11,7 @@ mod ipxe;
 mod logwriter;
 mod netboot;
 mod progress;
+mod routes;
 mod serve;
 
 use std::net::Ipv4Addr;

@@ -201,7 +201,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     if let Some(addr) = opts.artifact_listen {
-        let files = crate::boot::ArtifactFiles::new(&plan, plan_input.iso.as_deref())?;
+        let files = crate::routes::ArtifactFiles::new(&plan, plan_input.iso.as_deref())?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             bind_error(
                 e,

@@ -1,0 +1,257 @@
+//! The HTTP routes of the boot plan: the iPXE script, the files, pixiecore's `/_/ipxe`,
+//! `/_/file` and `/_/booting` paths (the constants in [`pxe::routes`], the same the DHCP answers
+//! point at), the iPXE binaries for UEFI HTTP Boot; and the artifact file server's routes, which
+//! never include the cloud-config.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pxe::routes;
+
+use crate::boot::{BootFile, Plan};
+use crate::http::{loggable, query_param, Body, Reply, Request, Router};
+
+/// A registered file as a response: served under its name, or as "cloud-config" in logs when
+/// its name is the secret.
+fn file_reply(f: &BootFile) -> Reply {
+    let content_type = if f.name.ends_with(".yaml") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    Reply::Resource {
+        name: if f.secret {
+            "cloud-config".into()
+        } else {
+            f.name.clone()
+        },
+        content_type,
+        body: f.body.clone(),
+    }
+}
+
+/// What the artifact file server (`listen_addr`, :8080) hands out: the kernel, the initrds, the
+/// squashfs and the ISO they came from, for people who want to fetch them. Never the
+/// cloud-config, which holds passwords and tokens: it is only on the netboot port.
+pub struct ArtifactFiles {
+    files: Vec<BootFile>,
+}
+
+impl ArtifactFiles {
+    pub fn new(plan: &Plan, iso: Option<&Path>) -> anyhow::Result<ArtifactFiles> {
+        let mut files: Vec<BootFile> = std::iter::once(&plan.kernel)
+            .chain(&plan.initrds)
+            .chain(&plan.rootfs)
+            .cloned()
+            .collect();
+        if let Some(iso) = iso {
+            let name = iso
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image.iso".into());
+            // Downloads are cached as `<12 hex digits of the URL's hash>-<name>`: serve <name>.
+            let name = match name.split_once('-') {
+                Some((tag, rest))
+                    if tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    rest.to_string()
+                }
+                _ => name,
+            };
+            files.push(BootFile::open(&name, iso, "ISO")?);
+        }
+        Ok(ArtifactFiles { files })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|f| f.name.as_str())
+    }
+}
+
+impl Router for ArtifactFiles {
+    fn route(&self, req: &Request<'_>) -> Reply {
+        if req.path == "/" {
+            let list: String = self
+                .files
+                .iter()
+                .map(|f| format!("{}\t{}\n", f.name, f.size))
+                .collect();
+            return Reply::Resource {
+                name: "_index".into(),
+                content_type: "text/plain; charset=utf-8",
+                body: Body::Memory(list.into_bytes().into()),
+            };
+        }
+        let name = req.path.strip_prefix('/').unwrap_or(req.path);
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(Reply::NotFound, file_reply)
+    }
+}
+
+impl Router for Plan {
+    fn route(&self, req: &Request<'_>) -> Reply {
+        let path = req.path;
+        match path {
+            routes::SCRIPT | routes::SCRIPT_ALIAS => {
+                let mac = query_param(req.query, "mac");
+                if let Some(hub) = &self.events {
+                    if let Some(m) = &mac {
+                        hub.learn(req.peer.ip(), m);
+                    }
+                    hub.emit(
+                        Some(req.peer.ip()),
+                        mac.as_deref(),
+                        crate::events::Step::Script,
+                    );
+                }
+                let base = self.base_url(req.local);
+                tracing::info!(
+                    client = %req.peer.ip(),
+                    mac = %mac
+                        .as_deref()
+                        .map_or_else(|| "-".into(), |m| crate::events::normal_mac(m)
+                            .unwrap_or_else(|| loggable(m).into_owned())),
+                    arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
+                    "boot script"
+                );
+                Reply::Resource {
+                    name: "_script".into(),
+                    content_type: "text/plain; charset=utf-8",
+                    body: Body::Memory(self.script(&base, mac.as_deref()).into_bytes().into()),
+                }
+            }
+            routes::BOOTING => {
+                if let Some(hub) = &self.events {
+                    let mac = query_param(req.query, "mac");
+                    hub.emit(
+                        Some(req.peer.ip()),
+                        mac.as_deref(),
+                        crate::events::Step::Booting,
+                    );
+                }
+                tracing::info!(
+                    client = %req.peer.ip(),
+                    mac = %loggable(query_param(req.query, "mac").as_deref().unwrap_or("-")),
+                    "booting kernel"
+                );
+                Reply::Resource {
+                    name: "_booting".into(),
+                    content_type: "text/plain",
+                    body: Body::Memory(Arc::from(&b""[..])),
+                }
+            }
+            routes::FILE => match query_param(req.query, "name") {
+                Some(n) => self
+                    .files()
+                    .find(|f| f.name == n)
+                    .map_or(Reply::NotFound, file_reply),
+                None => Reply::NotFound,
+            },
+            _ => {
+                if let Some(bin) = path.strip_prefix(routes::BINARIES) {
+                    return match self.binaries.get(bin) {
+                        Some(b) => Reply::Resource {
+                            name: format!("ipxe/{bin}"),
+                            content_type: "application/octet-stream",
+                            body: Body::Memory(b.clone()),
+                        },
+                        None => Reply::NotFound,
+                    };
+                }
+                let name = path.strip_prefix('/').unwrap_or(path);
+                self.files()
+                    .find(|f| f.name == name)
+                    .map_or(Reply::NotFound, file_reply)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::tests::{input, tmpdir, tmpfile, BASE};
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn routes_only_registered_names() {
+        let d = tmpdir("routes");
+        let mut bins = HashMap::new();
+        bins.insert("ipxe.efi".to_string(), Arc::from(&b"EFI"[..]));
+        let plan = Plan::new(&input(&d), bins).unwrap();
+        let secret = format!("/{}", plan.cloud_config.as_ref().unwrap().name);
+        let peer = "10.0.0.9:1234".parse().unwrap();
+        let local = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let get = |path: &str, query: &str| {
+            plan.route(&Request {
+                path,
+                query,
+                local,
+                peer,
+            })
+        };
+        for (path, query) in [
+            ("/kernel", ""),
+            ("/initrd0", ""),
+            ("/rootfs.squashfs", ""),
+            (secret.as_str(), ""),
+            ("/_/file", "name=kernel"),
+            ("/_/ipxe", "arch=0&mac=52:54:00:00:00:01"),
+            ("/boot.ipxe", ""),
+            ("/_/booting", "mac=x"),
+            ("/ipxe/ipxe.efi", ""),
+        ] {
+            assert!(
+                matches!(get(path, query), Reply::Resource { .. }),
+                "{path}?{query}"
+            );
+        }
+        for (path, query) in [
+            ("/", ""),
+            ("/../kernel", ""),
+            ("/etc/passwd", ""),
+            ("/_/file", "name=../kernel"),
+            ("/_/file", ""),
+            // The cloud-config only under its secret per-run name.
+            ("/cloud-config.yaml", ""),
+            ("/_/file", "name=cloud-config.yaml"),
+            ("/config.yaml", ""),
+            ("/ipxe/../kernel", ""),
+            ("/vmlinuz", ""),
+        ] {
+            assert!(
+                matches!(get(path, query), Reply::NotFound),
+                "{path}?{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_file_names_with_plus_and_spaces_round_trip() {
+        let d = tmpdir("plus");
+        let extra = tmpfile(&d, "a+b c.img");
+        let mut i = input(&d);
+        i.cmdline = Some(format!("x={{{{ ID \"{}\" }}}}", extra.display()));
+        let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let line = plan.cmdline(BASE);
+        assert!(
+            line.starts_with("x=http://10.0.0.1:8090/a%2Bb_c.img "),
+            "{line}"
+        );
+        // What a client sends for that URL is routed to the file: `+` in a path is a plus.
+        let decoded = crate::http::percent_decode("/a%2Bb_c.img").unwrap();
+        let raw_plus = crate::http::percent_decode("/a+b_c.img").unwrap();
+        for path in [decoded.as_str(), raw_plus.as_str()] {
+            let r = plan.route(&Request {
+                path,
+                query: "",
+                local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                peer: "10.0.0.9:1".parse().unwrap(),
+            });
+            assert!(matches!(r, Reply::Resource { .. }), "{path}");
+        }
+    }
+}
