@@ -21,7 +21,10 @@ pub mod message;
 
 use std::net::Ipv4Addr;
 
-use message::{opt, sub_options, OP_REPLY, OP_REQUEST};
+use message::{
+    encode_pxe_options, opt, pxe_opt, sub_options, PxeOption, DISCOVERY_USE_BOOT_FILE, OP_REPLY,
+    OP_REQUEST,
+};
 pub use message::{DecodeError, Message, MessageType};
 
 /// Which socket a request arrived on: the ProxyDHCP port (67) or the PXE boot server port (4011).
@@ -441,26 +444,18 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         options.push((opt::CLIENT_UUID, uuid));
     }
     if pxe_options {
-        // PXE_DISCOVERY_CONTROL = 8: "boot the file named in this packet, skip boot server discovery".
-        // EDK2 ignores a ProxyDHCP offer that names a file without it.
-        let mut vendor = vec![6, 1, 8];
+        let mut vendor = vec![PxeOption::DiscoveryControl(DISCOVERY_USE_BOOT_FILE)];
         if port == Port::ProxyBoot {
             // Echo the requested PXE_BOOT_ITEM so the client can match our ACK to its request.
-            if let Some(item) = msg
-                .option(opt::VENDOR_SPECIFIC)
-                .and_then(|v| {
-                    sub_options(&v)
-                        .find(|(c, _)| *c == 71)
-                        .map(|(_, d)| d.to_vec())
-                })
-                .filter(|d| d.len() == 4)
-            {
-                vendor.extend_from_slice(&[71, 4]);
-                vendor.extend_from_slice(&item);
+            if let Some(item) = msg.option(opt::VENDOR_SPECIFIC).and_then(|v| {
+                sub_options(&v)
+                    .find(|(c, _)| *c == pxe_opt::BOOT_ITEM)
+                    .and_then(|(_, d)| <[u8; 4]>::try_from(d).ok())
+            }) {
+                vendor.push(PxeOption::BootItem(item));
             }
         }
-        vendor.push(opt::END);
-        options.push((opt::VENDOR_SPECIFIC, vendor));
+        options.push((opt::VENDOR_SPECIFIC, encode_pxe_options(&vendor)));
     }
     let file = target.as_str().as_bytes().to_vec();
     if file.len() > 127 {

@@ -5,7 +5,30 @@
 use std::net::Ipv4Addr;
 
 /// The fixed BOOTP header is 236 bytes; the magic cookie follows.
-const HEADER_LEN: usize = 236;
+/// Where each field of the fixed BOOTP header lies (RFC 2131, figure 1), named once so decode and
+/// encode cannot disagree.
+pub mod field {
+    use std::ops::Range;
+
+    pub const OP: usize = 0;
+    pub const HTYPE: usize = 1;
+    pub const HLEN: usize = 2;
+    pub const HOPS: usize = 3;
+    pub const XID: Range<usize> = 4..8;
+    pub const SECS: Range<usize> = 8..10;
+    pub const FLAGS: Range<usize> = 10..12;
+    pub const CIADDR: Range<usize> = 12..16;
+    pub const YIADDR: Range<usize> = 16..20;
+    pub const SIADDR: Range<usize> = 20..24;
+    pub const GIADDR: Range<usize> = 24..28;
+    pub const CHADDR: Range<usize> = 28..44;
+    pub const SNAME: Range<usize> = 44..108;
+    pub const FILE: Range<usize> = 108..236;
+    /// The options' magic cookie, after the fixed header.
+    pub const MAGIC: Range<usize> = 236..240;
+    pub const OPTIONS: usize = 240;
+}
+
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// Replies shorter than this are dropped by some old PXE ROMs (the BOOTP minimum, RFC 951).
 pub const MIN_REPLY_LEN: usize = 300;
@@ -128,20 +151,20 @@ impl Message {
         if buf.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLong(buf.len()));
         }
-        if buf.len() < HEADER_LEN + MAGIC.len() {
+        if buf.len() < field::OPTIONS {
             return Err(DecodeError::TooShort(buf.len()));
         }
-        if buf[HEADER_LEN..HEADER_LEN + 4] != MAGIC {
+        if buf[field::MAGIC] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        let hlen = buf[2];
+        let hlen = buf[field::HLEN];
         if hlen > 16 {
             return Err(DecodeError::BadHlen(hlen));
         }
         let mut chaddr = [0u8; 16];
-        chaddr.copy_from_slice(&buf[28..44]);
+        chaddr.copy_from_slice(&buf[field::CHADDR]);
         let mut options = Vec::new();
-        let mut rest = &buf[HEADER_LEN + 4..];
+        let mut rest = &buf[field::OPTIONS..];
         while let Some((&code, tail)) = rest.split_first() {
             match code {
                 opt::PAD => rest = tail,
@@ -167,21 +190,22 @@ impl Message {
                 }
             }
         }
+        let be16 = |r: std::ops::Range<usize>| u16::from_be_bytes([buf[r.start], buf[r.start + 1]]);
         Ok(Message {
-            op: buf[0],
-            htype: buf[1],
+            op: buf[field::OP],
+            htype: buf[field::HTYPE],
             hlen,
-            hops: buf[3],
-            xid: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-            secs: u16::from_be_bytes([buf[8], buf[9]]),
-            flags: u16::from_be_bytes([buf[10], buf[11]]),
-            ciaddr: ip(&buf[12..16]),
-            yiaddr: ip(&buf[16..20]),
-            siaddr: ip(&buf[20..24]),
-            giaddr: ip(&buf[24..28]),
+            hops: buf[field::HOPS],
+            xid: u32::from_be_bytes(buf[field::XID].try_into().expect("4 bytes")),
+            secs: be16(field::SECS),
+            flags: be16(field::FLAGS),
+            ciaddr: ip(&buf[field::CIADDR]),
+            yiaddr: ip(&buf[field::YIADDR]),
+            siaddr: ip(&buf[field::SIADDR]),
+            giaddr: ip(&buf[field::GIADDR]),
             chaddr,
-            sname: cstr(&buf[44..108]),
-            file: cstr(&buf[108..236]),
+            sname: cstr(&buf[field::SNAME]),
+            file: cstr(&buf[field::FILE]),
             options,
         })
     }
@@ -197,14 +221,14 @@ impl Message {
             out.extend_from_slice(&a.octets());
         }
         out.extend_from_slice(&self.chaddr);
-        let mut sname = [0u8; 64];
-        let n = self.sname.len().min(63);
-        sname[..n].copy_from_slice(&self.sname[..n]);
-        out.extend_from_slice(&sname);
-        let mut file = [0u8; 128];
-        let n = self.file.len().min(127);
-        file[..n].copy_from_slice(&self.file[..n]);
-        out.extend_from_slice(&file);
+        // NUL-terminated: at most one byte less than the field.
+        for (value, range) in [(&self.sname, field::SNAME), (&self.file, field::FILE)] {
+            let mut f = vec![0u8; range.len()];
+            let n = value.len().min(range.len() - 1);
+            f[..n].copy_from_slice(&value[..n]);
+            out.extend_from_slice(&f);
+        }
+        debug_assert_eq!(out.len(), field::MAGIC.start);
         out.extend_from_slice(&MAGIC);
         for (code, value) in &self.options {
             if value.is_empty() {
@@ -256,6 +280,43 @@ impl Message {
         }
         s
     }
+}
+
+/// PXE vendor options, the sub-options of option 43 a boot server sends (PXE 2.1, table 2-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PxeOption {
+    /// PXE_DISCOVERY_CONTROL (6): bit 3, [`DISCOVERY_USE_BOOT_FILE`], says "boot the file named
+    /// in this packet, skip boot server discovery".
+    DiscoveryControl(u8),
+    /// PXE_BOOT_ITEM (71): type and layer, echoed from the client's request.
+    BootItem([u8; 4]),
+}
+
+pub mod pxe_opt {
+    pub const DISCOVERY_CONTROL: u8 = 6;
+    pub const BOOT_ITEM: u8 = 71;
+}
+
+/// Bit 3 of PXE_DISCOVERY_CONTROL: use the boot file named in the offer. EDK2 ignores a
+/// ProxyDHCP offer that names a file without it.
+pub const DISCOVERY_USE_BOOT_FILE: u8 = 8;
+
+/// Option 43's value for `opts`, END-terminated.
+pub fn encode_pxe_options(opts: &[PxeOption]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for o in opts {
+        match o {
+            PxeOption::DiscoveryControl(bits) => {
+                out.extend_from_slice(&[pxe_opt::DISCOVERY_CONTROL, 1, *bits])
+            }
+            PxeOption::BootItem(item) => {
+                out.extend_from_slice(&[pxe_opt::BOOT_ITEM, 4]);
+                out.extend_from_slice(item);
+            }
+        }
+    }
+    out.push(opt::END);
+    out
 }
 
 /// Walks a TLV-encoded option space (option 43, 175): `(code, value)` pairs, stopping at END or at
@@ -346,6 +407,40 @@ mod tests {
         m2.options = vec![(67, vec![b'x'; 300])];
         let back = Message::decode(&m2.encode()).unwrap();
         assert_eq!(back.option(67).unwrap().len(), 300);
+    }
+
+    #[test]
+    fn pxe_options_encode_and_read_back() {
+        let v = encode_pxe_options(&[
+            PxeOption::DiscoveryControl(DISCOVERY_USE_BOOT_FILE),
+            PxeOption::BootItem([0x80, 0, 0, 0]),
+        ]);
+        assert_eq!(v, [6, 1, 8, 71, 4, 0x80, 0, 0, 0, 255]);
+        let back: Vec<_> = sub_options(&v).collect();
+        assert_eq!(back, [(6u8, &[8u8][..]), (71, &[0x80, 0, 0, 0][..])]);
+    }
+
+    #[test]
+    fn header_fields_tile_the_fixed_header() {
+        let all = [
+            field::OP..field::OP + 1,
+            field::HTYPE..field::HTYPE + 1,
+            field::HLEN..field::HLEN + 1,
+            field::HOPS..field::HOPS + 1,
+            field::XID,
+            field::SECS,
+            field::FLAGS,
+            field::CIADDR,
+            field::YIADDR,
+            field::SIADDR,
+            field::GIADDR,
+            field::CHADDR,
+            field::SNAME,
+            field::FILE,
+            field::MAGIC,
+        ];
+        assert!(all.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(all.last().unwrap().end, field::OPTIONS);
     }
 
     #[test]
