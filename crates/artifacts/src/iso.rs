@@ -45,12 +45,7 @@ pub enum IsoError {
     },
 }
 
-/// A run of bytes in the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub offset: u64,
-    pub len: u64,
-}
+pub use crate::extent::Extent;
 
 /// A directory entry, with the name the best available naming scheme gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +59,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn size(&self) -> u64 {
-        self.extents.iter().map(|e| e.len).sum()
+        crate::extent::total(&self.extents)
     }
 }
 

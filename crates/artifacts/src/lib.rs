@@ -9,6 +9,7 @@ pub mod boot_files;
 pub mod build;
 pub mod digest;
 pub mod download;
+pub mod extent;
 pub mod image;
 pub mod iso;
 pub mod lock;

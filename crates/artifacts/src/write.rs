@@ -51,7 +51,7 @@ impl Stop {
 type Tick<'a> = dyn FnMut(u64) -> io::Result<()> + 'a;
 use std::sync::mpsc;
 
-use crate::iso::Extent;
+use crate::extent::Extent;
 
 /// Bytes per read and per direct write; four buffers are in flight (64 MiB).
 const CHUNK: usize = 16 << 20;

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use artifacts::iso::Extent;
+use artifacts::extent::Extent;
 use artifacts::write::{copy_extents_atomic, Stop};
 
 fn leftovers(dir: &Path) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use artifacts::iso::Extent;
+use artifacts::extent::Extent;
 use artifacts::write::{copy_extents_atomic, Stop};
 use testkit::pattern;
 

@@ -163,7 +163,7 @@ pub fn run(
                 let f = std::fs::File::open(&src)
                     .with_context(|| format!("cannot read {}", src.display()))?;
                 let len = f.metadata()?.len();
-                let extent = artifacts::iso::Extent { offset: 0, len };
+                let extent = artifacts::extent::Extent { offset: 0, len };
                 let _signals = crate::interrupt::Guard::new();
                 artifacts::write::copy_extents_atomic(
                     &f,
