@@ -17,6 +17,7 @@ pub mod oci;
 pub mod registry;
 pub mod release;
 pub mod rootfs;
+pub mod source;
 pub mod squashfs;
 pub mod store;
 pub mod write;

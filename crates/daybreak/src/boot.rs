@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+use artifacts::source::safe_name;
 
 use crate::http::Body;
 use pxe::routes;
@@ -67,15 +68,22 @@ impl BootFile {
         })
     }
 
-    fn in_iso(name: &str, iso: &Path, file: &Arc<File>, entry: &artifacts::iso::Entry) -> BootFile {
+    /// A file of a source's boot set: served whole when it is a file of its own, else as its
+    /// extents of the (shared, already open) file it is in.
+    fn from_set(name: &str, f: &artifacts::source::BootFile, file: &Arc<File>) -> BootFile {
+        let body = if f.is_whole_file() {
+            Body::File(file.clone())
+        } else {
+            Body::Ranges(
+                file.clone(),
+                f.extents.iter().map(|e| (e.offset, e.len)).collect(),
+            )
+        };
         BootFile {
             name: name.to_string(),
-            path: Some(iso.to_path_buf()),
-            size: entry.size(),
-            body: Body::Ranges(
-                file.clone(),
-                entry.extents.iter().map(|e| (e.offset, e.len)).collect(),
-            ),
+            path: Some(f.path.clone()),
+            size: f.size(),
+            body,
             secret: false,
         }
     }
@@ -111,10 +119,11 @@ enum Part {
 /// What a plan is built from.
 #[derive(Debug, Clone, Default)]
 pub struct PlanInput {
-    /// Required unless `iso` is given.
+    /// Required unless `set` is given.
     pub kernel: Option<PathBuf>,
-    /// A Kairos ISO whose /boot/kernel, /boot/initrd and /rootfs.squashfs are served in place.
-    pub iso: Option<PathBuf>,
+    /// The boot files of a source (an image's artifacts, or a Kairos ISO's files served in
+    /// place), instead of `kernel`, `initrds` and `rootfs`.
+    pub set: Option<artifacts::source::BootSet>,
     pub initrds: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,
     pub cloud_config: Option<CloudConfig>,
@@ -166,21 +175,7 @@ fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>
     Ok(out)
 }
 
-/// A file name with anything but letters, digits and `.`, `_`, `+`, `-` made `_`: safe in a
-/// URL, an iPXE script line and a directory.
-pub fn safe_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// A name for a file registered from a path: its [`safe_name`], unique among `taken`.
+/// A name for a file registered from a path: its `safe_name`, unique among `taken`.
 fn unique_name(taken: &[&BootFile], base: &str) -> String {
     let base = safe_name(base);
     let base = base.as_str();
@@ -199,18 +194,29 @@ fn unique_name(taken: &[&BootFile], base: &str) -> String {
 
 impl Plan {
     pub fn new(input: &PlanInput, binaries: HashMap<String, Arc<[u8]>>) -> anyhow::Result<Plan> {
-        let (kernel, initrds, rootfs) = match (&input.iso, &input.kernel) {
-            (Some(iso_path), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
-                let iso = artifacts::iso::Iso::open(iso_path)?;
-                let f = iso.netboot_files()?;
-                let file = Arc::new(File::open(iso_path).with_context(|| {
-                    format!("ISO {} cannot be read", iso_path.display())
-                })?);
-                (
-                    BootFile::in_iso("kernel", iso_path, &file, &f.kernel),
-                    vec![BootFile::in_iso("initrd0", iso_path, &file, &f.initrd)],
-                    Some(BootFile::in_iso("rootfs.squashfs", iso_path, &file, &f.rootfs)),
-                )
+        let (kernel, initrds, rootfs) = match (&input.set, &input.kernel) {
+            (Some(set), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
+                // Each file opened once, the ISO once for all three.
+                let mut open: HashMap<PathBuf, Arc<File>> = HashMap::new();
+                let mut file = |f: &artifacts::source::BootFile| -> anyhow::Result<Arc<File>> {
+                    if let Some(o) = open.get(&f.path) {
+                        return Ok(o.clone());
+                    }
+                    let o = Arc::new(File::open(&f.path).with_context(|| {
+                        format!("{} cannot be read", f.path.display())
+                    })?);
+                    open.insert(f.path.clone(), o.clone());
+                    Ok(o)
+                };
+                let kernel = BootFile::from_set("kernel", &set.kernel, &file(&set.kernel)?);
+                let initrds = set
+                    .initrds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| Ok(BootFile::from_set(&format!("initrd{i}"), f, &file(f)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let rootfs = BootFile::from_set("rootfs.squashfs", &set.rootfs, &file(&set.rootfs)?);
+                (kernel, initrds, Some(rootfs))
             }
             (Some(_), _) => bail!("--iso provides the kernel, initrd and rootfs; drop --kernel, --initrd and --rootfs"),
             (None, None) => bail!("nothing to boot: give --kernel (with --initrd and --rootfs) or --iso"),
@@ -453,7 +459,7 @@ pub(crate) mod tests {
     pub(crate) fn input(d: &Path) -> PlanInput {
         PlanInput {
             kernel: Some(tmpfile(d, "vmlinuz")),
-            iso: None,
+            set: None,
             initrds: vec![tmpfile(d, "initrd.img")],
             rootfs: Some(tmpfile(d, "rootfs.squashfs")),
             cloud_config: Some(CloudConfig::File(tmpfile(d, "config.yaml"))),

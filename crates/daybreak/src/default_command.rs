@@ -1,9 +1,8 @@
 //! The default command, AuroraBoot's zero-touch netboot: settings → source → artifacts (from the
 //! store when the digest is known) → the boot servers, plus the artifact file server.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{anyhow, bail};
+use artifacts::source::Origin;
 
 use crate::boot::{CloudConfig, PlanInput};
 use crate::config::{self, Settings};
@@ -43,50 +42,42 @@ pub fn prepare(
         cmdline: s.cmdline.clone(),
         ..Default::default()
     };
-    let iso_source = |src: &str| -> anyhow::Result<PathBuf> {
-        crate::netboot::local_iso(Path::new(src), &s.state_dir)
-    };
-    match &s.container_image {
-        Some(img) => {
-            if crate::netboot::is_iso(img)? {
-                let iso = iso_source(img)?;
-                tracing::info!(iso = %iso.display(), "serving kernel, initrd and squashfs straight from the ISO");
-                plan.iso = Some(iso);
-            } else {
-                let got = crate::netboot::obtain_image(
-                    img,
-                    &s.state_dir,
-                    &crate::netboot::ImageOptions {
-                        arch: s.arch.clone(),
-                        insecure: s.insecure,
-                        compression: artifacts::squashfs::Compression::Gzip,
-                    },
-                )?;
-                let a = &got.artifacts;
-                tracing::info!(
-                    image = %img,
-                    digest = %got.digest,
-                    kernel = %a.meta.kernel,
-                    initrd = %a.meta.initrd,
-                    artifacts = %a.dir.display(),
-                    "{}",
-                    if got.built { "image built" } else { "image ready (built before)" }
-                );
-                plan.kernel = Some(a.kernel());
-                plan.initrds = vec![a.initrd()];
-                plan.rootfs = Some(a.rootfs());
-            }
-        }
+    let set = match &s.container_image {
+        Some(img) => crate::netboot::open_source(
+            img,
+            &s.state_dir,
+            &crate::netboot::ImageOptions {
+                arch: s.arch.clone(),
+                insecure: s.insecure,
+                compression: artifacts::squashfs::Compression::Gzip,
+            },
+        )?,
         None if s.has_release() => {
             let url = s
                 .release
                 .iso_url(s.release_base_url.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             tracing::info!(url = %url, "Kairos release ISO");
-            plan.iso = Some(iso_source(&url)?);
+            crate::netboot::open_iso(&url, &s.state_dir)?
         }
         None => bail!("{NO_SOURCE}"),
+    };
+    match &set.origin {
+        Origin::Iso { path, .. } => tracing::info!(
+            iso = %path.display(),
+            "serving kernel, initrd and squashfs straight from the ISO"
+        ),
+        Origin::Image { digest, built, dir } => tracing::info!(
+            image = %s.container_image.as_deref().unwrap_or_default(),
+            digest = %digest,
+            kernel = %set.kernel.name,
+            initrd = %set.initrds[0].name,
+            artifacts = %dir.display(),
+            "{}",
+            if *built { "image built" } else { "image ready (built before)" }
+        ),
     }
+    plan.set = Some(set);
     if let Some((text, _)) = rendered {
         // Kept in memory for this run only: nothing with passwords or join tokens is left on
         // disk, and two servers sharing a state directory each serve their own.

@@ -434,7 +434,7 @@ fn main() -> ExitCode {
             Ok(Some(o)) => o,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", error_text(&e));
                 return ExitCode::FAILURE;
             }
         },
@@ -452,7 +452,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     // Stopped by a signal: exit as shells expect (130 for Ctrl-C).
                     match interrupt::interrupted() {
                         Some(sig) => ExitCode::from(128 + sig as u8),
@@ -464,15 +464,15 @@ fn main() -> ExitCode {
         Some(Command::Cache(c)) => return cache(c),
         Some(Command::Serve(a)) => a.net.into_options(PlanInput {
             kernel: a.kernel,
-            iso: match a
+            set: match a
                 .iso
                 .as_deref()
-                .map(|i| netboot::local_iso(i, &a.state_dir))
+                .map(|i| netboot::open_iso(&i.to_string_lossy(), &a.state_dir))
                 .transpose()
             {
-                Ok(iso) => iso,
+                Ok(set) => set,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     return ExitCode::FAILURE;
                 }
             },
@@ -488,9 +488,19 @@ fn main() -> ExitCode {
                     "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
                     a.squashfs.display()
                 );
-                PlanInput {
-                    iso: Some(a.squashfs),
-                    ..Default::default()
+                let name = a
+                    .squashfs
+                    .file_name()
+                    .map_or_else(|| "image.iso".into(), |n| n.to_string_lossy().into_owned());
+                match artifacts::source::from_iso(a.squashfs, name) {
+                    Ok(set) => PlanInput {
+                        set: Some(set),
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             } else {
                 PlanInput {
@@ -524,8 +534,37 @@ fn main() -> ExitCode {
     match runtime.block_on(serve::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, each cause once: most of our errors already end with the text of
+/// the error they wrap, which `{:#}` would print a second time.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(artifacts::iso::IsoError::Io {
+            path: "/x.iso".into(),
+            source: io,
+        });
+        assert_eq!(super::error_text(&e), "cannot read /x.iso: No such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_text(&e), "outer: inner");
     }
 }

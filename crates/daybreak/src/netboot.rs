@@ -6,7 +6,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
-use artifacts::iso::Iso;
 
 use crate::progress::Progress;
 
@@ -34,53 +33,57 @@ fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     }
 }
 
-/// Where a downloaded ISO is cached: `DOWNLOADS/<hash of URL>-<file name>`, so two URLs with
-/// the same file name never share a cache entry.
-fn cache_path(url: &str, downloads: &Path) -> PathBuf {
-    use sha2::Digest;
-    let name = crate::boot::safe_name(url.rsplit('/').next().unwrap_or("download.iso"));
-    let name = name.trim_start_matches('.');
-    let tag = artifacts::digest::hex(&sha2::Sha256::digest(url.as_bytes())[..6]);
-    downloads.join(format!("{tag}-{name}"))
+/// The boot files of any source (an OCI image in any form, a Kairos ISO, an ISO URL), with
+/// the progress bars and notes a user sees while it is pulled, built or downloaded.
+pub fn open_source(
+    source: &str,
+    state_dir: &Path,
+    opts: &ImageOptions,
+) -> anyhow::Result<artifacts::source::BootSet> {
+    let req = artifacts::image::Request {
+        source: source.to_string(),
+        arch: opts.arch.clone(),
+        insecure: opts.insecure,
+        compression: opts.compression,
+        state_dir: artifacts::image::absolute(state_dir),
+    };
+    Ok(artifacts::source::open(
+        &req,
+        &crate::progress::ImageProgress::default(),
+        &mut show_fetch(source),
+    )?)
 }
 
-/// A local ISO path as is; an http(s) URL downloaded into the cache first (resumed, verified
-/// against the published .sha256, reused once complete).
-pub fn local_iso(source: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
-    let Some(url) = source
-        .to_str()
-        .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
-    else {
-        return Ok(source.to_path_buf());
-    };
-    let store = artifacts::store::Store::open(state_dir)?;
-    let dest = cache_path(url, &store.downloads_dir());
-    let tag = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('-').next())
-        .unwrap_or_default();
-    // Two processes sharing the state directory never write one download at once.
-    let _held = store.lock(&format!("download-{tag}"), || {
-        eprintln!("another Daybreak process is downloading {url}; waiting for it")
-    })?;
+/// The boot files of an ISO (a local file or an http(s) URL), with a download's progress bar.
+pub fn open_iso(source: &str, state_dir: &Path) -> anyhow::Result<artifacts::source::BootSet> {
+    Ok(artifacts::source::open_iso(
+        source,
+        &artifacts::image::absolute(state_dir),
+        &mut show_fetch(source),
+    )?)
+}
+
+/// A download's progress bar and notes on stderr.
+fn show_fetch(source: &str) -> impl FnMut(artifacts::source::Fetch) + '_ {
+    use artifacts::source::Fetch;
     let mut bar: Option<Progress> = None;
-    let out = artifacts::download::download(url, &dest, &mut |done, total| {
-        bar.get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
-            .update(done);
-    })?;
-    match out {
-        artifacts::download::Outcome::Cached => eprintln!("using cached {}", dest.display()),
-        artifacts::download::Outcome::Downloaded { verified, .. } => {
-            if let Some(b) = bar {
+    move |f| match f {
+        Fetch::Waiting { url } => {
+            eprintln!("another Daybreak process is downloading {url}; waiting for it")
+        }
+        Fetch::Progress { done, total } => bar
+            .get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
+            .update(done),
+        Fetch::Cached { path } => eprintln!("using cached {}", path.display()),
+        Fetch::Done { verified } => {
+            if let Some(b) = bar.take() {
                 b.finish();
             }
             if !verified {
-                eprintln!("note: {url} has no published .sha256; the download is not verified");
+                eprintln!("note: {source} has no published .sha256; the download is not verified");
             }
         }
     }
-    Ok(dest)
 }
 
 /// How to turn an OCI image into artifacts.
@@ -102,36 +105,6 @@ fn create_outdir(outdir: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Builds (or finds in the store) the artifacts of an OCI image source.
-pub fn obtain_image(
-    source: &str,
-    state_dir: &Path,
-    opts: &ImageOptions,
-) -> anyhow::Result<artifacts::image::Obtained> {
-    let req = artifacts::image::Request {
-        source: source.to_string(),
-        arch: opts.arch.clone(),
-        insecure: opts.insecure,
-        compression: opts.compression,
-        state_dir: artifacts::image::absolute(state_dir),
-    };
-    Ok(artifacts::image::obtain(
-        &req,
-        &crate::progress::ImageProgress::default(),
-    )?)
-}
-
-/// Whether a source names an ISO: a local ISO file, or an http(s) URL (images come from
-/// registries by reference, so a URL is a release ISO to download).
-pub fn is_iso(source: &str) -> anyhow::Result<bool> {
-    Ok(source.starts_with("http://")
-        || source.starts_with("https://")
-        || matches!(
-            artifacts::oci::Source::parse(source)?,
-            artifacts::oci::Source::Iso(_)
-        ))
-}
-
 /// AuroraBoot's output names: `PREFIX-kernel`, `PREFIX-initrd`, `PREFIX.squashfs`.
 fn output_names(prefix: &str) -> [String; 3] {
     [
@@ -149,82 +122,36 @@ pub fn run(
     opts: &ImageOptions,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let prefix = if prefix.is_empty() { "kairos" } else { prefix };
-    if !is_iso(source)? {
-        let got = obtain_image(source, state_dir, opts)?;
-        create_outdir(outdir)?;
-        let a = &got.artifacts;
-        let mut written = Vec::new();
-        for (src, name) in [a.kernel(), a.initrd(), a.rootfs()]
-            .into_iter()
-            .zip(output_names(prefix))
-        {
-            let dest = outdir.join(&name);
-            if !artifacts::write::link_atomic(&src, &dest) {
-                let f = std::fs::File::open(&src)
-                    .with_context(|| format!("cannot read {}", src.display()))?;
-                let len = f.metadata()?.len();
-                let extent = artifacts::extent::Extent { offset: 0, len };
-                let _signals = crate::interrupt::Guard::new();
-                artifacts::write::copy_extents_atomic(
-                    &f,
-                    &[extent],
-                    &dest,
-                    &crate::interrupt::STOP,
-                    &mut |_| {},
-                )
-                .map_err(|e| write_error(e, &dest, len))?;
-            }
-            written.push(dest);
-        }
-        eprintln!("image digest: {}", got.digest);
-        return Ok(written);
-    }
-    let source = &local_iso(Path::new(source), state_dir)?;
-    let iso = Iso::open(source)?;
-    let files = iso.netboot_files()?;
+    let set = open_source(source, state_dir, opts)?;
     create_outdir(outdir)?;
-    let src =
-        std::fs::File::open(source).with_context(|| format!("cannot read {}", source.display()))?;
     let mut written = Vec::new();
-    for (entry, name) in [&files.kernel, &files.initrd, &files.rootfs]
+    for (f, name) in [&set.kernel, &set.initrds[0], &set.rootfs]
         .into_iter()
         .zip(output_names(prefix))
     {
         let dest = outdir.join(&name);
-        let mut bar = Progress::new(&name, entry.size());
+        // A store artifact is immutable: a hard link costs nothing where the filesystem allows.
+        if f.is_whole_file() && artifacts::write::link_atomic(&f.path, &dest) {
+            written.push(dest);
+            continue;
+        }
+        let src = std::fs::File::open(&f.path)
+            .with_context(|| format!("cannot read {}", f.path.display()))?;
+        let mut bar = Progress::new(&name, f.size());
         let _signals = crate::interrupt::Guard::new();
         artifacts::write::copy_extents_atomic(
             &src,
-            &entry.extents,
+            &f.extents,
             &dest,
             &crate::interrupt::STOP,
             &mut |n| bar.update(n),
         )
-        .map_err(|e| write_error(e, &dest, entry.size()))?;
+        .map_err(|e| write_error(e, &dest, f.size()))?;
         bar.finish();
         written.push(dest);
     }
-    Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_names_are_safe_and_distinct() {
-        let d = Path::new("/state/downloads");
-        let a = cache_path(
-            "https://github.com/kairos-io/kairos/releases/download/v3.7.2/kairos-x.iso",
-            d,
-        );
-        let b = cache_path("https://mirror.example/kairos-x.iso", d);
-        assert_ne!(a, b);
-        assert!(
-            a.starts_with("/state/downloads") && a.to_string_lossy().ends_with("-kairos-x.iso")
-        );
-        let evil = cache_path("http://x/..%2f..%2fetc%2fpasswd", d);
-        assert_eq!(evil.parent().unwrap(), Path::new("/state/downloads"));
-        assert!(!evil.file_name().unwrap().to_string_lossy().contains('/'));
+    if let artifacts::source::Origin::Image { digest, .. } = &set.origin {
+        eprintln!("image digest: {digest}");
     }
+    Ok(written)
 }

@@ -38,27 +38,20 @@ pub struct ArtifactFiles {
 }
 
 impl ArtifactFiles {
-    pub fn new(plan: &Plan, iso: Option<&Path>) -> anyhow::Result<ArtifactFiles> {
+    /// The plan's boot files, and the ISO they are read from (its path and the name users know
+    /// it by) when there is one.
+    pub fn new(plan: &Plan, iso: Option<(&Path, &str)>) -> anyhow::Result<ArtifactFiles> {
         let mut files: Vec<BootFile> = std::iter::once(&plan.kernel)
             .chain(&plan.initrds)
             .chain(&plan.rootfs)
             .cloned()
             .collect();
-        if let Some(iso) = iso {
-            let name = iso
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "image.iso".into());
-            // Downloads are cached as `<12 hex digits of the URL's hash>-<name>`: serve <name>.
-            let name = match name.split_once('-') {
-                Some((tag, rest))
-                    if tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                {
-                    rest.to_string()
-                }
-                _ => name,
-            };
-            files.push(BootFile::open(&name, iso, "ISO")?);
+        if let Some((iso, name)) = iso {
+            files.push(BootFile::open(
+                &artifacts::source::safe_name(name),
+                iso,
+                "ISO",
+            )?);
         }
         Ok(ArtifactFiles { files })
     }

@@ -201,7 +201,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     if let Some(addr) = opts.artifact_listen {
-        let files = crate::routes::ArtifactFiles::new(&plan, plan_input.iso.as_deref())?;
+        let iso = match plan_input.set.as_ref().map(|s| &s.origin) {
+            Some(artifacts::source::Origin::Iso { path, name }) => {
+                Some((path.as_path(), name.as_str()))
+            }
+            _ => None,
+        };
+        let files = crate::routes::ArtifactFiles::new(&plan, iso)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             bind_error(
                 e,
