@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::boot_files::BootPick;
 use crate::oci::{LayerBlob, OciError};
-use crate::rootfs::{Kind, MergeError, Meta, Tree};
+use crate::rootfs::{Kind, MergeError, Meta, Tree, TreeError};
 use crate::squashfs::{AddError, Compression, Image, Writer};
 
 /// squashfs block size: 1 MiB, as `mksquashfs -b 1024k` (what Kairos uses).
@@ -32,6 +32,9 @@ pub enum BuildError {
     Boot(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A file of a directory source that cannot go into the image.
+    #[error("{path}: {why}")]
+    Tree { path: PathBuf, why: TreeError },
     #[error("layer {layer}: {why}; the image is refused")]
     Limit { layer: String, why: String },
     /// The caller could not hand over layer `layer` (its download failed); the caller holds
@@ -174,9 +177,9 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
     let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
     let m = meta_from(&meta);
     tree.insert(b"", m, Kind::Dir(Default::default()))
-        .map_err(|e| BuildError::Io {
+        .map_err(|why| BuildError::Tree {
             path: root.to_path_buf(),
-            source: io::Error::other(e),
+            why,
         })?;
     while let Some((path, rel)) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&path)
@@ -206,9 +209,9 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
             } else if ft.is_file() {
                 if md.nlink() > 1 {
                     if let Some(first) = seen.get(&(md.dev(), md.ino())) {
-                        tree.link(&r, first).map_err(|e| BuildError::Io {
+                        tree.link(&r, first).map_err(|why| BuildError::Tree {
                             path: p.clone(),
-                            source: io::Error::other(e),
+                            why,
                         })?;
                         continue;
                     }
@@ -235,10 +238,12 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
             } else {
                 continue;
             };
-            let id = tree.insert(&r, meta, kind).map_err(|e| BuildError::Io {
-                path: p.clone(),
-                source: io::Error::other(e),
-            })?;
+            let id = tree
+                .insert(&r, meta, kind)
+                .map_err(|why| BuildError::Tree {
+                    path: p.clone(),
+                    why,
+                })?;
             tree.inodes[id].xattrs = read_xattrs(&p);
         }
     }

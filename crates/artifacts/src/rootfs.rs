@@ -142,21 +142,47 @@ pub(crate) fn display(path: &[u8]) -> String {
 }
 
 /// The components of a path from a layer, or why it is refused.
-fn components(raw: &[u8]) -> Result<Vec<&[u8]>, String> {
+/// Why an entry cannot go into the tree: the bounds it breaks, or a path that leaves the root
+/// or runs through something that is not a directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("absolute path")]
+    Absolute,
+    #[error("path contains ..")]
+    DotDot,
+    #[error("name longer than 255 bytes")]
+    LongName,
+    #[error("path deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("the image has more than {MAX_INODES} entries")]
+    TooMany,
+    #[error("directories nest deeper than {MAX_DEPTH} levels (through symlinked parents)")]
+    NestsTooDeep,
+    #[error("parent {0} is a symlink that does not lead to a directory")]
+    SymlinkParent(String),
+    #[error("parent {0} is not a directory")]
+    NotDir(String),
+    #[error("hard link target {0} is missing")]
+    LinkTargetMissing(String),
+    #[error("hard link to the root")]
+    LinkToRoot,
+}
+
+fn components(raw: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     if raw.starts_with(b"/") {
-        return Err("absolute path".into());
+        return Err(TreeError::Absolute);
     }
     let mut out = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("path contains ..".into()),
-            c if c.len() > 255 => return Err("name longer than 255 bytes".into()),
+            b".." => return Err(TreeError::DotDot),
+            c if c.len() > 255 => return Err(TreeError::LongName),
             c => out.push(c),
         }
     }
     if out.len() > MAX_DEPTH {
-        return Err(format!("path deeper than {MAX_DEPTH} levels"));
+        return Err(TreeError::TooDeep);
     }
     Ok(out)
 }
@@ -202,16 +228,14 @@ impl Tree {
         meta: Meta,
         kind: Kind,
         touched: u32,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, TreeError> {
         if self.inodes.len() >= MAX_INODES {
-            return Err(format!("the image has more than {MAX_INODES} entries"));
+            return Err(TreeError::TooMany);
         }
         let depth = if matches!(kind, Kind::Dir(_)) {
             let d = usize::from(self.depth[parent]) + 1;
             if d > MAX_DEPTH {
-                return Err(format!(
-                    "directories nest deeper than {MAX_DEPTH} levels (through symlinked parents)"
-                ));
+                return Err(TreeError::NestsTooDeep);
             }
             d as u16
         } else {
@@ -276,7 +300,7 @@ impl Tree {
 
     /// The directory `components` names, created (as 0755 root:root) where missing; symlinks on
     /// the way are followed inside the root. Marks every directory walked as touched by `layer`.
-    fn parent_dir(&mut self, components: &[&[u8]], layer: u32) -> Result<usize, String> {
+    fn parent_dir(&mut self, components: &[&[u8]], layer: u32) -> Result<usize, TreeError> {
         let mut dir = Tree::ROOT;
         for (i, &c) in components.iter().enumerate() {
             let next = match self.children(dir).and_then(|ch| ch.get(c)).copied() {
@@ -286,20 +310,10 @@ impl Tree {
                         let joined = components[..=i].join(&b'/');
                         match self.resolve(&joined, true) {
                             Some(t) if matches!(self.inodes[t].kind, Kind::Dir(_)) => t,
-                            _ => {
-                                return Err(format!(
-                                    "parent {} is a symlink that does not lead to a directory",
-                                    display(&joined)
-                                ))
-                            }
+                            _ => return Err(TreeError::SymlinkParent(display(&joined))),
                         }
                     }
-                    _ => {
-                        return Err(format!(
-                            "parent {} is not a directory",
-                            display(&components[..=i].join(&b'/'))
-                        ))
-                    }
+                    _ => return Err(TreeError::NotDir(display(&components[..=i].join(&b'/')))),
                 },
                 None => self.add(
                     dir,
@@ -357,10 +371,10 @@ impl Tree {
             let mut entry = entry.map_err(corrupt)?;
             stats.entries += 1;
             let raw = entry.path_bytes().into_owned();
-            let hostile = |why: String| MergeError::Hostile {
+            let hostile = |why: &dyn std::fmt::Display| MergeError::Hostile {
                 layer: name.to_string(),
                 entry: display(&raw),
-                why,
+                why: why.to_string(),
             };
             let ty = entry.header().entry_type();
             if matches!(
@@ -372,7 +386,7 @@ impl Tree {
             ) {
                 continue;
             }
-            let parts = components(&raw).map_err(hostile)?;
+            let parts = components(&raw).map_err(|e| hostile(&e))?;
             let Some((&base, parents)) = parts.split_last() else {
                 // "./": the root directory's own metadata.
                 if ty.is_dir() {
@@ -383,7 +397,7 @@ impl Tree {
             let meta = meta_of(entry.header());
 
             if let Some(hidden) = base.strip_prefix(b".wh.") {
-                let parent = self.parent_dir(parents, layer).map_err(hostile)?;
+                let parent = self.parent_dir(parents, layer).map_err(|e| hostile(&e))?;
                 if hidden == b".wh..opq" {
                     self.make_opaque(parent, layer);
                 } else if !hidden.starts_with(b".wh.") {
@@ -406,7 +420,7 @@ impl Tree {
             }
             xattrs.sort();
 
-            let parent = self.parent_dir(parents, layer).map_err(hostile)?;
+            let parent = self.parent_dir(parents, layer).map_err(|e| hostile(&e))?;
             let existing = self.children(parent).and_then(|c| c.get(base)).copied();
             let kind = match ty {
                 tar::EntryType::Directory => {
@@ -435,7 +449,7 @@ impl Tree {
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
                     if target.is_empty() {
-                        return Err(hostile("symlink without a target".into()));
+                        return Err(hostile(&"symlink without a target"));
                     }
                     // Kept as written: one that climbs above `/` stops there, at boot as here.
                     Kind::Symlink(target)
@@ -446,19 +460,19 @@ impl Tree {
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
                     let tparts = components(&target).map_err(|why| {
-                        hostile(format!("hard link to {}: {why}", display(&target)))
+                        hostile(&format!("hard link to {}: {why}", display(&target)))
                     })?;
                     let id = self
                         .resolve(&tparts.join(&b'/'), false)
                         .filter(|&id| id != Tree::ROOT)
                         .ok_or_else(|| {
-                            hostile(format!(
+                            hostile(&format!(
                                 "hard link to {}, which is not in the image",
                                 display(&target)
                             ))
                         })?;
                     if matches!(self.inodes[id].kind, Kind::Dir(_)) {
-                        return Err(hostile(format!(
+                        return Err(hostile(&format!(
                             "hard link to directory {}",
                             display(&target)
                         )));
@@ -482,20 +496,22 @@ impl Tree {
                 tar::EntryType::Fifo => Kind::Fifo,
                 _ => continue,
             };
-            let id = self.add(parent, base, meta, kind, layer).map_err(hostile)?;
+            let id = self
+                .add(parent, base, meta, kind, layer)
+                .map_err(|e| hostile(&e))?;
             self.inodes[id].xattrs = xattrs;
         }
         Ok(stats)
     }
 
     /// Adds a hard link at `path` to the inode already at `target` (for directory sources).
-    pub fn link(&mut self, path: &[u8], target: &[u8]) -> Result<(), String> {
+    pub fn link(&mut self, path: &[u8], target: &[u8]) -> Result<(), TreeError> {
         let id = self
             .resolve(target, false)
-            .ok_or_else(|| format!("hard link target {} is missing", display(target)))?;
+            .ok_or_else(|| TreeError::LinkTargetMissing(display(target)))?;
         let parts = components(path)?;
         let Some((&base, parents)) = parts.split_last() else {
-            return Err("hard link to the root".into());
+            return Err(TreeError::LinkToRoot);
         };
         let parent = self.parent_dir(parents, 1)?;
         self.children_mut(parent).insert(base.to_vec(), id);
@@ -504,7 +520,7 @@ impl Tree {
 
     /// Adds a file, directory or symlink at `path` (for sources that are not tar streams);
     /// returns its inode (the root's for an empty path, whose metadata it sets).
-    pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<usize, String> {
+    pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<usize, TreeError> {
         let parts = components(path)?;
         let Some((&base, parents)) = parts.split_last() else {
             self.inodes[Tree::ROOT].meta = meta;
@@ -533,5 +549,29 @@ mod tests {
         assert!(components(b"/etc/passwd").is_err());
         assert!(components(b"a/../../b").is_err());
         assert_eq!(components(b"./etc//x/.").unwrap(), vec![&b"etc"[..], b"x"]);
+    }
+
+    #[test]
+    fn inserts_say_why_they_are_refused() {
+        let mut t = Tree::new();
+        let file = || Kind::Symlink(b"x".to_vec());
+        t.insert(b"etc", Meta::default(), file()).unwrap();
+        assert_eq!(
+            t.insert(b"etc/passwd", Meta::default(), file()),
+            Err(TreeError::SymlinkParent("etc".into()))
+        );
+        assert_eq!(
+            t.insert(b"/abs", Meta::default(), file()),
+            Err(TreeError::Absolute)
+        );
+        assert_eq!(
+            t.link(b"a", b"missing"),
+            Err(TreeError::LinkTargetMissing("missing".into()))
+        );
+        assert_eq!(t.link(b"", b"etc"), Err(TreeError::LinkToRoot));
+        assert_eq!(
+            TreeError::NotDir("usr/bin".into()).to_string(),
+            "parent usr/bin is not a directory"
+        );
     }
 }
