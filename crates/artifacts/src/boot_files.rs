@@ -4,6 +4,18 @@
 
 use crate::rootfs::{display, Kind, Tree};
 
+/// Why an image has no bootable pair; each carries what `/boot` holds, for the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootFilesError {
+    #[error("no kernel (vmlinuz*, Image*, …) in /boot, nor a vmlinuz with an initramfs.img in /usr/lib/modules/VERSION; {listing}")]
+    NoKernel { listing: String },
+    #[error("no initrd (initrd*, initramfs*) in /boot; {listing}")]
+    NoInitrd { listing: String },
+    /// The pick is a directory or device, not a file (a symlink in `/boot` led there).
+    #[error("{name} is not a file")]
+    NotAFile { name: String },
+}
+
 /// Splits a name into runs of digits and non-digits and compares digit runs by value, so
 /// `vmlinuz-6.1.0-10` sorts after `vmlinuz-6.1.0-9`.
 pub fn version_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
@@ -85,7 +97,7 @@ impl Tree {
     ///
     /// Backups (`.old`, `.bak`, `~`) never win. Symlinks resolve inside the image. The error
     /// lists what `/boot` holds.
-    pub fn boot_files(&self) -> Result<BootPick, String> {
+    pub fn boot_files(&self) -> Result<BootPick, BootFilesError> {
         let listing = || -> String {
             let names: Vec<String> = self
                 .resolve(b"/boot", true)
@@ -122,18 +134,12 @@ impl Tree {
         let kernels = candidates(&KERNEL_PREFIXES);
         let initrds = candidates(&INITRD_PREFIXES);
         let Some(newest) = kernels.last().cloned() else {
-            return self.modules_pair().ok_or_else(|| {
-                format!(
-                    "no kernel (vmlinuz*, Image*, …) in /boot, nor a vmlinuz with an initramfs.img in /usr/lib/modules/VERSION; {}",
-                    listing()
-                )
-            });
+            return self
+                .modules_pair()
+                .ok_or_else(|| BootFilesError::NoKernel { listing: listing() });
         };
         let Some(newest_initrd) = initrds.last().cloned() else {
-            return Err(format!(
-                "no initrd (initrd*, initramfs*) in /boot; {}",
-                listing()
-            ));
+            return Err(BootFilesError::NoInitrd { listing: listing() });
         };
         let version = |name: &[u8], prefixes: &[&str]| -> Vec<u8> {
             let v = version_of(name, prefixes).unwrap_or_default();
@@ -357,5 +363,28 @@ mod tests {
             "backups rank lowest"
         );
         assert_eq!(names[2], b"", "then the unversioned name");
+    }
+
+    #[test]
+    fn a_missing_half_is_named_with_what_boot_holds() {
+        let mut t = Tree::new();
+        assert_eq!(
+            t.boot_files().err(),
+            Some(BootFilesError::NoKernel {
+                listing: "/boot is missing or empty".into()
+            })
+        );
+        let file = || Kind::File(FileData::default());
+        t.insert(b"boot/vmlinuz-6.1.0-9", Meta::default(), file())
+            .unwrap();
+        t.insert(b"boot/config-6.1.0-9", Meta::default(), file())
+            .unwrap();
+        let e = t.boot_files().err().unwrap();
+        assert!(matches!(e, BootFilesError::NoInitrd { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("/boot holds: config-6.1.0-9, vmlinuz-6.1.0-9"),
+            "{e}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::boot_files::BootPick;
+use crate::boot_files::{BootFilesError, BootPick};
 use crate::oci::{LayerBlob, OciError};
 use crate::rootfs::{Kind, MergeError, Meta, Tree, TreeError};
 use crate::squashfs::{AddError, Compression, Image, Writer};
@@ -29,7 +29,7 @@ pub enum BuildError {
     #[error(transparent)]
     Oci(#[from] OciError),
     #[error("the image has no usable kernel or initrd: {0}")]
-    Boot(String),
+    Boot(#[from] BootFilesError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     /// A file of a directory source that cannot go into the image.
@@ -322,10 +322,9 @@ fn finish(
 
 fn write_out(image: &Image, tree: &Tree, id: usize, dest: &Path) -> Result<(), BuildError> {
     let Kind::File(fd) = &tree.inodes[id].kind else {
-        return Err(BuildError::Boot(format!(
-            "{} is not a file",
-            dest.display()
-        )));
+        return Err(BuildError::Boot(BootFilesError::NotAFile {
+            name: dest.display().to_string(),
+        }));
     };
     let mut f = io::BufWriter::new(File::create(dest).map_err(io_at(dest))?);
     image.read_file(fd, &mut f).map_err(io_at(dest))?;
