@@ -139,17 +139,19 @@ pub fn open_iso(
     state_dir: &Path,
     fetch: &mut dyn FnMut(Fetch),
 ) -> Result<BootSet, SourceError> {
-    let (path, name) = if is_url(source) {
-        let store = Store::open(state_dir)?;
-        let path = download_iso(source, &store, fetch)?;
-        (path, url_file_name(source))
-    } else {
-        let path = PathBuf::from(source);
-        let name = path
-            .file_name()
-            .map_or_else(|| "image.iso".into(), |n| n.to_string_lossy().into_owned());
-        (path, name)
-    };
+    if !is_url(source) {
+        return from_iso_file(PathBuf::from(source));
+    }
+    let store = Store::open(state_dir)?;
+    let path = download_iso(source, &store, fetch)?;
+    from_iso(path, url_file_name(source))
+}
+
+/// The boot files of an ISO on disk, known by its own file name.
+pub fn from_iso_file(path: PathBuf) -> Result<BootSet, SourceError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "image.iso".into(), |n| n.to_string_lossy().into_owned());
     from_iso(path, name)
 }
 

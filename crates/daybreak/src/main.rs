@@ -488,11 +488,7 @@ fn main() -> ExitCode {
                     "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
                     a.squashfs.display()
                 );
-                let name = a
-                    .squashfs
-                    .file_name()
-                    .map_or_else(|| "image.iso".into(), |n| n.to_string_lossy().into_owned());
-                match artifacts::source::from_iso(a.squashfs, name) {
+                match artifacts::source::from_iso_file(a.squashfs) {
                     Ok(set) => PlanInput {
                         set: Some(set),
                         ..Default::default()
