@@ -83,7 +83,7 @@ fn discover(xid: u32) -> Vec<u8> {
         (xid >> 8) as u8,
         xid as u8,
     ];
-    storm::request(MessageType::Discover, xid, mac)
+    storm::request(MessageType::Discover, xid, mac, Ipv4Addr::UNSPECIFIED)
 }
 
 fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
@@ -181,13 +181,26 @@ fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // TFTP: ROUNDS rounds of CLIENTS concurrent downloads, each checking it got SIZE bytes.
 
+/// How a client waits for an answer: `timeout` per try, `tries` tries in all.
+#[derive(Clone, Copy)]
+struct Retry {
+    timeout: Duration,
+    tries: u32,
+}
+
+/// The throughput bench's client: quick to notice a loss (no loss is expected there).
+const QUICK_RETRY: Retry = Retry {
+    timeout: Duration::from_secs(1),
+    tries: 6,
+};
+
 async fn tftp_one(
     server: SocketAddr,
     bind: Ipv4Addr,
     file: &str,
+    (blksize, windowsize): (u16, u16),
     size: usize,
-    blksize: u16,
-    windowsize: u16,
+    retry: Retry,
 ) -> Result<usize> {
     use tftp::packet::{ack, rrq, Packet};
     let sock = tokio::net::UdpSocket::bind((bind, 0)).await?;
@@ -208,22 +221,21 @@ async fn tftp_one(
     let mut in_window = 0u16;
     let mut retries = 0;
     loop {
-        let (n, from) =
-            match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    retries += 1;
-                    if retries > 5 {
-                        bail!("timed out after {got} bytes");
-                    }
-                    match peer {
-                        None => sock.send_to(&request, server).await?,
-                        Some(p) => sock.send_to(&ack(expect.wrapping_sub(1)), p).await?,
-                    };
-                    in_window = 0;
-                    continue;
+        let (n, from) = match tokio::time::timeout(retry.timeout, sock.recv_from(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                retries += 1;
+                if retries >= retry.tries {
+                    bail!("timed out after {got} bytes");
                 }
-            };
+                match peer {
+                    None => sock.send_to(&request, server).await?,
+                    Some(p) => sock.send_to(&ack(expect.wrapping_sub(1)), p).await?,
+                };
+                in_window = 0;
+                continue;
+            }
+        };
         retries = 0;
         if peer.is_some_and(|p| p != from) {
             continue;
@@ -297,9 +309,9 @@ fn tftp_load(
                         server,
                         storm::address(1, (round * clients + c) % 1000),
                         &file,
+                        (blksize, windowsize),
                         size,
-                        blksize,
-                        windowsize,
+                        QUICK_RETRY,
                     )
                     .await
                     {

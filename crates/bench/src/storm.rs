@@ -1,5 +1,6 @@
 //! A boot storm: N simulated machines powered on at once, each doing what UEFI firmware and
-//! iPXE do, from an address of its own: DISCOVER (answered by ProxyDHCP), REQUEST to port 4011,
+//! iPXE do, from an address of its own: DISCOVER (answered by ProxyDHCP), REQUEST to port 4011
+//! (from its address, which it names in `ciaddr`, as firmware does once it has a lease),
 //! the EFI loader over TFTP (blksize 1468, windowsize 4, tsize), then over HTTP the boot
 //! script, kernel, initrd and squashfs, each checked whole. And a flood to run beside it:
 //! forged TFTP requests never acknowledged and idle TCP connections, from many addresses.
@@ -17,6 +18,13 @@ use anyhow::{bail, Context, Result};
 use pxe::message::{Message, MessageType};
 use tokio::sync::oneshot;
 
+/// How EDK2's PXE waits for a TFTP answer (`PXEBC_MTFTP_TIMEOUT`, `PXEBC_MTFTP_RETRIES`): 4 s
+/// a try, 6 tries. A request the server leaves unanswered because it is full is asked again.
+const EDK2_RETRY: crate::Retry = crate::Retry {
+    timeout: Duration::from_secs(4),
+    tries: 6,
+};
+
 /// The address of machine `i` in a block of addresses starting at 10.79.`first`.1.
 pub fn address(first: u8, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 79, first + (i / 250) as u8, (i % 250) as u8 + 1)
@@ -26,8 +34,8 @@ const PHASES: [&str; 7] = [
     "dhcp", "pxe4011", "tftp", "script", "kernel", "initrd", "rootfs",
 ];
 
-/// What EDK2 sends: a DISCOVER, or the REQUEST to port 4011 with its boot item.
-pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6]) -> Vec<u8> {
+/// What EDK2 sends: a DISCOVER, or the REQUEST to port 4011 with its boot item, from `ciaddr`.
+pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr) -> Vec<u8> {
     let mut chaddr = [0u8; 16];
     chaddr[..6].copy_from_slice(&mac);
     let mut options = vec![
@@ -48,7 +56,7 @@ pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6]) -> Vec<u8> {
         xid,
         secs: 0,
         flags: 0x8000,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
+        ciaddr,
         yiaddr: Ipv4Addr::UNSPECIFIED,
         siaddr: Ipv4Addr::UNSPECIFIED,
         giaddr: Ipv4Addr::UNSPECIFIED,
@@ -79,6 +87,33 @@ async fn exchange(
         }
     }
     waiting.lock().unwrap().remove(&xid);
+    bail!("no answer from {to}")
+}
+
+/// The port 4011 exchange, from the machine's own address (port 68, beside the shared socket
+/// that hears broadcasts), with the same retries.
+async fn exchange_4011(
+    src: Ipv4Addr,
+    to: SocketAddrV4,
+    packet: &[u8],
+    xid: u32,
+) -> Result<Message> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddrV4::new(src, 68).into())?;
+    let sock = tokio::net::UdpSocket::from_std(s.into())?;
+    let mut buf = [0u8; 1500];
+    for wait in [1, 2, 4, 4] {
+        sock.send_to(packet, to).await?;
+        let end = tokio::time::Instant::now() + Duration::from_secs(wait);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(end, sock.recv(&mut buf)).await {
+            match Message::decode(&buf[..n]) {
+                Ok(m) if m.op == 2 && m.xid == xid => return Ok(m),
+                _ => {}
+            }
+        }
+    }
     bail!("no answer from {to}")
 }
 
@@ -133,7 +168,7 @@ async fn machine(
         &sock,
         &waiting,
         SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
-        &request(MessageType::Discover, xid, mac),
+        &request(MessageType::Discover, xid, mac, Ipv4Addr::UNSPECIFIED),
         xid,
     )
     .await
@@ -142,11 +177,10 @@ async fn machine(
         bail!("offer names {:?}", String::from_utf8_lossy(&offer.file));
     }
     phase(0, &mut t);
-    let ack = exchange(
-        &sock,
-        &waiting,
+    let ack = exchange_4011(
+        src,
         SocketAddrV4::new(server, 4011),
-        &request(MessageType::Request, xid, mac),
+        &request(MessageType::Request, xid, mac, src),
         xid,
     )
     .await
@@ -159,9 +193,9 @@ async fn machine(
         SocketAddr::from((server, 69)),
         src,
         "ipxe.efi",
+        (1468, 4),
         sizes[0],
-        1468,
-        4,
+        EDK2_RETRY,
     )
     .await
     .context("TFTP")?;
@@ -211,16 +245,16 @@ fn peak_of(pid: u32, peak_rss: &AtomicU64, peak_fds: &AtomicU64) {
     peak_fds.fetch_max(fds, Ordering::Relaxed);
 }
 
-/// Datagrams the kernel dropped on the server's UDP 67 and 4011 sockets (from its namespace's
-/// /proc/PID/net/udp, last column).
-fn udp_drops(pid: u32) -> u64 {
+/// Datagrams the kernel dropped on the server's UDP sockets bound to `ports` (`:0043` is 67;
+/// from its namespace's /proc/PID/net/udp, last column).
+fn udp_drops(pid: u32, ports: &[&str]) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
         .unwrap_or_default()
         .lines()
         .skip(1)
         .filter(|l| {
             let local = l.split_whitespace().nth(1).unwrap_or("");
-            local.ends_with(":0043") || local.ends_with(":0FAB")
+            ports.iter().any(|p| local.ends_with(p))
         })
         .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
         .sum()
@@ -243,7 +277,9 @@ pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u3
             }
         })
     };
-    let drops_before = udp_drops(pid);
+    const DHCP: &[&str] = &[":0043", ":0FAB"];
+    const TFTP: &[&str] = &[":0045"];
+    let drops_before = (udp_drops(pid, DHCP), udp_drops(pid, TFTP));
     let start = Instant::now();
     let results = rt.block_on(async {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
@@ -318,10 +354,12 @@ pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u3
     }
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
     let mut line = format!(
-        "machines={n} failed={failed} seconds={secs:.2} peak_rss_kib={} peak_fds={} dhcp_drops={}",
+        "machines={n} failed={failed} seconds={secs:.2} peak_rss_kib={} peak_fds={} dhcp_drops={} \
+         tftp_drops={}",
         peak_rss.load(Ordering::Relaxed),
         peak_fds.load(Ordering::Relaxed),
-        udp_drops(pid).saturating_sub(drops_before),
+        udp_drops(pid, DHCP).saturating_sub(drops_before.0),
+        udp_drops(pid, TFTP).saturating_sub(drops_before.1),
     );
     total.sort();
     line += &format!(

@@ -16,6 +16,8 @@ use tokio::sync::broadcast;
 
 /// Addresses remembered; past this the oldest are forgotten (a LAN has far fewer machines).
 const MAX_LEASES: usize = 65_536;
+/// How long after its PXE exchange an address counts as a machine booting with us.
+const BOOTING: std::time::Duration = std::time::Duration::from_secs(600);
 /// Events kept for a subscriber that falls behind (it then skips ahead, and is told how far).
 const BACKLOG: usize = 4096;
 
@@ -94,6 +96,13 @@ impl Hub {
     pub fn mac_of(&self, ip: IpAddr) -> Option<String> {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         l.get(&ip).map(|(m, _)| m.clone())
+    }
+
+    /// Whether a machine took `ip` in a PXE exchange (or named it in a script request) within
+    /// the last few minutes: TFTP keeps such a client's transfer when forged requests crowd in.
+    pub fn booting(&self, ip: IpAddr) -> bool {
+        let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        l.get(&ip).is_some_and(|(_, t)| t.elapsed() < BOOTING)
     }
 
     /// Records a step: the MAC is the one given, else the one known for `ip`.

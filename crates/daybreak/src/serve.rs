@@ -238,11 +238,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
     }
     match counters {
-        Some((dhcp_stats, tftp_stats)) => tracing::info!(
+        Some((dhcp_stats, tftp_stats)) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
             dhcp = ?dhcp_stats.snapshot(),
-            tftp_completed = tftp_stats.completed.load(std::sync::atomic::Ordering::Relaxed),
+            tftp_completed = tftp_stats.completed.load(Relaxed),
+            tftp_evicted = tftp_stats.evicted.load(Relaxed),
+            tftp_busy = tftp_stats.busy.load(Relaxed),
+            tftp_rate_limited = tftp_stats.rate_limited.load(Relaxed),
             "stopped"
-        ),
+            )
+        }
         None => tracing::info!("stopped"),
     }
     Ok(())
@@ -506,6 +512,10 @@ async fn start_netboot(
         {
             let hub = hub.clone();
             Arc::new(move |r| hub.on_tftp(r))
+        },
+        {
+            let hub = hub.clone();
+            Arc::new(move |ip| hub.booting(ip))
         },
     ));
     for (sock, port) in dhcp_sockets {

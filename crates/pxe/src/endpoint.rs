@@ -63,8 +63,10 @@ pub enum Dropped {
     Ignored(Ignored),
 }
 
-/// The decision for one datagram, and the address the sender told the network's DHCP server it
-/// takes, if it did (a DHCPREQUEST seen on port 67: see [`lease`]).
+/// The decision for one datagram, and the address the sender holds, if it said so: a DHCPREQUEST
+/// to the network's DHCP server seen on port 67 (see [`lease`]), or a request to port 4011
+/// answered here, sent from the address in its `ciaddr` (as firmware does once it has a lease;
+/// also the only sign of a client behind a relay).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handled {
     pub outcome: Result<Transmit, Dropped>,
@@ -141,6 +143,13 @@ pub fn handle(
                 reply,
             }
         });
+    let lease = lease.or_else(|| {
+        let from_itself = port == Port::ProxyBoot
+            && outcome.is_ok()
+            && msg.ciaddr == *d.source.ip()
+            && crate::routable_unicast(msg.ciaddr);
+        from_itself.then(|| (msg.mac_string(), msg.ciaddr))
+    });
     Handled { outcome, lease }
 }
 
@@ -336,5 +345,35 @@ mod tests {
             no_lookup,
         );
         assert!(matches!(h.outcome, Err(Dropped::Malformed(_))));
+    }
+
+    #[test]
+    fn a_request_to_4011_from_its_own_address_teaches_the_address() {
+        let opts: &[(u8, &[u8])] = &[
+            (60, b"PXEClient:Arch:00007:UNDI:003000"),
+            (93, &[0, 7]),
+            (94, &[1, 3, 0]),
+        ];
+        let req = request(3, [0; 4], [10, 0, 0, 77], opts);
+        let h = handle(
+            &at(&req, ([10, 0, 0, 77], 68), 1, [10, 0, 0, 2]),
+            Port::ProxyBoot,
+            &settings(),
+            no_lookup,
+        );
+        assert!(h.outcome.is_ok(), "{:?}", h.outcome);
+        assert_eq!(
+            h.lease,
+            Some(("52:54:00:12:34:56".into(), Ipv4Addr::new(10, 0, 0, 77)))
+        );
+        // A ciaddr other than the sender's is a claim about someone else: not learned.
+        let h = handle(
+            &at(&req, ([10, 0, 0, 78], 68), 1, [10, 0, 0, 2]),
+            Port::ProxyBoot,
+            &settings(),
+            no_lookup,
+        );
+        assert!(h.outcome.is_ok());
+        assert_eq!(h.lease, None);
     }
 }

@@ -9,6 +9,23 @@
 //! address, and new requests per source address per second (a token bucket), so a flood of
 //! forged requests neither exhausts descriptors nor turns the server into an amplifier.
 //!
+//! At a cap, a transfer whose client has not answered yet may make room: a real client answers
+//! our first packet within milliseconds, a forged request never does. But a real client's
+//! transfer is as unanswered as a forged one between our first packet and its acknowledgement
+//! (longer on a saturated server), and a client whose transfer is ended then is lost for good:
+//! it has our first packet and keeps answering a port that is gone, it does not ask again. So
+//! the driver also says whether the address is *known*: one that a machine just took in a PXE
+//! exchange with us (its DHCPREQUEST, or its request to port 4011), and
+//! - a known client's transfer is never evicted: it ends on its own timeout if it never answers;
+//! - an unknown one is evicted for a known client's request at once, and for an unknown
+//!   client's request once it has had [`Budget::grace`] to answer;
+//! - otherwise the request gets no answer (`Busy`) and the client asks again after its timeout.
+//!
+//! So forged requests cannot push a booting machine out, a storm of real machines larger than
+//! the cap queues on its own retries instead of evicting itself, and a flood from addresses
+//! nobody knows cannot hold the server for longer than the grace. (Where TFTP clients never
+//! talk to our ProxyDHCP, every client is unknown and the grace alone applies.)
+//!
 //! The same request again is the subtle case. Before the client has acknowledged anything it
 //! is a client that missed our first packet, or UEFI asking again right after aborting its size
 //! probe (ERROR 8 on the transfer socket, then the same RRQ here, in either order): both want a
@@ -33,6 +50,9 @@ pub struct Budget {
     pub requests_per_second: f64,
     /// …and in a burst.
     pub burst: f64,
+    /// How long an unknown client's transfer may go unanswered before an unknown client's new
+    /// request may end it to make room.
+    pub grace: Duration,
     /// Addresses whose request rate is remembered; past this, idle ones are forgotten first and
     /// requests from new addresses are dropped while none is idle.
     pub tracked_addresses: usize,
@@ -45,6 +65,7 @@ impl Default for Budget {
             max_per_address: 4,
             requests_per_second: 4.0,
             burst: 8.0,
+            grace: Duration::from_secs(1),
             tracked_addresses: 16_384,
         }
     }
@@ -71,6 +92,8 @@ pub enum Action {
     Start {
         id: u64,
         stop: Vec<u64>,
+        /// How many of `stop` were evicted to make room (the rest were replaced).
+        evicted: usize,
         transfer: Box<Transfer>,
         send: Vec<Vec<u8>>,
     },
@@ -83,6 +106,7 @@ struct Session {
     id: u64,
     request: Vec<u8>,
     confirmed: bool,
+    known: bool,
     started: Instant,
 }
 
@@ -117,12 +141,14 @@ impl Endpoint {
         self.sessions.len()
     }
 
-    /// A datagram from `peer` on the listening port. `lookup` finds a file by its normalised name.
+    /// A datagram from `peer` on the listening port. `known`: the address belongs to a machine
+    /// that booted with us (see the module docs). `lookup` finds a file by its normalised name.
     pub fn on_request(
         &mut self,
         peer: SocketAddr,
         request: &[u8],
         now: Instant,
+        known: bool,
         lookup: impl FnOnce(&str) -> Option<Arc<[u8]>>,
     ) -> Action {
         let replaces = match self.sessions.get(&peer) {
@@ -139,26 +165,34 @@ impl Endpoint {
         match Transfer::start(request, lookup, &self.limits, now, &mut send) {
             Ok(transfer) => {
                 let mut stop = Vec::new();
+                let mut evicted = 0;
                 if let Some(old) = replaces {
                     self.on_finished(peer, old);
                     stop.push(old);
                 } else {
                     // At a cap, a transfer whose client never answered (a forged request, most
-                    // likely) makes room; only clients that answer can fill the server.
-                    let full_here = self.per_address.get(&peer.ip()).copied().unwrap_or(0)
+                    // likely) may make room (see the module docs). From one address, the oldest
+                    // such transfer of that address goes: the same machine, or the same forger.
+                    let ip = peer.ip();
+                    let full_here = self.per_address.get(&ip).copied().unwrap_or(0)
                         >= self.budget.max_per_address;
                     if full_here {
-                        match self.evict_unconfirmed(Some(peer.ip())) {
+                        match self.evict_unconfirmed(|p, _| p.ip() == ip) {
                             Some(id) => stop.push(id),
                             None => return Action::Ignore(Ignored::Busy),
                         }
                     }
                     if self.sessions.len() >= self.budget.max_transfers {
-                        match self.evict_unconfirmed(None) {
+                        let grace = self.budget.grace;
+                        let evictable = |_: &SocketAddr, s: &Session| {
+                            !s.known && (known || now.saturating_duration_since(s.started) >= grace)
+                        };
+                        match self.evict_unconfirmed(evictable) {
                             Some(id) => stop.push(id),
                             None => return Action::Ignore(Ignored::Busy),
                         }
                     }
+                    evicted = stop.len();
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -168,6 +202,7 @@ impl Endpoint {
                         id,
                         request: request.to_vec(),
                         confirmed: false,
+                        known,
                         started: now,
                     },
                 );
@@ -175,6 +210,7 @@ impl Endpoint {
                 Action::Start {
                     id,
                     stop,
+                    evicted,
                     transfer: Box::new(transfer),
                     send,
                 }
@@ -183,12 +219,12 @@ impl Endpoint {
         }
     }
 
-    /// Ends the oldest transfer (of `of`, or of anyone) whose client has not answered yet.
-    fn evict_unconfirmed(&mut self, of: Option<IpAddr>) -> Option<u64> {
+    /// Ends the oldest transfer whose client has not answered yet, among those `may_go`.
+    fn evict_unconfirmed(&mut self, may_go: impl Fn(&SocketAddr, &Session) -> bool) -> Option<u64> {
         let (peer, id) = self
             .sessions
             .iter()
-            .filter(|(p, s)| !s.confirmed && of.is_none_or(|ip| p.ip() == ip))
+            .filter(|(p, s)| !s.confirmed && may_go(p, s))
             .min_by_key(|(_, s)| (s.started, s.id))
             .map(|(p, s)| (*p, s.id))?;
         self.on_finished(peer, id);
@@ -273,10 +309,10 @@ mod tests {
         let now = Instant::now();
         let peer = addr(1, 1000);
         let req = rrq("ipxe.efi", "octet", &[("tsize", "0"), ("blksize", "1468")]);
-        let probe = started(&e.on_request(peer, &req, now, |_| file()));
+        let probe = started(&e.on_request(peer, &req, now, false, |_| file()));
         // UEFI aborts after the OACK and asks again: a fresh transfer replaces the probe,
         // whichever of the ERROR and the new RRQ is seen first.
-        let a = e.on_request(peer, &req, now, |_| file());
+        let a = e.on_request(peer, &req, now, false, |_| file());
         assert!(matches!(&a, Action::Start { stop, .. } if stop == &[probe]));
         let real = started(&a);
         assert_eq!(e.transfers(), 1);
@@ -285,13 +321,13 @@ mod tests {
         // Once data flows, the same request again is a stale retransmission.
         e.on_confirmed(peer, real);
         assert!(matches!(
-            e.on_request(peer, &req, now, |_| file()),
+            e.on_request(peer, &req, now, false, |_| file()),
             Action::Ignore(Ignored::Duplicate)
         ));
         // Another request from the same port moves on to it.
         let other = rrq("undionly.kpxe", "octet", &[]);
         assert!(matches!(
-            e.on_request(peer, &other, now, |_| file()),
+            e.on_request(peer, &other, now, false, |_| file()),
             Action::Start { stop, .. } if stop == [real]
         ));
         e.on_finished(peer, real + 1);
@@ -306,7 +342,7 @@ mod tests {
         let (mut starts, mut evicting, mut dropped) = (0, 0, 0);
         let mut ids = Vec::new();
         for port in 0..1200u16 {
-            match e.on_request(addr(1, 2000 + port), &req, now, |_| file()) {
+            match e.on_request(addr(1, 2000 + port), &req, now, false, |_| file()) {
                 Action::Start { stop, id, .. } => {
                     starts += 1;
                     evicting += stop.len();
@@ -328,54 +364,126 @@ mod tests {
             e.on_confirmed(addr(1, 2000 + port), *id);
         }
         let later = now + Duration::from_secs(1);
-        let a = e.on_request(addr(1, 9999), &req, later, |_| file());
+        let a = e.on_request(addr(1, 9999), &req, later, false, |_| file());
         assert!(matches!(&a, Action::Ignore(Ignored::Busy)), "{a:?}");
     }
 
+    fn capped(max_transfers: usize) -> Endpoint {
+        Endpoint::new(
+            Limits::default(),
+            Budget {
+                max_transfers,
+                ..Budget::default()
+            },
+        )
+    }
+
     #[test]
-    fn many_addresses_share_the_total_cap() {
-        let budget = Budget {
-            max_transfers: 100,
-            ..Budget::default()
-        };
-        let mut e = Endpoint::new(Limits::default(), budget);
+    fn clients_that_answer_fill_the_server_and_the_rest_wait() {
+        let mut e = capped(100);
         let now = Instant::now();
         let req = rrq("ipxe.efi", "octet", &[]);
-        // 100 clients that answer fill the server; then requests get no answer and are asked again later.
         for i in 0..100 {
-            let id = started(&e.on_request(addr(i, 1000), &req, now, |_| file()));
+            let id = started(&e.on_request(addr(i, 1000), &req, now, false, |_| file()));
             e.on_confirmed(addr(i, 1000), id);
         }
+        let later = now + Duration::from_secs(60);
         for i in 100..300 {
-            match e.on_request(addr(i, 1000), &req, now, |_| file()) {
+            let a = e.on_request(addr(i, 1000), &req, later, true, |_| file());
+            assert!(matches!(a, Action::Ignore(Ignored::Busy)), "{a:?}");
+        }
+        assert_eq!(e.transfers(), 100);
+    }
+
+    #[test]
+    fn forged_requests_make_room_for_each_other_only_after_the_grace() {
+        let mut e = capped(100);
+        let now = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[]);
+        let (mut starts, mut busy) = (Vec::new(), 0);
+        for i in 0..1000 {
+            match e.on_request(addr(i, 1000), &req, now, false, |_| file()) {
+                Action::Start { id, stop, .. } => {
+                    assert!(stop.is_empty());
+                    starts.push(id);
+                }
+                Action::Ignore(Ignored::Busy) => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((starts.len(), busy), (100, 900));
+        let grace = Budget::default().grace;
+        let a = e.on_request(addr(5000, 1), &req, now + grace, false, |_| file());
+        assert!(
+            matches!(&a, Action::Start { stop, evicted: 1, .. } if stop == &[starts[0]]),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_flood_from_unknown_addresses_cannot_push_out_a_booting_machine() {
+        let mut e = capped(10);
+        let now = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[]);
+        // Three machines that just did their PXE exchange ask first; their acknowledgements
+        // are still on the way while forged requests arrive for five seconds.
+        let machines: Vec<u64> = (0..3)
+            .map(|i| started(&e.on_request(addr(i, 1000), &req, now, true, |_| file())))
+            .collect();
+        let mut evicted = Vec::new();
+        for i in 0..1000u32 {
+            let at = now + Duration::from_millis(u64::from(i) * 5);
+            if let Action::Start { stop, .. } =
+                e.on_request(addr(100 + i, 1000), &req, at, false, |_| file())
+            {
+                evicted.extend(stop);
+            }
+        }
+        assert!(!evicted.is_empty(), "the flood made room for itself");
+        assert!(
+            evicted.iter().all(|id| !machines.contains(id)),
+            "{evicted:?}"
+        );
+        assert_eq!(e.transfers(), 10);
+        // Another machine gets a slot at once: the oldest forged transfer makes room.
+        let at = now + Duration::from_millis(5000);
+        let a = e.on_request(addr(7, 1000), &req, at, true, |_| file());
+        assert!(matches!(&a, Action::Start { evicted: 1, .. }), "{a:?}");
+    }
+
+    #[test]
+    fn a_storm_larger_than_the_cap_waits_instead_of_evicting_itself() {
+        let mut e = capped(10);
+        let now = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[]);
+        let mut running = Vec::new();
+        for i in 0..30 {
+            match e.on_request(addr(i, 1000), &req, now, true, |_| file()) {
+                Action::Start { id, stop, .. } => {
+                    assert!(stop.is_empty());
+                    running.push((i, id));
+                }
                 Action::Ignore(Ignored::Busy) => {}
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(e.transfers(), 100);
-        // Forged requests from many addresses cannot lock a real client out: each new request
-        // evicts the oldest transfer nobody answered.
-        let mut e = Endpoint::new(
-            Limits::default(),
-            Budget {
-                max_transfers: 100,
-                ..Budget::default()
-            },
-        );
-        for i in 0..1000 {
-            let a = e.on_request(addr(i, 1000), &req, now, |_| file());
-            assert!(matches!(a, Action::Start { .. }), "{a:?}");
-        }
-        assert_eq!(e.transfers(), 100);
-        let real = e.on_request(addr(5000, 1), &req, now, |_| file());
-        assert!(matches!(&real, Action::Start { stop, .. } if stop.len() == 1));
+        assert_eq!(running.len(), 10);
+        // Even long after, a machine's unanswered transfer is left to its own timeout…
+        let later = now + Duration::from_secs(30);
+        let a = e.on_request(addr(10, 1000), &req, later, true, |_| file());
+        assert!(matches!(a, Action::Ignore(Ignored::Busy)), "{a:?}");
+        // …and when one ends, the next machine to ask again gets its slot.
+        let (i, id) = running[0];
+        e.on_finished(addr(i, 1000), id);
+        let a = e.on_request(addr(10, 1000), &req, later, true, |_| file());
+        assert!(matches!(a, Action::Start { evicted: 0, .. }), "{a:?}");
     }
 
     #[test]
     fn refusals_come_back_without_a_transfer() {
         let mut e = Endpoint::new(Limits::default(), Budget::default());
         let now = Instant::now();
-        let a = e.on_request(addr(1, 1), &rrq("nope", "octet", &[]), now, |_| None);
+        let a = e.on_request(addr(1, 1), &rrq("nope", "octet", &[]), now, false, |_| None);
         match a {
             Action::Refuse(r) => assert!(matches!(
                 Packet::parse(&r.packet),
@@ -397,13 +505,13 @@ mod tests {
         let now = Instant::now();
         let req = rrq("nope", "octet", &[]);
         for i in 0..5000 {
-            let _ = e.on_request(addr(i, 1), &req, now, |_| None);
+            let _ = e.on_request(addr(i, 1), &req, now, false, |_| None);
         }
         assert!(e.buckets.len() <= 1000);
         // Once they have been quiet long enough, new addresses are served again.
         let later = now + refill_time(&budget) + Duration::from_millis(1);
         assert!(matches!(
-            e.on_request(addr(999_999, 1), &req, later, |_| None),
+            e.on_request(addr(999_999, 1), &req, later, false, |_| None),
             Action::Refuse(_)
         ));
     }

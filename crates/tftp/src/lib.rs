@@ -20,5 +20,5 @@ pub mod server;
 pub mod transfer;
 
 pub use endpoint::Budget;
-pub use server::{log_report, run, Files, Listener, Outcome, Report, Reports, Stats};
+pub use server::{log_report, run, Files, Known, Listener, Outcome, Report, Reports, Stats};
 pub use transfer::{Limits, Status, Transfer};

@@ -32,6 +32,8 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Left unanswered while every transfer slot was in use.
     pub busy: AtomicU64,
+    /// Transfers whose client had not answered yet, ended to make room for a new request.
+    pub evicted: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
 
@@ -133,6 +135,10 @@ pub enum Outcome {
 /// Where [`Report`]s go.
 pub type Reports = Arc<dyn Fn(Report) + Send + Sync>;
 
+/// Whether an address belongs to a machine that just booted with us (a PXE exchange): such a
+/// client's transfer is not evicted for a request from an address nobody knows.
+pub type Known = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// The log lines of a transfer's end; `mac` is the client's, when the caller knows it.
 pub fn log_report(r: &Report, mac: Option<&str>) {
     let file = shown(&r.file);
@@ -174,6 +180,7 @@ pub async fn run<L: Listener>(
     budget: Budget,
     stats: Arc<Stats>,
     reports: Reports,
+    known: Known,
 ) {
     let bound_ip = socket.local_ip();
     let mut endpoint = Endpoint::new(limits, budget);
@@ -203,13 +210,28 @@ pub async fn run<L: Listener>(
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let request = &buf[..n];
-        match endpoint.on_request(peer, request, Instant::now(), |name| lookup(&files, name)) {
+        let is_known = known(peer.ip());
+        match endpoint.on_request(peer, request, Instant::now(), is_known, |name| {
+            lookup(&files, name)
+        }) {
             Action::Start {
                 id,
                 stop,
+                evicted,
                 transfer,
                 send,
             } => {
+                if evicted > 0 {
+                    let before = stats.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+                    if before / 1000 != (before + evicted as u64) / 1000 || before == 0 {
+                        tracing::warn!(
+                            client = %peer,
+                            evicted = before + evicted as u64,
+                            "tftp: every transfer slot is in use; transfers whose client never \
+                             answered make room (counted since start, logged once in a thousand)"
+                        );
+                    }
+                }
                 for h in stop.iter().filter_map(|old| tasks.remove(old)) {
                     h.abort();
                 }

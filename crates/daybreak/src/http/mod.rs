@@ -56,6 +56,10 @@ impl Default for Limits {
 
 struct Conn {
     ip: IpAddr,
+    /// From a machine booting with us (it did its PXE exchange moments ago).
+    known: bool,
+    /// It has sent a request: idle now means between requests, not before the first.
+    served: bool,
     /// Since when it waits for a request, if it does.
     idle_since: Option<Instant>,
     shed: CancellationToken,
@@ -70,16 +74,27 @@ struct Registry {
 }
 
 impl Registry {
-    /// Makes room for a connection from `ip` (shedding the oldest idle connection of that
-    /// address when it is at its cap, and of anyone when the server is) and registers it.
-    /// `None` when nothing could be shed.
-    fn admit(&mut self, ip: IpAddr, limits: &Limits) -> Option<(u64, CancellationToken)> {
+    /// Makes room for a connection from `ip` and registers it; `None` when nothing could be
+    /// shed. At an address's cap, that address's oldest idle connection goes. At the server's,
+    /// the oldest idle connection of an address nobody knows goes, else (for a `known` newcomer,
+    /// a booting machine) the oldest known one idle between requests. A booting machine's
+    /// connection that has not sent its first request yet is never shed: like a TFTP transfer
+    /// before its first ACK, it looks idle, but its request is on the way, and a flood of new
+    /// connections must not push it out.
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        known: bool,
+        limits: &Limits,
+    ) -> Option<(u64, CancellationToken)> {
         if self.per_address.get(&ip).copied().unwrap_or(0) >= limits.max_per_address
-            && !self.shed_oldest_idle(Some(ip))
+            && !self.shed_oldest_idle(|c| c.ip == ip)
         {
             return None;
         }
-        if self.conns.len() >= limits.max_connections && !self.shed_oldest_idle(None) {
+        if self.conns.len() >= limits.max_connections
+            && !self.shed_oldest_idle(|c| !c.known || (known && c.served))
+        {
             return None;
         }
         let id = self.next;
@@ -89,6 +104,8 @@ impl Registry {
             id,
             Conn {
                 ip,
+                known,
+                served: false,
                 idle_since: Some(Instant::now()),
                 shed: shed.clone(),
             },
@@ -97,15 +114,16 @@ impl Registry {
         Some((id, shed))
     }
 
-    fn shed_oldest_idle(&mut self, of: Option<IpAddr>) -> bool {
+    /// Sheds the idle connection `may_go` that is oldest, unknown ones first.
+    fn shed_oldest_idle(&mut self, may_go: impl Fn(&Conn) -> bool) -> bool {
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| of.is_none_or(|ip| c.ip == ip))
-            .filter_map(|(id, c)| Some((c.idle_since?, *id)))
+            .filter(|(_, c)| may_go(c))
+            .filter_map(|(id, c)| Some((c.known, c.idle_since?, *id)))
             .min();
         match oldest {
-            Some((_, id)) => {
+            Some((_, _, id)) => {
                 if let Some(c) = self.remove(id) {
                     c.shed.cancel();
                 }
@@ -118,6 +136,7 @@ impl Registry {
     fn set_idle(&mut self, id: u64, idle: bool) {
         if let Some(c) = self.conns.get_mut(&id) {
             c.idle_since = idle.then(Instant::now);
+            c.served |= !idle;
         }
     }
 
@@ -605,7 +624,8 @@ pub async fn serve<R: Router>(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some((id, shed)) = lock(&registry).admit(peer.ip(), &limits) else {
+                    let known = events.as_ref().is_some_and(|h| h.booting(peer.ip()));
+                    let Some((id, shed)) = lock(&registry).admit(peer.ip(), known, &limits) else {
                         // Full of busy connections: say so without waiting, and close.
                         let _ = stream.try_write(&simple(503, false, "Retry-After: 5\r\n"));
                         refused += 1;
@@ -646,6 +666,43 @@ pub async fn serve<R: Router>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_connections_make_room_but_a_booting_machine_s_new_connection_does_not() {
+        let limits = Limits {
+            max_connections: 4,
+            ..Limits::default()
+        };
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        let mut r = Registry::default();
+        // Two booting machines connect; one has sent a request and waits for its next one.
+        let (fresh, _) = r.admit(ip(1), true, &limits).unwrap();
+        let (between, _) = r.admit(ip(2), true, &limits).unwrap();
+        r.set_idle(between, false);
+        r.set_idle(between, true);
+        // A flood of idle connections from unknown addresses fills the rest and turns over
+        // among itself, oldest first.
+        let (f1, shed1) = r.admit(ip(100), false, &limits).unwrap();
+        assert!(r.admit(ip(101), false, &limits).is_some());
+        assert!(r.admit(ip(102), false, &limits).is_some());
+        assert!(shed1.is_cancelled(), "the oldest forged connection went");
+        assert!(!r.conns.contains_key(&f1));
+        for i in 103..200 {
+            assert!(r.admit(ip(i), false, &limits).is_some());
+        }
+        assert!(r.conns.contains_key(&fresh) && r.conns.contains_key(&between));
+        // A machine's new connection pushes out forged ones first.
+        let (m3, _) = r.admit(ip(3), true, &limits).unwrap();
+        let (m4, _) = r.admit(ip(4), true, &limits).unwrap();
+        assert!(r.conns.values().all(|c| c.known), "only machines are left");
+        // Now the flood gets nothing, and a machine only the idle keep-alive of another.
+        assert!(r.admit(ip(200), false, &limits).is_none());
+        assert!(r.admit(ip(5), true, &limits).is_some());
+        assert!(!r.conns.contains_key(&between));
+        assert!(r.conns.contains_key(&fresh) && r.conns.contains_key(&m3));
+        assert!(r.conns.contains_key(&m4));
+        assert!(r.admit(ip(6), true, &limits).is_none());
+    }
 
     #[test]
     fn client_text_is_escaped_for_logs() {
