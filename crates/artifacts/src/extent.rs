@@ -13,3 +13,12 @@ pub struct Extent {
 pub fn total(extents: &[Extent]) -> u64 {
     extents.iter().map(|e| e.len).sum()
 }
+
+impl From<iso9660::Extent> for Extent {
+    fn from(e: iso9660::Extent) -> Extent {
+        Extent {
+            offset: e.offset,
+            len: e.len,
+        }
+    }
+}

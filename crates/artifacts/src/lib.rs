@@ -1,4 +1,4 @@
-//! Sources to netboot artifacts: Kairos ISOs read without mounting ([`iso`]), OCI images merged
+//! Sources to netboot artifacts: Kairos ISOs read without mounting (the `iso9660` crate), OCI images merged
 //! from their layers ([`rootfs`]) into a squashfs ([`squashfs`]), and the atomic writes that land
 //! files in an output directory or the store ([`write`]).
 //!
@@ -11,7 +11,6 @@ pub mod digest;
 pub mod download;
 pub mod extent;
 pub mod image;
-pub mod iso;
 pub mod lock;
 pub mod oci;
 pub mod registry;
@@ -21,3 +20,5 @@ pub mod source;
 pub mod squashfs;
 pub mod store;
 pub mod write;
+
+pub use iso9660::{Iso, IsoError};

@@ -176,7 +176,7 @@ pub enum Source {
     Layout(PathBuf, Option<String>),
     /// A root filesystem directory, taken as is.
     Dir(PathBuf),
-    /// A Kairos ISO (read by [`crate::iso`]).
+    /// A Kairos ISO (read by [`crate::Iso`]).
     Iso(PathBuf),
 }
 

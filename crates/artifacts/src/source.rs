@@ -11,9 +11,9 @@ use crate::digest::hex;
 use crate::download::{self, DownloadError};
 use crate::extent::{self, Extent};
 use crate::image::{self, ImageError, Report, Request};
-use crate::iso::{Iso, IsoError};
 use crate::oci::{OciError, Source};
 use crate::store::{StateError, Store};
+use iso9660::{Entry, Iso, IsoError};
 
 /// One boot file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,16 +158,19 @@ pub fn from_iso_file(path: PathBuf) -> Result<BootSet, SourceError> {
 /// The boot files of an ISO on disk.
 pub fn from_iso(path: PathBuf, name: String) -> Result<BootSet, SourceError> {
     let iso = Iso::open(&path)?;
-    let f = iso.netboot_files()?;
-    let file = |e: &crate::iso::Entry, inside: &str| BootFile {
-        path: path.clone(),
-        extents: e.extents.clone(),
-        name: inside.to_string(),
+    // Where a Kairos ISO holds its netboot files.
+    let file = |inside: &str| -> Result<BootFile, IsoError> {
+        let e: Entry = iso.file(inside)?;
+        Ok(BootFile {
+            path: path.clone(),
+            extents: e.extents.into_iter().map(Extent::from).collect(),
+            name: inside.to_string(),
+        })
     };
     Ok(BootSet {
-        kernel: file(&f.kernel, "/boot/kernel"),
-        initrds: vec![file(&f.initrd, "/boot/initrd")],
-        rootfs: file(&f.rootfs, "/rootfs.squashfs"),
+        kernel: file("/boot/kernel")?,
+        initrds: vec![file("/boot/initrd")?],
+        rootfs: file("/rootfs.squashfs")?,
         origin: Origin::Iso {
             path: path.clone(),
             name,

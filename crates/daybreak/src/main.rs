@@ -483,7 +483,7 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         Some(Command::StartPixie(a)) => {
-            let plan = if artifacts::iso::Iso::open(&a.squashfs).is_ok() {
+            let plan = if artifacts::Iso::open(&a.squashfs).is_ok() {
                 eprintln!(
                     "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
                     a.squashfs.display()
@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn error_text_says_each_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
-        let e = anyhow::Error::new(artifacts::iso::IsoError::Io {
+        let e = anyhow::Error::new(artifacts::IsoError::Io {
             path: "/x.iso".into(),
             source: io,
         });

@@ -35,18 +35,7 @@ fn kairos_iso(tag: &str, drop_initrd: bool) -> Kairos {
         std::fs::write(root.join("boot/initrd"), &k.initrd).unwrap();
     }
     std::fs::write(root.join("rootfs.squashfs"), &k.rootfs).unwrap();
-    let out = output_within(
-        Command::new("xorriso")
-            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
-            .arg(&k.iso)
-            .arg(&root),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::mkisofs(&root, &k.iso, &["-R", "-J"]);
     k
 }
 

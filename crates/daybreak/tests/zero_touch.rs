@@ -491,13 +491,7 @@ fn kairos_iso(work: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
     std::fs::write(tree.join("boot/initrd"), &i).unwrap();
     std::fs::write(tree.join("rootfs.squashfs"), &r).unwrap();
     let iso = work.join("kairos.iso");
-    let st = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
-        .arg(&iso)
-        .arg(&tree)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    testkit::mkisofs(&tree, &iso, &["-R", "-J"]);
     (iso, k, i, r)
 }
 

@@ -1,9 +1,27 @@
 //! Test data shared by Daybreak's test suites: deterministic bytes, and tar layers built entry by
 //! entry, hostile entries included (tar's own builder refuses those, as it should).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use tar::EntryType;
+
+/// Writes `root` into the ISO 9660 image `out` with xorriso (volume id `KAIROS`), with
+/// `flags` choosing the naming schemes (`-R` Rock Ridge, `-J` Joliet, none for plain names).
+pub fn mkisofs(root: &Path, out: &Path, flags: &[&str]) {
+    let o = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "KAIROS"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(root)
+        .output()
+        .expect("xorriso runs");
+    assert!(
+        o.status.success(),
+        "xorriso failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {

@@ -8,6 +8,13 @@
 //! from the plain ISO 9660 records (`KERNEL.;1`, matched case-insensitively without the version).
 //! Everything read from the image is untrusted: every extent is checked against the file's size,
 //! recursion and symlink chains are bounded, and names are never used as host paths.
+//!
+//! ```no_run
+//! let iso = iso9660::Iso::open("kairos.iso".as_ref())?;
+//! let kernel = iso.lookup("/boot/kernel")?;
+//! println!("{} bytes in {} extent(s)", kernel.size(), kernel.extents.len());
+//! # Ok::<(), iso9660::IsoError>(())
+//! ```
 
 use std::fs::File;
 use std::io;
@@ -45,7 +52,12 @@ pub enum IsoError {
     },
 }
 
-pub use crate::extent::Extent;
+/// `len` bytes of the image file from `offset`: where a file's data lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
 
 /// A directory entry, with the name the best available naming scheme gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +71,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn size(&self) -> u64 {
-        crate::extent::total(&self.extents)
+        self.extents.iter().map(|e| e.len).sum()
     }
 }
 
@@ -527,29 +539,15 @@ fn strip_version(name: &str) -> String {
     base.strip_suffix('.').unwrap_or(base).to_string()
 }
 
-/// The three netboot files of a Kairos ISO.
-#[derive(Debug, Clone)]
-pub struct NetbootFiles {
-    pub kernel: Entry,
-    pub initrd: Entry,
-    pub rootfs: Entry,
-}
-
 impl Iso {
-    /// Finds `/boot/kernel`, `/boot/initrd` and `/rootfs.squashfs`.
-    pub fn netboot_files(&self) -> Result<NetbootFiles, IsoError> {
-        let file = |p: &str| -> Result<Entry, IsoError> {
-            let e = self.lookup(p)?;
-            if e.is_dir {
-                return Err(self.not_found(p));
-            }
-            Ok(e)
-        };
-        Ok(NetbootFiles {
-            kernel: file("/boot/kernel")?,
-            initrd: file("/boot/initrd")?,
-            rootfs: file("/rootfs.squashfs")?,
-        })
+    /// The regular file at `path` (symlinks followed); a directory there is an error naming
+    /// what the image holds, like a missing file.
+    pub fn file(&self, path: &str) -> Result<Entry, IsoError> {
+        let e = self.lookup(path)?;
+        if e.is_dir {
+            return Err(self.not_found(path));
+        }
+        Ok(e)
     }
 }
 
