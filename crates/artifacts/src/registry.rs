@@ -52,10 +52,56 @@ pub enum RegistryError {
     },
     #[error("{image}: {what}")]
     Protocol { image: String, what: String },
+    #[error("{image}: {source}")]
+    Token { image: String, source: TokenError },
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Oci(#[from] oci::OciError),
+}
+
+/// Why one try of a request got no answer to judge; the retry loop tries again, and reports
+/// the last of these when every try failed.
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
+    /// No HTTP answer at all: the connection, TLS, a timeout.
+    #[error("{0}")]
+    Transport(#[from] ureq::Error),
+    /// An answer that says "later" (429, 5xx).
+    #[error("HTTP {0}")]
+    Busy(u16),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Why the bearer token the registry asked for could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the registry asked for a token without naming a realm")]
+    NoRealm,
+    #[error("the registry named a token realm that is not an http(s) URL: {0}")]
+    BadRealm(String),
+    #[error("token request to {realm}: {source}")]
+    Request { realm: String, source: ureq::Error },
+    #[error("token request to {realm} answered HTTP {status}{}", if *withheld { " (your credentials were not sent: the realm is plain HTTP on another host)" } else { "" })]
+    Status {
+        realm: String,
+        status: u16,
+        withheld: bool,
+    },
+    #[error("token response from {realm}: {why}")]
+    Response { realm: String, why: String },
+}
+
+impl TokenError {
+    /// Whether asking again may help: no answer, or an answer that says "later".
+    fn transient(&self) -> bool {
+        match self {
+            TokenError::Request { .. } => true,
+            TokenError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
 }
 
 /// Username and password (or identity token) for one registry.
@@ -269,6 +315,26 @@ impl Client {
         self.image.to_string()
     }
 
+    /// A token refused outright is a refusal of access, with the same advice; anything else
+    /// about the token is said as it is.
+    fn token_failed(&self, t: TokenError) -> RegistryError {
+        match t {
+            TokenError::Status {
+                status: status @ (401 | 403),
+                withheld: false,
+                ..
+            } => RegistryError::Denied {
+                image: self.image_name(),
+                registry: self.image.registry.clone(),
+                status,
+            },
+            source => RegistryError::Token {
+                image: self.image_name(),
+                source,
+            },
+        }
+    }
+
     fn unreachable(&self, why: impl std::fmt::Display) -> RegistryError {
         RegistryError::Unreachable {
             registry: self.image.registry.clone(),
@@ -298,8 +364,8 @@ impl Client {
         headers: &[(&str, String)],
         attempts: u32,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
-        let mut last = String::new();
-        for attempt in 0..attempts {
+        let mut last = None;
+        for attempt in 0..attempts.max(1) {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
             }
@@ -312,20 +378,24 @@ impl Client {
                     Ok(r) => {
                         let s = r.status().as_u16();
                         if s == 429 || s >= 500 {
-                            last = format!("HTTP {s}");
+                            last = Some(Attempt::Busy(s));
                             continue;
                         }
                         *self.base.lock().unwrap() = Some(base);
                         return Ok(r);
                     }
+                    Err(Attempt::Token(t)) if !t.transient() => return Err(self.token_failed(t)),
                     Err(e) => {
                         https_failed |= base.starts_with("https://");
-                        last = e;
+                        last = Some(e);
                     }
                 }
             }
         }
-        Err(self.unreachable(last))
+        Err(match last {
+            Some(why) => self.unreachable(why),
+            None => self.unreachable("no address to try"),
+        })
     }
 
     fn get_once(
@@ -333,7 +403,7 @@ impl Client {
         base: &str,
         path: &str,
         headers: &[(&str, String)],
-    ) -> Result<ureq::http::Response<ureq::Body>, String> {
+    ) -> Result<ureq::http::Response<ureq::Body>, Attempt> {
         let url = format!("{base}/v2/{path}");
         let send = |auth: Option<&str>| {
             let mut req = self.agent.get(&url);
@@ -343,7 +413,7 @@ impl Client {
             if let Some(a) = auth {
                 req = req.header("Authorization", a);
             }
-            req.call().map_err(|e| e.to_string())
+            req.call()
         };
         let auth = self.auth.lock().unwrap().clone();
         let resp = send(auth.as_deref())?;
@@ -370,7 +440,7 @@ impl Client {
             _ => return Ok(resp),
         };
         *self.auth.lock().unwrap() = Some(new_auth.clone());
-        send(Some(&new_auth))
+        Ok(send(Some(&new_auth))?)
     }
 
     /// A bearer token from the realm the registry named, with credentials when we have them.
@@ -378,16 +448,11 @@ impl Client {
     /// Credentials go to the realm only over HTTPS, or over plain HTTP to the registry's own
     /// origin (already trusted with them): a registry, or anyone in the middle of a plain-HTTP
     /// pull, must not be able to name a realm that collects passwords in the clear.
-    fn token(&self, base: &str, params: &HashMap<String, String>) -> Result<String, String> {
-        let realm = params
-            .get("realm")
-            .ok_or("the registry asked for a token without naming a realm")?;
+    fn token(&self, base: &str, params: &HashMap<String, String>) -> Result<String, TokenError> {
+        let realm = params.get("realm").ok_or(TokenError::NoRealm)?;
         let plain = realm.starts_with("http://");
         if !plain && !realm.starts_with("https://") {
-            return Err(format!(
-                "the registry named a token realm that is not an http(s) URL: {}",
-                printable(realm, 100)
-            ));
+            return Err(TokenError::BadRealm(printable(realm, 100)));
         }
         let origin = |u: &str| -> String {
             let after = u.split_once("://").map_or(u, |x| x.1);
@@ -416,33 +481,35 @@ impl Client {
                 ),
             );
         }
-        let mut resp = req
-            .call()
-            .map_err(|e| format!("token request to {realm}: {e}"))?;
+        let shown = printable(realm, 200);
+        let mut resp = req.call().map_err(|source| TokenError::Request {
+            realm: shown.clone(),
+            source,
+        })?;
         if !resp.status().is_success() {
-            return Err(format!(
-                "token request to {realm} answered HTTP {}{}",
-                resp.status().as_u16(),
-                if withheld {
-                    " (your credentials were not sent: the realm is plain HTTP on another host)"
-                } else {
-                    ""
-                }
-            ));
+            return Err(TokenError::Status {
+                realm: shown,
+                status: resp.status().as_u16(),
+                withheld,
+            });
         }
+        let response = |why: String| TokenError::Response {
+            realm: shown.clone(),
+            why,
+        };
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 20)
             .read_to_vec()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| response(e.to_string()))?;
         let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("token response: {e}"))?;
+            serde_json::from_slice(&body).map_err(|e| response(e.to_string()))?;
         let tok = v
             .get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
-            .ok_or("token response without a token")?;
+            .ok_or_else(|| response("no token in it".into()))?;
         Ok(format!("Bearer {tok}"))
     }
 

@@ -97,3 +97,40 @@ fn credentials_are_not_sent_to_a_plain_http_realm_elsewhere() {
         );
     }
 }
+
+/// A registry whose token challenge cannot be met: the error says what went wrong, at once
+/// (asking again cannot help), with the registry's name.
+#[test]
+fn a_token_that_cannot_be_had_is_explained() {
+    let (realm_addr, _) = server(|_| {
+        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+    });
+    let cases = [
+        (
+            format!("Bearer realm=\"http://{realm_addr}/token\",service=\"r\""),
+            "the registry refused access (HTTP 401). Log in with `docker login".to_string(),
+        ),
+        (
+            "Bearer realm=\"file:///etc/passwd\"".to_string(),
+            "token realm that is not an http(s) URL: \"file:///etc/passwd\"".to_string(),
+        ),
+        (
+            "Bearer service=\"r\"".to_string(),
+            "asked for a token without naming a realm".to_string(),
+        ),
+    ];
+    for (challenge, expected) in cases {
+        let (reg_addr, _) = server(move |_| {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        });
+        let client = Client::new(
+            &Reference::parse(&format!("{reg_addr}/test/img:v1")).unwrap(),
+            false,
+        );
+        let err = client.manifest_by_tag("v1").unwrap_err().to_string();
+        assert!(err.contains(&expected), "{err}");
+        assert!(err.contains(&reg_addr), "names the registry: {err}");
+    }
+}
