@@ -6,7 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 
 use artifacts::rootfs::Tree;
-use artifacts::squashfs::{Compression, Writer};
+use artifacts::Compression;
+use squashfs::Writer;
 
 fuzz_target!(|data: &[u8]| {
     let Some(f) = daybreak_fuzz::memfile() else {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::boot_files::{BootFilesError, BootPick};
 use crate::oci::{LayerBlob, OciError};
 use crate::rootfs::{Kind, MergeError, Meta, Tree, TreeError};
-use crate::squashfs::{AddError, Compression, Image, Writer};
+use squashfs::{AddError, Compression, Image, Writer};
 
 /// squashfs block size: 1 MiB, as `mksquashfs -b 1024k` (what Kairos uses).
 pub const BLOCK_SIZE: u32 = 1 << 20;
@@ -244,7 +244,7 @@ pub fn from_dir(root: &Path, dir: &Path, comp: Compression) -> Result<Built, Bui
                     path: p.clone(),
                     why,
                 })?;
-            tree.inodes[id].xattrs = read_xattrs(&p);
+            tree.set_xattrs(id, read_xattrs(&p));
         }
     }
     finish(writer, tree, dir, Vec::new())
@@ -265,7 +265,7 @@ fn read_xattrs(path: &Path) -> crate::rootfs::Xattrs {
     names.truncate(n as usize);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !crate::squashfs::xattr_supported(name) {
+        if !squashfs::xattr_supported(name) {
             continue;
         }
         let Ok(cn) = std::ffi::CString::new(name) else {

@@ -10,8 +10,8 @@ use crate::build::{self, BuildError};
 use crate::digest::Digest;
 use crate::oci::{self, Document, LayerBlob, OciError, Reference, Source};
 use crate::registry::{Client, RegistryError};
-use crate::squashfs::Compression;
 use crate::store::{self, Artifacts, Key, Meta, Store};
+use squashfs::Compression;
 
 /// Layers downloaded at once.
 const PARALLEL_PULLS: usize = 3;

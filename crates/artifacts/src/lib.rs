@@ -1,6 +1,6 @@
-//! Sources to netboot artifacts: Kairos ISOs read without mounting (the `iso9660` crate), OCI images merged
-//! from their layers ([`rootfs`]) into a squashfs ([`squashfs`]), and the atomic writes that land
-//! files in an output directory or the store ([`write`]).
+//! Sources to netboot artifacts: Kairos ISOs read without mounting (the `iso9660` crate), OCI
+//! images merged from their layers ([`rootfs`]) into a squashfs (the `squashfs` crate), and the
+//! atomic writes that land files in an output directory or the store ([`write`]).
 //!
 //! Everything read here is untrusted input: lengths are checked against what is there, and a
 //! file only appears under its final name once it is complete and on disk.
@@ -17,8 +17,8 @@ pub mod registry;
 pub mod release;
 pub mod rootfs;
 pub mod source;
-pub mod squashfs;
 pub mod store;
 pub mod write;
 
 pub use iso9660::{Iso, IsoError};
+pub use squashfs::Compression;

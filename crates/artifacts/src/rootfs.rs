@@ -17,22 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
-/// Where a file's data went in the image being written: a run of consecutive blocks and/or a
-/// piece of a fragment block. The tree keeps it; the [`Sink`] that made it reads it back.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileData {
-    pub size: u64,
-    pub(crate) first_unit: u64,
-    pub(crate) blocks: u32,
-    pub(crate) fragment: Option<(u32, u32)>,
-}
-
-/// Why [`Sink::add_file`] failed: the source could not be read, or the image not written.
-#[derive(Debug)]
-pub enum AddError {
-    Read(io::Error),
-    Write(io::Error),
-}
+pub use squashfs::{AddError, FileData, Inode, Kind, Meta, Xattrs};
 
 /// Where file contents go while the tree keeps names and metadata (the squashfs writer): the
 /// tree owns this seam, so it depends on no writer.
@@ -43,6 +28,15 @@ pub trait Sink {
     fn keeps_xattr(&self, name: &[u8]) -> bool;
 }
 
+impl Sink for squashfs::Writer {
+    fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
+        squashfs::Writer::add_file(self, r, size)
+    }
+    fn keeps_xattr(&self, name: &[u8]) -> bool {
+        squashfs::xattr_supported(name)
+    }
+}
+
 /// Deepest directory nesting accepted, in a path from a layer and in the tree it builds (a
 /// chain of symlinked parents can nest directories far deeper than any one path is long).
 pub const MAX_DEPTH: usize = 512;
@@ -51,60 +45,23 @@ pub const MAX_INODES: usize = 4_000_000;
 /// Symlinks followed while resolving one path, as the kernel's limit.
 const MAX_HOPS: usize = 40;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// Permission bits, set-id and sticky bits (`0o7777`).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: u32,
-}
-
-#[derive(Debug)]
-pub enum Kind {
-    Dir(BTreeMap<Vec<u8>, usize>),
-    File(FileData),
-    Symlink(Vec<u8>),
-    Block((u32, u32)),
-    Char((u32, u32)),
-    Fifo,
-    Socket,
-}
-
-/// Extended attributes: full names (`security.capability`) and raw values, sorted by name.
-pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
-
-#[derive(Debug)]
-pub struct Inode {
-    pub meta: Meta,
-    pub kind: Kind,
-    pub xattrs: Xattrs,
-    /// The last layer that declared this entry or walked through it (opaque directories hide
-    /// what no later layer touched).
-    touched: u32,
-}
-
-impl Inode {
-    pub fn mode_with_type(&self) -> u32 {
-        let ty = match self.kind {
-            Kind::Dir(_) => libc::S_IFDIR,
-            Kind::File(_) => libc::S_IFREG,
-            Kind::Symlink(_) => libc::S_IFLNK,
-            Kind::Block(_) => libc::S_IFBLK,
-            Kind::Char(_) => libc::S_IFCHR,
-            Kind::Fifo => libc::S_IFIFO,
-            Kind::Socket => libc::S_IFSOCK,
-        };
-        ty | (self.meta.mode & 0o7777)
-    }
-}
-
-/// An arena of inodes; directories map names to arena indices, so hard links share one index.
+/// The image's filesystem as the layers so far make it: the [`squashfs::Tree`] the writer takes
+/// (read through `Deref`), with what merging needs per inode beside it.
 #[derive(Debug)]
 pub struct Tree {
-    pub inodes: Vec<Inode>,
+    fs: squashfs::Tree,
     /// How deep each directory is (the root is 0); 0 for other inodes.
     depth: Vec<u16>,
+    /// The last layer that declared each inode or walked through it (opaque directories hide
+    /// what no later layer touched).
+    touched: Vec<u32>,
+}
+
+impl std::ops::Deref for Tree {
+    type Target = squashfs::Tree;
+    fn deref(&self) -> &squashfs::Tree {
+        &self.fs
+    }
 }
 
 impl Default for Tree {
@@ -188,32 +145,23 @@ fn components(raw: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
 }
 
 impl Tree {
-    pub const ROOT: usize = 0;
+    pub const ROOT: usize = squashfs::Tree::ROOT;
 
     pub fn new() -> Tree {
         Tree {
-            inodes: vec![Inode {
-                meta: Meta {
-                    mode: 0o755,
-                    ..Meta::default()
-                },
-                kind: Kind::Dir(BTreeMap::new()),
-                xattrs: Vec::new(),
-                touched: 0,
-            }],
+            fs: squashfs::Tree::new(),
             depth: vec![0],
+            touched: vec![0],
         }
     }
 
-    pub fn children(&self, dir: usize) -> Option<&BTreeMap<Vec<u8>, usize>> {
-        match &self.inodes[dir].kind {
-            Kind::Dir(c) => Some(c),
-            _ => None,
-        }
+    /// Sets the extended attributes of inode `id`.
+    pub fn set_xattrs(&mut self, id: usize, xattrs: Xattrs) {
+        self.fs.inodes[id].xattrs = xattrs;
     }
 
     fn children_mut(&mut self, dir: usize) -> &mut BTreeMap<Vec<u8>, usize> {
-        match &mut self.inodes[dir].kind {
+        match &mut self.fs.inodes[dir].kind {
             Kind::Dir(c) => c,
             _ => unreachable!("children_mut on a non-directory"),
         }
@@ -241,15 +189,12 @@ impl Tree {
         } else {
             0
         };
-        self.inodes.push(Inode {
-            meta,
-            kind,
-            xattrs: Vec::new(),
-            touched,
-        });
+        let id = self
+            .fs
+            .add(parent, name, meta, kind)
+            .expect("the parent is a directory");
         self.depth.push(depth);
-        let id = self.inodes.len() - 1;
-        self.children_mut(parent).insert(name.to_vec(), id);
+        self.touched.push(touched);
         Ok(id)
     }
 
@@ -326,7 +271,7 @@ impl Tree {
                     layer,
                 )?,
             };
-            self.inodes[next].touched = layer;
+            self.touched[next] = layer;
             dir = next;
         }
         Ok(dir)
@@ -340,7 +285,7 @@ impl Tree {
                 .children(d)
                 .into_iter()
                 .flatten()
-                .filter(|(_, &c)| self.inodes[c].touched >= layer)
+                .filter(|(_, &c)| self.touched[c] >= layer)
                 .map(|(n, &c)| (n.clone(), c))
                 .collect();
             for (_, c) in &keep {
@@ -390,7 +335,7 @@ impl Tree {
             let Some((&base, parents)) = parts.split_last() else {
                 // "./": the root directory's own metadata.
                 if ty.is_dir() {
-                    self.inodes[Tree::ROOT].meta = meta_of(entry.header());
+                    self.fs.inodes[Tree::ROOT].meta = meta_of(entry.header());
                 }
                 continue;
             };
@@ -426,9 +371,9 @@ impl Tree {
                 tar::EntryType::Directory => {
                     if let Some(id) = existing {
                         if matches!(self.inodes[id].kind, Kind::Dir(_)) {
-                            self.inodes[id].meta = meta;
-                            self.inodes[id].xattrs = xattrs;
-                            self.inodes[id].touched = layer;
+                            self.fs.inodes[id].meta = meta;
+                            self.fs.inodes[id].xattrs = xattrs;
+                            self.touched[id] = layer;
                             continue;
                         }
                     }
@@ -477,7 +422,7 @@ impl Tree {
                             display(&target)
                         )));
                     }
-                    self.inodes[id].touched = layer;
+                    self.touched[id] = layer;
                     self.children_mut(parent).insert(base.to_vec(), id);
                     continue;
                 }
@@ -499,7 +444,7 @@ impl Tree {
             let id = self
                 .add(parent, base, meta, kind, layer)
                 .map_err(|e| hostile(&e))?;
-            self.inodes[id].xattrs = xattrs;
+            self.fs.inodes[id].xattrs = xattrs;
         }
         Ok(stats)
     }
@@ -523,7 +468,7 @@ impl Tree {
     pub fn insert(&mut self, path: &[u8], meta: Meta, kind: Kind) -> Result<usize, TreeError> {
         let parts = components(path)?;
         let Some((&base, parents)) = parts.split_last() else {
-            self.inodes[Tree::ROOT].meta = meta;
+            self.fs.inodes[Tree::ROOT].meta = meta;
             return Ok(Tree::ROOT);
         };
         let parent = self.parent_dir(parents, 1)?;

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::{INITRD, KERNEL, ROOTFS};
 use crate::digest::Digest;
-use crate::squashfs::Compression;
 use crate::write::sync_dir;
+use squashfs::Compression;
 
 /// What an artifact directory holds besides the three files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

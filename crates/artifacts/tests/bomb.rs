@@ -5,7 +5,7 @@ use std::io::Read;
 
 use artifacts::build::{self, BuildError};
 use artifacts::oci::LayerBlob;
-use artifacts::squashfs::Compression;
+use artifacts::Compression;
 
 #[test]
 fn a_decompression_bomb_is_stopped_while_it_streams() {

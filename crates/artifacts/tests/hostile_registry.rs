@@ -9,7 +9,7 @@ use std::path::Path;
 
 use artifacts::digest::Digest;
 use artifacts::image::{self, Event, ImageError, Report, Request};
-use artifacts::squashfs::Compression;
+use artifacts::Compression;
 
 struct Quiet;
 impl Report for Quiet {

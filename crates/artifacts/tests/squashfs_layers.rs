@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use artifacts::rootfs::{MergeError, Tree};
-use artifacts::squashfs::{Compression, Writer};
+use artifacts::Compression;
+use squashfs::Writer;
 use testkit::{pattern, tempdir, EntryType, Layer};
 
 fn build(layers: &[Vec<u8>], img: &Path, comp: Compression) -> Result<Tree, MergeError> {

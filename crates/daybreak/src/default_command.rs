@@ -49,7 +49,7 @@ pub fn prepare(
             &crate::netboot::ImageOptions {
                 arch: s.arch.clone(),
                 insecure: s.insecure,
-                compression: artifacts::squashfs::Compression::Gzip,
+                compression: artifacts::Compression::Gzip,
             },
         )?,
         None if s.has_release() => {

@@ -225,7 +225,7 @@ struct NetbootArgs {
     allow_insecure_registries: bool,
     /// squashfs compression: gzip (what Kairos uses), zstd (fast to boot), xz (smallest).
     #[arg(long, value_name = "ALGO", default_value = "gzip")]
-    compression: artifacts::squashfs::Compression,
+    compression: artifacts::Compression,
 }
 
 #[derive(Args, Debug)]

@@ -90,7 +90,7 @@ fn show_fetch(source: &str) -> impl FnMut(artifacts::source::Fetch) + '_ {
 pub struct ImageOptions {
     pub arch: String,
     pub insecure: bool,
-    pub compression: artifacts::squashfs::Compression,
+    pub compression: artifacts::Compression,
 }
 
 fn create_outdir(outdir: &Path) -> anyhow::Result<()> {

@@ -7,10 +7,25 @@
 //! in memory. Files smaller than a block are packed together into fragment blocks, as
 //! `mksquashfs` does by default. All-zero blocks are stored as holes.
 //!
-//! Only once all data is down does [`Writer::finish`] get the final tree (after whiteouts and
-//! overwrites: see [`crate::rootfs`]) and write the inode, directory, fragment and id tables
-//! behind the data, then the superblock in front. The file is valid for the Linux kernel and for
-//! `unsquashfs`; data of files that a later layer replaced stays unreferenced in the image.
+//! Only once all data is down does [`Writer::finish`] get the final [`Tree`] (for an OCI image:
+//! after the whiteouts and overwrites of later layers) and write the inode, directory, fragment
+//! and id tables behind the data, then the superblock in front. The file is valid for the Linux
+//! kernel and for `unsquashfs`; data of files that the tree no longer names stays unreferenced.
+//!
+//! ```no_run
+//! use squashfs::{Compression, Kind, Meta, Tree, Writer};
+//!
+//! let mut w = Writer::new(std::fs::File::create("out.squashfs")?, Compression::Gzip, 1 << 20, 2)?;
+//! let mut tree = Tree::new();
+//! let data = b"hello\n";
+//! let file = w.add_file(&mut &data[..], data.len() as u64).map_err(std::io::Error::from)?;
+//! let meta = Meta { mode: 0o644, ..Meta::default() };
+//! tree.add(Tree::ROOT, b"hello.txt", meta, Kind::File(file));
+//! let (summary, image) = w.finish(&tree)?;
+//! image.into_file().sync_all()?;
+//! # let _ = summary;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -20,8 +35,33 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-pub use crate::rootfs::{AddError, FileData};
-use crate::rootfs::{Kind, Sink, Tree};
+mod tree;
+pub use tree::{Inode, Kind, Meta, Tree, Xattrs};
+
+/// Where a file's data went in the image being written: a run of consecutive blocks and/or a
+/// piece of a fragment block. [`Writer::add_file`] hands it out; the tree keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileData {
+    pub size: u64,
+    first_unit: u64,
+    blocks: u32,
+    fragment: Option<(u32, u32)>,
+}
+
+/// Why [`Writer::add_file`] failed: the source could not be read, or the image not written.
+#[derive(Debug)]
+pub enum AddError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl From<AddError> for io::Error {
+    fn from(e: AddError) -> io::Error {
+        match e {
+            AddError::Read(e) | AddError::Write(e) => e,
+        }
+    }
+}
 
 const MAGIC: u32 = 0x7371_7368;
 const SUPERBLOCK_LEN: u64 = 96;
@@ -124,14 +164,19 @@ impl Compression {
     }
 }
 
+/// A compression name other than `gzip`, `zstd` and `xz`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compression {0:?}: use gzip, zstd or xz")]
+pub struct UnknownCompression(pub String);
+
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownCompression;
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
         match s {
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
             "xz" => Ok(Compression::Xz),
-            _ => Err(format!("unknown compression {s:?}: use gzip, zstd or xz")),
+            _ => Err(UnknownCompression(s.to_string())),
         }
     }
 }
@@ -238,11 +283,6 @@ impl Writer {
                 io::Error::other("squashfs compression threads stopped unexpectedly")
             }))
         }
-    }
-
-    /// Reads exactly `size` bytes of one file from `r` and queues them.
-    pub fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
-        Sink::add_file(self, r, size)
     }
 
     fn flush_fragment(&mut self) -> io::Result<()> {
@@ -362,8 +402,9 @@ impl Writer {
     }
 }
 
-impl Sink for Writer {
-    fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
+impl Writer {
+    /// Reads exactly `size` bytes of one file from `r` and queues them for compression.
+    pub fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<FileData, AddError> {
         let bs = self.block_size as u64;
         let mut fd = FileData {
             size,
@@ -397,10 +438,6 @@ impl Sink for Writer {
             left -= n as u64;
         }
         Ok(fd)
-    }
-
-    fn keeps_xattr(&self, name: &[u8]) -> bool {
-        xattr_supported(name)
     }
 }
 
@@ -626,7 +663,7 @@ struct Tables {
     /// them (what inodes index).
     xattr_kv: MetaWriter,
     xattr_ids: Vec<u8>,
-    xattr_sets: HashMap<crate::rootfs::Xattrs, u32>,
+    xattr_sets: HashMap<Xattrs, u32>,
 }
 
 /// A written child of a directory: name, inode reference, inode number, basic type.
