@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use artifacts::digest::Digest;
+use artifacts::Digest;
 use artifacts::oci::{select_platform, Document, Reference};
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ pub const BLOCK_SIZE: u32 = 1 << 20;
 
 /// Most an image's layers may unpack to, all together (a Kairos image: about 3 GB).
 pub const MAX_UNPACKED: u64 = 64 << 30;
-/// Most a layer may grow when decompressed, past its first [`RATIO_GRACE`] bytes: real layers
+/// Most a layer may grow when decompressed, past its first `RATIO_GRACE` bytes (64 MiB): real layers
 /// grow 2 to 10 times, a decompression bomb a million.
 pub const MAX_RATIO: u64 = 1000;
 const RATIO_GRACE: u64 = 64 << 20;

@@ -1,24 +1,43 @@
-//! Sources to netboot artifacts: Kairos ISOs read without mounting (the `iso9660` crate), OCI
-//! images merged from their layers ([`rootfs`]) into a squashfs (the `squashfs` crate), and the
-//! atomic writes that land files in an output directory or the store ([`write`]).
+//! Sources to netboot artifacts, behind one entry: [`open`] takes a source (an OCI image in a
+//! registry, a layout, an archive or a directory; a Kairos ISO on disk or at a URL) and gives a
+//! [`BootSet`]: kernel, initrds and rootfs, each a file with the extents that hold it, and the
+//! origin. Images are pulled ([`registry`]), their layers merged ([`rootfs`]) into a squashfs
+//! (the `squashfs` crate) and kept in the [`Store`]; ISOs are read without mounting (the
+//! `iso9660` crate). Files land through atomic writes ([`copy_extents_atomic`]).
 //!
-//! Everything read here is untrusted input: lengths are checked against what is there, and a
-//! file only appears under its final name once it is complete and on disk.
+//! Everything read here is untrusted input: digests are validated and verified, lengths are
+//! checked against what is there, and a file only appears under its final name once it is
+//! complete and on disk.
+//!
+//! The modules are private but for the parts with an API of their own: OCI documents and
+//! references ([`oci`]), the registry client ([`registry`]), the layer merge ([`rootfs`]) and
+//! the build from layers ([`build`]).
 
-pub mod boot_files;
+mod boot_files;
 pub mod build;
-pub mod digest;
-pub mod download;
-pub mod extent;
-pub mod image;
-pub mod lock;
+mod digest;
+mod download;
+mod extent;
+mod image;
+mod lock;
 pub mod oci;
 pub mod registry;
-pub mod release;
+mod release;
 pub mod rootfs;
-pub mod source;
-pub mod store;
-pub mod write;
+mod source;
+mod store;
+mod write;
 
+pub use digest::{printable, Digest};
+pub use download::{download, DownloadError, Outcome};
+pub use extent::Extent;
+pub use image::{absolute, Event, ImageError, Report, Request};
 pub use iso9660::{Iso, IsoError};
+pub use lock::random_hex;
+pub use release::ReleaseKeys;
+pub use source::{
+    from_iso_file, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,
+};
 pub use squashfs::Compression;
+pub use store::{default_state_dir, now, Store};
+pub use write::{copy_extents_atomic, link_atomic, Stop};

@@ -4,7 +4,7 @@
 //! Only names and metadata live here. File contents go straight from the tar stream into a
 //! [`Sink`] (the squashfs writer), which hands back where they went; a file that a later layer
 //! replaces or deletes just stops being referenced. So an image is read once, never unpacked to
-//! disk. Which kernel and initrd boot is chosen in [`crate::boot_files`].
+//! disk. Which kernel and initrd boot is chosen in `boot_files` ([`Tree::boot_files`]).
 //!
 //! Every layer is untrusted. Entries with absolute paths or `..` and hard links to anything
 //! outside the tree are refused with an error that names the layer and the entry. A path whose

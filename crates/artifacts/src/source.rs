@@ -118,7 +118,7 @@ fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
-/// The boot files of `req.source`. Images go through the store ([`image::obtain`], telling
+/// The boot files of `req.source`. Images go through the store (pulled and built once, telling
 /// `report`); ISOs are read where they are, after a download into the store for a URL (telling
 /// `fetch`).
 pub fn open(

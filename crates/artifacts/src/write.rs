@@ -308,12 +308,6 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
     atomically(dest, 0o666, |mut out| out.write_all(data))
 }
 
-/// Writes `data` to `dest` atomically, readable by its owner only from the first byte on (for
-/// secrets: the cloud-config).
-pub fn write_private(dest: &Path, data: &[u8]) -> io::Result<()> {
-    atomically(dest, 0o600, |mut out| out.write_all(data))
-}
-
 /// Puts a hard link to `src` (a read-only store file) at `dest`, replacing what was there, if
 /// both are on one filesystem. False when that is not possible: the caller copies instead.
 pub fn link_atomic(src: &Path, dest: &Path) -> bool {

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use artifacts::download::{download, DownloadError, Outcome};
+use artifacts::{download, DownloadError, Outcome};
 use common::Server;
 use sha2::{Digest, Sha256};
 

@@ -7,17 +7,18 @@ mod common;
 
 use std::path::Path;
 
-use artifacts::digest::Digest;
-use artifacts::image::{self, Event, ImageError, Report, Request};
 use artifacts::Compression;
+use artifacts::Digest;
+use artifacts::{BootSet, Event, Report, Request, SourceError};
 
 struct Quiet;
 impl Report for Quiet {
     fn event(&self, _: Event) {}
 }
 
-fn pull(host: &str, state: &Path) -> Result<image::Obtained, ImageError> {
-    image::obtain(
+/// Through the one entry, as `daybreak` does it.
+fn pull(host: &str, state: &Path) -> Result<BootSet, SourceError> {
+    artifacts::open(
         &Request {
             source: format!("{host}/evil/img:v1"),
             arch: "amd64".into(),
@@ -26,6 +27,7 @@ fn pull(host: &str, state: &Path) -> Result<image::Obtained, ImageError> {
             state_dir: state.to_path_buf(),
         },
         &Quiet,
+        &mut |_| {},
     )
 }
 

@@ -5,8 +5,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use artifacts::extent::Extent;
-use artifacts::write::{copy_extents_atomic, Stop};
+use artifacts::Extent;
+use artifacts::{copy_extents_atomic, Stop};
 
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

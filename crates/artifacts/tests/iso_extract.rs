@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use artifacts::source::from_iso_file;
+use artifacts::from_iso_file;
 use testkit::{pattern, tempdir};
 
 #[test]
@@ -34,11 +34,11 @@ fn a_multi_extent_rootfs_is_extracted_whole() {
     assert!(set.rootfs.extents.len() >= 2, "{:?}", set.rootfs.extents);
     assert_eq!(set.rootfs.size(), size);
     let out = dir.join("out.squashfs");
-    artifacts::write::copy_extents_atomic(
+    artifacts::copy_extents_atomic(
         &File::open(&set.rootfs.path).unwrap(),
         &set.rootfs.extents,
         &out,
-        &artifacts::write::Stop::new(),
+        &artifacts::Stop::new(),
         &mut |_| {},
     )
     .unwrap();

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use artifacts::extent::Extent;
-use artifacts::write::{copy_extents_atomic, Stop};
+use artifacts::Extent;
+use artifacts::{copy_extents_atomic, Stop};
 use testkit::pattern;
 
 /// Unmounts on drop, so a failed assertion does not leave the loop mount behind.

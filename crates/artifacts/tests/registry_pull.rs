@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use artifacts::digest::Digest;
 use artifacts::oci::Reference;
 use artifacts::registry::{Client, RegistryError};
+use artifacts::Digest;
 
 fn routes(blob: &[u8], served: Vec<u8>) -> (Vec<(String, Vec<u8>)>, Digest) {
     let digest = Digest::of(blob);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use artifacts::source::safe_name;
+use artifacts::safe_name;
 
 use crate::http::Body;
 use pxe::routes;
@@ -70,7 +70,7 @@ impl BootFile {
 
     /// A file of a source's boot set: served whole when it is a file of its own, else as its
     /// extents of the (shared, already open) file it is in.
-    fn from_set(name: &str, f: &artifacts::source::BootFile, file: &Arc<File>) -> BootFile {
+    fn from_set(name: &str, f: &artifacts::BootFile, file: &Arc<File>) -> BootFile {
         let body = if f.is_whole_file() {
             Body::File(file.clone())
         } else {
@@ -91,7 +91,7 @@ impl BootFile {
     /// The cloud-config, under a name made of 128 random bits that changes with every run:
     /// only machines given the kernel command line learn it.
     fn cloud_config(source: &CloudConfig) -> anyhow::Result<BootFile> {
-        let token = artifacts::lock::random_hex(16).context("reading random bytes")?;
+        let token = artifacts::random_hex(16).context("reading random bytes")?;
         let name = format!("cloud-config-{token}.yaml");
         let mut f = match source {
             CloudConfig::File(p) => BootFile::open(&name, p, "cloud-config")?,
@@ -123,7 +123,7 @@ pub struct PlanInput {
     pub kernel: Option<PathBuf>,
     /// The boot files of a source (an image's artifacts, or a Kairos ISO's files served in
     /// place), instead of `kernel`, `initrds` and `rootfs`.
-    pub set: Option<artifacts::source::BootSet>,
+    pub set: Option<artifacts::BootSet>,
     pub initrds: Vec<PathBuf>,
     pub rootfs: Option<PathBuf>,
     pub cloud_config: Option<CloudConfig>,
@@ -198,7 +198,7 @@ impl Plan {
             (Some(set), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
                 // Each file opened once, the ISO once for all three.
                 let mut open: HashMap<PathBuf, Arc<File>> = HashMap::new();
-                let mut file = |f: &artifacts::source::BootFile| -> anyhow::Result<Arc<File>> {
+                let mut file = |f: &artifacts::BootFile| -> anyhow::Result<Arc<File>> {
                     if let Some(o) = open.get(&f.path) {
                         return Ok(o.clone());
                     }

@@ -174,7 +174,7 @@ pub fn parse_set_file(arg: &str) -> anyhow::Result<(Vec<String>, Value)> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub container_image: Option<String>,
-    pub release: artifacts::release::ReleaseKeys,
+    pub release: artifacts::ReleaseKeys,
     pub release_base_url: Option<String>,
     pub arch: String,
     pub insecure: bool,
@@ -244,10 +244,10 @@ impl Settings {
         let listen_addr = listen_addr(&listen).ok_or_else(|| {
             anyhow!("listen_addr {listen:?} is not ADDRESS:PORT or :PORT (e.g. :8080)")
         })?;
-        let state_dir = artifacts::image::absolute(
+        let state_dir = artifacts::absolute(
             &s("state_dir")?
                 .map(PathBuf::from)
-                .unwrap_or_else(artifacts::store::default_state_dir),
+                .unwrap_or_else(artifacts::default_state_dir),
         );
         let (cmdline, proxy_dhcp) = match root.get("netboot") {
             None | Some(Value::Null) => (None, true),
@@ -268,7 +268,7 @@ impl Settings {
         }
         Ok(Settings {
             container_image: s("container_image")?,
-            release: artifacts::release::ReleaseKeys {
+            release: artifacts::ReleaseKeys {
                 repository: s("repository")?.unwrap_or_default(),
                 release_version: s("release_version")?.unwrap_or_default(),
                 artifact_version: s("artifact_version")?.unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! store when the digest is known) → the boot servers, plus the artifact file server.
 
 use anyhow::{anyhow, bail};
-use artifacts::source::Origin;
+use artifacts::Origin;
 
 use crate::boot::{CloudConfig, PlanInput};
 use crate::config::{self, Settings};

@@ -3,7 +3,7 @@
 //! behind, and the command exits as shells expect (130, 143). The process owns its signals, so
 //! this lives in the binary: the library only watches the [`Stop`] it is given.
 
-use artifacts::write::Stop;
+use artifacts::Stop;
 
 /// What long copies watch; set by the handlers below.
 pub static STOP: Stop = Stop::new();

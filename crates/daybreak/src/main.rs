@@ -199,7 +199,7 @@ enum CacheCommand {
 #[derive(Args, Debug)]
 struct StateDirArg {
     /// The state directory (absolute, or relative to the working directory).
-    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
     state_dir: PathBuf,
 }
 
@@ -214,7 +214,7 @@ struct NetbootArgs {
     prefix: String,
     /// Where artifacts, layers and downloads are kept (absolute, or relative to the working
     /// directory).
-    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
     state_dir: PathBuf,
     /// Platform to pull from a multi-arch image (default: this machine's).
     #[arg(long, value_name = "ARCH", default_value = artifacts::oci::host_arch())]
@@ -239,7 +239,7 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["kernel", "initrd", "rootfs"])]
     iso: Option<PathBuf>,
     /// Where downloaded ISOs are cached (absolute, or relative to the working directory).
-    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::store::default_state_dir())]
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
     state_dir: PathBuf,
     /// An initrd; repeat for several, loaded in order.
     #[arg(long, value_name = "FILE")]
@@ -350,7 +350,7 @@ fn init_logging(debug: bool, format: LogFormat) -> logwriter::Guard {
 }
 
 fn cache(c: CacheCommand) -> ExitCode {
-    use artifacts::store::Store;
+    use artifacts::Store;
     let human = progress::human;
     let dir = match &c {
         CacheCommand::List(a) => &a.state_dir,
@@ -371,7 +371,7 @@ fn cache(c: CacheCommand) -> ExitCode {
             }
             for e in &list {
                 let m = &e.meta;
-                let age = artifacts::store::now().saturating_sub(m.created);
+                let age = artifacts::now().saturating_sub(m.created);
                 println!(
                     "{}  {:>9}  {}  {} ({}, {}, kernel {}) {} ago",
                     m.digest,
@@ -488,7 +488,7 @@ fn main() -> ExitCode {
                     "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
                     a.squashfs.display()
                 );
-                match artifacts::source::from_iso_file(a.squashfs) {
+                match artifacts::from_iso_file(a.squashfs) {
                     Ok(set) => PlanInput {
                         set: Some(set),
                         ..Default::default()

@@ -39,15 +39,15 @@ pub fn open_source(
     source: &str,
     state_dir: &Path,
     opts: &ImageOptions,
-) -> anyhow::Result<artifacts::source::BootSet> {
-    let req = artifacts::image::Request {
+) -> anyhow::Result<artifacts::BootSet> {
+    let req = artifacts::Request {
         source: source.to_string(),
         arch: opts.arch.clone(),
         insecure: opts.insecure,
         compression: opts.compression,
-        state_dir: artifacts::image::absolute(state_dir),
+        state_dir: artifacts::absolute(state_dir),
     };
-    Ok(artifacts::source::open(
+    Ok(artifacts::open(
         &req,
         &crate::progress::ImageProgress::default(),
         &mut show_fetch(source),
@@ -55,17 +55,17 @@ pub fn open_source(
 }
 
 /// The boot files of an ISO (a local file or an http(s) URL), with a download's progress bar.
-pub fn open_iso(source: &str, state_dir: &Path) -> anyhow::Result<artifacts::source::BootSet> {
-    Ok(artifacts::source::open_iso(
+pub fn open_iso(source: &str, state_dir: &Path) -> anyhow::Result<artifacts::BootSet> {
+    Ok(artifacts::open_iso(
         source,
-        &artifacts::image::absolute(state_dir),
+        &artifacts::absolute(state_dir),
         &mut show_fetch(source),
     )?)
 }
 
 /// A download's progress bar and notes on stderr.
-fn show_fetch(source: &str) -> impl FnMut(artifacts::source::Fetch) + '_ {
-    use artifacts::source::Fetch;
+fn show_fetch(source: &str) -> impl FnMut(artifacts::Fetch) + '_ {
+    use artifacts::Fetch;
     let mut bar: Option<Progress> = None;
     move |f| match f {
         Fetch::Waiting { url } => {
@@ -131,7 +131,7 @@ pub fn run(
     {
         let dest = outdir.join(&name);
         // A store artifact is immutable: a hard link costs nothing where the filesystem allows.
-        if f.is_whole_file() && artifacts::write::link_atomic(&f.path, &dest) {
+        if f.is_whole_file() && artifacts::link_atomic(&f.path, &dest) {
             written.push(dest);
             continue;
         }
@@ -139,7 +139,7 @@ pub fn run(
             .with_context(|| format!("cannot read {}", f.path.display()))?;
         let mut bar = Progress::new(&name, f.size());
         let _signals = crate::interrupt::Guard::new();
-        artifacts::write::copy_extents_atomic(
+        artifacts::copy_extents_atomic(
             &src,
             &f.extents,
             &dest,
@@ -150,7 +150,7 @@ pub fn run(
         bar.finish();
         written.push(dest);
     }
-    if let artifacts::source::Origin::Image { digest, .. } = &set.origin {
+    if let artifacts::Origin::Image { digest, .. } = &set.origin {
         eprintln!("image digest: {digest}");
     }
     Ok(written)

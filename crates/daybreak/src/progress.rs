@@ -91,7 +91,7 @@ impl Progress {
     }
 }
 
-/// Progress of an image pull and build, as [`artifacts::image::Report`]: one bar per layer
+/// Progress of an image pull and build, as [`artifacts::Report`]: one bar per layer
 /// while pulling and one for the build on a terminal; otherwise a line when each starts and ends.
 pub struct ImageProgress {
     tty: bool,
@@ -149,9 +149,9 @@ impl BarsState {
     }
 }
 
-impl artifacts::image::Report for ImageProgress {
-    fn event(&self, e: artifacts::image::Event) {
-        use artifacts::image::Event;
+impl artifacts::Report for ImageProgress {
+    fn event(&self, e: artifacts::Event) {
+        use artifacts::Event;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match e {
             Event::Resolved { image, digest } => eprintln!("{image}: {digest}"),

@@ -47,11 +47,7 @@ impl ArtifactFiles {
             .cloned()
             .collect();
         if let Some((iso, name)) = iso {
-            files.push(BootFile::open(
-                &artifacts::source::safe_name(name),
-                iso,
-                "ISO",
-            )?);
+            files.push(BootFile::open(&artifacts::safe_name(name), iso, "ISO")?);
         }
         Ok(ArtifactFiles { files })
     }

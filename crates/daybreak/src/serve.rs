@@ -202,9 +202,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     if let Some(addr) = opts.artifact_listen {
         let iso = match plan_input.set.as_ref().map(|s| &s.origin) {
-            Some(artifacts::source::Origin::Iso { path, name }) => {
-                Some((path.as_path(), name.as_str()))
-            }
+            Some(artifacts::Origin::Iso { path, name }) => Some((path.as_path(), name.as_str())),
             _ => None,
         };
         let files = crate::routes::ArtifactFiles::new(&plan, iso)?;

@@ -406,7 +406,7 @@ impl Iso {
     /// Finds a file or directory by absolute path, following symlinks within the image. Each
     /// directory is read once per lookup however often the walk passes through it, and the walk
     /// is bounded in steps: a hostile image (long symlink targets, `..` loops over huge
-    /// directories) costs at most [`MAX_STEPS`] steps over directories read once.
+    /// directories) costs at most 4,096 steps over directories read once.
     pub fn lookup(&self, path: &str) -> Result<Entry, IsoError> {
         let mut cache: std::collections::HashMap<u64, std::rc::Rc<Vec<Entry>>> = Default::default();
         let mut read_dir = |dir: Extent| -> Result<std::rc::Rc<Vec<Entry>>, IsoError> {

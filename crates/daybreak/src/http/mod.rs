@@ -251,7 +251,7 @@ pub fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= 200 && !s.chars().any(char::is_control) {
         s.into()
     } else {
-        artifacts::digest::printable(s, 200).into()
+        artifacts::printable(s, 200).into()
     }
 }
 
