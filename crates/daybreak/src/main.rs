@@ -483,27 +483,29 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         Some(Command::StartPixie(a)) => {
-            let plan = if artifacts::Iso::open(&a.squashfs).is_ok() {
-                eprintln!(
-                    "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
-                    a.squashfs.display()
-                );
-                match artifacts::from_iso_file(a.squashfs) {
-                    Ok(set) => PlanInput {
+            // The ISO is opened once: what it holds is the plan; a file that is no ISO is the
+            // squashfs itself (and a missing one is reported as such when it is opened).
+            use artifacts::{IsoError, SourceError};
+            let plan = match artifacts::from_iso_file(a.squashfs.clone()) {
+                Ok(set) => {
+                    eprintln!(
+                        "{} is an ISO: serving its /boot/kernel, /boot/initrd and /rootfs.squashfs in place (INITRD and KERNEL are not used)",
+                        a.squashfs.display()
+                    );
+                    PlanInput {
                         set: Some(set),
                         ..Default::default()
-                    },
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
                     }
                 }
-            } else {
-                PlanInput {
+                Err(SourceError::Iso(IsoError::NotIso { .. } | IsoError::Io { .. })) => PlanInput {
                     kernel: Some(a.kernel),
                     initrds: vec![a.initrd],
                     rootfs: Some(a.squashfs),
                     ..Default::default()
+                },
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
                 }
             };
             let plan = PlanInput {

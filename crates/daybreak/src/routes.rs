@@ -47,7 +47,26 @@ impl ArtifactFiles {
             .cloned()
             .collect();
         if let Some((iso, name)) = iso {
-            files.push(BootFile::open(&artifacts::safe_name(name), iso, "ISO")?);
+            // The plan's files are ranges of the ISO, so the plan holds it open already: the
+            // whole ISO is served from that descriptor, not opened again by path.
+            let held = files
+                .iter()
+                .filter(|f| f.path.as_deref() == Some(iso))
+                .find_map(|f| match &f.body {
+                    Body::File(h) | Body::Ranges(h, _) => Some(h.clone()),
+                    Body::Memory(_) => None,
+                });
+            let name = artifacts::safe_name(name);
+            files.push(match held {
+                Some(h) => BootFile {
+                    size: h.metadata()?.len(),
+                    name,
+                    path: Some(iso.to_path_buf()),
+                    body: Body::File(h),
+                    secret: false,
+                },
+                None => BootFile::open(&name, iso, "ISO")?,
+            });
         }
         Ok(ArtifactFiles { files })
     }
