@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let peer = "10.0.0.9:1000".parse().unwrap();
     let Action::Start {
         mut transfer, send, ..
-    } = e.on_request(peer, request, now, |_| Some(file.clone()))
+    } = e.on_request(peer, request, now, true, |_| Some(file.clone()))
     else {
         return;
     };
