@@ -139,14 +139,26 @@ fn veth_pair(tag: &str, client: &str, server: &[&str]) -> (String, String, [Netn
     (cns, sns, [guard_c, guard_s])
 }
 
-#[test]
-fn proxydhcp_answers_over_real_sockets() {
-    if !require(true, &["ip"]) {
-        return;
-    }
-    let (cns, sns, _guards) = veth_pair("kp", "10.78.0.10/24", &["10.78.0.2/24"]);
+/// EDK2's DISCOVER, to broadcast from port 68.
+fn ovmf_discover() -> Vec<u8> {
+    request(
+        MessageType::Discover,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        ovmf_options(),
+    )
+}
 
-    let dir = tempdir("proxydhcp");
+/// Starts `daybreak serve` in a server namespace joined to a client namespace (subnet
+/// 10.78.`net`.0/24), runs `client` there with the server's address, stops the server cleanly
+/// and returns its log.
+fn with_server(tag: &str, net: u8, client: impl FnOnce(Ipv4Addr) + Send + 'static) -> String {
+    let (cns, sns, _guards) = veth_pair(
+        tag,
+        &format!("10.78.{net}.10/24"),
+        &[&format!("10.78.{net}.2/24")],
+    );
+    let dir = tempdir(&format!("proxydhcp-{tag}"));
     let kernel = dir.join("vmlinuz");
     std::fs::write(&kernel, b"kernel").unwrap();
     let mut server = {
@@ -156,19 +168,25 @@ fn proxydhcp_answers_over_real_sockets() {
             Daybreak::start(&["--debug", "serve", "--kernel", &k], &d)
         })
     };
+    let server_ip = Ipv4Addr::new(10, 78, net, 2);
+    in_netns(&cns, move || client(server_ip));
+    let status = server
+        .terminate(Duration::from_secs(12))
+        .expect("daybreak did not stop");
+    assert!(status.success());
+    server.log_text()
+}
 
-    let server_ip = Ipv4Addr::new(10, 78, 0, 2);
-    in_netns(&cns, move || {
-        let server67 = SocketAddrV4::new(server_ip, 67);
-
-        // 1. EDK2's DISCOVER, broadcast: an offer with option 43, the TFTP file, and no address.
+/// EDK2's DISCOVER gets an offer with option 43 and the TFTP file and no address; iPXE with
+/// HTTP gets the script URL; port 4011 REQUESTs (UEFI and BIOS) get an ACK there.
+#[test]
+fn proxydhcp_offers_and_acks_over_real_sockets() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let log = with_server("ko", 0, |server_ip| {
         let c68 = udp(68);
-        let disc = request(
-            MessageType::Discover,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            ovmf_options(),
-        );
+        let disc = ovmf_discover();
         c68.send_to(&disc, (Ipv4Addr::BROADCAST, 67)).unwrap();
         let offer = recv_reply(&c68);
         assert_eq!(offer.message_type(), Some(MessageType::Offer));
@@ -182,14 +200,6 @@ fn proxydhcp_answers_over_real_sockets() {
         assert_eq!(offer.option(54).unwrap(), server_ip.octets());
         assert_eq!(offer.option(60).unwrap(), b"PXEClient");
         assert_eq!(offer.option(97).unwrap(), (0..17).collect::<Vec<u8>>());
-
-        // 2. Malformed datagrams: dropped, and the server keeps answering.
-        for junk in [&b""[..], &[0u8; 10][..], &[0xffu8; 400][..], &disc[..250]] {
-            c68.send_to(junk, server67).unwrap();
-        }
-        let mut bad_magic = disc.clone();
-        bad_magic[236] = 0;
-        c68.send_to(&bad_magic, server67).unwrap();
         // iPXE with HTTP (option 175 feature 0x13) gets the script URL.
         let ipxe = request(
             MessageType::Discover,
@@ -209,7 +219,7 @@ fn proxydhcp_answers_over_real_sockets() {
         );
         drop(c68);
 
-        // 3. Port 4011: a REQUEST from source port 4011 is answered there with an ACK.
+        // Port 4011: a REQUEST from source port 4011 is answered there with an ACK.
         let c4011 = udp(4011);
         let req = request(
             MessageType::Request,
@@ -237,28 +247,63 @@ fn proxydhcp_answers_over_real_sockets() {
         );
         c4011.send_to(&req, (server_ip, 4011)).unwrap();
         assert_eq!(recv_reply(&c4011).file, b"undionly.kpxe");
-        drop(c4011);
+    });
+    assert!(log.contains("firmware=UEFI x64 PXE"), "{log}");
+}
 
-        // 4. A relayed DISCOVER (giaddr set) is answered by unicast to giaddr:67.
+/// Malformed datagrams are dropped, logged and counted, and the server keeps answering.
+#[test]
+fn proxydhcp_drops_malformed_datagrams_and_keeps_answering() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let log = with_server("km", 1, |server_ip| {
+        let c68 = udp(68);
+        let disc = ovmf_discover();
+        let server67 = SocketAddrV4::new(server_ip, 67);
+        for junk in [&b""[..], &[0u8; 10][..], &[0xffu8; 400][..], &disc[..250]] {
+            c68.send_to(junk, server67).unwrap();
+        }
+        let mut bad_magic = disc.clone();
+        bad_magic[236] = 0;
+        c68.send_to(&bad_magic, server67).unwrap();
+        c68.send_to(&disc, (Ipv4Addr::BROADCAST, 67)).unwrap();
+        assert_eq!(recv_reply(&c68).file, b"ipxe.efi");
+    });
+    assert!(log.contains("dropped malformed packet"), "{log}");
+    assert!(
+        log.contains("(\"malformed\", 5)"),
+        "five malformed datagrams counted:\n{log}"
+    );
+}
+
+/// A relayed DISCOVER (giaddr set) is answered by unicast to giaddr:67; ordinary DHCP traffic
+/// (no option 93) gets no answer.
+#[test]
+fn proxydhcp_answers_relays_and_not_plain_dhcp() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    with_server("kr", 2, |server_ip| {
         let relay = udp(67);
+        let server67 = SocketAddrV4::new(server_ip, 67);
         let relayed = request(
             MessageType::Discover,
-            Ipv4Addr::new(10, 78, 0, 10),
+            Ipv4Addr::new(10, 78, 2, 10),
             Ipv4Addr::UNSPECIFIED,
             ovmf_options(),
         );
         relay.send_to(&relayed, server67).unwrap();
         let offer = recv_reply(&relay);
-        assert_eq!(offer.giaddr, Ipv4Addr::new(10, 78, 0, 10));
+        assert_eq!(offer.giaddr, Ipv4Addr::new(10, 78, 2, 10));
         assert_eq!(offer.file, b"ipxe.efi");
 
-        // 5. Ordinary DHCP traffic (no option 93) gets no answer.
         relay
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let plain = request(
             MessageType::Discover,
-            Ipv4Addr::new(10, 78, 0, 10),
+            Ipv4Addr::new(10, 78, 2, 10),
             Ipv4Addr::UNSPECIFIED,
             vec![],
         );
@@ -269,18 +314,6 @@ fn proxydhcp_answers_over_real_sockets() {
             "answered a non-PXE DISCOVER"
         );
     });
-
-    let status = server
-        .terminate(Duration::from_secs(12))
-        .expect("daybreak did not stop");
-    assert!(status.success());
-    let log = server.log_text();
-    assert!(log.contains("firmware=UEFI x64 PXE"), "{log}");
-    assert!(log.contains("dropped malformed packet"), "{log}");
-    assert!(
-        log.contains("(\"malformed\", 5)"),
-        "five malformed datagrams counted:\n{log}"
-    );
 }
 
 /// `--interface` naming an interface without an IPv4 address is refused at startup with a message
