@@ -3,10 +3,9 @@
 //! included), request heads, OCI indexes and manifests, and tar layers with every entry type.
 //! (ISO seeds are made by scripts/fuzz.sh with xorriso.)
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
-use pxe::message::Message;
+use pxe::message::{Message, MessageType};
 
 fn put(dir: &Path, target: &str, name: &str, data: &[u8]) {
     let d = dir.join(target);
@@ -15,28 +14,11 @@ fn put(dir: &Path, target: &str, name: &str, data: &[u8]) {
 }
 
 fn dhcp(mtype: u8, giaddr: [u8; 4], options: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut chaddr = [0u8; 16];
-    chaddr[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-    let mut opts = vec![(53u8, vec![mtype])];
-    opts.extend(options.iter().map(|(c, v)| (*c, v.to_vec())));
-    Message {
-        op: 1,
-        htype: 1,
-        hlen: 6,
-        hops: 0,
-        xid: 0x1234_5678,
-        secs: 4,
-        flags: 0x8000,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: giaddr.into(),
-        chaddr,
-        sname: vec![],
-        file: vec![],
-        options: opts,
-    }
-    .encode()
+    let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    let opts = options.iter().map(|(c, v)| (*c, v.to_vec()));
+    let mut m = Message::client_request(MessageType::from_u8(mtype), 0x1234_5678, mac, opts);
+    (m.giaddr, m.secs) = (giaddr.into(), 4);
+    m.encode()
 }
 
 fn tar(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {

@@ -36,10 +36,7 @@ const PHASES: [&str; 7] = [
 
 /// What EDK2 sends: a DISCOVER, or the REQUEST to port 4011 with its boot item, from `ciaddr`.
 pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr) -> Vec<u8> {
-    let mut chaddr = [0u8; 16];
-    chaddr[..6].copy_from_slice(&mac);
     let mut options = vec![
-        (53, vec![mtype.to_u8()]),
         (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
         (93, vec![0, 7]),
         (94, vec![1, 3, 0]),
@@ -48,24 +45,9 @@ pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr) -> 
     if mtype == MessageType::Request {
         options.push((43, vec![71, 4, 0x80, 0, 0, 0, 255]));
     }
-    Message {
-        op: 1,
-        htype: 1,
-        hlen: 6,
-        hops: 0,
-        xid,
-        secs: 0,
-        flags: 0x8000,
-        ciaddr,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: Ipv4Addr::UNSPECIFIED,
-        chaddr,
-        sname: vec![],
-        file: vec![],
-        options,
-    }
-    .encode()
+    let mut m = Message::client_request(mtype, xid, mac, options);
+    m.ciaddr = ciaddr;
+    m.encode()
 }
 
 type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;

@@ -53,28 +53,9 @@ fn request(
     ciaddr: Ipv4Addr,
     options: Vec<(u8, Vec<u8>)>,
 ) -> Vec<u8> {
-    let mut chaddr = [0u8; 16];
-    chaddr[..6].copy_from_slice(&MAC);
-    let mut opts = vec![(53u8, vec![mtype.to_u8()])];
-    opts.extend(options);
-    Message {
-        op: 1,
-        htype: 1,
-        hlen: 6,
-        hops: 0,
-        xid: 0x0bad_cafe,
-        secs: 0,
-        flags: 0x8000,
-        ciaddr,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr,
-        chaddr,
-        sname: vec![],
-        file: vec![],
-        options: opts,
-    }
-    .encode()
+    let mut m = Message::client_request(mtype, 0x0bad_cafe, MAC, options);
+    (m.giaddr, m.ciaddr) = (giaddr, ciaddr);
+    m.encode()
 }
 
 fn ovmf_options() -> Vec<(u8, Vec<u8>)> {

@@ -156,7 +156,7 @@ pub fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::message::{Message, MessageType};
 
     fn settings() -> Settings {
         Settings {
@@ -168,28 +168,11 @@ mod tests {
 
     /// A request as firmware sends it: message type, giaddr, ciaddr, and options.
     fn request(mtype: u8, giaddr: [u8; 4], ciaddr: [u8; 4], options: &[(u8, &[u8])]) -> Vec<u8> {
-        let mut chaddr = [0u8; 16];
-        chaddr[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        let mut opts = vec![(53u8, vec![mtype])];
-        opts.extend(options.iter().map(|(c, v)| (*c, v.to_vec())));
-        Message {
-            op: 1,
-            htype: 1,
-            hlen: 6,
-            hops: 0,
-            xid: 0xabcd,
-            secs: 0,
-            flags: 0x8000,
-            ciaddr: ciaddr.into(),
-            yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: Ipv4Addr::UNSPECIFIED,
-            giaddr: giaddr.into(),
-            chaddr,
-            sname: vec![],
-            file: vec![],
-            options: opts,
-        }
-        .encode()
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let opts = options.iter().map(|(c, v)| (*c, v.to_vec()));
+        let mut m = Message::client_request(MessageType::from_u8(mtype), 0xabcd, mac, opts);
+        (m.giaddr, m.ciaddr) = (giaddr.into(), ciaddr.into());
+        m.encode()
     }
 
     fn at(bytes: &[u8], source: ([u8; 4], u16), ifindex: u32, local: [u8; 4]) -> Datagram<'_> {

@@ -135,6 +135,40 @@ pub struct Message {
     pub options: Vec<(u8, Vec<u8>)>,
 }
 
+impl Message {
+    /// A client's request as firmware sends it: a BOOTREQUEST over Ethernet from `mac` with the
+    /// broadcast flag, message type `mtype` (option 53) and then `options`, every address unset
+    /// (set `ciaddr` or `giaddr` on the result where the client would).
+    pub fn client_request(
+        mtype: MessageType,
+        xid: u32,
+        mac: [u8; 6],
+        options: impl IntoIterator<Item = (u8, Vec<u8>)>,
+    ) -> Message {
+        let mut chaddr = [0u8; 16];
+        chaddr[..6].copy_from_slice(&mac);
+        Message {
+            op: 1,
+            htype: 1,
+            hlen: 6,
+            hops: 0,
+            xid,
+            secs: 0,
+            flags: 0x8000,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            chaddr,
+            sname: vec![],
+            file: vec![],
+            options: std::iter::once((53, vec![mtype.to_u8()]))
+                .chain(options)
+                .collect(),
+        }
+    }
+}
+
 fn ip(b: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(b[0], b[1], b[2], b[3])
 }
