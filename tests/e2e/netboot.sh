@@ -15,12 +15,20 @@
 #                         the default command, zero touch: an OCI image (the guest's kernel and
 #                         initramfs in /boot, three layers) in a docker-registry inside SRV,
 #                         `daybreak --set container_image=… --cloud-config TEMPLATE --set kairos.password=…`
+#           bios-pixie, uefi-pixie
+#                         the Kairos docs' pixiecore command with `daybreak` in its place:
+#                         `daybreak boot KERNEL INITRD --cmdline='… root=live:{{ ID "…" }} …'`, HTTP
+#                         on port 80, and pixiecore's log lines
 #
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0
-case "$mode" in *-iso) from_iso=1; mode=${mode%-iso} ;; *-oci) from_oci=1; mode=${mode%-oci} ;; esac
+from_iso=0; from_oci=0; pixie=0
+case "$mode" in
+  *-iso) from_iso=1; mode=${mode%-iso} ;;
+  *-oci) from_oci=1; mode=${mode%-oci} ;;
+  *-pixie) pixie=1; mode=${mode%-pixie} ;;
+esac
 repo_root=$(cd "$(dirname "$0")/../.." && pwd)
 timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
 accel=${DAYBREAK_E2E_ACCEL:-tcg}
@@ -129,6 +137,9 @@ elif [ $from_oci = 1 ]; then
   printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: pw-%s\n' "$mode" "$id" > "$tmp/cloud-config.yaml"
   cmd=("$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state"
        --set "kairos.password=pw-$id" --cloud-config "$tmp/cc-template.yaml")
+elif [ $pixie = 1 ]; then
+  # As the docs write it, with this test's files.
+  cmd=("$bin" boot "$guest/vmlinuz" "$guest/initramfs.gz" --cmdline="rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ ID \"$tmp/rootfs.squashfs\" }} netboot install-mode config_url={{ ID \"$tmp/cloud-config.yaml\" }} console=tty1 console=ttyS0 console=tty0")
 else
   cmd=("$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
        --cloud-config "$tmp/cloud-config.yaml")
@@ -188,14 +199,26 @@ cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
 echo "$cmdline"
 echo "$result"
 server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
-for want in "root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-" \
-            "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0"; do
+wants=("root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-"
+       "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0")
+if [ $pixie = 1 ]; then
+  wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/rootfs.squashfs netboot install-mode config_url=http://$server/cloud-config.yaml console=tty1 console=ttyS0 console=tty0")
+fi
+for want in "${wants[@]}"; do
   case "$cmdline" in *"$want"*) ;; *) fail "kernel command line lacks: $want" ;; esac
 done
 [ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
 if [ "$mode" = uefi ]; then
   grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch ipxe.efi over TFTP"
+fi
+if [ $pixie = 1 ]; then
+  # pixiecore's lines for the same boot, as scripts and AuroraBoot's UI read them.
+  for want in "\[DHCP\] Offering to boot $mac" "\[HTTP\] Sending ipxe boot script to 10\.77\.0\." \
+              "\[HTTP\] Sent file \"kernel\" to 10\.77\.0\." "\[HTTP\] Sent file \"initrd-0\" to 10\.77\.0\."; do
+    grep -q "$want" "$tmp/daybreak.log" || fail "no pixiecore line matching: $want"
+  done
+  grep -E "\[(DHCP|HTTP)\]" "$tmp/daybreak.log" | sed 's/^[^[]*//' | head -8
 fi
 if [ $from_oci = 1 ]; then
   # The same image again: from the store, ready within a second.

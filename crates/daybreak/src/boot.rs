@@ -168,6 +168,9 @@ fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>
             .with_context(|| {
                 format!("unsupported template {{{{ {inner} }}}} in --cmdline; the only form is {{{{ ID \"/path/to/file\" }}}}")
             })?;
+        if arg.starts_with("http://") || arg.starts_with("https://") {
+            bail!("{{{{ ID \"{arg}\" }}}} in --cmdline: Daybreak serves local files; download it first (curl -fLO {arg}) and name its path");
+        }
         out.push(Err(PathBuf::from(arg)));
         rest = &after[close + 2..];
     }
@@ -546,6 +549,9 @@ pub(crate) mod tests {
             .unwrap()
             .to_string()
             .contains("unclosed"));
+        i.cmdline = Some("root=live:{{ ID \"https://x/r.squashfs\" }}".into());
+        let e = Plan::new(&i, HashMap::new()).err().unwrap().to_string();
+        assert!(e.contains("curl -fLO https://x/r.squashfs"), "{e}");
         let mut i = input(&d);
         i.kernel = Some(d.join("nope"));
         let e = format!("{:#}", Plan::new(&i, HashMap::new()).err().unwrap());

@@ -8,7 +8,7 @@
 //! broadcast) and the `mac=` of the iPXE script URL. The table is bounded; the oldest entries go.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -47,7 +47,8 @@ pub struct BootEvent {
     pub at: std::time::SystemTime,
     /// Lowercase `aa:bb:cc:dd:ee:ff`, when known.
     pub mac: Option<String>,
-    pub ip: Option<IpAddr>,
+    /// The machine's address and port, when it spoke from one (DHCP offers go to a MAC).
+    pub peer: Option<SocketAddr>,
     pub step: Step,
 }
 
@@ -105,15 +106,15 @@ impl Hub {
         l.get(&ip).is_some_and(|(_, t)| t.elapsed() < BOOTING)
     }
 
-    /// Records a step: the MAC is the one given, else the one known for `ip`.
-    pub fn emit(&self, ip: Option<IpAddr>, mac: Option<&str>, step: Step) -> BootEvent {
+    /// Records a step: the MAC is the one given, else the one known for `peer`'s address.
+    pub fn emit(&self, peer: Option<SocketAddr>, mac: Option<&str>, step: Step) -> BootEvent {
         let mac = mac
             .and_then(normal_mac)
-            .or_else(|| ip.and_then(|ip| self.mac_of(ip)));
+            .or_else(|| peer.and_then(|p| self.mac_of(p.ip())));
         let e = BootEvent {
             at: std::time::SystemTime::now(),
             mac,
-            ip,
+            peer,
             step,
         };
         // Nobody listening is fine: the status page and metrics subscribe when they run.
@@ -130,7 +131,8 @@ impl Hub {
         match e {
             pxe::driver::Event::Lease { mac, ip } => {
                 self.learn(ip.into(), &mac);
-                self.emit(Some(ip.into()), Some(&mac), Step::Lease);
+                // Its DHCPREQUEST came from the client port.
+                self.emit(Some(SocketAddr::from((ip, 68))), Some(&mac), Step::Lease);
             }
             pxe::driver::Event::Answered {
                 mac,
@@ -164,7 +166,7 @@ impl Hub {
             )
         {
             self.emit(
-                Some(ip),
+                Some(r.peer),
                 None,
                 Step::Loader {
                     file: r.file,
@@ -189,11 +191,11 @@ mod tests {
             mac: "52:54:00:AA:bb:01".into(),
             ip: "10.0.0.42".parse().unwrap(),
         });
-        let e = hub.emit(Some(ip), None, Step::Script);
+        let e = hub.emit(Some(SocketAddr::new(ip, 4321)), None, Step::Script);
         assert_eq!(e.mac.as_deref(), Some("52:54:00:aa:bb:01"));
         assert_eq!(rx.try_recv().unwrap().step, Step::Lease);
         assert_eq!(rx.try_recv().unwrap().step, Step::Script);
-        let other = hub.emit(Some("10.0.0.7".parse().unwrap()), None, Step::Booting);
+        let other = hub.emit(Some("10.0.0.7:80".parse().unwrap()), None, Step::Booting);
         assert_eq!(other.mac, None);
     }
 

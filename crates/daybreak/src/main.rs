@@ -10,6 +10,7 @@ mod interrupt;
 mod ipxe;
 mod logwriter;
 mod netboot;
+mod pixiecore;
 mod progress;
 mod routes;
 mod serve;
@@ -77,7 +78,7 @@ daybreak netboot quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1
 )]
 struct Cli {
     /// Log every packet decision and request, not just one line per machine step.
-    #[arg(long, global = true)]
+    #[arg(short = 'd', long, global = true)]
     debug: bool,
     /// Log format: human-readable text, or one JSON object per line for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -141,6 +142,20 @@ daybreak start-pixie /work/cloud-config.yaml /work/out/kairos.squashfs 0.0.0.0 8
 /work/out/kairos-initrd /work/out/kairos-kernel"
     )]
     StartPixie(StartPixieArgs),
+    /// pixiecore's `boot`: KERNEL [INITRD...] with --cmdline and pixiecore's flags, as the
+    /// Kairos docs run it.
+    #[command(
+        long_about = "Serve KERNEL and INITRDs the way `pixiecore boot` does, with its arguments and \
+flags, so the Kairos docs' pixiecore command runs unchanged with `daybreak` in place of `pixiecore`. \
+The command line is passed as it is: `{{ ID \"/path/to/file\" }}` serves that file and puts its URL \
+there. HTTP listens on port 80 unless -p says otherwise. pixiecore's log lines (\"Offering to boot\", \
+\"Sent file\") are printed as it prints them, beside Daybreak's own.",
+        after_help = "Example (the Kairos docs' command):\n  \
+daybreak boot kairos-kernel kairos-initrd --cmdline='rd.neednet=1 ip=dhcp rd.cos.disable \\\n      \
+root=live:{{ ID \"/files/kairos.squashfs\" }} netboot install-mode \\\n      \
+config_url={{ ID \"/files/config.yaml\" }} console=tty1 console=ttyS0 console=tty0'"
+    )]
+    Boot(pixiecore::BootArgs),
     /// Write the kernel, initrd and squashfs of an OCI image or a Kairos ISO into OUTDIR.
     #[command(
         long_about = "Turn an image into the three files a netboot needs: PREFIX-kernel, PREFIX-initrd and \
@@ -326,6 +341,7 @@ impl NetArgs {
             ipxe_arm64: self.ipxe_arm64,
             netboot: true,
             artifact_listen: None,
+            pixiecore_log: false,
         }
     }
 }
@@ -482,6 +498,13 @@ fn main() -> ExitCode {
             cmdline: a.cmdline,
             ..Default::default()
         }),
+        Some(Command::Boot(a)) => match a.into_options() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {}", error_text(&e));
+                return ExitCode::from(2);
+            }
+        },
         Some(Command::StartPixie(a)) => {
             // The ISO is opened once: what it holds is the plan; a file that is no ISO is the
             // squashfs itself (and a missing one is reported as such when it is opened).
@@ -516,7 +539,10 @@ fn main() -> ExitCode {
                 },
                 ..plan
             };
-            ServeOptions::new(plan, a.address)
+            ServeOptions {
+                pixiecore_log: true,
+                ..ServeOptions::new(plan, a.address)
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

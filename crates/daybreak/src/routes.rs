@@ -108,11 +108,7 @@ impl Router for Plan {
                     if let Some(m) = &mac {
                         hub.learn(req.peer.ip(), m);
                     }
-                    hub.emit(
-                        Some(req.peer.ip()),
-                        mac.as_deref(),
-                        crate::events::Step::Script,
-                    );
+                    hub.emit(Some(req.peer), mac.as_deref(), crate::events::Step::Script);
                 }
                 let base = self.base_url(req.local);
                 tracing::info!(
@@ -133,11 +129,7 @@ impl Router for Plan {
             routes::BOOTING => {
                 if let Some(hub) = &self.events {
                     let mac = query_param(req.query, "mac");
-                    hub.emit(
-                        Some(req.peer.ip()),
-                        mac.as_deref(),
-                        crate::events::Step::Booting,
-                    );
+                    hub.emit(Some(req.peer), mac.as_deref(), crate::events::Step::Booting);
                 }
                 tracing::info!(
                     client = %req.peer.ip(),

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub netboot: bool,
     /// Where the artifact file server listens, if at all.
     pub artifact_listen: Option<SocketAddr>,
+    /// Also log each boot step as pixiecore does (`boot`, `start-pixie`).
+    pub pixiecore_log: bool,
 }
 
 impl ServeOptions {
@@ -50,6 +52,7 @@ impl ServeOptions {
             ipxe_efi64: None,
             ipxe_arm64: None,
             netboot: true,
+            pixiecore_log: false,
             artifact_listen: None,
         }
     }
@@ -372,18 +375,25 @@ async fn start_netboot(
     tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
     let hub = tasks.hub.clone();
-    // Every boot event, keyed by MAC, in the debug log (until the status page reads them too).
+    // Every boot event, keyed by MAC, in the debug log (until the status page reads them too),
+    // and pixiecore's lines when asked.
     let mut events = hub.subscribe();
+    let pixiecore_log = opts.pixiecore_log;
     tasks.background.spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
-                Ok(e) => tracing::debug!(
-                    mac = e.mac.as_deref().unwrap_or("-"),
-                    client = %e.ip.map_or_else(|| "-".to_string(), |i| i.to_string()),
-                    step = ?e.step,
-                    "boot event"
-                ),
+                Ok(e) => {
+                    tracing::debug!(
+                        mac = e.mac.as_deref().unwrap_or("-"),
+                        client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                        step = ?e.step,
+                        "boot event"
+                    );
+                    if let Some(line) = crate::pixiecore::line(&e).filter(|_| pixiecore_log) {
+                        tracing::info!("{line}");
+                    }
+                }
                 Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "boot events skipped"),
                 Err(RecvError::Closed) => break,
             }

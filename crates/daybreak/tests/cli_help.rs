@@ -41,6 +41,7 @@ fn hand_set_help_is_not_rewrapped() {
         &["--help"][..],
         &["serve", "--help"],
         &["start-pixie", "--help"],
+        &["boot", "--help"],
         &["netboot", "--help"],
         &["cache", "--help"],
     ] {

@@ -80,3 +80,17 @@ fn bios_zero_touch_from_a_registry_image() {
 fn uefi_zero_touch_from_a_registry_image() {
     boot("uefi-oci");
 }
+
+/// The Kairos docs' pixiecore command with `daybreak` in its place: `daybreak boot KERNEL INITRD
+/// --cmdline='… root=live:{{ ID "…" }} … config_url={{ ID "…" }} …'`, HTTP on port 80, the
+/// command line passed as written, and pixiecore's log lines for the boot.
+#[test]
+fn bios_pixiecore_boot_command() {
+    boot("bios-pixie");
+}
+
+/// The same with OVMF and EDK2's own PXE client.
+#[test]
+fn uefi_pixiecore_boot_command() {
+    boot("uefi-pixie");
+}

@@ -574,4 +574,9 @@ fn start_pixie_serves_an_iso_in_place() {
         std::fs::read(work.join("kernel.out")).unwrap() == k,
         "{log}"
     );
+    // pixiecore's line for it, which AuroraBoot's web UI shows.
+    assert!(
+        log.contains("[HTTP] Sent file \"kernel\" to 127.0.0.1:"),
+        "{log}"
+    );
 }

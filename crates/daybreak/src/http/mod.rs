@@ -594,7 +594,7 @@ async fn respond<R: Router>(
     }
     if let (Ok(()), Some(hub), false) = (&result, events, name.starts_with('_')) {
         hub.emit(
-            Some(peer.ip()),
+            Some(peer),
             None,
             Step::File {
                 name: name.clone(),
