@@ -1,12 +1,40 @@
 #!/usr/bin/env bash
-# Refreshes the embedded iPXE binaries from Debian's `ipxe` package.
+# Refreshes the embedded iPXE binaries from Debian's `ipxe` package in SUITE (default trixie, a
+# 2025 build), without touching this machine's apt configuration: a private sources directory
+# with one entry for SUITE on the mirror and keyring this machine already uses, and private
+# package lists and cache, all in a temporary directory.
+#
+#   scripts/update-ipxe.sh [SUITE]
 set -euo pipefail
+suite=${1:-trixie}
 dest="$(cd "$(dirname "$0")/.." && pwd)/crates/daybreak/ipxe"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
-apt-get download ipxe
-dpkg -x ipxe_*.deb x
-cp x/usr/lib/ipxe/undionly.kpxe x/usr/lib/ipxe/ipxe.pxe x/usr/lib/ipxe/snponly.efi x/boot/ipxe.efi "$dest/"
-cp x/usr/share/doc/ipxe/copyright "$dest/COPYING"
-(cd "$dest" && sha256sum *.kpxe *.pxe *.efi > SHA256SUMS)
-echo "iPXE $(dpkg-deb -f ipxe_*.deb Version): update the version line in $dest/README.md"
+
+# The Debian mirror and keyring of the host's own (non-security) sources: deb822 stanzas first,
+# then a one-line sources.list entry (which names no keyring: the default one is used).
+read -r uri key < <(awk 'BEGIN { RS = "" } /URIs:/ && !/security/ {
+    u = ""; k = ""; n = split($0, l, "\n")
+    for (i = 1; i <= n; i++) { if (l[i] ~ /^URIs:/) { split(l[i], f, " "); u = f[2] }
+                               if (l[i] ~ /^Signed-By:/) { split(l[i], f, " "); k = f[2] } }
+    if (u ~ /debian\/?$/) { print u, k; exit } }' /etc/apt/sources.list.d/*.sources 2>/dev/null) || true
+[ -n "${uri:-}" ] || uri=$(awk '$1 == "deb" && $2 ~ /debian\/?$/ && $3 !~ /security/ {print $2; exit}' \
+  /etc/apt/sources.list 2>/dev/null || true)
+[ -n "${uri:-}" ] || { echo "update-ipxe: no Debian apt source on this machine to take the mirror from" >&2; exit 1; }
+key=${key:-/usr/share/keyrings/debian-archive-keyring.gpg}
+
+mkdir -p "$tmp/sources" "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/deb"
+printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$uri" "$suite" "$key" \
+  > "$tmp/sources/$suite.sources"
+apt=(apt-get -o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/sources"
+     -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o APT::Sandbox::User=root)
+"${apt[@]}" update -qq
+(cd "$tmp/deb" && "${apt[@]}" download -qq "ipxe/$suite")
+deb=$(ls "$tmp"/deb/ipxe_*.deb)
+dpkg -x "$deb" "$tmp/x"
+lib=$tmp/x/usr/lib/ipxe
+cp "$lib/undionly.kpxe" "$lib/ipxe.pxe" "$lib/snponly.efi" "$dest/"
+cp -L "$lib/ipxe-amd64.efi" "$dest/ipxe.efi"
+cp "$tmp/x/usr/share/doc/ipxe/copyright" "$dest/COPYING"
+(cd "$dest" && sha256sum undionly.kpxe ipxe.pxe ipxe.efi snponly.efi > SHA256SUMS)
+version=$(dpkg-deb -f "$deb" Version)
+echo "iPXE $version ($suite): set it in $dest/README.md and VERSION in crates/daybreak/src/ipxe.rs"

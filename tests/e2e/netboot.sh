@@ -7,7 +7,10 @@
 #
 #   netboot.sh MODE DAYBREAK_BIN GUEST_DIR
 #     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM
-#           uefi          OVMF with virtio-net and no option ROM (EDK2's own PXE client)
+#           uefi          OVMF with virtio-net and no option ROM (EDK2's own PXE client), which
+#                         gets the built-in ipxe.efi (iPXE's own virtio driver)
+#           uefi-snp      as uefi, with `--efi-ipxe snponly`: snponly.efi, driving the NIC
+#                         through the firmware's own network driver
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
 #           bios-iso      as bios, with kernel, initrd and squashfs served straight from an ISO
 #                         made by xorriso (`daybreak serve --iso`)
@@ -23,8 +26,9 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0
+from_iso=0; from_oci=0; pixie=0; efi=ipxe
 case "$mode" in
+  uefi-snp) efi=snponly; mode=uefi ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
   *-oci) from_oci=1; mode=${mode%-oci} ;;
   *-pixie) pixie=1; mode=${mode%-pixie} ;;
@@ -142,7 +146,7 @@ elif [ $pixie = 1 ]; then
   cmd=("$bin" boot "$guest/vmlinuz" "$guest/initramfs.gz" --cmdline="rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ ID \"$tmp/rootfs.squashfs\" }} netboot install-mode config_url={{ ID \"$tmp/cloud-config.yaml\" }} console=tty1 console=ttyS0 console=tty0")
 else
   cmd=("$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
-       --cloud-config "$tmp/cloud-config.yaml")
+       --cloud-config "$tmp/cloud-config.yaml" --efi-ipxe "$efi")
 fi
 ip netns exec "$where" "${cmd[@]}" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
@@ -210,7 +214,7 @@ done
 [ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
 if [ "$mode" = uefi ]; then
-  grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch ipxe.efi over TFTP"
+  grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"
 fi
 if [ $pixie = 1 ]; then
   # pixiecore's lines for the same boot, as scripts and AuroraBoot's UI read them.

@@ -11,7 +11,18 @@ pub const IPXE_PXE: &[u8] = include_bytes!("../ipxe/ipxe.pxe");
 pub const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 pub const SNPONLY_EFI: &[u8] = include_bytes!("../ipxe/snponly.efi");
 /// The Debian package version the embedded binaries come from.
-pub const VERSION: &str = "1.0.0+git-20190125.36a4c85-5.1 (Debian)";
+pub const VERSION: &str = "1.21.1+git20250501.dad20602+dfsg-1 (Debian trixie)";
+
+/// Which built-in iPXE UEFI x64 machines get.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EfiBuild {
+    /// `ipxe.efi`: iPXE's own NIC drivers (the firmware's network driver as a fallback).
+    #[default]
+    Ipxe,
+    /// `snponly.efi`: only the firmware's own network driver, the one that just PXE-booted;
+    /// for NICs that fail under `ipxe.efi`.
+    Snponly,
+}
 
 /// Overrides from the command line.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +30,8 @@ pub struct Overrides<'a> {
     pub bios: Option<&'a Path>,
     pub efi64: Option<&'a Path>,
     pub arm64: Option<&'a Path>,
+    /// The built-in UEFI x64 build, unless `efi64` names a file.
+    pub efi64_build: EfiBuild,
 }
 
 /// The binaries to serve, by name, and the boot file names the ProxyDHCP answers use.
@@ -46,6 +59,8 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
     if let Some(p) = o.efi64 {
         files.insert("custom-x64.efi".into(), read(p, "--ipxe-efi64")?);
         boot.efi_x64 = Some("custom-x64.efi".into());
+    } else if o.efi64_build == EfiBuild::Snponly {
+        boot.efi_x64 = Some("snponly.efi".into());
     }
     if let Some(p) = o.arm64 {
         files.insert("ipxe-arm64.efi".into(), read(p, "--ipxe-arm64")?);
@@ -72,10 +87,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let arm = dir.join("arm64.efi");
         std::fs::write(&arm, b"MZarm64").unwrap();
+        let (_, boot) = load(&Overrides {
+            efi64_build: EfiBuild::Snponly,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(boot.efi_x64.as_deref(), Some("snponly.efi"));
         let (files, boot) = load(&Overrides {
             arm64: Some(&arm),
             efi64: Some(&arm),
             bios: None,
+            efi64_build: EfiBuild::Snponly,
         })
         .unwrap();
         assert_eq!(boot.efi_arm64.as_deref(), Some("ipxe-arm64.efi"));

@@ -297,9 +297,20 @@ struct NetArgs {
     /// iPXE binary for BIOS PXE ROMs instead of the built-in undionly.kpxe.
     #[arg(long, value_name = "FILE")]
     ipxe_bios: Option<PathBuf>,
-    /// iPXE binary for UEFI x64 instead of the built-in ipxe.efi (e.g. snponly.efi builds).
+    /// iPXE binary for UEFI x64 instead of the built-in one (see --efi-ipxe).
     #[arg(long, value_name = "FILE")]
     ipxe_efi64: Option<PathBuf>,
+    /// The built-in iPXE UEFI x64 machines get: ipxe (ipxe.efi, iPXE's own NIC drivers) or
+    /// snponly (snponly.efi, only the firmware's network driver, the one that just PXE-booted:
+    /// choose it when a NIC hangs or finds no link under ipxe.efi).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "BUILD",
+        default_value_t,
+        conflicts_with = "ipxe_efi64"
+    )]
+    efi_ipxe: ipxe::EfiBuild,
     /// iPXE binary for UEFI arm64; without it, arm64 machines are not answered.
     #[arg(long, value_name = "FILE")]
     ipxe_arm64: Option<PathBuf>,
@@ -339,6 +350,7 @@ impl NetArgs {
             ipxe_bios: self.ipxe_bios,
             ipxe_efi64: self.ipxe_efi64,
             ipxe_arm64: self.ipxe_arm64,
+            efi_build: self.efi_ipxe,
             netboot: true,
             artifact_listen: None,
             pixiecore_log: false,

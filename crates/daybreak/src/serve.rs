@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub ipxe_bios: Option<PathBuf>,
     pub ipxe_efi64: Option<PathBuf>,
     pub ipxe_arm64: Option<PathBuf>,
+    /// The built-in iPXE for UEFI x64, when `ipxe_efi64` names no file.
+    pub efi_build: ipxe::EfiBuild,
     /// Start the netboot servers (ProxyDHCP, TFTP, boot HTTP); off: only the artifact server.
     pub netboot: bool,
     /// Where the artifact file server listens, if at all.
@@ -51,6 +53,7 @@ impl ServeOptions {
             ipxe_bios: None,
             ipxe_efi64: None,
             ipxe_arm64: None,
+            efi_build: ipxe::EfiBuild::default(),
             netboot: true,
             pixiecore_log: false,
             artifact_listen: None,
@@ -155,6 +158,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         bios: opts.ipxe_bios.as_deref(),
         efi64: opts.ipxe_efi64.as_deref(),
         arm64: opts.ipxe_arm64.as_deref(),
+        efi64_build: opts.efi_build,
     })?;
     let mut plan_input = opts.plan.clone();
     let mut ifaces = resolve_interfaces(&opts.interfaces)?;

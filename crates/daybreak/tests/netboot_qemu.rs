@@ -53,6 +53,13 @@ fn uefi_edk2_pxe_boots_kernel() {
     boot("uefi");
 }
 
+/// The same with `--efi-ipxe snponly`: snponly.efi drives the NIC through the firmware's own
+/// network driver instead of iPXE's virtio driver.
+#[test]
+fn uefi_edk2_pxe_boots_kernel_with_snponly() {
+    boot("uefi-snp");
+}
+
 /// Daybreak on the same host as the DHCP server: port 67 is taken, so ProxyDHCP listens through
 /// the raw socket and still answers.
 #[test]
