@@ -11,6 +11,8 @@
 #                         gets the built-in ipxe.efi (iPXE's own virtio driver)
 #           uefi-snp      as uefi, with `--efi-ipxe snponly`: snponly.efi, driving the NIC
 #                         through the firmware's own network driver
+#           uefi-http     OVMF with PXE turned off (IPv4 and IPv6), so UEFI HTTP Boot is the only
+#                         way in: ipxe.efi by HTTP (application/efi), no TFTP at all
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
 #           bios-iso      as bios, with kernel, initrd and squashfs served straight from an ISO
 #                         made by xorriso (`daybreak serve --iso`)
@@ -26,9 +28,10 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
+  uefi-http) http_boot=1; mode=uefi ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
   *-oci) from_oci=1; mode=${mode%-oci} ;;
   *-pixie) pixie=1; mode=${mode%-pixie} ;;
@@ -180,7 +183,11 @@ case "$mode" in
     qemu=(-machine q35 -m 1024
           -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
           -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd"
-          -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=") ;;
+          -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=")
+    if [ $http_boot = 1 ]; then
+      qemu+=(-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=n
+             -fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=n)
+    fi ;;
   *) fail "unknown mode $mode" ;;
 esac
 ip netns exec "$lan" qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
@@ -213,7 +220,11 @@ for want in "${wants[@]}"; do
 done
 [ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
-if [ "$mode" = uefi ]; then
+if [ $http_boot = 1 ]; then
+  grep -q "offer.*firmware=UEFI x64 HTTP" "$tmp/daybreak.log" || fail "no HTTP Boot offer logged"
+  grep -q "http sent.*file=ipxe/ipxe.efi" "$tmp/daybreak.log" || fail "UEFI HTTP Boot did not fetch ipxe.efi"
+  ! grep -q "tftp" "$tmp/daybreak.log" || fail "TFTP was used, but HTTP Boot was the only way in"
+elif [ "$mode" = uefi ]; then
   grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"
 fi
 if [ $pixie = 1 ]; then

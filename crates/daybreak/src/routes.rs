@@ -152,9 +152,14 @@ impl Router for Plan {
             _ => {
                 if let Some(bin) = path.strip_prefix(routes::BINARIES) {
                     return match self.binaries.get(bin) {
+                        // UEFI HTTP Boot takes the image type from Content-Type first.
                         Some(b) => Reply::Resource {
                             name: format!("ipxe/{bin}"),
-                            content_type: "application/octet-stream",
+                            content_type: if bin.ends_with(".efi") {
+                                "application/efi"
+                            } else {
+                                "application/octet-stream"
+                            },
                             body: Body::Memory(b.clone()),
                         },
                         None => Reply::NotFound,
@@ -209,6 +214,14 @@ mod tests {
                 "{path}?{query}"
             );
         }
+        // UEFI HTTP Boot takes the image type from Content-Type.
+        assert!(matches!(
+            get("/ipxe/ipxe.efi", ""),
+            Reply::Resource {
+                content_type: "application/efi",
+                ..
+            }
+        ));
         for (path, query) in [
             ("/", ""),
             ("/../kernel", ""),

@@ -60,6 +60,14 @@ fn uefi_edk2_pxe_boots_kernel_with_snponly() {
     boot("uefi-snp");
 }
 
+/// OVMF with PXE turned off, so UEFI HTTP Boot is the only way in: the offer carries option 60
+/// `HTTPClient` and an `http://` URL with an IP literal; ipxe.efi comes over HTTP as
+/// `application/efi`, and nothing goes over TFTP.
+#[test]
+fn uefi_http_boot_boots_kernel() {
+    boot("uefi-http");
+}
+
 /// Daybreak on the same host as the DHCP server: port 67 is taken, so ProxyDHCP listens through
 /// the raw socket and still answers.
 #[test]
