@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{require, workspace_root, BIN};
+use common::{require, run_e2e, workspace_root, BIN};
 
 fn boot(mode: &str) {
     let mut tools = vec!["qemu-system-x86_64", "dnsmasq", "ip", "cpio", "flock"];
@@ -25,19 +25,8 @@ fn boot(mode: &str) {
         .status()
         .expect("run build-guest.sh");
     assert!(built.success(), "building the test guest failed");
-    let out = Command::new("bash")
-        .arg(root.join("tests/e2e/netboot.sh"))
-        .args([mode, BIN])
-        .arg(&guest)
-        .output()
-        .expect("run netboot.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && text.contains("E2E-PASS"),
-        "{mode} boot failed:\n{text}"
-    );
+    let guest = guest.to_string_lossy();
+    run_e2e("netboot.sh", &[mode, BIN, &guest], "E2E-PASS");
 }
 
 /// SeaBIOS with QEMU's e1000 iPXE ROM: iPXE with HTTP gets its script URL in the first offer.

@@ -23,6 +23,23 @@ pub fn workspace_root() -> PathBuf {
 #[allow(unused_imports)]
 pub use testkit::{have, is_root, require, skip};
 
+/// Runs `bash tests/e2e/SCRIPT ARGS…`, shows its output, and fails the test unless it exits 0
+/// and prints `pass` (the scripts print their own verdict line with the logs that explain it).
+pub fn run_e2e(script: &str, args: &[&str], pass: &str) {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("tests/e2e").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains(pass),
+        "{script} {args:?} failed:\n{text}"
+    );
+}
+
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
