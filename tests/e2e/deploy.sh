@@ -3,7 +3,9 @@
 # 10.76.0.2, a veth pair; nothing leaves them):
 #
 #   deploy.sh container DAYBREAK_BIN   the image built by scripts/container.sh, run by podman in SRV
-#                                      with every capability dropped but NET_BIND_SERVICE and NET_RAW
+#                                      with every capability dropped but NET_BIND_SERVICE and NET_RAW:
+#                                      `serve`, then the Kairos docs' shape (the default command with
+#                                      --set container_image=… --cloud-config …, here a dir:// image)
 #   deploy.sh service DAYBREAK_BIN     dist/daybreak.service: `systemd-analyze verify` clean, and its
 #                                      ExecStart run as that unit runs it: a user of its own (not
 #                                      root), ambient NET_BIND_SERVICE and NET_RAW only, no new privileges
@@ -104,5 +106,29 @@ if [ "$what" = service ]; then
   st=/proc/$child/status
   [ "$(awk '/^Uid:/ {print $2}' "$st")" = 61000 ] || fail "not running as the unit's user"
   [ "$(awk '/^CapEff:/ {print $2}' "$st")" = 0000000000002400 ] || fail "effective capabilities: $(awk '/^CapEff:/ {print $2}' "$st")"
+fi
+if [ "$what" = container ]; then
+  # The docs' `docker run --net host IMAGE --set container_image=… --cloud-config …`, with this
+  # image: the default command builds the artifacts into its state volume and serves them.
+  podman --runtime runc rm -f "daybreak-$id" >/dev/null
+  mkdir -p "$tmp/files/tree/boot" "$tmp/files/tree/etc"
+  cp "$tmp/files/kernel" "$tmp/files/tree/boot/vmlinuz-6.1.0-9-amd64"
+  cp "$tmp/files/initrd" "$tmp/files/tree/boot/initrd.img-6.1.0-9-amd64"
+  echo "deploy $id" > "$tmp/files/tree/etc/marker"
+  chmod -R a+rX "$tmp/files"
+  podman --runtime runc run -d --name "daybreak-$id" --network "ns:/run/netns/$srv" \
+    --cap-drop all --cap-add NET_BIND_SERVICE --cap-add NET_RAW \
+    --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -v "$tmp/files:/files:ro" \
+    "$tag" --set container_image=dir:///files/tree --cloud-config /files/config.yaml >/dev/null ||
+    fail "podman could not start the image with the default command"
+  rm -f "$tmp/daybreak.log"
+  for _ in $(seq 1 150); do
+    logs; grep -q " ready" "$tmp/daybreak.log" 2>/dev/null && break; sleep 0.2
+  done
+  grep -q " ready" "$tmp/daybreak.log" || fail "the default command did not get ready in the image"
+  C curl -sf -o "$tmp/kernel2.out" http://10.76.0.2:8090/kernel || fail "no kernel from the default command"
+  cmp -s "$tmp/kernel2.out" "$tmp/files/kernel" || fail "the image's kernel differs"
+  C curl -sf -o "$tmp/rootfs.out" http://10.76.0.2:8090/rootfs.squashfs || fail "no squashfs from the default command"
+  [ "$(head -c 4 "$tmp/rootfs.out")" = hsqs ] || fail "the served rootfs is not a squashfs"
 fi
 echo "DEPLOY-PASS ($what)"
