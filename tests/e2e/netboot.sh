@@ -20,6 +20,10 @@
 #                         the default command, zero touch: an OCI image (the guest's kernel and
 #                         initramfs in /boot, three layers) in a docker-registry inside SRV,
 #                         `daybreak --set container_image=… --cloud-config TEMPLATE --set kairos.password=…`
+#           bios-api      pixiecore's API mode: `daybreak api URL` with an API server (busybox
+#                         httpd on SRV's loopback) whose answer for this machine names the kernel
+#                         by /path, the initrd relatively, the squashfs by {{ URL }} and the
+#                         cloud-config as file://; everything reaches the guest through Daybreak
 #           bios-pixie, uefi-pixie
 #                         the Kairos docs' pixiecore command with `daybreak` in its place:
 #                         `daybreak boot KERNEL INITRD --cmdline='… root=live:{{ ID "…" }} …'`, HTTP
@@ -28,13 +32,14 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
   *-oci) from_oci=1; mode=${mode%-oci} ;;
   *-pixie) pixie=1; mode=${mode%-pixie} ;;
+  *-api) api=1; pixie=1; mode=${mode%-api} ;;
 esac
 repo_root=$(cd "$(dirname "$0")/../.." && pwd)
 timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
@@ -144,6 +149,15 @@ elif [ $from_oci = 1 ]; then
   printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: pw-%s\n' "$mode" "$id" > "$tmp/cloud-config.yaml"
   cmd=("$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state"
        --set "kairos.password=pw-$id" --cloud-config "$tmp/cc-template.yaml")
+elif [ $api = 1 ]; then
+  mac=52:54:00:77:00:$(printf %02x $((id % 200 + 16)))
+  mkdir -p "$tmp/api/v1/boot" "$tmp/api/files"
+  cp "$guest/vmlinuz" "$guest/initramfs.gz" "$tmp/rootfs.squashfs" "$tmp/api/files/"
+  printf '{"kernel":"/files/vmlinuz","initrd":["files/initramfs.gz"],"message":"e2e","cmdline":"rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ URL \\"/files/rootfs.squashfs\\" }} netboot install-mode config_url={{ URL \\"file://%s\\" }} console=tty1 console=ttyS0 console=tty0"}' \
+    "$tmp/cloud-config.yaml" > "$tmp/api/v1/boot/$mac"
+  ip netns exec "$srv" busybox httpd -f -p 127.0.0.1:8000 -h "$tmp/api" &
+  pids+=($!)
+  cmd=("$bin" api http://127.0.0.1:8000/ --api-request-timeout 2s)
 elif [ $pixie = 1 ]; then
   # As the docs write it, with this test's files.
   cmd=("$bin" boot "$guest/vmlinuz" "$guest/initramfs.gz" --cmdline="rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ ID \"$tmp/rootfs.squashfs\" }} netboot install-mode config_url={{ ID \"$tmp/cloud-config.yaml\" }} console=tty1 console=ttyS0 console=tty0")
@@ -212,7 +226,9 @@ echo "$result"
 server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
 wants=("root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-"
        "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0")
-if [ $pixie = 1 ]; then
+if [ $api = 1 ]; then
+  wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2 netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3 console=tty1 console=ttyS0 console=tty0")
+elif [ $pixie = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/rootfs.squashfs netboot install-mode config_url=http://$server/cloud-config.yaml console=tty1 console=ttyS0 console=tty0")
 fi
 for want in "${wants[@]}"; do

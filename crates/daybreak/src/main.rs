@@ -1,6 +1,7 @@
 //! The `daybreak` command: parses the command line, sets up logging, and hands off to the
 //! servers. Each subcommand's `--help` is its manual.
 
+mod api;
 mod boot;
 mod config;
 mod default_command;
@@ -156,6 +157,20 @@ root=live:{{ ID \"/files/kairos.squashfs\" }} netboot install-mode \\\n      \
 config_url={{ ID \"/files/config.yaml\" }} console=tty1 console=ttyS0 console=tty0'"
     )]
     Boot(pixiecore::BootArgs),
+    /// pixiecore's `api`: each machine booted as `GET URL/v1/boot/MAC` says.
+    #[command(
+        long_about = "Boot each machine the way a pixiecore API server says, as `pixiecore api URL` \
+does: on a machine's DHCP request and boot script request Daybreak asks GET URL/v1/boot/MAC. A 200 \
+answer is JSON with `kernel` (a URL), `initrd` (a list of URLs), `cmdline` (with {{ URL \"…\" }} \
+templates, or the older object form) or `ipxe-script`; any other answer, or a malformed one, means \
+the machine is not answered at all. URLs are http(s), file:// (on this host), /path (from the API \
+server's root) or relative to URL; machines fetch them through this server, which proxies only what \
+the API named for that machine. DHCP never waits for the API: the last answer per MAC is used and \
+refreshed in the background (a machine new to the API gets its offer on its next DHCP request).",
+        after_help = "Example:\n  \
+daybreak api http://10.0.0.5:8000/pixiecore --api-request-timeout 3s"
+    )]
+    Api(api::ApiArgs),
     /// Write the kernel, initrd and squashfs of an OCI image or a Kairos ISO into OUTDIR.
     #[command(
         long_about = "Turn an image into the three files a netboot needs: PREFIX-kernel, PREFIX-initrd and \
@@ -354,6 +369,7 @@ impl NetArgs {
             netboot: true,
             artifact_listen: None,
             pixiecore_log: false,
+            api: None,
         }
     }
 }
@@ -510,6 +526,13 @@ fn main() -> ExitCode {
             cmdline: a.cmdline,
             ..Default::default()
         }),
+        Some(Command::Api(a)) => match a.into_options() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {}", error_text(&e));
+                return ExitCode::from(2);
+            }
+        },
         Some(Command::Boot(a)) => match a.into_options() {
             Ok(o) => o,
             Err(e) => {

@@ -13,22 +13,9 @@ use crate::boot::PlanInput;
 use crate::events::{BootEvent, Step};
 use crate::serve::ServeOptions;
 
-/// `daybreak boot`: pixiecore's static mode, with its arguments and flags.
+/// The server flags `pixiecore boot` and `pixiecore api` share.
 #[derive(Args, Debug)]
-pub struct BootArgs {
-    /// The kernel to boot (a local file).
-    #[arg(value_name = "KERNEL")]
-    kernel: PathBuf,
-    /// Initrds, loaded in order (local files).
-    #[arg(value_name = "INITRD")]
-    initrds: Vec<PathBuf>,
-    /// The kernel command line, as it is. `{{ ID "/path/to/file" }}` serves that file and puts
-    /// its URL there (the docs' root=live: and config_url= are written this way).
-    #[arg(long, value_name = "ARGS")]
-    cmdline: Option<String>,
-    /// Accepted, and not shown (pixiecore does not show it either).
-    #[arg(long, value_name = "MSG")]
-    bootmsg: Option<String>,
+pub struct ServerArgs {
     /// Address TFTP and HTTP listen on; a specific address also limits ProxyDHCP to the
     /// interface holding it.
     #[arg(short = 'l', long, value_name = "ADDR", default_value = "0.0.0.0")]
@@ -60,16 +47,10 @@ pub struct BootArgs {
     log_timestamps: bool,
 }
 
-impl BootArgs {
-    /// What to serve. What pixiecore does and Daybreak does not is said: an error where the
-    /// boot cannot work without it, a warning where it can.
-    pub fn into_options(self) -> anyhow::Result<ServeOptions> {
-        for f in std::iter::once(&self.kernel).chain(&self.initrds) {
-            let s = f.to_string_lossy();
-            if s.starts_with("http://") || s.starts_with("https://") {
-                bail!("{s}: Daybreak boots local files; download it first (curl -fLO {s}) and give its path");
-            }
-        }
+impl ServerArgs {
+    /// The server for `plan`, logging as pixiecore does. What pixiecore does and Daybreak does
+    /// not is said with a warning: the boot works without it.
+    pub fn options(self, plan: PlanInput) -> ServeOptions {
         if self.status_port != 0 {
             tracing::warn!("--status-port: Daybreak has no status page yet; ignored");
         }
@@ -88,23 +69,58 @@ impl BootArgs {
         }
         let mut o = ServeOptions::new(
             PlanInput {
-                kernel: Some(self.kernel),
-                initrds: self.initrds,
-                // pixiecore's command line is taken as it is: with neither --rootfs nor
-                // --cloud-config, Daybreak adds nothing to it.
-                cmdline: Some(self.cmdline.unwrap_or_default()),
                 http: pxe::HttpAddress {
                     port: self.port,
                     advertise: None,
                 },
-                ..Default::default()
+                ..plan
             },
             self.listen_addr,
         );
         o.ipxe_bios = self.ipxe_bios;
         o.ipxe_efi64 = self.ipxe_efi64;
         o.pixiecore_log = true;
-        Ok(o)
+        o
+    }
+}
+
+/// `daybreak boot`: pixiecore's static mode, with its arguments and flags.
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    /// The kernel to boot (a local file).
+    #[arg(value_name = "KERNEL")]
+    kernel: PathBuf,
+    /// Initrds, loaded in order (local files).
+    #[arg(value_name = "INITRD")]
+    initrds: Vec<PathBuf>,
+    /// The kernel command line, as it is. `{{ ID "/path/to/file" }}` serves that file and puts
+    /// its URL there (the docs' root=live: and config_url= are written this way).
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
+    /// Accepted, and not shown (pixiecore does not show it either).
+    #[arg(long, value_name = "MSG")]
+    bootmsg: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl BootArgs {
+    /// What to serve; a URL where Daybreak needs a local file is an error that says so.
+    pub fn into_options(self) -> anyhow::Result<ServeOptions> {
+        for f in std::iter::once(&self.kernel).chain(&self.initrds) {
+            let s = f.to_string_lossy();
+            if s.starts_with("http://") || s.starts_with("https://") {
+                bail!("{s}: Daybreak boots local files; download it first (curl -fLO {s}) and give its path");
+            }
+        }
+        Ok(self.server.options(PlanInput {
+            kernel: Some(self.kernel),
+            initrds: self.initrds,
+            // pixiecore's command line is taken as it is: with neither --rootfs nor
+            // --cloud-config, Daybreak adds nothing to it.
+            cmdline: Some(self.cmdline.unwrap_or_default()),
+            ..Default::default()
+        }))
     }
 }
 

@@ -3,6 +3,7 @@
 //! point at), the iPXE binaries for UEFI HTTP Boot; and the artifact file server's routes, which
 //! never include the cloud-config.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +14,22 @@ use crate::http::{loggable, query_param, Body, Reply, Request, Router};
 
 /// A registered file as a response: served under its name, or as "cloud-config" in logs when
 /// its name is the secret.
+/// An iPXE binary for UEFI HTTP Boot, which takes the image type from Content-Type first.
+pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
+    match binaries.get(bin) {
+        Some(b) => Reply::Resource {
+            name: format!("ipxe/{bin}"),
+            content_type: if bin.ends_with(".efi") {
+                "application/efi"
+            } else {
+                "application/octet-stream"
+            },
+            body: Body::Memory(b.clone()),
+        },
+        None => Reply::NotFound,
+    }
+}
+
 fn file_reply(f: &BootFile) -> Reply {
     let content_type = if f.name.ends_with(".yaml") {
         "text/plain; charset=utf-8"
@@ -151,19 +168,7 @@ impl Router for Plan {
             },
             _ => {
                 if let Some(bin) = path.strip_prefix(routes::BINARIES) {
-                    return match self.binaries.get(bin) {
-                        // UEFI HTTP Boot takes the image type from Content-Type first.
-                        Some(b) => Reply::Resource {
-                            name: format!("ipxe/{bin}"),
-                            content_type: if bin.ends_with(".efi") {
-                                "application/efi"
-                            } else {
-                                "application/octet-stream"
-                            },
-                            body: Body::Memory(b.clone()),
-                        },
-                        None => Reply::NotFound,
-                    };
+                    return binary_reply(&self.binaries, bin);
                 }
                 let name = path.strip_prefix('/').unwrap_or(path);
                 self.files()

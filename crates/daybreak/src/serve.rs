@@ -36,8 +36,10 @@ pub struct ServeOptions {
     pub netboot: bool,
     /// Where the artifact file server listens, if at all.
     pub artifact_listen: Option<SocketAddr>,
-    /// Also log each boot step as pixiecore does (`boot`, `start-pixie`).
+    /// Also log each boot step as pixiecore does (`boot`, `start-pixie`, `api`).
     pub pixiecore_log: bool,
+    /// pixiecore's API mode: each machine booted as this API says, instead of by `plan`.
+    pub api: Option<Arc<crate::api::Api>>,
 }
 
 impl ServeOptions {
@@ -56,6 +58,7 @@ impl ServeOptions {
             efi_build: ipxe::EfiBuild::default(),
             netboot: true,
             pixiecore_log: false,
+            api: None,
             artifact_listen: None,
         }
     }
@@ -178,7 +181,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
     let hub = Arc::new(Hub::default());
-    let plan = Arc::new(Plan::new(&plan_input, binaries.clone())?.observed(hub.clone()));
+    let router = Arc::new(match &opts.api {
+        None => BootRouter::Plan(Arc::new(
+            Plan::new(&plan_input, binaries.clone())?.observed(hub.clone()),
+        )),
+        Some(api) => BootRouter::Api(crate::api::ApiRouter {
+            api: api.clone(),
+            http: plan_input.http,
+            binaries: binaries.clone(),
+            events: Some(hub.clone()),
+        }),
+    });
 
     let mut tasks = Tasks {
         cancel: CancellationToken::new(),
@@ -198,7 +211,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             start_netboot(
                 &opts,
                 &plan_input,
-                plan.clone(),
+                router.clone(),
                 binaries,
                 boot_files,
                 &ifaces,
@@ -207,12 +220,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .await?,
         );
     }
-    if let Some(addr) = opts.artifact_listen {
+    if let (Some(addr), BootRouter::Plan(plan)) = (opts.artifact_listen, &*router) {
         let iso = match plan_input.set.as_ref().map(|s| &s.origin) {
             Some(artifacts::Origin::Iso { path, name }) => Some((path.as_path(), name.as_str())),
             _ => None,
         };
-        let files = crate::routes::ArtifactFiles::new(&plan, iso)?;
+        let files = crate::routes::ArtifactFiles::new(plan, iso)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             bind_error(
                 e,
@@ -372,7 +385,7 @@ impl tftp::Listener for TftpListener {
 async fn start_netboot(
     opts: &ServeOptions,
     plan_input: &PlanInput,
-    plan: Arc<Plan>,
+    router: Arc<BootRouter>,
     binaries: tftp::Files,
     boot_files: pxe::BootFiles,
     ifaces: &[(String, u32, Ipv4Addr)],
@@ -472,26 +485,37 @@ async fn start_netboot(
             let hub = hub.clone();
             pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))
         }),
+        allow: opts
+            .api
+            .clone()
+            .map(|api| pxe::driver::Allow(Arc::new(move |mac: &str| api.allow(mac)))),
     });
 
     // Startup summary.
-    for f in plan.files() {
-        let from = f.path.as_ref().map_or_else(
-            || "(rendered, in memory)".into(),
-            |p| p.display().to_string(),
-        );
-        let name = if f.secret { "cloud-config" } else { &f.name };
-        tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
-    }
-    let shown = match plan_input.http.advertise {
-        Some(a) => plan.base_url(a.into()),
-        None => pxe::http_base("<server>", plan_input.http.port),
-    };
-    tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
-    if plan.cloud_config.is_some() {
-        tracing::info!(
-            "cloud-config served on the netboot port only, at a random path that changes every run and is given only in the kernel command line"
-        );
+    match &*router {
+        BootRouter::Plan(plan) => {
+            for f in plan.files() {
+                let from = f.path.as_ref().map_or_else(
+                    || "(rendered, in memory)".into(),
+                    |p| p.display().to_string(),
+                );
+                let name = if f.secret { "cloud-config" } else { &f.name };
+                tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
+            }
+            let shown = match plan_input.http.advertise {
+                Some(a) => plan.base_url(a.into()),
+                None => pxe::http_base("<server>", plan_input.http.port),
+            };
+            tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
+            if plan.cloud_config.is_some() {
+                tracing::info!(
+                    "cloud-config served on the netboot port only, at a random path that changes every run and is given only in the kernel command line"
+                );
+            }
+        }
+        BootRouter::Api(a) => {
+            tracing::info!("booting each machine as the API says: {}", a.api.describe())
+        }
     }
     if opts.proxy_dhcp {
         let on = if ifaces.is_empty() {
@@ -539,8 +563,23 @@ async fn start_netboot(
         ));
     }
 
-    tasks.http(listener, plan, Some(hub));
+    tasks.http(listener, router, Some(hub));
     Ok((dhcp_stats, tftp_stats))
+}
+
+/// What the boot HTTP server serves: the plan, or in API mode what the API says per machine.
+enum BootRouter {
+    Plan(Arc<Plan>),
+    Api(crate::api::ApiRouter),
+}
+
+impl crate::http::Router for BootRouter {
+    fn route(&self, req: &crate::http::Request<'_>) -> crate::http::Reply {
+        match self {
+            BootRouter::Plan(p) => p.route(req),
+            BootRouter::Api(a) => a.route(req),
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -42,6 +42,7 @@ fn hand_set_help_is_not_rewrapped() {
         &["serve", "--help"],
         &["start-pixie", "--help"],
         &["boot", "--help"],
+        &["api", "--help"],
         &["netboot", "--help"],
         &["cache", "--help"],
     ] {

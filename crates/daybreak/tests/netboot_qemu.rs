@@ -98,3 +98,12 @@ fn bios_pixiecore_boot_command() {
 fn uefi_pixiecore_boot_command() {
     boot("uefi-pixie");
 }
+
+/// pixiecore's API mode: `daybreak api URL` asks an API server (busybox httpd) what to boot this
+/// machine with. The answer names the kernel by /path, the initrd relatively, the squashfs by
+/// {{ URL }} and the cloud-config as file://; the guest gets each through Daybreak's proxy, and
+/// its first DHCP request waits for nothing.
+#[test]
+fn bios_pixiecore_api_mode() {
+    boot("bios-api");
+}

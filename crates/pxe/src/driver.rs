@@ -466,6 +466,19 @@ pub struct Config {
     pub settings: Settings,
     /// Told of each answer and of each address a client takes.
     pub events: Option<Sink>,
+    /// Which machines to answer, by MAC (`aa:bb:cc:dd:ee:ff`); all when absent. Called on the
+    /// DHCP path: it must not block (an API behind it answers from a cache).
+    pub allow: Option<Allow>,
+}
+
+/// See [`Config::allow`].
+#[derive(Clone)]
+pub struct Allow(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Allow")
+    }
 }
 
 /// What the driver tells the rest of the server, besides its log lines.
@@ -544,6 +557,17 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 continue;
             }
         };
+        if let Some(allow) = &config.allow {
+            if !(allow.0)(&t.reply.client.mac) {
+                stats.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    port = port_name,
+                    mac = %t.reply.client.mac,
+                    "not answered: this machine is not to be booted (yet)"
+                );
+                continue;
+            }
+        }
         match socket
             .send(&t.bytes, t.destination, t.ifindex, t.source)
             .await

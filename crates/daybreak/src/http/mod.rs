@@ -229,6 +229,13 @@ pub enum Reply {
     },
     /// Plain 404.
     NotFound,
+    /// The body of `url` (http or https), fetched with `agent` and passed through as it comes,
+    /// with its length: pixiecore's API mode proxies what the API names. A failed fetch is a 502.
+    Proxy {
+        name: String,
+        url: String,
+        agent: ureq::Agent,
+    },
 }
 
 /// What the router sees of a request.
@@ -519,6 +526,19 @@ async fn respond<R: Router>(
             tracing::info!(client = %peer, path = %loggable(&path), "http 404");
             return write_all(stream, &simple(404, keep_alive, "")).await;
         }
+        Reply::Proxy { name, url, agent } => {
+            let started = Instant::now();
+            let to = Sent {
+                name: &name,
+                peer,
+                events,
+            };
+            let (count, result) = proxy(stream, &url, agent, keep_alive, is_head, pace, &to).await;
+            if !is_head {
+                to.report(200, 0, count, started, &result);
+            }
+            return result;
+        }
     };
     let started = Instant::now();
     let file = match &body {
@@ -571,39 +591,160 @@ async fn respond<R: Router>(
     if corked {
         set_cork(stream, false);
     }
-    let ms = started.elapsed().as_millis() as u64;
-    // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
-    let mac = events
-        .and_then(|h| h.mac_of(peer.ip()))
-        .unwrap_or_else(|| "-".into());
-    match &result {
-        Ok(()) if name.starts_with('_') => {
-            tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
-        }
-        Ok(()) if code == 206 => tracing::info!(
-            client = %peer, mac = %mac, file = %name, bytes = count, ms,
-            range = %format_args!("{start}-{}", start + count - 1),
-            "http sent"
-        ),
-        Ok(()) => {
-            tracing::info!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
-        }
-        Err(e) => {
-            tracing::warn!(client = %peer, mac = %mac, file = %name, error = %e, "http transfer interrupted")
-        }
-    }
-    if let (Ok(()), Some(hub), false) = (&result, events, name.starts_with('_')) {
-        hub.emit(
-            Some(peer),
-            None,
-            Step::File {
-                name: name.clone(),
-                bytes: count,
-                ms,
-            },
-        );
-    }
+    let to = Sent {
+        name: &name,
+        peer,
+        events,
+    };
+    to.report(code, start, count, started, &result);
     result
+}
+
+/// Who a response went to, for its log line and boot event.
+struct Sent<'a> {
+    name: &'a str,
+    peer: SocketAddr,
+    events: Option<&'a Hub>,
+}
+
+impl Sent<'_> {
+    fn report(&self, code: u16, start: u64, count: u64, started: Instant, result: &io::Result<()>) {
+        let (name, peer, events) = (self.name, self.peer, self.events);
+        let ms = started.elapsed().as_millis() as u64;
+        // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
+        let mac = events
+            .and_then(|h| h.mac_of(peer.ip()))
+            .unwrap_or_else(|| "-".into());
+        match result {
+            Ok(()) if name.starts_with('_') => {
+                tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
+            }
+            Ok(()) if code == 206 => tracing::info!(
+                client = %peer, mac = %mac, file = %name, bytes = count, ms,
+                range = %format_args!("{start}-{}", start + count - 1),
+                "http sent"
+            ),
+            Ok(()) => {
+                tracing::info!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
+            }
+            Err(e) => {
+                tracing::warn!(client = %peer, mac = %mac, file = %name, error = %e, "http transfer interrupted")
+            }
+        }
+        if let (Ok(()), Some(hub), false) = (result, events, name.starts_with('_')) {
+            hub.emit(
+                Some(peer),
+                None,
+                Step::File {
+                    name: name.to_string(),
+                    bytes: count,
+                    ms,
+                },
+            );
+        }
+    }
+}
+
+/// How long an upstream may take to start answering a proxied request.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chunks of a proxied body in flight between the fetching thread and the connection.
+const PROXY_CHUNKS: usize = 8;
+
+/// Fetches `url` on a thread of its own and passes the body through, chunk by chunk, behind a
+/// header that carries the upstream's length (iPXE needs one). Returns the bytes sent.
+async fn proxy(
+    stream: &mut TcpStream,
+    url: &str,
+    agent: ureq::Agent,
+    keep_alive: bool,
+    is_head: bool,
+    pace: &mut Pace,
+    to: &Sent<'_>,
+) -> (u64, io::Result<()>) {
+    let (len_tx, len_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PROXY_CHUNKS);
+    let fetch = url.to_string();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let resp = match agent.get(&fetch).call() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = len_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let len = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(len) = len else {
+            let _ = len_tx.send(Err("the answer has no Content-Length".into()));
+            return;
+        };
+        if len_tx.send(Ok(len)).is_err() {
+            return;
+        }
+        let mut body = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let chunk = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => Ok(buf[..n].to_vec()),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // The connection is gone (or the client only wanted the head): stop fetching.
+            if tx.blocking_send(chunk).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let len = match tokio::time::timeout(UPSTREAM_TIMEOUT, len_rx).await {
+        Ok(Ok(Ok(len))) => len,
+        failed => {
+            let why = match failed {
+                Ok(Ok(Err(e))) => e,
+                Err(_) => format!("no answer within {}s", UPSTREAM_TIMEOUT.as_secs()),
+                _ => "the fetch stopped".into(),
+            };
+            tracing::warn!(client = %to.peer, file = %to.name, url = %loggable(url), error = %why, "http proxy: cannot fetch");
+            return (0, write_all(stream, &simple(502, keep_alive, "")).await);
+        }
+    };
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    if let Err(e) = write_all(stream, header.as_bytes()).await {
+        return (0, Err(e));
+    }
+    if is_head {
+        return (0, Ok(()));
+    }
+    let mut sent = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return (sent, Err(e)),
+        };
+        if let Err(e) = write_all(stream, &chunk).await {
+            return (sent, Err(e));
+        }
+        sent += chunk.len() as u64;
+        if let Err(e) = pace.sent(chunk.len() as u64) {
+            return (sent, Err(e));
+        }
+    }
+    if sent != len {
+        // Shorter or longer than announced: the client must not take it as whole.
+        let e = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the upstream sent {sent} of {len} bytes"),
+        );
+        return (sent, Err(e));
+    }
+    (sent, Ok(()))
 }
 
 /// Accepts connections until `cancel` fires, then gives open connections up to `grace` to finish.

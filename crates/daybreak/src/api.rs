@@ -1,0 +1,866 @@
+//! pixiecore's API mode (`daybreak api URL`): for each machine, `GET URL/v1/boot/MAC` says
+//! whether and what to boot, so an existing pixiecore API server drives Daybreak as it drove
+//! pixiecore.
+//!
+//! - A 200 answer is JSON: `kernel` (a URL), `initrd` (a list of URLs), `cmdline` (a string with
+//!   `{{ URL "…" }}` (or `{{ ID "…" }}`) templates, or the deprecated object form), `message`
+//!   (not shown), or `ipxe-script` (a raw script, and then nothing else counts). Anything else,
+//!   or a malformed answer, means the machine is not answered at all.
+//! - URLs may be absolute (`http`, `https`, `file`), a path from the API server's root (`/foo`),
+//!   or relative to the API URL. Machines never see them: the script points at this server,
+//!   which proxies http(s) and serves `file://` from its own disk, and only what the API named
+//!   for that machine (no open proxy).
+//! - The DHCP path never waits for the API: it answers from the last answer for that MAC and asks
+//!   again in the background when the answer is older than [`FRESH`]. A machine the API has not
+//!   answered for yet gets its offer on its next DISCOVER (firmware sends several). The boot
+//!   script waits for a fresh answer up to the request timeout, else uses the last one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::http::{query_param, Body, Reply, Request, Router};
+
+/// How long an answer is used before the API is asked again (in the background).
+pub const FRESH: Duration = Duration::from_secs(10);
+/// Machines whose answers are remembered; past this the oldest are forgotten.
+const MAX_MACHINES: usize = 4096;
+/// Largest API answer read.
+const MAX_ANSWER: u64 = 1 << 20;
+/// Most URLs one answer may name (kernel, initrds, command line).
+const MAX_URLS: usize = 64;
+
+/// `daybreak api`: pixiecore's API mode, with its arguments and flags.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// The API server's URL prefix: machines are looked up at URL/v1/boot/MAC.
+    #[arg(value_name = "URL")]
+    url: String,
+    /// How long to wait for the API server (e.g. 5s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    api_request_timeout: Duration,
+    #[command(flatten)]
+    server: crate::pixiecore::ServerArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write 5s, 500ms or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?} is not a duration: write 5s, 500ms or 1m")),
+    };
+    if !(0.001..=600.0).contains(&secs) {
+        return Err(format!("{s}: give a timeout between 1ms and 10m"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ApiArgs {
+    pub fn into_options(self) -> anyhow::Result<crate::serve::ServeOptions> {
+        let api = Api::new(&self.url, self.api_request_timeout)?;
+        let mut o = self.server.options(crate::boot::PlanInput::default());
+        o.api = Some(Arc::new(api));
+        Ok(o)
+    }
+}
+
+/// A piece of the kernel command line: text, or the n-th URL of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Url(usize),
+}
+
+/// What the API said to boot one machine with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Absolute URLs: the kernel first, then the initrds, then those of the command line.
+    urls: Vec<String>,
+    initrds: usize,
+    cmdline: Vec<Part>,
+    script: Option<String>,
+}
+
+impl Spec {
+    /// The file name a machine fetches URL `i` by (pixiecore's names for kernel and initrds).
+    fn name(&self, i: usize) -> String {
+        match i {
+            0 => "kernel".into(),
+            i if i <= self.initrds => format!("initrd-{}", i - 1),
+            i => format!("file-{}", i - self.initrds - 1),
+        }
+    }
+}
+
+/// Why an answer is not used (the machine is then not booted).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnswerError {
+    #[error("not JSON: {0}")]
+    Json(String),
+    #[error("no kernel (and no ipxe-script)")]
+    NoKernel,
+    #[error("{0} is not a string")]
+    NotString(&'static str),
+    #[error("URL {0:?} is not http, https or file")]
+    Scheme(String),
+    #[error("more than {MAX_URLS} URLs")]
+    TooMany,
+    #[error("cmdline: {0}")]
+    Cmdline(String),
+}
+
+/// An API server and what it said about each machine.
+pub struct Api {
+    /// The URL prefix, ending in `/`.
+    base: String,
+    timeout: Duration,
+    agent: ureq::Agent,
+    /// For proxied files: no overall deadline (images are large), a deadline per read.
+    files: ureq::Agent,
+    answers: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+struct Cached {
+    /// When the API last answered; `None` before it has.
+    at: Option<Instant>,
+    /// `None`: the API said not to boot it (non-200, or malformed).
+    spec: Option<Arc<Spec>>,
+    asking: bool,
+}
+
+impl Api {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Api> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("{url}: the API URL must be http:// or https://");
+        }
+        let base = if url.ends_with('/') {
+            url.to_string()
+        } else {
+            format!("{url}/")
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let files = ureq::Agent::config_builder()
+            .timeout_connect(Some(timeout))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .timeout_recv_body(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Ok(Api {
+            base,
+            timeout,
+            agent,
+            files,
+            answers: Mutex::default(),
+        })
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the API about `mac` now (blocking, bounded by the request timeout).
+    fn ask(&self, mac: &str) -> Option<Arc<Spec>> {
+        let url = format!("{}v1/boot/{mac}", self.base);
+        let spec = match self.agent.get(&url).call() {
+            Ok(mut r) if r.status() == 200 => {
+                match r
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_ANSWER)
+                    .read_to_vec()
+                    .map_err(|e| AnswerError::Json(e.to_string()))
+                    .and_then(|b| parse_answer(&self.base, &b))
+                {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::warn!(mac, error = %e, "api: a malformed answer; the machine is not booted");
+                        None
+                    }
+                }
+            }
+            Ok(r) => {
+                tracing::info!(
+                    mac,
+                    status = r.status().as_u16(),
+                    "api: not booting this machine"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(mac, error = %e, "api: the API server did not answer");
+                // Keep the last answer, if any: a slow or failing API must not stop machines
+                // it has decided on. Asked again on the next request.
+                let mut a = self.answers();
+                let c = a.get_mut(mac)?;
+                c.asking = false;
+                return c.spec.clone();
+            }
+        };
+        let mut a = self.answers();
+        if a.len() >= MAX_MACHINES && !a.contains_key(mac) {
+            if let Some(oldest) = a.iter().min_by_key(|(_, c)| c.at).map(|(m, _)| m.clone()) {
+                a.remove(&oldest);
+            }
+        }
+        a.insert(
+            mac.to_string(),
+            Cached {
+                at: Some(Instant::now()),
+                spec: spec.clone(),
+                asking: false,
+            },
+        );
+        spec
+    }
+
+    /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
+    /// again in the background when it is missing or old.
+    pub fn allow(self: &Arc<Self>, mac: &str) -> bool {
+        let (known, stale) = {
+            let mut a = self.answers();
+            match a.get_mut(mac) {
+                Some(c) => {
+                    let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
+                    if stale {
+                        c.asking = true;
+                    }
+                    (c.spec.is_some(), stale)
+                }
+                None => {
+                    if a.len() >= MAX_MACHINES {
+                        return false;
+                    }
+                    a.insert(
+                        mac.to_string(),
+                        Cached {
+                            at: None,
+                            spec: None,
+                            asking: true,
+                        },
+                    );
+                    (false, true)
+                }
+            }
+        };
+        if stale {
+            let (api, mac) = (self.clone(), mac.to_string());
+            std::thread::spawn(move || {
+                api.ask(&mac);
+            });
+        }
+        known
+    }
+
+    /// What to boot `mac` with: a fresh answer, asked for now if need be.
+    fn spec(&self, mac: &str) -> Option<Arc<Spec>> {
+        let cached = self
+            .answers()
+            .get(mac)
+            .filter(|c| c.at.is_some_and(|t| t.elapsed() <= FRESH))
+            .map(|c| c.spec.clone());
+        match cached {
+            Some(s) => s,
+            None => tokio::task::block_in_place(|| self.ask(mac)),
+        }
+    }
+
+    /// The last answer for `mac`, without asking.
+    fn last(&self, mac: &str) -> Option<Arc<Spec>> {
+        self.answers().get(mac).and_then(|c| c.spec.clone())
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{}v1/boot/MAC (timeout {} ms)",
+            self.base,
+            self.timeout.as_millis()
+        )
+    }
+}
+
+/// An absolute URL for `u` as the API wrote it: absolute as is, `/path` from the API server's
+/// root, anything else relative to the API URL.
+fn resolve(base: &str, u: &str) -> Result<String, AnswerError> {
+    if u.starts_with("http://") || u.starts_with("https://") || u.starts_with("file:///") {
+        return Ok(u.to_string());
+    }
+    if u.contains("://") || u.starts_with("file:") {
+        return Err(AnswerError::Scheme(crate::http::loggable(u).into_owned()));
+    }
+    if let Some(path) = u.strip_prefix('/') {
+        let after = base.split_once("://").map_or("", |x| x.1);
+        let host_end = after.find('/').unwrap_or(after.len());
+        let origin = &base[..base.len() - after.len() + host_end];
+        return Ok(format!("{origin}/{path}"));
+    }
+    Ok(format!("{base}{u}"))
+}
+
+/// Go's `%q` of a string, as pixiecore writes `key="value"` in the object form.
+fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Reads one API answer (a 200 body).
+pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| AnswerError::Json(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| AnswerError::Json("not an object".into()))?;
+    if let Some(script) = obj.get("ipxe-script") {
+        let script = script
+            .as_str()
+            .ok_or(AnswerError::NotString("ipxe-script"))?;
+        return Ok(Spec {
+            urls: Vec::new(),
+            initrds: 0,
+            cmdline: Vec::new(),
+            script: Some(script.to_string()),
+        });
+    }
+    let kernel = obj
+        .get("kernel")
+        .ok_or(AnswerError::NoKernel)?
+        .as_str()
+        .ok_or(AnswerError::NotString("kernel"))?;
+    let mut urls = vec![resolve(base, kernel)?];
+    let initrds = match obj.get("initrd") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|i| i.as_str().ok_or(AnswerError::NotString("initrd")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(AnswerError::NotString("initrd")),
+    };
+    for i in &initrds {
+        urls.push(resolve(base, i)?);
+    }
+    let n_initrds = initrds.len();
+    let mut cmdline = Vec::new();
+    let url = |u: &str, urls: &mut Vec<String>| -> Result<Part, AnswerError> {
+        urls.push(resolve(base, u)?);
+        Ok(Part::Url(urls.len() - 1))
+    };
+    match obj.get("cmdline") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) => {
+            let mut rest = s.as_str();
+            while let Some(open) = rest.find("{{") {
+                cmdline.push(Part::Text(rest[..open].to_string()));
+                let after = &rest[open + 2..];
+                let close = after
+                    .find("}}")
+                    .ok_or_else(|| AnswerError::Cmdline("an unclosed {{".into()))?;
+                let inner = after[..close].trim();
+                let arg = inner
+                    .strip_prefix("URL")
+                    .or_else(|| inner.strip_prefix("ID"))
+                    .map(str::trim)
+                    .and_then(|a| a.strip_prefix('"'))
+                    .and_then(|a| a.strip_suffix('"'))
+                    .ok_or_else(|| {
+                        AnswerError::Cmdline(format!(
+                            "{{{{ {} }}}} is not {{{{ URL \"…\" }}}}",
+                            crate::http::loggable(inner)
+                        ))
+                    })?;
+                cmdline.push(url(arg, &mut urls)?);
+                rest = &after[close + 2..];
+            }
+            cmdline.push(Part::Text(rest.to_string()));
+        }
+        Some(serde_json::Value::Object(m)) => {
+            // Keys in order, as pixiecore sorts them.
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    cmdline.push(Part::Text(" ".into()));
+                }
+                match &m[k] {
+                    serde_json::Value::Bool(true) => cmdline.push(Part::Text(k.clone())),
+                    serde_json::Value::String(s) => {
+                        cmdline.push(Part::Text(format!("{k}={}", go_quote(s))))
+                    }
+                    serde_json::Value::Object(o) => {
+                        let u = o.get("url").and_then(|u| u.as_str()).ok_or_else(|| {
+                            AnswerError::Cmdline(format!("{k}: an object without a url"))
+                        })?;
+                        cmdline.push(Part::Text(format!("{k}=")));
+                        cmdline.push(url(u, &mut urls)?);
+                    }
+                    _ => {
+                        return Err(AnswerError::Cmdline(format!(
+                            "{k}: neither true, a string nor {{\"url\": …}}"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(AnswerError::NotString("cmdline")),
+    }
+    if urls.len() > MAX_URLS {
+        return Err(AnswerError::TooMany);
+    }
+    cmdline.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
+    Ok(Spec {
+        urls,
+        initrds: n_initrds,
+        cmdline,
+        script: None,
+    })
+}
+
+/// The boot HTTP server's routes in API mode: a script per machine, and the files its answer
+/// named; everything else (iPXE binaries for UEFI HTTP Boot) as in static mode.
+pub struct ApiRouter {
+    pub api: Arc<Api>,
+    pub http: pxe::HttpAddress,
+    pub binaries: HashMap<String, Arc<[u8]>>,
+    /// Told of each script, and of the MAC its URL names.
+    pub events: Option<Arc<crate::events::Hub>>,
+}
+
+/// Where a machine fetches file `i` of its answer.
+const FILE: &str = "/_/api";
+
+impl ApiRouter {
+    fn script(&self, spec: &Spec, base: &str, mac: &str) -> String {
+        if let Some(s) = &spec.script {
+            return s.clone();
+        }
+        let url = |i: usize| format!("{base}{FILE}?mac={mac}&n={i}");
+        let mut s = String::from("#!ipxe\n");
+        s.push_str(&format!("kernel --name kernel {}\n", url(0)));
+        let mut initrd_args = String::new();
+        for i in 1..=spec.initrds {
+            let name = spec.name(i);
+            s.push_str(&format!("initrd --name {name} {}\n", url(i)));
+            initrd_args.push_str(&format!("initrd={name} "));
+        }
+        let mut cmdline = String::new();
+        for p in &spec.cmdline {
+            match p {
+                Part::Text(t) => cmdline.push_str(t),
+                Part::Url(i) => cmdline.push_str(&url(*i)),
+            }
+        }
+        s.push_str(&format!("boot kernel {initrd_args}{cmdline}\n"));
+        s
+    }
+}
+
+impl Router for ApiRouter {
+    fn route(&self, req: &Request<'_>) -> Reply {
+        let mac = query_param(req.query, "mac")
+            .as_deref()
+            .and_then(crate::events::normal_mac);
+        match req.path {
+            pxe::routes::SCRIPT | pxe::routes::SCRIPT_ALIAS => {
+                let Some(mac) = mac else {
+                    return Reply::NotFound;
+                };
+                let Some(spec) = self.api.spec(&mac) else {
+                    return Reply::NotFound;
+                };
+                let base = self.http.base(req.local);
+                if let Some(hub) = &self.events {
+                    hub.learn(req.peer.ip(), &mac);
+                    hub.emit(Some(req.peer), Some(&mac), crate::events::Step::Script);
+                }
+                tracing::info!(client = %req.peer.ip(), mac = %mac, "boot script from the API's answer");
+                Reply::Resource {
+                    name: "_script".into(),
+                    content_type: "text/plain; charset=utf-8",
+                    body: Body::Memory(self.script(&spec, &base, &mac).into_bytes().into()),
+                }
+            }
+            FILE => {
+                let (Some(mac), Some(i)) = (
+                    mac,
+                    query_param(req.query, "n").and_then(|n| n.parse::<usize>().ok()),
+                ) else {
+                    return Reply::NotFound;
+                };
+                let Some(spec) = self.api.last(&mac) else {
+                    return Reply::NotFound;
+                };
+                let Some(url) = spec.urls.get(i) else {
+                    return Reply::NotFound;
+                };
+                let name = spec.name(i);
+                match url.strip_prefix("file://") {
+                    Some(path) => match std::fs::File::open(path) {
+                        Ok(f) => Reply::Resource {
+                            name,
+                            content_type: "application/octet-stream",
+                            body: Body::File(Arc::new(f)),
+                        },
+                        Err(e) => {
+                            tracing::warn!(mac = %mac, file = %crate::http::loggable(path), error = %e, "api: cannot open a file the API named");
+                            Reply::NotFound
+                        }
+                    },
+                    None => Reply::Proxy {
+                        name,
+                        url: url.clone(),
+                        agent: self.api.files.clone(),
+                    },
+                }
+            }
+            path => match path.strip_prefix(pxe::routes::BINARIES) {
+                Some(bin) => crate::routes::binary_reply(&self.binaries, bin),
+                None => Reply::NotFound,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://api.example:8000/pixie/";
+
+    #[test]
+    fn urls_resolve_as_pixiecore_resolves_them() {
+        assert_eq!(
+            resolve(BASE, "/kernel").unwrap(),
+            "http://api.example:8000/kernel"
+        );
+        assert_eq!(
+            resolve(BASE, "k/v").unwrap(),
+            "http://api.example:8000/pixie/k/v"
+        );
+        assert_eq!(resolve(BASE, "https://x/y").unwrap(), "https://x/y");
+        assert_eq!(resolve(BASE, "file:///srv/k").unwrap(), "file:///srv/k");
+        assert!(matches!(
+            resolve(BASE, "ftp://x/y"),
+            Err(AnswerError::Scheme(_))
+        ));
+        assert!(matches!(
+            resolve(BASE, "file:relative"),
+            Err(AnswerError::Scheme(_))
+        ));
+    }
+
+    #[test]
+    fn answers_in_every_form() {
+        let s = parse_answer(
+            BASE,
+            br#"{"kernel":"/k","initrd":["/i0","file:///srv/i1"],
+                 "cmdline":"a root=live:{{ URL \"/r.squashfs\" }} c={{ID \"x\"}} z","message":"hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.urls,
+            [
+                "http://api.example:8000/k",
+                "http://api.example:8000/i0",
+                "file:///srv/i1",
+                "http://api.example:8000/r.squashfs",
+                "http://api.example:8000/pixie/x",
+            ]
+        );
+        assert_eq!(
+            (s.initrds, s.name(2), s.name(3)),
+            (2, "initrd-1".into(), "file-0".into())
+        );
+        let r = ApiRouter {
+            api: Arc::new(Api::new(BASE, Duration::from_secs(1)).unwrap()),
+            http: pxe::HttpAddress::default(),
+            binaries: HashMap::new(),
+            events: None,
+        };
+        let script = r.script(&s, "http://10.0.0.1:8090", "52:54:00:00:00:01");
+        let f = |n: usize| format!("http://10.0.0.1:8090/_/api?mac=52:54:00:00:00:01&n={n}");
+        assert_eq!(
+            script,
+            format!(
+                "#!ipxe\nkernel --name kernel {}\ninitrd --name initrd-0 {}\ninitrd --name initrd-1 {}\nboot kernel initrd=initrd-0 initrd=initrd-1 a root=live:{} c={} z\n",
+                f(0), f(1), f(2), f(3), f(4)
+            )
+        );
+        // The deprecated object form: keys sorted, true alone, strings quoted, URLs proxied.
+        let s = parse_answer(
+            BASE,
+            br#"{"kernel":"/k","cmdline":{"z":true,"a":"x \"y\"","cfg":{"url":"/c"}}}"#,
+        )
+        .unwrap();
+        let script = r.script(&s, "http://h", "m");
+        assert!(
+            script.ends_with("boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=m&n=1 z\n"),
+            "{script}"
+        );
+        // A raw script, as it is.
+        let s = parse_answer(BASE, br##"{"ipxe-script":"#!ipxe\nshell\n","kernel":5}"##).unwrap();
+        assert_eq!(r.script(&s, "http://h", "m"), "#!ipxe\nshell\n");
+    }
+
+    #[test]
+    fn malformed_answers_are_refused() {
+        for (body, want) in [
+            (&b"{"[..], "not JSON"),
+            (b"[1]", "not JSON"),
+            (b"{}", "no kernel"),
+            (br#"{"kernel":1}"#, "kernel is not a string"),
+            (
+                br#"{"kernel":"/k","initrd":"/i"}"#,
+                "initrd is not a string",
+            ),
+            (br#"{"kernel":"gopher://k"}"#, "is not http"),
+            (
+                br#"{"kernel":"/k","cmdline":"a {{ Foo }}"}"#,
+                "is not {{ URL",
+            ),
+            (br#"{"kernel":"/k","cmdline":"a {{ URL \"x\""}"#, "unclosed"),
+            (br#"{"kernel":"/k","cmdline":{"a":false}}"#, "neither true"),
+        ] {
+            let e = parse_answer(BASE, body).unwrap_err().to_string();
+            assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(body));
+        }
+        let many = format!(
+            r#"{{"kernel":"/k","initrd":[{}]}}"#,
+            vec!["\"/i\""; MAX_URLS].join(",")
+        );
+        assert_eq!(
+            parse_answer(BASE, many.as_bytes()),
+            Err(AnswerError::TooMany)
+        );
+    }
+
+    /// An API server on loopback: `/v1/boot/MAC` answers from `answers` (status, body, delay),
+    /// `/files/NAME` serves `files`. Returns its base URL.
+    fn api_server(
+        answers: Vec<(&'static str, u16, &'static str, u64)>,
+        files: Vec<(&'static str, Vec<u8>)>,
+    ) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", l.local_addr().unwrap());
+        let (answers, files) = (Arc::new(answers), Arc::new(files));
+        std::thread::spawn(move || {
+            for s in l.incoming().take(200).flatten() {
+                let (answers, files) = (answers.clone(), files.clone());
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = r.read_line(&mut line);
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let (status, body): (u16, Vec<u8>) =
+                        if let Some(mac) = path.strip_prefix("/v1/boot/") {
+                            match answers.iter().find(|a| a.0 == mac) {
+                                Some(&(_, status, body, delay)) => {
+                                    std::thread::sleep(Duration::from_millis(delay));
+                                    (status, body.as_bytes().to_vec())
+                                }
+                                None => (404, Vec::new()),
+                            }
+                        } else {
+                            match files.iter().find(|f| path == format!("/files/{}", f.0)) {
+                                Some((_, b)) => (200, b.clone()),
+                                None => (404, Vec::new()),
+                            }
+                        };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(&body);
+                });
+            }
+        });
+        base
+    }
+
+    const YES: &str = "52:54:00:00:00:01";
+    const NO: &str = "52:54:00:00:00:02";
+    const BAD: &str = "52:54:00:00:00:03";
+    const SLOW: &str = "52:54:00:00:00:04";
+
+    fn answers() -> Vec<(&'static str, u16, &'static str, u64)> {
+        vec![
+            (
+                YES,
+                200,
+                r#"{"kernel":"/files/k","initrd":["files/i"],"cmdline":"x={{ URL \"/files/c\" }} y"}"#,
+                0,
+            ),
+            (NO, 404, "", 0),
+            (BAD, 200, "{garbage", 0),
+            (SLOW, 200, r#"{"kernel":"/files/k"}"#, 3000),
+        ]
+    }
+
+    #[test]
+    fn dhcp_answers_only_what_the_api_said_yes_to_and_never_waits() {
+        let base = api_server(answers(), vec![]);
+        let api = Arc::new(Api::new(&base, Duration::from_millis(500)).unwrap());
+        // Nothing known yet: no answer now, the API is asked in the background.
+        for mac in [YES, NO, BAD, SLOW] {
+            let t = Instant::now();
+            assert!(!api.allow(mac));
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "the DHCP path waited"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !api.allow(YES) {
+            assert!(Instant::now() < deadline, "the API's yes never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !api.allow(NO) && !api.allow(BAD),
+            "a no and a malformed answer"
+        );
+        // The slow API timed out: still no answer for that machine, none waited for, and the
+        // next request asks again.
+        assert!(!api.answers()[SLOW].asking, "the failed ask is over");
+        assert!(!api.allow(SLOW));
+        assert!(
+            api.answers()[SLOW].asking,
+            "and the next request asks again"
+        );
+        assert!(api.last(YES).is_some() && api.last(SLOW).is_none());
+    }
+
+    #[test]
+    fn scripts_and_files_come_through_this_server_only_for_what_the_api_named() {
+        let base = api_server(
+            answers(),
+            vec![
+                ("k", b"KERNEL".to_vec()),
+                ("i", vec![7u8; 200_000]),
+                ("c", b"#cloud-config\n".to_vec()),
+            ],
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let api = Arc::new(Api::new(&base, Duration::from_millis(500)).unwrap());
+            let router = ApiRouter {
+                api,
+                http: pxe::HttpAddress {
+                    port: 0,
+                    advertise: None,
+                },
+                binaries: HashMap::new(),
+                events: None,
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::http::serve(
+                listener,
+                Arc::new(router),
+                crate::http::Limits::default(),
+                None,
+                cancel.clone(),
+                Duration::from_secs(1),
+            ));
+            let get = move |path: String| {
+                tokio::task::spawn_blocking(move || {
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    match ureq::get(&url).call() {
+                        Ok(mut r) => (200, r.body_mut().read_to_vec().unwrap()),
+                        Err(ureq::Error::StatusCode(c)) => (c, Vec::new()),
+                        Err(e) => panic!("{url}: {e}"),
+                    }
+                })
+            };
+            let (code, script) = get(format!("/_/ipxe?arch=0&mac={YES}")).await.unwrap();
+            let script = String::from_utf8(script).unwrap();
+            assert_eq!(code, 200, "{script}");
+            assert!(
+                script.contains("initrd --name initrd-0 ") && script.contains(" y\n"),
+                "{script}"
+            );
+            // Each URL the script names is the API's file, byte for byte, through this server.
+            let urls: Vec<String> = script
+                .split_whitespace()
+                .filter_map(|w| w.split_once("http://").map(|(_, u)| u.to_string()))
+                .collect();
+            assert_eq!(urls.len(), 3, "{script}");
+            let mut got = Vec::new();
+            for u in urls {
+                let path = &u[u.find('/').unwrap()..];
+                got.push(get(path.to_string()).await.unwrap());
+            }
+            assert_eq!(got[0], (200, b"KERNEL".to_vec()));
+            assert_eq!(got[1], (200, vec![7u8; 200_000]));
+            assert_eq!(got[2], (200, b"#cloud-config\n".to_vec()));
+            // Nothing the API did not name for that machine, and nothing for the others.
+            for path in [
+                format!("/_/api?mac={YES}&n=3"),
+                format!("/_/api?mac={NO}&n=0"),
+                format!("/_/ipxe?mac={NO}"),
+                format!("/_/ipxe?mac={BAD}"),
+                "/_/ipxe?mac=nonsense".to_string(),
+            ] {
+                assert_eq!(get(path.clone()).await.unwrap().0, 404, "{path}");
+            }
+            // A slow API: the script request gives up at the timeout.
+            let t = Instant::now();
+            assert_eq!(get(format!("/_/ipxe?mac={SLOW}")).await.unwrap().0, 404);
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            cancel.cancel();
+        });
+    }
+
+    #[test]
+    fn durations_read_as_pixiecore_writes_them() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5h").is_err() && parse_duration("0s").is_err());
+    }
+}
