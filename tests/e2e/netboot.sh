@@ -237,11 +237,12 @@ done
 [ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
 if [ $http_boot = 1 ]; then
-  grep -q "offer.*firmware=UEFI x64 HTTP" "$tmp/daybreak.log" || fail "no HTTP Boot offer logged"
+  grep -q 'offer.*firmware=UEFI x64 HTTP.*path="UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" || fail "no HTTP Boot offer logged with its path"
   grep -q "http sent.*file=ipxe/ipxe.efi" "$tmp/daybreak.log" || fail "UEFI HTTP Boot did not fetch ipxe.efi"
   ! grep -q "tftp" "$tmp/daybreak.log" || fail "TFTP was used, but HTTP Boot was the only way in"
 elif [ "$mode" = uefi ]; then
   grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"
+  grep -q 'offer.*path="UEFI PXE, then iPXE"' "$tmp/daybreak.log" || fail "the offer line does not name the UEFI PXE path"
 fi
 if [ $pixie = 1 ]; then
   # pixiecore's lines for the same boot, as scripts and AuroraBoot's UI read them.

@@ -583,6 +583,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 tracing::info!(
                     mac = %client.mac,
                     firmware = %firmware,
+                    path = boot_path(client),
                     boot = t.reply.target.as_str(),
                     to = %t.destination,
                     "{kind}"
@@ -634,6 +635,20 @@ fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats)
     }
 }
 
+/// The boot path an answer puts a machine on, for the offer's log line.
+pub fn boot_path(c: &crate::Client) -> &'static str {
+    use crate::{Arch, Firmware};
+    match (c.firmware, c.arch) {
+        (Firmware::Pxe, Arch::Bios) => "BIOS PXE, then iPXE",
+        (Firmware::Pxe, Arch::EfiArm64) => "arm64 UEFI PXE, then iPXE",
+        (Firmware::Pxe, _) => "UEFI PXE, then iPXE",
+        (Firmware::HttpBoot, Arch::EfiArm64) => "arm64 UEFI HTTP Boot, then iPXE",
+        (Firmware::HttpBoot, _) => "UEFI HTTP Boot, then iPXE",
+        (Firmware::Ipxe { http: false }, _) => "iPXE without HTTP, then an iPXE with it",
+        (Firmware::Ipxe { http: true } | Firmware::Pixiecore, _) => "iPXE: the boot script",
+    }
+}
+
 /// A short human label: "UEFI x64 PXE", "BIOS iPXE (HTTP)".
 pub fn firmware_label(c: &crate::Client) -> String {
     let what = match c.firmware {
@@ -649,6 +664,43 @@ pub fn firmware_label(c: &crate::Client) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offer_line_names_each_boot_path() {
+        use crate::message::{Message, MessageType};
+        let client = |opts: Vec<(u8, Vec<u8>)>| {
+            let m = Message::client_request(MessageType::Discover, 1, [2, 0, 0, 0, 0, 1], opts);
+            crate::classify(&m).unwrap()
+        };
+        let http = (60, b"HTTPClient".to_vec());
+        for (opts, want) in [
+            (vec![(93, vec![0, 0])], "BIOS PXE, then iPXE"),
+            (vec![(93, vec![0, 7])], "UEFI PXE, then iPXE"),
+            (vec![(93, vec![0, 11])], "arm64 UEFI PXE, then iPXE"),
+            (
+                vec![(93, vec![0, 16]), http.clone()],
+                "UEFI HTTP Boot, then iPXE",
+            ),
+            (
+                vec![(93, vec![0, 19]), http],
+                "arm64 UEFI HTTP Boot, then iPXE",
+            ),
+            (
+                vec![
+                    (93, vec![0, 0]),
+                    (77, b"iPXE".to_vec()),
+                    (175, vec![0x13, 1, 1]),
+                ],
+                "iPXE: the boot script",
+            ),
+            (
+                vec![(93, vec![0, 0]), (77, b"iPXE".to_vec())],
+                "iPXE without HTTP, then an iPXE with it",
+            ),
+        ] {
+            assert_eq!(boot_path(&client(opts.clone())), want, "{opts:?}");
+        }
+    }
 
     #[test]
     fn udp_checksum_matches_known_value() {
