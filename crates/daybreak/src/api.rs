@@ -125,7 +125,8 @@ pub struct Api {
     base: String,
     timeout: Duration,
     agent: ureq::Agent,
-    /// For proxied files: no overall deadline (images are large), a deadline per read.
+    /// For proxied files: deadlines to connect and to start answering, none for the body
+    /// (images are large; the HTTP side gives up on an upstream silent for a minute).
     files: ureq::Agent,
     answers: Mutex<HashMap<String, Cached>>,
 }
@@ -162,7 +163,6 @@ impl Api {
         let files = ureq::Agent::config_builder()
             .timeout_connect(Some(timeout))
             .timeout_recv_response(Some(Duration::from_secs(30)))
-            .timeout_recv_body(Some(Duration::from_secs(60)))
             .build()
             .new_agent();
         Ok(Api {

@@ -649,6 +649,8 @@ impl Sent<'_> {
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Chunks of a proxied body in flight between the fetching thread and the connection.
 const PROXY_CHUNKS: usize = 8;
+/// Longest an upstream may go silent in the middle of a proxied body.
+const UPSTREAM_STALL: Duration = Duration::from_secs(60);
 
 /// Fetches `url` on a thread of its own and passes the body through, chunk by chunk, behind a
 /// header that carries the upstream's length (iPXE needs one). Returns the bytes sent.
@@ -723,10 +725,15 @@ async fn proxy(
         return (0, Ok(()));
     }
     let mut sent = 0u64;
-    while let Some(chunk) = rx.recv().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return (sent, Err(e)),
+    loop {
+        let chunk = match tokio::time::timeout(UPSTREAM_STALL, rx.recv()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => return (sent, Err(e)),
+            Ok(None) => break,
+            Err(_) => {
+                let e = io::Error::new(io::ErrorKind::TimedOut, "the upstream went silent");
+                return (sent, Err(e));
+            }
         };
         if let Err(e) = write_all(stream, &chunk).await {
             return (sent, Err(e));
