@@ -32,6 +32,9 @@ const MAX_MACHINES: usize = 4096;
 const MAX_ANSWER: u64 = 1 << 20;
 /// Most URLs one answer may name (kernel, initrds, command line).
 const MAX_URLS: usize = 64;
+/// Questions to the API at once from the DHCP path: a flood of made-up MACs must not become a
+/// flood of threads, or of requests to the API server.
+const MAX_ASKING: usize = 16;
 
 /// `daybreak api`: pixiecore's API mode, with its arguments and flags.
 #[derive(Args, Debug)]
@@ -129,6 +132,7 @@ pub struct Api {
     /// (images are large; the HTTP side gives up on an upstream silent for a minute).
     files: ureq::Agent,
     answers: Mutex<HashMap<String, Cached>>,
+    asking: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Api {
@@ -171,6 +175,7 @@ impl Api {
             agent,
             files,
             answers: Mutex::default(),
+            asking: Default::default(),
         })
     }
 
@@ -217,11 +222,7 @@ impl Api {
             }
         };
         let mut a = self.answers();
-        if a.len() >= MAX_MACHINES && !a.contains_key(mac) {
-            if let Some(oldest) = a.iter().min_by_key(|(_, c)| c.at).map(|(m, _)| m.clone()) {
-                a.remove(&oldest);
-            }
-        }
+        make_room(&mut a, mac);
         a.insert(
             mac.to_string(),
             Cached {
@@ -234,38 +235,40 @@ impl Api {
     }
 
     /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
-    /// again in the background when it is missing or old.
+    /// again in the background when it is missing or old (at most [`MAX_ASKING`] at once:
+    /// past that the machine's next request asks).
     pub fn allow(self: &Arc<Self>, mac: &str) -> bool {
-        let (known, stale) = {
+        use std::sync::atomic::Ordering;
+        let (known, ask) = {
             let mut a = self.answers();
-            match a.get_mut(mac) {
-                Some(c) => {
-                    let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
-                    if stale {
-                        c.asking = true;
-                    }
-                    (c.spec.is_some(), stale)
-                }
-                None => {
-                    if a.len() >= MAX_MACHINES {
-                        return false;
-                    }
-                    a.insert(
-                        mac.to_string(),
-                        Cached {
-                            at: None,
-                            spec: None,
-                            asking: true,
-                        },
-                    );
-                    (false, true)
-                }
+            if !a.contains_key(mac) {
+                make_room(&mut a, mac);
+                a.insert(
+                    mac.to_string(),
+                    Cached {
+                        at: None,
+                        spec: None,
+                        asking: false,
+                    },
+                );
             }
+            let c = a.get_mut(mac).expect("just inserted");
+            let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
+            let ask = stale
+                && self
+                    .asking
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < MAX_ASKING).then_some(n + 1)
+                    })
+                    .is_ok();
+            c.asking |= ask;
+            (c.spec.is_some(), ask)
         };
-        if stale {
+        if ask {
             let (api, mac) = (self.clone(), mac.to_string());
             std::thread::spawn(move || {
                 api.ask(&mac);
+                api.asking.fetch_sub(1, Ordering::AcqRel);
             });
         }
         known
@@ -295,6 +298,22 @@ impl Api {
             self.base,
             self.timeout.as_millis()
         )
+    }
+}
+
+/// Makes room in a full table for `mac`, in bulk so the DHCP path stays O(1) amortised: the
+/// machines the API has not said yes to go first (a flood of made-up MACs fills the table with
+/// those), then yes answers older than a minute, then all but those being asked about.
+fn make_room(a: &mut HashMap<String, Cached>, mac: &str) {
+    if a.len() < MAX_MACHINES || a.contains_key(mac) {
+        return;
+    }
+    a.retain(|_, c| c.asking || c.spec.is_some());
+    if a.len() >= MAX_MACHINES / 2 {
+        a.retain(|_, c| c.asking || c.at.is_some_and(|t| t.elapsed() < FRESH * 6));
+    }
+    if a.len() >= MAX_MACHINES / 2 {
+        a.retain(|_, c| c.asking);
     }
 }
 
@@ -768,6 +787,51 @@ mod tests {
             "and the next request asks again"
         );
         assert!(api.last(YES).is_some() && api.last(SLOW).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_made_up_macs_neither_grows_the_table_nor_hammers_the_api() {
+        // An API that never answers in time: every question is held for the whole timeout.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", l.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().take(1000).flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let api = Arc::new(Api::new(&base, Duration::from_millis(800)).unwrap());
+        // The one real machine, answered before the flood.
+        api.answers().insert(
+            YES.into(),
+            Cached {
+                at: Some(Instant::now()),
+                spec: Some(Arc::new(
+                    parse_answer(&base, br#"{"kernel":"/k"}"#).unwrap(),
+                )),
+                asking: false,
+            },
+        );
+        let t = Instant::now();
+        for i in 0..20_000u32 {
+            let mac = format!(
+                "02:00:{:02x}:{:02x}:{:02x}:01",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            );
+            assert!(!api.allow(&mac));
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(api.answers().len() <= MAX_MACHINES);
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(asked <= MAX_ASKING, "{asked} questions at once");
+        // The machine the API said yes to is still answered.
+        assert!(api.allow(YES));
     }
 
     #[test]
