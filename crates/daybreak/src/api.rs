@@ -920,6 +920,25 @@ mod tests {
         });
     }
 
+    proptest::proptest! {
+        /// An answer is outside input: whatever bytes come, parsing ends in a spec or an error,
+        /// and a spec never names more URLs than the bound.
+        #[test]
+        fn any_answer_parses_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(s) = parse_answer(BASE, &body) {
+                proptest::prop_assert!(s.urls.len() <= MAX_URLS);
+            }
+        }
+
+        #[test]
+        fn any_cmdline_parses_or_is_refused(cmdline in "[ -~]{0,120}") {
+            let body = serde_json::json!({"kernel": "/k", "cmdline": cmdline}).to_string();
+            if let Ok(s) = parse_answer(BASE, body.as_bytes()) {
+                proptest::prop_assert!(s.urls.len() <= MAX_URLS);
+            }
+        }
+    }
+
     #[test]
     fn durations_read_as_pixiecore_writes_them() {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
