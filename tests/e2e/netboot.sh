@@ -227,7 +227,9 @@ server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
 wants=("root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-"
        "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0")
 if [ $api = 1 ]; then
-  wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2 netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3 console=tty1 console=ttyS0 console=tty0")
+  wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2&t="
+         " netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3&t="
+         " console=tty1 console=ttyS0 console=tty0")
 elif [ $pixie = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/rootfs.squashfs netboot install-mode config_url=http://$server/cloud-config.yaml console=tty1 console=ttyS0 console=tty0")
 fi

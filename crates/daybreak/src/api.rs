@@ -9,7 +9,9 @@
 //! - URLs may be absolute (`http`, `https`, `file`), a path from the API server's root (`/foo`),
 //!   or relative to the API URL. Machines never see them: the script points at this server,
 //!   which proxies http(s) and serves `file://` from its own disk, and only what the API named
-//!   for that machine (no open proxy).
+//!   for that machine (no open proxy). Those URLs carry a token keyed by a secret of this run
+//!   (as pixiecore's are sealed with an ephemeral key): a host that knows a MAC cannot fetch
+//!   that machine's files (its cloud-config, say) without the script it was sent.
 //! - The DHCP path never waits for the API: it answers from the last answer for that MAC and asks
 //!   again in the background when the answer is older than [`FRESH`]. A machine the API has not
 //!   answered for yet gets its offer on its next DISCOVER (firmware sends several). The boot
@@ -133,6 +135,8 @@ pub struct Api {
     files: ureq::Agent,
     answers: Mutex<HashMap<String, Cached>>,
     asking: std::sync::atomic::AtomicUsize,
+    /// Keys the file URLs' tokens; new every run.
+    secret: String,
 }
 
 impl std::fmt::Debug for Api {
@@ -176,6 +180,7 @@ impl Api {
             files,
             answers: Mutex::default(),
             asking: Default::default(),
+            secret: artifacts::random_hex(32)?,
         })
     }
 
@@ -292,6 +297,21 @@ impl Api {
         self.answers().get(mac).and_then(|c| c.spec.clone())
     }
 
+    /// The token of file `n` of `mac`'s answer, for the URL `url`: whoever has it was sent the
+    /// script (or the answer changed, and the old token no longer opens anything).
+    fn token(&self, mac: &str, n: usize, url: &str) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for part in [self.secret.as_str(), mac, &n.to_string(), url] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{}v1/boot/MAC (timeout {} ms)",
@@ -299,6 +319,10 @@ impl Api {
             self.timeout.as_millis()
         )
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Makes room in a full table for `mac`, in bulk so the DHCP path stays O(1) amortised: the
@@ -484,7 +508,10 @@ impl ApiRouter {
         if let Some(s) = &spec.script {
             return s.clone();
         }
-        let url = |i: usize| format!("{base}{FILE}?mac={mac}&n={i}");
+        let url = |i: usize| {
+            let t = self.api.token(mac, i, &spec.urls[i]);
+            format!("{base}{FILE}?mac={mac}&n={i}&t={t}")
+        };
         let mut s = String::from("#!ipxe\n");
         s.push_str(&format!("kernel --name kernel {}\n", url(0)));
         let mut initrd_args = String::new();
@@ -543,6 +570,10 @@ impl Router for ApiRouter {
                 let Some(url) = spec.urls.get(i) else {
                     return Reply::NotFound;
                 };
+                let token = query_param(req.query, "t").unwrap_or_default();
+                if !constant_time_eq(token.as_bytes(), self.api.token(&mac, i, url).as_bytes()) {
+                    return Reply::NotFound;
+                }
                 let name = spec.name(i);
                 match url.strip_prefix("file://") {
                     Some(path) => match std::fs::File::open(path) {
@@ -628,7 +659,11 @@ mod tests {
             events: None,
         };
         let script = r.script(&s, "http://10.0.0.1:8090", "52:54:00:00:00:01");
-        let f = |n: usize| format!("http://10.0.0.1:8090/_/api?mac=52:54:00:00:00:01&n={n}");
+        let f = |n: usize| {
+            let t = r.api.token("52:54:00:00:00:01", n, &s.urls[n]);
+            assert_eq!(t.len(), 32);
+            format!("http://10.0.0.1:8090/_/api?mac=52:54:00:00:00:01&n={n}&t={t}")
+        };
         assert_eq!(
             script,
             format!(
@@ -643,8 +678,11 @@ mod tests {
         )
         .unwrap();
         let script = r.script(&s, "http://h", "m");
+        let t = r.api.token("m", 1, &s.urls[1]);
         assert!(
-            script.ends_with("boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=m&n=1 z\n"),
+            script.ends_with(&format!(
+                "boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=m&n=1&t={t} z\n"
+            )),
             "{script}"
         );
         // A raw script, as it is.
@@ -902,9 +940,12 @@ mod tests {
             assert_eq!(got[0], (200, b"KERNEL".to_vec()));
             assert_eq!(got[1], (200, vec![7u8; 200_000]));
             assert_eq!(got[2], (200, b"#cloud-config\n".to_vec()));
-            // Nothing the API did not name for that machine, and nothing for the others.
+            // Nothing the API did not name for that machine, nothing for the others, and
+            // nothing without the token the script carries.
             for path in [
                 format!("/_/api?mac={YES}&n=3"),
+                format!("/_/api?mac={YES}&n=0"),
+                format!("/_/api?mac={YES}&n=0&t=00000000000000000000000000000000"),
                 format!("/_/api?mac={NO}&n=0"),
                 format!("/_/ipxe?mac={NO}"),
                 format!("/_/ipxe?mac={BAD}"),
