@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Refreshes the embedded iPXE binaries from Debian's `ipxe` package in SUITE (default trixie, a
-# 2025 build), without touching this machine's apt configuration: a private sources directory
+# 2025 build), and the ISOLINUX files the netboot ISO boots BIOS machines with (`isolinux`,
+# `syslinux-common`), without touching this machine's apt configuration: a private sources directory
 # with one entry for SUITE on the mirror and keyring this machine already uses, and private
 # package lists and cache, all in a temporary directory.
 #
@@ -28,13 +29,18 @@ printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$u
 apt=(apt-get -o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/sources"
      -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o APT::Sandbox::User=root)
 "${apt[@]}" update -qq
-(cd "$tmp/deb" && "${apt[@]}" download -qq "ipxe/$suite")
+(cd "$tmp/deb" && "${apt[@]}" download -qq "ipxe/$suite" "isolinux/$suite" "syslinux-common/$suite")
+for d in "$tmp"/deb/*.deb; do dpkg -x "$d" "$tmp/x"; done
 deb=$(ls "$tmp"/deb/ipxe_*.deb)
-dpkg -x "$deb" "$tmp/x"
 lib=$tmp/x/usr/lib/ipxe
-cp "$lib/undionly.kpxe" "$lib/ipxe.pxe" "$lib/snponly.efi" "$dest/"
+cp "$lib/undionly.kpxe" "$lib/ipxe.pxe" "$lib/snponly.efi" "$lib/ipxe.lkrn" "$dest/"
 cp -L "$lib/ipxe-amd64.efi" "$dest/ipxe.efi"
+cp "$tmp/x/usr/lib/ISOLINUX/isolinux.bin" "$tmp/x/usr/lib/ISOLINUX/isohdpfx.bin" \
+   "$tmp/x/usr/lib/syslinux/modules/bios/ldlinux.c32" "$dest/"
 cp "$tmp/x/usr/share/doc/ipxe/copyright" "$dest/COPYING"
-(cd "$dest" && sha256sum undionly.kpxe ipxe.pxe ipxe.efi snponly.efi > SHA256SUMS)
+cp "$tmp/x/usr/share/doc/isolinux/copyright" "$dest/COPYING.syslinux"
+(cd "$dest" && sha256sum undionly.kpxe ipxe.pxe ipxe.efi snponly.efi ipxe.lkrn isolinux.bin isohdpfx.bin \
+   ldlinux.c32 > SHA256SUMS)
 version=$(dpkg-deb -f "$deb" Version)
-echo "iPXE $version ($suite): set it in $dest/README.md and VERSION in crates/daybreak/src/ipxe.rs"
+syslinux=$(dpkg-deb -f "$(ls "$tmp"/deb/isolinux_*.deb)" Version)
+echo "iPXE $version, ISOLINUX $syslinux ($suite): set them in $dest/README.md and VERSION in crates/daybreak/src/ipxe.rs"

@@ -24,6 +24,17 @@
 #                         httpd on SRV's loopback) whose answer for this machine names the kernel
 #                         by /path, the initrd relatively, the squashfs by {{ URL }} and the
 #                         cloud-config as file://; everything reaches the guest through Daybreak
+#           bios-isogen, uefi-isogen
+#                         the generic netboot ISO (`daybreak ipxe-iso`) as a CD (the docs'
+#                         `-drive if=ide,media=cdrom`), firmware PXE out of the way: it waits for
+#                         Daybreak's ProxyDHCP answer (user class pixiecore) and boots
+#           bios-isourl, uefi-isourl
+#                         the fixed-URL ISO (`--url`) as a CD against a plain HTTP server (busybox
+#                         httpd), no Daybreak running
+#           bios-isousb, uefi-isousb
+#                         the fixed-URL ISO written to a USB stick (the image is hybrid)
+#           bios-isoserver
+#                         the ISO a running server hands out (/ipxe.iso), ProxyDHCP off
 #           bios-pixie, uefi-pixie
 #                         the Kairos docs' pixiecore command with `daybreak` in its place:
 #                         `daybreak boot KERNEL INITRD --cmdline='… root=live:{{ ID "…" }} …'`, HTTP
@@ -32,10 +43,11 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
+  *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
   *-oci) from_oci=1; mode=${mode%-oci} ;;
   *-pixie) pixie=1; mode=${mode%-pixie} ;;
@@ -149,6 +161,19 @@ elif [ $from_oci = 1 ]; then
   printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: pw-%s\n' "$mode" "$id" > "$tmp/cloud-config.yaml"
   cmd=("$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state"
        --set "kairos.password=pw-$id" --cloud-config "$tmp/cc-template.yaml")
+elif [ "$iso" = url ] || [ "$iso" = usb ]; then
+  # No Daybreak: a plain HTTP server holds the files, and the ISO names them.
+  mkdir -p "$tmp/www"
+  cp "$guest/vmlinuz" "$guest/initramfs.gz" "$tmp/rootfs.squashfs" "$tmp/www/"
+  cp "$tmp/cloud-config.yaml" "$tmp/www/config.yaml"
+  "$bin" ipxe-iso "$tmp/boot.iso" --url http://10.77.0.2:8090 --kernel vmlinuz --initrd initramfs.gz \
+    --rootfs rootfs.squashfs >/dev/null || fail "daybreak ipxe-iso --url failed"
+  cmd=(busybox httpd -f -p 10.77.0.2:8090 -h "$tmp/www")
+elif [ "$iso" = gen ] || [ "$iso" = server ]; then
+  proxy=(); [ "$iso" = server ] && proxy=(--no-proxy-dhcp)
+  cmd=("$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
+       --cloud-config "$tmp/cloud-config.yaml" "${proxy[@]}")
+  [ "$iso" = gen ] && { "$bin" ipxe-iso "$tmp/boot.iso" >/dev/null || fail "daybreak ipxe-iso failed"; }
 elif [ $api = 1 ]; then
   mac=52:54:00:77:00:$(printf %02x $((id % 200 + 16)))
   mkdir -p "$tmp/api/v1/boot" "$tmp/api/files"
@@ -167,7 +192,14 @@ else
 fi
 ip netns exec "$where" "${cmd[@]}" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
-wait_ready "$tmp/daybreak.log" "${pids[-1]}"
+if [ "$iso" = url ] || [ "$iso" = usb ]; then
+  for _ in $(seq 1 50); do S curl -fs -o /dev/null http://10.77.0.2:8090/config.yaml && break; sleep 0.1; done
+else
+  wait_ready "$tmp/daybreak.log" "${pids[-1]}"
+fi
+if [ "$iso" = server ]; then
+  S curl -fs -o "$tmp/boot.iso" http://10.77.0.2:8090/ipxe.iso || fail "the server did not hand out /ipxe.iso"
+fi
 if [ $from_oci = 1 ]; then
   rootfs_file=$(ls "$tmp"/state/artifacts/sha256-*/rootfs.squashfs) || fail "no artifacts in the store"
   [ ! -e "$tmp/state/cloud-config.yaml" ] || fail "the rendered cloud-config was written to the state directory"
@@ -188,7 +220,15 @@ common=(-accel "$accel" -display none -monitor none -no-reboot -serial "file:$tm
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
 case "$mode" in
   bios|bios-samehost)
-    qemu=(-machine pc -m 512 -device "e1000,netdev=n0,mac=$mac" -boot n) ;;
+    qemu=(-machine pc -m 512 -device "e1000,netdev=n0,mac=$mac" -boot n)
+    if [ "$iso" = usb ]; then
+      qemu=(-machine pc -m 512 -device "e1000,netdev=n0,mac=$mac"
+            -drive "if=none,id=stick,format=raw,readonly=on,file=$tmp/boot.iso"
+            -device usb-ehci,id=ehci -device usb-storage,bus=ehci.0,drive=stick,bootindex=0)
+    elif [ -n "$iso" ]; then
+      qemu=(-machine pc -m 512 -device "e1000,netdev=n0,mac=$mac"
+            -drive "if=ide,media=cdrom,file=$tmp/boot.iso" -boot d)
+    fi ;;
   uefi)
     code=""
     for c in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_CODE.fd; do [ -f "$c" ] && { code=$c; break; }; done
@@ -198,9 +238,15 @@ case "$mode" in
           -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
           -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd"
           -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=")
-    if [ $http_boot = 1 ]; then
+    if [ $http_boot = 1 ] || [ -n "$iso" ]; then
       qemu+=(-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=n
              -fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=n)
+    fi
+    if [ "$iso" = usb ]; then
+      qemu+=(-drive "if=none,id=stick,format=raw,readonly=on,file=$tmp/boot.iso"
+             -device qemu-xhci,id=xhci -device usb-storage,bus=xhci.0,drive=stick,bootindex=0)
+    elif [ -n "$iso" ]; then
+      qemu+=(-drive "if=ide,media=cdrom,file=$tmp/boot.iso")
     fi ;;
   *) fail "unknown mode $mode" ;;
 esac
@@ -224,9 +270,12 @@ cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
 echo "$cmdline"
 echo "$result"
 server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
+[ "$iso" = url ] || [ "$iso" = usb ] && rootfs_file=$tmp/www/rootfs.squashfs
 wants=("root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-"
        "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0")
-if [ $api = 1 ]; then
+if [ "$iso" = url ] || [ "$iso" = usb ]; then
+  wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server:8090/rootfs.squashfs netboot install-mode config_url=http://$server:8090/config.yaml console=tty1 console=ttyS0")
+elif [ $api = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2&t="
          " netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3&t="
          " console=tty1 console=ttyS0 console=tty0")
@@ -237,12 +286,24 @@ for want in "${wants[@]}"; do
   case "$cmdline" in *"$want"*) ;; *) fail "kernel command line lacks: $want" ;; esac
 done
 [ "$result" = "E2E-RESULT rootfs=$want_root config=$want_cfg" ] || fail "downloaded files differ from the served ones"
+if [ "$iso" = url ] || [ "$iso" = usb ]; then
+  echo "E2E-PASS ($label) in ${elapsed}s"; exit 0
+fi
+if [ "$iso" = gen ]; then
+  grep -q 'offer.*firmware=.*iPXE (pixiecore)' "$tmp/daybreak.log" || fail "the ISO's iPXE did not ask as pixiecore"
+  ! grep -q "tftp sent" "$tmp/daybreak.log" || fail "TFTP was used: the firmware PXE booted, not the ISO"
+fi
+if [ "$iso" = server ]; then
+  ! grep -q "offer" "$tmp/daybreak.log" || fail "ProxyDHCP answered, but it was off"
+  grep -q "http sent.*file=kernel" "$tmp/daybreak.log" || fail "the kernel did not come from the server"
+  echo "E2E-PASS ($label) in ${elapsed}s"; exit 0
+fi
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
 if [ $http_boot = 1 ]; then
   grep -q 'offer.*firmware=UEFI x64 HTTP.*path="UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" || fail "no HTTP Boot offer logged with its path"
   grep -q "http sent.*file=ipxe/ipxe.efi" "$tmp/daybreak.log" || fail "UEFI HTTP Boot did not fetch ipxe.efi"
   ! grep -q "tftp" "$tmp/daybreak.log" || fail "TFTP was used, but HTTP Boot was the only way in"
-elif [ "$mode" = uefi ]; then
+elif [ "$mode" = uefi ] && [ -z "$iso" ]; then
   grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"
   grep -q 'offer.*path="UEFI PXE, then iPXE"' "$tmp/daybreak.log" || fail "the offer line does not name the UEFI PXE path"
 fi

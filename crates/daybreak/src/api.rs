@@ -557,6 +557,7 @@ impl Router for ApiRouter {
                     body: Body::Memory(self.script(&spec, &base, &mac).into_bytes().into()),
                 }
             }
+            pxe::routes::IPXE_ISO => crate::routes::iso_reply(&self.http.base(req.local)),
             FILE => {
                 let (Some(mac), Some(i)) = (
                     mac,

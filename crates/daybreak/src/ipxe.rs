@@ -10,6 +10,12 @@ pub const UNDIONLY_KPXE: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
 pub const IPXE_PXE: &[u8] = include_bytes!("../ipxe/ipxe.pxe");
 pub const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 pub const SNPONLY_EFI: &[u8] = include_bytes!("../ipxe/snponly.efi");
+/// iPXE as a Linux kernel, which ISOLINUX starts with a script as its initrd (the netboot ISO).
+pub const IPXE_LKRN: &[u8] = include_bytes!("../ipxe/ipxe.lkrn");
+/// ISOLINUX and its isohybrid MBR (Debian's `isolinux`, `syslinux-common`): the ISO's BIOS boot.
+pub const ISOLINUX_BIN: &[u8] = include_bytes!("../ipxe/isolinux.bin");
+pub const LDLINUX_C32: &[u8] = include_bytes!("../ipxe/ldlinux.c32");
+pub const ISOHDPFX_BIN: &[u8] = include_bytes!("../ipxe/isohdpfx.bin");
 /// The Debian package version the embedded binaries come from.
 pub const VERSION: &str = "1.21.1+git20250501.dad20602+dfsg-1 (Debian trixie)";
 

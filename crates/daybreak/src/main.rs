@@ -9,6 +9,7 @@ mod events;
 mod http;
 mod interrupt;
 mod ipxe;
+mod ipxe_iso;
 mod logwriter;
 mod netboot;
 mod pixiecore;
@@ -171,6 +172,22 @@ refreshed in the background (a machine new to the API gets its offer on its next
 daybreak api http://10.0.0.5:8000/pixiecore --api-request-timeout 3s"
     )]
     Api(api::ApiArgs),
+    /// Write a netboot ISO (iPXE with a script) for machines that cannot PXE boot.
+    #[command(
+        name = "ipxe-iso",
+        long_about = "Write OUTPUT.iso: iPXE with a boot script, for machines that cannot PXE boot (a \
+CD, a BMC's virtual media, a USB stick: the image is hybrid, and boots in BIOS and UEFI).\n\n\
+Without --url it is the generic ISO: it waits for a ProxyDHCP answer (user class pixiecore), which \
+any Daybreak (or pixiecore) on the LAN gives, and boots what that server says. With --url it boots \
+from fixed URLs, the Kairos way: ${url}/${kernel} and ${url}/${initrd} with rd.neednet=1 ip=dhcp \
+rd.cos.disable root=live:${url}/${rootfs} netboot install-mode config_url=${config} console=tty1 \
+console=ttyS0 and --cmdline; no Daybreak needs to run, any HTTP server does. A running server also \
+hands out its own at http://SERVER:PORT/ipxe.iso, which chains that server's boot script.",
+        after_help = "Examples:\n  \
+daybreak ipxe-iso netboot.iso\n  \
+daybreak ipxe-iso kairos.iso --url http://10.0.0.5:8080 --config http://10.0.0.5/config.yaml"
+    )]
+    IpxeIso(IpxeIsoArgs),
     /// Write the kernel, initrd and squashfs of an OCI image or a Kairos ISO into OUTDIR.
     #[command(
         long_about = "Turn an image into the three files a netboot needs: PREFIX-kernel, PREFIX-initrd and \
@@ -329,6 +346,81 @@ struct NetArgs {
     /// iPXE binary for UEFI arm64; without it, arm64 machines are not answered.
     #[arg(long, value_name = "FILE")]
     ipxe_arm64: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct IpxeIsoArgs {
+    /// Where to write the ISO (replaced whole, never left half-written).
+    output: PathBuf,
+    /// Boot from fixed URLs under this one instead of waiting for a ProxyDHCP answer.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The kernel's name under --url.
+    #[arg(long, value_name = "NAME", default_value = "kernel", requires = "url")]
+    kernel: String,
+    /// The initrd's name under --url.
+    #[arg(long, value_name = "NAME", default_value = "initrd", requires = "url")]
+    initrd: String,
+    /// The squashfs's name under --url (root=live:).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "rootfs.squashfs",
+        requires = "url"
+    )]
+    rootfs: String,
+    /// The cloud-config's URL (config_url=); default URL/config.yaml.
+    #[arg(long, value_name = "URL", requires = "url")]
+    config: Option<String>,
+    /// More kernel arguments.
+    #[arg(long, value_name = "ARGS", default_value = "", requires = "url")]
+    cmdline: String,
+}
+
+fn ipxe_iso(a: IpxeIsoArgs) -> ExitCode {
+    let script = match a.url {
+        None => ipxe_iso::Script::Generic,
+        Some(url) => {
+            let url = url.trim_end_matches('/').to_string();
+            ipxe_iso::Script::Fixed(ipxe_iso::Fixed {
+                config: a.config.unwrap_or_else(|| format!("{url}/config.yaml")),
+                url,
+                kernel: a.kernel,
+                initrd: a.initrd,
+                rootfs: a.rootfs,
+                cmdline: a.cmdline,
+            })
+        }
+    };
+    if let Err(e) = script.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let image = ipxe_iso::build(&script);
+    let dir = a
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        a.output
+            .file_name()
+            .map_or("ipxe.iso".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let written = std::fs::write(&tmp, &image).and_then(|()| std::fs::rename(&tmp, &a.output));
+    match written {
+        Ok(()) => {
+            println!("{} ({} MiB)", a.output.display(), image.len() >> 20);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: cannot write {}: {e}", a.output.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -506,6 +598,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Cache(c)) => return cache(c),
+        Some(Command::IpxeIso(a)) => return ipxe_iso(a),
         Some(Command::Serve(a)) => a.net.into_options(PlanInput {
             kernel: a.kernel,
             set: match a

@@ -14,6 +14,16 @@ use crate::http::{loggable, query_param, Body, Reply, Request, Router};
 
 /// A registered file as a response: served under its name, or as "cloud-config" in logs when
 /// its name is the secret.
+/// The netboot ISO for this server, as the client reached it: it chains this server's script.
+pub fn iso_reply(base: &str) -> Reply {
+    let iso = crate::ipxe_iso::build(&crate::ipxe_iso::Script::Chain(base.to_string()));
+    Reply::Resource {
+        name: "ipxe.iso".into(),
+        content_type: "application/octet-stream",
+        body: Body::Memory(iso.into()),
+    }
+}
+
 /// An iPXE binary for UEFI HTTP Boot, which takes the image type from Content-Type first.
 pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
     match binaries.get(bin) {
@@ -143,6 +153,7 @@ impl Router for Plan {
                     body: Body::Memory(self.script(&base, mac.as_deref()).into_bytes().into()),
                 }
             }
+            routes::IPXE_ISO => iso_reply(&self.base_url(req.local)),
             routes::BOOTING => {
                 if let Some(hub) = &self.events {
                     let mac = query_param(req.query, "mac");

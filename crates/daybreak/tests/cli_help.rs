@@ -43,6 +43,7 @@ fn hand_set_help_is_not_rewrapped() {
         &["start-pixie", "--help"],
         &["boot", "--help"],
         &["api", "--help"],
+        &["ipxe-iso", "--help"],
         &["netboot", "--help"],
         &["cache", "--help"],
     ] {

@@ -107,3 +107,43 @@ fn uefi_pixiecore_boot_command() {
 fn bios_pixiecore_api_mode() {
     boot("bios-api");
 }
+
+/// The generic netboot ISO (`daybreak ipxe-iso`) as a CD, as the docs attach it (`-drive
+/// if=ide,media=cdrom`): its iPXE waits for Daybreak's ProxyDHCP answer (user class pixiecore).
+#[test]
+fn bios_generic_iso_boots_from_cd() {
+    boot("bios-isogen");
+}
+
+#[test]
+fn uefi_generic_iso_boots_from_cd() {
+    boot("uefi-isogen");
+}
+
+/// The fixed-URL ISO (`ipxe-iso --url`) against a plain HTTP server, no Daybreak running.
+#[test]
+fn bios_fixed_url_iso_boots_from_cd() {
+    boot("bios-isourl");
+}
+
+#[test]
+fn uefi_fixed_url_iso_boots_from_cd() {
+    boot("uefi-isourl");
+}
+
+/// The same ISO written to a USB stick: it is hybrid (MBR for BIOS, an EFI partition for UEFI).
+#[test]
+fn bios_fixed_url_iso_boots_from_usb() {
+    boot("bios-isousb");
+}
+
+#[test]
+fn uefi_fixed_url_iso_boots_from_usb() {
+    boot("uefi-isousb");
+}
+
+/// The ISO a running server hands out at /ipxe.iso chains that server's script: no ProxyDHCP.
+#[test]
+fn bios_server_iso_boots_without_proxydhcp() {
+    boot("bios-isoserver");
+}

@@ -154,6 +154,8 @@ pub mod routes {
     pub const FILE: &str = "/_/file";
     /// iPXE binaries for UEFI HTTP Boot, `/ipxe/NAME`.
     pub const BINARIES: &str = "/ipxe/";
+    /// A netboot ISO that chains this server's script (virtual media, USB sticks).
+    pub const IPXE_ISO: &str = "/ipxe.iso";
 }
 
 /// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client
