@@ -33,7 +33,7 @@
 #                         httpd), no Daybreak running
 #           bios-isousb, uefi-isousb
 #                         the fixed-URL ISO written to a USB stick (the image is hybrid)
-#           bios-isoserver
+#           bios-isoserver, uefi-isoserver
 #                         the ISO a running server hands out (/ipxe.iso), ProxyDHCP off
 #           bios-pixie, uefi-pixie
 #                         the Kairos docs' pixiecore command with `daybreak` in its place:

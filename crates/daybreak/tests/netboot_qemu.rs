@@ -147,3 +147,8 @@ fn uefi_fixed_url_iso_boots_from_usb() {
 fn bios_server_iso_boots_without_proxydhcp() {
     boot("bios-isoserver");
 }
+
+#[test]
+fn uefi_server_iso_boots_without_proxydhcp() {
+    boot("uefi-isoserver");
+}
