@@ -29,7 +29,8 @@ printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$u
 apt=(apt-get -o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/sources"
      -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o APT::Sandbox::User=root)
 "${apt[@]}" update -qq
-(cd "$tmp/deb" && "${apt[@]}" download -qq "ipxe/$suite" "isolinux/$suite" "syslinux-common/$suite")
+(cd "$tmp/deb" && "${apt[@]}" download -qq "ipxe/$suite" "isolinux/$suite" "syslinux-common/$suite" \
+  "shim-signed/$suite" "grub-efi-amd64-signed/$suite")
 for d in "$tmp"/deb/*.deb; do dpkg -x "$d" "$tmp/x"; done
 deb=$(ls "$tmp"/deb/ipxe_*.deb)
 lib=$tmp/x/usr/lib/ipxe
@@ -39,8 +40,13 @@ cp "$tmp/x/usr/lib/ISOLINUX/isolinux.bin" "$tmp/x/usr/lib/ISOLINUX/isohdpfx.bin"
    "$tmp/x/usr/lib/syslinux/modules/bios/ldlinux.c32" "$dest/"
 cp "$tmp/x/usr/share/doc/ipxe/copyright" "$dest/COPYING"
 cp "$tmp/x/usr/share/doc/isolinux/copyright" "$dest/COPYING.syslinux"
+# The Secure Boot chain: shim signed by Microsoft's UEFI CA, Debian's signed network GRUB.
+cp "$tmp/x/usr/lib/shim/shimx64.efi.signed" "$dest/shimx64.efi"
+cp "$tmp/x/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$dest/grubnetx64.efi"
+cp "$tmp/x/usr/share/doc/shim-signed/copyright" "$dest/COPYING.shim"
+cp "$tmp/x/usr/share/doc/grub-efi-amd64-signed/copyright" "$dest/COPYING.grub"
 (cd "$dest" && sha256sum undionly.kpxe ipxe.pxe ipxe.efi snponly.efi ipxe.lkrn isolinux.bin isohdpfx.bin \
-   ldlinux.c32 > SHA256SUMS)
+   ldlinux.c32 shimx64.efi grubnetx64.efi > SHA256SUMS)
 version=$(dpkg-deb -f "$deb" Version)
 syslinux=$(dpkg-deb -f "$(ls "$tmp"/deb/isolinux_*.deb)" Version)
 echo "iPXE $version, ISOLINUX $syslinux ($suite): set them in $dest/README.md and VERSION in crates/daybreak/src/ipxe.rs"

@@ -21,7 +21,7 @@ if [ -z "$pkg" ]; then
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 fi
 [ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
-stamp="$pkg $(sha256sum "$0" | cut -c1-16)"
+stamp="$pkg $(cat "$0" "$here/guest-init.sh" "$here/guest-udhcpc.sh" | sha256sum | cut -c1-16)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/initramfs.gz" ]; then
   exit 0
 fi
@@ -45,11 +45,11 @@ cp "$busybox" "$root/bin/busybox"
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci.ko net/core/failover.ko drivers/net/net_failover.ko \
-         drivers/net/virtio_net.ko drivers/net/ethernet/intel/e1000/e1000.ko; do
+         drivers/net/virtio_net.ko drivers/net/ethernet/intel/e1000/e1000.ko fs/efivarfs/efivarfs.ko; do
   [ -f "$mods/$m" ] && cp "$mods/$m" "$root/lib/modules/"
 done
 cat > "$root/lib/modules/order" <<'ORDER'
-virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000
+virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000 efivarfs
 ORDER
 cp "$here/guest-init.sh" "$root/init"
 cp "$here/guest-udhcpc.sh" "$root/etc/udhcpc.sh"

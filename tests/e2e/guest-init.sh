@@ -12,6 +12,14 @@ echo "E2E-CMDLINE $(cat /proc/cmdline)"
 for m in $(cat /lib/modules/order); do
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
 done
+# Whether the firmware enforced Secure Boot (UEFI only): the SecureBoot variable's data byte.
+if [ -d /sys/firmware/efi ]; then
+  mkdir -p /sys/firmware/efi/efivars
+  mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+  # 4 bytes of attributes, then the value (efivarfs reads the variable whole).
+  sb=$(od -An -t u1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c 2>/dev/null | awk '{print $5}')
+  echo "E2E-SECUREBOOT ${sb:-unknown}"
+fi
 ip link set lo up
 iface=""
 for i in 1 2 3 4 5 6 7 8 9 10; do

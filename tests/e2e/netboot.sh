@@ -11,6 +11,13 @@
 #                         gets the built-in ipxe.efi (iPXE's own virtio driver)
 #           uefi-snp      as uefi, with `--efi-ipxe snponly`: snponly.efi, driving the NIC
 #                         through the firmware's own network driver
+#           uefi-sb       OVMF enforcing Secure Boot with Microsoft's keys (q35, SMM, secure
+#                         pflash): Debian's signed kernel, so Daybreak serves shim, then GRUB,
+#                         then the kernel over HTTP; the guest reports SecureBoot = 1
+#           uefi-sbunsigned
+#                         the same firmware and an unsigned kernel (the guest's, its signature
+#                         table emptied): Daybreak says at start why such machines cannot boot,
+#                         the firmware fetches iPXE and refuses it, and no boot script is asked for
 #           uefi-http     OVMF with PXE turned off (IPv4 and IPv6), so UEFI HTTP Boot is the only
 #                         way in: ipxe.efi by HTTP (application/efi), no TFTP at all
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
@@ -43,10 +50,12 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
+  uefi-sb) sb=1; mode=uefi ;;
+  uefi-sbunsigned) sb=2; mode=uefi ;;
   *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
   *-oci) from_oci=1; mode=${mode%-oci} ;;
@@ -187,8 +196,17 @@ elif [ $pixie = 1 ]; then
   # As the docs write it, with this test's files.
   cmd=("$bin" boot "$guest/vmlinuz" "$guest/initramfs.gz" --cmdline="rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ ID \"$tmp/rootfs.squashfs\" }} netboot install-mode config_url={{ ID \"$tmp/cloud-config.yaml\" }} console=tty1 console=ttyS0 console=tty0")
 else
-  cmd=("$bin" serve --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
-       --cloud-config "$tmp/cloud-config.yaml" --efi-ipxe "$efi")
+  kernel=$guest/vmlinuz
+  if [ $sb = 2 ]; then
+    # The guest's kernel with its certificate table's size zeroed: no longer signed.
+    kernel=$tmp/vmlinuz-unsigned; cp "$guest/vmlinuz" "$kernel"
+    pe=$(od -An -t u4 -j 60 -N 4 "$kernel" | tr -d ' ')
+    printf '\0\0\0\0' | dd of="$kernel" bs=1 seek=$((pe + 24 + 112 + 36)) conv=notrunc status=none
+  fi
+  cmd=("$bin" serve --kernel "$kernel" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
+       --cloud-config "$tmp/cloud-config.yaml")
+  # The iPXE path by name; left to Daybreak, a signed kernel takes the Secure Boot chain.
+  [ $sb != 0 ] || cmd+=(--efi-ipxe "$efi")
 fi
 ip netns exec "$where" "${cmd[@]}" >"$tmp/daybreak.log" 2>&1 &
 pids+=($!)
@@ -234,10 +252,17 @@ case "$mode" in
     for c in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_CODE.fd; do [ -f "$c" ] && { code=$c; break; }; done
     [ -n "$code" ] || fail "OVMF not installed"
     cp "${code/CODE/VARS}" "$tmp/vars.fd"
-    qemu=(-machine q35 -m 1024
+    machine=q35
+    if [ $sb != 0 ]; then
+      code=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd
+      cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$tmp/vars.fd"
+      machine=q35,smm=on
+    fi
+    qemu=(-machine "$machine" -m 1024
           -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
           -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd"
           -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=")
+    [ $sb != 0 ] && qemu+=(-global driver=cfi.pflash01,property=secure,value=on)
     if [ $http_boot = 1 ] || [ -n "$iso" ]; then
       qemu+=(-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=n
              -fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=n)
@@ -254,6 +279,15 @@ ip netns exec "$lan" qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.
 qpid=$!
 pids+=($qpid)
 
+if [ $sb = 2 ]; then
+  grep -q "no Secure Boot signature.*refuse" "$tmp/daybreak.log" || fail "no line at start saying why Secure Boot machines cannot boot this kernel"
+  for _ in $(seq 1 240); do grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" && break; sleep 0.5; done
+  grep -q "tftp sent.*ipxe.efi" "$tmp/daybreak.log" || fail "the firmware did not fetch iPXE"
+  sleep 15
+  ! grep -q "boot script client=" "$tmp/daybreak.log" || fail "iPXE ran under enforcing Secure Boot"
+  echo "E2E-PASS ($label): iPXE refused by the firmware, and the log said why"
+  exit 0
+fi
 start=$(date +%s)
 while :; do
   grep -q "E2E-DONE" "$tmp/serial.log" 2>/dev/null && break
@@ -299,10 +333,21 @@ if [ "$iso" = server ]; then
   echo "E2E-PASS ($label) in ${elapsed}s"; exit 0
 fi
 grep -q "offer" "$tmp/daybreak.log" || fail "no offer logged"
-if [ $http_boot = 1 ]; then
+if [ $sb = 1 ]; then
+  grep -q 'offer.*path="UEFI PXE, then the Secure Boot chain"' "$tmp/daybreak.log" || fail "the offer line does not name the Secure Boot path"
+  for f in shimx64.efi grubx64.efi grub.cfg; do
+    grep -q "tftp sent.*$f" "$tmp/daybreak.log" || fail "the Secure Boot chain did not fetch $f"
+  done
+  tr -d '\r' < "$tmp/serial.log" | grep -q "E2E-SECUREBOOT 1" || fail "the guest does not report Secure Boot on"
+  grep -q "http sent.*file=kernel" "$tmp/daybreak.log" || fail "GRUB did not fetch the kernel over HTTP"
+elif [ $http_boot = 1 ]; then
   grep -q 'offer.*firmware=UEFI x64 HTTP.*path="UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" || fail "no HTTP Boot offer logged with its path"
   grep -q "http sent.*file=ipxe/ipxe.efi" "$tmp/daybreak.log" || fail "UEFI HTTP Boot did not fetch ipxe.efi"
   ! grep -q "tftp" "$tmp/daybreak.log" || fail "TFTP was used, but HTTP Boot was the only way in"
+elif [ "$mode" = uefi ] && [ $from_oci = 1 ]; then
+  # Zero touch leaves the choice to Daybreak: the image's kernel is signed, so the signed chain.
+  grep -q "tftp sent.*shimx64.efi" "$tmp/daybreak.log" || fail "UEFI did not get the Secure Boot chain"
+  grep -q 'offer.*path="UEFI PXE, then the Secure Boot chain"' "$tmp/daybreak.log" || fail "the offer line does not name the Secure Boot path"
 elif [ "$mode" = uefi ] && [ -z "$iso" ]; then
   grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"
   grep -q 'offer.*path="UEFI PXE, then iPXE"' "$tmp/daybreak.log" || fail "the offer line does not name the UEFI PXE path"

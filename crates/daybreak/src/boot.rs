@@ -373,6 +373,59 @@ impl Plan {
     }
 
     /// `http://HOST:PORT` for a client that reached us at `local`.
+    /// Whether the kernel carries an Authenticode signature ([`crate::secureboot::signed`]).
+    pub fn kernel_signed(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let read = |f: &BootFile| -> std::io::Result<Vec<u8>> {
+            Ok(match &f.body {
+                Body::Memory(b) => b.to_vec(),
+                Body::File(h) => {
+                    let mut v = vec![0u8; h.metadata()?.len() as usize];
+                    h.read_exact_at(&mut v, 0)?;
+                    v
+                }
+                Body::Ranges(h, ranges) => {
+                    let mut v = Vec::new();
+                    for (offset, len) in ranges.iter() {
+                        let mut part = vec![0u8; *len as usize];
+                        h.read_exact_at(&mut part, *offset)?;
+                        v.extend_from_slice(&part);
+                    }
+                    v
+                }
+            })
+        };
+        read(&self.kernel).is_ok_and(|k| crate::secureboot::signed(&k))
+    }
+
+    /// The GRUB configuration of the Secure Boot chain: the kernel and initrds over HTTP from
+    /// the server GRUB was booted from (or the advertised address), the same command line as
+    /// the iPXE script.
+    pub fn grub_cfg(&self) -> String {
+        let host = match self.http.advertise {
+            Some(a) => a.to_string(),
+            None => "${net_default_server}".into(),
+        };
+        let device = if self.http.port == 80 {
+            format!("(http,{host})")
+        } else {
+            format!("(http,{host}:{})", self.http.port)
+        };
+        let base = pxe::http_base(&host, self.http.port);
+        let initrds: Vec<String> = self
+            .initrds
+            .iter()
+            .map(|f| crate::http::percent_encode(&f.name))
+            .collect();
+        let initrds: Vec<&str> = initrds.iter().map(String::as_str).collect();
+        crate::secureboot::grub_cfg(
+            &device,
+            &crate::http::percent_encode(&self.kernel.name),
+            &initrds,
+            &self.cmdline(&base),
+        )
+    }
+
     pub fn base_url(&self, local: IpAddr) -> String {
         self.http.base(local)
     }

@@ -12,6 +12,10 @@ pub const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 pub const SNPONLY_EFI: &[u8] = include_bytes!("../ipxe/snponly.efi");
 /// iPXE as a Linux kernel, which ISOLINUX starts with a script as its initrd (the netboot ISO).
 pub const IPXE_LKRN: &[u8] = include_bytes!("../ipxe/ipxe.lkrn");
+/// The Secure Boot chain (Debian's `shim-signed`, `grub-efi-amd64-signed`): shim, signed by
+/// Microsoft's UEFI CA, and the network GRUB signed by Debian, which shim loads as `grubx64.efi`.
+pub const SHIMX64_EFI: &[u8] = include_bytes!("../ipxe/shimx64.efi");
+pub const GRUBNETX64_EFI: &[u8] = include_bytes!("../ipxe/grubnetx64.efi");
 /// ISOLINUX and its isohybrid MBR (Debian's `isolinux`, `syslinux-common`): the ISO's BIOS boot.
 pub const ISOLINUX_BIN: &[u8] = include_bytes!("../ipxe/isolinux.bin");
 pub const LDLINUX_C32: &[u8] = include_bytes!("../ipxe/ldlinux.c32");
@@ -36,8 +40,9 @@ pub struct Overrides<'a> {
     pub bios: Option<&'a Path>,
     pub efi64: Option<&'a Path>,
     pub arm64: Option<&'a Path>,
-    /// The built-in UEFI x64 build, unless `efi64` names a file.
-    pub efi64_build: EfiBuild,
+    /// The built-in UEFI x64 build, unless `efi64` names a file (`None`: iPXE's, or the Secure
+    /// Boot chain for a signed kernel, which the caller decides).
+    pub efi64_build: Option<EfiBuild>,
 }
 
 /// The binaries to serve, by name, and the boot file names the ProxyDHCP answers use.
@@ -57,6 +62,8 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
     files.insert("ipxe.pxe".into(), IPXE_PXE.into());
     files.insert("ipxe.efi".into(), IPXE_EFI.into());
     files.insert("snponly.efi".into(), SNPONLY_EFI.into());
+    files.insert("shimx64.efi".into(), SHIMX64_EFI.into());
+    files.insert("grubx64.efi".into(), GRUBNETX64_EFI.into());
     let mut boot = pxe::BootFiles::default();
     if let Some(p) = o.bios {
         files.insert("custom-bios.kpxe".into(), read(p, "--ipxe-bios")?);
@@ -65,8 +72,10 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
     if let Some(p) = o.efi64 {
         files.insert("custom-x64.efi".into(), read(p, "--ipxe-efi64")?);
         boot.efi_x64 = Some("custom-x64.efi".into());
-    } else if o.efi64_build == EfiBuild::Snponly {
-        boot.efi_x64 = Some("snponly.efi".into());
+    } else {
+        if o.efi64_build == Some(EfiBuild::Snponly) {
+            boot.efi_x64 = Some("snponly.efi".into());
+        }
     }
     if let Some(p) = o.arm64 {
         files.insert("ipxe-arm64.efi".into(), read(p, "--ipxe-arm64")?);
@@ -94,7 +103,7 @@ mod tests {
         let arm = dir.join("arm64.efi");
         std::fs::write(&arm, b"MZarm64").unwrap();
         let (_, boot) = load(&Overrides {
-            efi64_build: EfiBuild::Snponly,
+            efi64_build: Some(EfiBuild::Snponly),
             ..Default::default()
         })
         .unwrap();
@@ -103,7 +112,7 @@ mod tests {
             arm64: Some(&arm),
             efi64: Some(&arm),
             bios: None,
-            efi64_build: EfiBuild::Snponly,
+            efi64_build: Some(EfiBuild::Snponly),
         })
         .unwrap();
         assert_eq!(boot.efi_arm64.as_deref(), Some("ipxe-arm64.efi"));

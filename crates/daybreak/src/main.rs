@@ -15,6 +15,7 @@ mod netboot;
 mod pixiecore;
 mod progress;
 mod routes;
+mod secureboot;
 mod serve;
 
 use std::net::Ipv4Addr;
@@ -124,7 +125,10 @@ nodepair.enable config_url=<cloud-config URL> console=tty1 console=ttyS0 console
 pixiecore's template: --cmdline 'extra={{ ID \"/path/to/file\" }}' serves that file and puts its URL there.\n\n\
 Boot chain: PXE firmware gets an iPXE binary over TFTP (undionly.kpxe for BIOS, ipxe.efi for UEFI \
 x64; the binaries are built in), iPXE fetches http://<this host>:<port>/boot.ipxe, which loads the \
-kernel and initrds and boots.",
+kernel and initrds and boots. When the kernel carries a Secure Boot signature (Debian's do), UEFI x64 \
+PXE machines get the signed chain instead, which boots with Secure Boot enforced or not: shim, \
+signed by Microsoft's UEFI CA, then Debian's signed network GRUB, which loads the kernel and initrds \
+over HTTP with the same command line. UEFI HTTP Boot clients get ipxe.efi by an http:// URL.",
         after_help = "Examples:\n  \
 daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\n      \
 --cloud-config config.yaml\n  \
@@ -335,14 +339,10 @@ struct NetArgs {
     /// The built-in iPXE UEFI x64 machines get: ipxe (ipxe.efi, iPXE's own NIC drivers) or
     /// snponly (snponly.efi, only the firmware's network driver, the one that just PXE-booted:
     /// choose it when a NIC hangs or finds no link under ipxe.efi).
-    #[arg(
-        long,
-        value_enum,
-        value_name = "BUILD",
-        default_value_t,
-        conflicts_with = "ipxe_efi64"
-    )]
-    efi_ipxe: ipxe::EfiBuild,
+    /// Default: ipxe, or, when the kernel carries a Secure Boot signature, the signed chain
+    /// (shim, then GRUB), which also boots machines that enforce Secure Boot.
+    #[arg(long, value_enum, value_name = "BUILD", conflicts_with = "ipxe_efi64")]
+    efi_ipxe: Option<ipxe::EfiBuild>,
     /// iPXE binary for UEFI arm64; without it, arm64 machines are not answered.
     #[arg(long, value_name = "FILE")]
     ipxe_arm64: Option<PathBuf>,

@@ -31,7 +31,7 @@ pub struct ServeOptions {
     pub ipxe_efi64: Option<PathBuf>,
     pub ipxe_arm64: Option<PathBuf>,
     /// The built-in iPXE for UEFI x64, when `ipxe_efi64` names no file.
-    pub efi_build: ipxe::EfiBuild,
+    pub efi_build: Option<ipxe::EfiBuild>,
     /// Start the netboot servers (ProxyDHCP, TFTP, boot HTTP); off: only the artifact server.
     pub netboot: bool,
     /// Where the artifact file server listens, if at all.
@@ -55,7 +55,7 @@ impl ServeOptions {
             ipxe_bios: None,
             ipxe_efi64: None,
             ipxe_arm64: None,
-            efi_build: ipxe::EfiBuild::default(),
+            efi_build: None,
             netboot: true,
             pixiecore_log: false,
             api: None,
@@ -157,7 +157,7 @@ fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<(String, u32, Ipv4
 }
 
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let (binaries, boot_files) = ipxe::load(&ipxe::Overrides {
+    let (mut binaries, mut boot_files) = ipxe::load(&ipxe::Overrides {
         bios: opts.ipxe_bios.as_deref(),
         efi64: opts.ipxe_efi64.as_deref(),
         arm64: opts.ipxe_arm64.as_deref(),
@@ -192,6 +192,25 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             events: Some(hub.clone()),
         }),
     });
+
+    // A signed kernel: UEFI x64 PXE machines get the signed chain (shim, GRUB), which boots
+    // whether or not the firmware enforces Secure Boot; iPXE, unsigned, would be refused where
+    // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the operator
+    // chose the UEFI binary.
+    if let BootRouter::Plan(plan) = &*router {
+        let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
+        if plan.kernel_signed() && !chosen && !opts.pixiecore_log {
+            boot_files.efi_x64_signed = Some("shimx64.efi".into());
+            binaries.insert("grub/grub.cfg".into(), plan.grub_cfg().into_bytes().into());
+            tracing::info!(
+                "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
+            );
+        } else if !plan.kernel_signed() {
+            tracing::warn!(
+                "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
+            );
+        }
+    }
 
     let mut tasks = Tasks {
         cancel: CancellationToken::new(),

@@ -152,3 +152,18 @@ fn bios_server_iso_boots_without_proxydhcp() {
 fn uefi_server_iso_boots_without_proxydhcp() {
     boot("uefi-isoserver");
 }
+
+/// OVMF enforcing Secure Boot with Microsoft's keys: Debian's signed kernel, so Daybreak serves
+/// shim, then Debian's signed GRUB, which loads the kernel over HTTP; the guest reports Secure
+/// Boot on.
+#[test]
+fn uefi_secure_boot_boots_the_signed_chain() {
+    boot("uefi-sb");
+}
+
+/// Enforcing firmware and an unsigned kernel: Daybreak says at start why such machines cannot
+/// boot it, and the firmware indeed refuses the (unsigned) iPXE: not silence.
+#[test]
+fn uefi_secure_boot_refuses_an_unsigned_kernel_and_the_log_says_why() {
+    boot("uefi-sbunsigned");
+}

@@ -583,7 +583,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 tracing::info!(
                     mac = %client.mac,
                     firmware = %firmware,
-                    path = boot_path(client),
+                    path = boot_path(client, t.reply.target.as_str()),
                     boot = t.reply.target.as_str(),
                     to = %t.destination,
                     "{kind}"
@@ -635,10 +635,13 @@ fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats)
     }
 }
 
-/// The boot path an answer puts a machine on, for the offer's log line.
-pub fn boot_path(c: &crate::Client) -> &'static str {
+/// The boot path an answer (to `target`) puts a machine on, for the offer's log line.
+pub fn boot_path(c: &crate::Client, target: &str) -> &'static str {
     use crate::{Arch, Firmware};
     match (c.firmware, c.arch) {
+        (Firmware::Pxe, Arch::EfiX64) if target.ends_with("shimx64.efi") => {
+            "UEFI PXE, then the Secure Boot chain"
+        }
         (Firmware::Pxe, Arch::Bios) => "BIOS PXE, then iPXE",
         (Firmware::Pxe, Arch::EfiArm64) => "arm64 UEFI PXE, then iPXE",
         (Firmware::Pxe, _) => "UEFI PXE, then iPXE",
@@ -698,8 +701,13 @@ mod tests {
                 "iPXE without HTTP, then an iPXE with it",
             ),
         ] {
-            assert_eq!(boot_path(&client(opts.clone())), want, "{opts:?}");
+            assert_eq!(boot_path(&client(opts.clone()), "x.efi"), want, "{opts:?}");
         }
+        let uefi = client(vec![(93, vec![0, 7])]);
+        assert_eq!(
+            boot_path(&uefi, "shimx64.efi"),
+            "UEFI PXE, then the Secure Boot chain"
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct BootFiles {
     pub efi_ia32: Option<String>,
     pub efi_x64: Option<String>,
     pub efi_arm64: Option<String>,
+    /// UEFI x64 PXE firmware (not HTTP Boot, not iPXE) gets this instead of `efi_x64`: the
+    /// Secure Boot chain's shim.
+    pub efi_x64_signed: Option<String>,
 }
 
 impl Default for BootFiles {
@@ -115,6 +118,7 @@ impl Default for BootFiles {
             efi_ia32: None,
             efi_x64: Some("ipxe.efi".into()),
             efi_arm64: None,
+            efi_x64_signed: None,
         }
     }
 }
@@ -430,8 +434,12 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
             (BootTarget::Url(ctx.binary_url(name)), "HTTPClient", false)
         }
         Firmware::Pxe => {
-            let name = files
-                .for_arch(client.arch, false)
+            let signed = files
+                .efi_x64_signed
+                .as_deref()
+                .filter(|_| client.arch == Arch::EfiX64);
+            let name = signed
+                .or_else(|| files.for_arch(client.arch, false))
                 .ok_or(Ignored::NoBootFile(client.arch))?;
             (BootTarget::Tftp(name.to_string()), "PXEClient", true)
         }
