@@ -6,7 +6,8 @@
 #   netns SRV: Daybreak on a veth into br0 (10.77.0.2/24)
 #
 #   netboot.sh MODE DAYBREAK_BIN GUEST_DIR
-#     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM
+#     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM; afterwards /metrics passes
+#                         `promtool check metrics` and shows the boot's phases
 #           uefi          OVMF with virtio-net and no option ROM (EDK2's own PXE client), which
 #                         gets the built-in ipxe.efi (iPXE's own virtio driver)
 #           uefi-snp      as uefi, with `--efi-ipxe snponly`: snponly.efi, driving the NIC
@@ -373,6 +374,15 @@ if [ $from_oci = 1 ]; then
   grep -q "built before" "$tmp/daybreak2.log" || fail "the second start built the image again"
   echo "second start of the same image: ready in ${ms} ms"
   [ "$ms" -lt 1000 ] || fail "the second start took ${ms} ms"
+fi
+if [ "$label" = bios ]; then
+  S curl -fs -o "$tmp/metrics.txt" http://10.77.0.2:8090/metrics || fail "no /metrics"
+  promtool check metrics < "$tmp/metrics.txt" || fail "promtool rejects /metrics: $(cat "$tmp/metrics.txt")"
+  for want in 'daybreak_boot_phase_seconds_count{phase="script"} 1' 'daybreak_boot_phase_seconds_count{phase="booting"} 1' \
+              'daybreak_http_sent_bytes_total{file="kernel"}' 'daybreak_dhcp_packets_total{outcome="answered"}'; do
+    grep -qF "$want" "$tmp/metrics.txt" || fail "/metrics lacks: $want"
+  done
+  grep '_count{phase=' "$tmp/metrics.txt"
 fi
 echo "--- daybreak log"
 grep -E "offer|ack|tftp|script|http sent|booting" "$tmp/daybreak.log" | sed 's/^[^ ]* *//' | head -30

@@ -11,6 +11,7 @@ mod interrupt;
 mod ipxe;
 mod ipxe_iso;
 mod logwriter;
+mod metrics;
 mod netboot;
 mod pixiecore;
 mod progress;

@@ -411,15 +411,23 @@ async fn start_netboot(
     tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
     let hub = tasks.hub.clone();
+    let dhcp_stats = Arc::new(DhcpStats::default());
+    let tftp_stats = Arc::new(tftp::Stats::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        dhcp_stats.clone(),
+        tftp_stats.clone(),
+    ));
     // Every boot event, keyed by MAC, in the debug log (until the status page reads them too),
-    // and pixiecore's lines when asked.
+    // into the metrics, and pixiecore's lines when asked.
     let mut events = hub.subscribe();
     let pixiecore_log = opts.pixiecore_log;
+    let observed = metrics.clone();
     tasks.background.spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
                 Ok(e) => {
+                    observed.observe(&e);
                     tracing::debug!(
                         mac = e.mac.as_deref().unwrap_or("-"),
                         client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
@@ -459,7 +467,6 @@ async fn start_netboot(
             )
         })?;
 
-    let dhcp_stats = Arc::new(DhcpStats::default());
     let mut dhcp_sockets = Vec::new();
     if opts.proxy_dhcp {
         let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
@@ -557,7 +564,6 @@ async fn start_netboot(
     );
 
     let files: tftp::Files = binaries;
-    let tftp_stats = Arc::new(tftp::Stats::default());
     tasks.background.spawn(tftp::run(
         tftp_sock,
         Arc::new(files),
@@ -582,8 +588,28 @@ async fn start_netboot(
         ));
     }
 
-    tasks.http(listener, router, Some(hub));
+    tasks.http(listener, Arc::new(Served { router, metrics }), Some(hub));
     Ok((dhcp_stats, tftp_stats))
+}
+
+/// The boot HTTP server's routes, and `/metrics` beside them.
+struct Served {
+    router: Arc<BootRouter>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl crate::http::Router for Served {
+    fn route(&self, req: &crate::http::Request<'_>) -> crate::http::Reply {
+        if req.path == pxe::routes::METRICS {
+            self.metrics.scraped();
+            return crate::http::Reply::Resource {
+                name: "_metrics".into(),
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: crate::http::Body::Memory(self.metrics.render().into_bytes().into()),
+            };
+        }
+        self.router.route(req)
+    }
 }
 
 /// What the boot HTTP server serves: the plan, or in API mode what the API says per machine.

@@ -10,7 +10,15 @@ use std::process::Command;
 use common::{require, run_e2e, workspace_root, BIN};
 
 fn boot(mode: &str) {
-    let mut tools = vec!["qemu-system-x86_64", "dnsmasq", "ip", "cpio", "flock"];
+    let mut tools = vec![
+        "qemu-system-x86_64",
+        "dnsmasq",
+        "ip",
+        "cpio",
+        "flock",
+        "curl",
+        "promtool",
+    ];
     if mode.ends_with("-oci") {
         tools.extend(["docker-registry", "skopeo", "curl"]);
     }

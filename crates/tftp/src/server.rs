@@ -35,6 +35,8 @@ pub struct Stats {
     /// Transfers whose client had not answered yet, ended to make room for a new request.
     pub evicted: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Packets sent again after a timeout.
+    pub retransmits: AtomicU64,
 }
 
 /// Exact name first, then a case-insensitive match (some firmware upper-cases names).
@@ -332,6 +334,9 @@ async fn serve_one(
         }
     }
     stats.bytes_sent.fetch_add(sent_bytes, Ordering::Relaxed);
+    stats
+        .retransmits
+        .fetch_add(t.retransmits, Ordering::Relaxed);
     let n = &t.negotiated;
     let outcome = match t.status() {
         Status::Complete => {
