@@ -379,7 +379,8 @@ if [ "$label" = bios ]; then
   S curl -fs -o "$tmp/metrics.txt" http://10.77.0.2:8090/metrics || fail "no /metrics"
   promtool check metrics < "$tmp/metrics.txt" || fail "promtool rejects /metrics: $(cat "$tmp/metrics.txt")"
   for want in 'daybreak_boot_phase_seconds_count{phase="script"} 1' 'daybreak_boot_phase_seconds_count{phase="booting"} 1' \
-              'daybreak_http_sent_bytes_total{file="kernel"}' 'daybreak_dhcp_packets_total{outcome="answered"}'; do
+              'daybreak_http_sent_bytes_total{file="kernel"}' 'daybreak_dhcp_packets_total{outcome="answered"}' \
+              'daybreak_dhcp_unanswered_total{reason="not_pxe"}'; do
     grep -qF "$want" "$tmp/metrics.txt" || fail "/metrics lacks: $want"
   done
   grep '_count{phase=' "$tmp/metrics.txt"

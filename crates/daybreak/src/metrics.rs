@@ -158,6 +158,17 @@ impl Metrics {
         }
         counter(
             &mut s,
+            "daybreak_dhcp_unanswered_total",
+            "ProxyDHCP datagrams not answered, by reason.",
+        );
+        for (reason, n) in self.dhcp.unanswered_counts() {
+            let _ = writeln!(
+                s,
+                "daybreak_dhcp_unanswered_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        counter(
+            &mut s,
             "daybreak_tftp_requests_total",
             "TFTP requests, by what became of them.",
         );

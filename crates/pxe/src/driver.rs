@@ -32,6 +32,42 @@ pub struct Stats {
     pub send_errors: AtomicU64,
     /// Requests the kernel dropped because the receive buffer was full (`SO_RXQ_OVFL`).
     pub kernel_drops: AtomicU64,
+    /// Datagrams not answered, by [`Dropped::reason`] (and `not_allowed`, for machines a
+    /// [`Config::allow`] said no to), in the order of [`UNANSWERED`].
+    pub unanswered: [AtomicU64; UNANSWERED.len()],
+}
+
+/// The reasons [`Stats::unanswered`] counts.
+pub const UNANSWERED: [&str; 12] = [
+    "not_request",
+    "message_type",
+    "not_pxe",
+    "unknown_arch",
+    "no_boot_file",
+    "bad_relay",
+    "bad_source",
+    "other_interface",
+    "oversized",
+    "malformed",
+    "no_address",
+    "not_allowed",
+];
+
+impl Stats {
+    /// Counts a datagram not answered for `reason` (one of [`UNANSWERED`]).
+    pub fn unanswered(&self, reason: &str) {
+        if let Some(i) = UNANSWERED.iter().position(|r| *r == reason) {
+            self.unanswered[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The unanswered counts, by reason.
+    pub fn unanswered_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        UNANSWERED
+            .iter()
+            .zip(&self.unanswered)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+    }
 }
 
 impl Stats {
@@ -560,6 +596,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
         if let Some(allow) = &config.allow {
             if !(allow.0)(&t.reply.client.mac) {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
+                stats.unanswered("not_allowed");
                 tracing::debug!(
                     port = port_name,
                     mac = %t.reply.client.mac,
@@ -608,6 +645,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
 /// Counts and logs a datagram that got no answer: most are ordinary traffic, so only what an
 /// operator should act on is above debug.
 fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats) {
+    stats.unanswered(why.reason());
     match why {
         Dropped::Oversized | Dropped::Malformed(_) => {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -667,6 +705,34 @@ pub fn firmware_label(c: &crate::Client) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_a_datagram_is_not_answered_is_counted() {
+        use crate::message::DecodeError;
+        let stats = Stats::default();
+        let source = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 68);
+        let all = [
+            Dropped::OtherInterface(1),
+            Dropped::Oversized,
+            Dropped::BadSource(source),
+            Dropped::Malformed(DecodeError::BadMagic),
+            Dropped::NoAddress(1),
+            Dropped::Ignored(Ignored::NotRequest),
+            Dropped::Ignored(Ignored::MessageType),
+            Dropped::Ignored(Ignored::NotPxe),
+            Dropped::Ignored(Ignored::UnknownArch(99)),
+            Dropped::Ignored(Ignored::NoBootFile(crate::Arch::EfiArm64)),
+            Dropped::Ignored(Ignored::BadRelay(Ipv4Addr::LOCALHOST)),
+            Dropped::Ignored(Ignored::BadSource),
+        ];
+        for d in &all {
+            assert!(UNANSWERED.contains(&d.reason()), "{d:?}");
+            stats.unanswered(d.reason());
+        }
+        stats.unanswered("not_allowed");
+        let total: u64 = stats.unanswered_counts().map(|(_, n)| n).sum();
+        assert_eq!(total, all.len() as u64 + 1);
+    }
 
     #[test]
     fn the_offer_line_names_each_boot_path() {

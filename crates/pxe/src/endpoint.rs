@@ -63,6 +63,25 @@ pub enum Dropped {
     Ignored(Ignored),
 }
 
+impl Dropped {
+    /// A short name for why, for counters (`other_interface`, `not_pxe`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Dropped::OtherInterface(_) => "other_interface",
+            Dropped::Oversized => "oversized",
+            Dropped::BadSource(_) | Dropped::Ignored(Ignored::BadSource) => "bad_source",
+            Dropped::Malformed(_) => "malformed",
+            Dropped::NoAddress(_) => "no_address",
+            Dropped::Ignored(Ignored::NotRequest) => "not_request",
+            Dropped::Ignored(Ignored::MessageType) => "message_type",
+            Dropped::Ignored(Ignored::NotPxe) => "not_pxe",
+            Dropped::Ignored(Ignored::UnknownArch(_)) => "unknown_arch",
+            Dropped::Ignored(Ignored::NoBootFile(_)) => "no_boot_file",
+            Dropped::Ignored(Ignored::BadRelay(_)) => "bad_relay",
+        }
+    }
+}
+
 /// The decision for one datagram, and the address the sender holds, if it said so: a DHCPREQUEST
 /// to the network's DHCP server seen on port 67 (see [`lease`]), or a request to port 4011
 /// answered here, sent from the address in its `ciaddr` (as firmware does once it has a lease;
