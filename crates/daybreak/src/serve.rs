@@ -199,13 +199,15 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // chose the UEFI binary.
     if let BootRouter::Plan(plan) = &*router {
         let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
-        if plan.kernel_signed() && !chosen && !opts.pixiecore_log {
+        // Read once: the whole kernel is read to find its certificate table.
+        let signed = plan.kernel_signed();
+        if signed && !chosen && !opts.pixiecore_log {
             boot_files.efi_x64_signed = Some("shimx64.efi".into());
             binaries.insert("grub/grub.cfg".into(), plan.grub_cfg().into_bytes().into());
             tracing::info!(
                 "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
             );
-        } else if !plan.kernel_signed() {
+        } else if !signed {
             tracing::warn!(
                 "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
             );
