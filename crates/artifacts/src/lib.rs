@@ -36,7 +36,7 @@ pub use iso9660::{Iso, IsoError};
 pub use lock::random_hex;
 pub use release::ReleaseKeys;
 pub use source::{
-    from_iso_file, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,
+    from_iso_file, is_url, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,
 };
 pub use squashfs::Compression;
 pub use store::{default_state_dir, now, Store};

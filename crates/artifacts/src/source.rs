@@ -114,7 +114,7 @@ pub fn is_iso(source: &str) -> Result<bool, OciError> {
     Ok(is_url(source) || matches!(Source::parse(source)?, Source::Iso(_)))
 }
 
-fn is_url(s: &str) -> bool {
+pub fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 

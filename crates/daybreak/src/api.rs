@@ -155,7 +155,7 @@ struct Cached {
 
 impl Api {
     pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Api> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !artifacts::is_url(url) {
             bail!("{url}: the API URL must be http:// or https://");
         }
         let base = if url.ends_with('/') {
@@ -423,30 +423,20 @@ pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
     match obj.get("cmdline") {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(s)) => {
-            let mut rest = s.as_str();
-            while let Some(open) = rest.find("{{") {
-                cmdline.push(Part::Text(rest[..open].to_string()));
-                let after = &rest[open + 2..];
-                let close = after
-                    .find("}}")
-                    .ok_or_else(|| AnswerError::Cmdline("an unclosed {{".into()))?;
-                let inner = after[..close].trim();
-                let arg = inner
-                    .strip_prefix("URL")
-                    .or_else(|| inner.strip_prefix("ID"))
-                    .map(str::trim)
-                    .and_then(|a| a.strip_prefix('"'))
-                    .and_then(|a| a.strip_suffix('"'))
-                    .ok_or_else(|| {
-                        AnswerError::Cmdline(format!(
-                            "{{{{ {} }}}} is not {{{{ URL \"…\" }}}}",
-                            crate::http::loggable(inner)
-                        ))
-                    })?;
-                cmdline.push(url(arg, &mut urls)?);
-                rest = &after[close + 2..];
+            use crate::boot::{templates, Piece, TemplateError};
+            let pieces = templates(s, &["URL", "ID"]).map_err(|e| match e {
+                TemplateError::Unclosed(_) => AnswerError::Cmdline("an unclosed {{".into()),
+                TemplateError::Unsupported(inner) => AnswerError::Cmdline(format!(
+                    "{{{{ {} }}}} is not {{{{ URL \"…\" }}}}",
+                    crate::http::loggable(inner)
+                )),
+            })?;
+            for p in pieces {
+                cmdline.push(match p {
+                    Piece::Text(t) => Part::Text(t.to_string()),
+                    Piece::Arg(arg) => url(arg, &mut urls)?,
+                });
             }
-            cmdline.push(Part::Text(rest.to_string()));
         }
         Some(serde_json::Value::Object(m)) => {
             // Keys in order, as pixiecore sorts them.

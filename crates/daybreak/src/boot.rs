@@ -148,34 +148,68 @@ pub struct Plan {
     pub(crate) events: Option<Arc<crate::events::Hub>>,
 }
 
-/// Splits `{{ ID "path" }}` templates out of a command line, the form pixiecore and AuroraBoot
-/// users write. Returns text and paths in order.
-fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>> {
+/// A piece of a command line written with pixiecore's templates: text, or the quoted argument
+/// of a `{{ FUNC "arg" }}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Arg(&'a str),
+}
+
+/// Why a template cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateError<'a> {
+    /// A `{{` with no `}}` after it: the text from the `{{` on.
+    Unclosed(&'a str),
+    /// Not `FUNC "arg"` with one of the allowed functions: what was between the braces.
+    Unsupported(&'a str),
+}
+
+/// Splits `{{ FUNC "arg" }}` templates (FUNC one of `funcs`) out of `line`, in order: pixiecore's
+/// `{{ ID "…" }}` in a --cmdline, `{{ URL "…" }}` in an API answer.
+pub fn templates<'a>(line: &'a str, funcs: &[&str]) -> Result<Vec<Piece<'a>>, TemplateError<'a>> {
     let mut out = Vec::new();
-    let mut rest = cmdline;
+    let mut rest = line;
     while let Some(open) = rest.find("{{") {
-        out.push(Ok(rest[..open].to_string()));
+        out.push(Piece::Text(&rest[..open]));
         let after = &rest[open + 2..];
         let close = after
             .find("}}")
-            .with_context(|| format!("unclosed '{{{{' in --cmdline at: {}", &rest[open..]))?;
+            .ok_or(TemplateError::Unclosed(&rest[open..]))?;
         let inner = after[..close].trim();
-        let arg = inner
-            .strip_prefix("ID")
+        let arg = funcs
+            .iter()
+            .find_map(|f| inner.strip_prefix(f))
             .map(str::trim)
             .and_then(|a| a.strip_prefix('"'))
             .and_then(|a| a.strip_suffix('"'))
-            .with_context(|| {
-                format!("unsupported template {{{{ {inner} }}}} in --cmdline; the only form is {{{{ ID \"/path/to/file\" }}}}")
-            })?;
-        if arg.starts_with("http://") || arg.starts_with("https://") {
-            bail!("{{{{ ID \"{arg}\" }}}} in --cmdline: Daybreak serves local files; download it first (curl -fLO {arg}) and name its path");
-        }
-        out.push(Err(PathBuf::from(arg)));
+            .ok_or(TemplateError::Unsupported(inner))?;
+        out.push(Piece::Arg(arg));
         rest = &after[close + 2..];
     }
-    out.push(Ok(rest.to_string()));
+    out.push(Piece::Text(rest));
     Ok(out)
+}
+
+/// Splits `{{ ID "path" }}` templates out of a command line, the form pixiecore and AuroraBoot
+/// users write. Returns text and paths in order.
+fn parse_templates(cmdline: &str) -> anyhow::Result<Vec<Result<String, PathBuf>>> {
+    let pieces = templates(cmdline, &["ID"]).map_err(|e| match e {
+        TemplateError::Unclosed(at) => anyhow::anyhow!("unclosed '{{{{' in --cmdline at: {at}"),
+        TemplateError::Unsupported(inner) => anyhow::anyhow!(
+            "unsupported template {{{{ {inner} }}}} in --cmdline; the only form is {{{{ ID \"/path/to/file\" }}}}"
+        ),
+    })?;
+    pieces
+        .into_iter()
+        .map(|p| match p {
+            Piece::Text(t) => Ok(Ok(t.to_string())),
+            Piece::Arg(arg) if artifacts::is_url(arg) => bail!(
+                "{{{{ ID \"{arg}\" }}}} in --cmdline: Daybreak serves local files; download it first (curl -fLO {arg}) and name its path"
+            ),
+            Piece::Arg(arg) => Ok(Err(PathBuf::from(arg))),
+        })
+        .collect()
 }
 
 /// A name for a file registered from a path: its `safe_name`, unique among `taken`.

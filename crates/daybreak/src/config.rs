@@ -79,7 +79,7 @@ pub fn set_path(root: &mut Map<String, Value>, path: &[String], v: Value) {
 
 /// Fetches text from a path or an http(s) URL; `what` names it in errors.
 pub fn read_text(src: &str, what: &str) -> anyhow::Result<String> {
-    if src.starts_with("http://") || src.starts_with("https://") {
+    if artifacts::is_url(src) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(30)))
             .build()

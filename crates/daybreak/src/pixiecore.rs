@@ -109,7 +109,7 @@ impl BootArgs {
     pub fn into_options(self) -> anyhow::Result<ServeOptions> {
         for f in std::iter::once(&self.kernel).chain(&self.initrds) {
             let s = f.to_string_lossy();
-            if s.starts_with("http://") || s.starts_with("https://") {
+            if artifacts::is_url(&s) {
                 bail!("{s}: Daybreak boots local files; download it first (curl -fLO {s}) and give its path");
             }
         }
