@@ -7,7 +7,8 @@
 set -euo pipefail
 
 need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools g++
-      docker-registry skopeo apache2-utils openssl xfsprogs podman runc systemd util-linux prometheus)
+      docker-registry skopeo apache2-utils openssl xfsprogs podman runc systemd util-linux prometheus
+      chromium fonts-dejavu-core)
 [ "${1:-}" = "--bench" ] && need+=(nginx-light umoci)
 
 missing=()

@@ -28,12 +28,12 @@ mod source;
 mod store;
 mod write;
 
-pub use digest::{printable, Digest};
+pub use digest::{hex, printable, Digest};
 pub use download::{download, DownloadError, Outcome};
 pub use extent::Extent;
 pub use image::{absolute, Event, ImageError, Report, Request};
 pub use iso9660::{Iso, IsoError};
-pub use lock::random_hex;
+pub use lock::{random_hex, Lock};
 pub use release::ReleaseKeys;
 pub use source::{
     from_iso_file, is_url, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,

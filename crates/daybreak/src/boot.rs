@@ -134,6 +134,16 @@ pub struct PlanInput {
     pub http: pxe::HttpAddress,
 }
 
+/// How one machine's boot differs from everyone's: its profile's command line, its own
+/// cloud-config URL.
+#[derive(Debug, Default)]
+pub struct Personal<'a> {
+    /// Kernel arguments replacing the plan's (`root=live:` and `config_url=` are still set).
+    pub cmdline: Option<&'a str>,
+    /// The machine's own cloud-config URL, in place of the plan's.
+    pub config_url: Option<String>,
+}
+
 pub struct Plan {
     pub kernel: BootFile,
     pub initrds: Vec<BootFile>,
@@ -146,6 +156,8 @@ pub struct Plan {
     pub(crate) binaries: HashMap<String, Arc<[u8]>>,
     /// Told of scripts and `booting` calls, and of the MAC each script URL names.
     pub(crate) events: Option<Arc<crate::events::Hub>>,
+    /// Machine profiles, install-once and the status page, when the command has a fleet.
+    pub(crate) fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// A piece of a command line written with pixiecore's templates: text, or the quoted argument
@@ -284,6 +296,7 @@ impl Plan {
             http: input.http,
             binaries,
             events: None,
+            fleet: None,
         };
         let mut parts = Vec::new();
         match &input.cmdline {
@@ -309,7 +322,7 @@ impl Plan {
                     }
                 }
                 parts.push(Part::Text(text));
-                parts = plan.strip_managed(parts);
+                parts = plan.strip_managed(parts, plan.cloud_config.is_some());
                 plan.push_rootfs(&mut parts);
                 plan.push_config(&mut parts);
             }
@@ -341,12 +354,12 @@ impl Plan {
 
     /// Drops `root=live:…` and `config_url=…` words (whatever follows them, URL templates
     /// included) when Daybreak sets them itself.
-    fn strip_managed(&self, parts: Vec<Part>) -> Vec<Part> {
+    fn strip_managed(&self, parts: Vec<Part>, config: bool) -> Vec<Part> {
         let mut managed = Vec::new();
         if self.rootfs.is_some() {
             managed.push("root=live:");
         }
-        if self.cloud_config.is_some() {
+        if config {
             managed.push("config_url=");
         }
         let mut out = Vec::new();
@@ -469,31 +482,59 @@ impl Plan {
     }
 
     pub fn cmdline(&self, base: &str) -> String {
-        self.render_cmdline(base, false)
+        self.render_cmdline(base, false, &Personal::default())
     }
 
     /// The command line for logs: the cloud-config's secret name left out.
     pub fn cmdline_redacted(&self, base: &str) -> String {
-        self.render_cmdline(base, true)
+        self.render_cmdline(base, true, &Personal::default())
     }
 
-    fn render_cmdline(&self, base: &str, redact: bool) -> String {
+    fn render_cmdline(&self, base: &str, redact: bool, p: &Personal) -> String {
         let secret = |n: &str| self.files().any(|f| f.secret && f.name == n);
+        let own;
+        let parts = match p.cmdline {
+            None => &self.cmdline,
+            Some(c) => {
+                let mut parts = self.strip_managed(
+                    vec![Part::Text(format!("{c} "))],
+                    p.config_url.is_some() || self.cloud_config.is_some(),
+                );
+                self.push_rootfs(&mut parts);
+                self.push_config(&mut parts);
+                own = parts;
+                &own
+            }
+        };
         let mut s = String::new();
-        for p in &self.cmdline {
-            match p {
+        let mut config_given = false;
+        for part in parts {
+            match part {
                 Part::Text(t) => s.push_str(t),
+                Part::Url(n) if secret(n) && p.config_url.is_some() => {
+                    config_given = true;
+                    s.push_str(p.config_url.as_deref().unwrap_or_default());
+                }
                 Part::Url(n) if redact && secret(n) => {
                     s.push_str(&self.file_url(base, "cloud-config-SECRET.yaml"))
                 }
                 Part::Url(n) => s.push_str(&self.file_url(base, n)),
             }
         }
+        if let (Some(url), false) = (&p.config_url, config_given) {
+            s.push_str(" config_url=");
+            s.push_str(url);
+        }
         s.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
     /// The iPXE script for one machine.
     pub fn script(&self, base: &str, mac: Option<&str>) -> String {
+        self.script_for(base, mac, &Personal::default())
+    }
+
+    /// The iPXE script for one machine with a profile of its own.
+    pub fn script_for(&self, base: &str, mac: Option<&str>, p: &Personal) -> String {
         let mut s = String::from("#!ipxe\n");
         s.push_str(&format!(
             "kernel --name kernel {}\n",
@@ -519,9 +560,14 @@ impl Plan {
         }
         s.push_str(&format!(
             "boot kernel {initrd_args}{}\n",
-            self.cmdline(base)
+            self.render_cmdline(base, false, p)
         ));
         s
+    }
+
+    /// The plan's cloud-config (as served to machines without one of their own).
+    pub fn cloud_config_file(&self) -> Option<&BootFile> {
+        self.cloud_config.as_ref()
     }
 }
 

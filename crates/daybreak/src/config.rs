@@ -33,6 +33,7 @@ pub const KNOWN: &[&str] = &[
     "listen_addr",
     "state_dir",
     "netboot",
+    "machines",
 ];
 
 fn alias(key: &str) -> &str {

@@ -6,7 +6,9 @@ use artifacts::Origin;
 
 use crate::boot::{CloudConfig, PlanInput};
 use crate::config::{self, Settings};
+use crate::fleet::{FleetOptions, MachinesSource, Profiles};
 use crate::serve::ServeOptions;
+use std::path::Path;
 
 const NO_SOURCE: &str = "nothing to boot: give an OCI image,\n  \
 daybreak --set container_image=quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.7.2-k3sv1.35.0-k3s3\n\
@@ -22,12 +24,24 @@ pub fn prepare(
     sets: &[String],
     set_files: &[String],
     cloud_config: Option<&str>,
+    machines: Option<&str>,
 ) -> anyhow::Result<Option<ServeOptions>> {
     let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
-    let rendered = match config::cloud_config_source(cloud_config, s.cloud_config.as_deref())? {
-        Some(text) => Some(config::render(&text, &root)?),
+    let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;
+    let rendered = match &template {
+        Some(text) => Some(config::render(text, &root)?),
         None => None,
+    };
+    let machines = match (machines, root.get("machines")) {
+        (Some(file), _) => Some(MachinesSource::File(artifacts::absolute(Path::new(file)))),
+        (None, Some(list)) => {
+            // cloud_config_file paths are taken from the working directory.
+            let p = Profiles::from_value(list, Path::new("."))
+                .map_err(|e| anyhow!("machines: in the settings: {e:#}"))?;
+            Some(MachinesSource::Inline(p))
+        }
+        (None, None) => None,
     };
     let used = rendered.as_ref().map(|r| r.1.clone()).unwrap_or_default();
     for w in config::unknown_keys(&root, &used) {
@@ -96,6 +110,12 @@ pub fn prepare(
         return Ok(None);
     }
     Ok(Some(ServeOptions {
+        fleet: Some(FleetOptions {
+            state_dir: s.state_dir.clone(),
+            machines,
+            template,
+            data: root,
+        }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,
         artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),

@@ -27,6 +27,8 @@ pub enum Step {
     /// ProxyDHCP answered: an offer (port 67) or an ack (port 4011).
     Offer {
         firmware: String,
+        /// The boot path chosen (`BIOS PXE, then iPXE`).
+        path: &'static str,
         target: String,
         port: pxe::Port,
     },
@@ -40,6 +42,12 @@ pub enum Step {
     File { name: String, bytes: u64, ms: u64 },
     /// The script's last request before the kernel starts.
     Booting,
+    /// The machine fetched its own cloud-config (its profile's, at its own URL).
+    Config,
+    /// The machine called back that its install finished.
+    Installed,
+    /// The machine was told to boot from its local disk.
+    LocalBoot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +145,7 @@ impl Hub {
             pxe::driver::Event::Answered {
                 mac,
                 firmware,
+                path,
                 target,
                 port,
             } => {
@@ -145,6 +154,7 @@ impl Hub {
                     Some(&mac),
                     Step::Offer {
                         firmware,
+                        path,
                         target,
                         port,
                     },

@@ -6,6 +6,7 @@ mod boot;
 mod config;
 mod default_command;
 mod events;
+mod fleet;
 mod http;
 mod interrupt;
 mod ipxe;
@@ -102,6 +103,11 @@ struct Cli {
     /// --set values.
     #[arg(long, value_name = "FILE|URL|-")]
     cloud_config: Option<String>,
+    /// Machine profiles (YAML list; or `machines:` in the config file): per machine (by mac,
+    /// uuid or arch) a hostname, an action (install, live, local, ignore), netboot.cmdline,
+    /// cloud_config or cloud_config_file, and template values. Read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    machines: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -231,6 +237,41 @@ daybreak netboot kairos.iso out kairos     # the Kairos docs' command\n  \
     /// List or prune what the state directory holds (built artifacts, layer blobs, ISO downloads).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The machines that booted: list them, show one, have one install again, or forget one.
+    #[command(
+        long_about = "The machines that booted from this state directory's server, as the machine store remembers them (STATE_DIR/machines/, one record per MAC; it survives restarts and crashes). A machine is remembered when it fetches its boot script; its install is finished when it calls [[[ .daybreak.installed_url ]]] (put it in the cloud-config's after-install stage), and from then on it boots from its local disk, until `reinstall`. A running server picks up changes within seconds.",
+        after_help = "Examples:\n  \
+sudo daybreak machines\n  \
+sudo daybreak machines show 52:54:00:12:34:56\n  \
+sudo daybreak machines reinstall 52:54:00:12:34:56   # its next network boot installs again\n\n\
+A cloud-config that reports the end of its install (Kairos's after-install stage):\n  \
+stages:\n    \
+after-install:\n      \
+- commands:\n        \
+- curl -fsS [[[ .daybreak.installed_url ]]]"
+    )]
+    Machines(MachinesArgs),
+}
+
+#[derive(Args, Debug)]
+struct MachinesArgs {
+    #[command(subcommand)]
+    command: Option<MachinesCommand>,
+    /// The state directory the server uses (absolute, or relative to the working directory).
+    #[arg(long, global = true, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum MachinesCommand {
+    /// Every machine remembered (the default): MAC, state, boots, last boot, firmware.
+    List,
+    /// One machine's record, as JSON.
+    Show { mac: String },
+    /// Install it again: its next network boot boots the image instead of its disk.
+    Reinstall { mac: String },
+    /// Forget it (remembered again at its next boot).
+    Forget { mac: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -305,6 +346,11 @@ struct ServeArgs {
     /// Kernel arguments replacing the Kairos defaults (root=live: and config_url= are still added).
     #[arg(long, value_name = "ARGS")]
     cmdline: Option<String>,
+    /// Machine profiles (YAML): per machine (by mac, uuid or arch) a hostname, an action
+    /// (install, live, local, ignore), netboot.cmdline, cloud_config or cloud_config_file, and
+    /// template values. Read again when it changes. Machines are remembered in --state-dir.
+    #[arg(long, value_name = "FILE")]
+    machines: Option<PathBuf>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -463,6 +509,7 @@ impl NetArgs {
             artifact_listen: None,
             pixiecore_log: false,
             api: None,
+            fleet: None,
         }
     }
 }
@@ -533,6 +580,114 @@ fn cache(c: CacheCommand) -> ExitCode {
     }
 }
 
+fn machines(a: MachinesArgs) -> ExitCode {
+    use crate::fleet::{mac_text, parse_mac, Change, Store};
+    let store = match artifacts::Store::open(&a.state_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| Ok(Store::open(s.root())?))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mac = |m: &str| {
+        parse_mac(m).ok_or_else(|| {
+            eprintln!("error: {m:?} is not a MAC address (52:54:00:12:34:56)");
+            ExitCode::from(2)
+        })
+    };
+    let unknown = |m: &crate::fleet::Mac| {
+        eprintln!(
+            "error: {} is not remembered in {} (see daybreak machines list)",
+            mac_text(m),
+            store.dir().display()
+        );
+        ExitCode::FAILURE
+    };
+    let done = |r: std::io::Result<()>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot change {}: {e}", store.dir().display());
+            ExitCode::FAILURE
+        }
+    };
+    match a.command.unwrap_or(MachinesCommand::List) {
+        MachinesCommand::List => {
+            let list = store.list();
+            if list.is_empty() {
+                println!(
+                    "no machines remembered in {} (a machine is remembered when it fetches its boot script)",
+                    store.dir().display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            println!(
+                "{:<17}  {:<14}  {:>5}  {:>9}  FIRMWARE",
+                "MAC", "STATE", "BOOTS", "LAST BOOT"
+            );
+            let now = artifacts::now();
+            for r in list {
+                let state = match r.installed_at {
+                    Some(t) => format!("installed {}", ago(now.saturating_sub(t))),
+                    None => "not installed".into(),
+                };
+                println!(
+                    "{:<17}  {:<14}  {:>5}  {:>9}  {}",
+                    r.mac,
+                    state,
+                    r.boots,
+                    format!("{} ago", ago(now.saturating_sub(r.last_seen))),
+                    r.firmware.as_deref().unwrap_or("-")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        MachinesCommand::Show { mac: m } => {
+            let m = match mac(&m) {
+                Ok(m) => m,
+                Err(c) => return c,
+            };
+            match store.get(&m) {
+                Some(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                None => unknown(&m),
+            }
+        }
+        MachinesCommand::Reinstall { mac: m } => {
+            let m = match mac(&m) {
+                Ok(m) => m,
+                Err(c) => return c,
+            };
+            match store.change(&m, &Change::Reinstall) {
+                Ok(Some(_)) => {
+                    println!("{}: its next network boot installs again", mac_text(&m));
+                    done(store.announce())
+                }
+                Ok(None) => unknown(&m),
+                Err(e) => done(Err(e)),
+            }
+        }
+        MachinesCommand::Forget { mac: m } => {
+            let m = match mac(&m) {
+                Ok(m) => m,
+                Err(c) => return c,
+            };
+            match store.forget(&m) {
+                Ok(true) => {
+                    println!("{}: forgotten", mac_text(&m));
+                    done(store.announce())
+                }
+                Ok(false) => unknown(&m),
+                Err(e) => done(Err(e)),
+            }
+        }
+    }
+}
+
 fn ago(secs: u64) -> String {
     match secs {
         0..=119 => format!("{secs}s"),
@@ -548,7 +703,8 @@ fn main() -> ExitCode {
     let default_args = cli.config.is_some()
         || !cli.set.is_empty()
         || !cli.set_file.is_empty()
-        || cli.cloud_config.is_some();
+        || cli.cloud_config.is_some()
+        || cli.machines.is_some();
     if cli.command.is_some() && default_args {
         eprintln!(
             "error: CONFIG, --set and --cloud-config before a subcommand belong to the default command; \
@@ -567,6 +723,7 @@ fn main() -> ExitCode {
             &cli.set,
             &cli.set_file,
             cli.cloud_config.as_deref(),
+            cli.machines.as_deref(),
         ) {
             Ok(Some(o)) => o,
             Ok(None) => return ExitCode::SUCCESS,
@@ -599,27 +756,38 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Cache(c)) => return cache(c),
+        Some(Command::Machines(m)) => return machines(m),
         Some(Command::IpxeIso(a)) => return ipxe_iso(a),
-        Some(Command::Serve(a)) => a.net.into_options(PlanInput {
-            kernel: a.kernel,
-            set: match a
-                .iso
-                .as_deref()
-                .map(|i| netboot::open_iso(&i.to_string_lossy(), &a.state_dir))
-                .transpose()
-            {
-                Ok(set) => set,
-                Err(e) => {
-                    eprintln!("error: {}", error_text(&e));
-                    return ExitCode::FAILURE;
-                }
-            },
-            initrds: a.initrd,
-            rootfs: a.rootfs,
-            cloud_config: a.cloud_config.map(CloudConfig::File),
-            cmdline: a.cmdline,
-            ..Default::default()
-        }),
+        Some(Command::Serve(a)) => {
+            let fleet = a.machines.map(|m| fleet::FleetOptions {
+                state_dir: a.state_dir.clone(),
+                machines: Some(fleet::MachinesSource::File(artifacts::absolute(&m))),
+                template: None,
+                data: Default::default(),
+            });
+            let mut o = a.net.into_options(PlanInput {
+                kernel: a.kernel,
+                set: match a
+                    .iso
+                    .as_deref()
+                    .map(|i| netboot::open_iso(&i.to_string_lossy(), &a.state_dir))
+                    .transpose()
+                {
+                    Ok(set) => set,
+                    Err(e) => {
+                        eprintln!("error: {}", error_text(&e));
+                        return ExitCode::FAILURE;
+                    }
+                },
+                initrds: a.initrd,
+                rootfs: a.rootfs,
+                cloud_config: a.cloud_config.map(CloudConfig::File),
+                cmdline: a.cmdline,
+                ..Default::default()
+            });
+            o.fleet = fleet;
+            o
+        }
         Some(Command::Api(a)) => match a.into_options() {
             Ok(o) => o,
             Err(e) => {

@@ -89,6 +89,9 @@ impl Metrics {
             Step::Script => "script",
             Step::File { .. } => "file",
             Step::Booting => "booting",
+            Step::Config => "config",
+            Step::Installed => "installed",
+            Step::LocalBoot => "local_boot",
         };
         *m.steps.entry(kind).or_default() += 1;
         if let Step::File { name, bytes, .. } = &e.step {
@@ -289,6 +292,7 @@ mod tests {
         let peer = Some("10.0.0.5:1000".parse().unwrap());
         let offer = Step::Offer {
             firmware: "UEFI x64 PXE".into(),
+            path: "UEFI PXE, then iPXE",
             target: "ipxe.efi".into(),
             port: pxe::Port::Dhcp,
         };

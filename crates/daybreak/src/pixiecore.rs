@@ -158,6 +158,7 @@ mod tests {
         let peer = Some("192.168.1.49:4371".parse().unwrap());
         let offer = Step::Offer {
             firmware: "UEFI x64 PXE".into(),
+            path: "UEFI PXE, then iPXE",
             target: "ipxe.efi".into(),
             port: pxe::Port::Dhcp,
         };

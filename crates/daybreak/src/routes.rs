@@ -147,10 +147,14 @@ impl Router for Plan {
                     arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
                     "boot script"
                 );
+                let script = match &self.fleet {
+                    Some(f) => f.script(self, &base, mac.as_deref(), req.peer.ip()),
+                    None => self.script(&base, mac.as_deref()),
+                };
                 Reply::Resource {
                     name: "_script".into(),
                     content_type: "text/plain; charset=utf-8",
-                    body: Body::Memory(self.script(&base, mac.as_deref()).into_bytes().into()),
+                    body: Body::Memory(script.into_bytes().into()),
                 }
             }
             routes::IPXE_ISO => iso_reply(&self.base_url(req.local)),
@@ -178,6 +182,9 @@ impl Router for Plan {
                 None => Reply::NotFound,
             },
             _ => {
+                if let Some(reply) = self.fleet.as_ref().and_then(|f| f.route(self, req)) {
+                    return reply;
+                }
                 if let Some(bin) = path.strip_prefix(routes::BINARIES) {
                     return binary_reply(&self.binaries, bin);
                 }

@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub pixiecore_log: bool,
     /// pixiecore's API mode: each machine booted as this API says, instead of by `plan`.
     pub api: Option<Arc<crate::api::Api>>,
+    /// Machine profiles, the machine store and the status page.
+    pub fleet: Option<crate::fleet::FleetOptions>,
 }
 
 impl ServeOptions {
@@ -59,6 +61,7 @@ impl ServeOptions {
             netboot: true,
             pixiecore_log: false,
             api: None,
+            fleet: None,
             artifact_listen: None,
         }
     }
@@ -181,10 +184,18 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
     let hub = Arc::new(Hub::default());
+    let mut fleet = None;
     let router = Arc::new(match &opts.api {
-        None => BootRouter::Plan(Arc::new(
-            Plan::new(&plan_input, binaries.clone())?.observed(hub.clone()),
-        )),
+        None => {
+            let mut plan = Plan::new(&plan_input, binaries.clone())?.observed(hub.clone());
+            if let Some(f) = &opts.fleet {
+                let made = crate::fleet::Fleet::new(f, &plan, Some(hub.clone()))?;
+                tracing::info!("{}", made.describe());
+                plan.fleet = Some(made.clone());
+                fleet = Some(made);
+            }
+            BootRouter::Plan(Arc::new(plan))
+        }
         Some(api) => BootRouter::Api(crate::api::ApiRouter {
             api: api.clone(),
             http: plan_input.http,
@@ -220,6 +231,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         background: Default::default(),
         budget: descriptor_budget(),
         hub,
+        fleet,
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -304,6 +316,8 @@ struct Tasks {
     budget: Budget,
     /// Boot events of the netboot servers.
     hub: Arc<Hub>,
+    /// Machine profiles and timelines, fed by the boot events.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Tasks {
@@ -413,6 +427,7 @@ async fn start_netboot(
     tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
     let hub = tasks.hub.clone();
+    let fleet = tasks.fleet.clone();
     let dhcp_stats = Arc::new(DhcpStats::default());
     let tftp_stats = Arc::new(tftp::Stats::default());
     let metrics = Arc::new(crate::metrics::Metrics::new(
@@ -424,12 +439,16 @@ async fn start_netboot(
     let mut events = hub.subscribe();
     let pixiecore_log = opts.pixiecore_log;
     let observed = metrics.clone();
+    let timelines = fleet.clone();
     tasks.background.spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
                 Ok(e) => {
                     observed.observe(&e);
+                    if let Some(f) = &timelines {
+                        f.observe(&e);
+                    }
                     tracing::debug!(
                         mac = e.mac.as_deref().unwrap_or("-"),
                         client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
@@ -513,10 +532,21 @@ async fn start_netboot(
             let hub = hub.clone();
             pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))
         }),
-        allow: opts
-            .api
-            .clone()
-            .map(|api| pxe::driver::Allow(Arc::new(move |mac: &str| api.allow(mac)))),
+        allow: match (&opts.api, &fleet) {
+            (Some(api), _) => {
+                let api = api.clone();
+                Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
+                    api.allow(&c.mac)
+                })))
+            }
+            (None, Some(f)) => {
+                let f = f.clone();
+                Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
+                    f.allow(c)
+                })))
+            }
+            (None, None) => None,
+        },
     });
 
     // Startup summary.

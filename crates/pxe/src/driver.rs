@@ -502,14 +502,15 @@ pub struct Config {
     pub settings: Settings,
     /// Told of each answer and of each address a client takes.
     pub events: Option<Sink>,
-    /// Which machines to answer, by MAC (`aa:bb:cc:dd:ee:ff`); all when absent. Called on the
-    /// DHCP path: it must not block (an API behind it answers from a cache).
+    /// Which machines to answer (by MAC, `aa:bb:cc:dd:ee:ff`, UUID or architecture); all when
+    /// absent. Called on the DHCP path: it must not block (an API behind it answers from a
+    /// cache, machine profiles from memory).
     pub allow: Option<Allow>,
 }
 
 /// See [`Config::allow`].
 #[derive(Clone)]
-pub struct Allow(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct Allow(pub Arc<dyn Fn(&crate::Client) -> bool + Send + Sync>);
 
 impl std::fmt::Debug for Allow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -524,6 +525,8 @@ pub enum Event {
     Answered {
         mac: String,
         firmware: String,
+        /// The boot path chosen (`UEFI PXE, then iPXE`), as the offer line names it.
+        path: &'static str,
         target: String,
         port: Port,
     },
@@ -594,7 +597,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
             }
         };
         if let Some(allow) = &config.allow {
-            if !(allow.0)(&t.reply.client.mac) {
+            if !(allow.0)(&t.reply.client) {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
                 stats.unanswered("not_allowed");
                 tracing::debug!(
@@ -629,6 +632,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                     (sink.0)(Event::Answered {
                         mac: client.mac.clone(),
                         firmware,
+                        path: boot_path(client, t.reply.target.as_str()),
                         target: t.reply.target.as_str().to_string(),
                         port,
                     });

@@ -92,6 +92,8 @@ pub struct Client {
     pub arch_code: u16,
     pub firmware: Firmware,
     pub mac: String,
+    /// The machine's UUID (option 97), as sent: 16 bytes.
+    pub uuid: Option<[u8; 16]>,
 }
 
 /// Boot file names per architecture, as registered with the TFTP and HTTP servers. `None` means
@@ -360,7 +362,13 @@ pub fn classify(msg: &Message) -> Result<Client, Ignored> {
         arch_code,
         firmware,
         mac: msg.mac_string(),
+        uuid: uuid_of(msg),
     })
+}
+
+/// The 16 bytes of a well-formed option 97.
+fn uuid_of(msg: &Message) -> Option<[u8; 16]> {
+    client_uuid(msg).and_then(|v| v[1..].try_into().ok())
 }
 
 /// Option 97 is echoed only when well formed: type 0 followed by a 16-byte UUID.
@@ -410,6 +418,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
             arch_code: 0,
             firmware: Firmware::Pxe,
             mac: msg.mac_string(),
+            uuid: uuid_of(msg),
         },
         Err(e) => return Err(e),
     };

@@ -1,0 +1,771 @@
+//! The fleet: every machine that network-boots, known by its MAC. Its profile (`--machines`)
+//! says how it boots; the machine store remembers it across restarts, and whether its install
+//! finished (then it boots from its disk); its timeline of boot events is held in memory for the
+//! status page (`/`), `GET /api/machines` and `daybreak machines`.
+//!
+//! A machine's own cloud-config and its install callback live at URLs only it is given: the MAC
+//! and a tag keyed by a secret kept in the state directory (so they survive restarts: a machine
+//! that installed before a restart calls back after it). The status page never shows them.
+
+pub mod profiles;
+pub mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::boot::{Personal, Plan};
+use crate::events::{BootEvent, Step};
+use crate::http::{Body, Reply, Request};
+pub use profiles::{Action, Profiles};
+pub use store::{Change, Store};
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// A MAC as people and firmware write it: `52:54:00:12:34:56`, `52-54-…`, or 12 hex digits.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let hex: String = if s.len() == 12 {
+        s.to_string()
+    } else {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+            return None;
+        }
+        parts.concat()
+    };
+    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(m)
+}
+
+/// `52:54:00:12:34:56`.
+pub fn mac_text(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Machines with a timeline in memory; past this the ones seen longest ago are dropped.
+pub const MAX_LIVE: usize = 4096;
+/// Events kept per machine.
+const TIMELINE: usize = 32;
+/// Changes waiting for the store's writer; past this they are dropped (and said).
+const WRITES_QUEUED: usize = 1024;
+/// How often the machines file and the store are checked for changes.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Where the profiles come from.
+#[derive(Debug, Clone)]
+pub enum MachinesSource {
+    /// A file, read again whenever it changes.
+    File(PathBuf),
+    /// The config file's `machines:` list.
+    Inline(Profiles),
+}
+
+/// What a fleet is made of.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub state_dir: PathBuf,
+    pub machines: Option<MachinesSource>,
+    /// The command's cloud-config template, rendered per machine (the default command's).
+    pub template: Option<String>,
+    /// Template values (`--set`, the config file).
+    pub data: Map<String, Value>,
+}
+
+/// What is known of a machine since this server started.
+#[derive(Debug, Clone)]
+struct Seen {
+    uuid: Option<[u8; 16]>,
+    arch: Option<profiles::Arch>,
+    firmware: Option<String>,
+    path: Option<&'static str>,
+    ip: Option<IpAddr>,
+    phase: &'static str,
+    /// Bytes of the squashfs sent in this boot.
+    rootfs_bytes: u64,
+    last: SystemTime,
+    timeline: VecDeque<(SystemTime, String)>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            uuid: None,
+            arch: None,
+            firmware: None,
+            path: None,
+            ip: None,
+            phase: "seen",
+            rootfs_bytes: 0,
+            last: SystemTime::now(),
+            timeline: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    machines: HashMap<Mac, Seen>,
+}
+
+impl Live {
+    fn entry(&mut self, mac: Mac) -> &mut Seen {
+        if self.machines.len() >= MAX_LIVE && !self.machines.contains_key(&mac) {
+            // Drop the eighth seen longest ago: amortised, never a scan per event.
+            let mut by_age: Vec<(SystemTime, Mac)> =
+                self.machines.iter().map(|(m, s)| (s.last, *m)).collect();
+            by_age.sort_unstable();
+            for (_, m) in by_age.iter().take(MAX_LIVE / 8) {
+                self.machines.remove(m);
+            }
+        }
+        self.machines.entry(mac).or_default()
+    }
+}
+
+struct FileStamp {
+    path: PathBuf,
+    seen: Option<(SystemTime, u64, u64)>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+pub struct Fleet {
+    profiles: RwLock<Arc<Profiles>>,
+    file: Mutex<Option<FileStamp>>,
+    store: Arc<Store>,
+    writes: mpsc::SyncSender<(Mac, Change)>,
+    live: Mutex<Live>,
+    key: String,
+    template: Option<String>,
+    data: Map<String, Value>,
+    /// Machines get their own cloud-config URL (profiles, or a template that asks for
+    /// `.daybreak.*`).
+    personal: bool,
+    /// Size of the squashfs, for the progress bar.
+    rootfs_size: u64,
+    /// Told of installs and local boots.
+    events: Option<Arc<crate::events::Hub>>,
+}
+
+/// The secret behind machines' URLs: made once, kept in the store's directory (mode 0600).
+fn load_key(store: &Store) -> anyhow::Result<String> {
+    let path = store.dir().join(".key");
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|k| k.trim().to_string())
+            .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if let Some(k) = read() {
+        return Ok(k);
+    }
+    let _lock = artifacts::Lock::exclusive(&store.dir().join(".lock"), || {})?;
+    if let Some(k) = read() {
+        return Ok(k);
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let k = artifacts::random_hex(32)?;
+    let tmp = store
+        .dir()
+        .join(format!(".tmp-key-{}", artifacts::random_hex(8)?));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(k.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(k)
+}
+
+/// Equal bytes, in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Routes of the fleet on the boot HTTP port.
+pub mod routes {
+    /// A machine's own cloud-config: `/_/config/MAC-TAG.yaml`.
+    pub const CONFIG: &str = "/_/config/";
+    /// A machine's install callback: `/_/installed/MAC-TAG`.
+    pub const INSTALLED: &str = "/_/installed/";
+    /// The machines as JSON; `/api/machines/MAC` one with its timeline.
+    pub const MACHINES: &str = "/api/machines";
+    /// The status page.
+    pub const STATUS: &str = "/";
+}
+
+/// The status page: static, it reads `/api/machines` every second.
+const PAGE: &str = include_str!("status.html");
+
+impl Fleet {
+    pub fn new(
+        opts: &FleetOptions,
+        plan: &Plan,
+        events: Option<Arc<crate::events::Hub>>,
+    ) -> anyhow::Result<Arc<Fleet>> {
+        let state = artifacts::Store::open(&opts.state_dir)?;
+        let store = Arc::new(Store::open(state.root()).map_err(|e| {
+            anyhow::anyhow!(
+                "the machine store in {} cannot be opened: {e}",
+                state.root().display()
+            )
+        })?);
+        let key = load_key(&store)?;
+        let (profiles, file) = match &opts.machines {
+            None => (Profiles::default(), None),
+            Some(MachinesSource::Inline(p)) => (p.clone(), None),
+            Some(MachinesSource::File(path)) => (
+                Profiles::load(path)?,
+                Some(FileStamp {
+                    path: path.clone(),
+                    seen: stamp(path),
+                }),
+            ),
+        };
+        let personal = opts.machines.is_some()
+            || opts
+                .template
+                .as_deref()
+                .is_some_and(|t| t.contains(".daybreak."));
+        let (tx, rx) = mpsc::sync_channel::<(Mac, Change)>(WRITES_QUEUED);
+        let writer = store.clone();
+        std::thread::Builder::new()
+            .name("machine-store".into())
+            .spawn(move || {
+                for (mac, change) in rx {
+                    if let Err(e) = writer.change(&mac, &change) {
+                        tracing::warn!(mac = %mac_text(&mac), error = %e, store = %writer.dir().display(), "machine record not written");
+                    }
+                }
+            })?;
+        let fleet = Arc::new(Fleet {
+            profiles: RwLock::new(Arc::new(profiles)),
+            file: Mutex::new(file),
+            store,
+            writes: tx,
+            live: Mutex::default(),
+            key,
+            template: opts.template.clone(),
+            data: opts.data.clone(),
+            personal,
+            rootfs_size: plan.rootfs.as_ref().map_or(0, |r| r.size),
+            events,
+        });
+        let weak: Weak<Fleet> = Arc::downgrade(&fleet);
+        std::thread::Builder::new()
+            .name("machines-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(POLL);
+                let Some(f) = weak.upgrade() else { break };
+                f.refresh();
+            })?;
+        Ok(fleet)
+    }
+
+    /// How many profiles, and machines remembered.
+    pub fn describe(&self) -> String {
+        let p = self.profiles().len();
+        format!(
+            "{p} machine profile{}, {} machine{} remembered in {}",
+            if p == 1 { "" } else { "s" },
+            self.store.len(),
+            if self.store.len() == 1 { "" } else { "s" },
+            self.store.dir().display()
+        )
+    }
+
+    fn profiles(&self) -> Arc<Profiles> {
+        self.profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Picks up an edited machines file (a broken edit keeps the last good version, and says
+    /// what is wrong) and records changed by `daybreak machines`.
+    pub fn refresh(&self) {
+        self.store.refresh();
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = file.as_mut() else { return };
+        let now = stamp(&f.path);
+        if now == f.seen {
+            return;
+        }
+        f.seen = now;
+        match Profiles::load(&f.path) {
+            Ok(p) => {
+                tracing::info!(
+                    file = %f.path.display(),
+                    entries = p.len(),
+                    "machines file changed: the new profiles apply from each machine's next boot"
+                );
+                *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+            }
+            Err(e) => tracing::error!(
+                "{e:#}; keeping the last good version ({} entries) until the file is fixed",
+                self.profiles().len()
+            ),
+        }
+    }
+
+    fn machine(&self, mac: Mac) -> profiles::Machine {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = live.machines.get(&mac);
+        profiles::Machine {
+            mac,
+            uuid: seen.and_then(|s| s.uuid),
+            arch: seen.and_then(|s| s.arch),
+        }
+    }
+
+    /// The DHCP side's question: answer this machine? Never blocks on more than a lock.
+    pub fn allow(&self, c: &pxe::Client) -> bool {
+        let Some(mac) = parse_mac(&c.mac) else {
+            return true;
+        };
+        let arch = profiles::Arch::of(c.arch);
+        {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let s = live.entry(mac);
+            s.uuid = c.uuid.or(s.uuid);
+            s.arch = arch.or(s.arch);
+        }
+        let m = profiles::Machine {
+            mac,
+            uuid: c.uuid,
+            arch,
+        };
+        self.profiles()
+            .find(&m)
+            .is_none_or(|p| p.action != Action::Ignore)
+    }
+
+    fn tag(&self, kind: &str, mac: &Mac) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.key.as_bytes());
+        h.update(kind.as_bytes());
+        h.update(mac);
+        artifacts::hex(&h.finalize()[..16])
+    }
+
+    fn url(&self, base: &str, route: &str, kind: &str, mac: &Mac, suffix: &str) -> String {
+        format!(
+            "{base}{route}{}-{}{suffix}",
+            artifacts::hex(mac),
+            self.tag(kind, mac)
+        )
+    }
+
+    /// The MAC a `MAC-TAG` path names, when its tag is right.
+    fn check(&self, rest: &str, kind: &str) -> Option<Mac> {
+        let (hex, tag) = rest.split_once('-')?;
+        let mac = parse_mac(hex).filter(|_| hex.len() == 12)?;
+        same(tag.as_bytes(), self.tag(kind, &mac).as_bytes()).then_some(mac)
+    }
+
+    fn record(&self, mac: Mac, c: Change) {
+        if self.writes.try_send((mac, c)).is_err() {
+            tracing::warn!(mac = %mac_text(&mac), "machine store busy: this change is not remembered");
+        }
+    }
+
+    /// The boot script for `mac` (as the script URL names it), by its profile and its state.
+    pub fn script(&self, plan: &Plan, base: &str, mac: Option<&str>, peer: IpAddr) -> String {
+        let Some(m) = mac.and_then(parse_mac) else {
+            return plan.script(base, mac);
+        };
+        // A script request naming a MAC another address is known to hold is not that machine:
+        // it gets what any machine gets, never another's cloud-config.
+        if let Some(hub) = &self.events {
+            if let Some(known) = hub.mac_of(peer).and_then(|k| parse_mac(&k)) {
+                if known != m {
+                    tracing::warn!(client = %peer, claimed = %mac_text(&m), holder = %mac_text(&known), "script request names another machine's MAC; given the common script");
+                    return plan.script(base, None);
+                }
+            }
+        }
+        let machine = self.machine(m);
+        let profiles = self.profiles();
+        let profile = profiles.find(&machine);
+        let (firmware, path) = {
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            live.machines
+                .get(&m)
+                .map_or((None, None), |s| (s.firmware.clone(), s.path))
+        };
+        self.record(
+            m,
+            Change::Booted {
+                at: unix(SystemTime::now()),
+                arch: machine.arch.map(|a| a.as_str().to_string()),
+                firmware: path.map(str::to_string).or(firmware),
+                uuid: machine.uuid.as_ref().map(profiles::uuid_text),
+            },
+        );
+        let action = profile.map_or(Action::Install, |p| p.action);
+        let installed = self.store.get(&m).and_then(|r| r.installed_at);
+        match action {
+            Action::Ignore => {
+                "#!ipxe\necho Daybreak: this machine is not served here (action: ignore)\nexit\n"
+                    .into()
+            }
+            Action::Local => self.local_script(m, peer, "its profile says action: local"),
+            Action::Install if installed.is_some() => self.local_script(
+                m,
+                peer,
+                "its install finished (daybreak machines reinstall MAC to install again)",
+            ),
+            Action::Install | Action::Live => {
+                let has_config = profile.is_some_and(|p| p.cloud_config.is_some())
+                    || self.template.is_some()
+                    || plan.cloud_config_file().is_some();
+                let personal = Personal {
+                    cmdline: profile.and_then(|p| p.cmdline.as_deref()),
+                    config_url: (self.personal && has_config)
+                        .then(|| self.url(base, routes::CONFIG, "config", &m, ".yaml")),
+                };
+                plan.script_for(base, mac, &personal)
+            }
+        }
+    }
+
+    fn local_script(&self, mac: Mac, peer: IpAddr, why: &str) -> String {
+        tracing::info!(mac = %mac_text(&mac), client = %peer, "booting from the local disk: {why}");
+        if let Some(hub) = &self.events {
+            hub.emit(None, Some(&mac_text(&mac)), Step::LocalBoot);
+        }
+        // BIOS: the first disk by its BIOS number; UEFI: back to the firmware, which boots the
+        // next entry of its boot order (the disk).
+        "#!ipxe\necho Daybreak: booting from the local disk\n\
+         iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n"
+            .into()
+    }
+
+    /// The template values for one machine: the command's, its profile's, and Daybreak's own
+    /// (`.daybreak.installed_url`, `.daybreak.mac`, `.daybreak.hostname`).
+    fn data_for(
+        &self,
+        mac: &Mac,
+        profile: Option<&profiles::Profile>,
+        base: &str,
+    ) -> Map<String, Value> {
+        let mut data = self.data.clone();
+        if let Some(p) = profile {
+            for (k, v) in &p.vars {
+                data.insert(k.clone(), v.clone());
+            }
+            if let Some(h) = &p.hostname {
+                data.entry("hostname")
+                    .or_insert_with(|| Value::String(h.clone()));
+            }
+        }
+        data.insert(
+            "daybreak".into(),
+            json!({
+                "installed_url": self.url(base, routes::INSTALLED, "installed", mac, ""),
+                "mac": mac_text(mac),
+                "hostname": profile.and_then(|p| p.hostname.clone()).unwrap_or_default(),
+                "profile": profile.map(|p| p.name.clone()).unwrap_or_default(),
+            }),
+        );
+        data
+    }
+
+    /// The fleet's own routes; `None` for everything else.
+    pub fn route(&self, plan: &Plan, req: &Request<'_>) -> Option<Reply> {
+        let path = req.path;
+        if let Some(rest) = path.strip_prefix(routes::CONFIG) {
+            let mac = rest
+                .strip_suffix(".yaml")
+                .and_then(|r| self.check(r, "config"));
+            return Some(match mac {
+                Some(m) => self.config(plan, m, &plan.base_url(req.local)),
+                None => Reply::NotFound,
+            });
+        }
+        if let Some(rest) = path.strip_prefix(routes::INSTALLED) {
+            let Some(mac) = self.check(rest, "installed") else {
+                return Some(Reply::NotFound);
+            };
+            tracing::info!(mac = %mac_text(&mac), client = %req.peer.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
+            self.record(
+                mac,
+                Change::Installed {
+                    at: unix(SystemTime::now()),
+                },
+            );
+            if let Some(hub) = &self.events {
+                hub.emit(Some(req.peer), Some(&mac_text(&mac)), Step::Installed);
+            }
+            return Some(text_reply(
+                "_installed",
+                "installed\n".into(),
+                "text/plain; charset=utf-8",
+            ));
+        }
+        if path == routes::MACHINES {
+            let list: Vec<Value> = self.view().into_iter().map(|(_, v)| v).collect();
+            let body = serde_json::to_vec(&json!({ "machines": list })).unwrap_or_default();
+            return Some(text_reply("_machines", body, "application/json"));
+        }
+        if let Some(mac) = path
+            .strip_prefix(routes::MACHINES)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let Some(m) = parse_mac(mac) else {
+                return Some(Reply::NotFound);
+            };
+            return Some(match self.show(&m) {
+                Some(v) => text_reply(
+                    "_machines",
+                    serde_json::to_vec(&v).unwrap_or_default(),
+                    "application/json",
+                ),
+                None => Reply::NotFound,
+            });
+        }
+        if path == routes::STATUS || path == "/status" {
+            return Some(text_reply(
+                "_status",
+                PAGE.as_bytes().to_vec(),
+                "text/html; charset=utf-8",
+            ));
+        }
+        None
+    }
+
+    fn config(&self, plan: &Plan, mac: Mac, base: &str) -> Reply {
+        let machine = self.machine(mac);
+        let profiles = self.profiles();
+        let profile = profiles.find(&machine);
+        let template = profile
+            .and_then(|p| p.cloud_config.as_deref())
+            .or(self.template.as_deref());
+        if let Some(hub) = &self.events {
+            hub.emit(None, Some(&mac_text(&mac)), Step::Config);
+        }
+        match template {
+            Some(t) => match crate::config::render(t, &self.data_for(&mac, profile, base)) {
+                Ok((text, _)) => text_reply(
+                    "cloud-config",
+                    text.into_bytes(),
+                    "text/plain; charset=utf-8",
+                ),
+                Err(e) => {
+                    tracing::error!(mac = %mac_text(&mac), "cloud-config template: {e:#}");
+                    Reply::NotFound
+                }
+            },
+            None => match plan.cloud_config_file() {
+                Some(f) => Reply::Resource {
+                    name: "cloud-config".into(),
+                    content_type: "text/plain; charset=utf-8",
+                    body: f.body.clone(),
+                },
+                None => Reply::NotFound,
+            },
+        }
+    }
+
+    /// Takes in one boot event: the machine's phase and timeline.
+    pub fn observe(&self, e: &BootEvent) {
+        let Some(mac) = e.mac.as_deref().and_then(parse_mac) else {
+            return;
+        };
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let s = live.entry(mac);
+        s.last = e.at;
+        if let Some(p) = e.peer {
+            s.ip = Some(p.ip());
+        }
+        let what = match &e.step {
+            Step::Offer { firmware, path, .. } => {
+                s.firmware = Some(firmware.clone());
+                s.path = Some(path);
+                s.phase = "offered";
+                s.rootfs_bytes = 0;
+                format!("DHCP offer: {path}")
+            }
+            Step::Lease => {
+                let ip = e.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+                format!("address {ip} from the DHCP server")
+            }
+            Step::Loader { file, bytes, ok } => {
+                s.phase = "loader";
+                format!(
+                    "{file} over TFTP, {bytes} bytes{}",
+                    if *ok { "" } else { " (incomplete)" }
+                )
+            }
+            Step::Script => {
+                s.phase = "script";
+                s.rootfs_bytes = 0;
+                "boot script".into()
+            }
+            Step::File { name, bytes, ms } => {
+                let rate = if *ms > 0 {
+                    bytes / ms * 1000 / 1_000_000
+                } else {
+                    0
+                };
+                if name == "rootfs.squashfs" {
+                    s.rootfs_bytes += bytes;
+                    s.phase = "rootfs";
+                } else if name == "kernel" {
+                    s.phase = "kernel";
+                } else if name.starts_with("initrd") {
+                    s.phase = "initrd";
+                } else if name == "cloud-config" {
+                    s.phase = "config";
+                }
+                format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)")
+            }
+            Step::Booting => {
+                s.phase = "booting";
+                "kernel started".into()
+            }
+            Step::Config => {
+                s.phase = "config";
+                "its cloud-config".into()
+            }
+            Step::Installed => {
+                s.phase = "installed";
+                "install finished".into()
+            }
+            Step::LocalBoot => {
+                s.phase = "local disk";
+                "told to boot from its local disk".into()
+            }
+        };
+        if s.timeline.len() >= TIMELINE {
+            s.timeline.pop_front();
+        }
+        s.timeline.push_back((e.at, what));
+    }
+
+    /// Every machine: the remembered and the seen, by MAC.
+    fn view(&self) -> Vec<(Mac, Value)> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let profiles = self.profiles();
+        let mut out: HashMap<Mac, Value> = HashMap::new();
+        let records = self.store.list();
+        let mut macs: Vec<Mac> = records.iter().filter_map(|r| parse_mac(&r.mac)).collect();
+        macs.extend(live.machines.keys().filter(|m| self.store.get(m).is_none()));
+        macs.sort_unstable();
+        macs.dedup();
+        for m in macs {
+            out.insert(
+                m,
+                self.describe_machine(&m, live.machines.get(&m), &profiles),
+            );
+        }
+        let mut v: Vec<(Mac, Value)> = out.into_iter().collect();
+        v.sort_by_key(|(m, _)| *m);
+        v
+    }
+
+    fn describe_machine(&self, m: &Mac, seen: Option<&Seen>, profiles: &Profiles) -> Value {
+        let record = self.store.get(m);
+        let machine = profiles::Machine {
+            mac: *m,
+            uuid: seen.and_then(|s| s.uuid),
+            arch: seen.and_then(|s| s.arch),
+        };
+        let profile = profiles.find(&machine);
+        let action = profile.map_or(Action::Install, |p| p.action);
+        let phase = match (seen, &record) {
+            (Some(s), _) if s.phase != "seen" => s.phase,
+            (_, Some(r)) if r.installed_at.is_some() => "installed",
+            _ => "seen",
+        };
+        let progress = seen
+            .filter(|s| s.phase == "rootfs" && self.rootfs_size > 0)
+            .map(|s| json!({"bytes": s.rootfs_bytes.min(self.rootfs_size), "total": self.rootfs_size}));
+        let last_seen = seen
+            .map(|s| unix(s.last))
+            .or(record.as_ref().map(|r| r.last_seen))
+            .unwrap_or(0);
+        json!({
+            "mac": mac_text(m),
+            "hostname": profile.and_then(|p| p.hostname.clone()),
+            "arch": machine.arch.map(|a| a.as_str()).or(record.as_ref().and_then(|r| r.arch.as_deref())),
+            "firmware": seen.and_then(|s| s.path).map(str::to_string).or(record.as_ref().and_then(|r| r.firmware.clone())),
+            "ip": seen.and_then(|s| s.ip).map(|i| i.to_string()),
+            "profile": profile.map(|p| p.name.clone()),
+            "action": action.as_str(),
+            "phase": phase,
+            "progress": progress,
+            "last_seen": last_seen,
+            "installed_at": record.as_ref().and_then(|r| r.installed_at),
+            "boots": record.as_ref().map_or(0, |r| r.boots),
+        })
+    }
+
+    /// One machine with its timeline.
+    fn show(&self, m: &Mac) -> Option<Value> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = live.machines.get(m);
+        if seen.is_none() && self.store.get(m).is_none() {
+            return None;
+        }
+        let mut v = self.describe_machine(m, seen, &self.profiles());
+        let timeline: Vec<Value> = seen
+            .map(|s| {
+                s.timeline
+                    .iter()
+                    .map(|(t, what)| json!({"at": unix(*t), "what": what}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v["timeline"] = Value::Array(timeline);
+        Some(v)
+    }
+
+    /// Machines with a timeline in memory.
+    #[cfg(test)]
+    fn live_count(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .machines
+            .len()
+    }
+}
+
+fn text_reply(name: &str, body: Vec<u8>, content_type: &'static str) -> Reply {
+    Reply::Resource {
+        name: name.into(),
+        content_type,
+        body: Body::Memory(body.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,532 @@
+//! Machine profiles: the `--machines` file (or the config file's `machines:` list). Each entry
+//! selects machines by MAC, UUID (option 97) and architecture, and says how they boot: the
+//! action, a hostname, the kernel command line, the cloud-config and its template values.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail};
+use serde_json::{Map, Value};
+
+use super::Mac;
+
+/// The largest machines file read (and the largest cloud-config an entry may name).
+pub const MAX_FILE: usize = 16 << 20;
+/// Entries in one file.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// What a machine is told when it network-boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Boot the image (Kairos installs from its cloud-config); once the machine has called back
+    /// that its install finished, boot from its disk.
+    Install,
+    /// Boot the image every time, install or not.
+    Live,
+    /// Boot from the local disk.
+    Local,
+    /// No answer at all: another server (or nobody) boots it.
+    Ignore,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Install => "install",
+            Action::Live => "live",
+            Action::Local => "local",
+            Action::Ignore => "ignore",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "install" => Action::Install,
+            "live" => Action::Live,
+            "local" => Action::Local,
+            "ignore" => Action::Ignore,
+            _ => return None,
+        })
+    }
+}
+
+/// A machine's architecture, as a profile names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Arch> {
+        match s {
+            "amd64" | "x86_64" | "x86-64" => Some(Arch::Amd64),
+            "arm64" | "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
+    /// The architecture of a PXE client's option 93 (32-bit UEFI counts as neither).
+    pub fn of(a: pxe::Arch) -> Option<Arch> {
+        match a {
+            pxe::Arch::Bios | pxe::Arch::EfiX64 => Some(Arch::Amd64),
+            pxe::Arch::EfiArm64 => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+/// A UUID from its text (`8-4-4-4-12` hex digits, or 32 digits), any case.
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The UUID as text, its bytes in the order given.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let h = artifacts::hex(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// SMBIOS (2.6 and later) stores the first three fields little-endian, and firmware sends option
+/// 97 in either order; `dmidecode` prints the swapped one. Both are the same machine.
+fn swapped(u: &[u8; 16]) -> [u8; 16] {
+    let mut s = *u;
+    s[..4].reverse();
+    s[4..6].reverse();
+    s[6..8].reverse();
+    s
+}
+
+/// What a profile may select a machine by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub mac: Option<Mac>,
+    pub uuid: Option<[u8; 16]>,
+    pub arch: Option<Arch>,
+}
+
+impl Selector {
+    fn is_empty(&self) -> bool {
+        self.mac.is_none() && self.uuid.is_none() && self.arch.is_none()
+    }
+
+    /// Every selector given matches (a machine whose UUID or architecture is not known yet does
+    /// not match an entry that asks for one).
+    fn matches(&self, m: &Machine) -> bool {
+        self.mac.is_none_or(|x| x == m.mac)
+            && self
+                .uuid
+                .is_none_or(|x| m.uuid.is_some_and(|u| u == x || swapped(&u) == x))
+            && self.arch.is_none_or(|x| m.arch == Some(x))
+    }
+}
+
+/// What is known of a machine when its profile is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub mac: Mac,
+    pub uuid: Option<[u8; 16]>,
+    pub arch: Option<Arch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// `name:`, or `entry N` (from 1).
+    pub name: String,
+    pub select: Selector,
+    pub hostname: Option<String>,
+    pub action: Action,
+    /// Kernel arguments replacing the command's (`root=live:` and `config_url=` are still set).
+    pub cmdline: Option<String>,
+    /// A cloud-config template of its own (`cloud_config`, or the text of `cloud_config_file`).
+    pub cloud_config: Option<String>,
+    /// Template values: every other key (`role: master` is `[[[ .role ]]]`).
+    pub vars: Map<String, Value>,
+}
+
+/// The entries of a machines file, in order: the first whose selectors all match is a
+/// machine's; an entry without selectors is the default for every other machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profiles {
+    pub entries: Vec<Profile>,
+}
+
+/// Keys that would pick another image: built once per image in a later version; refused now so
+/// no machine silently boots something else than its entry says.
+const IMAGE_KEYS: &[&str] = &[
+    "container_image",
+    "iso",
+    "kernel",
+    "initrd",
+    "rootfs",
+    "repository",
+    "release_version",
+];
+
+impl Profiles {
+    /// Reads a machines file; `cloud_config_file` paths are relative to its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Profiles> {
+        let text = read_capped(path, "machines file")?;
+        Profiles::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| anyhow!("machines file {}: {e:#}", path.display()))
+    }
+
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Profiles> {
+        if text.trim().is_empty() {
+            return Ok(Profiles::default());
+        }
+        let v: Value = serde_saphyr::from_str(text).map_err(|e| anyhow!("not valid YAML: {e}"))?;
+        Profiles::from_value(&v, base)
+    }
+
+    /// From the YAML list (or `{machines: [...]}`).
+    pub fn from_value(v: &Value, base: &Path) -> anyhow::Result<Profiles> {
+        let list = match v {
+            Value::Array(a) => a,
+            Value::Object(m) if m.contains_key("machines") => match &m["machines"] {
+                Value::Array(a) => a,
+                Value::Null => return Ok(Profiles::default()),
+                _ => bail!("machines: must be a list of entries (- mac: …)"),
+            },
+            Value::Null => return Ok(Profiles::default()),
+            _ => bail!("must be a list of entries, each like: - mac: 52:54:00:12:34:56"),
+        };
+        if list.len() > MAX_ENTRIES {
+            bail!("{} entries; at most {MAX_ENTRIES}", list.len());
+        }
+        let mut out = Profiles::default();
+        for (i, e) in list.iter().enumerate() {
+            let p = entry(i, e, base).map_err(|err| anyhow!("entry {}: {err:#}", i + 1))?;
+            if let Some(other) = out
+                .entries
+                .iter()
+                .find(|o| o.select == p.select && (!p.select.is_empty() || o.select.is_empty()))
+            {
+                if p.select.is_empty() {
+                    bail!(
+                        "entry {} ({}) is a second entry without mac, uuid or arch; {} is already the default",
+                        i + 1,
+                        p.name,
+                        other.name
+                    );
+                }
+                bail!(
+                    "entry {} ({}) selects the same machines as {}; merge them",
+                    i + 1,
+                    p.name,
+                    other.name
+                );
+            }
+            out.entries.push(p);
+        }
+        Ok(out)
+    }
+
+    /// The profile of machine `m`: the first entry whose selectors match, else the default entry.
+    pub fn find(&self, m: &Machine) -> Option<&Profile> {
+        self.entries
+            .iter()
+            .find(|p| !p.select.is_empty() && p.select.matches(m))
+            .or_else(|| self.entries.iter().find(|p| p.select.is_empty()))
+    }
+
+    /// Whether any entry selects by UUID or architecture (then the DHCP side must tell them).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+fn read_capped(path: &Path, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)
+        .map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+    let mut text = String::new();
+    f.take(MAX_FILE as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+    if text.len() > MAX_FILE {
+        bail!(
+            "the {what} {} is larger than {} MiB",
+            path.display(),
+            MAX_FILE >> 20
+        );
+    }
+    Ok(text)
+}
+
+fn string<'a>(m: &'a Map<String, Value>, key: &str) -> anyhow::Result<Option<&'a str>> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => bail!("{key} must be text, not {other}"),
+    }
+}
+
+/// A host name as RFC 1123 allows it: letters, digits, `-`, dots between labels.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
+    let Value::Object(m) = v else {
+        bail!("must be a mapping (mac: …, action: …), not {v}");
+    };
+    for k in IMAGE_KEYS {
+        if m.contains_key(*k) {
+            bail!(
+                "{k} per machine is not supported yet: every machine boots the command's image; remove {k} here"
+            );
+        }
+    }
+    let mut select = Selector::default();
+    if let Some(s) = string(m, "mac")? {
+        select.mac = Some(
+            super::parse_mac(s)
+                .ok_or_else(|| anyhow!("mac {s:?} is not a MAC address (52:54:00:12:34:56)"))?,
+        );
+    }
+    if let Some(s) = string(m, "uuid")? {
+        select.uuid = Some(parse_uuid(s).ok_or_else(|| {
+            anyhow!("uuid {s:?} is not a UUID (4c4c4544-0031-3510-8052-b4c04f4e3732)")
+        })?);
+    }
+    if let Some(s) = string(m, "arch")? {
+        select.arch = Some(Arch::parse(s).ok_or_else(|| anyhow!("arch {s:?}: amd64 or arm64"))?);
+    }
+    let name = match string(m, "name")? {
+        Some(n) if !n.is_empty() && n.len() <= 64 && !n.chars().any(char::is_control) => {
+            n.to_string()
+        }
+        Some(n) => bail!("name {n:?} must be 1 to 64 printable characters"),
+        None => format!("entry {}", i + 1),
+    };
+    let hostname = string(m, "hostname")?
+        .map(|h| {
+            valid_hostname(h).then(|| h.to_string()).ok_or_else(|| {
+                anyhow!("hostname {h:?}: letters, digits and '-', dots between labels")
+            })
+        })
+        .transpose()?;
+    let action = match string(m, "action")? {
+        None => Action::Install,
+        Some(a) => Action::parse(a)
+            .ok_or_else(|| anyhow!("action {a:?}: one of install, live, local, ignore"))?,
+    };
+    let cmdline = match (m.get("netboot"), m.get("netboot.cmdline")) {
+        (_, Some(_)) => string(m, "netboot.cmdline")?,
+        (Some(Value::Object(n)), None) => string(n, "cmdline")?,
+        (Some(other), None) if !other.is_null() => bail!("netboot must be a mapping (cmdline: …)"),
+        _ => None,
+    };
+    if let Some(c) = cmdline {
+        if c.contains("{{") {
+            bail!("netboot.cmdline: {{{{ ID … }}}} templates are for --cmdline; a machine's command line is plain text");
+        }
+        if c.chars().any(char::is_control) {
+            bail!("netboot.cmdline must be one line");
+        }
+    }
+    let cloud_config = match (string(m, "cloud_config")?, string(m, "cloud_config_file")?) {
+        (Some(_), Some(_)) => bail!("give cloud_config or cloud_config_file, not both"),
+        (Some(t), None) => Some(t.to_string()),
+        (None, Some(src)) if artifacts::is_url(src) => {
+            let t = crate::config::read_text(src, "cloud_config_file")?;
+            if t.len() > MAX_FILE {
+                bail!(
+                    "cloud_config_file {src} is larger than {} MiB",
+                    MAX_FILE >> 20
+                );
+            }
+            Some(t)
+        }
+        (None, Some(p)) => Some(read_capped(&base.join(p), "cloud_config_file")?),
+        (None, None) => None,
+    };
+    if let Some(t) = &cloud_config {
+        // Template errors now, not when the machine asks.
+        crate::config::render(t, &Map::new()).map_err(|e| anyhow!("cloud-config template: {e}"))?;
+    }
+    const KNOWN: &[&str] = &[
+        "mac",
+        "uuid",
+        "arch",
+        "name",
+        "hostname",
+        "action",
+        "netboot",
+        "netboot.cmdline",
+        "cloud_config",
+        "cloud_config_file",
+    ];
+    let mut vars = Map::new();
+    for (k, v) in m {
+        if KNOWN.contains(&k.as_str()) {
+            continue;
+        }
+        if k == "daybreak" {
+            bail!("daybreak is Daybreak's own template key ([[[ .daybreak.installed_url ]]]); choose another name");
+        }
+        vars.insert(k.clone(), v.clone());
+    }
+    Ok(Profile {
+        name,
+        select,
+        hostname,
+        action,
+        cmdline: cmdline.map(str::to_string),
+        cloud_config,
+        vars,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const B: Mac = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
+
+    fn m(mac: Mac) -> Machine {
+        Machine {
+            mac,
+            uuid: None,
+            arch: Some(Arch::Amd64),
+        }
+    }
+
+    #[test]
+    fn entries_select_by_mac_uuid_and_arch_and_the_default_takes_the_rest() {
+        let p = Profiles::parse(
+            "- mac: 52:54:00:12:34:56\n  hostname: cp-1\n  role: master\n  action: live\n\
+             - uuid: 00112233-4455-6677-8899-AABBCCDDEEFF\n  action: local\n\
+             - arch: arm64\n  name: arms\n  netboot:\n    cmdline: console=ttyAMA0\n\
+             - action: ignore\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(p.len(), 4);
+        let a = p.find(&m(A)).unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.hostname.as_deref(), a.action),
+            ("entry 1", Some("cp-1"), Action::Live)
+        );
+        assert_eq!(a.vars["role"], "master");
+        assert_eq!(p.find(&m(B)).unwrap().action, Action::Ignore);
+        // The UUID as written, or with its first three fields swapped (SMBIOS order).
+        let u = parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        for uuid in [u, swapped(&u)] {
+            let found = p
+                .find(&Machine {
+                    uuid: Some(uuid),
+                    ..m(B)
+                })
+                .unwrap();
+            assert_eq!(found.action, Action::Local);
+        }
+        let arm = p
+            .find(&Machine {
+                arch: Some(Arch::Arm64),
+                ..m(B)
+            })
+            .unwrap();
+        assert_eq!(
+            (arm.name.as_str(), arm.cmdline.as_deref()),
+            ("arms", Some("console=ttyAMA0"))
+        );
+        // No default entry: unlisted machines get no profile (the command's own settings).
+        let p = Profiles::parse("- mac: 52-54-00-12-34-56\n", Path::new(".")).unwrap();
+        assert!(p.find(&m(A)).is_some() && p.find(&m(B)).is_none());
+    }
+
+    #[test]
+    fn mistakes_name_the_entry_and_the_fix() {
+        for (text, want) in [
+            ("mac: x", "must be a list"),
+            (
+                "- mac: 52:54:00\n",
+                "entry 1: mac \"52:54:00\" is not a MAC",
+            ),
+            (
+                "- {}\n- action: reboot\n",
+                "entry 2: action \"reboot\": one of install",
+            ),
+            ("- arch: riscv64\n", "amd64 or arm64"),
+            ("- uuid: 1234\n", "uuid must be text, not 1234"),
+            ("- uuid: 'x-1234'\n", "is not a UUID"),
+            ("- hostname: 'a b'\n", "hostname \"a b\""),
+            (
+                "- container_image: x\n",
+                "container_image per machine is not supported yet",
+            ),
+            (
+                "- netboot:\n    cmdline: 'a {{ ID \"/x\" }}'\n",
+                "plain text",
+            ),
+            ("- cloud_config: 'a [[[ x'\n", "cloud-config template"),
+            ("- cloud_config: a\n  cloud_config_file: b\n", "not both"),
+            ("- daybreak: 1\n", "Daybreak's own template key"),
+            (
+                "- action: live\n- action: ignore\n",
+                "second entry without mac",
+            ),
+            (
+                "- mac: 52:54:00:12:34:56\n- mac: 52:54:00:12:34:56\n",
+                "same machines as entry 1",
+            ),
+            (
+                "- cloud_config_file: /nonexistent/x.yaml\n",
+                "cannot read the cloud_config_file",
+            ),
+            ("- [\n", "not valid YAML"),
+        ] {
+            let e = format!("{:#}", Profiles::parse(text, Path::new(".")).unwrap_err());
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cloud_config_file_is_read_beside_the_machines_file() {
+        let d = testkit::tempdir("profiles-cc");
+        std::fs::write(
+            d.join("w.yaml"),
+            "#cloud-config\nhostname: [[[ .hostname ]]]\n",
+        )
+        .unwrap();
+        let p = Profiles::parse("- cloud_config_file: w.yaml\n", &d).unwrap();
+        assert!(p.entries[0]
+            .cloud_config
+            .as_deref()
+            .unwrap()
+            .starts_with("#cloud-config"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

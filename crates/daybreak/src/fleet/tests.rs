@@ -1,0 +1,356 @@
+use super::*;
+use crate::boot::tests::{input, tmpdir, BASE};
+use crate::boot::CloudConfig;
+use crate::http::Router as _;
+use std::collections::HashMap as Map2;
+use std::net::{Ipv4Addr, SocketAddr};
+
+const A: &str = "52:54:00:00:00:0a";
+const B: &str = "52:54:00:00:00:0b";
+const C: &str = "52:54:00:00:00:0c";
+
+const MACHINES: &str = "\
+- mac: 52:54:00:00:00:0a
+  hostname: cp-1
+  role: master
+  action: live
+  cloud_config: |
+    #cloud-config
+    hostname: [[[ .hostname ]]]
+    role: [[[ .role ]]]
+    token: [[[ .token ]]]
+- mac: 52:54:00:00:00:0b
+  hostname: worker-1
+  netboot:
+    cmdline: quiet console=ttyS0
+- mac: 52:54:00:00:00:0c
+  action: ignore
+";
+
+const TEMPLATE: &str =
+    "#cloud-config\nhostname: [[[ .hostname ]]]\ninstalled: [[[ .daybreak.installed_url ]]]\n";
+
+struct Setup {
+    plan: Arc<Plan>,
+    fleet: Arc<Fleet>,
+    dir: PathBuf,
+}
+
+fn setup(tag: &str, machines: &str) -> Setup {
+    let dir = tmpdir(&format!("fleet-{tag}"));
+    let _ = std::fs::remove_dir_all(dir.join("state"));
+    std::fs::write(dir.join("machines.yaml"), machines).unwrap();
+    let mut i = input(&dir);
+    i.cloud_config = Some(CloudConfig::Text(Arc::from(&b"global"[..])));
+    let mut plan = Plan::new(&i, Map2::new()).unwrap();
+    let mut data = Map::new();
+    data.insert("token".into(), Value::String("K10-secret".into()));
+    let fleet = Fleet::new(
+        &FleetOptions {
+            state_dir: dir.join("state"),
+            machines: Some(MachinesSource::File(dir.join("machines.yaml"))),
+            template: Some(TEMPLATE.into()),
+            data,
+        },
+        &plan,
+        None,
+    )
+    .unwrap();
+    plan.fleet = Some(fleet.clone());
+    Setup {
+        plan: Arc::new(plan),
+        fleet,
+        dir,
+    }
+}
+
+fn peer(n: u8) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 0, n), 40000))
+}
+
+fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    let req = Request {
+        path,
+        query,
+        local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        peer: from,
+    };
+    match s.plan.route(&req) {
+        Reply::Resource {
+            body: Body::Memory(b),
+            ..
+        } => Some((200, String::from_utf8_lossy(&b).into_owned())),
+        Reply::Resource { .. } => Some((200, "<file>".into())),
+        Reply::NotFound => Some((404, String::new())),
+        Reply::Proxy { .. } => None,
+    }
+}
+
+fn script(s: &Setup, mac: &str, from: u8) -> String {
+    get(s, &format!("/_/ipxe?arch=0&mac={mac}"), peer(from))
+        .unwrap()
+        .1
+}
+
+fn config_url(script: &str) -> String {
+    let at = script
+        .find("config_url=")
+        .expect("config_url in the script");
+    let url = script[at + 11..].split_whitespace().next().unwrap();
+    url.strip_prefix(BASE).unwrap().to_string()
+}
+
+fn wait<F: Fn() -> bool>(what: &str, f: F) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what} did not happen within 2 s");
+}
+
+#[test]
+fn each_machine_gets_its_profile_and_its_own_cloud_config() {
+    let s = setup("profiles", MACHINES);
+    let a = script(&s, A, 10);
+    let b = script(&s, B, 11);
+    // A: the default command line, its own config URL, distinct from B's.
+    assert!(a.contains("rd.live.overlay.overlayfs"), "{a}");
+    assert!(
+        b.contains("boot kernel initrd=initrd0 quiet console=ttyS0 root=live:"),
+        "{b}"
+    );
+    let (ca, cb) = (config_url(&a), config_url(&b));
+    assert!(
+        ca.starts_with("/_/config/52540000000a-") && ca != cb,
+        "{ca} {cb}"
+    );
+    // Each config rendered from its template with its values.
+    let (code, text) = get(&s, &ca, peer(10)).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        text,
+        "#cloud-config\nhostname: cp-1\nrole: master\ntoken: K10-secret\n"
+    );
+    let text = get(&s, &cb, peer(11)).unwrap().1;
+    assert!(text.starts_with("#cloud-config\nhostname: worker-1\ninstalled: http://10.0.0.1:8090/_/installed/52540000000b-"), "{text}");
+    // A wrong tag, another MAC's tag, or no tag: nothing.
+    let forged = cb.replace("52540000000b", "52540000000a");
+    for bad in [
+        forged.as_str(),
+        "/_/config/52540000000a.yaml",
+        "/_/config/52540000000a-00.yaml",
+    ] {
+        assert_eq!(get(&s, bad, peer(10)).unwrap().0, 404, "{bad}");
+    }
+    // An ignored machine gets no DHCP answer, and a script that goes back to the firmware.
+    let client = |mac: &str| pxe::Client {
+        arch: pxe::Arch::Bios,
+        arch_code: 0,
+        firmware: pxe::Firmware::Pxe,
+        mac: mac.into(),
+        uuid: None,
+    };
+    assert!(!s.fleet.allow(&client(C)));
+    assert!(s.fleet.allow(&client(A)) && s.fleet.allow(&client("52:54:00:99:99:99")));
+    assert!(script(&s, C, 12).contains("\nexit\n"));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
+    let s = setup("install", MACHINES);
+    let b = script(&s, B, 11);
+    assert!(b.contains("boot kernel"));
+    let text = get(&s, &config_url(&b), peer(11)).unwrap().1;
+    let installed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("installed: "))
+        .unwrap();
+    let path = installed.strip_prefix(BASE).unwrap();
+    // A forged callback changes nothing.
+    let forged = format!("{}00", &path[..path.len() - 2]);
+    assert_eq!(get(&s, &forged, peer(11)).unwrap().0, 404);
+    assert_eq!(get(&s, path, peer(11)).unwrap().0, 200);
+    let mac = parse_mac(B).unwrap();
+    wait("the install record", || {
+        s.fleet
+            .store
+            .get(&mac)
+            .is_some_and(|r| r.installed_at.is_some())
+    });
+    let local = script(&s, B, 11);
+    assert!(
+        local.contains("sanboot --no-describe --drive 0x80") && !local.contains("kernel"),
+        "{local}"
+    );
+    // A live machine's callback is remembered, but it keeps booting the image.
+    let a = script(&s, A, 10);
+    let text = get(&s, &config_url(&a), peer(10)).unwrap().1;
+    assert!(!text.contains("installed"));
+    // `daybreak machines reinstall` in another process, then the server's poll.
+    let other = Store::open(&s.dir.join("state")).unwrap();
+    other.change(&mac, &Change::Reinstall).unwrap();
+    other.announce().unwrap();
+    s.fleet.refresh();
+    assert!(script(&s, B, 11).contains("boot kernel"));
+    // The record survives a restart of the server.
+    let again = Store::open(&s.dir.join("state"))
+        .unwrap()
+        .get(&mac)
+        .unwrap();
+    assert_eq!((again.boots >= 2, again.installed_at), (true, None));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn an_edited_machines_file_applies_at_the_next_boot_and_a_broken_edit_keeps_the_last_good() {
+    let s = setup("edit", MACHINES);
+    assert!(script(&s, A, 10).contains("rd.live.overlay.overlayfs"));
+    let file = s.dir.join("machines.yaml");
+    std::fs::write(
+        &file,
+        "- mac: 52:54:00:00:00:0a\n  netboot.cmdline: edited=1\n",
+    )
+    .unwrap();
+    s.fleet.refresh();
+    assert!(script(&s, A, 10).contains("initrd=initrd0 edited=1 root=live:"));
+    std::fs::write(&file, "- mac: 52:54:00:00:00:0a\n  action: explode\n").unwrap();
+    s.fleet.refresh();
+    assert!(
+        script(&s, A, 10).contains("edited=1"),
+        "the last good version stays"
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn a_script_request_naming_another_machines_mac_gets_the_common_script() {
+    let hub = Arc::new(crate::events::Hub::default());
+    let mut s = setup("claim", MACHINES);
+    // Rebuild the fleet with the hub, which knows 10.0.0.10 holds A.
+    let fleet = Fleet::new(
+        &FleetOptions {
+            state_dir: s.dir.join("state"),
+            machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
+            template: Some(TEMPLATE.into()),
+            data: Map::new(),
+        },
+        &s.plan,
+        Some(hub.clone()),
+    )
+    .unwrap();
+    hub.learn(peer(10).ip(), A);
+    let stolen = fleet.script(&s.plan, BASE, Some(B), peer(10).ip());
+    assert!(!stolen.contains("/_/config/"), "{stolen}");
+    let own = fleet.script(&s.plan, BASE, Some(A), peer(10).ip());
+    assert!(own.contains("/_/config/52540000000a-"));
+    s.fleet = fleet;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn the_status_lists_phases_and_progress_but_never_a_secret() {
+    let s = setup("status", MACHINES);
+    let ev = |mac: &str, step: Step| BootEvent {
+        at: SystemTime::now(),
+        mac: Some(mac.into()),
+        peer: Some(peer(10)),
+        step,
+    };
+    s.fleet.observe(&ev(
+        A,
+        Step::Offer {
+            firmware: "BIOS iPXE".into(),
+            path: "iPXE: the boot script",
+            target: "x".into(),
+            port: pxe::Port::Dhcp,
+        },
+    ));
+    let b = script(&s, B, 11);
+    let cfg = config_url(&b);
+    s.fleet.observe(&ev(
+        B,
+        Step::File {
+            name: "rootfs.squashfs".into(),
+            bytes: 5,
+            ms: 1,
+        },
+    ));
+    let (_, json) = get(&s, "/api/machines", peer(99)).unwrap();
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let list = v["machines"].as_array().unwrap();
+    let find = |m: &str| list.iter().find(|x| x["mac"] == m).unwrap().clone();
+    assert_eq!(find(A)["phase"], "offered");
+    assert_eq!(find(A)["firmware"], "iPXE: the boot script");
+    assert_eq!(find(A)["hostname"], "cp-1");
+    assert_eq!(find(B)["phase"], "rootfs");
+    let size = s.plan.rootfs.as_ref().unwrap().size;
+    assert_eq!(
+        find(B)["progress"],
+        json!({"bytes": 5.min(size), "total": size})
+    );
+    let tag = cfg.rsplit('-').next().unwrap().trim_end_matches(".yaml");
+    let one = get(&s, &format!("/api/machines/{A}"), peer(99)).unwrap().1;
+    for text in [&json, &one] {
+        assert!(
+            !text.contains(tag) && !text.contains("installed_url") && !text.contains("K10"),
+            "{text}"
+        );
+    }
+    assert!(one.contains("DHCP offer: iPXE: the boot script"), "{one}");
+    assert_eq!(get(&s, "/api/machines/zz", peer(99)).unwrap().0, 404);
+    let page = get(&s, "/", peer(99)).unwrap().1;
+    assert!(page.contains("/api/machines") && page.starts_with("<!doctype html>"));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn timelines_are_bounded() {
+    let s = setup("bounded", "");
+    for i in 0..(MAX_LIVE + 100) as u32 {
+        let b = i.to_be_bytes();
+        s.fleet.observe(&BootEvent {
+            at: SystemTime::now(),
+            mac: Some(mac_text(&[2, 0, b[0], b[1], b[2], b[3]])),
+            peer: None,
+            step: Step::Script,
+        });
+    }
+    assert!(s.fleet.live_count() <= MAX_LIVE);
+    for _ in 0..(TIMELINE * 3) {
+        s.fleet.observe(&BootEvent {
+            at: SystemTime::now(),
+            mac: Some(A.into()),
+            peer: None,
+            step: Step::Booting,
+        });
+    }
+    let one = s.fleet.show(&parse_mac(A).unwrap()).unwrap();
+    assert_eq!(one["timeline"].as_array().unwrap().len(), TIMELINE);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn macs_parse_in_every_usual_form_and_nothing_else() {
+    let want = Some([0x52, 0x54, 0, 0x12, 0x34, 0xab]);
+    for s in [
+        "52:54:00:12:34:ab",
+        "52-54-00-12-34-AB",
+        "52540012 34ab".replace(' ', "").as_str(),
+    ] {
+        assert_eq!(parse_mac(s), want, "{s}");
+    }
+    for s in [
+        "",
+        "52:54:00:12:34",
+        "52:54:00:12:34:ab:cd",
+        "5254001234zz",
+        "52:54:00:12:3:4ab",
+        "../../etc",
+    ] {
+        assert_eq!(parse_mac(s), None, "{s}");
+    }
+}
