@@ -43,6 +43,16 @@ for w in $(cat /proc/cmdline); do
 done
 hash() { wget -q -O /tmp/f "$1" && sha256sum /tmp/f | cut -d' ' -f1; rm -f /tmp/f; }
 echo "E2E-RESULT rootfs=$(hash "$root") config=$(hash "$config")"
+# A cloud-config line "e2e-callback: URL" stands for Kairos's after-install stage: call it.
+wget -q -O /tmp/c "$config" 2>/dev/null
+callback=$(sed -n 's/^e2e-callback: *//p' /tmp/c 2>/dev/null | head -1)
+if [ -n "$callback" ]; then
+  wget -q -O /dev/null "$callback" && echo "E2E-CALLBACK ok" || echo "E2E-CALLBACK failed"
+fi
 echo "E2E-DONE"
 sync
-poweroff -f
+# e2e.reboot on the command line: restart (the next boot is the test), else power off.
+case " $(cat /proc/cmdline) " in
+  *" e2e.reboot "*) reboot -f ;;
+  *) poweroff -f ;;
+esac

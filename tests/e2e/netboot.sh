@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
-# Boots a real firmware in QEMU from Daybreak, on a private network made of namespaces:
-#
-#   netns LAN: bridge br0 (10.77.0.1/24, fd00:77::1/64) with a plain dnsmasq (addresses and
-#              router advertisements only, no PXE options), and QEMU on tap0
-#   netns SRV: Daybreak on a veth into br0 (10.77.0.2/24)
+# Boots a real firmware in QEMU from Daybreak, on the private network of lan.sh (namespaces: a
+# bridge with a plain dnsmasq that hands out addresses only, QEMU on tap0, Daybreak on SRV).
 #
 #   netboot.sh MODE DAYBREAK_BIN GUEST_DIR
 #     MODE: bios          SeaBIOS with QEMU's e1000 iPXE ROM; afterwards /metrics passes
@@ -67,62 +64,9 @@ repo_root=$(cd "$(dirname "$0")/../.." && pwd)
 timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
 accel=${DAYBREAK_E2E_ACCEL:-tcg}
 
-id=$$
-lan=dbk${id}l; srv=dbk${id}s
-tmp=$(mktemp -d /tmp/daybreak-e2e.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  # Anything else still running inside the namespaces goes too.
-  for ns in "$lan" "$srv"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
-  ip netns del "$lan" 2>/dev/null || true
-  ip netns del "$srv" 2>/dev/null || true
-  [ -n "${KEEP_E2E_TMP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-  echo "E2E-FAIL ($label): $*"
-  for f in daybreak.log daybreak2.log registry.log dnsmasq.log serial.log qemu.log; do
-    [ -f "$tmp/$f" ] && { echo "----- $f (last 60 lines)"; tail -n 60 "$tmp/$f"; }
-  done
-  exit 1
-}
-
-L() { ip netns exec "$lan" "$@"; }
-S() { ip netns exec "$srv" "$@"; }
-
-ip netns add "$lan"
-ip netns add "$srv"
-L ip link set lo up
-S ip link set lo up
-L ip link add br0 type bridge
-L ip link set br0 up
-L ip addr add 10.77.0.1/24 dev br0
-L ip -6 addr add fd00:77::1/64 dev br0 nodad
-L ip link add v0 type veth peer name v1 netns "$srv"
-L ip link set v0 master br0 up
-S ip addr add 10.77.0.2/24 dev v1
-S ip link set v1 up
-L ip tuntap add dev tap0 mode tap
-L ip link set tap0 master br0 up
-
-# The network's own DHCP server, like a home router: addresses and RAs, nothing about booting.
-ip netns exec "$lan" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 \
-  --interface=br0 \
-  --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h \
-  --enable-ra --dhcp-range=fd00:77::,ra-only,64 \
-  --dhcp-leasefile="$tmp/leases" --log-dhcp --log-facility="$tmp/dnsmasq.log" &
-pids+=($!)
-# dnsmasq's default is an exclusive wildcard bind of port 67: wait for it, so the same-host mode
-# really meets a taken port.
-for _ in $(seq 1 50); do
-  L ss -lun 2>/dev/null | grep -q "0.0.0.0:67 " && break
-  sleep 0.1
-done
-L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
+# shellcheck source=lan.sh
+source "$repo_root/tests/e2e/lan.sh"
+lan_up tap0
 
 head -c 8388608 /dev/urandom > "$tmp/rootfs.squashfs"
 printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairos\n' "$mode" > "$tmp/cloud-config.yaml"
@@ -132,14 +76,6 @@ printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairo
 where=$srv
 [ "$mode" = bios-samehost ] && where=$lan
 rootfs_file=$tmp/rootfs.squashfs
-wait_ready() { # log pid
-  for _ in $(seq 1 300); do
-    grep -q " ready" "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || fail "daybreak exited at startup"
-    sleep 0.1
-  done
-  fail "daybreak not ready after 30 s"
-}
 if [ $from_iso = 1 ]; then
   mkdir -p "$tmp/iso/boot"
   cp "$guest/vmlinuz" "$tmp/iso/boot/vmlinuz-test"

@@ -40,6 +40,8 @@ pub enum Step {
     Script,
     /// A file over HTTP (kernel, initrd, squashfs, cloud-config), or a part of one.
     File { name: String, bytes: u64, ms: u64 },
+    /// A large file on its way: the bytes of this response sent so far (once a second).
+    Sending { name: String, bytes: u64 },
     /// The script's last request before the kernel starts.
     Booting,
     /// The machine fetched its own cloud-config (its profile's, at its own URL).

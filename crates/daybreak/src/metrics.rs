@@ -88,6 +88,7 @@ impl Metrics {
             Step::Loader { .. } => "loader",
             Step::Script => "script",
             Step::File { .. } => "file",
+            Step::Sending { .. } => "sending",
             Step::Booting => "booting",
             Step::Config => "config",
             Step::Installed => "installed",
@@ -233,7 +234,17 @@ impl Metrics {
             "daybreak_boot_steps_total",
             "Boot steps seen, by kind.",
         );
-        for step in ["offer", "lease", "loader", "script", "file", "booting"] {
+        for step in [
+            "offer",
+            "lease",
+            "loader",
+            "script",
+            "file",
+            "booting",
+            "config",
+            "installed",
+            "local_boot",
+        ] {
             let _ = writeln!(
                 s,
                 "daybreak_boot_steps_total{{step=\"{step}\"}} {}",

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use common::{require, run_e2e, workspace_root, BIN};
 
-fn boot(mode: &str) {
+/// The test guest (tests/e2e/build-guest.sh), built once and shared, when the tools are here.
+fn guest(extra: &[&str]) -> Option<String> {
     let mut tools = vec![
         "qemu-system-x86_64",
         "dnsmasq",
@@ -19,11 +20,9 @@ fn boot(mode: &str) {
         "curl",
         "promtool",
     ];
-    if mode.ends_with("-oci") {
-        tools.extend(["docker-registry", "skopeo", "curl"]);
-    }
+    tools.extend(extra);
     if !require(true, &tools) {
-        return;
+        return None;
     }
     let root = workspace_root();
     let guest = root.join("target/e2e-guest");
@@ -33,8 +32,18 @@ fn boot(mode: &str) {
         .status()
         .expect("run build-guest.sh");
     assert!(built.success(), "building the test guest failed");
-    let guest = guest.to_string_lossy();
-    run_e2e("netboot.sh", &[mode, BIN, &guest], "E2E-PASS");
+    Some(guest.to_string_lossy().into_owned())
+}
+
+fn boot(mode: &str) {
+    let extra: &[&str] = if mode.ends_with("-oci") {
+        &["docker-registry", "skopeo"]
+    } else {
+        &[]
+    };
+    if let Some(guest) = guest(extra) {
+        run_e2e("netboot.sh", &[mode, BIN, &guest], "E2E-PASS");
+    }
 }
 
 /// SeaBIOS with QEMU's e1000 iPXE ROM: iPXE with HTTP gets its script URL in the first offer.
@@ -174,4 +183,22 @@ fn uefi_secure_boot_boots_the_signed_chain() {
 #[test]
 fn uefi_secure_boot_refuses_an_unsigned_kernel_and_the_log_says_why() {
     boot("uefi-sbunsigned");
+}
+
+/// A fleet from one server (tests/e2e/fleet.sh): three SeaBIOS machines and a machines file.
+/// A (live) and B (install) boot side by side with their own cloud-configs, compared byte for
+/// byte in the guests, while headless Chromium shows both on the status page (screenshot in
+/// target/e2e-artifacts); B calls back that its install finished, reboots, and its next network
+/// boot ends on its disk; C (ignore) gets no offer until the machines file is edited, and then
+/// boots as the edit says.
+#[test]
+fn fleet_profiles_install_once_and_status_page() {
+    if let Some(guest) = guest(&["chromium"]) {
+        let out = workspace_root().join("target/e2e-artifacts");
+        run_e2e(
+            "fleet.sh",
+            &[BIN, &guest, &out.to_string_lossy()],
+            "E2E-PASS",
+        );
+    }
 }

@@ -94,8 +94,9 @@ struct Seen {
     path: Option<&'static str>,
     ip: Option<IpAddr>,
     phase: &'static str,
-    /// Bytes of the squashfs sent in this boot.
+    /// Bytes of the squashfs sent in this boot, and of the response under way.
     rootfs_bytes: u64,
+    rootfs_sending: u64,
     last: SystemTime,
     timeline: VecDeque<(SystemTime, String)>,
 }
@@ -110,6 +111,7 @@ impl Default for Seen {
             ip: None,
             phase: "seen",
             rootfs_bytes: 0,
+            rootfs_sending: 0,
             last: SystemTime::now(),
             timeline: VecDeque::new(),
         }
@@ -425,7 +427,10 @@ impl Fleet {
             Change::Booted {
                 at: unix(SystemTime::now()),
                 arch: machine.arch.map(|a| a.as_str().to_string()),
-                firmware: path.map(str::to_string).or(firmware),
+                firmware: path.map(|p| match &firmware {
+                    Some(f) => format!("{f}: {p}"),
+                    None => p.to_string(),
+                }),
                 uuid: machine.uuid.as_ref().map(profiles::uuid_text),
             },
         );
@@ -607,11 +612,16 @@ impl Fleet {
         }
         let what = match &e.step {
             Step::Offer { firmware, path, .. } => {
-                s.firmware = Some(firmware.clone());
-                s.path = Some(path);
+                // The firmware's own offer names the boot; the one iPXE asks for after it
+                // loaded does not replace it.
+                if s.phase != "loader" {
+                    s.firmware = Some(firmware.clone());
+                    s.path = Some(path);
+                }
                 s.phase = "offered";
                 s.rootfs_bytes = 0;
-                format!("DHCP offer: {path}")
+                s.rootfs_sending = 0;
+                format!("DHCP offer to {firmware}: {path}")
             }
             Step::Lease => {
                 let ip = e.peer.map(|p| p.ip().to_string()).unwrap_or_default();
@@ -637,6 +647,7 @@ impl Fleet {
                 };
                 if name == "rootfs.squashfs" {
                     s.rootfs_bytes += bytes;
+                    s.rootfs_sending = 0;
                     s.phase = "rootfs";
                 } else if name == "kernel" {
                     s.phase = "kernel";
@@ -646,6 +657,14 @@ impl Fleet {
                     s.phase = "config";
                 }
                 format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)")
+            }
+            Step::Sending { name, bytes } => {
+                if name == "rootfs.squashfs" {
+                    s.rootfs_sending = *bytes;
+                    s.phase = "rootfs";
+                }
+                // Progress moves the bar; the timeline keeps the whole file's line.
+                return;
             }
             Step::Booting => {
                 s.phase = "booting";
@@ -707,7 +726,10 @@ impl Fleet {
         };
         let progress = seen
             .filter(|s| s.phase == "rootfs" && self.rootfs_size > 0)
-            .map(|s| json!({"bytes": s.rootfs_bytes.min(self.rootfs_size), "total": self.rootfs_size}));
+            .map(|s| {
+                let done = (s.rootfs_bytes + s.rootfs_sending).min(self.rootfs_size);
+                json!({"bytes": done, "total": self.rootfs_size})
+            });
         let last_seen = seen
             .map(|s| unix(s.last))
             .or(record.as_ref().map(|r| r.last_seen))
@@ -716,7 +738,8 @@ impl Fleet {
             "mac": mac_text(m),
             "hostname": profile.and_then(|p| p.hostname.clone()),
             "arch": machine.arch.map(|a| a.as_str()).or(record.as_ref().and_then(|r| r.arch.as_deref())),
-            "firmware": seen.and_then(|s| s.path).map(str::to_string).or(record.as_ref().and_then(|r| r.firmware.clone())),
+            "firmware": seen.and_then(|s| s.firmware.clone()),
+            "path": seen.and_then(|s| s.path).map(str::to_string).or(record.as_ref().and_then(|r| r.firmware.clone())),
             "ip": seen.and_then(|s| s.ip).map(|i| i.to_string()),
             "profile": profile.map(|p| p.name.clone()),
             "action": action.as_str(),

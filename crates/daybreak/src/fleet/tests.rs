@@ -284,7 +284,8 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
     let list = v["machines"].as_array().unwrap();
     let find = |m: &str| list.iter().find(|x| x["mac"] == m).unwrap().clone();
     assert_eq!(find(A)["phase"], "offered");
-    assert_eq!(find(A)["firmware"], "iPXE: the boot script");
+    assert_eq!(find(A)["firmware"], "BIOS iPXE");
+    assert_eq!(find(A)["path"], "iPXE: the boot script");
     assert_eq!(find(A)["hostname"], "cp-1");
     assert_eq!(find(B)["phase"], "rootfs");
     let size = s.plan.rootfs.as_ref().unwrap().size;
@@ -300,7 +301,20 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
             "{text}"
         );
     }
-    assert!(one.contains("DHCP offer: iPXE: the boot script"), "{one}");
+    assert!(
+        one.contains("DHCP offer to BIOS iPXE: iPXE: the boot script"),
+        "{one}"
+    );
+    // A squashfs on its way moves the bar before the whole file's event.
+    s.fleet.observe(&ev(
+        B,
+        Step::Sending {
+            name: "rootfs.squashfs".into(),
+            bytes: 3,
+        },
+    ));
+    let one = s.fleet.show(&parse_mac(B).unwrap()).unwrap();
+    assert_eq!(one["progress"]["bytes"], (5 + 3).min(size));
     assert_eq!(get(&s, "/api/machines/zz", peer(99)).unwrap().0, 404);
     let page = get(&s, "/", peer(99)).unwrap().1;
     assert!(page.contains("/api/machines") && page.starts_with("<!doctype html>"));

@@ -312,6 +312,7 @@ async fn send_file(
     mut offset: u64,
     mut len: u64,
     pace: &mut Pace,
+    progress: &mut Progress<'_>,
 ) -> io::Result<()> {
     let (sock, fd) = (stream.as_raw_fd(), file.as_raw_fd());
     while len > 0 {
@@ -340,6 +341,7 @@ async fn send_file(
                 offset += n;
                 len -= n;
                 pace.sent(n)?;
+                progress.sent(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -372,11 +374,44 @@ async fn send_ranges(
     start: u64,
     count: u64,
     pace: &mut Pace,
+    progress: &mut Progress<'_>,
 ) -> io::Result<()> {
     for (offset, a, b) in pieces(ranges, start, count) {
-        send_file(stream, file, offset, b - a, pace).await?;
+        send_file(stream, file, offset, b - a, pace, progress).await?;
     }
     Ok(())
+}
+
+/// Files smaller than this go out without progress reports.
+const PROGRESS_MIN: u64 = 4 << 20;
+/// The most often a transfer's progress is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports how far a large body has gone, at most once a second, as a boot event: the status
+/// page's progress bar while a machine downloads its squashfs.
+struct Progress<'a> {
+    to: Option<(&'a Hub, &'a str, SocketAddr)>,
+    sent: u64,
+    last: Instant,
+}
+
+impl Progress<'_> {
+    fn sent(&mut self, n: u64) {
+        self.sent += n;
+        if let Some((hub, name, peer)) = self.to {
+            if self.last.elapsed() >= PROGRESS_EVERY {
+                self.last = Instant::now();
+                hub.emit(
+                    Some(peer),
+                    None,
+                    Step::Sending {
+                        name: name.to_string(),
+                        bytes: self.sent,
+                    },
+                );
+            }
+        }
+    }
 }
 
 fn status_text(code: u16) -> &'static str {
@@ -578,14 +613,21 @@ async fn respond<R: Router>(
         tracing::debug!(client = %peer, file = %name, "http HEAD");
         return Ok(());
     }
+    let mut progress = Progress {
+        to: events
+            .filter(|_| count >= PROGRESS_MIN && !name.starts_with('_'))
+            .map(|h| (h, name.as_str(), peer)),
+        sent: 0,
+        last: Instant::now(),
+    };
     let result = match (&body, &file) {
         (Body::Memory(b), _) => {
             write_all(stream, &b[start as usize..(start + count) as usize]).await
         }
         (Body::Ranges(_, ranges), Some(f)) => {
-            send_ranges(stream, f, ranges, start, count, pace).await
+            send_ranges(stream, f, ranges, start, count, pace, &mut progress).await
         }
-        (_, Some(f)) => send_file(stream, f, start, count, pace).await,
+        (_, Some(f)) => send_file(stream, f, start, count, pace, &mut progress).await,
         _ => Ok(()),
     };
     if corked {

@@ -1,0 +1,93 @@
+# Sourced by the boot tests (netboot.sh, fleet.sh): a private LAN made of network namespaces,
+#
+#   netns LAN: bridge br0 (10.77.0.1/24, fd00:77::1/64) with a plain dnsmasq (addresses and
+#              router advertisements only, no PXE options), and one tap per QEMU machine
+#   netns SRV: Daybreak on a veth into br0 (10.77.0.2/24)
+#
+# with cleanup on exit and helpers. Expects $label; sets id, lan, srv, tmp and pids. Nothing
+# leaves the namespaces it creates.
+id=$$
+lan=dbk${id}l; srv=dbk${id}s
+tmp=$(mktemp -d /tmp/daybreak-e2e.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Anything else still running inside the namespaces goes too.
+  for ns in "$lan" "$srv"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
+  ip netns del "$lan" 2>/dev/null || true
+  ip netns del "$srv" 2>/dev/null || true
+  [ -n "${KEEP_E2E_TMP:-}" ] || rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "E2E-FAIL ($label): $*"
+  local f
+  for f in "$tmp"/daybreak*.log "$tmp"/registry.log "$tmp"/dnsmasq.log "$tmp"/serial*.log "$tmp"/qemu*.log; do
+    [ -f "$f" ] && { echo "----- ${f##*/} (last 60 lines)"; tail -n 60 "$f"; }
+  done
+  exit 1
+}
+
+L() { ip netns exec "$lan" "$@"; }
+S() { ip netns exec "$srv" "$@"; }
+
+# lan_up TAP...: the namespaces, the bridge, a tap per name, and the network's DHCP server.
+lan_up() {
+  ip netns add "$lan"
+  ip netns add "$srv"
+  L ip link set lo up
+  S ip link set lo up
+  L ip link add br0 type bridge
+  L ip link set br0 up
+  L ip addr add 10.77.0.1/24 dev br0
+  L ip -6 addr add fd00:77::1/64 dev br0 nodad
+  L ip link add v0 type veth peer name v1 netns "$srv"
+  L ip link set v0 master br0 up
+  S ip addr add 10.77.0.2/24 dev v1
+  S ip link set v1 up
+  for tap in "$@"; do
+    L ip tuntap add dev "$tap" mode tap
+    L ip link set "$tap" master br0 up
+  done
+  # The network's own DHCP server, like a home router: addresses and RAs, nothing about booting.
+  ip netns exec "$lan" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 \
+    --interface=br0 \
+    --dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h \
+    --enable-ra --dhcp-range=fd00:77::,ra-only,64 \
+    --dhcp-leasefile="$tmp/leases" --log-dhcp --log-facility="$tmp/dnsmasq.log" &
+  pids+=($!)
+  # dnsmasq's default is an exclusive wildcard bind of port 67: wait for it, so the same-host
+  # mode really meets a taken port.
+  for _ in $(seq 1 50); do
+    L ss -lun 2>/dev/null | grep -q "0.0.0.0:67 " && break
+    sleep 0.1
+  done
+  L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
+}
+
+# wait_ready LOG PID: until Daybreak says it is ready (at most 30 s).
+wait_ready() {
+  for _ in $(seq 1 300); do
+    grep -q " ready" "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || fail "daybreak exited at startup"
+    sleep 0.1
+  done
+  fail "daybreak not ready after 30 s"
+}
+
+# wait_serial LOG NEEDLE SECONDS [PID]: until the guest prints NEEDLE on its serial port.
+wait_serial() {
+  local start; start=$(date +%s)
+  while :; do
+    grep -aq "$2" "$1" 2>/dev/null && return 0
+    if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+      sleep 0.5; grep -aq "$2" "$1" 2>/dev/null && return 0
+      fail "QEMU exited before the guest printed $2"
+    fi
+    [ $(( $(date +%s) - start )) -lt "$3" ] || fail "no $2 from the guest within ${3}s"
+    sleep 0.5
+  done
+}
