@@ -9,8 +9,9 @@
 #                         stage would; it has a disk whose boot sector prints E2E-DISK-BOOTED,
 #                         reboots, and its next network boot must end on that disk
 #   C  52:54:00:77:01:0c  action: ignore: no answer at all; then the machines file is edited
-#                         (C becomes live with a command line of its own) while Daybreak runs,
-#                         and C's next boot follows the edit
+#                         while Daybreak runs (C becomes live, with a command line and an image
+#                         of its own, which Daybreak builds beside the first), and C's next
+#                         boot follows the edit
 #
 # A and B boot side by side; while they do, headless Chromium loads the status page and must
 # show both with their phases (its DOM and a screenshot are kept in OUT_DIR). Afterwards
@@ -39,6 +40,10 @@ mkdir -p "$tmp/img/boot" "$tmp/img/srv"
 cp "$guest/vmlinuz" "$tmp/img/boot/vmlinuz-6.1.0-10-e2e"
 cp "$guest/initramfs.gz" "$tmp/img/boot/initrd.img-6.1.0-10-e2e"
 head -c 2097152 /dev/urandom > "$tmp/img/srv/data"
+# C's own image, after the edit: the same boot files, other data.
+mkdir -p "$tmp/img2/srv"
+cp -r "$tmp/img/boot" "$tmp/img2/"
+head -c 3145728 /dev/urandom > "$tmp/img2/srv/data"
 
 printf '#cloud-config\nhostname: everyone-else\n' > "$tmp/default.yaml"
 write_machines() { # C's entry
@@ -181,6 +186,7 @@ echo "C: ignored, no offer"
 # ...until the machines file says otherwise, with Daybreak running.
 write_machines "- mac: $C
   action: live
+  container_image: dir://$tmp/img2
   netboot.cmdline: rd.neednet=1 ip=dhcp console=ttyS0 e2e.edited"
 for _ in $(seq 1 50); do grep -q "machines file changed" "$tmp/daybreak.log" && break; sleep 0.2; done
 grep -q "machines file changed" "$tmp/daybreak.log" || fail "the edited machines file was not picked up"
@@ -190,9 +196,12 @@ qemu c "$C" tap2 -no-reboot -boot n
 wait_serial "$tmp/serial-c.log" E2E-DONE "$timeout_s" "${pids[-1]}"
 tr -d '\r' < "$tmp/serial-c.log" | grep -a E2E-CMDLINE | grep -q " e2e.edited " ||
   fail "C's boot does not follow the edited file: $(grep -a E2E-CMDLINE "$tmp/serial-c.log")"
+grep -q "machine profile's image ready" "$tmp/daybreak.log" || fail "C's image was not built"
+root_c=$(ls "$tmp"/state/artifacts/*/rootfs.squashfs | grep -v "^$rootfs$") || fail "C's image is not in the store"
+want_c=$(sha256sum "$root_c" | cut -d' ' -f1)
 res_c=$(tr -d '\r' < "$tmp/serial-c.log" | grep -a E2E-RESULT | tail -1)
-case "$res_c" in "E2E-RESULT rootfs=$want_root config="?*) ;; *) fail "C got other bytes: $res_c" ;; esac
-echo "C: after the edit, booted in $(($(date +%s) - c0)) s with its new command line"
+case "$res_c" in "E2E-RESULT rootfs=$want_c config="?*) ;; *) fail "C did not get its own image: $res_c" ;; esac
+echo "C: after the edit, booted its own image in $(($(date +%s) - c0)) s with its new command line"
 
 S curl -fs -o "$tmp/metrics.txt" "$server/metrics" || fail "no /metrics"
 promtool check metrics < "$tmp/metrics.txt" || fail "promtool rejects /metrics"

@@ -132,6 +132,9 @@ pub struct PlanInput {
     /// Where clients reach the HTTP server (port, and an address to announce), shared with
     /// the DHCP side.
     pub http: pxe::HttpAddress,
+    /// Put before the names of the kernel, initrds and squashfs: one server serves several
+    /// images (machine profiles) side by side.
+    pub prefix: String,
 }
 
 /// How one machine's boot differs from everyone's: its profile's command line, its own
@@ -243,6 +246,7 @@ fn unique_name(taken: &[&BootFile], base: &str) -> String {
 
 impl Plan {
     pub fn new(input: &PlanInput, binaries: HashMap<String, Arc<[u8]>>) -> anyhow::Result<Plan> {
+        let name = |n: &str| format!("{}{n}", input.prefix);
         let (kernel, initrds, rootfs) = match (&input.set, &input.kernel) {
             (Some(set), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
                 // Each file opened once, the ISO once for all three.
@@ -257,27 +261,27 @@ impl Plan {
                     open.insert(f.path.clone(), o.clone());
                     Ok(o)
                 };
-                let kernel = BootFile::from_set("kernel", &set.kernel, &file(&set.kernel)?);
+                let kernel = BootFile::from_set(&name("kernel"), &set.kernel, &file(&set.kernel)?);
                 let initrds = set
                     .initrds
                     .iter()
                     .enumerate()
-                    .map(|(i, f)| Ok(BootFile::from_set(&format!("initrd{i}"), f, &file(f)?)))
+                    .map(|(i, f)| Ok(BootFile::from_set(&name(&format!("initrd{i}")), f, &file(f)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let rootfs = BootFile::from_set("rootfs.squashfs", &set.rootfs, &file(&set.rootfs)?);
+                let rootfs = BootFile::from_set(&name("rootfs.squashfs"), &set.rootfs, &file(&set.rootfs)?);
                 (kernel, initrds, Some(rootfs))
             }
             (Some(_), _) => bail!("--iso provides the kernel, initrd and rootfs; drop --kernel, --initrd and --rootfs"),
             (None, None) => bail!("nothing to boot: give --kernel (with --initrd and --rootfs) or --iso"),
             (None, Some(k)) => (
-                BootFile::open("kernel", k, "kernel")?,
+                BootFile::open(&name("kernel"), k, "kernel")?,
                 input
                     .initrds
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| BootFile::open(&format!("initrd{i}"), p, "initrd"))
+                    .map(|(i, p)| BootFile::open(&name(&format!("initrd{i}")), p, "initrd"))
                     .collect::<anyhow::Result<Vec<_>>>()?,
-                input.rootfs.as_deref().map(|p| BootFile::open("rootfs.squashfs", p, "rootfs")).transpose()?,
+                input.rootfs.as_deref().map(|p| BootFile::open(&name("rootfs.squashfs"), p, "rootfs")).transpose()?,
             ),
         };
         let cloud_config = input
@@ -565,6 +569,10 @@ impl Plan {
         s
     }
 
+    pub fn http(&self) -> pxe::HttpAddress {
+        self.http
+    }
+
     /// The plan's cloud-config (as served to machines without one of their own).
     pub fn cloud_config_file(&self) -> Option<&BootFile> {
         self.cloud_config.as_ref()
@@ -601,6 +609,7 @@ pub(crate) mod tests {
             cloud_config: Some(CloudConfig::File(tmpfile(d, "config.yaml"))),
             cmdline: None,
             http: pxe::HttpAddress::default(),
+            prefix: String::new(),
         }
     }
 

@@ -115,6 +115,11 @@ pub fn prepare(
             machines,
             template,
             data: root,
+            images: crate::netboot::ImageOptions {
+                arch: s.arch.clone(),
+                insecure: s.insecure,
+                compression: artifacts::Compression::Gzip,
+            },
         }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,

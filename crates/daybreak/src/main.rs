@@ -764,6 +764,11 @@ fn main() -> ExitCode {
                 machines: Some(fleet::MachinesSource::File(artifacts::absolute(&m))),
                 template: None,
                 data: Default::default(),
+                images: netboot::ImageOptions {
+                    arch: artifacts::oci::host_arch().to_string(),
+                    insecure: false,
+                    compression: artifacts::Compression::Gzip,
+                },
             });
             let mut o = a.net.into_options(PlanInput {
                 kernel: a.kernel,

@@ -87,6 +87,7 @@ fn show_fetch(source: &str) -> impl FnMut(artifacts::Fetch) + '_ {
 }
 
 /// How to turn an OCI image into artifacts.
+#[derive(Debug, Clone)]
 pub struct ImageOptions {
     pub arch: String,
     pub insecure: bool,

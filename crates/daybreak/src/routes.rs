@@ -40,7 +40,7 @@ pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
     }
 }
 
-fn file_reply(f: &BootFile) -> Reply {
+pub(crate) fn file_reply(f: &BootFile) -> Reply {
     let content_type = if f.name.ends_with(".yaml") {
         "text/plain; charset=utf-8"
     } else {

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use crate::boot::{Personal, Plan};
 use crate::events::{BootEvent, Step};
 use crate::http::{Body, Reply, Request};
-pub use profiles::{Action, Profiles};
+pub use profiles::{Action, Image, Profiles};
 pub use store::{Change, Store};
 
 /// A MAC address.
@@ -83,6 +83,85 @@ pub struct FleetOptions {
     pub template: Option<String>,
     /// Template values (`--set`, the config file).
     pub data: Map<String, Value>,
+    /// How profiles' own images are pulled and built.
+    pub images: crate::netboot::ImageOptions,
+}
+
+/// A profile's own image.
+enum Built {
+    Building,
+    Ready(Arc<Plan>),
+    Failed,
+}
+
+type Images = Arc<RwLock<HashMap<Image, Built>>>;
+
+/// The files of an image under names of its own: `i` and 8 hex digits of its description.
+fn prefix(image: &Image) -> String {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(image.to_string().as_bytes());
+    format!("i{}-", artifacts::hex(&h[..4]))
+}
+
+/// Opens (pulling and building when needed, once per image: the artifact store keeps it) one
+/// profile's image, and makes its plan.
+fn build_image(image: &Image, opts: &FleetOptions, http: pxe::HttpAddress) -> anyhow::Result<Plan> {
+    let mut input = crate::boot::PlanInput {
+        http,
+        prefix: prefix(image),
+        ..Default::default()
+    };
+    match image {
+        Image::Container(src) => {
+            input.set = Some(crate::netboot::open_source(
+                src,
+                &opts.state_dir,
+                &opts.images,
+            )?)
+        }
+        Image::Iso(src) => input.set = Some(crate::netboot::open_iso(src, &opts.state_dir)?),
+        Image::Files {
+            kernel,
+            initrds,
+            rootfs,
+        } => {
+            input.kernel = Some(kernel.clone());
+            input.initrds = initrds.clone();
+            input.rootfs = rootfs.clone();
+        }
+    }
+    Plan::new(&input, HashMap::new())
+}
+
+/// Builds the images it is sent, one at a time, in the order asked.
+fn spawn_builder(
+    images: Images,
+    opts: FleetOptions,
+    http: pxe::HttpAddress,
+) -> std::io::Result<mpsc::Sender<Image>> {
+    let (tx, rx) = mpsc::channel::<Image>();
+    std::thread::Builder::new()
+        .name("profile-images".into())
+        .spawn(move || {
+            for image in rx {
+                tracing::info!(image = %image, "building a machine profile's image");
+                let built = match build_image(&image, &opts, http) {
+                    Ok(plan) => {
+                        tracing::info!(image = %image, "machine profile's image ready");
+                        Built::Ready(Arc::new(plan))
+                    }
+                    Err(e) => {
+                        tracing::error!(image = %image, "machine profile's image cannot be served: {e:#}; its machines wait until the machines file names another");
+                        Built::Failed
+                    }
+                };
+                images
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(image, built);
+            }
+        })?;
+    Ok(tx)
 }
 
 /// What is known of a machine since this server started.
@@ -94,8 +173,9 @@ struct Seen {
     path: Option<&'static str>,
     ip: Option<IpAddr>,
     phase: &'static str,
-    /// Bytes of the squashfs sent in this boot, and of the response under way.
+    /// Bytes of the squashfs sent in this boot, and of the response under way, of its size.
     rootfs_bytes: u64,
+    rootfs_total: u64,
     rootfs_sending: u64,
     last: SystemTime,
     timeline: VecDeque<(SystemTime, String)>,
@@ -111,6 +191,7 @@ impl Default for Seen {
             ip: None,
             phase: "seen",
             rootfs_bytes: 0,
+            rootfs_total: 0,
             rootfs_sending: 0,
             last: SystemTime::now(),
             timeline: VecDeque::new(),
@@ -163,6 +244,9 @@ pub struct Fleet {
     personal: bool,
     /// Size of the squashfs, for the progress bar.
     rootfs_size: u64,
+    /// Profiles' own images, and where to ask for one to be built.
+    images: Images,
+    build: Mutex<mpsc::Sender<Image>>,
     /// Told of installs and local boots.
     events: Option<Arc<crate::events::Hub>>,
 }
@@ -266,7 +350,11 @@ impl Fleet {
                     }
                 }
             })?;
+        let images: Images = Arc::default();
+        let build = spawn_builder(images.clone(), opts.clone(), plan.http())?;
         let fleet = Arc::new(Fleet {
+            images,
+            build: Mutex::new(build),
             profiles: RwLock::new(Arc::new(profiles)),
             file: Mutex::new(file),
             store,
@@ -279,6 +367,7 @@ impl Fleet {
             rootfs_size: plan.rootfs.as_ref().map_or(0, |r| r.size),
             events,
         });
+        fleet.build_images(&fleet.profiles());
         let weak: Weak<Fleet> = Arc::downgrade(&fleet);
         std::thread::Builder::new()
             .name("machines-watch".into())
@@ -327,12 +416,42 @@ impl Fleet {
                     entries = p.len(),
                     "machines file changed: the new profiles apply from each machine's next boot"
                 );
-                *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+                let p = Arc::new(p);
+                self.build_images(&p);
+                *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
             }
             Err(e) => tracing::error!(
                 "{e:#}; keeping the last good version ({} entries) until the file is fixed",
                 self.profiles().len()
             ),
+        }
+    }
+
+    /// Asks for every image the profiles name that is not built or being built.
+    fn build_images(&self, profiles: &Profiles) {
+        let mut images = self.images.write().unwrap_or_else(|e| e.into_inner());
+        let build = self.build.lock().unwrap_or_else(|e| e.into_inner());
+        for img in profiles.entries.iter().filter_map(|p| p.image.as_ref()) {
+            // A failed image is tried again when the file changes (it may be fixed now).
+            if matches!(images.get(img), None | Some(Built::Failed)) {
+                images.insert(img.clone(), Built::Building);
+                let _ = build.send(img.clone());
+            }
+        }
+    }
+
+    /// The plan a profile's machines boot: the command's, or its own image's once built.
+    fn plan_of(&self, image: Option<&Image>) -> Result<Option<Arc<Plan>>, &'static str> {
+        let Some(img) = image else { return Ok(None) };
+        match self
+            .images
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(img)
+        {
+            Some(Built::Ready(p)) => Ok(Some(p.clone())),
+            Some(Built::Failed) => Err("its image cannot be built (the server's log says why)"),
+            Some(Built::Building) | None => Err("its image is being prepared"),
         }
     }
 
@@ -448,6 +567,22 @@ impl Fleet {
                 "its install finished (daybreak machines reinstall MAC to install again)",
             ),
             Action::Install | Action::Live => {
+                let own = match self.plan_of(profile.and_then(|p| p.image.as_ref())) {
+                    Ok(own) => own,
+                    Err(why) => {
+                        tracing::info!(mac = %mac_text(&m), "asked to wait: {why}");
+                        return format!(
+                            "#!ipxe\necho Daybreak: {why}; asking again in 10 seconds\nsleep 10\nchain {base}{}?mac={} ||\n",
+                            pxe::routes::SCRIPT,
+                            mac_text(&m)
+                        );
+                    }
+                };
+                let boot = own.as_deref().unwrap_or(plan);
+                {
+                    let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                    live.entry(m).rootfs_total = boot.rootfs.as_ref().map_or(0, |r| r.size);
+                }
                 let has_config = profile.is_some_and(|p| p.cloud_config.is_some())
                     || self.template.is_some()
                     || plan.cloud_config_file().is_some();
@@ -456,7 +591,7 @@ impl Fleet {
                     config_url: (self.personal && has_config)
                         .then(|| self.url(base, routes::CONFIG, "config", &m, ".yaml")),
                 };
-                plan.script_for(base, mac, &personal)
+                boot.script_for(base, mac, &personal)
             }
         }
     }
@@ -556,6 +691,9 @@ impl Fleet {
                 None => Reply::NotFound,
             });
         }
+        if let Some(f) = self.image_file(path.strip_prefix('/').unwrap_or(path)) {
+            return Some(f);
+        }
         if path == routes::STATUS || path == "/status" {
             return Some(text_reply(
                 "_status",
@@ -564,6 +702,18 @@ impl Fleet {
             ));
         }
         None
+    }
+
+    /// A file of a profile's own image.
+    fn image_file(&self, name: &str) -> Option<Reply> {
+        let images = self.images.read().unwrap_or_else(|e| e.into_inner());
+        images.values().find_map(|b| match b {
+            Built::Ready(p) => p
+                .files()
+                .find(|f| f.name == name)
+                .map(crate::routes::file_reply),
+            _ => None,
+        })
     }
 
     fn config(&self, plan: &Plan, mac: Mac, base: &str) -> Reply {
@@ -645,13 +795,13 @@ impl Fleet {
                 } else {
                     0
                 };
-                if name == "rootfs.squashfs" {
+                if name.ends_with("rootfs.squashfs") {
                     s.rootfs_bytes += bytes;
                     s.rootfs_sending = 0;
                     s.phase = "rootfs";
-                } else if name == "kernel" {
+                } else if name.ends_with("kernel") {
                     s.phase = "kernel";
-                } else if name.starts_with("initrd") {
+                } else if name.contains("initrd") {
                     s.phase = "initrd";
                 } else if name == "cloud-config" {
                     s.phase = "config";
@@ -659,7 +809,7 @@ impl Fleet {
                 format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)")
             }
             Step::Sending { name, bytes } => {
-                if name == "rootfs.squashfs" {
+                if name.ends_with("rootfs.squashfs") {
                     s.rootfs_sending = *bytes;
                     s.phase = "rootfs";
                 }
@@ -725,10 +875,21 @@ impl Fleet {
             _ => "seen",
         };
         let progress = seen
-            .filter(|s| s.phase == "rootfs" && self.rootfs_size > 0)
+            .filter(|s| s.phase == "rootfs")
             .map(|s| {
-                let done = (s.rootfs_bytes + s.rootfs_sending).min(self.rootfs_size);
-                json!({"bytes": done, "total": self.rootfs_size})
+                (
+                    s,
+                    if s.rootfs_total > 0 {
+                        s.rootfs_total
+                    } else {
+                        self.rootfs_size
+                    },
+                )
+            })
+            .filter(|(_, total)| *total > 0)
+            .map(|(s, total)| {
+                let done = (s.rootfs_bytes + s.rootfs_sending).min(total);
+                json!({"bytes": done, "total": total})
             });
         let last_seen = seen
             .map(|s| unix(s.last))

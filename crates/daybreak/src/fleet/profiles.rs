@@ -2,7 +2,7 @@
 //! selects machines by MAC, UUID (option 97) and architecture, and says how they boot: the
 //! action, a hostname, the kernel command line, the cloud-config and its template values.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 use serde_json::{Map, Value};
@@ -163,6 +163,8 @@ pub struct Profile {
     pub cloud_config: Option<String>,
     /// Template values: every other key (`role: master` is `[[[ .role ]]]`).
     pub vars: Map<String, Value>,
+    /// Its own image, built (once, whoever asks for it) beside the command's.
+    pub image: Option<Image>,
 }
 
 /// The entries of a machines file, in order: the first whose selectors all match is a
@@ -172,16 +174,37 @@ pub struct Profiles {
     pub entries: Vec<Profile>,
 }
 
-/// Keys that would pick another image: built once per image in a later version; refused now so
-/// no machine silently boots something else than its entry says.
-const IMAGE_KEYS: &[&str] = &[
-    "container_image",
-    "iso",
-    "kernel",
-    "initrd",
-    "rootfs",
+/// What a profile boots instead of the command's image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Image {
+    /// An OCI image, in any form `container_image` takes.
+    Container(String),
+    /// A Kairos ISO: a path or an http(s) URL.
+    Iso(String),
+    /// Files as they are.
+    Files {
+        kernel: PathBuf,
+        initrds: Vec<PathBuf>,
+        rootfs: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Display for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Image::Container(s) => write!(f, "container_image {s}"),
+            Image::Iso(s) => write!(f, "iso {s}"),
+            Image::Files { kernel, .. } => write!(f, "kernel {}", kernel.display()),
+        }
+    }
+}
+
+/// The release keys pick an ISO by name for the whole command; a machine names its ISO.
+const RELEASE_KEYS: &[&str] = &[
     "repository",
     "release_version",
+    "flavor",
+    "artifact_version",
 ];
 
 impl Profiles {
@@ -300,13 +323,12 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
     let Value::Object(m) = v else {
         bail!("must be a mapping (mac: …, action: …), not {v}");
     };
-    for k in IMAGE_KEYS {
+    for k in RELEASE_KEYS {
         if m.contains_key(*k) {
-            bail!(
-                "{k} per machine is not supported yet: every machine boots the command's image; remove {k} here"
-            );
+            bail!("{k}: a machine names its own image with container_image or iso (a path or URL of the ISO)");
         }
     }
+    let image = image(m, base)?;
     let mut select = Selector::default();
     if let Some(s) = string(m, "mac")? {
         select.mac = Some(
@@ -386,6 +408,11 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         "netboot.cmdline",
         "cloud_config",
         "cloud_config_file",
+        "container_image",
+        "iso",
+        "kernel",
+        "initrd",
+        "rootfs",
     ];
     let mut vars = Map::new();
     for (k, v) in m {
@@ -405,7 +432,48 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         cmdline: cmdline.map(str::to_string),
         cloud_config,
         vars,
+        image,
     })
+}
+
+/// `container_image`, `iso`, or `kernel` with `initrd` and `rootfs` (paths relative to the
+/// machines file), one of them.
+fn image(m: &Map<String, Value>, base: &Path) -> anyhow::Result<Option<Image>> {
+    let container = string(m, "container_image")?;
+    let iso = string(m, "iso")?;
+    let kernel = string(m, "kernel")?;
+    let initrds: Vec<PathBuf> = match m.get("initrd") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![base.join(s)],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(base.join(s)),
+                other => Err(anyhow!("initrd: each must be a path, not {other}")),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(other) => bail!("initrd must be a path or a list of paths, not {other}"),
+    };
+    let rootfs = string(m, "rootfs")?.map(|r| base.join(r));
+    let files = kernel.is_some() || !initrds.is_empty() || rootfs.is_some();
+    match (container, iso, files) {
+        (Some(c), None, false) if !c.is_empty() => Ok(Some(Image::Container(c.to_string()))),
+        (None, Some(i), false) if !i.is_empty() => Ok(Some(Image::Iso(if artifacts::is_url(i) {
+            i.to_string()
+        } else {
+            base.join(i).to_string_lossy().into_owned()
+        }))),
+        (None, None, true) => match kernel {
+            Some(k) => Ok(Some(Image::Files {
+                kernel: base.join(k),
+                initrds,
+                rootfs,
+            })),
+            None => bail!("initrd and rootfs need a kernel: give kernel too"),
+        },
+        (None, None, false) => Ok(None),
+        _ => bail!("give one image: container_image, iso, or kernel (with initrd and rootfs)"),
+    }
 }
 
 #[cfg(test)]
@@ -465,6 +533,29 @@ mod tests {
         // No default entry: unlisted machines get no profile (the command's own settings).
         let p = Profiles::parse("- mac: 52-54-00-12-34-56\n", Path::new(".")).unwrap();
         assert!(p.find(&m(A)).is_some() && p.find(&m(B)).is_none());
+        // Images of their own: relative paths from the machines file.
+        let p = Profiles::parse(
+            "- mac: 52:54:00:12:34:56\n  container_image: quay.io/kairos/alpine:3.21\n\
+             - mac: 52:54:00:12:34:57\n  iso: k.iso\n\
+             - arch: arm64\n  kernel: k\n  initrd: [i1, i2]\n  rootfs: r\n",
+            Path::new("/m"),
+        )
+        .unwrap();
+        let images: Vec<_> = p.entries.iter().map(|e| e.image.clone().unwrap()).collect();
+        assert_eq!(
+            images[0],
+            Image::Container("quay.io/kairos/alpine:3.21".into())
+        );
+        assert_eq!(images[1], Image::Iso("/m/k.iso".into()));
+        assert_eq!(
+            images[2],
+            Image::Files {
+                kernel: "/m/k".into(),
+                initrds: vec!["/m/i1".into(), "/m/i2".into()],
+                rootfs: Some("/m/r".into())
+            }
+        );
+        assert!(p.entries[0].vars.is_empty());
     }
 
     #[test]
@@ -483,10 +574,9 @@ mod tests {
             ("- uuid: 1234\n", "uuid must be text, not 1234"),
             ("- uuid: 'x-1234'\n", "is not a UUID"),
             ("- hostname: 'a b'\n", "hostname \"a b\""),
-            (
-                "- container_image: x\n",
-                "container_image per machine is not supported yet",
-            ),
+            ("- container_image: x\n  iso: y.iso\n", "give one image"),
+            ("- initrd: i\n", "need a kernel"),
+            ("- release_version: v3\n", "names its own image"),
             (
                 "- netboot:\n    cmdline: 'a {{ ID \"/x\" }}'\n",
                 "plain text",

@@ -30,6 +30,14 @@ const MACHINES: &str = "\
 const TEMPLATE: &str =
     "#cloud-config\nhostname: [[[ .hostname ]]]\ninstalled: [[[ .daybreak.installed_url ]]]\n";
 
+fn images() -> crate::netboot::ImageOptions {
+    crate::netboot::ImageOptions {
+        arch: "amd64".into(),
+        insecure: false,
+        compression: artifacts::Compression::Gzip,
+    }
+}
+
 struct Setup {
     plan: Arc<Plan>,
     fleet: Arc<Fleet>,
@@ -51,6 +59,7 @@ fn setup(tag: &str, machines: &str) -> Setup {
             machines: Some(MachinesSource::File(dir.join("machines.yaml"))),
             template: Some(TEMPLATE.into()),
             data,
+            images: images(),
         },
         &plan,
         None,
@@ -81,7 +90,16 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
             body: Body::Memory(b),
             ..
         } => Some((200, String::from_utf8_lossy(&b).into_owned())),
-        Reply::Resource { .. } => Some((200, "<file>".into())),
+        Reply::Resource {
+            body: Body::File(f),
+            ..
+        } => {
+            use std::os::unix::fs::FileExt;
+            let mut b = vec![0u8; f.metadata().unwrap().len() as usize];
+            f.read_exact_at(&mut b, 0).unwrap();
+            Some((200, String::from_utf8_lossy(&b).into_owned()))
+        }
+        Reply::Resource { .. } => Some((200, "<ranges>".into())),
         Reply::NotFound => Some((404, String::new())),
         Reply::Proxy { .. } => None,
     }
@@ -237,6 +255,7 @@ fn a_script_request_naming_another_machines_mac_gets_the_common_script() {
             machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
             template: Some(TEMPLATE.into()),
             data: Map::new(),
+            images: images(),
         },
         &s.plan,
         Some(hub.clone()),
@@ -367,4 +386,59 @@ fn macs_parse_in_every_usual_form_and_nothing_else() {
     ] {
         assert_eq!(parse_mac(s), None, "{s}");
     }
+}
+
+#[test]
+fn a_profile_with_its_own_image_boots_it_once_built() {
+    let d = tmpdir("fleet-image-files");
+    std::fs::create_dir_all(d.join("own")).unwrap();
+    for (f, body) in [
+        ("vmlinuz", "own kernel"),
+        ("initrd", "own initrd"),
+        ("root.sqfs", "own root"),
+    ] {
+        std::fs::write(d.join("own").join(f), body).unwrap();
+    }
+    let s = setup(
+        "image",
+        &format!(
+            "- mac: {A}\n  kernel: {0}/own/vmlinuz\n  initrd: {0}/own/initrd\n  rootfs: {0}/own/root.sqfs\n\
+             - mac: {B}\n  kernel: /nonexistent/vmlinuz\n",
+            d.display()
+        ),
+    );
+    wait("the profile's image", || {
+        script(&s, A, 10).contains("kernel --name kernel")
+    });
+    let a = script(&s, A, 10);
+    let url = |what: &str| {
+        a.split_whitespace()
+            .map(|w| w.trim_start_matches("root=live:"))
+            .find(|w| w.starts_with(BASE) && w.ends_with(what))
+            .unwrap_or_else(|| panic!("no {what} URL in {a}"))
+            .strip_prefix(BASE)
+            .unwrap()
+            .to_string()
+    };
+    for (what, body) in [
+        ("-kernel", "own kernel"),
+        ("-initrd0", "own initrd"),
+        ("-rootfs.squashfs", "own root"),
+    ] {
+        assert_eq!(get(&s, &url(what), peer(10)).unwrap().1, body, "{what}");
+    }
+    assert!(a.contains("root=live:") && a.contains("/_/config/"), "{a}");
+    // The command's own files stay what everyone else boots.
+    assert!(script(&s, C, 12).contains(&format!("kernel --name kernel {BASE}/kernel\n")));
+    // An image that cannot be opened: its machine waits and asks again, and is told why.
+    wait("the failed image", || {
+        script(&s, B, 11).contains("cannot be built")
+    });
+    let b = script(&s, B, 11);
+    assert!(
+        b.contains("sleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:0b"),
+        "{b}"
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+    let _ = std::fs::remove_dir_all(&d);
 }
