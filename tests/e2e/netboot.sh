@@ -11,7 +11,9 @@
 #                         through the firmware's own network driver
 #           uefi-sb       OVMF enforcing Secure Boot with Microsoft's keys (q35, SMM, secure
 #                         pflash): Debian's signed kernel, so Daybreak serves shim, then GRUB,
-#                         then the kernel over HTTP; the guest reports SecureBoot = 1
+#                         then the kernel over HTTP; the guest reports SecureBoot = 1. A
+#                         machines file gives this machine its own command line and
+#                         cloud-config, which GRUB reads from /_/grub/MAC.cfg
 #           uefi-sbunsigned
 #                         the same firmware and an unsigned kernel (the guest's, its signature
 #                         table emptied): Daybreak says at start why such machines cannot boot,
@@ -142,6 +144,12 @@ else
   fi
   cmd=("$bin" serve --kernel "$kernel" --initrd "$guest/initramfs.gz" --rootfs "$tmp/rootfs.squashfs"
        --cloud-config "$tmp/cloud-config.yaml")
+  if [ $sb = 1 ]; then
+    # A machine profile: GRUB reads this machine's own configuration (command line, cloud-config).
+    printf -- '- mac: %s\n  hostname: sb-machine\n  cloud_config_file: cloud-config.yaml\n  netboot.cmdline: rd.neednet=1 ip=dhcp console=ttyS0 e2e.grub\n' \
+      "52:54:00:77:00:$(printf %02x $((id % 200 + 16)))" > "$tmp/machines.yaml"
+    cmd+=(--machines "$tmp/machines.yaml" --state-dir "$tmp/state")
+  fi
   # The iPXE path by name; left to Daybreak, a signed kernel takes the Secure Boot chain.
   [ $sb != 0 ] || cmd+=(--efi-ipxe "$efi")
 fi
@@ -250,6 +258,8 @@ elif [ $api = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2&t="
          " netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3&t="
          " console=tty1 console=ttyS0 console=tty0")
+elif [ $sb = 1 ]; then
+  wants=("rd.neednet=1 ip=dhcp console=ttyS0 e2e.grub root=live:http://$server:8090/rootfs.squashfs config_url=http://$server:8090/_/config/")
 elif [ $pixie = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/rootfs.squashfs netboot install-mode config_url=http://$server/cloud-config.yaml console=tty1 console=ttyS0 console=tty0")
 fi
@@ -276,6 +286,7 @@ if [ $sb = 1 ]; then
     grep -q "tftp sent.*$f" "$tmp/daybreak.log" || fail "the Secure Boot chain did not fetch $f"
   done
   tr -d '\r' < "$tmp/serial.log" | grep -q "E2E-SECUREBOOT 1" || fail "the guest does not report Secure Boot on"
+  grep -q "GRUB configuration.*mac=$mac" "$tmp/daybreak.log" || fail "GRUB did not ask for its machine's configuration"
   grep -q "http sent.*file=kernel" "$tmp/daybreak.log" || fail "GRUB did not fetch the kernel over HTTP"
 elif [ $http_boot = 1 ]; then
   grep -q 'offer.*firmware=UEFI x64 HTTP.*path="UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" || fail "no HTTP Boot offer logged with its path"

@@ -453,16 +453,34 @@ impl Plan {
     /// the server GRUB was booted from (or the advertised address), the same command line as
     /// the iPXE script.
     pub fn grub_cfg(&self) -> String {
-        let host = match self.http.advertise {
+        self.grub_cfg_for(&Personal::default())
+    }
+
+    /// The host GRUB reaches this server at: the advertised address, else the one it booted from.
+    fn grub_host(&self) -> String {
+        match self.http.advertise {
             Some(a) => a.to_string(),
             None => "${net_default_server}".into(),
-        };
-        let device = if self.http.port == 80 {
+        }
+    }
+
+    /// GRUB's device for this server's HTTP: `(http,HOST:PORT)`.
+    pub fn grub_device(&self) -> String {
+        let host = self.grub_host();
+        if self.http.port == 80 {
             format!("(http,{host})")
         } else {
             format!("(http,{host}:{})", self.http.port)
-        };
-        let base = pxe::http_base(&host, self.http.port);
+        }
+    }
+
+    /// `http://HOST:PORT` as GRUB writes it into the kernel command line.
+    pub fn grub_base(&self) -> String {
+        pxe::http_base(self.grub_host(), self.http.port)
+    }
+
+    /// The GRUB configuration for one machine with a profile of its own.
+    pub fn grub_cfg_for(&self, p: &Personal) -> String {
         let initrds: Vec<String> = self
             .initrds
             .iter()
@@ -470,10 +488,10 @@ impl Plan {
             .collect();
         let initrds: Vec<&str> = initrds.iter().map(String::as_str).collect();
         crate::secureboot::grub_cfg(
-            &device,
+            &self.grub_device(),
             &crate::http::percent_encode(&self.kernel.name),
             &initrds,
-            &self.cmdline(&base),
+            &self.render_cmdline(&self.grub_base(), false, p),
         )
     }
 
@@ -485,6 +503,7 @@ impl Plan {
         format!("{base}/{}", crate::http::percent_encode(name))
     }
 
+    #[cfg(test)]
     pub fn cmdline(&self, base: &str) -> String {
         self.render_cmdline(base, false, &Personal::default())
     }

@@ -214,7 +214,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let signed = plan.kernel_signed();
         if signed && !chosen && !opts.pixiecore_log {
             boot_files.efi_x64_signed = Some("shimx64.efi".into());
-            binaries.insert("grub/grub.cfg".into(), plan.grub_cfg().into_bytes().into());
+            // With machine profiles, GRUB asks for its machine's own configuration by HTTP.
+            let cfg = match &plan.fleet {
+                Some(_) => crate::fleet::Fleet::grub_stub(plan),
+                None => plan.grub_cfg(),
+            };
+            binaries.insert("grub/grub.cfg".into(), cfg.into_bytes().into());
             tracing::info!(
                 "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
             );

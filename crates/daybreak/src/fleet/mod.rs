@@ -294,8 +294,30 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// What a machine boots now.
+enum Decision {
+    /// What any machine gets: no MAC named.
+    Common,
+    /// A MAC the request may not claim: what any machine gets, the MAC left out.
+    Stranger,
+    Ignore,
+    Local,
+    /// Its image is not ready: ask again.
+    Wait(Mac, &'static str),
+    Boot {
+        mac: Mac,
+        /// Its profile's own image, else the command's.
+        own: Option<Arc<Plan>>,
+        cmdline: Option<String>,
+        /// It gets its own cloud-config URL.
+        config: bool,
+    },
+}
+
 /// Routes of the fleet on the boot HTTP port.
 pub mod routes {
+    /// A machine's GRUB configuration on the Secure Boot chain: `/_/grub/MAC.cfg`.
+    pub const GRUB: &str = "/_/grub/";
     /// A machine's own cloud-config: `/_/config/MAC-TAG.yaml`.
     pub const CONFIG: &str = "/_/config/";
     /// A machine's install callback: `/_/installed/MAC-TAG`.
@@ -517,18 +539,19 @@ impl Fleet {
         }
     }
 
-    /// The boot script for `mac` (as the script URL names it), by its profile and its state.
-    pub fn script(&self, plan: &Plan, base: &str, mac: Option<&str>, peer: IpAddr) -> String {
+    /// What machine `mac` (as its loader named it, from `peer`) boots now, by its profile and
+    /// its state. Remembers the boot.
+    fn decide(&self, plan: &Plan, mac: Option<&str>, peer: IpAddr) -> Decision {
         let Some(m) = mac.and_then(parse_mac) else {
-            return plan.script(base, mac);
+            return Decision::Common;
         };
-        // A script request naming a MAC another address is known to hold is not that machine:
-        // it gets what any machine gets, never another's cloud-config.
+        // A request naming a MAC another address is known to hold is not that machine: it gets
+        // what any machine gets, never another's cloud-config.
         if let Some(hub) = &self.events {
             if let Some(known) = hub.mac_of(peer).and_then(|k| parse_mac(&k)) {
                 if known != m {
-                    tracing::warn!(client = %peer, claimed = %mac_text(&m), holder = %mac_text(&known), "script request names another machine's MAC; given the common script");
-                    return plan.script(base, None);
+                    tracing::warn!(client = %peer, claimed = %mac_text(&m), holder = %mac_text(&known), "boot request names another machine's MAC; given the common boot");
+                    return Decision::Stranger;
                 }
             }
         }
@@ -555,57 +578,127 @@ impl Fleet {
         );
         let action = profile.map_or(Action::Install, |p| p.action);
         let installed = self.store.get(&m).and_then(|r| r.installed_at);
-        match action {
-            Action::Ignore => {
-                "#!ipxe\necho Daybreak: this machine is not served here (action: ignore)\nexit\n"
-                    .into()
+        let local = |why: &'static str| {
+            tracing::info!(mac = %mac_text(&m), client = %peer, "booting from the local disk: {why}");
+            if let Some(hub) = &self.events {
+                hub.emit(None, Some(&mac_text(&m)), Step::LocalBoot);
             }
-            Action::Local => self.local_script(m, peer, "its profile says action: local"),
-            Action::Install if installed.is_some() => self.local_script(
-                m,
-                peer,
-                "its install finished (daybreak machines reinstall MAC to install again)",
-            ),
+            Decision::Local
+        };
+        match action {
+            Action::Ignore => Decision::Ignore,
+            Action::Local => local("its profile says action: local"),
+            Action::Install if installed.is_some() => {
+                local("its install finished (daybreak machines reinstall MAC to install again)")
+            }
             Action::Install | Action::Live => {
                 let own = match self.plan_of(profile.and_then(|p| p.image.as_ref())) {
                     Ok(own) => own,
                     Err(why) => {
                         tracing::info!(mac = %mac_text(&m), "asked to wait: {why}");
-                        return format!(
-                            "#!ipxe\necho Daybreak: {why}; asking again in 10 seconds\nsleep 10\nchain {base}{}?mac={} ||\n",
-                            pxe::routes::SCRIPT,
-                            mac_text(&m)
-                        );
+                        return Decision::Wait(m, why);
                     }
                 };
-                let boot = own.as_deref().unwrap_or(plan);
-                {
-                    let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-                    live.entry(m).rootfs_total = boot.rootfs.as_ref().map_or(0, |r| r.size);
-                }
+                let total = own
+                    .as_deref()
+                    .unwrap_or(plan)
+                    .rootfs
+                    .as_ref()
+                    .map_or(0, |r| r.size);
+                self.live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(m)
+                    .rootfs_total = total;
                 let has_config = profile.is_some_and(|p| p.cloud_config.is_some())
                     || self.template.is_some()
                     || plan.cloud_config_file().is_some();
-                let personal = Personal {
-                    cmdline: profile.and_then(|p| p.cmdline.as_deref()),
-                    config_url: (self.personal && has_config)
-                        .then(|| self.url(base, routes::CONFIG, "config", &m, ".yaml")),
-                };
-                boot.script_for(base, mac, &personal)
+                Decision::Boot {
+                    mac: m,
+                    own,
+                    cmdline: profile.and_then(|p| p.cmdline.clone()),
+                    config: self.personal && has_config,
+                }
             }
         }
     }
 
-    fn local_script(&self, mac: Mac, peer: IpAddr, why: &str) -> String {
-        tracing::info!(mac = %mac_text(&mac), client = %peer, "booting from the local disk: {why}");
-        if let Some(hub) = &self.events {
-            hub.emit(None, Some(&mac_text(&mac)), Step::LocalBoot);
+    /// The iPXE script for `mac` (as the script URL names it).
+    pub fn script(&self, plan: &Plan, base: &str, mac: Option<&str>, peer: IpAddr) -> String {
+        match self.decide(plan, mac, peer) {
+            Decision::Common => plan.script(base, mac),
+            Decision::Stranger => plan.script(base, None),
+            Decision::Ignore => {
+                "#!ipxe\necho Daybreak: this machine is not served here (action: ignore)\nexit\n".into()
+            }
+            // BIOS: the first disk by its BIOS number; UEFI: back to the firmware, which boots
+            // the next entry of its boot order (the disk).
+            Decision::Local => "#!ipxe\necho Daybreak: booting from the local disk\n\
+                 iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n"
+                .into(),
+            Decision::Wait(m, why) => format!(
+                "#!ipxe\necho Daybreak: {why}; asking again in 10 seconds\nsleep 10\nchain {base}{}?mac={} ||\n",
+                pxe::routes::SCRIPT,
+                mac_text(&m)
+            ),
+            Decision::Boot {
+                mac: m,
+                own,
+                cmdline,
+                config,
+            } => {
+                let personal = Personal {
+                    cmdline: cmdline.as_deref(),
+                    config_url: config.then(|| self.url(base, routes::CONFIG, "config", &m, ".yaml")),
+                };
+                own.as_deref().unwrap_or(plan).script_for(base, mac, &personal)
+            }
         }
-        // BIOS: the first disk by its BIOS number; UEFI: back to the firmware, which boots the
-        // next entry of its boot order (the disk).
-        "#!ipxe\necho Daybreak: booting from the local disk\n\
-         iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n"
-            .into()
+    }
+
+    /// The GRUB configuration for `mac` on the Secure Boot chain (GRUB reads it over HTTP, from
+    /// the stub [`Fleet::grub_stub`] it got by TFTP).
+    pub fn grub(&self, plan: &Plan, mac: &str, peer: IpAddr) -> String {
+        let base = plan.grub_base();
+        let again = format!(
+            "sleep 10\nconfigfile {}{}${{net_default_mac}}.cfg\n",
+            plan.grub_device(),
+            routes::GRUB
+        );
+        match self.decide(plan, Some(mac), peer) {
+            Decision::Common | Decision::Stranger => plan.grub_cfg(),
+            Decision::Ignore => "echo 'Daybreak: this machine is not served here'\nexit\n".into(),
+            // Back to the firmware, which boots the next entry of its boot order (the disk).
+            Decision::Local => "echo 'Daybreak: booting from the local disk'\nexit\n".into(),
+            Decision::Wait(_, why) => {
+                format!("echo 'Daybreak: {why}; asking again in 10 seconds'\n{again}")
+            }
+            Decision::Boot {
+                mac: m,
+                own,
+                cmdline,
+                config,
+            } => {
+                let personal = Personal {
+                    cmdline: cmdline.as_deref(),
+                    config_url: config
+                        .then(|| self.url(&base, routes::CONFIG, "config", &m, ".yaml")),
+                };
+                own.as_deref().unwrap_or(plan).grub_cfg_for(&personal)
+            }
+        }
+    }
+
+    /// What GRUB reads by TFTP when the fleet decides per machine: its own configuration, by
+    /// MAC, over HTTP.
+    pub fn grub_stub(plan: &Plan) -> String {
+        format!(
+            "# Written by Daybreak: each machine's own configuration, from the server.\n\
+             set timeout=0\n\
+             configfile {}{}${{net_default_mac}}.cfg\n",
+            plan.grub_device(),
+            routes::GRUB
+        )
     }
 
     /// The template values for one machine: the command's, its profile's, and Daybreak's own
@@ -649,6 +742,24 @@ impl Fleet {
                 Some(m) => self.config(plan, m, &plan.base_url(req.local)),
                 None => Reply::NotFound,
             });
+        }
+        if let Some(mac) = path
+            .strip_prefix(routes::GRUB)
+            .and_then(|r| r.strip_suffix(".cfg"))
+            .and_then(|m| parse_mac(m).map(|p| (m, p)))
+        {
+            let (text, parsed) = mac;
+            if let Some(hub) = &self.events {
+                hub.learn(req.peer.ip(), text);
+                hub.emit(Some(req.peer), Some(text), Step::Script);
+            }
+            tracing::info!(client = %req.peer.ip(), mac = %mac_text(&parsed), "GRUB configuration");
+            let cfg = self.grub(plan, &mac_text(&parsed), req.peer.ip());
+            return Some(text_reply(
+                "_grub",
+                cfg.into_bytes(),
+                "text/plain; charset=utf-8",
+            ));
         }
         if let Some(rest) = path.strip_prefix(routes::INSTALLED) {
             let Some(mac) = self.check(rest, "installed") else {

@@ -442,3 +442,45 @@ fn a_profile_with_its_own_image_boots_it_once_built() {
     let _ = std::fs::remove_dir_all(&s.dir);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
+    let s = setup("grub", MACHINES);
+    let stub = Fleet::grub_stub(&s.plan);
+    assert!(
+        stub.contains("configfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg"),
+        "{stub}"
+    );
+    let b = get(&s, &format!("/_/grub/{B}.cfg"), peer(11)).unwrap().1;
+    assert!(b.contains("linux (http,${net_default_server}:8090)/kernel quiet console=ttyS0 root=live:http://${net_default_server}:8090/rootfs.squashfs config_url=http://${net_default_server}:8090/_/config/52540000000b-"), "{b}");
+    // The config URL GRUB writes is the one the machine's tag opens.
+    let cfg = b
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url=http://${net_default_server}:8090"))
+        .unwrap();
+    assert!(get(&s, cfg, peer(11))
+        .unwrap()
+        .1
+        .contains("hostname: worker-1"));
+    // Installed: back to the firmware, which boots the disk.
+    let installed = get(&s, cfg, peer(11)).unwrap().1;
+    let cb = installed
+        .lines()
+        .find_map(|l| l.strip_prefix("installed: "))
+        .unwrap();
+    get(&s, cb.strip_prefix(BASE).unwrap(), peer(11)).unwrap();
+    let mac = parse_mac(B).unwrap();
+    wait("the install record", || {
+        s.fleet
+            .store
+            .get(&mac)
+            .is_some_and(|r| r.installed_at.is_some())
+    });
+    let local = get(&s, &format!("/_/grub/{B}.cfg"), peer(11)).unwrap().1;
+    assert!(
+        local.ends_with("exit\n") && !local.contains("linux"),
+        "{local}"
+    );
+    assert_eq!(get(&s, "/_/grub/nonsense.cfg", peer(11)).unwrap().0, 404);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
