@@ -304,14 +304,32 @@ enum Decision {
     Local,
     /// Its image is not ready: ask again.
     Wait(Mac, &'static str),
-    Boot {
-        mac: Mac,
-        /// Its profile's own image, else the command's.
-        own: Option<Arc<Plan>>,
-        cmdline: Option<String>,
-        /// It gets its own cloud-config URL.
-        config: bool,
-    },
+    Boot(Boot),
+}
+
+/// How a machine boots the image.
+struct Boot {
+    mac: Mac,
+    /// Its profile's own image, else the command's.
+    own: Option<Arc<Plan>>,
+    cmdline: Option<String>,
+    /// It gets its own cloud-config URL.
+    config: bool,
+}
+
+impl Boot {
+    fn plan<'a>(&'a self, main: &'a Plan) -> &'a Plan {
+        self.own.as_deref().unwrap_or(main)
+    }
+
+    fn personal(&self, fleet: &Fleet, base: &str) -> Personal<'_> {
+        Personal {
+            cmdline: self.cmdline.as_deref(),
+            config_url: self
+                .config
+                .then(|| fleet.url(base, routes::CONFIG, "config", &self.mac, ".yaml")),
+        }
+    }
 }
 
 /// Routes of the fleet on the boot HTTP port.
@@ -613,12 +631,12 @@ impl Fleet {
                 let has_config = profile.is_some_and(|p| p.cloud_config.is_some())
                     || self.template.is_some()
                     || plan.cloud_config_file().is_some();
-                Decision::Boot {
+                Decision::Boot(Boot {
                     mac: m,
                     own,
                     cmdline: profile.and_then(|p| p.cmdline.clone()),
                     config: self.personal && has_config,
-                }
+                })
             }
         }
     }
@@ -641,18 +659,7 @@ impl Fleet {
                 pxe::routes::SCRIPT,
                 mac_text(&m)
             ),
-            Decision::Boot {
-                mac: m,
-                own,
-                cmdline,
-                config,
-            } => {
-                let personal = Personal {
-                    cmdline: cmdline.as_deref(),
-                    config_url: config.then(|| self.url(base, routes::CONFIG, "config", &m, ".yaml")),
-                };
-                own.as_deref().unwrap_or(plan).script_for(base, mac, &personal)
-            }
+            Decision::Boot(b) => b.plan(plan).script_for(base, mac, &b.personal(self, base)),
         }
     }
 
@@ -673,19 +680,7 @@ impl Fleet {
             Decision::Wait(_, why) => {
                 format!("echo 'Daybreak: {why}; asking again in 10 seconds'\n{again}")
             }
-            Decision::Boot {
-                mac: m,
-                own,
-                cmdline,
-                config,
-            } => {
-                let personal = Personal {
-                    cmdline: cmdline.as_deref(),
-                    config_url: config
-                        .then(|| self.url(&base, routes::CONFIG, "config", &m, ".yaml")),
-                };
-                own.as_deref().unwrap_or(plan).grub_cfg_for(&personal)
-            }
+            Decision::Boot(b) => b.plan(plan).grub_cfg_for(&b.personal(self, &base)),
         }
     }
 

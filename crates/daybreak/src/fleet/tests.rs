@@ -119,6 +119,19 @@ fn config_url(script: &str) -> String {
     url.strip_prefix(BASE).unwrap().to_string()
 }
 
+/// B calls back at `path` that its install finished; returns once the store has it.
+fn install(s: &Setup, path: &str) -> Mac {
+    assert_eq!(get(s, path, peer(11)).unwrap().0, 200);
+    let mac = parse_mac(B).unwrap();
+    wait("the install record", || {
+        s.fleet
+            .store
+            .get(&mac)
+            .is_some_and(|r| r.installed_at.is_some())
+    });
+    mac
+}
+
 fn wait<F: Fn() -> bool>(what: &str, f: F) {
     for _ in 0..200 {
         if f() {
@@ -191,14 +204,7 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     // A forged callback changes nothing.
     let forged = format!("{}00", &path[..path.len() - 2]);
     assert_eq!(get(&s, &forged, peer(11)).unwrap().0, 404);
-    assert_eq!(get(&s, path, peer(11)).unwrap().0, 200);
-    let mac = parse_mac(B).unwrap();
-    wait("the install record", || {
-        s.fleet
-            .store
-            .get(&mac)
-            .is_some_and(|r| r.installed_at.is_some())
-    });
+    let mac = install(&s, path);
     let local = script(&s, B, 11);
     assert!(
         local.contains("sanboot --no-describe --drive 0x80") && !local.contains("kernel"),
@@ -468,14 +474,7 @@ fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
         .lines()
         .find_map(|l| l.strip_prefix("installed: "))
         .unwrap();
-    get(&s, cb.strip_prefix(BASE).unwrap(), peer(11)).unwrap();
-    let mac = parse_mac(B).unwrap();
-    wait("the install record", || {
-        s.fleet
-            .store
-            .get(&mac)
-            .is_some_and(|r| r.installed_at.is_some())
-    });
+    install(&s, cb.strip_prefix(BASE).unwrap());
     let local = get(&s, &format!("/_/grub/{B}.cfg"), peer(11)).unwrap().1;
     assert!(
         local.ends_with("exit\n") && !local.contains("linux"),
