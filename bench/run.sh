@@ -20,13 +20,18 @@
 #              server peak RSS and descriptors, kernel drops on the DHCP sockets; then 1,000 again
 #              beside a flood (1,200 forged TFTP requests a second, 1,050 idle TCP connections)
 #
-#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm]...     (default: all six)
+#   FLEET      the same 1,000-machine storm against Daybreak with a fleet: a machines file of
+#              11,000 profiles, 10,000 machines already in the machine store, so 11,000 machines
+#              known and 1,000 timelines held; peak RSS against the same storm without a fleet,
+#              records written, and the time of GET /api/machines for all of them
+#
+#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet]...     (default: all seven)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -295,27 +300,30 @@ if [[ " ${what[*]} " == *" oci "* ]]; then
   rm -rf "$work/p" "$work/state" "$work/state-dir" "$work/out" "$work/out2" "$work/out-dir" "$work/m.squashfs" "$work/registry"
 fi
 
+ks=$((4 << 20)); is=$((1 << 20)); rs=$((8 << 20))
+head -c "$ks" /dev/urandom > "$tmp/storm-kernel"; head -c "$is" /dev/urandom > "$tmp/storm-initrd"
+head -c "$rs" /dev/urandom > "$tmp/storm-rootfs"
+sizes="$efi_size,$ks,$is,$rs"
+storm_args=()
+storm_server() { # [prlimit args…]: starts the server (with "${storm_args[@]}"), sets spid
+  ip netns exec "$sns" "$@" "$db" serve --kernel "$tmp/storm-kernel" --initrd "$tmp/storm-initrd" \
+    --rootfs "$tmp/storm-rootfs" --interface s0 "${storm_args[@]}" >/dev/null 2>"$tmp/storm.err" &
+  pids+=($!); spid=$!; wait_port "$sns" u 67; wait_port "$sns" t 8090
+}
+
+storm_rows() { # label result
+  row "$1: failed machines" "$(field failed "$2")/$(field machines "$2")" "" ""
+  row "  whole boot p50 / p99 ms" "$(field boot_p50_ms "$2") / $(field boot_p99_ms "$2")" "" ""
+  for ph in dhcp pxe4011 tftp script kernel initrd rootfs; do
+    row "  $ph p50 / p99 ms" "$(field "${ph}_p50_ms" "$2") / $(field "${ph}_p99_ms" "$2")" "" ""
+  done
+  row "  server peak RSS MiB, peak descriptors" "$(( $(field peak_rss_kib "$2") / 1024 )), $(field peak_fds "$2")" "" ""
+  row "  kernel drops on the DHCP / TFTP sockets" "$(field dhcp_drops "$2") / $(field tftp_drops "$2")" "" ""
+}
+
 if [[ " ${what[*]} " == *" storm "* ]]; then
   # The flood's addresses: 10.79.20.1… (forged TFTP requests), 10.79.40.1… (idle connections).
   add_hosts 20 1200; add_hosts 40 42
-  ks=$((4 << 20)); is=$((1 << 20)); rs=$((8 << 20))
-  head -c "$ks" /dev/urandom > "$tmp/storm-kernel"; head -c "$is" /dev/urandom > "$tmp/storm-initrd"
-  head -c "$rs" /dev/urandom > "$tmp/storm-rootfs"
-  sizes="$efi_size,$ks,$is,$rs"
-  storm_server() { # [prlimit args…]: starts the server, sets spid
-    ip netns exec "$sns" "$@" "$db" serve --kernel "$tmp/storm-kernel" --initrd "$tmp/storm-initrd" \
-      --rootfs "$tmp/storm-rootfs" --interface s0 >/dev/null 2>"$tmp/storm.err" &
-    pids+=($!); spid=$!; wait_port "$sns" u 67; wait_port "$sns" t 8090
-  }
-  storm_rows() { # label result
-    row "$1: failed machines" "$(field failed "$2")/$(field machines "$2")" "" ""
-    row "  whole boot p50 / p99 ms" "$(field boot_p50_ms "$2") / $(field boot_p99_ms "$2")" "" ""
-    for ph in dhcp pxe4011 tftp script kernel initrd rootfs; do
-      row "  $ph p50 / p99 ms" "$(field "${ph}_p50_ms" "$2") / $(field "${ph}_p99_ms" "$2")" "" ""
-    done
-    row "  server peak RSS MiB, peak descriptors" "$(( $(field peak_rss_kib "$2") / 1024 )), $(field peak_fds "$2")" "" ""
-    row "  kernel drops on the DHCP / TFTP sockets" "$(field dhcp_drops "$2") / $(field tftp_drops "$2")" "" ""
-  }
   storm_beside_flood() { # label
     C "$lg" flood 10.79.0.2 120 > "$tmp/flood.out" & fpid=$!
     sleep 3
@@ -339,6 +347,48 @@ if [[ " ${what[*]} " == *" storm "* ]]; then
   # 224 TFTP slots and 672 HTTP connections for 1,000 machines and the flood.
   storm_server prlimit --nofile=1024:1024
   storm_beside_flood "Boot storm, 1000 machines, beside the flood, 1024 descriptors"
+fi
+
+if [[ " ${what[*]} " == *" fleet "* ]]; then
+  # The storm's machines are 52:54:00:99:HH:LL (i = 0…999); 10,000 more are known from before:
+  # records in the store and profiles in the machines file, as a fleet's server has them.
+  mkdir -m 700 -p "$tmp/fleet/state/machines"
+  awk -v dir="$tmp/fleet/state/machines" -v list="$tmp/fleet/machines.yaml" 'BEGIN {
+    for (i = 0; i < 10000; i++) {
+      mac = sprintf("52:54:aa:00:%02x:%02x", int(i / 256), i % 256)
+      f = sprintf("%s/5254aa00%04x.json", dir, i)
+      printf "{\"mac\":\"%s\",\"first_seen\":1796000000,\"last_seen\":1796000000,\"boots\":3,\"installed_at\":1796000100}\n", mac > f
+      close(f)
+      printf "- mac: %s\n  hostname: known-%d\n  role: worker\n", mac, i > list
+    }
+    for (i = 0; i < 1000; i++)
+      printf "- mac: 52:54:00:99:%02x:%02x\n  hostname: storm-%d\n  action: live\n  role: worker\n", int(i / 256), i % 256, i > list
+  }'
+  printf '#cloud-config\nhostname: [[[ .hostname ]]]\n' > "$tmp/fleet/config.yaml"
+  storm_args=(); storm_server
+  plain=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid"); echo "storm without a fleet: $plain"
+  stop_all
+  storm_args=(--machines "$tmp/fleet/machines.yaml" --state-dir "$tmp/fleet/state" --cloud-config "$tmp/fleet/config.yaml")
+  storm_server
+  r=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid"); echo "storm with a fleet: $r"
+  sleep 2
+  t0=$(date +%s%N)
+  C curl -fs -o "$tmp/fleet/machines.json" http://10.79.0.2:8090/api/machines
+  api_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  known=$(grep -o '"mac"' "$tmp/fleet/machines.json" | wc -l)
+  live=$(grep -o '"phase":"[a-z ]*"' "$tmp/fleet/machines.json" | grep -vc '"seen"\|"installed"' || true)
+  rss=$(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$spid/status")
+  records=$(find "$tmp/fleet/state/machines" -name '*.json' | wc -l)
+  stop_all
+  busy=$(grep -c "machine store busy" "$tmp/storm.err" || true)
+  echo "fleet: known=$known with_timeline=$live rss_after_mib=$rss records=$records api_ms=$api_ms store_busy=$busy"
+  storm_rows "Fleet: 1000-machine storm, 11,000 known, 1,000 timelines" "$r"
+  row "  peak RSS MiB, with a fleet vs without" "$(( $(field peak_rss_kib "$r") / 1024 ))" "$(( $(field peak_rss_kib "$plain") / 1024 ))" \
+    "$(ratio "$(field peak_rss_kib "$r")" "$(field peak_rss_kib "$plain")")"
+  row "  whole boot p50 ms, with a fleet vs without" "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$plain")" \
+    "$(ratio "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$plain")")"
+  row "  machines known / with a timeline / records on disk" "$known / $live / $records" "" ""
+  row "  GET /api/machines ms (all of them), RSS after MiB" "$api_ms, $rss" "" ""
 fi
 
 echo

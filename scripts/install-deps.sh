@@ -8,7 +8,7 @@ set -euo pipefail
 
 need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools g++
       docker-registry skopeo apache2-utils openssl xfsprogs podman runc systemd util-linux prometheus
-      chromium fonts-dejavu-core)
+      chromium fonts-dejavu-core qemu-efi-aarch64)
 [ "${1:-}" = "--bench" ] && need+=(nginx-light umoci)
 
 missing=()
@@ -17,13 +17,14 @@ for p in "${need[@]}"; do
 done
 qemu_ok=1
 command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_ok=0
+command -v qemu-system-aarch64 >/dev/null 2>&1 || qemu_ok=0
 
 if [ ${#missing[@]} -eq 0 ] && [ $qemu_ok -eq 1 ]; then
   exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: missing packages (${missing[*]} ${qemu_ok/1/}${qemu_ok/0/qemu-system-x86}); run this script as root" >&2
+  echo "install-deps: missing packages (${missing[*]} ${qemu_ok/1/}${qemu_ok/0/qemu-system-x86 qemu-system-arm}); run this script as root" >&2
   exit 1
 fi
 
@@ -56,5 +57,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if [ $qemu_ok -eq 0 ]; then
-  apt-get install -y -qq --no-install-recommends "${backports[@]}" qemu-system-x86 >/dev/null
+  apt-get install -y -qq --no-install-recommends "${backports[@]}" qemu-system-x86 qemu-system-arm >/dev/null
 fi

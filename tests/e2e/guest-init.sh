@@ -7,7 +7,9 @@
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-exec >/dev/ttyS0 2>&1
+# The first serial port: ttyS0 on a PC, ttyAMA0 (PL011) on an arm64 virt machine.
+tty=/dev/ttyS0; [ -e /dev/ttyAMA0 ] && tty=/dev/ttyAMA0
+exec >"$tty" 2>&1
 echo "E2E-CMDLINE $(cat /proc/cmdline)"
 for m in $(cat /lib/modules/order); do
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null

@@ -22,7 +22,7 @@ use crate::boot::{Personal, Plan};
 use crate::events::{BootEvent, Step};
 use crate::http::{Body, Reply, Request};
 pub use profiles::{Action, Image, Profiles};
-pub use store::{Change, Store};
+pub use store::{Change, Record, Store};
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -285,6 +285,15 @@ fn load_key(store: &Store) -> anyhow::Result<String> {
     Ok(k)
 }
 
+/// Hands memory freed after reading a large machines file or store back to the system: the
+/// parse trees of thousands of entries are garbage once read, and malloc keeps such memory.
+fn release_freed() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Equal bytes, in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -330,6 +339,40 @@ impl Boot {
                 .then(|| fleet.url(base, routes::CONFIG, "config", &self.mac, ".yaml")),
         }
     }
+}
+
+/// A machine as `/api/machines` shows it (never its URLs).
+#[derive(serde::Serialize)]
+struct View<'a> {
+    mac: String,
+    hostname: Option<&'a str>,
+    arch: Option<&'a str>,
+    firmware: Option<&'a str>,
+    path: Option<&'a str>,
+    ip: Option<String>,
+    profile: Option<&'a str>,
+    action: &'static str,
+    phase: &'static str,
+    progress: Option<Progress>,
+    last_seen: u64,
+    installed_at: Option<u64>,
+    boots: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<Vec<Moment<'a>>>,
+}
+
+/// How much of its squashfs a machine has.
+#[derive(serde::Serialize)]
+struct Progress {
+    bytes: u64,
+    total: u64,
+}
+
+/// A step of a machine's timeline.
+#[derive(serde::Serialize)]
+struct Moment<'a> {
+    at: u64,
+    what: &'a str,
 }
 
 /// Routes of the fleet on the boot HTTP port.
@@ -408,6 +451,7 @@ impl Fleet {
             events,
         });
         fleet.build_images(&fleet.profiles());
+        release_freed();
         let weak: Weak<Fleet> = Arc::downgrade(&fleet);
         std::thread::Builder::new()
             .name("machines-watch".into())
@@ -777,9 +821,11 @@ impl Fleet {
             ));
         }
         if path == routes::MACHINES {
-            let list: Vec<Value> = self.view().into_iter().map(|(_, v)| v).collect();
-            let body = serde_json::to_vec(&json!({ "machines": list })).unwrap_or_default();
-            return Some(text_reply("_machines", body, "application/json"));
+            return Some(text_reply(
+                "_machines",
+                self.machines_json(),
+                "application/json",
+            ));
         }
         if let Some(mac) = path
             .strip_prefix(routes::MACHINES)
@@ -945,97 +991,107 @@ impl Fleet {
         s.timeline.push_back((e.at, what));
     }
 
-    /// Every machine: the remembered and the seen, by MAC.
-    fn view(&self) -> Vec<(Mac, Value)> {
+    /// Every machine, the remembered and the seen, by MAC, as the JSON of `/api/machines`:
+    /// written straight from the tables (a fleet of thousands is asked every second by each
+    /// status page open).
+    fn machines_json(&self) -> Vec<u8> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let profiles = self.profiles();
-        let mut out: HashMap<Mac, Value> = HashMap::new();
-        let records = self.store.list();
-        let mut macs: Vec<Mac> = records.iter().filter_map(|r| parse_mac(&r.mac)).collect();
-        macs.extend(live.machines.keys().filter(|m| self.store.get(m).is_none()));
-        macs.sort_unstable();
-        macs.dedup();
-        for m in macs {
-            out.insert(
-                m,
-                self.describe_machine(&m, live.machines.get(&m), &profiles),
-            );
-        }
-        let mut v: Vec<(Mac, Value)> = out.into_iter().collect();
-        v.sort_by_key(|(m, _)| *m);
-        v
+        self.store.with(|records| {
+            let mut macs: Vec<&Mac> = records
+                .keys()
+                .chain(live.machines.keys().filter(|m| !records.contains_key(*m)))
+                .collect();
+            macs.sort_unstable();
+            let machines: Vec<View> = macs
+                .into_iter()
+                .map(|m| self.view(m, live.machines.get(m), records.get(m), &profiles))
+                .collect();
+            #[derive(serde::Serialize)]
+            struct Machines<'a> {
+                machines: Vec<View<'a>>,
+            }
+            serde_json::to_vec(&Machines { machines }).unwrap_or_default()
+        })
     }
 
-    fn describe_machine(&self, m: &Mac, seen: Option<&Seen>, profiles: &Profiles) -> Value {
-        let record = self.store.get(m);
+    fn view<'a>(
+        &self,
+        m: &Mac,
+        seen: Option<&'a Seen>,
+        record: Option<&'a Record>,
+        profiles: &'a Profiles,
+    ) -> View<'a> {
         let machine = profiles::Machine {
             mac: *m,
             uuid: seen.and_then(|s| s.uuid),
             arch: seen.and_then(|s| s.arch),
         };
         let profile = profiles.find(&machine);
-        let action = profile.map_or(Action::Install, |p| p.action);
-        let phase = match (seen, &record) {
+        let phase = match (seen, record) {
             (Some(s), _) if s.phase != "seen" => s.phase,
             (_, Some(r)) if r.installed_at.is_some() => "installed",
             _ => "seen",
         };
-        let progress = seen
-            .filter(|s| s.phase == "rootfs")
-            .map(|s| {
-                (
-                    s,
-                    if s.rootfs_total > 0 {
-                        s.rootfs_total
-                    } else {
-                        self.rootfs_size
-                    },
-                )
+        let progress = seen.filter(|s| s.phase == "rootfs").and_then(|s| {
+            let total = if s.rootfs_total > 0 {
+                s.rootfs_total
+            } else {
+                self.rootfs_size
+            };
+            (total > 0).then(|| Progress {
+                bytes: (s.rootfs_bytes + s.rootfs_sending).min(total),
+                total,
             })
-            .filter(|(_, total)| *total > 0)
-            .map(|(s, total)| {
-                let done = (s.rootfs_bytes + s.rootfs_sending).min(total);
-                json!({"bytes": done, "total": total})
-            });
-        let last_seen = seen
-            .map(|s| unix(s.last))
-            .or(record.as_ref().map(|r| r.last_seen))
-            .unwrap_or(0);
-        json!({
-            "mac": mac_text(m),
-            "hostname": profile.and_then(|p| p.hostname.clone()),
-            "arch": machine.arch.map(|a| a.as_str()).or(record.as_ref().and_then(|r| r.arch.as_deref())),
-            "firmware": seen.and_then(|s| s.firmware.clone()),
-            "path": seen.and_then(|s| s.path).map(str::to_string).or(record.as_ref().and_then(|r| r.firmware.clone())),
-            "ip": seen.and_then(|s| s.ip).map(|i| i.to_string()),
-            "profile": profile.map(|p| p.name.clone()),
-            "action": action.as_str(),
-            "phase": phase,
-            "progress": progress,
-            "last_seen": last_seen,
-            "installed_at": record.as_ref().and_then(|r| r.installed_at),
-            "boots": record.as_ref().map_or(0, |r| r.boots),
-        })
+        });
+        View {
+            mac: mac_text(m),
+            hostname: profile.and_then(|p| p.hostname.as_deref()),
+            arch: machine
+                .arch
+                .map(|a| a.as_str())
+                .or(record.and_then(|r| r.arch.as_deref())),
+            firmware: seen.and_then(|s| s.firmware.as_deref()),
+            path: seen
+                .and_then(|s| s.path)
+                .or(record.and_then(|r| r.firmware.as_deref())),
+            ip: seen.and_then(|s| s.ip).map(|i| i.to_string()),
+            profile: profile.map(|p| p.name.as_str()),
+            action: profile.map_or(Action::Install, |p| p.action).as_str(),
+            phase,
+            progress,
+            last_seen: seen
+                .map(|s| unix(s.last))
+                .or(record.map(|r| r.last_seen))
+                .unwrap_or(0),
+            installed_at: record.and_then(|r| r.installed_at),
+            boots: record.map_or(0, |r| r.boots),
+            timeline: None,
+        }
     }
 
     /// One machine with its timeline.
     fn show(&self, m: &Mac) -> Option<Value> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let seen = live.machines.get(m);
-        if seen.is_none() && self.store.get(m).is_none() {
-            return None;
-        }
-        let mut v = self.describe_machine(m, seen, &self.profiles());
-        let timeline: Vec<Value> = seen
-            .map(|s| {
-                s.timeline
-                    .iter()
-                    .map(|(t, what)| json!({"at": unix(*t), "what": what}))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v["timeline"] = Value::Array(timeline);
-        Some(v)
+        let profiles = self.profiles();
+        self.store.with(|records| {
+            let record = records.get(m);
+            if seen.is_none() && record.is_none() {
+                return None;
+            }
+            let mut v = self.view(m, seen, record, &profiles);
+            v.timeline = Some(
+                seen.map(|s| {
+                    s.timeline
+                        .iter()
+                        .map(|(t, what)| Moment { at: unix(*t), what })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            );
+            serde_json::to_value(&v).ok()
+        })
     }
 
     /// Machines with a timeline in memory.

@@ -2,6 +2,7 @@
 //! selects machines by MAC, UUID (option 97) and architecture, and says how they boot: the
 //! action, a hostname, the kernel command line, the cloud-config and its template values.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -50,7 +51,7 @@ impl Action {
 }
 
 /// A machine's architecture, as a profile names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
     Amd64,
     Arm64,
@@ -119,7 +120,7 @@ fn swapped(u: &[u8; 16]) -> [u8; 16] {
 }
 
 /// What a profile may select a machine by.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub mac: Option<Mac>,
     pub uuid: Option<[u8; 16]>,
@@ -162,7 +163,8 @@ pub struct Profile {
     /// A cloud-config template of its own (`cloud_config`, or the text of `cloud_config_file`).
     pub cloud_config: Option<String>,
     /// Template values: every other key (`role: master` is `[[[ .role ]]]`).
-    pub vars: Map<String, Value>,
+    /// A list, not a map: a fleet holds thousands of profiles, most with a value or two.
+    pub vars: Vec<(String, Value)>,
     /// Its own image, built (once, whoever asks for it) beside the command's.
     pub image: Option<Image>,
 }
@@ -172,6 +174,11 @@ pub struct Profile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profiles {
     pub entries: Vec<Profile>,
+    /// Entries by the MAC they select (a fleet of thousands is looked up per packet), those
+    /// that select by UUID or architecture alone, and the default entry.
+    by_mac: HashMap<Mac, Vec<usize>>,
+    others: Vec<usize>,
+    default: Option<usize>,
 }
 
 /// What a profile boots instead of the command's image.
@@ -239,27 +246,29 @@ impl Profiles {
             bail!("{} entries; at most {MAX_ENTRIES}", list.len());
         }
         let mut out = Profiles::default();
+        let mut seen: HashMap<Selector, usize> = HashMap::new();
         for (i, e) in list.iter().enumerate() {
             let p = entry(i, e, base).map_err(|err| anyhow!("entry {}: {err:#}", i + 1))?;
-            if let Some(other) = out
-                .entries
-                .iter()
-                .find(|o| o.select == p.select && (!p.select.is_empty() || o.select.is_empty()))
-            {
+            if let Some(&other) = seen.get(&p.select) {
+                let other = &out.entries[other].name;
                 if p.select.is_empty() {
                     bail!(
-                        "entry {} ({}) is a second entry without mac, uuid or arch; {} is already the default",
+                        "entry {} ({}) is a second entry without mac, uuid or arch; {other} is already the default",
                         i + 1,
                         p.name,
-                        other.name
                     );
                 }
                 bail!(
-                    "entry {} ({}) selects the same machines as {}; merge them",
+                    "entry {} ({}) selects the same machines as {other}; merge them",
                     i + 1,
                     p.name,
-                    other.name
                 );
+            }
+            seen.insert(p.select.clone(), i);
+            match p.select.mac {
+                _ if p.select.is_empty() => out.default = Some(i),
+                Some(mac) => out.by_mac.entry(mac).or_default().push(i),
+                None => out.others.push(i),
             }
             out.entries.push(p);
         }
@@ -268,13 +277,17 @@ impl Profiles {
 
     /// The profile of machine `m`: the first entry whose selectors match, else the default entry.
     pub fn find(&self, m: &Machine) -> Option<&Profile> {
-        self.entries
-            .iter()
-            .find(|p| !p.select.is_empty() && p.select.matches(m))
-            .or_else(|| self.entries.iter().find(|p| p.select.is_empty()))
+        self.by_mac
+            .get(&m.mac)
+            .into_iter()
+            .flatten()
+            .chain(&self.others)
+            .filter(|&&i| self.entries[i].select.matches(m))
+            .min()
+            .or(self.default.as_ref())
+            .map(|&i| &self.entries[i])
     }
 
-    /// Whether any entry selects by UUID or architecture (then the DHCP side must tell them).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -414,7 +427,7 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         "initrd",
         "rootfs",
     ];
-    let mut vars = Map::new();
+    let mut vars = Vec::new();
     for (k, v) in m {
         if KNOWN.contains(&k.as_str()) {
             continue;
@@ -422,8 +435,9 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         if k == "daybreak" {
             bail!("daybreak is Daybreak's own template key ([[[ .daybreak.installed_url ]]]); choose another name");
         }
-        vars.insert(k.clone(), v.clone());
+        vars.push((k.clone(), v.clone()));
     }
+    vars.shrink_to_fit();
     Ok(Profile {
         name,
         select,
@@ -507,7 +521,7 @@ mod tests {
             (a.name.as_str(), a.hostname.as_deref(), a.action),
             ("entry 1", Some("cp-1"), Action::Live)
         );
-        assert_eq!(a.vars["role"], "master");
+        assert_eq!(a.vars, [("role".to_string(), Value::from("master"))]);
         assert_eq!(p.find(&m(B)).unwrap().action, Action::Ignore);
         // The UUID as written, or with its first three fields swapped (SMBIOS order).
         let u = parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap();
@@ -530,6 +544,18 @@ mod tests {
             (arm.name.as_str(), arm.cmdline.as_deref()),
             ("arms", Some("console=ttyAMA0"))
         );
+        // File order decides between an entry by MAC and an earlier one by architecture.
+        let p = Profiles::parse(
+            "- arch: amd64\n  name: every-amd64\n- mac: 52:54:00:12:34:56\n  name: a\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(p.find(&m(A)).unwrap().name, "every-amd64");
+        let arm = Machine {
+            arch: Some(Arch::Arm64),
+            ..m(A)
+        };
+        assert_eq!(p.find(&arm).unwrap().name, "a");
         // No default entry: unlisted machines get no profile (the command's own settings).
         let p = Profiles::parse("- mac: 52-54-00-12-34-56\n", Path::new(".")).unwrap();
         assert!(p.find(&m(A)).is_some() && p.find(&m(B)).is_none());

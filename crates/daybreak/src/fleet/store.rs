@@ -226,6 +226,11 @@ impl Store {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// `f` over every record, the table locked meanwhile.
+    pub fn with<R>(&self, f: impl FnOnce(&HashMap<Mac, Record>) -> R) -> R {
+        f(&self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Every record, by MAC.
     pub fn list(&self) -> Vec<Record> {
         let r = self.records.lock().unwrap_or_else(|e| e.into_inner());
