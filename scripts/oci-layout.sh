@@ -4,7 +4,7 @@
 #   scripts/oci-layout.sh OUT TAG DIR[:PATHS] ...
 #
 # DIR:PATHS takes only those paths (space-separated, relative to DIR) into the layer. Owners are
-# kept numerically. Used by the end-to-end tests and the benchmarks to build images without Docker.
+# kept numerically. OCI_ARCH sets the image's architecture (default: this machine's). Used by the end-to-end tests and the benchmarks to build images without Docker.
 set -euo pipefail
 out=${1:?output layout directory}; tag=${2:?tag}; shift 2
 [ $# -gt 0 ] || { echo "oci-layout.sh: give at least one layer directory" >&2; exit 2; }
@@ -24,7 +24,7 @@ for spec in "$@"; do
   size=$(stat -c %s "$tmp/layer.tar.gz"); d=$(blob "$tmp/layer.tar.gz")
   layers+="{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$size},"
 done
-arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+arch=${OCI_ARCH:-$(dpkg --print-architecture 2>/dev/null || echo amd64)}
 printf '{"architecture":"%s","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]},"config":{}}' "$arch" "${diffs%,}" > "$tmp/config.json"
 csize=$(stat -c %s "$tmp/config.json"); cd_=$(blob "$tmp/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cd_" "$csize" "${layers%,}" > "$tmp/manifest.json"

@@ -36,6 +36,7 @@ deb=$(ls "$tmp"/deb/ipxe_*.deb)
 lib=$tmp/x/usr/lib/ipxe
 cp "$lib/undionly.kpxe" "$lib/ipxe.pxe" "$lib/snponly.efi" "$lib/ipxe.lkrn" "$dest/"
 cp -L "$lib/ipxe-amd64.efi" "$dest/ipxe.efi"
+cp "$lib/ipxe-arm64.efi" "$dest/ipxe-arm64.efi"
 cp "$tmp/x/usr/lib/ISOLINUX/isolinux.bin" "$tmp/x/usr/lib/ISOLINUX/isohdpfx.bin" \
    "$tmp/x/usr/lib/syslinux/modules/bios/ldlinux.c32" "$dest/"
 cp "$tmp/x/usr/share/doc/ipxe/copyright" "$dest/COPYING"
@@ -46,7 +47,7 @@ cp "$tmp/x/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$dest/grubnetx
 cp "$tmp/x/usr/share/doc/shim-signed/copyright" "$dest/COPYING.shim"
 cp "$tmp/x/usr/share/doc/grub-efi-amd64-signed/copyright" "$dest/COPYING.grub"
 (cd "$dest" && sha256sum undionly.kpxe ipxe.pxe ipxe.efi snponly.efi ipxe.lkrn isolinux.bin isohdpfx.bin \
-   ldlinux.c32 shimx64.efi grubnetx64.efi > SHA256SUMS)
+   ldlinux.c32 shimx64.efi grubnetx64.efi ipxe-arm64.efi > SHA256SUMS)
 version=$(dpkg-deb -f "$deb" Version)
 syslinux=$(dpkg-deb -f "$(ls "$tmp"/deb/isolinux_*.deb)" Version)
 echo "iPXE $version, ISOLINUX $syslinux ($suite): set them in $dest/README.md and VERSION in crates/daybreak/src/ipxe.rs"

@@ -18,6 +18,9 @@
 #                         the same firmware and an unsigned kernel (the guest's, its signature
 #                         table emptied): Daybreak says at start why such machines cannot boot,
 #                         the firmware fetches iPXE and refuses it, and no boot script is asked for
+#           arm64         AAVMF (arm64 UEFI, qemu-system-aarch64 -M virt) with virtio-net and no
+#                         option ROM, so EDK2's own arm64 PXE client runs: option 93 = 11 gets
+#                         the built-in ipxe-arm64.efi, which boots GUEST_DIR's arm64 kernel
 #           uefi-http     OVMF with PXE turned off (IPv4 and IPv6), so UEFI HTTP Boot is the only
 #                         way in: ipxe.efi by HTTP (application/efi), no TFTP at all
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
@@ -54,6 +57,8 @@ from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
+  arm64) timeout_default=900 ;;
+  arm64-http) http_boot=1; mode=arm64; timeout_default=900 ;;
   uefi-sb) sb=1; mode=uefi ;;
   uefi-sbunsigned) sb=2; mode=uefi ;;
   *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
@@ -63,7 +68,7 @@ case "$mode" in
   *-api) api=1; pixie=1; mode=${mode%-api} ;;
 esac
 repo_root=$(cd "$(dirname "$0")/../.." && pwd)
-timeout_s=${DAYBREAK_E2E_TIMEOUT:-240}
+timeout_s=${DAYBREAK_E2E_TIMEOUT:-${timeout_default:-240}}
 accel=${DAYBREAK_E2E_ACCEL:-tcg}
 
 # shellcheck source=lan.sh
@@ -218,9 +223,20 @@ case "$mode" in
     elif [ -n "$iso" ]; then
       qemu+=(-drive "if=ide,media=cdrom,file=$tmp/boot.iso")
     fi ;;
+  arm64)
+    cp /usr/share/AAVMF/AAVMF_VARS.fd "$tmp/vars.fd"
+    qemu=(-machine virt -cpu cortex-a57 -m 1024
+          -drive "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"
+          -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd"
+          -device "virtio-net-pci,netdev=n0,mac=$mac,romfile=")
+    if [ $http_boot = 1 ]; then
+      qemu+=(-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=n
+             -fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=n)
+    fi ;;
   *) fail "unknown mode $mode" ;;
 esac
-ip netns exec "$lan" qemu-system-x86_64 "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
+system=qemu-system-x86_64; [ "$mode" = arm64 ] && system=qemu-system-aarch64
+ip netns exec "$lan" "$system" "${common[@]}" "${qemu[@]}" >"$tmp/qemu.log" 2>&1 &
 qpid=$!
 pids+=($qpid)
 
@@ -288,6 +304,16 @@ if [ $sb = 1 ]; then
   tr -d '\r' < "$tmp/serial.log" | grep -q "E2E-SECUREBOOT 1" || fail "the guest does not report Secure Boot on"
   grep -q "GRUB configuration.*mac=$mac" "$tmp/daybreak.log" || fail "GRUB did not ask for its machine's configuration"
   grep -q "http sent.*file=kernel" "$tmp/daybreak.log" || fail "GRUB did not fetch the kernel over HTTP"
+elif [ "$mode" = arm64 ] && [ $http_boot = 1 ]; then
+  grep -q 'offer.*firmware=UEFI arm64 HTTP.*path="arm64 UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" ||
+    fail "no arm64 HTTP Boot offer logged with its path"
+  grep -q "http sent.*file=ipxe/ipxe-arm64.efi" "$tmp/daybreak.log" || fail "arm64 HTTP Boot did not fetch ipxe-arm64.efi"
+  ! grep -q "tftp" "$tmp/daybreak.log" || fail "TFTP was used, but HTTP Boot was the only way in"
+elif [ "$mode" = arm64 ]; then
+  grep -q 'offer.*firmware=UEFI arm64 PXE.*path="arm64 UEFI PXE, then iPXE" boot="ipxe-arm64.efi"' "$tmp/daybreak.log" ||
+    fail "no arm64 offer of ipxe-arm64.efi logged with its path"
+  grep -q "tftp sent.*ipxe-arm64.efi" "$tmp/daybreak.log" || fail "the arm64 firmware did not fetch ipxe-arm64.efi"
+  grep -q "machines answered: arm64 (UEFI)" "$tmp/daybreak.log" || fail "the start lines do not say only arm64 machines are answered"
 elif [ $http_boot = 1 ]; then
   grep -q 'offer.*firmware=UEFI x64 HTTP.*path="UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" || fail "no HTTP Boot offer logged with its path"
   grep -q "http sent.*file=ipxe/ipxe.efi" "$tmp/daybreak.log" || fail "UEFI HTTP Boot did not fetch ipxe.efi"

@@ -137,6 +137,45 @@ pub struct PlanInput {
     pub prefix: String,
 }
 
+/// What a kernel file is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelFacts {
+    pub signed: bool,
+    pub arch: Option<crate::fleet::profiles::Arch>,
+}
+
+/// The architecture a kernel runs on: an EFI application's PE machine type (x86-64 kernels with
+/// an EFI stub, arm64 `Image`, EFI zboot), else the arm64 `Image` magic or an x86 bzImage's
+/// `HdrS` header. `None` for anything else (a gzip-compressed arm64 kernel, say).
+pub fn kernel_arch(k: &[u8]) -> Option<crate::fleet::profiles::Arch> {
+    use crate::fleet::profiles::Arch;
+    let u32_at = |o: usize| {
+        k.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if k.get(..2) == Some(b"MZ") {
+        if let Some(pe) = u32_at(0x3c).map(|p| p as usize) {
+            if k.get(pe..pe + 4) == Some(b"PE\0\0") {
+                match k
+                    .get(pe + 4..pe + 6)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                {
+                    Some(0x8664) => return Some(Arch::Amd64),
+                    Some(0xaa64) => return Some(Arch::Arm64),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if k.get(0x38..0x3c) == Some(b"ARM\x64") {
+        return Some(Arch::Arm64);
+    }
+    if k.get(0x202..0x206) == Some(b"HdrS") {
+        return Some(Arch::Amd64);
+    }
+    None
+}
+
 /// How one machine's boot differs from everyone's: its profile's command line, its own
 /// cloud-config URL.
 #[derive(Debug, Default)]
@@ -424,8 +463,9 @@ impl Plan {
     }
 
     /// `http://HOST:PORT` for a client that reached us at `local`.
-    /// Whether the kernel carries an Authenticode signature ([`crate::secureboot::signed`]).
-    pub fn kernel_signed(&self) -> bool {
+    /// What the kernel is: signed or not ([`crate::secureboot::signed`]), and for which
+    /// architecture ([`kernel_arch`]). The whole kernel is read once, at start.
+    pub fn kernel_facts(&self) -> KernelFacts {
         use std::os::unix::fs::FileExt;
         let read = |f: &BootFile| -> std::io::Result<Vec<u8>> {
             Ok(match &f.body {
@@ -446,7 +486,13 @@ impl Plan {
                 }
             })
         };
-        read(&self.kernel).is_ok_and(|k| crate::secureboot::signed(&k))
+        match read(&self.kernel) {
+            Ok(k) => KernelFacts {
+                signed: crate::secureboot::signed(&k),
+                arch: kernel_arch(&k),
+            },
+            Err(_) => KernelFacts::default(),
+        }
     }
 
     /// The GRUB configuration of the Secure Boot chain: the kernel and initrds over HTTP from
@@ -717,6 +763,29 @@ pub(crate) mod tests {
         i.kernel = Some(d.join("nope"));
         let e = format!("{:#}", Plan::new(&i, HashMap::new()).err().unwrap());
         assert!(e.contains("kernel file") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn kernels_say_their_architecture() {
+        use crate::fleet::profiles::Arch;
+        let mut pe = vec![0u8; 0x400];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
+        assert_eq!(kernel_arch(&pe), Some(Arch::Arm64));
+        pe[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+        assert_eq!(kernel_arch(&pe), Some(Arch::Amd64));
+        // Without a PE header: the arm64 Image magic, the x86 boot protocol's header.
+        let mut image = vec![0u8; 0x400];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some(Arch::Arm64));
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some(Arch::Amd64));
+        for other in [&b"\x1f\x8b\x08"[..], b"", b"MZ", &[0u8; 0x300]] {
+            assert_eq!(kernel_arch(other), None);
+        }
     }
 
     #[test]

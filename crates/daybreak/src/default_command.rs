@@ -115,6 +115,7 @@ pub fn prepare(
             machines,
             template,
             data: root,
+            source: s.container_image.clone(),
             images: crate::netboot::ImageOptions {
                 arch: s.arch.clone(),
                 insecure: s.insecure,

@@ -10,6 +10,8 @@ pub const UNDIONLY_KPXE: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
 pub const IPXE_PXE: &[u8] = include_bytes!("../ipxe/ipxe.pxe");
 pub const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 pub const SNPONLY_EFI: &[u8] = include_bytes!("../ipxe/snponly.efi");
+/// UEFI arm64: iPXE's own drivers, the firmware's network driver as a fallback.
+pub const IPXE_ARM64_EFI: &[u8] = include_bytes!("../ipxe/ipxe-arm64.efi");
 /// iPXE as a Linux kernel, which ISOLINUX starts with a script as its initrd (the netboot ISO).
 pub const IPXE_LKRN: &[u8] = include_bytes!("../ipxe/ipxe.lkrn");
 /// The Secure Boot chain (Debian's `shim-signed`, `grub-efi-amd64-signed`): shim, signed by
@@ -64,6 +66,8 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
     files.insert("snponly.efi".into(), SNPONLY_EFI.into());
     files.insert("shimx64.efi".into(), SHIMX64_EFI.into());
     files.insert("grubx64.efi".into(), GRUBNETX64_EFI.into());
+    // Answered with only when there is an arm64 kernel to boot (the caller decides).
+    files.insert("ipxe-arm64.efi".into(), IPXE_ARM64_EFI.into());
     let mut boot = pxe::BootFiles::default();
     if let Some(p) = o.bios {
         files.insert("custom-bios.kpxe".into(), read(p, "--ipxe-bios")?);
@@ -78,8 +82,8 @@ pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> 
         }
     }
     if let Some(p) = o.arm64 {
-        files.insert("ipxe-arm64.efi".into(), read(p, "--ipxe-arm64")?);
-        boot.efi_arm64 = Some("ipxe-arm64.efi".into());
+        files.insert("custom-arm64.efi".into(), read(p, "--ipxe-arm64")?);
+        boot.efi_arm64 = Some("custom-arm64.efi".into());
     }
     Ok((files, boot))
 }
@@ -92,7 +96,13 @@ mod tests {
     fn built_in_binaries_and_overrides() {
         let (files, boot) = load(&Overrides::default()).unwrap();
         assert_eq!(boot, pxe::BootFiles::default());
-        for name in ["undionly.kpxe", "ipxe.pxe", "ipxe.efi", "snponly.efi"] {
+        for name in [
+            "undionly.kpxe",
+            "ipxe.pxe",
+            "ipxe.efi",
+            "snponly.efi",
+            "ipxe-arm64.efi",
+        ] {
             assert!(files[name].len() > 50_000, "{name} embedded");
         }
         // An EFI binary starts with "MZ"; a PXE NBP does not need to.
@@ -115,9 +125,9 @@ mod tests {
             efi64_build: Some(EfiBuild::Snponly),
         })
         .unwrap();
-        assert_eq!(boot.efi_arm64.as_deref(), Some("ipxe-arm64.efi"));
+        assert_eq!(boot.efi_arm64.as_deref(), Some("custom-arm64.efi"));
         assert_eq!(boot.efi_x64.as_deref(), Some("custom-x64.efi"));
-        assert_eq!(&files["ipxe-arm64.efi"][..], b"MZarm64");
+        assert_eq!(&files["custom-arm64.efi"][..], b"MZarm64");
 
         let empty = dir.join("empty.efi");
         std::fs::write(&empty, b"").unwrap();

@@ -763,6 +763,7 @@ fn main() -> ExitCode {
                 state_dir: a.state_dir.clone(),
                 machines: Some(fleet::MachinesSource::File(artifacts::absolute(&m))),
                 template: None,
+                source: None,
                 data: Default::default(),
                 images: netboot::ImageOptions {
                     arch: artifacts::oci::host_arch().to_string(),

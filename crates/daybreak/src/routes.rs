@@ -148,7 +148,11 @@ impl Router for Plan {
                     "boot script"
                 );
                 let script = match &self.fleet {
-                    Some(f) => f.script(self, &base, mac.as_deref(), req.peer.ip()),
+                    Some(f) => {
+                        let arch = query_param(req.query, "arch");
+                        f.note_arch(mac.as_deref(), arch.as_deref());
+                        f.script(self, &base, mac.as_deref(), req.peer.ip())
+                    }
                     None => self.script(&base, mac.as_deref()),
                 };
                 Reply::Resource {

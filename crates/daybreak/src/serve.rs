@@ -185,11 +185,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let hub = Arc::new(Hub::default());
     let mut fleet = None;
+    let mut kernel = crate::boot::KernelFacts::default();
     let router = Arc::new(match &opts.api {
         None => {
             let mut plan = Plan::new(&plan_input, binaries.clone())?.observed(hub.clone());
+            // Read once: the whole kernel is read to find its certificate table.
+            kernel = plan.kernel_facts();
             if let Some(f) = &opts.fleet {
-                let made = crate::fleet::Fleet::new(f, &plan, Some(hub.clone()))?;
+                let made = crate::fleet::Fleet::new(f, &plan, kernel.arch, Some(hub.clone()))?;
                 tracing::info!("{}", made.describe());
                 plan.fleet = Some(made.clone());
                 fleet = Some(made);
@@ -209,10 +212,39 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the operator
     // chose the UEFI binary.
     if let BootRouter::Plan(plan) = &*router {
+        use crate::fleet::profiles::Arch;
         let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
-        // Read once: the whole kernel is read to find its certificate table.
-        let signed = plan.kernel_signed();
-        if signed && !chosen && !opts.pixiecore_log {
+        let signed = kernel.signed;
+        let arch = kernel.arch.unwrap_or(Arch::Amd64);
+        // Machines of an architecture get a loader only when there is a kernel for them: the
+        // one given, or one a profile or a multi-arch image has.
+        let serves = |a: Arch| arch == a || fleet.as_ref().is_some_and(|f| f.may_serve(a));
+        if boot_files.efi_arm64.is_none() && serves(Arch::Arm64) {
+            boot_files.efi_arm64 = Some("ipxe-arm64.efi".into());
+        }
+        if !serves(Arch::Amd64) {
+            if opts.ipxe_bios.is_none() {
+                boot_files.bios = None;
+                boot_files.bios_ipxe = None;
+            }
+            if opts.ipxe_efi64.is_none() {
+                boot_files.efi_x64 = None;
+            }
+        }
+        tracing::info!(
+            kernel = arch.as_str(),
+            "machines answered: {}",
+            [
+                (Arch::Amd64, "x86-64 (BIOS and UEFI)"),
+                (Arch::Arm64, "arm64 (UEFI)")
+            ]
+            .iter()
+            .filter(|(a, _)| serves(*a))
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+        );
+        if signed && arch == Arch::Amd64 && !chosen && !opts.pixiecore_log {
             boot_files.efi_x64_signed = Some("shimx64.efi".into());
             // With machine profiles, GRUB asks for its machine's own configuration by HTTP.
             let cfg = match &plan.fleet {
@@ -223,7 +255,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             tracing::info!(
                 "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
             );
-        } else if !signed {
+        } else if !signed && arch == Arch::Amd64 {
             tracing::warn!(
                 "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
             );

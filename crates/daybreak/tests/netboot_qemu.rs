@@ -11,6 +11,11 @@ use common::{require, run_e2e, workspace_root, BIN};
 
 /// The test guest (tests/e2e/build-guest.sh), built once and shared, when the tools are here.
 fn guest(extra: &[&str]) -> Option<String> {
+    guest_for("amd64", extra)
+}
+
+/// The test guest for `arch` (amd64 or arm64).
+fn guest_for(arch: &str, extra: &[&str]) -> Option<String> {
     let mut tools = vec![
         "qemu-system-x86_64",
         "dnsmasq",
@@ -25,10 +30,14 @@ fn guest(extra: &[&str]) -> Option<String> {
         return None;
     }
     let root = workspace_root();
-    let guest = root.join("target/e2e-guest");
+    let guest = match arch {
+        "amd64" => root.join("target/e2e-guest"),
+        other => root.join(format!("target/e2e-guest-{other}")),
+    };
     let built = Command::new("bash")
         .arg(root.join("tests/e2e/build-guest.sh"))
         .arg(&guest)
+        .arg(arch)
         .status()
         .expect("run build-guest.sh");
     assert!(built.success(), "building the test guest failed");
@@ -64,6 +73,38 @@ fn uefi_edk2_pxe_boots_kernel() {
 #[test]
 fn uefi_edk2_pxe_boots_kernel_with_snponly() {
     boot("uefi-snp");
+}
+
+/// arm64: AAVMF (EDK2 for QEMU's virt machine) with virtio-net and no option ROM, so EDK2's own
+/// arm64 PXE client runs; option 93 = 11 gets the built-in ipxe-arm64.efi, which boots Debian's
+/// arm64 kernel (Daybreak answers arm64 machines because the kernel is arm64, and only them).
+#[test]
+fn arm64_uefi_pxe_boots_kernel() {
+    if let Some(guest) = guest_for("arm64", &["qemu-system-aarch64"]) {
+        run_e2e("netboot.sh", &["arm64", BIN, &guest], "E2E-PASS");
+    }
+}
+
+/// The same with PXE turned off: arm64 UEFI HTTP Boot (option 93 = 19) fetches
+/// ipxe-arm64.efi by HTTP, and nothing goes over TFTP.
+#[test]
+fn arm64_uefi_http_boot_boots_kernel() {
+    if let Some(guest) = guest_for("arm64", &["qemu-system-aarch64"]) {
+        run_e2e("netboot.sh", &["arm64-http", BIN, &guest], "E2E-PASS");
+    }
+}
+
+/// A mixed fleet from one command (tests/e2e/mixed.sh): a multi-arch image (amd64 and arm64)
+/// in a local registry, `daybreak --set container_image=…`, and an x86-64 and an arm64 machine
+/// booting side by side, each its own architecture's squashfs; the arm64 variant is built when
+/// the first arm64 machine asks.
+#[test]
+fn mixed_fleet_boots_each_machine_its_own_architecture() {
+    let extra = ["qemu-system-aarch64", "docker-registry", "skopeo"];
+    let (Some(amd64), Some(arm64)) = (guest(&extra), guest_for("arm64", &extra)) else {
+        return;
+    };
+    run_e2e("mixed.sh", &[BIN, &amd64, &arm64], "E2E-PASS");
 }
 
 /// OVMF with PXE turned off, so UEFI HTTP Boot is the only way in: the offer carries option 60

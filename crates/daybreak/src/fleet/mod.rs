@@ -85,39 +85,53 @@ pub struct FleetOptions {
     pub data: Map<String, Value>,
     /// How profiles' own images are pulled and built.
     pub images: crate::netboot::ImageOptions,
+    /// The command's own OCI image, when it has one: machines of another architecture than
+    /// its kernel's boot its variant for theirs (a multi-arch index), built when the first asks.
+    pub source: Option<String>,
 }
 
-/// A profile's own image.
+/// An image other than the command's: a profile's, or the command's for another architecture.
+/// OCI images are keyed by the architecture pulled; ISOs and files are what they are.
+type Key = (Image, Option<profiles::Arch>);
+
+/// An image being built, or built: its plan and its kernel's architecture.
 enum Built {
     Building,
-    Ready(Arc<Plan>),
+    Ready(Arc<Plan>, Option<profiles::Arch>),
     Failed,
 }
 
-type Images = Arc<RwLock<HashMap<Image, Built>>>;
+type Images = Arc<RwLock<HashMap<Key, Built>>>;
+
+fn describe(key: &Key) -> String {
+    match key.1 {
+        Some(a) => format!("{} ({})", key.0, a.as_str()),
+        None => key.0.to_string(),
+    }
+}
 
 /// The files of an image under names of its own: `i` and 8 hex digits of its description.
-fn prefix(image: &Image) -> String {
+fn prefix(key: &Key) -> String {
     use sha2::{Digest as _, Sha256};
-    let h = Sha256::digest(image.to_string().as_bytes());
+    let h = Sha256::digest(describe(key).as_bytes());
     format!("i{}-", artifacts::hex(&h[..4]))
 }
 
-/// Opens (pulling and building when needed, once per image: the artifact store keeps it) one
-/// profile's image, and makes its plan.
-fn build_image(image: &Image, opts: &FleetOptions, http: pxe::HttpAddress) -> anyhow::Result<Plan> {
+/// Opens (pulling and building when needed, once per image: the artifact store keeps it) an
+/// image, and makes its plan.
+fn build_image(key: &Key, opts: &FleetOptions, http: pxe::HttpAddress) -> anyhow::Result<Plan> {
     let mut input = crate::boot::PlanInput {
         http,
-        prefix: prefix(image),
+        prefix: prefix(key),
         ..Default::default()
     };
-    match image {
+    match &key.0 {
         Image::Container(src) => {
-            input.set = Some(crate::netboot::open_source(
-                src,
-                &opts.state_dir,
-                &opts.images,
-            )?)
+            let mut images = opts.images.clone();
+            if let Some(a) = key.1 {
+                images.arch = a.as_str().into();
+            }
+            input.set = Some(crate::netboot::open_source(src, &opts.state_dir, &images)?)
         }
         Image::Iso(src) => input.set = Some(crate::netboot::open_iso(src, &opts.state_dir)?),
         Image::Files {
@@ -138,27 +152,29 @@ fn spawn_builder(
     images: Images,
     opts: FleetOptions,
     http: pxe::HttpAddress,
-) -> std::io::Result<mpsc::Sender<Image>> {
-    let (tx, rx) = mpsc::channel::<Image>();
+) -> std::io::Result<mpsc::Sender<Key>> {
+    let (tx, rx) = mpsc::channel::<Key>();
     std::thread::Builder::new()
-        .name("profile-images".into())
+        .name("more-images".into())
         .spawn(move || {
-            for image in rx {
-                tracing::info!(image = %image, "building a machine profile's image");
-                let built = match build_image(&image, &opts, http) {
+            for key in rx {
+                let image = describe(&key);
+                tracing::info!(image = %image, "building an image for machines that need it");
+                let built = match build_image(&key, &opts, http) {
                     Ok(plan) => {
-                        tracing::info!(image = %image, "machine profile's image ready");
-                        Built::Ready(Arc::new(plan))
+                        let arch = plan.kernel_facts().arch;
+                        tracing::info!(image = %image, kernel = arch.map_or("unknown", |a| a.as_str()), "image ready");
+                        Built::Ready(Arc::new(plan), arch)
                     }
                     Err(e) => {
-                        tracing::error!(image = %image, "machine profile's image cannot be served: {e:#}; its machines wait until the machines file names another");
+                        tracing::error!(image = %image, "image cannot be served: {e:#}; its machines are told so, until the machines file names another");
                         Built::Failed
                     }
                 };
                 images
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(image, built);
+                    .insert(key, built);
             }
         })?;
     Ok(tx)
@@ -246,7 +262,10 @@ pub struct Fleet {
     rootfs_size: u64,
     /// Profiles' own images, and where to ask for one to be built.
     images: Images,
-    build: Mutex<mpsc::Sender<Image>>,
+    build: Mutex<mpsc::Sender<Key>>,
+    /// The architecture of the command's kernel, and its OCI image (for other architectures).
+    main_arch: Option<profiles::Arch>,
+    source: Option<String>,
     /// Told of installs and local boots.
     events: Option<Arc<crate::events::Hub>>,
 }
@@ -303,6 +322,12 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Why a machine cannot boot an image now.
+enum Refusal {
+    Wait(&'static str),
+    Never(&'static str),
+}
+
 /// What a machine boots now.
 enum Decision {
     /// What any machine gets: no MAC named.
@@ -313,6 +338,8 @@ enum Decision {
     Local,
     /// Its image is not ready: ask again.
     Wait(Mac, &'static str),
+    /// Nothing it can boot here: say why, and go back to the firmware.
+    Refuse(&'static str),
     Boot(Boot),
 }
 
@@ -396,6 +423,7 @@ impl Fleet {
     pub fn new(
         opts: &FleetOptions,
         plan: &Plan,
+        main_arch: Option<profiles::Arch>,
         events: Option<Arc<crate::events::Hub>>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let state = artifacts::Store::open(&opts.state_dir)?;
@@ -438,6 +466,8 @@ impl Fleet {
         let fleet = Arc::new(Fleet {
             images,
             build: Mutex::new(build),
+            main_arch,
+            source: opts.source.clone(),
             profiles: RwLock::new(Arc::new(profiles)),
             file: Mutex::new(file),
             store,
@@ -511,31 +541,85 @@ impl Fleet {
         }
     }
 
-    /// Asks for every image the profiles name that is not built or being built.
+    /// The key of a profile's image for machines of `arch` (an OCI image's variant).
+    fn key(&self, image: &Image, arch: Option<profiles::Arch>) -> Key {
+        match image {
+            Image::Container(_) => (image.clone(), arch.or(self.main_arch)),
+            _ => (image.clone(), None),
+        }
+    }
+
+    /// Asks for every image the profiles name that is not built or being built (a failed one
+    /// again: the file changed, it may be fixed now).
     fn build_images(&self, profiles: &Profiles) {
-        let mut images = self.images.write().unwrap_or_else(|e| e.into_inner());
-        let build = self.build.lock().unwrap_or_else(|e| e.into_inner());
-        for img in profiles.entries.iter().filter_map(|p| p.image.as_ref()) {
-            // A failed image is tried again when the file changes (it may be fixed now).
-            if matches!(images.get(img), None | Some(Built::Failed)) {
-                images.insert(img.clone(), Built::Building);
-                let _ = build.send(img.clone());
+        for p in &profiles.entries {
+            if let Some(img) = &p.image {
+                self.ensure(&self.key(img, p.select.arch), true);
             }
         }
     }
 
-    /// The plan a profile's machines boot: the command's, or its own image's once built.
-    fn plan_of(&self, image: Option<&Image>) -> Result<Option<Arc<Plan>>, &'static str> {
-        let Some(img) = image else { return Ok(None) };
+    /// Asks for `key` to be built unless it is built or being built (or failed, unless `retry`).
+    fn ensure(&self, key: &Key, retry: bool) {
+        let mut images = self.images.write().unwrap_or_else(|e| e.into_inner());
+        let again = retry && matches!(images.get(key), Some(Built::Failed));
+        if again || !images.contains_key(key) {
+            images.insert(key.clone(), Built::Building);
+            let _ = self
+                .build
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(key.clone());
+        }
+    }
+
+    /// Whether machines of `arch` may have something to boot: the command's kernel is theirs,
+    /// its image may have their variant, or a profile names an image.
+    pub fn may_serve(&self, arch: profiles::Arch) -> bool {
+        self.main_arch == Some(arch)
+            || self.source.is_some()
+            || self
+                .profiles()
+                .entries
+                .iter()
+                .any(|p| p.image.is_some() && p.select.arch.is_none_or(|a| a == arch))
+    }
+
+    /// The plan machine `arch` boots with `image` (its profile's; `None`: the command's): the
+    /// command's own plan (`Ok(None)`), another image's once built, or why not.
+    fn plan_of(
+        &self,
+        image: Option<&Image>,
+        arch: Option<profiles::Arch>,
+    ) -> Result<Option<Arc<Plan>>, Refusal> {
+        let key = match (image, arch) {
+            (Some(img), _) => self.key(img, arch),
+            // The command's image, for another architecture than its kernel's.
+            (None, Some(a)) if self.main_arch.is_some_and(|m| m != a) => match &self.source {
+                Some(src) => (Image::Container(src.clone()), Some(a)),
+                None => {
+                    return Err(Refusal::Never(
+                        "this server has no kernel for its architecture",
+                    ))
+                }
+            },
+            (None, _) => return Ok(None),
+        };
+        self.ensure(&key, false);
         match self
             .images
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(img)
+            .get(&key)
         {
-            Some(Built::Ready(p)) => Ok(Some(p.clone())),
-            Some(Built::Failed) => Err("its image cannot be built (the server's log says why)"),
-            Some(Built::Building) | None => Err("its image is being prepared"),
+            Some(Built::Ready(_, Some(k))) if arch.is_some_and(|a| a != *k) => Err(Refusal::Never(
+                "its image's kernel is for another architecture",
+            )),
+            Some(Built::Ready(p, _)) => Ok(Some(p.clone())),
+            Some(Built::Failed) => Err(Refusal::Never(
+                "its image cannot be served (the server's log says why)",
+            )),
+            Some(Built::Building) | None => Err(Refusal::Wait("its image is being prepared")),
         }
     }
 
@@ -549,6 +633,20 @@ impl Fleet {
         }
     }
 
+    /// What the script URL says of a machine's architecture (`arch=` is its option 93).
+    pub fn note_arch(&self, mac: Option<&str>, code: Option<&str>) {
+        let (Some(mac), Some(arch)) = (
+            mac.and_then(parse_mac),
+            code.and_then(|c| c.parse::<u16>().ok())
+                .and_then(pxe::Arch::from_code)
+                .and_then(|(a, _)| profiles::Arch::of(a)),
+        ) else {
+            return;
+        };
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.entry(mac).arch = Some(arch);
+    }
+
     /// The DHCP side's question: answer this machine? Never blocks on more than a lock.
     pub fn allow(&self, c: &pxe::Client) -> bool {
         let Some(mac) = parse_mac(&c.mac) else {
@@ -560,6 +658,13 @@ impl Fleet {
             let s = live.entry(mac);
             s.uuid = c.uuid.or(s.uuid);
             s.arch = arch.or(s.arch);
+        }
+        // The first machine of another architecture than the command's kernel starts the build
+        // of the image's variant for it, so it is ready by the time its loader asks.
+        if let (Some(a), Some(src)) = (arch, &self.source) {
+            if self.main_arch.is_some_and(|m| m != a) {
+                self.ensure(&(Image::Container(src.clone()), Some(a)), false);
+            }
         }
         let m = profiles::Machine {
             mac,
@@ -654,11 +759,15 @@ impl Fleet {
                 local("its install finished (daybreak machines reinstall MAC to install again)")
             }
             Action::Install | Action::Live => {
-                let own = match self.plan_of(profile.and_then(|p| p.image.as_ref())) {
+                let own = match self.plan_of(profile.and_then(|p| p.image.as_ref()), machine.arch) {
                     Ok(own) => own,
-                    Err(why) => {
+                    Err(Refusal::Wait(why)) => {
                         tracing::info!(mac = %mac_text(&m), "asked to wait: {why}");
                         return Decision::Wait(m, why);
+                    }
+                    Err(Refusal::Never(why)) => {
+                        tracing::warn!(mac = %mac_text(&m), arch = machine.arch.map_or("unknown", |a| a.as_str()), "not booted: {why}");
+                        return Decision::Refuse(why);
                     }
                 };
                 let total = own
@@ -675,11 +784,14 @@ impl Fleet {
                 let has_config = profile.is_some_and(|p| p.cloud_config.is_some())
                     || self.template.is_some()
                     || plan.cloud_config_file().is_some();
+                let own_image = own.is_some();
                 Decision::Boot(Boot {
                     mac: m,
                     own,
                     cmdline: profile.and_then(|p| p.cmdline.clone()),
-                    config: self.personal && has_config,
+                    // Another image's plan has no cloud-config of its own: the machine's URL
+                    // serves the command's.
+                    config: (self.personal || own_image) && has_config,
                 })
             }
         }
@@ -698,6 +810,7 @@ impl Fleet {
             Decision::Local => "#!ipxe\necho Daybreak: booting from the local disk\n\
                  iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n"
                 .into(),
+            Decision::Refuse(why) => format!("#!ipxe\necho Daybreak: not booted: {why}\nexit\n"),
             Decision::Wait(m, why) => format!(
                 "#!ipxe\necho Daybreak: {why}; asking again in 10 seconds\nsleep 10\nchain {base}{}?mac={} ||\n",
                 pxe::routes::SCRIPT,
@@ -721,6 +834,7 @@ impl Fleet {
             Decision::Ignore => "echo 'Daybreak: this machine is not served here'\nexit\n".into(),
             // Back to the firmware, which boots the next entry of its boot order (the disk).
             Decision::Local => "echo 'Daybreak: booting from the local disk'\nexit\n".into(),
+            Decision::Refuse(why) => format!("echo 'Daybreak: not booted: {why}'\nexit\n"),
             Decision::Wait(_, why) => {
                 format!("echo 'Daybreak: {why}; asking again in 10 seconds'\n{again}")
             }
@@ -860,7 +974,7 @@ impl Fleet {
     fn image_file(&self, name: &str) -> Option<Reply> {
         let images = self.images.read().unwrap_or_else(|e| e.into_inner());
         images.values().find_map(|b| match b {
-            Built::Ready(p) => p
+            Built::Ready(p, _) => p
                 .files()
                 .find(|f| f.name == name)
                 .map(crate::routes::file_reply),

@@ -60,8 +60,10 @@ fn setup(tag: &str, machines: &str) -> Setup {
             template: Some(TEMPLATE.into()),
             data,
             images: images(),
+            source: None,
         },
         &plan,
+        None,
         None,
     )
     .unwrap();
@@ -262,8 +264,10 @@ fn a_script_request_naming_another_machines_mac_gets_the_common_script() {
             template: Some(TEMPLATE.into()),
             data: Map::new(),
             images: images(),
+            source: None,
         },
         &s.plan,
+        None,
         Some(hub.clone()),
     )
     .unwrap();
@@ -436,15 +440,12 @@ fn a_profile_with_its_own_image_boots_it_once_built() {
     assert!(a.contains("root=live:") && a.contains("/_/config/"), "{a}");
     // The command's own files stay what everyone else boots.
     assert!(script(&s, C, 12).contains(&format!("kernel --name kernel {BASE}/kernel\n")));
-    // An image that cannot be opened: its machine waits and asks again, and is told why.
+    // An image that cannot be opened: its machine is told why, and goes back to its firmware.
     wait("the failed image", || {
-        script(&s, B, 11).contains("cannot be built")
+        script(&s, B, 11).contains("cannot be served")
     });
     let b = script(&s, B, 11);
-    assert!(
-        b.contains("sleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:0b"),
-        "{b}"
-    );
+    assert!(b.ends_with("(the server's log says why)\nexit\n"), "{b}");
     let _ = std::fs::remove_dir_all(&s.dir);
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -482,4 +483,59 @@ fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
     );
     assert_eq!(get(&s, "/_/grub/nonsense.cfg", peer(11)).unwrap().0, 404);
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
+    let d = tmpdir("fleet-arch");
+    // An arm64 kernel (its PE header says so) in a profile for arm64 machines.
+    let mut arm = vec![0u8; 0x200];
+    arm[..2].copy_from_slice(b"MZ");
+    arm[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    arm[0x80..0x84].copy_from_slice(b"PE\0\0");
+    arm[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
+    std::fs::write(d.join("Image"), &arm).unwrap();
+    let s = setup(
+        "arch",
+        &format!("- arch: arm64\n  kernel: {}\n", d.join("Image").display()),
+    );
+    // The command's kernel is taken to be x86-64 here.
+    let fleet = Fleet::new(
+        &FleetOptions {
+            state_dir: s.dir.join("state"),
+            machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
+            template: None,
+            data: Map::new(),
+            images: images(),
+            source: None,
+        },
+        &s.plan,
+        Some(profiles::Arch::Amd64),
+        None,
+    )
+    .unwrap();
+    assert!(fleet.may_serve(profiles::Arch::Arm64) && fleet.may_serve(profiles::Arch::Amd64));
+    let ask = |mac: &str, arch: &str| {
+        fleet.note_arch(Some(mac), Some(arch));
+        fleet.script(&s.plan, BASE, Some(mac), peer(20).ip())
+    };
+    wait("the arm64 image", || {
+        ask(A, "11").contains("kernel --name kernel")
+    });
+    assert!(
+        ask(A, "11").contains("-kernel\n"),
+        "the arm64 machine boots the profile's kernel"
+    );
+    assert!(ask(B, "7").contains(&format!("kernel --name kernel {BASE}/kernel\n")));
+    // Without that profile, an arm64 machine is told there is nothing for it.
+    std::fs::write(s.dir.join("machines.yaml"), "- mac: 52:54:00:00:00:ff\n").unwrap();
+    fleet.refresh();
+    let none = ask(C, "11");
+    assert!(
+        none.contains("not booted: this server has no kernel for its architecture\nexit"),
+        "{none}"
+    );
+    assert!(!fleet.may_serve(profiles::Arch::Arm64));
+    let _ = std::fs::remove_dir_all(&s.dir);
+    let _ = std::fs::remove_dir_all(&d);
 }
