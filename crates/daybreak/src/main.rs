@@ -52,6 +52,9 @@ allow-insecure-registries (alias insecure)  plain HTTP or self-signed registries
 cloud_config          inline cloud-config (--cloud-config FILE|URL|- takes precedence)\n  \
 netboot.cmdline       replaces the default kernel arguments (root=live: and config_url= stay)\n  \
 netboot.proxy_dhcp    false: leave DHCP alone (your DHCP server sends next-server and filename)\n  \
+machines              machine profiles, a list (or --machines FILE): per machine by mac, uuid or\n                        \
+arch, hostname, action (install, live, local, ignore), netboot.cmdline,\n                        \
+cloud_config, template values, its own image; see daybreak serve --help\n  \
 netboot_http_port     8090        netboot_listen_addr   0.0.0.0\n  \
 listen_addr           :8080, the artifact file server (artifacts only, never the cloud-config)\n  \
 disable_netboot, disable_http_server   turn either server off (both: build and exit)\n  \
@@ -62,7 +65,10 @@ The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set valu
 so secrets stay off the file: --set-file kairos.password=/run/secrets/pw with \
 passwd: [[[ .kairos.password ]]] (--set works too, but any local user can read a command line). It is \
 kept in memory, never written to disk, and served on the netboot port at a random path that changes \
-every run and is given only in the kernel command line of booting machines.\n\n\
+every run and is given only in the kernel command line of booting machines. Daybreak's own values are \
+per machine: [[[ .daybreak.installed_url ]]] (call it when the install is done: from then on the machine \
+boots from its disk), [[[ .daybreak.mac ]]], [[[ .daybreak.hostname ]]]; with them or with machine \
+profiles, each machine gets its own cloud-config at its own unguessable URL.\n\n\
 Ports 67, 69 and 4011 need root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW.",
     after_help = "Examples:\n  \
 # The Kairos docs' command: netboot an image, with a cloud-config\n  \
@@ -135,13 +141,18 @@ x64; the binaries are built in), iPXE fetches http://<this host>:<port>/boot.ipx
 kernel and initrds and boots. When the kernel carries a Secure Boot signature (Debian's do), UEFI x64 \
 PXE machines get the signed chain instead, which boots with Secure Boot enforced or not: shim, \
 signed by Microsoft's UEFI CA, then Debian's signed network GRUB, which loads the kernel and initrds \
-over HTTP with the same command line. UEFI HTTP Boot clients get ipxe.efi by an http:// URL.",
+over HTTP with the same command line. UEFI HTTP Boot clients get ipxe.efi by an http:// URL.
+
+Architectures: the kernel says which machines are answered. An x86-64 kernel boots BIOS and UEFI x64 machines; an arm64 kernel (an uncompressed Image or EFI zboot) boots arm64 UEFI machines (PXE and HTTP Boot), which get the built-in ipxe-arm64.efi. With --machines, a profile's own image (say, one for arch: arm64) answers its machines too; the default command's multi-arch image serves every machine its own architecture.
+
+Machines (--machines FILE): per machine, selected by mac, uuid or arch, a hostname, an action (install: boot the image until its install calls [[[ .daybreak.installed_url ]]], then its disk; live; local; ignore), netboot.cmdline, its own cloud-config and template values, and its own image. The file is read again when it changes; machines are remembered in --state-dir (daybreak machines), and http://<this host>:<port>/ shows them live.",
         after_help = "Examples:\n  \
 daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\n      \
 --cloud-config config.yaml\n  \
 daybreak serve --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0 quiet' \\\n      \
 --interface eth1\n  \
-daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --http-port 8080"
+daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --http-port 8080\n  \
+daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs --machines machines.yaml"
     )]
     Serve(ServeArgs),
     /// Serve given files like `pixiecore boot` (AuroraBoot's start-pixie): CLOUD_CONFIG SQUASHFS ADDRESS PORT INITRD KERNEL.
@@ -390,7 +401,8 @@ struct NetArgs {
     /// (shim, then GRUB), which also boots machines that enforce Secure Boot.
     #[arg(long, value_enum, value_name = "BUILD", conflicts_with = "ipxe_efi64")]
     efi_ipxe: Option<ipxe::EfiBuild>,
-    /// iPXE binary for UEFI arm64; without it, arm64 machines are not answered.
+    /// iPXE binary for UEFI arm64 instead of the built-in ipxe-arm64.efi (arm64 machines are
+    /// answered when there is an arm64 kernel for them).
     #[arg(long, value_name = "FILE")]
     ipxe_arm64: Option<PathBuf>,
 }
