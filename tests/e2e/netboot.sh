@@ -101,7 +101,19 @@ elif [ $from_oci = 1 ]; then
   ln -s vmlinuz-6.1.0-9-e2e "$tmp/img/l1/boot/vmlinuz"
   echo "daybreak e2e $id" > "$tmp/img/l2/etc/marker"
   head -c 4194304 /dev/urandom > "$tmp/img/l3/srv/data"
-  bash "$repo_root/scripts/oci-layout.sh" "$tmp/layout" e2e "$tmp/img/l1" "$tmp/img/l2" "$tmp/img/l3" >/dev/null ||
+  layers=("$tmp/img/l1" "$tmp/img/l2" "$tmp/img/l3")
+  if [ "$mode" = uefi ]; then
+    # The image carries its distribution's own signed shim and network GRUB, as Ubuntu-based
+    # Kairos images do: here bookworm's shim-signed (another build than Daybreak's) and Debian's
+    # signed GRUB, where Ubuntu's packages put them. Daybreak must serve these.
+    mkdir -p "$tmp/img/l4/usr/lib/shim" "$tmp/img/l4/usr/lib/grub/x86_64-efi-signed"
+    (cd "$tmp" && apt-get download -qq shim-signed >/dev/null 2>&1) || fail "apt-get download shim-signed failed"
+    dpkg -x "$tmp"/shim-signed_*.deb "$tmp/shim"
+    cp "$tmp/shim/usr/lib/shim/shimx64.efi.signed" "$tmp/img/l4/usr/lib/shim/shimx64.efi.signed"
+    cp "$repo_root/crates/daybreak/ipxe/grubnetx64.efi" "$tmp/img/l4/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
+    layers+=("$tmp/img/l4")
+  fi
+  bash "$repo_root/scripts/oci-layout.sh" "$tmp/layout" e2e "${layers[@]}" >/dev/null ||
     fail "building the OCI layout failed"
   printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n  secret: e2e\n' \
     "$tmp/registry" > "$tmp/registry.yml"
@@ -321,6 +333,9 @@ elif [ $http_boot = 1 ]; then
 elif [ "$mode" = uefi ] && [ $from_oci = 1 ]; then
   # Zero touch leaves the choice to Daybreak: the image's kernel is signed, so the signed chain.
   grep -q "tftp sent.*shimx64.efi" "$tmp/daybreak.log" || fail "UEFI did not get the Secure Boot chain"
+  grep -q "the Secure Boot chain is the image's own shim" "$tmp/daybreak.log" || fail "no line saying the image's own shim and GRUB are served"
+  shim_size=$(stat -c %s "$tmp/img/l4/usr/lib/shim/shimx64.efi.signed")
+  grep -q "tftp sent.*file=shimx64.efi.*bytes=$shim_size" "$tmp/daybreak.log" || fail "the shim sent is not the image's ($shim_size bytes)"
   grep -q 'offer.*path="UEFI PXE, then the Secure Boot chain"' "$tmp/daybreak.log" || fail "the offer line does not name the Secure Boot path"
 elif [ "$mode" = uefi ] && [ -z "$iso" ]; then
   grep -q "tftp sent.*$efi.efi" "$tmp/daybreak.log" || fail "UEFI did not fetch $efi.efi over TFTP"

@@ -185,7 +185,7 @@ impl Tree {
     }
 
     /// The regular file at `path`, symlinks followed inside the image.
-    fn file_at(&self, path: &[u8]) -> Option<usize> {
+    pub(crate) fn file_at(&self, path: &[u8]) -> Option<usize> {
         let id = self.resolve(path, true)?;
         matches!(self.inodes[id].kind, Kind::File(_)).then_some(id)
     }

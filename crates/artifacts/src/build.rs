@@ -65,6 +65,18 @@ pub struct Built {
 pub const KERNEL: &str = "kernel";
 pub const INITRD: &str = "initrd";
 pub const ROOTFS: &str = "rootfs.squashfs";
+/// The image's own Secure Boot chain, when it carries one: its distribution's shim (signed by
+/// Microsoft's UEFI CA) and its signed network GRUB, which trust its own signed kernels.
+pub const SHIM: &str = "shimx64.efi";
+pub const GRUB: &str = "grubx64.efi";
+
+/// Where distributions keep their signed shim and network GRUB (Ubuntu's `shim-signed` and
+/// `grub-efi-amd64-signed`, Debian's the same), most specific first.
+const SHIM_PATHS: [&[u8]; 2] = [
+    b"/usr/lib/shim/shimx64.efi.signed.latest",
+    b"/usr/lib/shim/shimx64.efi.signed",
+];
+const GRUB_PATHS: [&[u8]; 1] = [b"/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"];
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -310,6 +322,11 @@ fn finish(
     let (summary, image) = writer.finish(&tree).map_err(io_at(&rootfs))?;
     write_out(&image, &tree, pick.kernel, &dir.join(KERNEL))?;
     write_out(&image, &tree, pick.initrd, &dir.join(INITRD))?;
+    let find = |paths: &[&[u8]]| paths.iter().find_map(|p| tree.file_at(p));
+    if let (Some(shim), Some(grub)) = (find(&SHIM_PATHS), find(&GRUB_PATHS)) {
+        write_out(&image, &tree, shim, &dir.join(SHIM))?;
+        write_out(&image, &tree, grub, &dir.join(GRUB))?;
+    }
     image.into_file().sync_all().map_err(io_at(&rootfs))?;
     Ok(Built {
         kernel_name: pick.kernel_name,

@@ -67,6 +67,8 @@ pub struct BootSet {
     pub initrds: Vec<BootFile>,
     pub rootfs: BootFile,
     pub origin: Origin,
+    /// The image's own Secure Boot chain (shim, network GRUB), when it carries one.
+    pub signed_chain: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,7 @@ pub fn from_iso(path: PathBuf, name: String) -> Result<BootSet, SourceError> {
             path: path.clone(),
             name,
         },
+        signed_chain: None,
     })
 }
 
@@ -194,6 +197,7 @@ fn from_image(req: &Request, report: &dyn Report) -> Result<BootSet, SourceError
             built: got.built,
             dir: a.dir.clone(),
         },
+        signed_chain: a.signed_chain(),
     })
 }
 

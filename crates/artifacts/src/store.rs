@@ -60,6 +60,18 @@ impl Artifacts {
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join(ROOTFS)
     }
+    /// The image's own signed shim and network GRUB, when it carries both.
+    pub fn signed_chain(&self) -> Option<(PathBuf, PathBuf)> {
+        let regular = |p: PathBuf| {
+            fs::symlink_metadata(&p)
+                .is_ok_and(|m| m.file_type().is_file())
+                .then_some(p)
+        };
+        Some((
+            regular(self.dir.join(crate::build::SHIM))?,
+            regular(self.dir.join(crate::build::GRUB))?,
+        ))
+    }
     /// Bytes on disk of the three files.
     pub fn size(&self) -> u64 {
         [self.kernel(), self.initrd(), self.rootfs()]

@@ -252,6 +252,21 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 None => plan.grub_cfg(),
             };
             binaries.insert("grub/grub.cfg".into(), cfg.into_bytes().into());
+            // The image's own shim and GRUB trust its distribution's kernels; Debian's built-in
+            // ones trust Debian's.
+            if let Some((shim, grub)) = plan_input.set.as_ref().and_then(|s| s.signed_chain.clone())
+            {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                binaries.insert("shimx64.efi".into(), read(&shim)?.into());
+                binaries.insert("grubx64.efi".into(), read(&grub)?.into());
+                tracing::info!(
+                    shim = %shim.display(),
+                    grub = %grub.display(),
+                    "the Secure Boot chain is the image's own shim and network GRUB (they trust its kernel)"
+                );
+            }
             tracing::info!(
                 "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
             );
