@@ -7,28 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use artifacts::Compression;
 use artifacts::Digest;
-use artifacts::{BootSet, Event, Report, Request, SourceError};
-
-struct Quiet;
-impl Report for Quiet {
-    fn event(&self, _: Event) {}
-}
+use artifacts::{BootSet, SourceError};
 
 /// Through the one entry, as `daybreak` does it.
 fn pull(host: &str, state: &Path) -> Result<BootSet, SourceError> {
-    artifacts::open(
-        &Request {
-            source: format!("{host}/evil/img:v1"),
-            arch: "amd64".into(),
-            insecure: false,
-            compression: Compression::Gzip,
-            state_dir: state.to_path_buf(),
-        },
-        &Quiet,
-        &mut |_| {},
-    )
+    common::open_quietly(&format!("{host}/evil/img:v1"), state)
 }
 
 /// Every path under `root`, sorted, for before/after comparisons.

@@ -1,15 +1,10 @@
 //! An image that carries its distribution's signed shim and network GRUB (as Ubuntu-based
 //! Kairos images do) keeps them beside its kernel: the Secure Boot chain that trusts its kernel.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-
-use artifacts::{Compression, Event, Report, Request};
-
-struct Quiet;
-impl Report for Quiet {
-    fn event(&self, _: Event) {}
-}
 
 fn tree(root: &Path, grub: bool) {
     fs::create_dir_all(root.join("boot")).unwrap();
@@ -35,18 +30,7 @@ fn tree(root: &Path, grub: bool) {
 }
 
 fn open(source: &Path, state: &Path) -> artifacts::BootSet {
-    artifacts::open(
-        &Request {
-            source: format!("dir://{}", source.display()),
-            arch: "amd64".into(),
-            insecure: false,
-            compression: Compression::Gzip,
-            state_dir: state.to_path_buf(),
-        },
-        &Quiet,
-        &mut |_| {},
-    )
-    .unwrap()
+    common::open_quietly(&format!("dir://{}", source.display()), state).unwrap()
 }
 
 #[test]

@@ -129,3 +129,26 @@ pub fn serve_auth(
         ranged,
     }
 }
+
+/// Boot files of `source` (any `container_image` form, amd64), through the one entry, as
+/// `daybreak` does it, with no progress reports.
+pub fn open_quietly(
+    source: &str,
+    state: &std::path::Path,
+) -> Result<artifacts::BootSet, artifacts::SourceError> {
+    struct Quiet;
+    impl artifacts::Report for Quiet {
+        fn event(&self, _: artifacts::Event) {}
+    }
+    artifacts::open(
+        &artifacts::Request {
+            source: source.to_string(),
+            arch: "amd64".into(),
+            insecure: false,
+            compression: artifacts::Compression::Gzip,
+            state_dir: state.to_path_buf(),
+        },
+        &Quiet,
+        &mut |_| {},
+    )
+}
