@@ -918,13 +918,14 @@ impl Fleet {
             let Some(mac) = self.check(rest, "installed") else {
                 return Some(Reply::NotFound);
             };
+            // On disk before the machine hears it is done: a crash right after cannot make it
+            // install again.
+            let at = unix(SystemTime::now());
+            if let Err(e) = self.store.change(&mac, &Change::Installed { at }) {
+                tracing::error!(mac = %mac_text(&mac), store = %self.store.dir().display(), error = %e, "install finished, but it cannot be remembered; the machine will install again");
+                return Some(Reply::NotFound);
+            }
             tracing::info!(mac = %mac_text(&mac), client = %req.peer.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
-            self.record(
-                mac,
-                Change::Installed {
-                    at: unix(SystemTime::now()),
-                },
-            );
             if let Some(hub) = &self.events {
                 hub.emit(Some(req.peer), Some(&mac_text(&mac)), Step::Installed);
             }
