@@ -152,7 +152,8 @@ daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\
 daybreak serve --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0 quiet' \\\n      \
 --interface eth1\n  \
 daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --http-port 8080\n  \
-daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs --machines machines.yaml"
+daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\n      \
+--machines machines.yaml"
     )]
     Serve(ServeArgs),
     /// Serve given files like `pixiecore boot` (AuroraBoot's start-pixie): CLOUD_CONFIG SQUASHFS ADDRESS PORT INITRD KERNEL.
@@ -771,9 +772,12 @@ fn main() -> ExitCode {
         Some(Command::Machines(m)) => return machines(m),
         Some(Command::IpxeIso(a)) => return ipxe_iso(a),
         Some(Command::Serve(a)) => {
-            let fleet = a.machines.map(|m| fleet::FleetOptions {
+            // Machines are remembered and shown on the status page with or without profiles.
+            let fleet = Some(fleet::FleetOptions {
                 state_dir: a.state_dir.clone(),
-                machines: Some(fleet::MachinesSource::File(artifacts::absolute(&m))),
+                machines: a
+                    .machines
+                    .map(|m| fleet::MachinesSource::File(artifacts::absolute(&m))),
                 template: None,
                 source: None,
                 data: Default::default(),

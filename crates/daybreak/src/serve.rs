@@ -192,10 +192,18 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             // Read once: the whole kernel is read to find its certificate table.
             kernel = plan.kernel_facts();
             if let Some(f) = &opts.fleet {
-                let made = crate::fleet::Fleet::new(f, &plan, kernel.arch, Some(hub.clone()))?;
-                tracing::info!("{}", made.describe());
-                plan.fleet = Some(made.clone());
-                fleet = Some(made);
+                match crate::fleet::Fleet::new(f, &plan, kernel.arch, Some(hub.clone())) {
+                    Ok(made) => {
+                        tracing::info!("{}", made.describe());
+                        plan.fleet = Some(made.clone());
+                        fleet = Some(made);
+                    }
+                    // Without profiles the store is a convenience: serve without it.
+                    Err(e) if f.machines.is_none() => tracing::warn!(
+                        "{e:#}; machines are not remembered and there is no status page (give a usable --state-dir)"
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
             BootRouter::Plan(Arc::new(plan))
         }

@@ -46,6 +46,7 @@ fn hand_set_help_is_not_rewrapped() {
         &["ipxe-iso", "--help"],
         &["netboot", "--help"],
         &["cache", "--help"],
+        &["machines", "--help"],
     ] {
         // Unwrapped (very wide) against the width users get when not on a terminal.
         let wide = help(args, Some("1000"));

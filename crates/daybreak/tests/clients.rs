@@ -132,7 +132,7 @@ fn http_serves_registered_files_with_ranges_and_head() {
         "/%2e%2e/etc/passwd",
         "/config.yaml",
         "/_/file?name=../vmlinuz",
-        "/",
+        "/api/machines/../../etc/passwd",
     ] {
         let (code, _) = curl(&[
             "--path-as-is",
@@ -144,6 +144,9 @@ fn http_serves_registered_files_with_ranges_and_head() {
         ]);
         assert_eq!(String::from_utf8_lossy(&code), "404", "{path}");
     }
+    // "/" is the status page, which lists machines and never a file.
+    let (page, _) = curl(&[&url(&s, "/")]);
+    assert!(String::from_utf8_lossy(&page).contains("Daybreak: machines"));
     let (code, _) = curl(&[
         "-X",
         "POST",
