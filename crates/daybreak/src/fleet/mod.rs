@@ -62,6 +62,8 @@ pub const MAX_LIVE: usize = 4096;
 const TIMELINE: usize = 32;
 /// Changes waiting for the store's writer; past this they are dropped (and said).
 const WRITES_QUEUED: usize = 1024;
+/// Boot scripts of one machine closer together than this (seconds) are one boot in the store.
+const BOOT_GAP: u64 = 60;
 /// How often the machines file and the store are checked for changes.
 const POLL: Duration = Duration::from_secs(2);
 
@@ -731,20 +733,26 @@ impl Fleet {
                 .get(&m)
                 .map_or((None, None), |s| (s.firmware.clone(), s.path))
         };
-        self.record(
-            m,
-            Change::Booted {
-                at: unix(SystemTime::now()),
-                arch: machine.arch.map(|a| a.as_str().to_string()),
-                firmware: path.map(|p| match &firmware {
-                    Some(f) => format!("{f}: {p}"),
-                    None => p.to_string(),
-                }),
-                uuid: machine.uuid.as_ref().map(profiles::uuid_text),
-            },
-        );
+        // One boot, one write: a machine asking again within a minute (a loader that retries,
+        // one waiting for its image) is the same boot.
+        let now = unix(SystemTime::now());
+        let record = self.store.get(&m);
+        if record.as_ref().is_none_or(|r| r.last_seen + BOOT_GAP < now) {
+            self.record(
+                m,
+                Change::Booted {
+                    at: now,
+                    arch: machine.arch.map(|a| a.as_str().to_string()),
+                    firmware: path.map(|p| match &firmware {
+                        Some(f) => format!("{f}: {p}"),
+                        None => p.to_string(),
+                    }),
+                    uuid: machine.uuid.as_ref().map(profiles::uuid_text),
+                },
+            );
+        }
         let action = profile.map_or(Action::Install, |p| p.action);
-        let installed = self.store.get(&m).and_then(|r| r.installed_at);
+        let installed = record.and_then(|r| r.installed_at);
         let local = |why: &'static str| {
             tracing::info!(mac = %mac_text(&m), client = %peer, "booting from the local disk: {why}");
             if let Some(hub) = &self.events {

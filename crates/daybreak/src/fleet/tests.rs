@@ -222,12 +222,12 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     other.announce().unwrap();
     s.fleet.refresh();
     assert!(script(&s, B, 11).contains("boot kernel"));
-    // The record survives a restart of the server.
+    // The record survives a restart of the server; scripts within a minute are one boot.
     let again = Store::open(&s.dir.join("state"))
         .unwrap()
         .get(&mac)
         .unwrap();
-    assert_eq!((again.boots >= 2, again.installed_at), (true, None));
+    assert_eq!((again.boots, again.installed_at), (1, None));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
