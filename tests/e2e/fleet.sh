@@ -196,7 +196,7 @@ qemu c "$C" tap2 -no-reboot -boot n
 wait_serial "$tmp/serial-c.log" E2E-DONE "$timeout_s" "${pids[-1]}"
 tr -d '\r' < "$tmp/serial-c.log" | grep -a E2E-CMDLINE | grep -q " e2e.edited " ||
   fail "C's boot does not follow the edited file: $(grep -a E2E-CMDLINE "$tmp/serial-c.log")"
-grep -q "machine profile's image ready" "$tmp/daybreak.log" || fail "C's image was not built"
+grep -q 'image ready image=container_image dir://.*/img2' "$tmp/daybreak.log" || fail "C's image was not built"
 root_c=$(ls "$tmp"/state/artifacts/*/rootfs.squashfs | grep -v "^$rootfs$") || fail "C's image is not in the store"
 want_c=$(sha256sum "$root_c" | cut -d' ' -f1)
 res_c=$(tr -d '\r' < "$tmp/serial-c.log" | grep -a E2E-RESULT | tail -1)
