@@ -103,6 +103,22 @@ impl Hub {
         l.insert(ip, (mac, Instant::now()));
     }
 
+    /// A MAC a request from `ip` names (a script URL's `mac=`): learned unless the network's
+    /// DHCP already says another machine holds `ip`, which a request cannot overrule. True when
+    /// the claim stands.
+    pub fn claim(&self, ip: IpAddr, mac: &str) -> bool {
+        let Some(claimed) = normal_mac(mac) else {
+            return false;
+        };
+        match self.mac_of(ip) {
+            Some(known) if known != claimed => false,
+            _ => {
+                self.learn(ip, &claimed);
+                true
+            }
+        }
+    }
+
     /// The MAC known to hold `ip`.
     pub fn mac_of(&self, ip: IpAddr) -> Option<String> {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,6 +225,17 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().step, Step::Script);
         let other = hub.emit(Some("10.0.0.7:80".parse().unwrap()), None, Step::Booting);
         assert_eq!(other.mac, None);
+    }
+
+    #[test]
+    fn a_request_cannot_claim_an_address_dhcp_gave_another_machine() {
+        let hub = Hub::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        assert!(hub.claim(ip, "52:54:00:00:00:01"));
+        assert!(hub.claim(ip, "52-54-00-00-00-01"));
+        assert!(!hub.claim(ip, "52:54:00:00:00:02"));
+        assert!(!hub.claim(ip, "not a mac"));
+        assert_eq!(hub.mac_of(ip).as_deref(), Some("52:54:00:00:00:01"));
     }
 
     #[test]

@@ -132,10 +132,10 @@ impl Router for Plan {
             routes::SCRIPT | routes::SCRIPT_ALIAS => {
                 let mac = query_param(req.query, "mac");
                 if let Some(hub) = &self.events {
-                    if let Some(m) = &mac {
-                        hub.learn(req.peer.ip(), m);
-                    }
-                    hub.emit(Some(req.peer), mac.as_deref(), crate::events::Step::Script);
+                    // A MAC the address is known not to hold is not this machine's: the event
+                    // goes to the machine that holds it.
+                    let claimed = mac.as_deref().filter(|m| hub.claim(req.peer.ip(), m));
+                    hub.emit(Some(req.peer), claimed, crate::events::Step::Script);
                 }
                 let base = self.base_url(req.local);
                 tracing::info!(

@@ -911,8 +911,8 @@ impl Fleet {
         {
             let (text, parsed) = mac;
             if let Some(hub) = &self.events {
-                hub.learn(req.peer.ip(), text);
-                hub.emit(Some(req.peer), Some(text), Step::Script);
+                let claimed = Some(text).filter(|m| hub.claim(req.peer.ip(), m));
+                hub.emit(Some(req.peer), claimed, Step::Script);
             }
             tracing::info!(client = %req.peer.ip(), mac = %mac_text(&parsed), "GRUB configuration");
             let cfg = self.grub(plan, &mac_text(&parsed), req.peer.ip());

@@ -45,12 +45,20 @@ struct Setup {
 }
 
 fn setup(tag: &str, machines: &str) -> Setup {
+    setup_with(tag, machines, None)
+}
+
+/// As [`setup`], the plan and the fleet reporting to `hub`.
+fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -> Setup {
     let dir = tmpdir(&format!("fleet-{tag}"));
     let _ = std::fs::remove_dir_all(dir.join("state"));
     std::fs::write(dir.join("machines.yaml"), machines).unwrap();
     let mut i = input(&dir);
     i.cloud_config = Some(CloudConfig::Text(Arc::from(&b"global"[..])));
     let mut plan = Plan::new(&i, Map2::new()).unwrap();
+    if let Some(h) = &hub {
+        plan = plan.observed(h.clone());
+    }
     let mut data = Map::new();
     data.insert("token".into(), Value::String("K10-secret".into()));
     let fleet = Fleet::new(
@@ -64,7 +72,7 @@ fn setup(tag: &str, machines: &str) -> Setup {
         },
         &plan,
         None,
-        None,
+        hub,
     )
     .unwrap();
     plan.fleet = Some(fleet.clone());
@@ -255,28 +263,19 @@ fn an_edited_machines_file_applies_at_the_next_boot_and_a_broken_edit_keeps_the_
 #[test]
 fn a_script_request_naming_another_machines_mac_gets_the_common_script() {
     let hub = Arc::new(crate::events::Hub::default());
-    let mut s = setup("claim", MACHINES);
-    // Rebuild the fleet with the hub, which knows 10.0.0.10 holds A.
-    let fleet = Fleet::new(
-        &FleetOptions {
-            state_dir: s.dir.join("state"),
-            machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
-            template: Some(TEMPLATE.into()),
-            data: Map::new(),
-            images: images(),
-            source: None,
-        },
-        &s.plan,
-        None,
-        Some(hub.clone()),
-    )
-    .unwrap();
+    let s = setup_with("claim", MACHINES, Some(hub.clone()));
+    // The network's DHCP server gave 10.0.0.10 to A.
     hub.learn(peer(10).ip(), A);
-    let stolen = fleet.script(&s.plan, BASE, Some(B), peer(10).ip());
-    assert!(!stolen.contains("/_/config/"), "{stolen}");
-    let own = fleet.script(&s.plan, BASE, Some(A), peer(10).ip());
-    assert!(own.contains("/_/config/52540000000a-"));
-    s.fleet = fleet;
+    let stolen = script(&s, B, 10);
+    assert!(
+        !stolen.contains("/_/config/") && !stolen.contains(B),
+        "{stolen}"
+    );
+    let grub = get(&s, &format!("/_/grub/{B}.cfg"), peer(10)).unwrap().1;
+    assert!(!grub.contains("/_/config/"), "{grub}");
+    // The claim changed nothing: A still holds the address, and gets its own.
+    assert_eq!(hub.mac_of(peer(10).ip()).as_deref(), Some(A));
+    assert!(script(&s, A, 10).contains("/_/config/52540000000a-"));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
