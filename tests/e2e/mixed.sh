@@ -4,10 +4,11 @@
 #
 #   daybreak --set container_image=127.0.0.1:5000/e2e/kairos:v1 --cloud-config …
 #
-# where the image is a multi-arch index (amd64 and arm64, each with its own kernel and data) in a
-# docker-registry on SRV's loopback. Daybreak builds the host's architecture before it serves, and
-# the arm64 variant when the first arm64 machine asks; each guest checks that the squashfs it
-# downloads is its own architecture's, byte for byte.
+# where the image is a multi-arch index (amd64 and arm64, each with its own kernel and data; the
+# arm64 kernel gzip-compressed, as Debian and Ubuntu ship it) in a docker-registry on SRV's
+# loopback. Daybreak builds the host's architecture before it serves, and the arm64 variant when
+# the first arm64 machine asks; each guest checks that the squashfs it downloads is its own
+# architecture's, byte for byte.
 #
 #   mixed.sh DAYBREAK_BIN GUEST_DIR_AMD64 GUEST_DIR_ARM64
 set -euo pipefail
@@ -25,7 +26,12 @@ lan_up tap0 tap1
 for a in amd64 arm64; do
   g=guest_$a
   mkdir -p "$tmp/img-$a/boot" "$tmp/img-$a/srv"
-  cp "${!g}/vmlinuz" "$tmp/img-$a/boot/vmlinuz-6.1.0-10-$a"
+  if [ "$a" = arm64 ]; then
+    # As Debian and Ubuntu ship it: gzip-compressed, which Daybreak unpacks for UEFI and iPXE.
+    gzip -c "${!g}/vmlinuz" > "$tmp/img-$a/boot/vmlinuz-6.1.0-10-$a"
+  else
+    cp "${!g}/vmlinuz" "$tmp/img-$a/boot/vmlinuz-6.1.0-10-$a"
+  fi
   cp "${!g}/initramfs.gz" "$tmp/img-$a/boot/initrd.img-6.1.0-10-$a"
   head -c 1048576 /dev/urandom > "$tmp/img-$a/srv/data"
   OCI_ARCH=$a bash "$repo_root/scripts/oci-layout.sh" "$tmp/layout-$a" e2e "$tmp/img-$a" > "$tmp/digest-$a" ||
@@ -87,9 +93,9 @@ echo "arm64: $(($(date +%s) - start)) s"
 want_cfg=$(sha256sum "$tmp/cloud-config.yaml" | cut -d' ' -f1)
 for a in amd64 arm64; do
   # Each architecture's squashfs: the artifacts whose kernel came from that image.
-  root=""
+  root=""; g=guest_$a
   for dir in "$tmp"/state/artifacts/*/; do
-    cmp -s "$dir/kernel" "$tmp/img-$a/boot/vmlinuz-6.1.0-10-$a" && root=$dir/rootfs.squashfs
+    cmp -s "$dir/kernel" "${!g}/vmlinuz" && root=$dir/rootfs.squashfs
   done
   [ -n "$root" ] || fail "no $a artifacts in the store"
   res=$(tr -d '\r' < "$tmp/serial-$a.log" | grep -a E2E-RESULT | tail -1)

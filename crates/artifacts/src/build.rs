@@ -321,6 +321,7 @@ fn finish(
     let pick: BootPick = tree.boot_files().map_err(BuildError::Boot)?;
     let (summary, image) = writer.finish(&tree).map_err(io_at(&rootfs))?;
     write_out(&image, &tree, pick.kernel, &dir.join(KERNEL))?;
+    unpack_arm64_kernel(&dir.join(KERNEL))?;
     write_out(&image, &tree, pick.initrd, &dir.join(INITRD))?;
     let find = |paths: &[&[u8]]| paths.iter().find_map(|p| tree.file_at(p));
     if let (Some(shim), Some(grub)) = (find(&SHIM_PATHS), find(&GRUB_PATHS)) {
@@ -335,6 +336,42 @@ fn finish(
         inodes: summary.inodes,
         xattr_paths,
     })
+}
+
+/// The largest kernel unpacked from gzip.
+const MAX_KERNEL: u64 = 512 << 20;
+
+/// arm64 distributions ship `vmlinuz` gzip-compressed (Debian, Ubuntu before EFI zboot), which
+/// neither UEFI nor iPXE can start: a gzip stream holding an arm64 `Image` (its magic at 0x38)
+/// is stored unpacked, so the kernel served is the EFI application inside. Anything else (an
+/// x86 bzImage, a corrupt or oversized stream) is left as it is.
+fn unpack_arm64_kernel(path: &Path) -> Result<(), BuildError> {
+    use io::{Read, Write};
+    let mut magic = [0u8; 2];
+    let is_gzip = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b];
+    if !is_gzip {
+        return Ok(());
+    }
+    let unpacked = (|| -> io::Result<Option<Vec<u8>>> {
+        let f = io::BufReader::new(File::open(path)?);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(f)
+            .take(MAX_KERNEL + 1)
+            .read_to_end(&mut out)?;
+        let arm64 = out.get(0x38..0x3c) == Some(&b"ARM\x64"[..]);
+        Ok((arm64 && out.len() as u64 <= MAX_KERNEL).then_some(out))
+    })();
+    let Ok(Some(image)) = unpacked else {
+        return Ok(());
+    };
+    let tmp = path.with_extension("unpacked");
+    let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(&image).map_err(io_at(&tmp))?;
+    f.sync_all().map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_at(path))
 }
 
 fn write_out(image: &Image, tree: &Tree, id: usize, dest: &Path) -> Result<(), BuildError> {
