@@ -56,16 +56,15 @@ pub fn prepare(
         cmdline: s.cmdline.clone(),
         ..Default::default()
     };
+    // The command's image, and later any other a machine needs (another architecture's
+    // variant, a profile's), are pulled and built alike.
+    let images = crate::netboot::ImageOptions {
+        arch: s.arch.clone(),
+        insecure: s.insecure,
+        compression: artifacts::Compression::Gzip,
+    };
     let set = match &s.container_image {
-        Some(img) => crate::netboot::open_source(
-            img,
-            &s.state_dir,
-            &crate::netboot::ImageOptions {
-                arch: s.arch.clone(),
-                insecure: s.insecure,
-                compression: artifacts::Compression::Gzip,
-            },
-        )?,
+        Some(img) => crate::netboot::open_source(img, &s.state_dir, &images)?,
         None if s.has_release() => {
             let url = s
                 .release
@@ -116,11 +115,7 @@ pub fn prepare(
             template,
             data: root,
             source: s.container_image.clone(),
-            images: crate::netboot::ImageOptions {
-                arch: s.arch.clone(),
-                insecure: s.insecure,
-                compression: artifacts::Compression::Gzip,
-            },
+            images,
         }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,

@@ -272,40 +272,6 @@ pub struct Fleet {
     events: Option<Arc<crate::events::Hub>>,
 }
 
-/// The secret behind machines' URLs: made once, kept in the store's directory (mode 0600).
-fn load_key(store: &Store) -> anyhow::Result<String> {
-    let path = store.dir().join(".key");
-    let read = || {
-        std::fs::read_to_string(&path)
-            .ok()
-            .map(|k| k.trim().to_string())
-            .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
-    };
-    if let Some(k) = read() {
-        return Ok(k);
-    }
-    let _lock = artifacts::Lock::exclusive(&store.dir().join(".lock"), || {})?;
-    if let Some(k) = read() {
-        return Ok(k);
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let k = artifacts::random_hex(32)?;
-    let tmp = store
-        .dir()
-        .join(format!(".tmp-key-{}", artifacts::random_hex(8)?));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(k.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(k)
-}
-
 /// Hands memory freed after reading a large machines file or store back to the system: the
 /// parse trees of thousands of entries are garbage once read, and malloc keeps such memory.
 fn release_freed() {
@@ -313,11 +279,6 @@ fn release_freed() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Equal bytes, in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -435,7 +396,7 @@ impl Fleet {
                 state.root().display()
             )
         })?);
-        let key = load_key(&store)?;
+        let key = store.key()?;
         let (profiles, file) = match &opts.machines {
             None => (Profiles::default(), None),
             Some(MachinesSource::Inline(p)) => (p.clone(), None),
@@ -699,7 +660,7 @@ impl Fleet {
     fn check(&self, rest: &str, kind: &str) -> Option<Mac> {
         let (hex, tag) = rest.split_once('-')?;
         let mac = parse_mac(hex).filter(|_| hex.len() == 12)?;
-        same(tag.as_bytes(), self.tag(kind, &mac).as_bytes()).then_some(mac)
+        crate::api::constant_time_eq(tag.as_bytes(), self.tag(kind, &mac).as_bytes()).then_some(mac)
     }
 
     fn record(&self, mac: Mac, c: Change) {
@@ -1013,14 +974,9 @@ impl Fleet {
                     Reply::NotFound
                 }
             },
-            None => match plan.cloud_config_file() {
-                Some(f) => Reply::Resource {
-                    name: "cloud-config".into(),
-                    content_type: "text/plain; charset=utf-8",
-                    body: f.body.clone(),
-                },
-                None => Reply::NotFound,
-            },
+            None => plan
+                .cloud_config_file()
+                .map_or(Reply::NotFound, crate::routes::file_reply),
         }
     }
 

@@ -163,6 +163,29 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// The secret behind machines' own URLs: 32 random bytes in hex, made once and kept in
+    /// `.key` (mode 0600), so the URLs survive restarts.
+    pub fn key(&self) -> io::Result<String> {
+        let path = self.dir.join(".key");
+        let read = || {
+            read_small(&path, 128)
+                .and_then(|k| String::from_utf8(k).ok())
+                .map(|k| k.trim().to_string())
+                .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if let Some(k) = read() {
+            return Ok(k);
+        }
+        let _lock = self.lock()?;
+        // Another server sharing the directory may have made it meanwhile.
+        if let Some(k) = read() {
+            return Ok(k);
+        }
+        let k = artifacts::random_hex(32)?;
+        write_atomic(&self.dir, &path, k.as_bytes())?;
+        Ok(k)
+    }
+
     /// Tells a running server that records changed (called by `daybreak machines`).
     pub fn announce(&self) -> io::Result<()> {
         let _lock = self.lock()?;
@@ -397,6 +420,25 @@ mod tests {
         );
         assert!(s.forget(&A).unwrap());
         assert!(!Store::open(&d).unwrap().forget(&A).unwrap());
+        let _ = fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn the_url_key_is_made_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = testkit::tempdir("fleet-store-key");
+        let k = Store::open(&d).unwrap().key().unwrap();
+        assert_eq!(k.len(), 64);
+        assert_eq!(Store::open(&d).unwrap().key().unwrap(), k);
+        let mode = fs::metadata(d.join("machines/.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Garbage in its place is replaced, never used.
+        fs::write(d.join("machines/.key"), "short").unwrap();
+        let fresh = Store::open(&d).unwrap().key().unwrap();
+        assert!(fresh != k && fresh.len() == 64);
         let _ = fs::remove_dir_all(d);
     }
 
