@@ -76,15 +76,45 @@ impl Default for Hub {
     }
 }
 
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// A MAC as people and firmware write it: `52:54:00:12:34:56`, `52-54-…`, or 12 hex digits.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let hex: String = if s.len() == 12 {
+        s.to_string()
+    } else {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+            return None;
+        }
+        parts.concat()
+    };
+    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(m)
+}
+
+/// `52:54:00:12:34:56`.
+pub fn mac_text(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A MAC as clients write it (`52:54:00:12:34:56`, `52-54-…`, any case), normalised; `None` for
 /// anything else, so client text never becomes a key.
 pub fn normal_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    ok.then(|| parts.join(":").to_ascii_lowercase())
+    (s.len() == 17)
+        .then(|| parse_mac(s))
+        .flatten()
+        .map(|m| mac_text(&m))
 }
 
 impl Hub {

@@ -24,37 +24,7 @@ use crate::http::{Body, Reply, Request};
 pub use profiles::{Action, Image, Profiles};
 pub use store::{Change, Record, Store};
 
-/// A MAC address.
-pub type Mac = [u8; 6];
-
-/// A MAC as people and firmware write it: `52:54:00:12:34:56`, `52-54-…`, or 12 hex digits.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let hex: String = if s.len() == 12 {
-        s.to_string()
-    } else {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-            return None;
-        }
-        parts.concat()
-    };
-    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut m = [0u8; 6];
-    for (i, b) in m.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(m)
-}
-
-/// `52:54:00:12:34:56`.
-pub fn mac_text(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use crate::events::{mac_text, parse_mac, Mac};
 
 /// Machines with a timeline in memory; past this the ones seen longest ago are dropped.
 pub const MAX_LIVE: usize = 4096;
