@@ -279,11 +279,25 @@ enum MachinesCommand {
     /// Every machine remembered (the default): MAC, state, boots, last boot, firmware.
     List,
     /// One machine's record, as JSON.
-    Show { mac: String },
+    Show {
+        #[arg(value_parser = mac_arg)]
+        mac: fleet::Mac,
+    },
     /// Install it again: its next network boot boots the image instead of its disk.
-    Reinstall { mac: String },
+    Reinstall {
+        #[arg(value_parser = mac_arg)]
+        mac: fleet::Mac,
+    },
     /// Forget it (remembered again at its next boot).
-    Forget { mac: String },
+    Forget {
+        #[arg(value_parser = mac_arg)]
+        mac: fleet::Mac,
+    },
+}
+
+/// A MAC on the command line, in any usual form.
+fn mac_arg(s: &str) -> Result<fleet::Mac, String> {
+    fleet::parse_mac(s).ok_or_else(|| format!("{s:?} is not a MAC address (52:54:00:12:34:56)"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -594,7 +608,7 @@ fn cache(c: CacheCommand) -> ExitCode {
 }
 
 fn machines(a: MachinesArgs) -> ExitCode {
-    use crate::fleet::{mac_text, parse_mac, Change, Store};
+    use crate::fleet::{mac_text, Change, Store};
     let store = match artifacts::Store::open(&a.state_dir)
         .map_err(anyhow::Error::from)
         .and_then(|s| Ok(Store::open(s.root())?))
@@ -604,12 +618,6 @@ fn machines(a: MachinesArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
-    };
-    let mac = |m: &str| {
-        parse_mac(m).ok_or_else(|| {
-            eprintln!("error: {m:?} is not a MAC address (52:54:00:12:34:56)");
-            ExitCode::from(2)
-        })
     };
     let unknown = |m: &crate::fleet::Mac| {
         eprintln!(
@@ -657,47 +665,29 @@ fn machines(a: MachinesArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        MachinesCommand::Show { mac: m } => {
-            let m = match mac(&m) {
-                Ok(m) => m,
-                Err(c) => return c,
-            };
-            match store.get(&m) {
-                Some(r) => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                None => unknown(&m),
+        MachinesCommand::Show { mac: m } => match store.get(&m) {
+            Some(r) => {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                ExitCode::SUCCESS
             }
-        }
-        MachinesCommand::Reinstall { mac: m } => {
-            let m = match mac(&m) {
-                Ok(m) => m,
-                Err(c) => return c,
-            };
-            match store.change(&m, &Change::Reinstall) {
-                Ok(Some(_)) => {
-                    println!("{}: its next network boot installs again", mac_text(&m));
-                    done(store.announce())
-                }
-                Ok(None) => unknown(&m),
-                Err(e) => done(Err(e)),
+            None => unknown(&m),
+        },
+        MachinesCommand::Reinstall { mac: m } => match store.change(&m, &Change::Reinstall) {
+            Ok(Some(_)) => {
+                println!("{}: its next network boot installs again", mac_text(&m));
+                done(store.announce())
             }
-        }
-        MachinesCommand::Forget { mac: m } => {
-            let m = match mac(&m) {
-                Ok(m) => m,
-                Err(c) => return c,
-            };
-            match store.forget(&m) {
-                Ok(true) => {
-                    println!("{}: forgotten", mac_text(&m));
-                    done(store.announce())
-                }
-                Ok(false) => unknown(&m),
-                Err(e) => done(Err(e)),
+            Ok(None) => unknown(&m),
+            Err(e) => done(Err(e)),
+        },
+        MachinesCommand::Forget { mac: m } => match store.forget(&m) {
+            Ok(true) => {
+                println!("{}: forgotten", mac_text(&m));
+                done(store.announce())
             }
-        }
+            Ok(false) => unknown(&m),
+            Err(e) => done(Err(e)),
+        },
     }
 }
 
