@@ -542,11 +542,11 @@ impl Router for ApiRouter {
                     hub.emit(Some(req.peer), Some(&mac), crate::events::Step::Script);
                 }
                 tracing::info!(client = %req.peer.ip(), mac = %mac, "boot script from the API's answer");
-                Reply::Resource {
-                    name: "_script".into(),
-                    content_type: "text/plain; charset=utf-8",
-                    body: Body::Memory(self.script(&spec, &base, &mac).into_bytes().into()),
-                }
+                Reply::memory(
+                    "_script",
+                    "text/plain; charset=utf-8",
+                    self.script(&spec, &base, &mac).into_bytes(),
+                )
             }
             pxe::routes::IPXE_ISO => crate::routes::iso_reply(&self.http.base(req.local)),
             FILE => {

@@ -12,34 +12,30 @@ use pxe::routes;
 use crate::boot::{BootFile, Plan};
 use crate::http::{loggable, query_param, Body, Reply, Request, Router};
 
-/// A registered file as a response: served under its name, or as "cloud-config" in logs when
-/// its name is the secret.
 /// The netboot ISO for this server, as the client reached it: it chains this server's script.
 pub fn iso_reply(base: &str) -> Reply {
     let iso = crate::ipxe_iso::build(&crate::ipxe_iso::Script::Chain(base.to_string()));
-    Reply::Resource {
-        name: "ipxe.iso".into(),
-        content_type: "application/octet-stream",
-        body: Body::Memory(iso.into()),
-    }
+    Reply::memory("ipxe.iso", "application/octet-stream", iso)
 }
 
 /// An iPXE binary for UEFI HTTP Boot, which takes the image type from Content-Type first.
 pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
     match binaries.get(bin) {
-        Some(b) => Reply::Resource {
-            name: format!("ipxe/{bin}"),
-            content_type: if bin.ends_with(".efi") {
+        Some(b) => Reply::memory(
+            &format!("ipxe/{bin}"),
+            if bin.ends_with(".efi") {
                 "application/efi"
             } else {
                 "application/octet-stream"
             },
-            body: Body::Memory(b.clone()),
-        },
+            b.clone(),
+        ),
         None => Reply::NotFound,
     }
 }
 
+/// A registered file as a response: served under its name, or as "cloud-config" in logs when
+/// its name is the secret.
 pub(crate) fn file_reply(f: &BootFile) -> Reply {
     let content_type = if f.name.ends_with(".yaml") {
         "text/plain; charset=utf-8"
@@ -111,11 +107,7 @@ impl Router for ArtifactFiles {
                 .iter()
                 .map(|f| format!("{}\t{}\n", f.name, f.size))
                 .collect();
-            return Reply::Resource {
-                name: "_index".into(),
-                content_type: "text/plain; charset=utf-8",
-                body: Body::Memory(list.into_bytes().into()),
-            };
+            return Reply::memory("_index", "text/plain; charset=utf-8", list.into_bytes());
         }
         let name = req.path.strip_prefix('/').unwrap_or(req.path);
         self.files
@@ -155,11 +147,7 @@ impl Router for Plan {
                     }
                     None => self.script(&base, mac.as_deref()),
                 };
-                Reply::Resource {
-                    name: "_script".into(),
-                    content_type: "text/plain; charset=utf-8",
-                    body: Body::Memory(script.into_bytes().into()),
-                }
+                Reply::memory("_script", "text/plain; charset=utf-8", script.into_bytes())
             }
             routes::IPXE_ISO => iso_reply(&self.base_url(req.local)),
             routes::BOOTING => {
@@ -172,11 +160,7 @@ impl Router for Plan {
                     mac = %loggable(query_param(req.query, "mac").as_deref().unwrap_or("-")),
                     "booting kernel"
                 );
-                Reply::Resource {
-                    name: "_booting".into(),
-                    content_type: "text/plain",
-                    body: Body::Memory(Arc::from(&b""[..])),
-                }
+                Reply::memory("_booting", "text/plain", &b""[..])
             }
             routes::FILE => match query_param(req.query, "name") {
                 Some(n) => self

@@ -694,11 +694,11 @@ impl crate::http::Router for Served {
     fn route(&self, req: &crate::http::Request<'_>) -> crate::http::Reply {
         if req.path == pxe::routes::METRICS {
             self.metrics.scraped();
-            return crate::http::Reply::Resource {
-                name: "_metrics".into(),
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: crate::http::Body::Memory(self.metrics.render().into_bytes().into()),
-            };
+            return crate::http::Reply::memory(
+                "_metrics",
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render().into_bytes(),
+            );
         }
         self.router.route(req)
     }

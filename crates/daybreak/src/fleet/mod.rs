@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::boot::{Personal, Plan};
 use crate::events::{BootEvent, Step};
-use crate::http::{Body, Reply, Request};
+use crate::http::{Reply, Request};
 pub use profiles::{Action, Image, Profiles};
 pub use store::{Change, Record, Store};
 
@@ -847,10 +847,10 @@ impl Fleet {
             }
             tracing::info!(client = %req.peer.ip(), mac = %mac_text(&parsed), "GRUB configuration");
             let cfg = self.grub(plan, &mac_text(&parsed), req.peer.ip());
-            return Some(text_reply(
+            return Some(Reply::memory(
                 "_grub",
-                cfg.into_bytes(),
                 "text/plain; charset=utf-8",
+                cfg.into_bytes(),
             ));
         }
         if let Some(rest) = path.strip_prefix(routes::INSTALLED) {
@@ -868,17 +868,17 @@ impl Fleet {
             if let Some(hub) = &self.events {
                 hub.emit(Some(req.peer), Some(&mac_text(&mac)), Step::Installed);
             }
-            return Some(text_reply(
+            return Some(Reply::memory(
                 "_installed",
-                "installed\n".into(),
                 "text/plain; charset=utf-8",
+                &b"installed\n"[..],
             ));
         }
         if path == routes::MACHINES {
-            return Some(text_reply(
+            return Some(Reply::memory(
                 "_machines",
-                self.machines_json(),
                 "application/json",
+                self.machines_json(),
             ));
         }
         if let Some(mac) = path
@@ -889,10 +889,10 @@ impl Fleet {
                 return Some(Reply::NotFound);
             };
             return Some(match self.show(&m) {
-                Some(v) => text_reply(
+                Some(v) => Reply::memory(
                     "_machines",
-                    serde_json::to_vec(&v).unwrap_or_default(),
                     "application/json",
+                    serde_json::to_vec(&v).unwrap_or_default(),
                 ),
                 None => Reply::NotFound,
             });
@@ -901,10 +901,10 @@ impl Fleet {
             return Some(f);
         }
         if path == routes::STATUS || path == "/status" {
-            return Some(text_reply(
+            return Some(Reply::memory(
                 "_status",
-                PAGE.as_bytes().to_vec(),
                 "text/html; charset=utf-8",
+                PAGE.as_bytes(),
             ));
         }
         None
@@ -934,10 +934,10 @@ impl Fleet {
         }
         match template {
             Some(t) => match crate::config::render(t, &self.data_for(&mac, profile, base)) {
-                Ok((text, _)) => text_reply(
+                Ok((text, _)) => Reply::memory(
                     "cloud-config",
-                    text.into_bytes(),
                     "text/plain; charset=utf-8",
+                    text.into_bytes(),
                 ),
                 Err(e) => {
                     tracing::error!(mac = %mac_text(&mac), "cloud-config template: {e:#}");
@@ -1151,14 +1151,6 @@ impl Fleet {
             .unwrap_or_else(|e| e.into_inner())
             .machines
             .len()
-    }
-}
-
-fn text_reply(name: &str, body: Vec<u8>, content_type: &'static str) -> Reply {
-    Reply::Resource {
-        name: name.into(),
-        content_type,
-        body: Body::Memory(body.into()),
     }
 }
 

@@ -238,6 +238,18 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// A resource made in memory (a script, a page, JSON); `name` is used in logs, and names
+    /// starting with `_` are Daybreak's own, logged at debug.
+    pub fn memory(name: &str, content_type: &'static str, body: impl Into<Arc<[u8]>>) -> Reply {
+        Reply::Resource {
+            name: name.into(),
+            content_type,
+            body: Body::Memory(body.into()),
+        }
+    }
+}
+
 /// What the router sees of a request.
 #[derive(Debug)]
 pub struct Request<'a> {
