@@ -68,6 +68,18 @@ lan_up() {
   L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
 }
 
+# push_image LAYOUT: a docker-registry on SRV's loopback (127.0.0.1:5000), and the layout's image
+# `e2e` pushed to it as 127.0.0.1:5000/e2e/kairos:v1, every platform of an index included.
+push_image() {
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n  secret: e2e\n' \
+    "$tmp/registry" > "$tmp/registry.yml"
+  ip netns exec "$srv" docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do S curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.1; done
+  S skopeo copy --quiet --all --dest-tls-verify=false "oci:$1:e2e" docker://127.0.0.1:5000/e2e/kairos:v1 ||
+    fail "skopeo could not push the image"
+}
+
 # wait_ready LOG PID: until Daybreak says it is ready (at most 30 s).
 wait_ready() {
   for _ in $(seq 1 300); do

@@ -52,13 +52,7 @@ printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.
   "$ix" "$ixs" > "$tmp/layout/index.json"
 echo '{"imageLayoutVersion":"1.0.0"}' > "$tmp/layout/oci-layout"
 
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n  secret: e2e\n' \
-  "$tmp/registry" > "$tmp/registry.yml"
-ip netns exec "$srv" docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do S curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.1; done
-S skopeo copy --quiet --all --dest-tls-verify=false "oci:$tmp/layout:e2e" docker://127.0.0.1:5000/e2e/kairos:v1 ||
-  fail "skopeo could not push the multi-arch image"
+push_image "$tmp/layout"
 
 printf '#cloud-config\nhostname: mixed-%s\n' "$id" > "$tmp/cloud-config.yaml"
 ip netns exec "$srv" "$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state" \

@@ -115,13 +115,7 @@ elif [ $from_oci = 1 ]; then
   fi
   bash "$repo_root/scripts/oci-layout.sh" "$tmp/layout" e2e "${layers[@]}" >/dev/null ||
     fail "building the OCI layout failed"
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n  secret: e2e\n' \
-    "$tmp/registry" > "$tmp/registry.yml"
-  ip netns exec "$srv" docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 100); do S curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.1; done
-  S skopeo copy --quiet --dest-tls-verify=false "oci:$tmp/layout:e2e" docker://127.0.0.1:5000/e2e/kairos:v1 ||
-    fail "skopeo could not push the image"
+  push_image "$tmp/layout"
   printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: [[[ .kairos.password ]]]\n' "$mode" > "$tmp/cc-template.yaml"
   printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: pw-%s\n' "$mode" "$id" > "$tmp/cloud-config.yaml"
   cmd=("$bin" --set container_image=127.0.0.1:5000/e2e/kairos:v1 --set "state_dir=$tmp/state"
