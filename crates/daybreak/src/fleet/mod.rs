@@ -152,6 +152,15 @@ fn spawn_builder(
     Ok(tx)
 }
 
+/// What profiles select a machine by, from what is known of it.
+fn machine_of(mac: Mac, seen: Option<&Seen>) -> profiles::Machine {
+    profiles::Machine {
+        mac,
+        uuid: seen.and_then(|s| s.uuid),
+        arch: seen.and_then(|s| s.arch),
+    }
+}
+
 /// What is known of a machine since this server started.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -558,12 +567,7 @@ impl Fleet {
 
     fn machine(&self, mac: Mac) -> profiles::Machine {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = live.machines.get(&mac);
-        profiles::Machine {
-            mac,
-            uuid: seen.and_then(|s| s.uuid),
-            arch: seen.and_then(|s| s.arch),
-        }
+        machine_of(mac, live.machines.get(&mac))
     }
 
     /// What the script URL says of a machine's architecture (`arch=` is its option 93).
@@ -655,15 +659,20 @@ impl Fleet {
                 }
             }
         }
-        let machine = self.machine(m);
+        // What DHCP told of it (UUID, architecture, its boot path), read at once.
+        let (machine, firmware) = {
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = live.machines.get(&m);
+            let firmware = seen.and_then(|s| {
+                s.path.map(|p| match &s.firmware {
+                    Some(f) => format!("{f}: {p}"),
+                    None => p.to_string(),
+                })
+            });
+            (machine_of(m, seen), firmware)
+        };
         let profiles = self.profiles();
         let profile = profiles.find(&machine);
-        let (firmware, path) = {
-            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.machines
-                .get(&m)
-                .map_or((None, None), |s| (s.firmware.clone(), s.path))
-        };
         // One boot, one write: a machine asking again within a minute (a loader that retries,
         // one waiting for its image) is the same boot.
         let now = unix(SystemTime::now());
@@ -674,10 +683,7 @@ impl Fleet {
                 Change::Booted {
                     at: now,
                     arch: machine.arch.map(|a| a.as_str().to_string()),
-                    firmware: path.map(|p| match &firmware {
-                        Some(f) => format!("{f}: {p}"),
-                        None => p.to_string(),
-                    }),
+                    firmware,
                     uuid: machine.uuid.as_ref().map(profiles::uuid_text),
                 },
             );
@@ -1071,11 +1077,7 @@ impl Fleet {
         record: Option<&'a Record>,
         profiles: &'a Profiles,
     ) -> View<'a> {
-        let machine = profiles::Machine {
-            mac: *m,
-            uuid: seen.and_then(|s| s.uuid),
-            arch: seen.and_then(|s| s.arch),
-        };
+        let machine = machine_of(*m, seen);
         let profile = profiles.find(&machine);
         let phase = match (seen, record) {
             (Some(s), _) if s.phase != "seen" => s.phase,
