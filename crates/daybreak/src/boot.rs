@@ -149,23 +149,11 @@ pub struct KernelFacts {
 /// `HdrS` header. `None` for anything else (a gzip-compressed arm64 kernel, say).
 pub fn kernel_arch(k: &[u8]) -> Option<crate::fleet::profiles::Arch> {
     use crate::fleet::profiles::Arch;
-    let u32_at = |o: usize| {
-        k.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if k.get(..2) == Some(b"MZ") {
-        if let Some(pe) = u32_at(0x3c).map(|p| p as usize) {
-            if k.get(pe..pe + 4) == Some(b"PE\0\0") {
-                match k
-                    .get(pe + 4..pe + 6)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                {
-                    Some(0x8664) => return Some(Arch::Amd64),
-                    Some(0xaa64) => return Some(Arch::Arm64),
-                    _ => {}
-                }
-            }
-        }
+    use crate::secureboot::{pe_header, u16_at};
+    match pe_header(k).and_then(|pe| u16_at(k, pe + 4)) {
+        Some(0x8664) => return Some(Arch::Amd64),
+        Some(0xaa64) => return Some(Arch::Arm64),
+        _ => {}
     }
     if k.get(0x38..0x3c) == Some(b"ARM\x64") {
         return Some(Arch::Arm64);
@@ -462,7 +450,6 @@ impl Plan {
             .chain(&self.extras)
     }
 
-    /// `http://HOST:PORT` for a client that reached us at `local`.
     /// What the kernel is: signed or not ([`crate::secureboot::signed`]), and for which
     /// architecture ([`kernel_arch`]). The whole kernel is read once, at start.
     pub fn kernel_facts(&self) -> KernelFacts {
@@ -541,6 +528,7 @@ impl Plan {
         )
     }
 
+    /// `http://HOST:PORT` for a client that reached us at `local`.
     pub fn base_url(&self, local: IpAddr) -> String {
         self.http.base(local)
     }

@@ -4,22 +4,35 @@
 //! the same command line as the iPXE script. iPXE is unsigned: firmware that enforces Secure Boot
 //! refuses it, so a signed kernel goes this way.
 
+/// A little-endian field of a file; `None` past its end.
+pub(crate) fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    b.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+pub(crate) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Where a PE image's `PE\0\0` header starts (`MZ`, then its offset at 0x3c); `None` for
+/// anything that is not a PE image.
+pub(crate) fn pe_header(b: &[u8]) -> Option<usize> {
+    if b.get(..2)? != b"MZ" {
+        return None;
+    }
+    let at = u32_at(b, 0x3c)? as usize;
+    (b.get(at..at + 4)? == b"PE\0\0").then_some(at)
+}
+
 /// Whether `pe` is a PE image (a kernel with an EFI stub) with an Authenticode signature: its
 /// certificate table (data directory 4) holds a PKCS#7 `WIN_CERTIFICATE` inside the file.
 pub fn signed(pe: &[u8]) -> bool {
-    let u16_at = |o: usize| pe.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        pe.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u16_at = |o: usize| u16_at(pe, o);
+    let u32_at = |o: usize| u32_at(pe, o);
     let check = || -> Option<bool> {
-        if pe.get(..2)? != b"MZ" {
+        let Some(pe_at) = pe_header(pe) else {
             return Some(false);
-        }
-        let pe_at = u32_at(0x3c)? as usize;
-        if pe.get(pe_at..pe_at + 4)? != b"PE\0\0" {
-            return Some(false);
-        }
+        };
         let opt = pe_at + 24;
         // PE32+ (every x86-64 and arm64 kernel) or PE32.
         let (count_at, dirs_at) = match u16_at(opt)? {
