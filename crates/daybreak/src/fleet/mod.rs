@@ -675,7 +675,7 @@ impl Fleet {
         let profile = profiles.find(&machine);
         // One boot, one write: a machine asking again within a minute (a loader that retries,
         // one waiting for its image) is the same boot.
-        let now = unix(SystemTime::now());
+        let now = artifacts::now();
         let record = self.store.get(&m);
         if record.as_ref().is_none_or(|r| r.last_seen + BOOT_GAP < now) {
             self.record(
@@ -865,7 +865,7 @@ impl Fleet {
             };
             // On disk before the machine hears it is done: a crash right after cannot make it
             // install again.
-            let at = unix(SystemTime::now());
+            let at = artifacts::now();
             if let Err(e) = self.store.change(&mac, &Change::Installed { at }) {
                 tracing::error!(mac = %mac_text(&mac), store = %self.store.dir().display(), error = %e, "install finished, but it cannot be remembered; the machine will install again");
                 return Some(Reply::NotFound);
