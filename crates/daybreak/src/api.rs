@@ -25,6 +25,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::http::{query_param, Body, Reply, Request, Router};
+use pxe::Mac;
 
 /// How long an answer is used before the API is asked again (in the background).
 pub const FRESH: Duration = Duration::from_secs(10);
@@ -133,7 +134,7 @@ pub struct Api {
     /// For proxied files: deadlines to connect and to start answering, none for the body
     /// (images are large; the HTTP side gives up on an upstream silent for a minute).
     files: ureq::Agent,
-    answers: Mutex<HashMap<String, Cached>>,
+    answers: Mutex<HashMap<Mac, Cached>>,
     asking: std::sync::atomic::AtomicUsize,
     /// Keys the file URLs' tokens; new every run.
     secret: String,
@@ -184,12 +185,12 @@ impl Api {
         })
     }
 
-    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<Mac, Cached>> {
         self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks the API about `mac` now (blocking, bounded by the request timeout).
-    fn ask(&self, mac: &str) -> Option<Arc<Spec>> {
+    fn ask(&self, mac: Mac) -> Option<Arc<Spec>> {
         let url = format!("{}v1/boot/{mac}", self.base);
         let spec = match self.agent.get(&url).call() {
             Ok(mut r) if r.status() == 200 => {
@@ -203,25 +204,25 @@ impl Api {
                 {
                     Ok(s) => Some(Arc::new(s)),
                     Err(e) => {
-                        tracing::warn!(mac, error = %e, "api: a malformed answer; the machine is not booted");
+                        tracing::warn!(mac = %mac, error = %e, "api: a malformed answer; the machine is not booted");
                         None
                     }
                 }
             }
             Ok(r) => {
                 tracing::info!(
-                    mac,
+                    mac = %mac,
                     status = r.status().as_u16(),
                     "api: not booting this machine"
                 );
                 None
             }
             Err(e) => {
-                tracing::warn!(mac, error = %e, "api: the API server did not answer");
+                tracing::warn!(mac = %mac, error = %e, "api: the API server did not answer");
                 // Keep the last answer, if any: a slow or failing API must not stop machines
                 // it has decided on. Asked again on the next request.
                 let mut a = self.answers();
-                let c = a.get_mut(mac)?;
+                let c = a.get_mut(&mac)?;
                 c.asking = false;
                 return c.spec.clone();
             }
@@ -229,7 +230,7 @@ impl Api {
         let mut a = self.answers();
         make_room(&mut a, mac);
         a.insert(
-            mac.to_string(),
+            mac,
             Cached {
                 at: Some(Instant::now()),
                 spec: spec.clone(),
@@ -242,14 +243,14 @@ impl Api {
     /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
     /// again in the background when it is missing or old (at most [`MAX_ASKING`] at once:
     /// past that the machine's next request asks).
-    pub fn allow(self: &Arc<Self>, mac: &str) -> bool {
+    pub fn allow(self: &Arc<Self>, mac: Mac) -> bool {
         use std::sync::atomic::Ordering;
         let (known, ask) = {
             let mut a = self.answers();
-            if !a.contains_key(mac) {
+            if !a.contains_key(&mac) {
                 make_room(&mut a, mac);
                 a.insert(
-                    mac.to_string(),
+                    mac,
                     Cached {
                         at: None,
                         spec: None,
@@ -257,7 +258,7 @@ impl Api {
                     },
                 );
             }
-            let c = a.get_mut(mac).expect("just inserted");
+            let c = a.get_mut(&mac).expect("just inserted");
             let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
             let ask = stale
                 && self
@@ -270,9 +271,9 @@ impl Api {
             (c.spec.is_some(), ask)
         };
         if ask {
-            let (api, mac) = (self.clone(), mac.to_string());
+            let api = self.clone();
             std::thread::spawn(move || {
-                api.ask(&mac);
+                api.ask(mac);
                 api.asking.fetch_sub(1, Ordering::AcqRel);
             });
         }
@@ -280,10 +281,10 @@ impl Api {
     }
 
     /// What to boot `mac` with: a fresh answer, asked for now if need be.
-    fn spec(&self, mac: &str) -> Option<Arc<Spec>> {
+    fn spec(&self, mac: Mac) -> Option<Arc<Spec>> {
         let cached = self
             .answers()
-            .get(mac)
+            .get(&mac)
             .filter(|c| c.at.is_some_and(|t| t.elapsed() <= FRESH))
             .map(|c| c.spec.clone());
         match cached {
@@ -293,16 +294,16 @@ impl Api {
     }
 
     /// The last answer for `mac`, without asking.
-    fn last(&self, mac: &str) -> Option<Arc<Spec>> {
-        self.answers().get(mac).and_then(|c| c.spec.clone())
+    fn last(&self, mac: Mac) -> Option<Arc<Spec>> {
+        self.answers().get(&mac).and_then(|c| c.spec.clone())
     }
 
     /// The token of file `n` of `mac`'s answer, for the URL `url`: whoever has it was sent the
     /// script (or the answer changed, and the old token no longer opens anything).
-    fn token(&self, mac: &str, n: usize, url: &str) -> String {
+    fn token(&self, mac: Mac, n: usize, url: &str) -> String {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
-        for part in [self.secret.as_str(), mac, &n.to_string(), url] {
+        for part in [self.secret.as_str(), &mac.to_string(), &n.to_string(), url] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
@@ -329,8 +330,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Makes room in a full table for `mac`, in bulk so the DHCP path stays O(1) amortised: the
 /// machines the API has not said yes to go first (a flood of made-up MACs fills the table with
 /// those), then yes answers older than a minute, then all but those being asked about.
-fn make_room(a: &mut HashMap<String, Cached>, mac: &str) {
-    if a.len() < MAX_MACHINES || a.contains_key(mac) {
+fn make_room(a: &mut HashMap<Mac, Cached>, mac: Mac) {
+    if a.len() < MAX_MACHINES || a.contains_key(&mac) {
         return;
     }
     a.retain(|_, c| c.asking || c.spec.is_some());
@@ -495,7 +496,7 @@ pub struct ApiRouter {
 const FILE: &str = "/_/api";
 
 impl ApiRouter {
-    fn script(&self, spec: &Spec, base: &str, mac: &str) -> String {
+    fn script(&self, spec: &Spec, base: &str, mac: Mac) -> String {
         if let Some(s) = &spec.script {
             return s.clone();
         }
@@ -525,27 +526,25 @@ impl ApiRouter {
 
 impl Router for ApiRouter {
     fn route(&self, req: &Request<'_>) -> Reply {
-        let mac = query_param(req.query, "mac")
-            .as_deref()
-            .and_then(crate::events::normal_mac);
+        let mac = query_param(req.query, "mac").and_then(|m| m.parse::<Mac>().ok());
         match req.path {
             pxe::routes::SCRIPT | pxe::routes::SCRIPT_ALIAS => {
                 let Some(mac) = mac else {
                     return Reply::NotFound;
                 };
-                let Some(spec) = self.api.spec(&mac) else {
+                let Some(spec) = self.api.spec(mac) else {
                     return Reply::NotFound;
                 };
                 let base = self.http.base(req.local);
                 if let Some(hub) = &self.events {
-                    hub.learn(req.peer.ip(), &mac);
-                    hub.emit(Some(req.peer), Some(&mac), crate::events::Step::Script);
+                    hub.learn(req.peer.ip(), mac);
+                    hub.emit(Some(req.peer), Some(mac), crate::events::Step::Script);
                 }
                 tracing::info!(client = %req.peer.ip(), mac = %mac, "boot script from the API's answer");
                 Reply::memory(
                     "_script",
                     "text/plain; charset=utf-8",
-                    self.script(&spec, &base, &mac).into_bytes(),
+                    self.script(&spec, &base, mac).into_bytes(),
                 )
             }
             pxe::routes::IPXE_ISO => crate::routes::iso_reply(&self.http.base(req.local)),
@@ -556,14 +555,14 @@ impl Router for ApiRouter {
                 ) else {
                     return Reply::NotFound;
                 };
-                let Some(spec) = self.api.last(&mac) else {
+                let Some(spec) = self.api.last(mac) else {
                     return Reply::NotFound;
                 };
                 let Some(url) = spec.urls.get(i) else {
                     return Reply::NotFound;
                 };
                 let token = query_param(req.query, "t").unwrap_or_default();
-                if !constant_time_eq(token.as_bytes(), self.api.token(&mac, i, url).as_bytes()) {
+                if !constant_time_eq(token.as_bytes(), self.api.token(mac, i, url).as_bytes()) {
                     return Reply::NotFound;
                 }
                 let name = spec.name(i);
@@ -597,6 +596,10 @@ impl Router for ApiRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
 
     const BASE: &str = "http://api.example:8000/pixie/";
 
@@ -650,9 +653,9 @@ mod tests {
             binaries: HashMap::new(),
             events: None,
         };
-        let script = r.script(&s, "http://10.0.0.1:8090", "52:54:00:00:00:01");
+        let script = r.script(&s, "http://10.0.0.1:8090", m("52:54:00:00:00:01"));
         let f = |n: usize| {
-            let t = r.api.token("52:54:00:00:00:01", n, &s.urls[n]);
+            let t = r.api.token(m("52:54:00:00:00:01"), n, &s.urls[n]);
             assert_eq!(t.len(), 32);
             format!("http://10.0.0.1:8090/_/api?mac=52:54:00:00:00:01&n={n}&t={t}")
         };
@@ -669,17 +672,20 @@ mod tests {
             br#"{"kernel":"/k","cmdline":{"z":true,"a":"x \"y\"","cfg":{"url":"/c"}}}"#,
         )
         .unwrap();
-        let script = r.script(&s, "http://h", "m");
-        let t = r.api.token("m", 1, &s.urls[1]);
+        let script = r.script(&s, "http://h", m("02:00:00:00:00:01"));
+        let t = r.api.token(m("02:00:00:00:00:01"), 1, &s.urls[1]);
         assert!(
             script.ends_with(&format!(
-                "boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=m&n=1&t={t} z\n"
+                "boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=02:00:00:00:00:01&n=1&t={t} z\n"
             )),
             "{script}"
         );
         // A raw script, as it is.
         let s = parse_answer(BASE, br##"{"ipxe-script":"#!ipxe\nshell\n","kernel":5}"##).unwrap();
-        assert_eq!(r.script(&s, "http://h", "m"), "#!ipxe\nshell\n");
+        assert_eq!(
+            r.script(&s, "http://h", m("02:00:00:00:00:01")),
+            "#!ipxe\nshell\n"
+        );
     }
 
     #[test]
@@ -792,31 +798,31 @@ mod tests {
         // Nothing known yet: no answer now, the API is asked in the background.
         for mac in [YES, NO, BAD, SLOW] {
             let t = Instant::now();
-            assert!(!api.allow(mac));
+            assert!(!api.allow(m(mac)));
             assert!(
                 t.elapsed() < Duration::from_millis(100),
                 "the DHCP path waited"
             );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !api.allow(YES) {
+        while !api.allow(m(YES)) {
             assert!(Instant::now() < deadline, "the API's yes never arrived");
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(1500));
         assert!(
-            !api.allow(NO) && !api.allow(BAD),
+            !api.allow(m(NO)) && !api.allow(m(BAD)),
             "a no and a malformed answer"
         );
         // The slow API timed out: still no answer for that machine, none waited for, and the
         // next request asks again.
-        assert!(!api.answers()[SLOW].asking, "the failed ask is over");
-        assert!(!api.allow(SLOW));
+        assert!(!api.answers()[&m(SLOW)].asking, "the failed ask is over");
+        assert!(!api.allow(m(SLOW)));
         assert!(
-            api.answers()[SLOW].asking,
+            api.answers()[&m(SLOW)].asking,
             "and the next request asks again"
         );
-        assert!(api.last(YES).is_some() && api.last(SLOW).is_none());
+        assert!(api.last(m(YES)).is_some() && api.last(m(SLOW)).is_none());
     }
 
     #[test]
@@ -836,7 +842,7 @@ mod tests {
         let api = Arc::new(Api::new(&base, Duration::from_millis(800)).unwrap());
         // The one real machine, answered before the flood.
         api.answers().insert(
-            YES.into(),
+            m(YES),
             Cached {
                 at: Some(Instant::now()),
                 spec: Some(Arc::new(
@@ -853,7 +859,7 @@ mod tests {
                 (i >> 8) & 255,
                 i & 255
             );
-            assert!(!api.allow(&mac));
+            assert!(!api.allow(m(&mac)));
         }
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         assert!(api.answers().len() <= MAX_MACHINES);
@@ -861,7 +867,7 @@ mod tests {
         let asked = accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert!(asked <= MAX_ASKING, "{asked} questions at once");
         // The machine the API said yes to is still answered.
-        assert!(api.allow(YES));
+        assert!(api.allow(m(YES)));
     }
 
     #[test]

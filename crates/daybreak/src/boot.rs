@@ -141,15 +141,15 @@ pub struct PlanInput {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelFacts {
     pub signed: bool,
-    pub arch: Option<crate::fleet::profiles::Arch>,
+    pub arch: Option<pxe::CpuArch>,
 }
 
 /// The architecture a kernel runs on: an EFI application's PE machine type (x86-64 kernels with
 /// an EFI stub, arm64 `Image`, EFI zboot), else the arm64 `Image` magic or an x86 bzImage's
 /// `HdrS` header. `None` for anything else (a gzip-compressed arm64 kernel, say).
-pub fn kernel_arch(k: &[u8]) -> Option<crate::fleet::profiles::Arch> {
-    use crate::fleet::profiles::Arch;
+pub fn kernel_arch(k: &[u8]) -> Option<pxe::CpuArch> {
     use crate::secureboot::{pe_header, u16_at};
+    use pxe::CpuArch as Arch;
     match pe_header(k).and_then(|pe| u16_at(k, pe + 4)) {
         Some(0x8664) => return Some(Arch::Amd64),
         Some(0xaa64) => return Some(Arch::Arm64),
@@ -586,12 +586,12 @@ impl Plan {
     }
 
     /// The iPXE script for one machine.
-    pub fn script(&self, base: &str, mac: Option<&str>) -> String {
+    pub fn script(&self, base: &str, mac: Option<pxe::Mac>) -> String {
         self.script_for(base, mac, &Personal::default())
     }
 
     /// The iPXE script for one machine with a profile of its own.
-    pub fn script_for(&self, base: &str, mac: Option<&str>, p: &Personal) -> String {
+    pub fn script_for(&self, base: &str, mac: Option<pxe::Mac>, p: &Personal) -> String {
         let mut s = String::from("#!ipxe\n");
         s.push_str(&format!(
             "kernel --name kernel {}\n",
@@ -606,10 +606,7 @@ impl Plan {
             ));
             initrd_args.push_str(&format!("initrd={} ", f.name));
         }
-        if let Some(mac) = mac.filter(|m| {
-            m.bytes()
-                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'-')
-        }) {
+        if let Some(mac) = mac {
             s.push_str(&format!(
                 "imgfetch --name ready {base}{}?mac={mac} ||\nimgfree ready ||\n",
                 routes::BOOTING
@@ -682,7 +679,7 @@ pub(crate) mod tests {
             )
         );
         assert!(!plan.cmdline_redacted(BASE).contains(cc.as_str()));
-        let script = plan.script(BASE, Some("52:54:00:12:34:56"));
+        let script = plan.script(BASE, "52:54:00:12:34:56".parse().ok());
         assert!(script.starts_with("#!ipxe\nkernel --name kernel http://10.0.0.1:8090/kernel\n"));
         assert!(script.contains("initrd --name initrd0 http://10.0.0.1:8090/initrd0\n"));
         assert!(script.contains("\nboot kernel initrd=initrd0 rd.live.overlay.overlayfs "));
@@ -755,7 +752,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kernels_say_their_architecture() {
-        use crate::fleet::profiles::Arch;
+        use pxe::CpuArch as Arch;
         let mut pe = vec![0u8; 0x400];
         pe[..2].copy_from_slice(b"MZ");
         pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());

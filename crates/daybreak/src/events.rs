@@ -55,15 +55,14 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEvent {
     pub at: std::time::SystemTime,
-    /// Lowercase `aa:bb:cc:dd:ee:ff`, when known.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     /// The machine's address and port, when it spoke from one (DHCP offers go to a MAC).
     pub peer: Option<SocketAddr>,
     pub step: Step,
 }
 
 pub struct Hub {
-    leases: Mutex<HashMap<IpAddr, (String, Instant)>>,
+    leases: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
     tx: broadcast::Sender<BootEvent>,
 }
 
@@ -76,51 +75,11 @@ impl Default for Hub {
     }
 }
 
-/// A MAC address.
-pub type Mac = [u8; 6];
-
-/// A MAC as people and firmware write it: `52:54:00:12:34:56`, `52-54-…`, or 12 hex digits.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let hex: String = if s.len() == 12 {
-        s.to_string()
-    } else {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-            return None;
-        }
-        parts.concat()
-    };
-    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut m = [0u8; 6];
-    for (i, b) in m.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(m)
-}
-
-/// `52:54:00:12:34:56`.
-pub fn mac_text(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A MAC as clients write it (`52:54:00:12:34:56`, `52-54-…`, any case), normalised; `None` for
-/// anything else, so client text never becomes a key.
-pub fn normal_mac(s: &str) -> Option<String> {
-    (s.len() == 17)
-        .then(|| parse_mac(s))
-        .flatten()
-        .map(|m| mac_text(&m))
-}
+pub use pxe::Mac;
 
 impl Hub {
     /// Remembers that `mac` holds `ip`.
-    pub fn learn(&self, ip: IpAddr, mac: &str) {
-        let Some(mac) = normal_mac(mac) else { return };
+    pub fn learn(&self, ip: IpAddr, mac: Mac) {
         let mut l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         if l.len() >= MAX_LEASES && !l.contains_key(&ip) {
             // Full (a flood of made-up requests, most likely): keep what was seen in the last
@@ -136,23 +95,20 @@ impl Hub {
     /// A MAC a request from `ip` names (a script URL's `mac=`): learned unless the network's
     /// DHCP already says another machine holds `ip`, which a request cannot overrule. True when
     /// the claim stands.
-    pub fn claim(&self, ip: IpAddr, mac: &str) -> bool {
-        let Some(claimed) = normal_mac(mac) else {
-            return false;
-        };
+    pub fn claim(&self, ip: IpAddr, mac: Mac) -> bool {
         match self.mac_of(ip) {
-            Some(known) if known != claimed => false,
+            Some(known) if known != mac => false,
             _ => {
-                self.learn(ip, &claimed);
+                self.learn(ip, mac);
                 true
             }
         }
     }
 
     /// The MAC known to hold `ip`.
-    pub fn mac_of(&self, ip: IpAddr) -> Option<String> {
+    pub fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        l.get(&ip).map(|(m, _)| m.clone())
+        l.get(&ip).map(|(m, _)| *m)
     }
 
     /// Whether a machine took `ip` in a PXE exchange (or named it in a script request) within
@@ -163,10 +119,8 @@ impl Hub {
     }
 
     /// Records a step: the MAC is the one given, else the one known for `peer`'s address.
-    pub fn emit(&self, peer: Option<SocketAddr>, mac: Option<&str>, step: Step) -> BootEvent {
-        let mac = mac
-            .and_then(normal_mac)
-            .or_else(|| peer.and_then(|p| self.mac_of(p.ip())));
+    pub fn emit(&self, peer: Option<SocketAddr>, mac: Option<Mac>, step: Step) -> BootEvent {
+        let mac = mac.or_else(|| peer.and_then(|p| self.mac_of(p.ip())));
         let e = BootEvent {
             at: std::time::SystemTime::now(),
             mac,
@@ -186,9 +140,9 @@ impl Hub {
     pub fn on_dhcp(&self, e: pxe::driver::Event) {
         match e {
             pxe::driver::Event::Lease { mac, ip } => {
-                self.learn(ip.into(), &mac);
+                self.learn(ip.into(), mac);
                 // Its DHCPREQUEST came from the client port.
-                self.emit(Some(SocketAddr::from((ip, 68))), Some(&mac), Step::Lease);
+                self.emit(Some(SocketAddr::from((ip, 68))), Some(mac), Step::Lease);
             }
             pxe::driver::Event::Answered {
                 mac,
@@ -199,7 +153,7 @@ impl Hub {
             } => {
                 self.emit(
                     None,
-                    Some(&mac),
+                    Some(mac),
                     Step::Offer {
                         firmware,
                         path,
@@ -215,7 +169,7 @@ impl Hub {
     pub fn on_tftp(&self, r: tftp::Report) {
         let ip = r.peer.ip();
         let mac = self.mac_of(ip);
-        tftp::log_report(&r, mac.as_deref());
+        tftp::log_report(&r, mac.as_ref().map(|m| m as &dyn std::fmt::Display));
         let ok = r.outcome == tftp::Outcome::Complete;
         if ok
             || matches!(
@@ -246,11 +200,14 @@ mod tests {
         let mut rx = hub.subscribe();
         let ip: IpAddr = "10.0.0.42".parse().unwrap();
         hub.on_dhcp(pxe::driver::Event::Lease {
-            mac: "52:54:00:AA:bb:01".into(),
+            mac: "52:54:00:AA:bb:01".parse().unwrap(),
             ip: "10.0.0.42".parse().unwrap(),
         });
         let e = hub.emit(Some(SocketAddr::new(ip, 4321)), None, Step::Script);
-        assert_eq!(e.mac.as_deref(), Some("52:54:00:aa:bb:01"));
+        assert_eq!(
+            e.mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:aa:bb:01")
+        );
         assert_eq!(rx.try_recv().unwrap().step, Step::Lease);
         assert_eq!(rx.try_recv().unwrap().step, Step::Script);
         let other = hub.emit(Some("10.0.0.7:80".parse().unwrap()), None, Step::Booting);
@@ -261,31 +218,21 @@ mod tests {
     fn a_request_cannot_claim_an_address_dhcp_gave_another_machine() {
         let hub = Hub::default();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        assert!(hub.claim(ip, "52:54:00:00:00:01"));
-        assert!(hub.claim(ip, "52-54-00-00-00-01"));
-        assert!(!hub.claim(ip, "52:54:00:00:00:02"));
-        assert!(!hub.claim(ip, "not a mac"));
-        assert_eq!(hub.mac_of(ip).as_deref(), Some("52:54:00:00:00:01"));
+        let (one, two): (Mac, Mac) = (
+            "52:54:00:00:00:01".parse().unwrap(),
+            "52-54-00-00-00-02".parse().unwrap(),
+        );
+        assert!(hub.claim(ip, one));
+        assert!(hub.claim(ip, one));
+        assert!(!hub.claim(ip, two));
+        assert_eq!(hub.mac_of(ip), Some(one));
     }
 
     #[test]
-    fn only_macs_become_keys_and_the_table_is_bounded() {
-        assert_eq!(
-            normal_mac("52-54-00-AA-BB-CC").as_deref(),
-            Some("52:54:00:aa:bb:cc")
-        );
-        for bad in [
-            "",
-            "52:54:00:aa:bb",
-            "52:54:00:aa:bb:cc:dd",
-            "zz:54:00:aa:bb:cc",
-            "a\n:b:c:d:e:f",
-        ] {
-            assert_eq!(normal_mac(bad), None, "{bad:?}");
-        }
+    fn the_table_is_bounded() {
         let hub = Hub::default();
         for i in 0..(MAX_LEASES as u32 + 10) {
-            hub.learn(IpAddr::V4(i.into()), "52:54:00:00:00:01");
+            hub.learn(IpAddr::V4(i.into()), Mac([0x52, 0x54, 0, 0, 0, 1]));
         }
         assert!(hub.leases.lock().unwrap().len() <= MAX_LEASES);
     }

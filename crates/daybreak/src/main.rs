@@ -279,25 +279,11 @@ enum MachinesCommand {
     /// Every machine remembered (the default): MAC, state, boots, last boot, firmware.
     List,
     /// One machine's record, as JSON.
-    Show {
-        #[arg(value_parser = mac_arg)]
-        mac: fleet::Mac,
-    },
+    Show { mac: pxe::Mac },
     /// Install it again: its next network boot boots the image instead of its disk.
-    Reinstall {
-        #[arg(value_parser = mac_arg)]
-        mac: fleet::Mac,
-    },
+    Reinstall { mac: pxe::Mac },
     /// Forget it (remembered again at its next boot).
-    Forget {
-        #[arg(value_parser = mac_arg)]
-        mac: fleet::Mac,
-    },
-}
-
-/// A MAC on the command line, in any usual form.
-fn mac_arg(s: &str) -> Result<fleet::Mac, String> {
-    fleet::parse_mac(s).ok_or_else(|| format!("{s:?} is not a MAC address (52:54:00:12:34:56)"))
+    Forget { mac: pxe::Mac },
 }
 
 #[derive(Subcommand, Debug)]
@@ -608,7 +594,7 @@ fn cache(c: CacheCommand) -> ExitCode {
 }
 
 fn machines(a: MachinesArgs) -> ExitCode {
-    use crate::fleet::{mac_text, Change, Store};
+    use crate::fleet::{Change, Store};
     let store = match artifacts::Store::open(&a.state_dir)
         .map_err(anyhow::Error::from)
         .and_then(|s| Ok(Store::open(s.root())?))
@@ -622,7 +608,7 @@ fn machines(a: MachinesArgs) -> ExitCode {
     let unknown = |m: &crate::fleet::Mac| {
         eprintln!(
             "error: {} is not remembered in {} (see daybreak machines list)",
-            mac_text(m),
+            m,
             store.dir().display()
         );
         ExitCode::FAILURE
@@ -674,7 +660,7 @@ fn machines(a: MachinesArgs) -> ExitCode {
         },
         MachinesCommand::Reinstall { mac: m } => match store.change(&m, &Change::Reinstall) {
             Ok(Some(_)) => {
-                println!("{}: its next network boot installs again", mac_text(&m));
+                println!("{m}: its next network boot installs again");
                 done(store.announce())
             }
             Ok(None) => unknown(&m),
@@ -682,7 +668,7 @@ fn machines(a: MachinesArgs) -> ExitCode {
         },
         MachinesCommand::Forget { mac: m } => match store.forget(&m) {
             Ok(true) => {
-                println!("{}: forgotten", mac_text(&m));
+                println!("{m}: forgotten");
                 done(store.announce())
             }
             Ok(false) => unknown(&m),

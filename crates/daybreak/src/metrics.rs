@@ -52,7 +52,7 @@ struct Boot {
 struct FromEvents {
     steps: HashMap<&'static str, u64>,
     http_bytes: HashMap<String, u64>,
-    boots: HashMap<String, Boot>,
+    boots: HashMap<pxe::Mac, Boot>,
     phases: [Histogram; PHASES.len()],
 }
 
@@ -100,11 +100,11 @@ impl Metrics {
             let key = if known { name.clone() } else { "other".into() };
             *m.http_bytes.entry(key).or_default() += bytes;
         }
-        let Some(mac) = &e.mac else { return };
+        let Some(mac) = e.mac else { return };
         let phase = match &e.step {
             Step::Offer { .. } => {
                 // The first offer of a boot starts its clock; offers during a boot do not.
-                let fresh = m.boots.get(mac).is_none_or(|b| {
+                let fresh = m.boots.get(&mac).is_none_or(|b| {
                     b.seen[PHASES.len() - 1] || b.started.elapsed().as_secs() > 600
                 });
                 if fresh {
@@ -113,13 +113,13 @@ impl Metrics {
                             .boots
                             .iter()
                             .min_by_key(|(_, b)| b.started)
-                            .map(|(k, _)| k.clone())
+                            .map(|(k, _)| *k)
                         {
                             m.boots.remove(&oldest);
                         }
                     }
                     m.boots.insert(
-                        mac.clone(),
+                        mac,
                         Boot {
                             started: Instant::now(),
                             seen: [false; PHASES.len()],
@@ -135,7 +135,7 @@ impl Metrics {
             _ => return,
         };
         let FromEvents { boots, phases, .. } = &mut *m;
-        if let Some(b) = boots.get_mut(mac) {
+        if let Some(b) = boots.get_mut(&mac) {
             if !b.seen[phase] {
                 b.seen[phase] = true;
                 phases[phase].observe(b.started.elapsed().as_secs_f64());
@@ -299,7 +299,7 @@ mod tests {
     fn boots_are_timed_from_their_first_offer() {
         let m = Metrics::new(Default::default(), Default::default());
         let hub = Hub::default();
-        let mac = Some("52:54:00:00:00:01");
+        let mac = "52:54:00:00:00:01".parse().ok();
         let peer = Some("10.0.0.5:1000".parse().unwrap());
         let offer = Step::Offer {
             firmware: "UEFI x64 PXE".into(),

@@ -132,7 +132,7 @@ pub fn line(e: &BootEvent) -> Option<String> {
         Step::Offer {
             port: pxe::Port::Dhcp,
             ..
-        } => Some(format!("[DHCP] Offering to boot {}", e.mac.as_deref()?)),
+        } => Some(format!("[DHCP] Offering to boot {}", e.mac?)),
         Step::Script => Some(format!("[HTTP] Sending ipxe boot script to {}", e.peer?)),
         Step::File { name, .. } => {
             let name = match name.strip_prefix("initrd") {
@@ -169,7 +169,7 @@ mod tests {
         };
         let cases = [
             (
-                hub.emit(None, Some("08:00:27:E5:22:8C"), offer),
+                hub.emit(None, "08:00:27:E5:22:8C".parse().ok(), offer),
                 Some("[DHCP] Offering to boot 08:00:27:e5:22:8c"),
             ),
             (

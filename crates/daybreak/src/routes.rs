@@ -122,38 +122,40 @@ impl Router for Plan {
         let path = req.path;
         match path {
             routes::SCRIPT | routes::SCRIPT_ALIAS => {
-                let mac = query_param(req.query, "mac");
+                let named = query_param(req.query, "mac");
+                let mac = named.as_deref().and_then(|m| m.parse::<pxe::Mac>().ok());
                 if let Some(hub) = &self.events {
                     // A MAC the address is known not to hold is not this machine's: the event
                     // goes to the machine that holds it.
-                    let claimed = mac.as_deref().filter(|m| hub.claim(req.peer.ip(), m));
+                    let claimed = mac.filter(|m| hub.claim(req.peer.ip(), *m));
                     hub.emit(Some(req.peer), claimed, crate::events::Step::Script);
                 }
                 let base = self.base_url(req.local);
                 tracing::info!(
                     client = %req.peer.ip(),
-                    mac = %mac
-                        .as_deref()
-                        .map_or_else(|| "-".into(), |m| crate::events::normal_mac(m)
-                            .unwrap_or_else(|| loggable(m).into_owned())),
+                    mac = %match (mac, named.as_deref()) {
+                        (Some(m), _) => m.to_string(),
+                        (None, Some(text)) => loggable(text).into_owned(),
+                        (None, None) => "-".into(),
+                    },
                     arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
                     "boot script"
                 );
                 let script = match &self.fleet {
                     Some(f) => {
                         let arch = query_param(req.query, "arch");
-                        f.note_arch(mac.as_deref(), arch.as_deref());
-                        f.script(self, &base, mac.as_deref(), req.peer.ip())
+                        f.note_arch(mac, arch.as_deref());
+                        f.script(self, &base, mac, req.peer.ip())
                     }
-                    None => self.script(&base, mac.as_deref()),
+                    None => self.script(&base, mac),
                 };
                 Reply::memory("_script", "text/plain; charset=utf-8", script.into_bytes())
             }
             routes::IPXE_ISO => iso_reply(&self.base_url(req.local)),
             routes::BOOTING => {
                 if let Some(hub) = &self.events {
-                    let mac = query_param(req.query, "mac");
-                    hub.emit(Some(req.peer), mac.as_deref(), crate::events::Step::Booting);
+                    let mac = query_param(req.query, "mac").and_then(|m| m.parse().ok());
+                    hub.emit(Some(req.peer), mac, crate::events::Step::Booting);
                 }
                 tracing::info!(
                     client = %req.peer.ip(),

@@ -220,7 +220,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the operator
     // chose the UEFI binary.
     if let BootRouter::Plan(plan) = &*router {
-        use crate::fleet::profiles::Arch;
+        use pxe::CpuArch as Arch;
         let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
         let signed = kernel.signed;
         let arch = kernel.arch.unwrap_or(Arch::Amd64);
@@ -510,7 +510,7 @@ async fn start_netboot(
                         f.observe(&e);
                     }
                     tracing::debug!(
-                        mac = e.mac.as_deref().unwrap_or("-"),
+                        mac = %e.mac.map_or_else(|| "-".to_string(), |m| m.to_string()),
                         client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
                         step = ?e.step,
                         "boot event"
@@ -596,7 +596,7 @@ async fn start_netboot(
             (Some(api), _) => {
                 let api = api.clone();
                 Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
-                    api.allow(&c.mac)
+                    api.allow(c.mac)
                 })))
             }
             (None, Some(f)) => {

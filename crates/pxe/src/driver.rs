@@ -38,10 +38,11 @@ pub struct Stats {
 }
 
 /// The reasons [`Stats::unanswered`] counts.
-pub const UNANSWERED: [&str; 12] = [
+pub const UNANSWERED: [&str; 13] = [
     "not_request",
     "message_type",
     "not_pxe",
+    "not_ethernet",
     "unknown_arch",
     "no_boot_file",
     "bad_relay",
@@ -523,7 +524,7 @@ impl std::fmt::Debug for Allow {
 pub enum Event {
     /// An offer (port 67) or an ack (port 4011) went out.
     Answered {
-        mac: String,
+        mac: crate::Mac,
         firmware: String,
         /// The boot path chosen (`UEFI PXE, then iPXE`), as the offer line names it.
         path: &'static str,
@@ -531,7 +532,7 @@ pub enum Event {
         port: Port,
     },
     /// A client told the network's DHCP server which address it takes ([`crate::lease`]).
-    Lease { mac: String, ip: Ipv4Addr },
+    Lease { mac: crate::Mac, ip: Ipv4Addr },
 }
 
 /// Where [`Event`]s go. Called on the DHCP path: it must not block.
@@ -630,7 +631,7 @@ pub async fn run(socket: DhcpSocket, port: Port, config: Arc<Config>, stats: Arc
                 );
                 if let Some(sink) = &config.events {
                     (sink.0)(Event::Answered {
-                        mac: client.mac.clone(),
+                        mac: client.mac,
                         firmware,
                         path: boot_path(client, t.reply.target.as_str()),
                         target: t.reply.target.as_str().to_string(),
@@ -724,6 +725,7 @@ mod tests {
             Dropped::Ignored(Ignored::NotRequest),
             Dropped::Ignored(Ignored::MessageType),
             Dropped::Ignored(Ignored::NotPxe),
+            Dropped::Ignored(Ignored::NotEthernet),
             Dropped::Ignored(Ignored::UnknownArch(99)),
             Dropped::Ignored(Ignored::NoBootFile(crate::Arch::EfiArm64)),
             Dropped::Ignored(Ignored::BadRelay(Ipv4Addr::LOCALHOST)),

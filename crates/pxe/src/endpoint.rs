@@ -75,6 +75,7 @@ impl Dropped {
             Dropped::Ignored(Ignored::NotRequest) => "not_request",
             Dropped::Ignored(Ignored::MessageType) => "message_type",
             Dropped::Ignored(Ignored::NotPxe) => "not_pxe",
+            Dropped::Ignored(Ignored::NotEthernet) => "not_ethernet",
             Dropped::Ignored(Ignored::UnknownArch(_)) => "unknown_arch",
             Dropped::Ignored(Ignored::NoBootFile(_)) => "no_boot_file",
             Dropped::Ignored(Ignored::BadRelay(_)) => "bad_relay",
@@ -89,7 +90,7 @@ impl Dropped {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handled {
     pub outcome: Result<Transmit, Dropped>,
-    pub lease: Option<(String, Ipv4Addr)>,
+    pub lease: Option<(crate::Mac, Ipv4Addr)>,
 }
 
 fn dropped(why: Dropped) -> Handled {
@@ -167,7 +168,9 @@ pub fn handle(
             && outcome.is_ok()
             && msg.ciaddr == *d.source.ip()
             && crate::routable_unicast(msg.ciaddr);
-        from_itself.then(|| (msg.mac_string(), msg.ciaddr))
+        from_itself
+            .then(|| msg.mac().map(|m| (m, msg.ciaddr)))
+            .flatten()
     });
     Handled { outcome, lease }
 }
@@ -176,6 +179,7 @@ pub fn handle(
 mod tests {
     use super::*;
     use crate::message::{Message, MessageType};
+    use crate::Mac;
 
     fn settings() -> Settings {
         Settings {
@@ -337,7 +341,10 @@ mod tests {
         assert_eq!(h.outcome, Err(Dropped::Ignored(Ignored::MessageType)));
         assert_eq!(
             h.lease,
-            Some(("52:54:00:12:34:56".into(), Ipv4Addr::new(10, 0, 0, 77)))
+            Some((
+                Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                Ipv4Addr::new(10, 0, 0, 77)
+            ))
         );
         let junk = [0u8; 10];
         let h = handle(
@@ -366,7 +373,10 @@ mod tests {
         assert!(h.outcome.is_ok(), "{:?}", h.outcome);
         assert_eq!(
             h.lease,
-            Some(("52:54:00:12:34:56".into(), Ipv4Addr::new(10, 0, 0, 77)))
+            Some((
+                Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                Ipv4Addr::new(10, 0, 0, 77)
+            ))
         );
         // A ciaddr other than the sender's is a claim about someone else: not learned.
         let h = handle(

@@ -17,10 +17,12 @@
 
 pub mod driver;
 pub mod endpoint;
+pub mod machine;
 pub mod message;
 
 use std::net::Ipv4Addr;
 
+pub use machine::{CpuArch, Mac, Machine, ParseError, Uuid};
 use message::{
     encode_pxe_options, opt, pxe_opt, sub_options, PxeOption, DISCOVERY_USE_BOOT_FILE, OP_REPLY,
     OP_REQUEST,
@@ -91,9 +93,20 @@ pub struct Client {
     pub arch: Arch,
     pub arch_code: u16,
     pub firmware: Firmware,
-    pub mac: String,
-    /// The machine's UUID (option 97), as sent: 16 bytes.
-    pub uuid: Option<[u8; 16]>,
+    pub mac: Mac,
+    /// The machine's UUID (option 97), as sent.
+    pub uuid: Option<Uuid>,
+}
+
+impl Client {
+    /// What the request tells of the machine.
+    pub fn machine(&self) -> Machine {
+        Machine {
+            mac: self.mac,
+            uuid: self.uuid,
+            arch: CpuArch::of(self.arch),
+        }
+    }
 }
 
 /// Boot file names per architecture, as registered with the TFTP and HTTP servers. `None` means
@@ -273,6 +286,8 @@ pub enum Ignored {
     MessageType,
     /// No option 93: not a network-boot client.
     NotPxe,
+    /// A hardware address that is not a 6-byte Ethernet MAC: nothing to know the machine by.
+    NotEthernet,
     /// An option 93 value we do not know.
     UnknownArch(u16),
     /// We have no boot file for this architecture.
@@ -340,6 +355,7 @@ fn ipxe_has_http(msg: &Message) -> bool {
 /// Classifies a request by architecture and what is running on the client. `None` when the
 /// message carries no (known) option 93.
 pub fn classify(msg: &Message) -> Result<Client, Ignored> {
+    let mac = msg.mac().ok_or(Ignored::NotEthernet)?;
     let arch_code = match msg.option(opt::CLIENT_ARCH) {
         Some(v) if v.len() >= 2 => u16::from_be_bytes([v[0], v[1]]),
         _ => return Err(Ignored::NotPxe),
@@ -361,14 +377,14 @@ pub fn classify(msg: &Message) -> Result<Client, Ignored> {
         arch,
         arch_code,
         firmware,
-        mac: msg.mac_string(),
+        mac,
         uuid: uuid_of(msg),
     })
 }
 
-/// The 16 bytes of a well-formed option 97.
-fn uuid_of(msg: &Message) -> Option<[u8; 16]> {
-    client_uuid(msg).and_then(|v| v[1..].try_into().ok())
+/// The UUID of a well-formed option 97.
+fn uuid_of(msg: &Message) -> Option<Uuid> {
+    client_uuid(msg).and_then(|v| v[1..].try_into().ok().map(Uuid))
 }
 
 /// Option 97 is echoed only when well formed: type 0 followed by a 16-byte UUID.
@@ -381,7 +397,7 @@ fn client_uuid(msg: &Message) -> Option<Vec<u8>> {
 /// DHCP server (which ProxyDHCP sees, broadcast on port 67) names the address it takes, in
 /// option 50 or `ciaddr`. So later TFTP and HTTP requests from that address can be told apart
 /// by MAC. Pure, like [`answer`].
-pub fn lease(msg: &Message) -> Option<(String, Ipv4Addr)> {
+pub fn lease(msg: &Message) -> Option<(Mac, Ipv4Addr)> {
     if msg.op != OP_REQUEST || msg.message_type() != Some(MessageType::Request) {
         return None;
     }
@@ -392,7 +408,7 @@ pub fn lease(msg: &Message) -> Option<(String, Ipv4Addr)> {
     let ip = requested
         .or((!msg.ciaddr.is_unspecified()).then_some(msg.ciaddr))
         .filter(|a| routable_unicast(*a))?;
-    Some((msg.mac_string(), ip))
+    Some((msg.mac()?, ip))
 }
 
 /// Decides the answer to one request. Pure: the same input always gives the same output.
@@ -417,7 +433,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
             arch: Arch::Bios,
             arch_code: 0,
             firmware: Firmware::Pxe,
-            mac: msg.mac_string(),
+            mac: msg.mac().ok_or(Ignored::NotEthernet)?,
             uuid: uuid_of(msg),
         },
         Err(e) => return Err(e),

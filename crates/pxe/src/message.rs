@@ -303,16 +303,9 @@ impl Message {
         &self.chaddr[..self.hlen as usize]
     }
 
-    /// The hardware address as `aa:bb:cc:dd:ee:ff`.
-    pub fn mac_string(&self) -> String {
-        let mut s = String::with_capacity(17);
-        for (i, b) in self.hwaddr().iter().enumerate() {
-            if i > 0 {
-                s.push(':');
-            }
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+    /// The client's Ethernet address; `None` when the hardware address is not 6 bytes long.
+    pub fn mac(&self) -> Option<crate::Mac> {
+        <[u8; 6]>::try_from(self.hwaddr()).ok().map(crate::Mac)
     }
 }
 
@@ -486,10 +479,12 @@ mod tests {
     }
 
     #[test]
-    fn mac_string_formats() {
+    fn the_mac_is_the_hardware_address_when_it_is_ethernet_s() {
         let mut m = Message::decode(&minimal()).unwrap();
         m.chaddr[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        assert_eq!(m.mac_string(), "52:54:00:12:34:56");
+        assert_eq!(m.mac().unwrap().to_string(), "52:54:00:12:34:56");
+        m.hlen = 20 - 4;
+        assert_eq!(m.mac(), None);
     }
 
     proptest::proptest! {

@@ -398,10 +398,7 @@ fn a_request_to_the_dhcp_server_teaches_the_clients_address() {
         &[(50, &[10, 0, 0, 42]), (93, &[0, 7])],
     ))
     .unwrap();
-    assert_eq!(
-        lease(&req),
-        Some(("52:54:00:12:34:56".to_string(), Ipv4Addr::new(10, 0, 0, 42)))
-    );
+    assert_eq!(lease(&req), Some((Mac(MAC), Ipv4Addr::new(10, 0, 0, 42))));
     let renew = Message::decode(&packet(3, [0; 4], [10, 0, 0, 43], &[])).unwrap();
     assert_eq!(lease(&renew).unwrap().1, Ipv4Addr::new(10, 0, 0, 43));
     // A DISCOVER, an address no client can hold, or no address at all: nothing learned.

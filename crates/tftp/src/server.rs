@@ -142,26 +142,26 @@ pub type Reports = Arc<dyn Fn(Report) + Send + Sync>;
 pub type Known = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// The log lines of a transfer's end; `mac` is the client's, when the caller knows it.
-pub fn log_report(r: &Report, mac: Option<&str>) {
+pub fn log_report(r: &Report, mac: Option<&dyn std::fmt::Display>) {
     let file = shown(&r.file);
-    let mac = mac.unwrap_or("-");
+    let mac = mac.unwrap_or(&"-");
     match &r.outcome {
         Outcome::Complete => tracing::info!(
-            client = %r.peer, mac, file = %file, bytes = r.bytes, ms = r.ms, blksize = r.blksize,
+            client = %r.peer, mac = %mac, file = %file, bytes = r.bytes, ms = r.ms, blksize = r.blksize,
             windowsize = r.windowsize, retransmits = r.retransmits, "tftp sent"
         ),
         Outcome::SizeProbe => {
-            tracing::debug!(client = %r.peer, mac, file = %file, "tftp size probe answered")
+            tracing::debug!(client = %r.peer, mac = %mac, file = %file, "tftp size probe answered")
         }
         Outcome::Aborted { code, message } => tracing::warn!(
-            client = %r.peer, mac, file = %file, code, message = %shown(message),
+            client = %r.peer, mac = %mac, file = %file, code, message = %shown(message),
             "tftp transfer aborted by client"
         ),
         Outcome::TimedOut { confirmed: true } => {
-            tracing::warn!(client = %r.peer, mac, file = %file, ms = r.ms, "tftp transfer timed out")
+            tracing::warn!(client = %r.peer, mac = %mac, file = %file, ms = r.ms, "tftp transfer timed out")
         }
         Outcome::TimedOut { confirmed: false } => tracing::debug!(
-            client = %r.peer, mac, file = %file,
+            client = %r.peer, mac = %mac, file = %file,
             "tftp: no answer to our first packet (a forged request, or a client gone)"
         ),
     }

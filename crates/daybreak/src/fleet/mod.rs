@@ -24,7 +24,7 @@ use crate::http::{Reply, Request};
 pub use profiles::{Action, Image, Profiles};
 pub use store::{Change, Record, Store};
 
-pub use crate::events::{mac_text, parse_mac, Mac};
+pub use pxe::Mac;
 
 /// Machines with a timeline in memory; past this the ones seen longest ago are dropped.
 pub const MAX_LIVE: usize = 4096;
@@ -64,12 +64,12 @@ pub struct FleetOptions {
 
 /// An image other than the command's: a profile's, or the command's for another architecture.
 /// OCI images are keyed by the architecture pulled; ISOs and files are what they are.
-type Key = (Image, Option<profiles::Arch>);
+type Key = (Image, Option<pxe::CpuArch>);
 
 /// An image being built, or built: its plan and its kernel's architecture.
 enum Built {
     Building,
-    Ready(Arc<Plan>, Option<profiles::Arch>),
+    Ready(Arc<Plan>, Option<pxe::CpuArch>),
     Failed,
 }
 
@@ -153,8 +153,8 @@ fn spawn_builder(
 }
 
 /// What profiles select a machine by, from what is known of it.
-fn machine_of(mac: Mac, seen: Option<&Seen>) -> profiles::Machine {
-    profiles::Machine {
+fn machine_of(mac: Mac, seen: Option<&Seen>) -> pxe::Machine {
+    pxe::Machine {
         mac,
         uuid: seen.and_then(|s| s.uuid),
         arch: seen.and_then(|s| s.arch),
@@ -164,8 +164,8 @@ fn machine_of(mac: Mac, seen: Option<&Seen>) -> profiles::Machine {
 /// What is known of a machine since this server started.
 #[derive(Debug, Clone)]
 struct Seen {
-    uuid: Option<[u8; 16]>,
-    arch: Option<profiles::Arch>,
+    uuid: Option<pxe::Uuid>,
+    arch: Option<pxe::CpuArch>,
     firmware: Option<String>,
     path: Option<&'static str>,
     ip: Option<IpAddr>,
@@ -245,7 +245,7 @@ pub struct Fleet {
     images: Images,
     build: Mutex<mpsc::Sender<Key>>,
     /// The architecture of the command's kernel, and its OCI image (for other architectures).
-    main_arch: Option<profiles::Arch>,
+    main_arch: Option<pxe::CpuArch>,
     source: Option<String>,
     /// Told of installs and local boots.
     events: Option<Arc<crate::events::Hub>>,
@@ -313,7 +313,7 @@ impl Boot {
 /// A machine as `/api/machines` shows it (never its URLs).
 #[derive(serde::Serialize)]
 struct View<'a> {
-    mac: String,
+    mac: Mac,
     hostname: Option<&'a str>,
     arch: Option<&'a str>,
     firmware: Option<&'a str>,
@@ -365,7 +365,7 @@ impl Fleet {
     pub fn new(
         opts: &FleetOptions,
         plan: &Plan,
-        main_arch: Option<profiles::Arch>,
+        main_arch: Option<pxe::CpuArch>,
         events: Option<Arc<crate::events::Hub>>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let state = artifacts::Store::open(&opts.state_dir)?;
@@ -399,7 +399,7 @@ impl Fleet {
             .spawn(move || {
                 for (mac, change) in rx {
                     if let Err(e) = writer.change(&mac, &change) {
-                        tracing::warn!(mac = %mac_text(&mac), error = %e, store = %writer.dir().display(), "machine record not written");
+                        tracing::warn!(mac = %mac, error = %e, store = %writer.dir().display(), "machine record not written");
                     }
                 }
             })?;
@@ -484,7 +484,7 @@ impl Fleet {
     }
 
     /// The key of a profile's image for machines of `arch` (an OCI image's variant).
-    fn key(&self, image: &Image, arch: Option<profiles::Arch>) -> Key {
+    fn key(&self, image: &Image, arch: Option<pxe::CpuArch>) -> Key {
         match image {
             Image::Container(_) => (image.clone(), arch.or(self.main_arch)),
             _ => (image.clone(), None),
@@ -517,7 +517,7 @@ impl Fleet {
 
     /// Whether machines of `arch` may have something to boot: the command's kernel is theirs,
     /// its image may have their variant, or a profile names an image.
-    pub fn may_serve(&self, arch: profiles::Arch) -> bool {
+    pub fn may_serve(&self, arch: pxe::CpuArch) -> bool {
         self.main_arch == Some(arch)
             || self.source.is_some()
             || self
@@ -532,7 +532,7 @@ impl Fleet {
     fn plan_of(
         &self,
         image: Option<&Image>,
-        arch: Option<profiles::Arch>,
+        arch: Option<pxe::CpuArch>,
     ) -> Result<Option<Arc<Plan>>, Refusal> {
         let key = match (image, arch) {
             (Some(img), _) => self.key(img, arch),
@@ -565,18 +565,18 @@ impl Fleet {
         }
     }
 
-    fn machine(&self, mac: Mac) -> profiles::Machine {
+    fn machine(&self, mac: Mac) -> pxe::Machine {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         machine_of(mac, live.machines.get(&mac))
     }
 
     /// What the script URL says of a machine's architecture (`arch=` is its option 93).
-    pub fn note_arch(&self, mac: Option<&str>, code: Option<&str>) {
+    pub fn note_arch(&self, mac: Option<Mac>, code: Option<&str>) {
         let (Some(mac), Some(arch)) = (
-            mac.and_then(parse_mac),
+            mac,
             code.and_then(|c| c.parse::<u16>().ok())
                 .and_then(pxe::Arch::from_code)
-                .and_then(|(a, _)| profiles::Arch::of(a)),
+                .and_then(|(a, _)| pxe::CpuArch::of(a)),
         ) else {
             return;
         };
@@ -586,10 +586,8 @@ impl Fleet {
 
     /// The DHCP side's question: answer this machine? Never blocks on more than a lock.
     pub fn allow(&self, c: &pxe::Client) -> bool {
-        let Some(mac) = parse_mac(&c.mac) else {
-            return true;
-        };
-        let arch = profiles::Arch::of(c.arch);
+        let mac = c.mac;
+        let arch = pxe::CpuArch::of(c.arch);
         {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
             let s = live.entry(mac);
@@ -603,7 +601,7 @@ impl Fleet {
                 self.ensure(&(Image::Container(src.clone()), Some(a)), false);
             }
         }
-        let m = profiles::Machine {
+        let m = pxe::Machine {
             mac,
             uuid: c.uuid,
             arch,
@@ -618,43 +616,39 @@ impl Fleet {
         let mut h = Sha256::new();
         h.update(self.key.as_bytes());
         h.update(kind.as_bytes());
-        h.update(mac);
+        h.update(mac.octets());
         artifacts::hex(&h.finalize()[..16])
     }
 
     fn url(&self, base: &str, route: &str, kind: &str, mac: &Mac, suffix: &str) -> String {
-        format!(
-            "{base}{route}{}-{}{suffix}",
-            artifacts::hex(mac),
-            self.tag(kind, mac)
-        )
+        format!("{base}{route}{}-{}{suffix}", mac.hex(), self.tag(kind, mac))
     }
 
     /// The MAC a `MAC-TAG` path names, when its tag is right.
     fn check(&self, rest: &str, kind: &str) -> Option<Mac> {
         let (hex, tag) = rest.split_once('-')?;
-        let mac = parse_mac(hex).filter(|_| hex.len() == 12)?;
+        let mac: Mac = hex.parse().ok().filter(|m: &Mac| m.hex() == hex)?;
         crate::api::constant_time_eq(tag.as_bytes(), self.tag(kind, &mac).as_bytes()).then_some(mac)
     }
 
     fn record(&self, mac: Mac, c: Change) {
         if self.writes.try_send((mac, c)).is_err() {
-            tracing::warn!(mac = %mac_text(&mac), "machine store busy: this change is not remembered");
+            tracing::warn!(mac = %mac, "machine store busy: this change is not remembered");
         }
     }
 
     /// What machine `mac` (as its loader named it, from `peer`) boots now, by its profile and
     /// its state. Remembers the boot.
-    fn decide(&self, plan: &Plan, mac: Option<&str>, peer: IpAddr) -> Decision {
-        let Some(m) = mac.and_then(parse_mac) else {
+    fn decide(&self, plan: &Plan, mac: Option<Mac>, peer: IpAddr) -> Decision {
+        let Some(m) = mac else {
             return Decision::Common;
         };
         // A request naming a MAC another address is known to hold is not that machine: it gets
         // what any machine gets, never another's cloud-config.
         if let Some(hub) = &self.events {
-            if let Some(known) = hub.mac_of(peer).and_then(|k| parse_mac(&k)) {
+            if let Some(known) = hub.mac_of(peer) {
                 if known != m {
-                    tracing::warn!(client = %peer, claimed = %mac_text(&m), holder = %mac_text(&known), "boot request names another machine's MAC; given the common boot");
+                    tracing::warn!(client = %peer, claimed = %m, holder = %known, "boot request names another machine's MAC; given the common boot");
                     return Decision::Stranger;
                 }
             }
@@ -682,18 +676,18 @@ impl Fleet {
                 m,
                 Change::Booted {
                     at: now,
-                    arch: machine.arch.map(|a| a.as_str().to_string()),
+                    arch: machine.arch,
                     firmware,
-                    uuid: machine.uuid.as_ref().map(profiles::uuid_text),
+                    uuid: machine.uuid,
                 },
             );
         }
         let action = profile.map_or(Action::Install, |p| p.action);
         let installed = record.and_then(|r| r.installed_at);
         let local = |why: &'static str| {
-            tracing::info!(mac = %mac_text(&m), client = %peer, "booting from the local disk: {why}");
+            tracing::info!(mac = %m, client = %peer, "booting from the local disk: {why}");
             if let Some(hub) = &self.events {
-                hub.emit(None, Some(&mac_text(&m)), Step::LocalBoot);
+                hub.emit(None, Some(m), Step::LocalBoot);
             }
             Decision::Local
         };
@@ -707,11 +701,11 @@ impl Fleet {
                 let own = match self.plan_of(profile.and_then(|p| p.image.as_ref()), machine.arch) {
                     Ok(own) => own,
                     Err(Refusal::Wait(why)) => {
-                        tracing::info!(mac = %mac_text(&m), "asked to wait: {why}");
+                        tracing::info!(mac = %m, "asked to wait: {why}");
                         return Decision::Wait(m, why);
                     }
                     Err(Refusal::Never(why)) => {
-                        tracing::warn!(mac = %mac_text(&m), arch = machine.arch.map_or("unknown", |a| a.as_str()), "not booted: {why}");
+                        tracing::warn!(mac = %m, arch = machine.arch.map_or("unknown", |a| a.as_str()), "not booted: {why}");
                         return Decision::Refuse(why);
                     }
                 };
@@ -743,7 +737,7 @@ impl Fleet {
     }
 
     /// The iPXE script for `mac` (as the script URL names it).
-    pub fn script(&self, plan: &Plan, base: &str, mac: Option<&str>, peer: IpAddr) -> String {
+    pub fn script(&self, plan: &Plan, base: &str, mac: Option<Mac>, peer: IpAddr) -> String {
         match self.decide(plan, mac, peer) {
             Decision::Common => plan.script(base, mac),
             Decision::Stranger => plan.script(base, None),
@@ -759,7 +753,7 @@ impl Fleet {
             Decision::Wait(m, why) => format!(
                 "#!ipxe\necho Daybreak: {why}; asking again in 10 seconds\nsleep 10\nchain {base}{}?mac={} ||\n",
                 pxe::routes::SCRIPT,
-                mac_text(&m)
+                m
             ),
             Decision::Boot(b) => b.plan(plan).script_for(base, mac, &b.personal(self, base)),
         }
@@ -767,7 +761,7 @@ impl Fleet {
 
     /// The GRUB configuration for `mac` on the Secure Boot chain (GRUB reads it over HTTP, from
     /// the stub [`Fleet::grub_stub`] it got by TFTP).
-    pub fn grub(&self, plan: &Plan, mac: &str, peer: IpAddr) -> String {
+    pub fn grub(&self, plan: &Plan, mac: Mac, peer: IpAddr) -> String {
         let base = plan.grub_base();
         let again = format!(
             "sleep 10\nconfigfile {}{}${{net_default_mac}}.cfg\n",
@@ -821,7 +815,7 @@ impl Fleet {
             "daybreak".into(),
             json!({
                 "installed_url": self.url(base, routes::INSTALLED, "installed", mac, ""),
-                "mac": mac_text(mac),
+                "mac": mac.to_string(),
                 "hostname": profile.and_then(|p| p.hostname.clone()).unwrap_or_default(),
                 "profile": profile.map(|p| p.name.clone()).unwrap_or_default(),
             }),
@@ -844,15 +838,14 @@ impl Fleet {
         if let Some(mac) = path
             .strip_prefix(routes::GRUB)
             .and_then(|r| r.strip_suffix(".cfg"))
-            .and_then(|m| parse_mac(m).map(|p| (m, p)))
+            .and_then(|m| m.parse::<Mac>().ok())
         {
-            let (text, parsed) = mac;
             if let Some(hub) = &self.events {
-                let claimed = Some(text).filter(|m| hub.claim(req.peer.ip(), m));
+                let claimed = Some(mac).filter(|m| hub.claim(req.peer.ip(), *m));
                 hub.emit(Some(req.peer), claimed, Step::Script);
             }
-            tracing::info!(client = %req.peer.ip(), mac = %mac_text(&parsed), "GRUB configuration");
-            let cfg = self.grub(plan, &mac_text(&parsed), req.peer.ip());
+            tracing::info!(client = %req.peer.ip(), mac = %mac, "GRUB configuration");
+            let cfg = self.grub(plan, mac, req.peer.ip());
             return Some(Reply::memory(
                 "_grub",
                 "text/plain; charset=utf-8",
@@ -867,12 +860,12 @@ impl Fleet {
             // install again.
             let at = artifacts::now();
             if let Err(e) = self.store.change(&mac, &Change::Installed { at }) {
-                tracing::error!(mac = %mac_text(&mac), store = %self.store.dir().display(), error = %e, "install finished, but it cannot be remembered; the machine will install again");
+                tracing::error!(mac = %mac, store = %self.store.dir().display(), error = %e, "install finished, but it cannot be remembered; the machine will install again");
                 return Some(Reply::NotFound);
             }
-            tracing::info!(mac = %mac_text(&mac), client = %req.peer.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
+            tracing::info!(mac = %mac, client = %req.peer.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
             if let Some(hub) = &self.events {
-                hub.emit(Some(req.peer), Some(&mac_text(&mac)), Step::Installed);
+                hub.emit(Some(req.peer), Some(mac), Step::Installed);
             }
             return Some(Reply::memory(
                 "_installed",
@@ -891,7 +884,7 @@ impl Fleet {
             .strip_prefix(routes::MACHINES)
             .and_then(|r| r.strip_prefix('/'))
         {
-            let Some(m) = parse_mac(mac) else {
+            let Ok(m) = mac.parse::<Mac>() else {
                 return Some(Reply::NotFound);
             };
             return Some(match self.show(&m) {
@@ -936,7 +929,7 @@ impl Fleet {
             .and_then(|p| p.cloud_config.as_deref())
             .or(self.template.as_deref());
         if let Some(hub) = &self.events {
-            hub.emit(None, Some(&mac_text(&mac)), Step::Config);
+            hub.emit(None, Some(mac), Step::Config);
         }
         match template {
             Some(t) => match crate::config::render(t, &self.data_for(&mac, profile, base)) {
@@ -946,7 +939,7 @@ impl Fleet {
                     text.into_bytes(),
                 ),
                 Err(e) => {
-                    tracing::error!(mac = %mac_text(&mac), "cloud-config template: {e:#}");
+                    tracing::error!(mac = %mac, "cloud-config template: {e:#}");
                     Reply::NotFound
                 }
             },
@@ -958,7 +951,7 @@ impl Fleet {
 
     /// Takes in one boot event: the machine's phase and timeline.
     pub fn observe(&self, e: &BootEvent) {
-        let Some(mac) = e.mac.as_deref().and_then(parse_mac) else {
+        let Some(mac) = e.mac else {
             return;
         };
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -1096,12 +1089,12 @@ impl Fleet {
             })
         });
         View {
-            mac: mac_text(m),
+            mac: *m,
             hostname: profile.and_then(|p| p.hostname.as_deref()),
             arch: machine
                 .arch
-                .map(|a| a.as_str())
-                .or(record.and_then(|r| r.arch.as_deref())),
+                .or(record.and_then(|r| r.arch))
+                .map(|a| a.as_str()),
             firmware: seen.and_then(|s| s.firmware.as_deref()),
             path: seen
                 .and_then(|s| s.path)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail};
 use serde_json::{Map, Value};
 
-use super::Mac;
+pub use pxe::{CpuArch, Mac, Machine, Uuid};
 
 /// The largest machines file read (and the largest cloud-config an entry may name).
 pub const MAX_FILE: usize = 16 << 20;
@@ -50,81 +50,12 @@ impl Action {
     }
 }
 
-/// A machine's architecture, as a profile names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Arch> {
-        match s {
-            "amd64" | "x86_64" | "x86-64" => Some(Arch::Amd64),
-            "arm64" | "aarch64" => Some(Arch::Arm64),
-            _ => None,
-        }
-    }
-
-    /// The architecture of a PXE client's option 93 (32-bit UEFI counts as neither).
-    pub fn of(a: pxe::Arch) -> Option<Arch> {
-        match a {
-            pxe::Arch::Bios | pxe::Arch::EfiX64 => Some(Arch::Amd64),
-            pxe::Arch::EfiArm64 => Some(Arch::Arm64),
-            _ => None,
-        }
-    }
-}
-
-/// A UUID from its text (`8-4-4-4-12` hex digits, or 32 digits), any case.
-pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// The UUID as text, its bytes in the order given.
-pub fn uuid_text(u: &[u8; 16]) -> String {
-    let h = artifacts::hex(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// SMBIOS (2.6 and later) stores the first three fields little-endian, and firmware sends option
-/// 97 in either order; `dmidecode` prints the swapped one. Both are the same machine.
-fn swapped(u: &[u8; 16]) -> [u8; 16] {
-    let mut s = *u;
-    s[..4].reverse();
-    s[4..6].reverse();
-    s[6..8].reverse();
-    s
-}
-
 /// What a profile may select a machine by.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub mac: Option<Mac>,
-    pub uuid: Option<[u8; 16]>,
-    pub arch: Option<Arch>,
+    pub uuid: Option<Uuid>,
+    pub arch: Option<CpuArch>,
 }
 
 impl Selector {
@@ -138,17 +69,9 @@ impl Selector {
         self.mac.is_none_or(|x| x == m.mac)
             && self
                 .uuid
-                .is_none_or(|x| m.uuid.is_some_and(|u| u == x || swapped(&u) == x))
+                .is_none_or(|x| m.uuid.is_some_and(|u| u.same_machine(&x)))
             && self.arch.is_none_or(|x| m.arch == Some(x))
     }
-}
-
-/// What is known of a machine when its profile is looked up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Machine {
-    pub mac: Mac,
-    pub uuid: Option<[u8; 16]>,
-    pub arch: Option<Arch>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,18 +267,13 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
     let image = image(m, base)?;
     let mut select = Selector::default();
     if let Some(s) = string(m, "mac")? {
-        select.mac = Some(
-            super::parse_mac(s)
-                .ok_or_else(|| anyhow!("mac {s:?} is not a MAC address (52:54:00:12:34:56)"))?,
-        );
+        select.mac = Some(s.parse().map_err(|e| anyhow!("mac {e}"))?);
     }
     if let Some(s) = string(m, "uuid")? {
-        select.uuid = Some(parse_uuid(s).ok_or_else(|| {
-            anyhow!("uuid {s:?} is not a UUID (4c4c4544-0031-3510-8052-b4c04f4e3732)")
-        })?);
+        select.uuid = Some(s.parse().map_err(|e| anyhow!("uuid {e}"))?);
     }
     if let Some(s) = string(m, "arch")? {
-        select.arch = Some(Arch::parse(s).ok_or_else(|| anyhow!("arch {s:?}: amd64 or arm64"))?);
+        select.arch = Some(s.parse().map_err(|e| anyhow!("arch {e}"))?);
     }
     let name = match string(m, "name")? {
         Some(n) if !n.is_empty() && n.len() <= 64 && !n.chars().any(char::is_control) => {
@@ -494,14 +412,14 @@ fn image(m: &Map<String, Value>, base: &Path) -> anyhow::Result<Option<Image>> {
 mod tests {
     use super::*;
 
-    const A: Mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-    const B: Mac = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
+    const A: Mac = Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    const B: Mac = Mac([0x52, 0x54, 0, 0x12, 0x34, 0x57]);
 
     fn m(mac: Mac) -> Machine {
         Machine {
             mac,
             uuid: None,
-            arch: Some(Arch::Amd64),
+            arch: Some(CpuArch::Amd64),
         }
     }
 
@@ -524,8 +442,8 @@ mod tests {
         assert_eq!(a.vars, [("role".to_string(), Value::from("master"))]);
         assert_eq!(p.find(&m(B)).unwrap().action, Action::Ignore);
         // The UUID as written, or with its first three fields swapped (SMBIOS order).
-        let u = parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap();
-        for uuid in [u, swapped(&u)] {
+        let u: Uuid = "00112233-4455-6677-8899-aabbccddeeff".parse().unwrap();
+        for uuid in [u, u.swapped()] {
             let found = p
                 .find(&Machine {
                     uuid: Some(uuid),
@@ -536,7 +454,7 @@ mod tests {
         }
         let arm = p
             .find(&Machine {
-                arch: Some(Arch::Arm64),
+                arch: Some(CpuArch::Arm64),
                 ..m(B)
             })
             .unwrap();
@@ -552,7 +470,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.find(&m(A)).unwrap().name, "every-amd64");
         let arm = Machine {
-            arch: Some(Arch::Arm64),
+            arch: Some(CpuArch::Arm64),
             ..m(A)
         };
         assert_eq!(p.find(&arm).unwrap().name, "a");

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{mac_text, parse_mac, Mac};
+use pxe::{CpuArch, Mac, Uuid};
 
 /// Records kept. Past this, new machines are served but not remembered (a flood of made-up
 /// MACs cannot fill the disk).
@@ -28,7 +28,7 @@ const MAX_RECORD_BYTES: u64 = 16 << 10;
 /// What is remembered of one machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub mac: String,
+    pub mac: Mac,
     /// Unix seconds of its first and latest boot script.
     #[serde(default)]
     pub first_seen: u64,
@@ -38,12 +38,12 @@ pub struct Record {
     #[serde(default)]
     pub boots: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
+    pub arch: Option<CpuArch>,
     /// The boot path of its latest offer (`UEFI PXE, then iPXE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
+    pub uuid: Option<Uuid>,
     /// When it called back that its install finished: from then on it boots from its disk
     /// (until `daybreak machines reinstall`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,9 +56,9 @@ pub enum Change {
     /// It fetched a boot script.
     Booted {
         at: u64,
-        arch: Option<String>,
+        arch: Option<CpuArch>,
         firmware: Option<String>,
-        uuid: Option<String>,
+        uuid: Option<Uuid>,
     },
     Installed {
         at: u64,
@@ -80,14 +80,10 @@ impl Record {
                 }
                 self.last_seen = *at;
                 self.boots += 1;
-                for (field, v) in [
-                    (&mut self.arch, arch),
-                    (&mut self.firmware, firmware),
-                    (&mut self.uuid, uuid),
-                ] {
-                    if v.is_some() {
-                        field.clone_from(v);
-                    }
+                self.arch = arch.or(self.arch);
+                self.uuid = uuid.or(self.uuid);
+                if firmware.is_some() {
+                    self.firmware.clone_from(firmware);
                 }
             }
             Change::Installed { at } => {
@@ -110,13 +106,13 @@ pub struct Store {
 }
 
 fn file_name(mac: &Mac) -> String {
-    format!("{}.json", artifacts::hex(mac))
+    format!("{}.json", mac.hex())
 }
 
 /// The MAC of a record's file name (as [`file_name`] writes it); `None` for anything else.
 fn mac_of_name(name: &str) -> Option<Mac> {
     let hex = name.strip_suffix(".json")?;
-    parse_mac(hex).filter(|m| file_name(m) == name)
+    hex.parse().ok().filter(|m| file_name(m) == name)
 }
 
 impl Store {
@@ -258,7 +254,7 @@ impl Store {
     pub fn list(&self) -> Vec<Record> {
         let r = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<Record> = r.values().cloned().collect();
-        v.sort_by(|a, b| a.mac.cmp(&b.mac));
+        v.sort_by_key(|r| r.mac);
         v
     }
 
@@ -275,7 +271,7 @@ impl Store {
                     return Ok(None);
                 }
                 Record {
-                    mac: mac_text(mac),
+                    mac: *mac,
                     ..Default::default()
                 }
             }
@@ -331,7 +327,7 @@ fn read_small(path: &Path, max: u64) -> Option<Vec<u8>> {
 fn read_record(path: &Path, mac: &Mac) -> Option<Record> {
     let text = read_small(path, MAX_RECORD_BYTES)?;
     match serde_json::from_slice::<Record>(&text) {
-        Ok(r) if parse_mac(&r.mac) == Some(*mac) => Some(r),
+        Ok(r) if r.mac == *mac => Some(r),
         Ok(_) => {
             tracing::warn!(path = %path.display(), "machine record names another MAC; ignored");
             None
@@ -376,7 +372,7 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    const A: Mac = [0x52, 0x54, 0, 0xaa, 0xbb, 0x01];
+    const A: Mac = Mac([0x52, 0x54, 0, 0xaa, 0xbb, 0x01]);
 
     #[test]
     fn records_survive_reopening_and_changes_by_another_process() {
@@ -385,7 +381,7 @@ mod tests {
         assert!(s.get(&A).is_none());
         let booted = Change::Booted {
             at: 100,
-            arch: Some("amd64".into()),
+            arch: Some(CpuArch::Amd64),
             firmware: Some("BIOS PXE, then iPXE".into()),
             uuid: None,
         };
@@ -415,8 +411,8 @@ mod tests {
         .unwrap();
         let again = Store::open(&d).unwrap().get(&A).unwrap();
         assert_eq!(
-            (again.boots, again.installed_at, again.arch.as_deref()),
-            (2, None, Some("amd64"))
+            (again.boots, again.installed_at, again.arch),
+            (2, None, Some(CpuArch::Amd64))
         );
         assert!(s.forget(&A).unwrap());
         assert!(!Store::open(&d).unwrap().forget(&A).unwrap());

@@ -668,7 +668,7 @@ impl Sent<'_> {
         // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
         let mac = events
             .and_then(|h| h.mac_of(peer.ip()))
-            .unwrap_or_else(|| "-".into());
+            .map_or_else(|| "-".to_string(), |m| m.to_string());
         match result {
             Ok(()) if name.starts_with('_') => {
                 tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
