@@ -106,43 +106,83 @@ pub struct Obtained {
 
 pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError> {
     let store = Store::open(&req.state_dir)?;
-    match Source::parse(&req.source)? {
-        Source::Iso(p) => Err(ImageError::Iso(p)),
-        Source::Registry(r) => from_registry(req, &store, &r, report),
+    let mut way = match Source::parse(&req.source)? {
+        Source::Iso(p) => return Err(ImageError::Iso(p)),
+        Source::Dir(root) => return from_dir(req, &store, &root, report),
+        Source::Registry(r) => Way::Registry(Box::new(Walk::new(r))),
         Source::Layout(dir, tag) => {
-            let img = oci::open_layout(&dir, tag.as_deref(), &req.arch)?;
-            from_local(req, &store, img, report)
+            Way::Local(Some(oci::open_layout(&dir, tag.as_deref(), &req.arch)?))
         }
-        Source::Archive(path) => {
-            let img = oci::open_archive(&path, &req.arch)?;
-            from_local(req, &store, img, report)
+        Source::Archive(path) => Way::Local(Some(oci::open_archive(&path, &req.arch)?)),
+    };
+    // The one place the store is asked for an image's artifacts: each digest on the way from
+    // the source to its layers may be built already, and the first that is ends the way.
+    loop {
+        let Found {
+            digest,
+            announce,
+            layers,
+        } = way.next(req, &store)?;
+        let announce = match layers {
+            Some(_) => {
+                report.event(announce);
+                None
+            }
+            None => Some(announce),
+        };
+        if let Some(o) = cached(&store, req, &digest, report, announce) {
+            way.remember(req, &store, &digest);
+            return Ok(o);
         }
-        Source::Dir(root) => {
-            let canon = root.canonicalize().map_err(|e| OciError::Source {
-                path: root.clone(),
-                why: e.to_string(),
-            })?;
-            let key = Key::dir(&canon, req.compression);
-            let digest = key.as_str().to_string();
-            report.event(Event::Building { total: 0 });
-            let artifacts = store.put(
-                &key,
-                || waiting(report, "building", key.as_str()),
-                |tmp| {
-                    let b = build::from_dir(&canon, tmp, req.compression)?;
-                    Ok::<_, ImageError>(meta(req, &digest, &b))
-                },
-            )?;
-            report.event(Event::Built {
-                dir: artifacts.dir.clone(),
-            });
-            Ok(Obtained {
-                artifacts,
-                digest,
-                built: true,
-            })
-        }
+        let built = match layers {
+            None => continue,
+            Some(Layers::Local(img)) => {
+                let sizes: Vec<u64> = img.layers.iter().map(|l| l.size).collect();
+                let mut layer = |i: usize| Ok(img.layers[i].clone());
+                build_layers(req, &store, &digest, &sizes, &mut layer, report)?
+            }
+            Some(Layers::Registry(descs)) => {
+                let Way::Registry(walk) = &way else {
+                    unreachable!("registry layers come from a registry walk")
+                };
+                pull_and_build(req, &store, walk.client(req), &digest, &descs, report)?
+            }
+        };
+        way.remember(req, &store, &digest);
+        return Ok(built);
     }
+}
+
+/// A directory is its own key: built (again) whenever asked, under one store entry.
+fn from_dir(
+    req: &Request,
+    store: &Store,
+    root: &Path,
+    report: &dyn Report,
+) -> Result<Obtained, ImageError> {
+    let canon = root.canonicalize().map_err(|e| OciError::Source {
+        path: root.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let key = Key::dir(&canon, req.compression);
+    let digest = key.as_str().to_string();
+    report.event(Event::Building { total: 0 });
+    let artifacts = store.put(
+        &key,
+        || waiting(report, "building", key.as_str()),
+        |tmp| {
+            let b = build::from_dir(&canon, tmp, req.compression)?;
+            Ok::<_, ImageError>(meta(req, &digest, &b))
+        },
+    )?;
+    report.event(Event::Built {
+        dir: artifacts.dir.clone(),
+    });
+    Ok(Obtained {
+        artifacts,
+        digest,
+        built: true,
+    })
 }
 
 fn waiting(report: &dyn Report, doing: &str, what: &str) {
@@ -165,7 +205,7 @@ fn meta(req: &Request, digest: &str, b: &build::Built) -> Meta {
 }
 
 /// The store's entry for `digest`, if it has one; then `announce` (when given) and `Cached`
-/// are reported.
+/// are reported. Called from one place, [`obtain`].
 fn cached(
     store: &Store,
     req: &Request,
@@ -233,152 +273,200 @@ fn build_layers(
     })
 }
 
-fn from_local(
-    req: &Request,
-    store: &Store,
-    img: oci::LocalImage,
-    report: &dyn Report,
-) -> Result<Obtained, ImageError> {
-    report.event(Event::Resolved {
-        image: req.source.clone(),
-        digest: img.digest.to_string(),
-    });
-    if let Some(o) = cached(store, req, &img.digest, report, None) {
-        return Ok(o);
-    }
-    let sizes: Vec<u64> = img.layers.iter().map(|l| l.size).collect();
-    build_layers(
-        req,
-        store,
-        &img.digest,
-        &sizes,
-        &mut |i| Ok(img.layers[i].clone()),
-        report,
-    )
+/// One step on the way from a source to its layers: a digest the artifacts may be stored
+/// under, reported as `announce` when they are; with the layers once the image manifest is read.
+struct Found {
+    digest: Digest,
+    announce: Event,
+    layers: Option<Layers>,
 }
 
-/// What a reference comes to before anything is pulled: an entry the store already has, or the
-/// image manifest's digest and layers.
-enum Resolution {
-    Cached(Obtained),
-    Manifest {
+enum Layers {
+    Local(oci::LocalImage),
+    Registry(Vec<oci::Descriptor>),
+}
+
+/// The way from a source to its layers.
+enum Way {
+    /// A layout or an archive: its digest and layers are known at once.
+    Local(Option<oci::LocalImage>),
+    Registry(Box<Walk>),
+}
+
+impl Way {
+    fn next(&mut self, req: &Request, store: &Store) -> Result<Found, ImageError> {
+        match self {
+            Way::Local(img) => {
+                let img = img.take().expect("a local image is one step");
+                Ok(Found {
+                    digest: img.digest.clone(),
+                    announce: Event::Resolved {
+                        image: req.source.clone(),
+                        digest: img.digest.to_string(),
+                    },
+                    layers: Some(Layers::Local(img)),
+                })
+            }
+            Way::Registry(w) => w.next(req, store),
+        }
+    }
+
+    /// What a registry reference resolved to, for the next run without the registry.
+    fn remember(&self, req: &Request, store: &Store, digest: &Digest) {
+        if let Way::Registry(w) = self {
+            store.remember(&w.name, &req.arch, digest);
+        }
+    }
+}
+
+/// A registry reference followed to its image manifest for the target platform: a digest it
+/// is pinned to (or resolved to last time) first, then the manifest, through indexes, each
+/// digest on the way a step; without the registry, the digest it resolved to last time.
+struct Walk {
+    reference: Reference,
+    /// The reference as written, once.
+    name: String,
+    client: std::sync::OnceLock<Client>,
+    at: WalkAt,
+}
+
+enum WalkAt {
+    Start,
+    /// The manifest of the reference itself.
+    Manifest,
+    /// A manifest by digest, `depth` indexes down.
+    ByDigest(Digest, usize),
+    /// The registry could not be reached and the last known digest is not built either.
+    Failed(Option<RegistryError>),
+}
+
+/// Indexes followed at most (an index of indexes is legal, and rare).
+const MAX_DEPTH: usize = 4;
+
+impl Walk {
+    fn new(reference: Reference) -> Walk {
+        Walk {
+            name: reference.to_string(),
+            reference,
+            client: std::sync::OnceLock::new(),
+            at: WalkAt::Start,
+        }
+    }
+
+    /// The registry client, made when the registry is first asked (it reads credentials).
+    fn client(&self, req: &Request) -> &Client {
+        self.client
+            .get_or_init(|| Client::new(&self.reference, req.insecure))
+    }
+
+    fn resolved(&self, digest: &Digest) -> Event {
+        Event::Resolved {
+            image: self.name.clone(),
+            digest: digest.to_string(),
+        }
+    }
+
+    fn next(&mut self, req: &Request, store: &Store) -> Result<Found, ImageError> {
+        loop {
+            match std::mem::replace(&mut self.at, WalkAt::Manifest) {
+                WalkAt::Start => {
+                    // Pinned by digest: the store may have it without a word to the registry.
+                    if let Some(pinned) = &self.reference.digest {
+                        let digest = store
+                            .recall(&self.name, &req.arch)
+                            .unwrap_or_else(|| pinned.clone());
+                        let announce = self.resolved(&digest);
+                        return Ok(Found {
+                            digest,
+                            announce,
+                            layers: None,
+                        });
+                    }
+                }
+                WalkAt::Manifest => match self.client(req).manifest() {
+                    Ok((bytes, digest)) => {
+                        let doc = Document::parse(&bytes, &format!("{} manifest", self.name))?;
+                        return self.read(doc, digest, 0, req);
+                    }
+                    Err(e @ RegistryError::Unreachable { .. }) => {
+                        let Some(digest) = store.recall(&self.name, &req.arch) else {
+                            return Err(e.into());
+                        };
+                        let announce = Event::Offline {
+                            image: self.name.clone(),
+                            digest: digest.to_string(),
+                            why: e.to_string(),
+                        };
+                        self.at = WalkAt::Failed(Some(e));
+                        return Ok(Found {
+                            digest,
+                            announce,
+                            layers: None,
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                WalkAt::ByDigest(digest, depth) => {
+                    let bytes = self.client(req).manifest_by_digest(&digest)?;
+                    let doc = Document::parse(&bytes, digest.as_str())?;
+                    return self.read(doc, digest, depth, req);
+                }
+                WalkAt::Failed(e) => {
+                    return Err(match e {
+                        Some(e) => e.into(),
+                        None => OciError::BadDocument {
+                            what: self.name.clone(),
+                            why: "no manifest".into(),
+                        }
+                        .into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// A manifest read: an index names the next digest, an image manifest its layers.
+    fn read(
+        &mut self,
+        doc: Document,
         digest: Digest,
-        layers: Vec<oci::Descriptor>,
-    },
-}
-
-/// A registry image: resolve → cached? → pull and build, each its own step.
-fn from_registry(
-    req: &Request,
-    store: &Store,
-    r: &Reference,
-    report: &dyn Report,
-) -> Result<Obtained, ImageError> {
-    let name = r.to_string();
-    if let Some(o) = pinned_in_store(req, store, r, report) {
-        return Ok(o);
-    }
-    let client = Client::new(r, req.insecure);
-    match resolve(req, store, r, &client, report)? {
-        Resolution::Cached(o) => Ok(o),
-        Resolution::Manifest { digest, layers } => {
-            if layers.is_empty() {
+        depth: usize,
+        req: &Request,
+    ) -> Result<Found, ImageError> {
+        if let Some(list) = &doc.manifests {
+            if depth >= MAX_DEPTH {
                 return Err(OciError::BadDocument {
-                    what: name,
-                    why: "the image has no layers".into(),
+                    what: self.name.clone(),
+                    why: "indexes nested too deep".into(),
                 }
                 .into());
             }
-            let o = pull_and_build(req, store, &client, &digest, &layers, report)?;
-            store.remember(&name, &req.arch, &digest);
-            Ok(o)
+            let next = oci::select_platform(list, &req.arch, &self.name)?
+                .digest
+                .clone();
+            self.at = WalkAt::ByDigest(next.clone(), depth + 1);
+            let announce = self.resolved(&next);
+            return Ok(Found {
+                digest: next,
+                announce,
+                layers: None,
+            });
         }
-    }
-}
-
-/// A reference pinned by digest whose entry the store has: answered without asking the
-/// registry anything.
-fn pinned_in_store(
-    req: &Request,
-    store: &Store,
-    r: &Reference,
-    report: &dyn Report,
-) -> Option<Obtained> {
-    let name = r.to_string();
-    let pinned = r.digest.as_ref()?;
-    let d = store
-        .recall(&name, &req.arch)
-        .unwrap_or_else(|| pinned.clone());
-    let resolved = Event::Resolved {
-        image: name,
-        digest: d.to_string(),
-    };
-    cached(store, req, &d, report, Some(resolved))
-}
-
-/// Follows the reference through indexes to the image manifest for the target platform,
-/// stopping at the first digest the store has; without the registry, the last digest the
-/// reference resolved to, if the store has it.
-fn resolve(
-    req: &Request,
-    store: &Store,
-    r: &Reference,
-    client: &Client,
-    report: &dyn Report,
-) -> Result<Resolution, ImageError> {
-    let name = r.to_string();
-    let (bytes, mut digest) = match client.manifest() {
-        Ok(m) => m,
-        Err(e @ RegistryError::Unreachable { .. }) => {
-            if let Some(d) = store.recall(&name, &req.arch) {
-                let offline = Event::Offline {
-                    image: name.clone(),
-                    digest: d.to_string(),
-                    why: e.to_string(),
-                };
-                if let Some(o) = cached(store, req, &d, report, Some(offline)) {
-                    return Ok(Resolution::Cached(o));
-                }
+        let layers = doc.layers.unwrap_or_default();
+        if layers.is_empty() {
+            return Err(OciError::BadDocument {
+                what: self.name.clone(),
+                why: "the image has no layers".into(),
             }
-            return Err(e.into());
+            .into());
         }
-        Err(e) => return Err(e.into()),
-    };
-    let mut doc = Document::parse(&bytes, &format!("{name} manifest"))?;
-    for _ in 0..4 {
-        let Some(list) = &doc.manifests else { break };
-        let d = oci::select_platform(list, &req.arch, &name)?.digest.clone();
-        let resolved = Event::Resolved {
-            image: name.clone(),
-            digest: d.to_string(),
-        };
-        if let Some(o) = cached(store, req, &d, report, Some(resolved)) {
-            store.remember(&name, &req.arch, &d);
-            return Ok(Resolution::Cached(o));
-        }
-        let b = client.manifest_by_digest(&d)?;
-        doc = Document::parse(&b, d.as_str())?;
-        digest = d;
+        self.at = WalkAt::Failed(None);
+        Ok(Found {
+            announce: self.resolved(&digest),
+            digest,
+            layers: Some(Layers::Registry(layers)),
+        })
     }
-    if doc.manifests.is_some() {
-        return Err(OciError::BadDocument {
-            what: name,
-            why: "indexes nested too deep".into(),
-        }
-        .into());
-    }
-    report.event(Event::Resolved {
-        image: name.clone(),
-        digest: digest.to_string(),
-    });
-    if let Some(o) = cached(store, req, &digest, report, None) {
-        store.remember(&name, &req.arch, &digest);
-        return Ok(Resolution::Cached(o));
-    }
-    Ok(Resolution::Manifest {
-        digest,
-        layers: doc.layers.unwrap_or_default(),
-    })
 }
 
 /// Downloads the layers in parallel while the build merges them in order: layer i is merged as
@@ -502,17 +590,6 @@ fn fetch_layer(
             report.event(Event::PullProgress { layer: i, done })
         })
         .map(|_| ())
-}
-
-/// Where a state directory path points: relative paths are taken from the working directory.
-pub fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ mod write;
 pub use digest::{hex, printable, Digest};
 pub use download::{download, DownloadError, Outcome};
 pub use extent::Extent;
-pub use image::{absolute, Event, ImageError, Report, Request};
+pub use image::{Event, ImageError, Report, Request};
 pub use iso9660::{Iso, IsoError};
 pub use lock::{random_hex, Lock};
 pub use release::ReleaseKeys;
@@ -39,5 +39,5 @@ pub use source::{
     from_iso_file, is_url, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,
 };
 pub use squashfs::Compression;
-pub use store::{default_state_dir, now, Store};
+pub use store::{absolute, default_state_dir, now, Store};
 pub use write::{copy_extents_atomic, link_atomic, Stop};

@@ -287,7 +287,7 @@ impl Store {
     /// Opens the state directory (relative paths are taken from the working directory),
     /// creating it with mode 0700 if missing, and refuses one that is not safe to trust.
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
-        let root = crate::image::absolute(state_dir);
+        let root = absolute(state_dir);
         if fs::symlink_metadata(&root).is_err() {
             if let Some(parent) = root.parent() {
                 fs::create_dir_all(parent).map_err(|source| StateError::Io {
@@ -564,6 +564,17 @@ fn du(path: &Path) -> u64 {
         .flatten()
         .map(|e| du(&e.path()))
         .sum()
+}
+
+/// Where a state directory path points: relative paths are taken from the working directory.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
 }
 
 #[cfg(test)]

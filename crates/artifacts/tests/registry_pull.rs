@@ -132,3 +132,70 @@ fn a_blob_longer_than_its_descriptor_is_refused_as_it_arrives() {
     let e = client.blob(&digest, 0, &dest, &|_| {}).unwrap_err();
     assert!(e.to_string().contains("no size"), "{e}");
 }
+
+/// The way from a tag to its artifacts asks the store at each digest, and stops at the first it
+/// has: a second run of a tagged multi-arch image costs one request (the index), and a run by a
+/// digest the store has built costs none.
+#[test]
+fn a_built_image_costs_one_manifest_request_and_a_pinned_one_none() {
+    use testkit::Layer;
+    let layer = Layer::new()
+        .dir("boot", 0o755)
+        .file("boot/vmlinuz-6.1.0", 0o644, 0, &testkit::pattern(4096, 1))
+        .file(
+            "boot/initrd.img-6.1.0",
+            0o644,
+            0,
+            &testkit::pattern(2048, 2),
+        )
+        .file("etc/os-release", 0o644, 0, b"ID=test\n")
+        .bytes();
+    let layer_digest = Digest::of(&layer);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{cn}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{n}}}]}}"#,
+        c = Digest::of(&config),
+        cn = config.len(),
+        n = layer.len()
+    );
+    let manifest_digest = Digest::of(manifest.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{n},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        n = manifest.len()
+    );
+    let by_digest = format!("/v2/test/img/manifests/{manifest_digest}");
+    let srv = common::serve(
+        vec![
+            ("/v2/test/img/manifests/v1".into(), index.into_bytes()),
+            (by_digest.clone(), manifest.into_bytes()),
+            (
+                format!("/v2/test/img/blobs/{}", Digest::of(&config)),
+                config,
+            ),
+            (format!("/v2/test/img/blobs/{layer_digest}"), layer),
+        ],
+        &by_digest,
+        0,
+    );
+    let host = srv.base.trim_start_matches("http://").to_string();
+    let state = tmp("cached-once");
+    let first = common::open_quietly(&format!("{host}/test/img:v1"), &state).unwrap();
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 1, "the manifest once");
+    let asked = srv.all.load(Ordering::SeqCst);
+    let again = common::open_quietly(&format!("{host}/test/img:v1"), &state).unwrap();
+    assert_eq!(again.kernel.path, first.kernel.path);
+    assert_eq!(
+        srv.all.load(Ordering::SeqCst),
+        asked + 1,
+        "only the index, the second time"
+    );
+    let pinned =
+        common::open_quietly(&format!("{host}/test/img@{manifest_digest}"), &state).unwrap();
+    assert_eq!(pinned.kernel.path, first.kernel.path);
+    assert_eq!(
+        srv.all.load(Ordering::SeqCst),
+        asked + 1,
+        "nothing for a digest the store has"
+    );
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -15,6 +15,8 @@ pub struct Server {
     /// Requests for the flaky path, and how many of them asked for a range.
     pub requests: Arc<AtomicUsize>,
     pub ranged: Arc<AtomicUsize>,
+    /// Every request, any path.
+    pub all: Arc<AtomicUsize>,
 }
 
 /// Serves `routes`; the first `drops` full-body responses for `flaky` stop halfway and close.
@@ -36,7 +38,13 @@ pub fn serve_auth(
     let requests = Arc::new(AtomicUsize::new(0));
     let ranged = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(AtomicUsize::new(0));
-    let (r, g, t) = (requests.clone(), ranged.clone(), tokens.clone());
+    let all = Arc::new(AtomicUsize::new(0));
+    let (r, g, t, a) = (
+        requests.clone(),
+        ranged.clone(),
+        tokens.clone(),
+        all.clone(),
+    );
     let realm = format!("{base}/token");
     let flaky = flaky.to_string();
     std::thread::spawn(move || {
@@ -49,6 +57,7 @@ pub fn serve_auth(
                 continue;
             }
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            a.fetch_add(1, Ordering::SeqCst);
             let mut range: Option<usize> = None;
             let mut authorized = false;
             loop {
@@ -127,6 +136,7 @@ pub fn serve_auth(
         tokens,
         requests,
         ranged,
+        all,
     }
 }
 
