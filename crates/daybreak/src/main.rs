@@ -19,6 +19,7 @@ mod progress;
 mod routes;
 mod secureboot;
 mod serve;
+mod sockets;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -1,14 +1,13 @@
 //! Starts the boot servers (ProxyDHCP 67, PXE 4011, TFTP 69, HTTP) for a [`Plan`], and stops
 //! them cleanly on Ctrl-C or SIGTERM.
 
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
-use pxe::driver::{DhcpSocket, Stats as DhcpStats};
+use anyhow::Context as _;
+use pxe::driver::Stats as DhcpStats;
 use tokio_util::sync::CancellationToken;
 
 use crate::boot::{Plan, PlanInput};
@@ -67,98 +66,6 @@ impl ServeOptions {
     }
 }
 
-/// Which program holds a port, from /proc: `Some("dnsmasq (pid 812)")`.
-pub fn port_owner(proto: &str, port: u16) -> Option<String> {
-    let mut inodes = Vec::new();
-    for table in [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let Some(local) = cols.get(1) else { continue };
-            let Some((_, p)) = local.rsplit_once(':') else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16).ok() == Some(port) {
-                if let Some(inode) = cols.get(9).filter(|i| **i != "0") {
-                    inodes.push(format!("socket:[{inode}]"));
-                }
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return None;
-    }
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    let comm =
-                        std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                    return Some(format!("{} (pid {pid})", comm.trim()));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Turns a bind error into one line that names the port, the likely holder, and the fix.
-fn bind_error(e: io::Error, proto: &str, port: u16, role: &str, usual: &str) -> anyhow::Error {
-    let what = format!("{} port {port} ({role})", proto.to_uppercase());
-    match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            let holder = port_owner(proto, port)
-                .map(|o| format!("held by {o}"))
-                .unwrap_or_else(|| format!("likely held by {usual}"));
-            anyhow!("{what} is already in use, {holder}; stop that service or choose another port")
-        }
-        io::ErrorKind::PermissionDenied => anyhow!(
-            "no permission to bind {what}: run as root, or grant the binary CAP_NET_BIND_SERVICE and \
-             CAP_NET_RAW (sudo setcap cap_net_bind_service,cap_net_raw+ep \"$(command -v daybreak)\")"
-        ),
-        io::ErrorKind::AddrNotAvailable => {
-            anyhow!("cannot bind {what}: the listen address is not assigned to any interface here")
-        }
-        _ => anyhow!("cannot bind {what}: {e}"),
-    }
-}
-
-/// Resolves `--interface` names to indexes, checking each has an IPv4 address.
-fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<(String, u32, Ipv4Addr)>> {
-    let all = pxe::driver::interfaces();
-    let list = || {
-        all.iter()
-            .map(|i| match i.ipv4 {
-                Some(a) => format!("{} ({a})", i.name),
-                None => format!("{} (no IPv4)", i.name),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    names
-        .iter()
-        .map(|n| {
-            let i = all
-                .iter()
-                .find(|i| &i.name == n)
-                .with_context(|| format!("no interface named {n:?}; interfaces here: {}", list()))?;
-            let a = i.ipv4.with_context(|| {
-                format!("interface {n} has no IPv4 address; give it one (ip addr add …) or choose another: {}", list())
-            })?;
-            Ok((n.clone(), i.index, a))
-        })
-        .collect()
-}
-
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let (mut binaries, mut boot_files) = ipxe::load(&ipxe::Overrides {
         bios: opts.ipxe_bios.as_deref(),
@@ -167,9 +74,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         efi64_build: opts.efi_build,
     })?;
     let mut plan_input = opts.plan.clone();
-    let mut ifaces = resolve_interfaces(&opts.interfaces)?;
+    let mut ifaces = crate::sockets::resolve_interfaces(&opts.interfaces)?;
     if !opts.listen.is_unspecified() {
-        let holder = pxe::driver::interfaces()
+        let holder = udp::interfaces()
             .into_iter()
             .find(|i| i.ipv4 == Some(opts.listen))
             .with_context(|| {
@@ -320,7 +227,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         };
         let files = crate::routes::ArtifactFiles::new(plan, iso)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            bind_error(
+            crate::sockets::bind_error(
                 e,
                 "tcp",
                 addr.port(),
@@ -451,31 +358,6 @@ fn descriptor_budget() -> Budget {
     }
 }
 
-/// The TFTP port, with `IP_PKTINFO`: each request's local address comes with it, so its
-/// transfer answers from the address the client asked (on a link with several).
-struct TftpListener(DhcpSocket, Ipv4Addr);
-
-impl tftp::Listener for TftpListener {
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
-        let r = self.0.recv(buf).await?;
-        if r.len > buf.len() {
-            // Larger than any TFTP request: say so as an empty datagram, which is refused.
-            return Ok((0, r.source.into(), Some(r.local)));
-        }
-        Ok((r.len, r.source.into(), Some(r.local)))
-    }
-    async fn send_to(&self, data: &[u8], to: SocketAddr, from: Option<Ipv4Addr>) -> io::Result<()> {
-        let SocketAddr::V4(to) = to else {
-            return Ok(());
-        };
-        let from = from.filter(|a| !a.is_unspecified()).unwrap_or(self.1);
-        self.0.send(data, to, 0, from).await
-    }
-    fn local_ip(&self) -> Ipv4Addr {
-        self.1
-    }
-}
-
 /// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
 async fn start_netboot(
     opts: &ServeOptions,
@@ -524,63 +406,14 @@ async fn start_netboot(
             }
         }
     });
-    let http_addr = SocketAddr::from((opts.listen, plan_input.http.port));
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|e| {
-            bind_error(
-                e,
-                "tcp",
-                plan_input.http.port,
-                "HTTP",
-                "another netboot or web server (AuroraBoot, pixiecore, nginx)",
-            )
-        })?;
-    let tftp_sock = DhcpSocket::bind_exclusive(SocketAddrV4::new(opts.listen, opts.tftp_port))
-        .map(|s| TftpListener(s, opts.listen))
-        .map_err(|e| {
-            bind_error(
-                e,
-                "udp",
-                opts.tftp_port,
-                "TFTP",
-                "a TFTP server (tftpd-hpa, atftpd, dnsmasq with enable-tftp)",
-            )
-        })?;
-
-    let mut dhcp_sockets = Vec::new();
-    if opts.proxy_dhcp {
-        let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-        let s67 = match DhcpSocket::bind(any(67)) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                let holder = port_owner("udp", 67).unwrap_or_else(|| "a DHCP server".into());
-                match DhcpSocket::raw(67) {
-                    Ok(s) => {
-                        tracing::info!("UDP port 67 is held by {holder}; receiving ProxyDHCP requests beside it through a raw socket");
-                        s
-                    }
-                    Err(re) if re.kind() == io::ErrorKind::PermissionDenied => bail!(
-                        "UDP port 67 (ProxyDHCP) is held by {holder}, and receiving beside it needs CAP_NET_RAW: \
-                         run as root or grant it (sudo setcap cap_net_bind_service,cap_net_raw+ep \"$(command -v daybreak)\")"
-                    ),
-                    Err(re) => bail!("UDP port 67 is held by {holder} and the raw-socket fallback failed: {re}"),
-                }
-            }
-            Err(e) => return Err(bind_error(e, "udp", 67, "ProxyDHCP", "a DHCP server")),
-        };
-        let s4011 = DhcpSocket::bind(any(4011)).map_err(|e| {
-            bind_error(
-                e,
-                "udp",
-                4011,
-                "PXE boot server",
-                "another PXE server (dnsmasq in proxy mode, pixiecore, AuroraBoot)",
-            )
-        })?;
-        dhcp_sockets.push((s67, pxe::Port::Dhcp));
-        dhcp_sockets.push((s4011, pxe::Port::ProxyBoot));
-    }
+    let listener =
+        crate::sockets::bind_http(SocketAddr::from((opts.listen, plan_input.http.port))).await?;
+    let tftp_sock = crate::sockets::bind_tftp(opts.listen, opts.tftp_port)?;
+    let dhcp_sockets = if opts.proxy_dhcp {
+        crate::sockets::bind_dhcp()?
+    } else {
+        Vec::new()
+    };
 
     let dhcp_config = Arc::new(pxe::driver::Config {
         settings: pxe::endpoint::Settings {

@@ -1,0 +1,492 @@
+//! UDP for the boot servers, the part DHCP and TFTP share: each datagram comes with the
+//! interface it arrived on and the local address it was sent to (`IP_PKTINFO`), and each reply
+//! leaves from that address out of that interface, so a host on several links answers each link
+//! from its own address. A port another process holds (a DHCP server on the same host) can still
+//! be received through a raw socket with a BPF filter for its port (a copy of each packet; the
+//! other process still gets its own), and replies then carry a UDP header written here, so they
+//! still come from that port. And the host's interfaces with their addresses.
+//!
+//! quinn-udp plays this part for quinn: the protocol crates stay free of sockets.
+
+#![warn(unreachable_pub)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Receive buffer of every socket: a boot storm (a rack powered on at once) is hundreds of
+/// DISCOVERs within milliseconds, several times for each machine, and the default buffer
+/// (about 200 KB, a few hundred datagrams with their overhead) would drop some.
+const RECEIVE_BUFFER: i32 = 8 << 20;
+
+/// Where a datagram came from and where it landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub source: SocketAddrV4,
+    pub ifindex: u32,
+    /// Our address on the receiving interface, as the kernel picked it for replies.
+    pub local: Ipv4Addr,
+    /// Datagrams the kernel has dropped on this socket so far, when it says (`SO_RXQ_OVFL`).
+    pub drops: Option<u32>,
+}
+
+/// A UDP socket that knows where each datagram landed and answers from there: an ordinary
+/// bound socket, or the raw fallback for a port another process holds.
+pub struct Socket {
+    fd: AsyncFd<socket2::Socket>,
+    raw_port: Option<u16>,
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to an int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sizes the receive buffer for bursts (past `net.core.rmem_max` where allowed, as root) and asks
+/// the kernel to report its drops with each datagram. Best effort: a smaller buffer still works.
+fn size_receive_buffer(s: &socket2::Socket) {
+    let fd = s.as_raw_fd();
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER);
+    }
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
+}
+
+fn register(s: socket2::Socket) -> io::Result<AsyncFd<socket2::Socket>> {
+    // SAFETY: the Socket owns its fd, which stays open and unchanged until the AsyncFd drops it.
+    unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
+}
+
+impl Socket {
+    /// Binds UDP `addr` with broadcast and `IP_PKTINFO` enabled.
+    pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+        Self::bind_with(addr, true)
+    }
+
+    /// As [`DhcpSocket::bind`], without `SO_REUSEADDR`: binding fails while another socket holds
+    /// the port (TFTP, where two servers on one port would split the requests between them).
+    pub fn bind_exclusive(addr: SocketAddrV4) -> io::Result<Self> {
+        Self::bind_with(addr, false)
+    }
+
+    fn bind_with(addr: SocketAddrV4, reuse: bool) -> io::Result<Self> {
+        let s = socket2::Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(reuse)?;
+        s.set_broadcast(true)?;
+        s.set_nonblocking(true)?;
+        setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        size_receive_buffer(&s);
+        s.bind(&addr.into())?;
+        Ok(Socket {
+            fd: register(s)?,
+            raw_port: None,
+        })
+    }
+
+    /// Receives UDP datagrams to `port` through a raw socket, for when another process holds it.
+    /// Needs CAP_NET_RAW.
+    pub fn raw(port: u16) -> io::Result<Self> {
+        let s = socket2::Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))?;
+        s.set_broadcast(true)?;
+        s.set_nonblocking(true)?;
+        setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        size_receive_buffer(&s);
+        attach_port_filter(s.as_raw_fd(), port)?;
+        Ok(Socket {
+            fd: register(s)?,
+            raw_port: Some(port),
+        })
+    }
+
+    /// Receives one datagram; for the raw socket, strips the IP and UDP headers.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recv_pktinfo(fd.get_ref().as_raw_fd(), buf)) {
+                Ok(Ok(mut r)) => {
+                    if let Some(port) = self.raw_port {
+                        match strip_ip_udp(&buf[..r.len], port) {
+                            Some((offset, len, sport)) => {
+                                buf.copy_within(offset..offset + len, 0);
+                                r.len = len;
+                                r.source.set_port(sport);
+                            }
+                            None => continue,
+                        }
+                    }
+                    return Ok(r);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends `data` to `dest` out of interface `ifindex`, from `source`.
+    pub async fn send(
+        &self,
+        data: &[u8],
+        dest: SocketAddrV4,
+        ifindex: u32,
+        source: Ipv4Addr,
+    ) -> io::Result<()> {
+        let packet;
+        let payload = match self.raw_port {
+            Some(port) => {
+                packet = udp_packet(port, source, dest, data);
+                &packet[..]
+            }
+            None => data,
+        };
+        let raw = self.raw_port.is_some();
+        loop {
+            let mut guard = self.fd.ready(Interest::WRITABLE).await?;
+            match guard.try_io(|fd| {
+                send_pktinfo(
+                    fd.get_ref().as_raw_fd(),
+                    payload,
+                    dest,
+                    ifindex,
+                    source,
+                    raw,
+                )
+            }) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Classic BPF over an IPv4 raw socket (data starts at the IP header): accept unfragmented UDP
+/// whose destination port is `port`.
+fn attach_port_filter(fd: RawFd, port: u16) -> io::Result<()> {
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        ins(0x28, 0, 0, 6),               // ldh [6]            flags + fragment offset
+        ins(0x45, 4, 0, 0x1fff),          // jset #0x1fff       a later fragment: drop
+        ins(0xb1, 0, 0, 0),               // ldxb 4*([0]&0xf)   IP header length
+        ins(0x48, 0, 0, 2),               // ldh [x+2]          UDP destination port
+        ins(0x15, 0, 1, u32::from(port)), // jeq #port
+        ins(0x06, 0, 0, 0xffff),          // ret accept
+        ins(0x06, 0, 0, 0),               // ret drop
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    // SAFETY: fprog points at `prog`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog as *const _ as *const libc::c_void,
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// For a raw datagram: (payload offset, payload length, UDP source port), if it is a whole UDP
+/// datagram to `port`.
+fn strip_ip_udp(pkt: &[u8], port: u16) -> Option<(usize, usize, u16)> {
+    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
+    if ihl < 20 || pkt.len() < ihl + 8 || pkt[9] != 17 {
+        return None;
+    }
+    let udp = &pkt[ihl..];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if dport != port || ulen < 8 || ulen > udp.len() {
+        return None;
+    }
+    Some((ihl + 8, ulen - 8, sport))
+}
+
+fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+/// A UDP header plus payload, checksummed over the IPv4 pseudo-header.
+fn udp_packet(sport: u16, source: Ipv4Addr, dest: SocketAddrV4, data: &[u8]) -> Vec<u8> {
+    let len = (8 + data.len()) as u16;
+    let mut p = Vec::with_capacity(len as usize);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dest.port().to_be_bytes());
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(data);
+    let mut sum = checksum_add(0, &source.octets());
+    sum = checksum_add(sum, &dest.ip().octets());
+    sum += 17 + u32::from(len);
+    sum = checksum_add(sum, &p);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut c = !(sum as u16);
+    if c == 0 {
+        c = 0xffff;
+    }
+    p[6..8].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+const CMSG_SPACE_PKTINFO: usize = 64;
+
+fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: all pointers reference live, correctly sized buffers for the duration of the call;
+    // control messages are walked with the libc CMSG helpers within msg_controllen.
+    unsafe {
+        let mut src: libc::sockaddr_in = zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut _,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u8; CMSG_SPACE_PKTINFO];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut src as *mut _ as *mut _;
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut _;
+        msg.msg_controllen = control.len();
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let len = n.min(buf.len());
+        let mut ifindex = 0;
+        let mut local = Ipv4Addr::UNSPECIFIED;
+        let mut drops = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                ifindex = info.ipi_ifindex as u32;
+                local = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+            }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let source = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
+            u16::from_be(src.sin_port),
+        );
+        // A datagram larger than the buffer is reported by its real size so the caller can count
+        // it as malformed instead of parsing a truncated copy.
+        Ok(Received {
+            len: if n > buf.len() { usize::MAX } else { len },
+            source,
+            ifindex,
+            local,
+            drops,
+        })
+    }
+}
+
+fn send_pktinfo(
+    fd: RawFd,
+    data: &[u8],
+    dest: SocketAddrV4,
+    ifindex: u32,
+    source: Ipv4Addr,
+    raw: bool,
+) -> io::Result<()> {
+    // SAFETY: as in recv_pktinfo; the control buffer is large enough for one in_pktinfo.
+    unsafe {
+        let mut to: libc::sockaddr_in = zeroed();
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from(*dest.ip()).to_be();
+        to.sin_port = if raw { 0 } else { dest.port().to_be() };
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        let mut control = [0u8; CMSG_SPACE_PKTINFO];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut to as *mut _ as *mut _;
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if ifindex != 0 || !source.is_unspecified() {
+            let space = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            msg.msg_control = control.as_mut_ptr() as *mut _;
+            msg.msg_controllen = space;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::IPPROTO_IP;
+            (*cmsg).cmsg_type = libc::IP_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+            let info = libc::in_pktinfo {
+                ipi_ifindex: ifindex as i32,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(source).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::in_pktinfo, info);
+        }
+        let n = libc::sendmsg(fd, &msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The first IPv4 address of an interface, by index.
+pub fn interface_ipv4(ifindex: u32) -> Option<Ipv4Addr> {
+    interfaces()
+        .into_iter()
+        .find(|i| i.index == ifindex)
+        .and_then(|i| i.ipv4)
+}
+
+/// A network interface as Daybreak sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+/// All interfaces with their first IPv4 address.
+pub fn interfaces() -> Vec<Interface> {
+    let mut out: Vec<Interface> = Vec::new();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free exactly once.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            let index = libc::if_nametoindex(ifa.ifa_name);
+            let v4 = if !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            } else {
+                None
+            };
+            match out.iter_mut().find(|i| i.name == name) {
+                Some(i) => {
+                    if i.ipv4.is_none() {
+                        i.ipv4 = v4;
+                    }
+                }
+                None => out.push(Interface {
+                    name,
+                    index,
+                    ipv4: v4,
+                }),
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_checksum_matches_known_value() {
+        // Verified by summing the pseudo-header and segment: the result must fold to 0xffff.
+        let p = udp_packet(
+            67,
+            Ipv4Addr::new(10, 0, 0, 1),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            b"abc",
+        );
+        let mut sum = checksum_add(0, &[10, 0, 0, 1]);
+        sum = checksum_add(sum, &[255, 255, 255, 255]);
+        sum += 17 + p.len() as u32;
+        sum = checksum_add(sum, &p);
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn strip_ip_udp_checks_bounds() {
+        let mut pkt = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 255, 255, 255, 255,
+        ];
+        pkt.extend_from_slice(&udp_packet(
+            68,
+            Ipv4Addr::UNSPECIFIED,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+            b"hello",
+        ));
+        assert_eq!(strip_ip_udp(&pkt, 67), Some((28, 5, 68)));
+        assert_eq!(strip_ip_udp(&pkt, 68), None);
+        assert_eq!(strip_ip_udp(&pkt[..25], 67), None);
+        assert_eq!(strip_ip_udp(&[0x4f], 67), None);
+        assert_eq!(strip_ip_udp(&[], 67), None);
+    }
+
+    #[tokio::test]
+    async fn loopback_round_trip_reports_pktinfo() {
+        let a = Socket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = match a.fd.get_ref().local_addr().unwrap().as_socket_ipv4() {
+            Some(s) => s.port(),
+            None => unreachable!(),
+        };
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 64];
+        let r = a.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..r.len], b"ping");
+        assert_eq!(r.local, Ipv4Addr::LOCALHOST);
+        assert!(r.ifindex > 0);
+        let back = b.local_addr().unwrap();
+        let back = SocketAddrV4::new(Ipv4Addr::LOCALHOST, back.port());
+        a.send(b"pong", back, r.ifindex, r.local).await.unwrap();
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pong");
+    }
+}
