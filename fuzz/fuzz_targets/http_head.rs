@@ -1,12 +1,9 @@
 //! A request head as a client sends it, and the Range header, percent-encoding and query
-//! parsing the server applies to it. The parsers are compiled from the server's own source.
+//! parsing the server applies to it (the `http` crate's `wire` module).
 #![no_main]
 
+use http::wire;
 use libfuzzer_sys::fuzz_target;
-
-#[path = "../../crates/daybreak/src/http/wire.rs"]
-#[allow(dead_code)]
-mod wire;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(head) = wire::parse_head(data) {

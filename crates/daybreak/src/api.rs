@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 
-use crate::http::{query_param, Body, Reply, Request, Router};
+use http::{query_param, Body, Reply, Request, Router};
 use pxe::Mac;
 
 /// How long an answer is used before the API is asked again (in the background).
@@ -350,7 +350,7 @@ fn resolve(base: &str, u: &str) -> Result<String, AnswerError> {
         return Ok(u.to_string());
     }
     if u.contains("://") || u.starts_with("file:") {
-        return Err(AnswerError::Scheme(crate::http::loggable(u).into_owned()));
+        return Err(AnswerError::Scheme(http::loggable(u).into_owned()));
     }
     if let Some(path) = u.strip_prefix('/') {
         let after = base.split_once("://").map_or("", |x| x.1);
@@ -430,7 +430,7 @@ pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
                 TemplateError::Unclosed(_) => AnswerError::Cmdline("an unclosed {{".into()),
                 TemplateError::Unsupported(inner) => AnswerError::Cmdline(format!(
                     "{{{{ {} }}}} is not {{{{ URL \"…\" }}}}",
-                    crate::http::loggable(inner)
+                    http::loggable(inner)
                 )),
             })?;
             for p in pieces {
@@ -574,14 +574,16 @@ impl Router for ApiRouter {
                             body: Body::File(Arc::new(f)),
                         },
                         Err(e) => {
-                            tracing::warn!(mac = %mac, file = %crate::http::loggable(path), error = %e, "api: cannot open a file the API named");
+                            tracing::warn!(mac = %mac, file = %http::loggable(path), error = %e, "api: cannot open a file the API named");
                             Reply::NotFound
                         }
                     },
                     None => Reply::Proxy {
                         name,
-                        url: url.clone(),
-                        agent: self.api.files.clone(),
+                        upstream: Arc::new(Fetch {
+                            url: url.clone(),
+                            agent: self.api.files.clone(),
+                        }),
                     },
                 }
             }
@@ -590,6 +592,33 @@ impl Router for ApiRouter {
                 None => Reply::NotFound,
             },
         }
+    }
+}
+
+/// A file the API named, fetched for the machine as it downloads it.
+struct Fetch {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl http::Upstream for Fetch {
+    fn open(&self) -> Result<(u64, Box<dyn std::io::Read + Send>), String> {
+        let resp = self
+            .agent
+            .get(&self.url)
+            .call()
+            .map_err(|e| e.to_string())?;
+        let len = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or("the answer has no Content-Length")?;
+        Ok((len, Box::new(resp.into_body().into_reader())))
+    }
+
+    fn describe(&self) -> String {
+        http::loggable(&self.url).into_owned()
     }
 }
 
@@ -899,11 +928,11 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let cancel = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(crate::http::serve(
+            tokio::spawn(http::serve(
                 listener,
                 Arc::new(router),
-                crate::http::Limits::default(),
-                None,
+                http::Limits::default(),
+                Arc::new(http::Unobserved),
                 cancel.clone(),
                 Duration::from_secs(1),
             ));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use artifacts::safe_name;
 
-use crate::http::Body;
+use http::Body;
 use pxe::routes;
 
 /// Kairos's kernel arguments (AuroraBoot's defaults), around the two URLs Daybreak fills in.
@@ -517,12 +517,12 @@ impl Plan {
         let initrds: Vec<String> = self
             .initrds
             .iter()
-            .map(|f| crate::http::percent_encode(&f.name))
+            .map(|f| http::percent_encode(&f.name))
             .collect();
         let initrds: Vec<&str> = initrds.iter().map(String::as_str).collect();
         crate::secureboot::grub_cfg(
             &self.grub_device(),
-            &crate::http::percent_encode(&self.kernel.name),
+            &http::percent_encode(&self.kernel.name),
             &initrds,
             &self.render_cmdline(&self.grub_base(), false, p),
         )
@@ -534,7 +534,7 @@ impl Plan {
     }
 
     pub fn file_url(&self, base: &str, name: &str) -> String {
-        format!("{base}/{}", crate::http::percent_encode(name))
+        format!("{base}/{}", http::percent_encode(name))
     }
 
     #[cfg(test)]

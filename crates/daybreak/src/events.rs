@@ -190,6 +190,42 @@ impl Hub {
     }
 }
 
+/// What the boot HTTP server reports: clients booting now, a large body's progress, each file
+/// sent (its log line, with the MAC when known, and the event).
+impl http::Observer for Hub {
+    fn known(&self, ip: IpAddr) -> bool {
+        self.booting(ip)
+    }
+
+    fn progress(&self, peer: SocketAddr, name: &str, bytes: u64) {
+        self.emit(
+            Some(peer),
+            None,
+            Step::Sending {
+                name: name.to_string(),
+                bytes,
+            },
+        );
+    }
+
+    fn sent(&self, r: &http::Report) {
+        // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
+        let mac = self.mac_of(r.peer.ip());
+        http::log_report(r, mac.as_ref().map(|m| m as &dyn std::fmt::Display));
+        if r.error.is_none() && !r.is_internal() {
+            self.emit(
+                Some(r.peer),
+                mac,
+                Step::File {
+                    name: r.name.clone(),
+                    bytes: r.count,
+                    ms: r.ms,
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

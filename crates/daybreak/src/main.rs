@@ -7,7 +7,7 @@ mod config;
 mod default_command;
 mod events;
 mod fleet;
-mod http;
+
 mod interrupt;
 mod ipxe;
 mod ipxe_iso;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pxe::routes;
 
 use crate::boot::{BootFile, Plan};
-use crate::http::{loggable, query_param, Body, Reply, Request, Router};
+use http::{loggable, query_param, Body, Reply, Request, Router};
 
 /// The netboot ISO for this server, as the client reached it: it chains this server's script.
 pub fn iso_reply(base: &str) -> Reply {
@@ -268,8 +268,8 @@ mod tests {
             "{line}"
         );
         // What a client sends for that URL is routed to the file: `+` in a path is a plus.
-        let decoded = crate::http::percent_decode("/a%2Bb_c.img").unwrap();
-        let raw_plus = crate::http::percent_decode("/a+b_c.img").unwrap();
+        let decoded = http::percent_decode("/a%2Bb_c.img").unwrap();
+        let raw_plus = http::percent_decode("/a+b_c.img").unwrap();
         for path in [decoded.as_str(), raw_plus.as_str()] {
             let r = plan.route(&Request {
                 path,

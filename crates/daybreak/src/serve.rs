@@ -240,7 +240,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             listener.local_addr()?,
             files.names().collect::<Vec<_>>().join(", ")
         );
-        tasks.http(listener, Arc::new(files), None);
+        tasks.http(listener, Arc::new(files), Arc::new(http::Unobserved));
     }
     tracing::info!("ready");
 
@@ -288,17 +288,17 @@ struct Tasks {
 }
 
 impl Tasks {
-    fn http<R: crate::http::Router + 'static>(
+    fn http<R: http::Router + 'static>(
         &mut self,
         listener: tokio::net::TcpListener,
         router: Arc<R>,
-        events: Option<Arc<Hub>>,
+        observer: Arc<dyn http::Observer>,
     ) {
-        self.http.spawn(crate::http::serve(
+        self.http.spawn(http::serve(
             listener,
             router,
             self.budget.http.clone(),
-            events,
+            observer,
             self.cancel.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -308,7 +308,7 @@ impl Tasks {
 /// How the descriptors this process may open are shared out.
 #[derive(Debug, Clone)]
 struct Budget {
-    http: crate::http::Limits,
+    http: http::Limits,
     tftp: tftp::Budget,
 }
 
@@ -347,7 +347,7 @@ fn descriptor_budget() -> Budget {
     let http = (spare - spare / 4).clamp(32, 16384) as usize;
     tracing::debug!(nofile, http, tftp, "descriptor budget");
     Budget {
-        http: crate::http::Limits {
+        http: http::Limits {
             max_connections: http,
             ..Default::default()
         },
@@ -513,7 +513,7 @@ async fn start_netboot(
         ));
     }
 
-    tasks.http(listener, Arc::new(Served { router, metrics }), Some(hub));
+    tasks.http(listener, Arc::new(Served { router, metrics }), hub);
     Ok((dhcp_stats, tftp_stats))
 }
 
@@ -523,11 +523,11 @@ struct Served {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl crate::http::Router for Served {
-    fn route(&self, req: &crate::http::Request<'_>) -> crate::http::Reply {
+impl http::Router for Served {
+    fn route(&self, req: &http::Request<'_>) -> http::Reply {
         if req.path == pxe::routes::METRICS {
             self.metrics.scraped();
-            return crate::http::Reply::memory(
+            return http::Reply::memory(
                 "_metrics",
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render().into_bytes(),
@@ -543,8 +543,8 @@ enum BootRouter {
     Api(crate::api::ApiRouter),
 }
 
-impl crate::http::Router for BootRouter {
-    fn route(&self, req: &crate::http::Request<'_>) -> crate::http::Reply {
+impl http::Router for BootRouter {
+    fn route(&self, req: &http::Request<'_>) -> http::Reply {
         match self {
             BootRouter::Plan(p) => p.route(req),
             BootRouter::Api(a) => a.route(req),

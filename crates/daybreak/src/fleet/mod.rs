@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::boot::{Personal, Plan};
 use crate::events::{BootEvent, Step};
-use crate::http::{Reply, Request};
+use http::{Reply, Request};
 pub use profiles::{Action, Image, Profiles};
 pub use store::{Change, Record, Store};
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::boot::tests::{input, tmpdir, BASE};
 use crate::boot::CloudConfig;
-use crate::http::{Body, Router as _};
+use http::{Body, Router as _};
 use std::collections::HashMap as Map2;
 use std::net::{Ipv4Addr, SocketAddr};
 

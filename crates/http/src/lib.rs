@@ -2,7 +2,12 @@
 //! squashfs download with them), keep-alive, and file bodies sent with `sendfile(2)` straight
 //! from the page cache, so memory stays flat however many machines download at once.
 //!
-//! It serves only what a [`Router`] names; request paths never become filesystem paths.
+//! It serves only what a [`Router`] names; request paths never become filesystem paths. What
+//! happens is told to an [`Observer`]: which clients are machines booting now (their
+//! connections are kept when a flood crowds in), how far a large body has gone, and each
+//! response sent. The server knows nothing of machines or boots beyond that.
+
+#![warn(unreachable_pub)]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,10 +24,75 @@ use tokio_util::task::TaskTracker;
 
 pub mod wire;
 
-use crate::events::{Hub, Step};
-
 use wire::{parse_head, parse_range, pieces, Head, Range};
 pub use wire::{percent_decode, percent_encode, query_param};
+
+/// What the server tells its owner. Called on the connections' tasks: it must not block.
+pub trait Observer: Send + Sync + 'static {
+    /// Whether `ip` is a machine booting with us now: its connections are kept when a flood of
+    /// connections from strangers crowds in.
+    fn known(&self, ip: IpAddr) -> bool;
+    /// A large body on its way: the bytes of this response sent so far (at most once a second).
+    fn progress(&self, peer: SocketAddr, name: &str, bytes: u64);
+    /// A response ended, whole or not.
+    fn sent(&self, report: &Report);
+}
+
+/// No one to tell: every client is a stranger.
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn known(&self, _: IpAddr) -> bool {
+        false
+    }
+    fn progress(&self, _: SocketAddr, _: &str, _: u64) {}
+    fn sent(&self, _: &Report) {}
+}
+
+/// How a response ended.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub peer: SocketAddr,
+    /// The resource's name as the router gave it (names starting with `_` are the server
+    /// owner's own: scripts, pages).
+    pub name: String,
+    pub code: u16,
+    /// The byte range sent: `start`, and `count` bytes from it.
+    pub start: u64,
+    pub count: u64,
+    pub ms: u64,
+    /// `None` when the body went out whole; else why it did not.
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// One of the server owner's own resources (a script, a page), not a boot file.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with('_')
+    }
+}
+
+/// The log line of a response; `mac` is the client's, when the caller knows it.
+pub fn log_report(r: &Report, mac: Option<&dyn std::fmt::Display>) {
+    let (peer, name, count, ms) = (r.peer, r.name.as_str(), r.count, r.ms);
+    let mac = mac.unwrap_or(&"-");
+    match &r.error {
+        None if r.is_internal() => {
+            tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
+        }
+        None if r.code == 206 => tracing::info!(
+            client = %peer, mac = %mac, file = %name, bytes = count, ms,
+            range = %format_args!("{}-{}", r.start, r.start + count - 1),
+            "http sent"
+        ),
+        None => {
+            tracing::info!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
+        }
+        Some(e) => {
+            tracing::warn!(client = %peer, mac = %mac, file = %name, error = %e, "http transfer interrupted")
+        }
+    }
+}
 
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -218,8 +288,16 @@ pub enum Body {
     Ranges(Arc<File>, Arc<[(u64, u64)]>),
 }
 
+/// Where a proxied body comes from: opened on a thread of its own (it may block), it gives
+/// the body's length (iPXE needs one) and a reader.
+pub trait Upstream: Send + Sync {
+    fn open(&self) -> Result<(u64, Box<dyn std::io::Read + Send>), String>;
+    /// What it is, for log lines (no secrets).
+    fn describe(&self) -> String;
+}
+
 /// What the router decided for a request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Reply {
     /// A named resource; `name` is used in logs.
     Resource {
@@ -229,13 +307,26 @@ pub enum Reply {
     },
     /// Plain 404.
     NotFound,
-    /// The body of `url` (http or https), fetched with `agent` and passed through as it comes,
-    /// with its length: pixiecore's API mode proxies what the API names. A failed fetch is a 502.
+    /// The body of an upstream, passed through as it comes, with its length: pixiecore's API
+    /// mode proxies what the API names. A failed fetch is a 502.
     Proxy {
         name: String,
-        url: String,
-        agent: ureq::Agent,
+        upstream: Arc<dyn Upstream>,
     },
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Resource {
+                name, content_type, ..
+            } => write!(f, "Resource({name}, {content_type})"),
+            Reply::NotFound => f.write_str("NotFound"),
+            Reply::Proxy { name, upstream } => {
+                write!(f, "Proxy({name}, {})", upstream.describe())
+            }
+        }
+    }
 }
 
 impl Reply {
@@ -268,10 +359,18 @@ pub trait Router: Send + Sync + 'static {
 /// short and plain, else quoted with control characters escaped and cut to 200 characters.
 pub fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= 200 && !s.chars().any(char::is_control) {
-        s.into()
-    } else {
-        artifacts::printable(s, 200).into()
+        return s.into();
     }
+    let mut out = String::from("\"");
+    for (i, c) in s.chars().enumerate() {
+        if i == 200 {
+            out.push('…');
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out.into()
 }
 
 /// Reads one request head into `buf`, returning its length. Bytes after it (a pipelined request)
@@ -399,10 +498,10 @@ const PROGRESS_MIN: u64 = 4 << 20;
 /// The most often a transfer's progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Reports how far a large body has gone, at most once a second, as a boot event: the status
-/// page's progress bar while a machine downloads its squashfs.
+/// Reports how far a large body has gone, at most once a second: the status page's progress
+/// bar while a machine downloads its squashfs.
 struct Progress<'a> {
-    to: Option<(&'a Hub, &'a str, SocketAddr)>,
+    to: Option<(&'a dyn Observer, &'a str, SocketAddr)>,
     sent: u64,
     last: Instant,
 }
@@ -410,17 +509,10 @@ struct Progress<'a> {
 impl Progress<'_> {
     fn sent(&mut self, n: u64) {
         self.sent += n;
-        if let Some((hub, name, peer)) = self.to {
+        if let Some((observer, name, peer)) = self.to {
             if self.last.elapsed() >= PROGRESS_EVERY {
                 self.last = Instant::now();
-                hub.emit(
-                    Some(peer),
-                    None,
-                    Step::Sending {
-                        name: name.to_string(),
-                        bytes: self.sent,
-                    },
-                );
+                observer.progress(peer, name, self.sent);
             }
         }
     }
@@ -459,7 +551,7 @@ async fn connection<R: Router>(
     cancel: CancellationToken,
     limits: Arc<Limits>,
     admitted: Admitted,
-    events: Option<Arc<Hub>>,
+    observer: Arc<dyn Observer>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
@@ -506,7 +598,7 @@ async fn connection<R: Router>(
             peer,
             keep_alive,
             pace: Pace::new(&limits),
-            events: events.as_deref(),
+            observer: &*observer,
         };
         match respond(&mut stream, &head, &*router, exchange).await {
             Ok(()) if keep_alive => continue,
@@ -520,13 +612,13 @@ async fn connection<R: Router>(
 }
 
 /// One request's circumstances: the two ends, whether the connection stays open after it, the
-/// reader's pace, and where boot events go.
+/// reader's pace, and who is told.
 struct Exchange<'a> {
     local: IpAddr,
     peer: SocketAddr,
     keep_alive: bool,
     pace: Pace,
-    events: Option<&'a Hub>,
+    observer: &'a dyn Observer,
 }
 
 async fn respond<R: Router>(
@@ -540,7 +632,7 @@ async fn respond<R: Router>(
         peer,
         keep_alive,
         mut pace,
-        events,
+        observer,
     } = exchange;
     let pace = &mut pace;
     let is_head = head.method == "HEAD";
@@ -573,14 +665,14 @@ async fn respond<R: Router>(
             tracing::info!(client = %peer, path = %loggable(&path), "http 404");
             return write_all(stream, &simple(404, keep_alive, "")).await;
         }
-        Reply::Proxy { name, url, agent } => {
+        Reply::Proxy { name, upstream } => {
             let started = Instant::now();
             let to = Sent {
                 name: &name,
                 peer,
-                events,
+                observer,
             };
-            let (count, result) = proxy(stream, &url, agent, keep_alive, is_head, pace, &to).await;
+            let (count, result) = proxy(stream, upstream, keep_alive, is_head, pace, &to).await;
             if !is_head {
                 to.report(200, 0, count, started, &result);
             }
@@ -626,9 +718,11 @@ async fn respond<R: Router>(
         return Ok(());
     }
     let mut progress = Progress {
-        to: events
-            .filter(|_| count >= PROGRESS_MIN && !name.starts_with('_'))
-            .map(|h| (h, name.as_str(), peer)),
+        to: (count >= PROGRESS_MIN && !name.starts_with('_')).then_some((
+            observer,
+            name.as_str(),
+            peer,
+        )),
         sent: 0,
         last: Instant::now(),
     };
@@ -648,54 +742,30 @@ async fn respond<R: Router>(
     let to = Sent {
         name: &name,
         peer,
-        events,
+        observer,
     };
     to.report(code, start, count, started, &result);
     result
 }
 
-/// Who a response went to, for its log line and boot event.
+/// Who a response went to, for its report.
 struct Sent<'a> {
     name: &'a str,
     peer: SocketAddr,
-    events: Option<&'a Hub>,
+    observer: &'a dyn Observer,
 }
 
 impl Sent<'_> {
     fn report(&self, code: u16, start: u64, count: u64, started: Instant, result: &io::Result<()>) {
-        let (name, peer, events) = (self.name, self.peer, self.events);
-        let ms = started.elapsed().as_millis() as u64;
-        // Lines of one boot carry its MAC, once the machine has said it (DHCP, the script URL).
-        let mac = events
-            .and_then(|h| h.mac_of(peer.ip()))
-            .map_or_else(|| "-".to_string(), |m| m.to_string());
-        match result {
-            Ok(()) if name.starts_with('_') => {
-                tracing::debug!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
-            }
-            Ok(()) if code == 206 => tracing::info!(
-                client = %peer, mac = %mac, file = %name, bytes = count, ms,
-                range = %format_args!("{start}-{}", start + count - 1),
-                "http sent"
-            ),
-            Ok(()) => {
-                tracing::info!(client = %peer, mac = %mac, file = %name, bytes = count, ms, "http sent")
-            }
-            Err(e) => {
-                tracing::warn!(client = %peer, mac = %mac, file = %name, error = %e, "http transfer interrupted")
-            }
-        }
-        if let (Ok(()), Some(hub), false) = (result, events, name.starts_with('_')) {
-            hub.emit(
-                Some(peer),
-                None,
-                Step::File {
-                    name: name.to_string(),
-                    bytes: count,
-                    ms,
-                },
-            );
-        }
+        self.observer.sent(&Report {
+            peer: self.peer,
+            name: self.name.to_string(),
+            code,
+            start,
+            count,
+            ms: started.elapsed().as_millis() as u64,
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
     }
 }
 
@@ -706,12 +776,11 @@ const PROXY_CHUNKS: usize = 8;
 /// Longest an upstream may go silent in the middle of a proxied body.
 const UPSTREAM_STALL: Duration = Duration::from_secs(60);
 
-/// Fetches `url` on a thread of its own and passes the body through, chunk by chunk, behind a
-/// header that carries the upstream's length (iPXE needs one). Returns the bytes sent.
+/// Opens `upstream` on a thread of its own and passes the body through, chunk by chunk, behind
+/// a header that carries the upstream's length (iPXE needs one). Returns the bytes sent.
 async fn proxy(
     stream: &mut TcpStream,
-    url: &str,
-    agent: ureq::Agent,
+    upstream: Arc<dyn Upstream>,
     keep_alive: bool,
     is_head: bool,
     pace: &mut Pace,
@@ -719,29 +788,18 @@ async fn proxy(
 ) -> (u64, io::Result<()>) {
     let (len_tx, len_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PROXY_CHUNKS);
-    let fetch = url.to_string();
+    let what = upstream.describe();
     std::thread::spawn(move || {
-        use std::io::Read as _;
-        let resp = match agent.get(&fetch).call() {
-            Ok(r) => r,
+        let (len, mut body) = match upstream.open() {
+            Ok(opened) => opened,
             Err(e) => {
-                let _ = len_tx.send(Err(e.to_string()));
+                let _ = len_tx.send(Err(e));
                 return;
             }
-        };
-        let len = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let Some(len) = len else {
-            let _ = len_tx.send(Err("the answer has no Content-Length".into()));
-            return;
         };
         if len_tx.send(Ok(len)).is_err() {
             return;
         }
-        let mut body = resp.into_body().into_reader();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let chunk = match body.read(&mut buf) {
@@ -764,7 +822,7 @@ async fn proxy(
                 Err(_) => format!("no answer within {}s", UPSTREAM_TIMEOUT.as_secs()),
                 _ => "the fetch stopped".into(),
             };
-            tracing::warn!(client = %to.peer, file = %to.name, url = %loggable(url), error = %why, "http proxy: cannot fetch");
+            tracing::warn!(client = %to.peer, file = %to.name, upstream = %what, error = %why, "http proxy: cannot fetch");
             return (0, write_all(stream, &simple(502, keep_alive, "")).await);
         }
     };
@@ -813,7 +871,7 @@ pub async fn serve<R: Router>(
     listener: TcpListener,
     router: Arc<R>,
     limits: Limits,
-    events: Option<Arc<Hub>>,
+    observer: Arc<dyn Observer>,
     cancel: CancellationToken,
     grace: Duration,
 ) {
@@ -826,7 +884,7 @@ pub async fn serve<R: Router>(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let known = events.as_ref().is_some_and(|h| h.booting(peer.ip()));
+                    let known = observer.known(peer.ip());
                     let Some((id, shed)) = lock(&registry).admit(peer.ip(), known, &limits) else {
                         // Full of busy connections: say so without waiting, and close.
                         let _ = stream.try_write(&simple(503, false, "Retry-After: 5\r\n"));
@@ -844,7 +902,7 @@ pub async fn serve<R: Router>(
                         cancel.clone(),
                         limits.clone(),
                         admitted,
-                        events.clone(),
+                        observer.clone(),
                     ));
                 }
                 Err(e) => {

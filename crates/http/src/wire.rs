@@ -1,8 +1,7 @@
 //! HTTP/1.1 as Daybreak's boot clients speak it, without I/O: the request head, `Range`,
 //! percent-encoding, and where a byte range of a file made of extents lies. Everything here
 //! takes bytes a client chose, so every function is total: malformed input is `None` or a
-//! whole-body answer, never a panic (the `http_head` fuzz target holds it to that; it compiles
-//! this file on its own, so it uses nothing but `std`).
+//! whole-body answer, never a panic (the `http_head` fuzz target holds it to that).
 
 /// Decodes `%XX` escapes of a path; `None` on a malformed escape or non-UTF-8 result. A `+` is
 /// a plus here: only in a query does it stand for a space.
