@@ -40,4 +40,4 @@ pub use source::{
 };
 pub use squashfs::Compression;
 pub use store::{absolute, default_state_dir, now, Store};
-pub use write::{copy_extents_atomic, link_atomic, Stop};
+pub use write::{copy_extents_atomic, link_atomic, read_small, write_atomic, Stop};

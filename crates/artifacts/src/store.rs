@@ -401,7 +401,7 @@ impl Store {
             // meta.json, with the sizes, is the completeness marker: written last, checked by get.
             meta.sizes = Some(sizes);
             let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
-            crate::write::write_atomic(&tmp.join("meta.json"), &json)?;
+            crate::write::write_atomic(&tmp.join("meta.json"), &json, 0o644)?;
             sync_dir(&tmp);
             let dest = base.join(key.as_str());
             if fs::symlink_metadata(&dest).is_ok() {
@@ -539,7 +539,7 @@ impl Store {
         let path = self.ref_path(reference, arch);
         if let (Some(dir), Ok(json)) = (path.parent(), serde_json::to_vec(&rec)) {
             let _ = fs::create_dir_all(dir);
-            let _ = crate::write::write_atomic(&path, &json);
+            let _ = crate::write::write_atomic(&path, &json, 0o644);
         }
     }
 

@@ -303,9 +303,30 @@ fn write_chunks(
     Ok(())
 }
 
-/// Writes `data` to `dest` atomically.
-pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
-    atomically(dest, 0o666, |mut out| out.write_all(data))
+/// Writes `data` to `dest` atomically: a temporary file beside it (created with `mode`, never
+/// through a symlink), fsynced, renamed over `dest`, the directory fsynced. A crash leaves the
+/// old content or the new, never half of either.
+pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    atomically(dest, mode, |mut out| out.write_all(data))
+}
+
+/// A small regular file's bytes, read never through a symlink (nor blocking on a FIFO planted
+/// in its place); `None` for anything else: missing, not a regular file, over `max` bytes.
+pub fn read_small(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > max {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(max).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Puts a hard link to `src` (a read-only store file) at `dest`, replacing what was there, if
@@ -509,7 +530,7 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
-        write_atomic(&dir.join("small"), b"hello").unwrap();
+        write_atomic(&dir.join("small"), b"hello", 0o644).unwrap();
         assert_eq!(std::fs::read(dir.join("small")).unwrap(), b"hello");
     }
 
@@ -532,7 +553,7 @@ mod tests {
         std::fs::write(dir.join(".out.tmp-1-fresh"), b"x").unwrap();
         let live = File::open(dir.join(".out.tmp-1-live")).unwrap();
         let _held = crate::lock::Lock::on(live).unwrap().unwrap();
-        write_atomic(&dir.join("out"), b"whole").unwrap();
+        write_atomic(&dir.join("out"), b"whole", 0o644).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()

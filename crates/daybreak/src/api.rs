@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 
-use http::{query_param, Body, Reply, Request, Router};
-use pxe::Mac;
+use http::{Body, Reply};
+use pxe::{Mac, Machine};
+
+use crate::decision::{Ask, BootSpec, Booter, Decision, Personal, PersonalKind};
+use crate::tokens::Tokens;
 
 /// How long an answer is used before the API is asked again (in the background).
 pub const FRESH: Duration = Duration::from_secs(10);
@@ -74,8 +77,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 impl ApiArgs {
     pub fn into_options(self) -> anyhow::Result<crate::serve::ServeOptions> {
         let api = Api::new(&self.url, self.api_request_timeout)?;
-        let mut o = self.server.options(crate::boot::PlanInput::default());
-        o.api = Some(Arc::new(api));
+        let mut o = self.server.options(crate::plan::PlanInput::default());
+        o.api = Some(api);
         Ok(o)
     }
 }
@@ -136,8 +139,10 @@ pub struct Api {
     files: ureq::Agent,
     answers: Mutex<HashMap<Mac, Cached>>,
     asking: std::sync::atomic::AtomicUsize,
-    /// Keys the file URLs' tokens; new every run.
-    secret: String,
+    /// Key the file URLs' tokens: new every run.
+    tokens: Tokens,
+    /// Itself, for the questions asked in the background.
+    me: std::sync::Weak<Api>,
 }
 
 impl std::fmt::Debug for Api {
@@ -155,7 +160,7 @@ struct Cached {
 }
 
 impl Api {
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Api> {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Arc<Api>> {
         if !artifacts::is_url(url) {
             bail!("{url}: the API URL must be http:// or https://");
         }
@@ -174,15 +179,17 @@ impl Api {
             .timeout_recv_response(Some(Duration::from_secs(30)))
             .build()
             .new_agent();
-        Ok(Api {
+        let tokens = Tokens::ephemeral()?;
+        Ok(Arc::new_cyclic(|me| Api {
             base,
             timeout,
             agent,
             files,
             answers: Mutex::default(),
             asking: Default::default(),
-            secret: artifacts::random_hex(32)?,
-        })
+            tokens,
+            me: me.clone(),
+        }))
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<Mac, Cached>> {
@@ -243,7 +250,7 @@ impl Api {
     /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
     /// again in the background when it is missing or old (at most [`MAX_ASKING`] at once:
     /// past that the machine's next request asks).
-    pub fn allow(self: &Arc<Self>, mac: Mac) -> bool {
+    pub fn allow(&self, mac: Mac) -> bool {
         use std::sync::atomic::Ordering;
         let (known, ask) = {
             let mut a = self.answers();
@@ -270,8 +277,7 @@ impl Api {
             c.asking |= ask;
             (c.spec.is_some(), ask)
         };
-        if ask {
-            let api = self.clone();
+        if let (true, Some(api)) = (ask, self.me.upgrade()) {
             std::thread::spawn(move || {
                 api.ask(mac);
                 api.asking.fetch_sub(1, Ordering::AcqRel);
@@ -298,21 +304,6 @@ impl Api {
         self.answers().get(&mac).and_then(|c| c.spec.clone())
     }
 
-    /// The token of file `n` of `mac`'s answer, for the URL `url`: whoever has it was sent the
-    /// script (or the answer changed, and the old token no longer opens anything).
-    fn token(&self, mac: Mac, n: usize, url: &str) -> String {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        for part in [self.secret.as_str(), &mac.to_string(), &n.to_string(), url] {
-            h.update(part.as_bytes());
-            h.update([0u8]);
-        }
-        h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
     pub fn describe(&self) -> String {
         format!(
             "{}v1/boot/MAC (timeout {} ms)",
@@ -320,11 +311,6 @@ impl Api {
             self.timeout.as_millis()
         )
     }
-}
-
-/// Equal bytes, in time that does not depend on where they differ (tokens in URLs).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Makes room in a full table for `mac`, in bulk so the DHCP path stays O(1) amortised: the
@@ -425,7 +411,7 @@ pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
     match obj.get("cmdline") {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(s)) => {
-            use crate::boot::{templates, Piece, TemplateError};
+            use crate::plan::{templates, Piece, TemplateError};
             let pieces = templates(s, &["URL", "ID"]).map_err(|e| match e {
                 TemplateError::Unclosed(_) => AnswerError::Cmdline("an unclosed {{".into()),
                 TemplateError::Unsupported(inner) => AnswerError::Cmdline(format!(
@@ -482,36 +468,17 @@ pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
     })
 }
 
-/// The boot HTTP server's routes in API mode: a script per machine, and the files its answer
-/// named; everything else (iPXE binaries for UEFI HTTP Boot) as in static mode.
-pub struct ApiRouter {
-    pub api: Arc<Api>,
-    pub http: pxe::HttpAddress,
-    pub binaries: HashMap<String, Arc<[u8]>>,
-    /// Told of each script, and of the MAC its URL names.
-    pub events: Option<Arc<crate::events::Hub>>,
-}
-
-/// Where a machine fetches file `i` of its answer.
-const FILE: &str = "/_/api";
-
-impl ApiRouter {
-    fn script(&self, spec: &Spec, base: &str, mac: Mac) -> String {
+impl Api {
+    /// The boot of `spec`, its files at this server's URLs for `mac` under `base`: only a
+    /// machine sent the script can fetch them, and only what the API named for it.
+    fn boot(&self, spec: &Spec, base: &str, mac: Mac) -> Decision {
         if let Some(s) = &spec.script {
-            return s.clone();
+            return Decision::Script(s.clone());
         }
         let url = |i: usize| {
-            let t = self.api.token(mac, i, &spec.urls[i]);
-            format!("{base}{FILE}?mac={mac}&n={i}&t={t}")
+            self.tokens
+                .url(base, PersonalKind::File(i), mac, &spec.urls[i])
         };
-        let mut s = String::from("#!ipxe\n");
-        s.push_str(&format!("kernel --name kernel {}\n", url(0)));
-        let mut initrd_args = String::new();
-        for i in 1..=spec.initrds {
-            let name = spec.name(i);
-            s.push_str(&format!("initrd --name {name} {}\n", url(i)));
-            initrd_args.push_str(&format!("initrd={name} "));
-        }
         let mut cmdline = String::new();
         for p in &spec.cmdline {
             match p {
@@ -519,79 +486,77 @@ impl ApiRouter {
                 Part::Url(i) => cmdline.push_str(&url(*i)),
             }
         }
-        s.push_str(&format!("boot kernel {initrd_args}{cmdline}\n"));
-        s
+        Decision::Boot(BootSpec {
+            kernel: url(0),
+            initrds: (1..=spec.initrds).map(|i| (spec.name(i), url(i))).collect(),
+            cmdline,
+            ready: None,
+        })
     }
 }
 
-impl Router for ApiRouter {
-    fn route(&self, req: &Request<'_>) -> Reply {
-        let mac = query_param(req.query, "mac").and_then(|m| m.parse::<Mac>().ok());
-        match req.path {
-            pxe::routes::SCRIPT | pxe::routes::SCRIPT_ALIAS => {
-                let Some(mac) = mac else {
-                    return Reply::NotFound;
-                };
-                let Some(spec) = self.api.spec(mac) else {
-                    return Reply::NotFound;
-                };
-                let base = self.http.base(req.local);
-                if let Some(hub) = &self.events {
-                    hub.learn(req.peer.ip(), mac);
-                    hub.emit(Some(req.peer), Some(mac), crate::events::Step::Script);
-                }
-                tracing::info!(client = %req.peer.ip(), mac = %mac, "boot script from the API's answer");
-                Reply::memory(
-                    "_script",
-                    "text/plain; charset=utf-8",
-                    self.script(&spec, &base, mac).into_bytes(),
-                )
+/// pixiecore's API mode decides per machine: what the API last said, asked again when old.
+impl Booter for Api {
+    fn allow(&self, m: &Machine) -> bool {
+        Api::allow(self, m.mac)
+    }
+
+    fn decide(&self, ask: &Ask<'_>) -> Decision {
+        // No MAC, or one this address may not speak for: nothing to ask the API about.
+        let Some(m) = ask.machine else {
+            return Decision::Ignore;
+        };
+        match self.spec(m.mac) {
+            Some(spec) => {
+                tracing::info!(client = %ask.peer.ip(), mac = %m.mac, "boot script from the API's answer");
+                self.boot(&spec, ask.base, m.mac)
             }
-            pxe::routes::IPXE_ISO => crate::routes::iso_reply(&self.http.base(req.local)),
-            FILE => {
-                let (Some(mac), Some(i)) = (
-                    mac,
-                    query_param(req.query, "n").and_then(|n| n.parse::<usize>().ok()),
-                ) else {
-                    return Reply::NotFound;
-                };
-                let Some(spec) = self.api.last(mac) else {
-                    return Reply::NotFound;
-                };
-                let Some(url) = spec.urls.get(i) else {
-                    return Reply::NotFound;
-                };
-                let token = query_param(req.query, "t").unwrap_or_default();
-                if !constant_time_eq(token.as_bytes(), self.api.token(mac, i, url).as_bytes()) {
-                    return Reply::NotFound;
-                }
-                let name = spec.name(i);
-                match url.strip_prefix("file://") {
-                    Some(path) => match std::fs::File::open(path) {
-                        Ok(f) => Reply::Resource {
-                            name,
-                            content_type: "application/octet-stream",
-                            body: Body::File(Arc::new(f)),
-                        },
-                        Err(e) => {
-                            tracing::warn!(mac = %mac, file = %http::loggable(path), error = %e, "api: cannot open a file the API named");
-                            Reply::NotFound
-                        }
-                    },
-                    None => Reply::Proxy {
-                        name,
-                        upstream: Arc::new(Fetch {
-                            url: url.clone(),
-                            agent: self.api.files.clone(),
-                        }),
-                    },
-                }
-            }
-            path => match path.strip_prefix(pxe::routes::BINARIES) {
-                Some(bin) => crate::routes::binary_reply(&self.binaries, bin),
-                None => Reply::NotFound,
-            },
+            None => Decision::Ignore,
         }
+    }
+
+    /// Nothing by name: a machine fetches only what the API named for it.
+    fn file(&self, _: &str) -> Option<Reply> {
+        None
+    }
+
+    fn personal(&self, p: &Personal<'_>, _: std::net::SocketAddr, _: &str) -> Option<Reply> {
+        let PersonalKind::File(i) = p.kind else {
+            return None;
+        };
+        let spec = self.last(p.mac)?;
+        let url = spec.urls.get(i)?;
+        if !self.tokens.check(p, url) {
+            return None;
+        }
+        let name = spec.name(i);
+        Some(match url.strip_prefix("file://") {
+            Some(path) => match std::fs::File::open(path) {
+                Ok(f) => Reply::Resource {
+                    name,
+                    content_type: "application/octet-stream",
+                    body: Body::File(Arc::new(f)),
+                },
+                Err(e) => {
+                    tracing::warn!(mac = %p.mac, file = %http::loggable(path), error = %e, "api: cannot open a file the API named");
+                    Reply::NotFound
+                }
+            },
+            None => Reply::Proxy {
+                name,
+                upstream: Arc::new(Fetch {
+                    url: url.clone(),
+                    agent: self.files.clone(),
+                }),
+            },
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "booting each machine as the API says: {}",
+            Api::describe(self)
+        )
     }
 }
 
@@ -628,6 +593,11 @@ mod tests {
 
     fn m(s: &str) -> Mac {
         s.parse().unwrap()
+    }
+
+    /// The iPXE script `api` gives for `spec`.
+    fn ipxe_of(api: &Api, spec: &Spec, base: &str, mac: Mac) -> String {
+        crate::render::ipxe(&api.boot(spec, base, mac), "").unwrap()
     }
 
     const BASE: &str = "http://api.example:8000/pixie/";
@@ -676,15 +646,12 @@ mod tests {
             (s.initrds, s.name(2), s.name(3)),
             (2, "initrd-1".into(), "file-0".into())
         );
-        let r = ApiRouter {
-            api: Arc::new(Api::new(BASE, Duration::from_secs(1)).unwrap()),
-            http: pxe::HttpAddress::default(),
-            binaries: HashMap::new(),
-            events: None,
-        };
-        let script = r.script(&s, "http://10.0.0.1:8090", m("52:54:00:00:00:01"));
+        let api = Api::new(BASE, Duration::from_secs(1)).unwrap();
+        let script = ipxe_of(&api, &s, "http://10.0.0.1:8090", m("52:54:00:00:00:01"));
         let f = |n: usize| {
-            let t = r.api.token(m("52:54:00:00:00:01"), n, &s.urls[n]);
+            let t = api
+                .tokens
+                .tag(PersonalKind::File(n), m("52:54:00:00:00:01"), &s.urls[n]);
             assert_eq!(t.len(), 32);
             format!("http://10.0.0.1:8090/_/api?mac=52:54:00:00:00:01&n={n}&t={t}")
         };
@@ -701,8 +668,10 @@ mod tests {
             br#"{"kernel":"/k","cmdline":{"z":true,"a":"x \"y\"","cfg":{"url":"/c"}}}"#,
         )
         .unwrap();
-        let script = r.script(&s, "http://h", m("02:00:00:00:00:01"));
-        let t = r.api.token(m("02:00:00:00:00:01"), 1, &s.urls[1]);
+        let script = ipxe_of(&api, &s, "http://h", m("02:00:00:00:00:01"));
+        let t = api
+            .tokens
+            .tag(PersonalKind::File(1), m("02:00:00:00:00:01"), &s.urls[1]);
         assert!(
             script.ends_with(&format!(
                 "boot kernel a=\"x \\\"y\\\"\" cfg=http://h/_/api?mac=02:00:00:00:00:01&n=1&t={t} z\n"
@@ -712,7 +681,7 @@ mod tests {
         // A raw script, as it is.
         let s = parse_answer(BASE, br##"{"ipxe-script":"#!ipxe\nshell\n","kernel":5}"##).unwrap();
         assert_eq!(
-            r.script(&s, "http://h", m("02:00:00:00:00:01")),
+            ipxe_of(&api, &s, "http://h", m("02:00:00:00:00:01")),
             "#!ipxe\nshell\n"
         );
     }
@@ -823,7 +792,7 @@ mod tests {
     #[test]
     fn dhcp_answers_only_what_the_api_said_yes_to_and_never_waits() {
         let base = api_server(answers(), vec![]);
-        let api = Arc::new(Api::new(&base, Duration::from_millis(500)).unwrap());
+        let api = Api::new(&base, Duration::from_millis(500)).unwrap();
         // Nothing known yet: no answer now, the API is asked in the background.
         for mac in [YES, NO, BAD, SLOW] {
             let t = Instant::now();
@@ -868,7 +837,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let api = Arc::new(Api::new(&base, Duration::from_millis(800)).unwrap());
+        let api = Api::new(&base, Duration::from_millis(800)).unwrap();
         // The one real machine, answered before the flood.
         api.answers().insert(
             m(YES),
@@ -915,15 +884,17 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let api = Arc::new(Api::new(&base, Duration::from_millis(500)).unwrap());
-            let router = ApiRouter {
-                api,
+            let api = Api::new(&base, Duration::from_millis(500)).unwrap();
+            let router = crate::routes::BootRoutes {
+                booter: api,
                 http: pxe::HttpAddress {
                     port: 0,
                     advertise: None,
                 },
-                binaries: HashMap::new(),
-                events: None,
+                binaries: Arc::default(),
+                hub: Arc::default(),
+                metrics: None,
+                machines: None,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();

@@ -4,9 +4,9 @@
 use anyhow::{anyhow, bail};
 use artifacts::Origin;
 
-use crate::boot::{CloudConfig, PlanInput};
 use crate::config::{self, Settings};
 use crate::fleet::{FleetOptions, MachinesSource, Profiles};
+use crate::plan::{CloudConfig, PlanInput};
 use crate::serve::ServeOptions;
 use std::path::Path;
 
@@ -49,10 +49,6 @@ pub fn prepare(
     }
 
     let mut plan = PlanInput {
-        http: pxe::HttpAddress {
-            port: s.netboot_http_port,
-            advertise: None,
-        },
         cmdline: s.cmdline.clone(),
         ..Default::default()
     };
@@ -120,6 +116,13 @@ pub fn prepare(
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,
         artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),
-        ..ServeOptions::new(plan, s.netboot_listen_addr)
+        ..ServeOptions::new(
+            plan,
+            pxe::HttpAddress {
+                port: s.netboot_http_port,
+                advertise: None,
+            },
+            s.netboot_listen_addr,
+        )
     }))
 }

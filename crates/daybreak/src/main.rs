@@ -2,12 +2,11 @@
 //! servers. Each subcommand's `--help` is its manual.
 
 mod api;
-mod boot;
 mod config;
+mod decision;
 mod default_command;
 mod events;
 mod fleet;
-
 mod interrupt;
 mod ipxe;
 mod ipxe_iso;
@@ -15,11 +14,17 @@ mod logwriter;
 mod metrics;
 mod netboot;
 mod pixiecore;
+mod plan;
 mod progress;
+mod render;
 mod routes;
 mod secureboot;
 mod serve;
 mod sockets;
+mod status;
+mod store;
+mod timeline;
+mod tokens;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -27,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::boot::{CloudConfig, PlanInput};
+use crate::plan::{CloudConfig, PlanInput};
 use crate::serve::ServeOptions;
 
 #[derive(Parser, Debug)]
@@ -504,12 +509,10 @@ struct StartPixieArgs {
 impl NetArgs {
     fn into_options(self, plan: PlanInput) -> ServeOptions {
         ServeOptions {
-            plan: PlanInput {
-                http: pxe::HttpAddress {
-                    port: self.http_port,
-                    advertise: self.advertise,
-                },
-                ..plan
+            plan,
+            http: pxe::HttpAddress {
+                port: self.http_port,
+                advertise: self.advertise,
             },
             listen: self.listen,
             interfaces: self.interface,
@@ -595,39 +598,37 @@ fn cache(c: CacheCommand) -> ExitCode {
 }
 
 fn machines(a: MachinesArgs) -> ExitCode {
-    use crate::fleet::{Change, Store};
-    let store = match artifacts::Store::open(&a.state_dir)
-        .map_err(anyhow::Error::from)
-        .and_then(|s| Ok(Store::open(s.root())?))
-    {
+    use crate::store::{update, Change, StoreError};
+    let store = match crate::store::open(&a.state_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let unknown = |m: &crate::fleet::Mac| {
+    let unknown = |m: &pxe::Mac| {
         eprintln!(
-            "error: {} is not remembered in {} (see daybreak machines list)",
-            m,
-            store.dir().display()
+            "error: {m} is not remembered in {} (see daybreak machines list)",
+            store.describe()
         );
         ExitCode::FAILURE
     };
-    let done = |r: std::io::Result<()>| match r {
+    let done = |r: Result<(), StoreError>| match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot change {}: {e}", store.dir().display());
+            eprintln!("error: cannot change {}: {e}", store.describe());
             ExitCode::FAILURE
         }
     };
     match a.command.unwrap_or(MachinesCommand::List) {
         MachinesCommand::List => {
-            let list = store.list();
+            let mut list = Vec::new();
+            store.with(&mut |all| list = all.values().map(|v| v.record.clone()).collect());
+            list.sort_by_key(|r| r.mac);
             if list.is_empty() {
                 println!(
                     "no machines remembered in {} (a machine is remembered when it fetches its boot script)",
-                    store.dir().display()
+                    store.describe()
                 );
                 return ExitCode::SUCCESS;
             }
@@ -652,25 +653,29 @@ fn machines(a: MachinesArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        MachinesCommand::Show { mac: m } => match store.get(&m) {
-            Some(r) => {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        MachinesCommand::Show { mac: m } => match store.get(m) {
+            Ok(Some(v)) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v.record).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
-            }
-            None => unknown(&m),
-        },
-        MachinesCommand::Reinstall { mac: m } => match store.change(&m, &Change::Reinstall) {
-            Ok(Some(_)) => {
-                println!("{m}: its next network boot installs again");
-                done(store.announce())
             }
             Ok(None) => unknown(&m),
             Err(e) => done(Err(e)),
         },
-        MachinesCommand::Forget { mac: m } => match store.forget(&m) {
+        MachinesCommand::Reinstall { mac: m } => match update(&*store, m, &Change::Reinstall) {
+            Ok(Some(_)) => {
+                println!("{m}: its next network boot installs again");
+                done(store.publish())
+            }
+            Ok(None) => unknown(&m),
+            Err(e) => done(Err(e)),
+        },
+        MachinesCommand::Forget { mac: m } => match store.forget(m) {
             Ok(true) => {
                 println!("{m}: forgotten");
-                done(store.announce())
+                done(store.publish())
             }
             Ok(false) => unknown(&m),
             Err(e) => done(Err(e)),
@@ -829,15 +834,15 @@ fn main() -> ExitCode {
             };
             let plan = PlanInput {
                 cloud_config: Some(CloudConfig::File(a.cloud_config)),
-                http: pxe::HttpAddress {
-                    port: a.port,
-                    advertise: None,
-                },
                 ..plan
+            };
+            let http = pxe::HttpAddress {
+                port: a.port,
+                advertise: None,
             };
             ServeOptions {
                 pixiecore_log: true,
-                ..ServeOptions::new(plan, a.address)
+                ..ServeOptions::new(plan, http, a.address)
             }
         }
     };

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 
-use crate::boot::PlanInput;
 use crate::events::{BootEvent, Step};
+use crate::plan::PlanInput;
 use crate::serve::ServeOptions;
 
 /// The server flags `pixiecore boot` and `pixiecore api` share.
@@ -67,16 +67,11 @@ impl ServerArgs {
                 "--dhcp-no-bind: Daybreak shares port 67 with a local DHCP server by itself"
             );
         }
-        let mut o = ServeOptions::new(
-            PlanInput {
-                http: pxe::HttpAddress {
-                    port: self.port,
-                    advertise: None,
-                },
-                ..plan
-            },
-            self.listen_addr,
-        );
+        let http = pxe::HttpAddress {
+            port: self.port,
+            advertise: None,
+        };
+        let mut o = ServeOptions::new(plan, http, self.listen_addr);
         o.ipxe_bios = self.ipxe_bios;
         o.ipxe_efi64 = self.ipxe_efi64;
         o.pixiecore_log = true;

@@ -1,16 +1,29 @@
-//! The HTTP routes of the boot plan: the iPXE script, the files, pixiecore's `/_/ipxe`,
-//! `/_/file` and `/_/booting` paths (the constants in [`pxe::routes`], the same the DHCP answers
-//! point at), the iPXE binaries for UEFI HTTP Boot; and the artifact file server's routes, which
-//! never include the cloud-config.
+//! Every HTTP route of Daybreak, matched in one place. The boot port serves the iPXE script
+//! (`/_/ipxe`, `/boot.ipxe`: the [`pxe::routes`] the DHCP answers point at), GRUB's
+//! per-machine configuration, pixiecore's `/_/file` and `/_/booting`, the iPXE binaries for UEFI
+//! HTTP Boot, a netboot ISO, the files the [`Booter`] serves and the personal URLs it hands out
+//! ([`crate::tokens`]), and, beside them, `/metrics` and the status page with `/api/machines`.
+//! The artifact file server (`listen_addr`) is the other surface: the boot files for people to
+//! fetch, never the cloud-config.
+//!
+//! For a script or a GRUB configuration the router names the machine (the MAC the request
+//! gives, unless its address is known to hold another), records the step, asks the booter and
+//! renders its [`crate::decision::Decision`].
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use pxe::routes;
-
-use crate::boot::{BootFile, Plan};
 use http::{loggable, query_param, Body, Reply, Request, Router};
+use pxe::{routes, Mac, Machine};
+
+use crate::decision::{Ask, Booter, Personal};
+use crate::events::{Hub, Step};
+use crate::plan::{BootFile, Plan};
+
+pub use crate::render::GRUB;
+/// The status page.
+pub const STATUS: &str = "/";
 
 /// The netboot ISO for this server, as the client reached it: it chains this server's script.
 pub fn iso_reply(base: &str) -> Reply {
@@ -34,22 +47,183 @@ pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
     }
 }
 
-/// A registered file as a response: served under its name, or as "cloud-config" in logs when
-/// its name is the secret.
-pub(crate) fn file_reply(f: &BootFile) -> Reply {
-    let content_type = if f.name.ends_with(".yaml") {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    };
-    Reply::Resource {
-        name: if f.secret {
-            "cloud-config".into()
-        } else {
-            f.name.clone()
-        },
-        content_type,
-        body: f.body.clone(),
+/// The boot port's router.
+pub struct BootRoutes {
+    pub booter: Arc<dyn Booter>,
+    pub http: pxe::HttpAddress,
+    /// iPXE binaries by name, for UEFI HTTP Boot (`/ipxe/NAME`).
+    pub binaries: Arc<HashMap<String, Arc<[u8]>>>,
+    pub hub: Arc<Hub>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The machines the status page and `/api/machines` show, when the command keeps them.
+    pub machines: Option<Arc<dyn crate::status::Machines>>,
+}
+
+impl BootRoutes {
+    /// The machine a request names by MAC, unless the network's DHCP says its address is
+    /// another machine's: then it is nobody in particular, and the event goes to the holder.
+    fn named(&self, req: &Request<'_>, mac: Option<Mac>, step: Step) -> Option<Mac> {
+        let claimed = mac.filter(|m| self.hub.claim(req.peer.ip(), *m));
+        if let (Some(m), None) = (mac, claimed) {
+            tracing::warn!(
+                client = %req.peer.ip(),
+                claimed = %m,
+                holder = %self.hub.mac_of(req.peer.ip()).map_or_else(|| "-".into(), |h| h.to_string()),
+                "boot request names another machine's MAC; given the common boot"
+            );
+        }
+        self.hub.emit(Some(req.peer), claimed, step);
+        claimed
+    }
+
+    fn script(&self, req: &Request<'_>) -> Reply {
+        let named = query_param(req.query, "mac");
+        let mac = named.as_deref().and_then(|m| m.parse::<Mac>().ok());
+        let arch = query_param(req.query, "arch");
+        tracing::info!(
+            client = %req.peer.ip(),
+            mac = %match (mac, named.as_deref()) {
+                (Some(m), _) => m.to_string(),
+                (None, Some(text)) => loggable(text).into_owned(),
+                (None, None) => "-".into(),
+            },
+            arch = %loggable(arch.as_deref().unwrap_or("-")),
+            "boot script"
+        );
+        let machine = self.named(req, mac, Step::Script).map(|mac| Machine {
+            mac,
+            uuid: None,
+            // The script URL's `arch=` is the machine's option 93.
+            arch: arch
+                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(pxe::Arch::from_code)
+                .and_then(|(a, _)| pxe::CpuArch::of(a)),
+        });
+        let base = self.http.base(req.local);
+        let decision = self.booter.decide(&Ask {
+            machine,
+            peer: req.peer,
+            base: &base,
+        });
+        let again = match machine {
+            Some(m) => format!("{base}{}?mac={}", routes::SCRIPT, m.mac),
+            None => format!("{base}{}", routes::SCRIPT),
+        };
+        match crate::render::ipxe(&decision, &again) {
+            Some(script) => {
+                Reply::memory("_script", "text/plain; charset=utf-8", script.into_bytes())
+            }
+            None => Reply::NotFound,
+        }
+    }
+
+    fn grub(&self, req: &Request<'_>, mac: Mac) -> Reply {
+        tracing::info!(client = %req.peer.ip(), mac = %mac, "GRUB configuration");
+        let machine = self.named(req, Some(mac), Step::Script).map(Machine::new);
+        let base = crate::render::grub_base(self.http);
+        let decision = self.booter.decide(&Ask {
+            machine,
+            peer: req.peer,
+            base: &base,
+        });
+        let cfg = crate::render::grub(&decision, self.http);
+        Reply::memory("_grub", "text/plain; charset=utf-8", cfg.into_bytes())
+    }
+
+    fn booting(&self, req: &Request<'_>) -> Reply {
+        let mac = query_param(req.query, "mac");
+        self.hub.emit(
+            Some(req.peer),
+            mac.as_deref().and_then(|m| m.parse().ok()),
+            Step::Booting,
+        );
+        tracing::info!(
+            client = %req.peer.ip(),
+            mac = %loggable(mac.as_deref().unwrap_or("-")),
+            "booting kernel"
+        );
+        Reply::memory("_booting", "text/plain", &b""[..])
+    }
+
+    fn status(&self, path: &str) -> Option<Reply> {
+        let m = self.machines.as_ref()?;
+        if path == crate::status::MACHINES {
+            return Some(Reply::memory(
+                "_machines",
+                "application/json",
+                m.list_json(),
+            ));
+        }
+        if let Some(mac) = path
+            .strip_prefix(crate::status::MACHINES)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let shown = mac.parse().ok().and_then(|mac| m.show_json(mac));
+            return Some(shown.map_or(Reply::NotFound, |v| {
+                Reply::memory("_machines", "application/json", v)
+            }));
+        }
+        (path == STATUS || path == "/status").then(|| {
+            Reply::memory(
+                "_status",
+                "text/html; charset=utf-8",
+                crate::status::PAGE.as_bytes(),
+            )
+        })
+    }
+}
+
+impl Router for BootRoutes {
+    fn route(&self, req: &Request<'_>) -> Reply {
+        let path = req.path;
+        match path {
+            routes::SCRIPT | routes::SCRIPT_ALIAS => return self.script(req),
+            routes::BOOTING => return self.booting(req),
+            routes::IPXE_ISO => return iso_reply(&self.http.base(req.local)),
+            routes::FILE => {
+                return query_param(req.query, "name")
+                    .and_then(|n| self.booter.file(&n))
+                    .unwrap_or(Reply::NotFound)
+            }
+            routes::METRICS => {
+                if let Some(m) = &self.metrics {
+                    m.scraped();
+                    return Reply::memory(
+                        "_metrics",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        m.render().into_bytes(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if let Some(mac) = path
+            .strip_prefix(GRUB)
+            .and_then(|r| r.strip_suffix(".cfg"))
+            .and_then(|m| m.parse::<Mac>().ok())
+        {
+            return self.grub(req, mac);
+        }
+        if let Some((kind, mac, tag)) = crate::tokens::parse(path, req.query) {
+            let p = Personal {
+                kind,
+                mac,
+                tag: &tag,
+            };
+            return self
+                .booter
+                .personal(&p, req.peer, &self.http.base(req.local))
+                .unwrap_or(Reply::NotFound);
+        }
+        if let Some(bin) = path.strip_prefix(routes::BINARIES) {
+            return binary_reply(&self.binaries, bin);
+        }
+        if let Some(reply) = self.status(path) {
+            return reply;
+        }
+        self.booter
+            .file(path.strip_prefix('/').unwrap_or(path))
+            .unwrap_or(Reply::NotFound)
     }
 }
 
@@ -113,98 +287,40 @@ impl Router for ArtifactFiles {
         self.files
             .iter()
             .find(|f| f.name == name)
-            .map_or(Reply::NotFound, file_reply)
-    }
-}
-
-impl Router for Plan {
-    fn route(&self, req: &Request<'_>) -> Reply {
-        let path = req.path;
-        match path {
-            routes::SCRIPT | routes::SCRIPT_ALIAS => {
-                let named = query_param(req.query, "mac");
-                let mac = named.as_deref().and_then(|m| m.parse::<pxe::Mac>().ok());
-                if let Some(hub) = &self.events {
-                    // A MAC the address is known not to hold is not this machine's: the event
-                    // goes to the machine that holds it.
-                    let claimed = mac.filter(|m| hub.claim(req.peer.ip(), *m));
-                    hub.emit(Some(req.peer), claimed, crate::events::Step::Script);
-                }
-                let base = self.base_url(req.local);
-                tracing::info!(
-                    client = %req.peer.ip(),
-                    mac = %match (mac, named.as_deref()) {
-                        (Some(m), _) => m.to_string(),
-                        (None, Some(text)) => loggable(text).into_owned(),
-                        (None, None) => "-".into(),
-                    },
-                    arch = %loggable(query_param(req.query, "arch").as_deref().unwrap_or("-")),
-                    "boot script"
-                );
-                let script = match &self.fleet {
-                    Some(f) => {
-                        let arch = query_param(req.query, "arch");
-                        f.note_arch(mac, arch.as_deref());
-                        f.script(self, &base, mac, req.peer.ip())
-                    }
-                    None => self.script(&base, mac),
-                };
-                Reply::memory("_script", "text/plain; charset=utf-8", script.into_bytes())
-            }
-            routes::IPXE_ISO => iso_reply(&self.base_url(req.local)),
-            routes::BOOTING => {
-                if let Some(hub) = &self.events {
-                    let mac = query_param(req.query, "mac").and_then(|m| m.parse().ok());
-                    hub.emit(Some(req.peer), mac, crate::events::Step::Booting);
-                }
-                tracing::info!(
-                    client = %req.peer.ip(),
-                    mac = %loggable(query_param(req.query, "mac").as_deref().unwrap_or("-")),
-                    "booting kernel"
-                );
-                Reply::memory("_booting", "text/plain", &b""[..])
-            }
-            routes::FILE => match query_param(req.query, "name") {
-                Some(n) => self
-                    .files()
-                    .find(|f| f.name == n)
-                    .map_or(Reply::NotFound, file_reply),
-                None => Reply::NotFound,
-            },
-            _ => {
-                if let Some(reply) = self.fleet.as_ref().and_then(|f| f.route(self, req)) {
-                    return reply;
-                }
-                if let Some(bin) = path.strip_prefix(routes::BINARIES) {
-                    return binary_reply(&self.binaries, bin);
-                }
-                let name = path.strip_prefix('/').unwrap_or(path);
-                self.files()
-                    .find(|f| f.name == name)
-                    .map_or(Reply::NotFound, file_reply)
-            }
-        }
+            .map_or(Reply::NotFound, BootFile::reply)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::tests::{input, tmpdir, tmpfile, BASE};
-    use std::collections::HashMap;
+    use crate::plan::tests::{input, tmpdir, tmpfile, BASE};
     use std::net::{IpAddr, Ipv4Addr};
+
+    /// The boot port's router over `plan` alone, with `binaries`.
+    pub(crate) fn routes(plan: Plan, binaries: HashMap<String, Arc<[u8]>>) -> BootRoutes {
+        BootRoutes {
+            booter: Arc::new(plan),
+            http: pxe::HttpAddress::default(),
+            binaries: Arc::new(binaries),
+            hub: Arc::new(Hub::default()),
+            metrics: None,
+            machines: None,
+        }
+    }
 
     #[test]
     fn routes_only_registered_names() {
         let d = tmpdir("routes");
         let mut bins = HashMap::new();
         bins.insert("ipxe.efi".to_string(), Arc::from(&b"EFI"[..]));
-        let plan = Plan::new(&input(&d), bins).unwrap();
+        let plan = Plan::new(&input(&d)).unwrap();
         let secret = format!("/{}", plan.cloud_config.as_ref().unwrap().name);
+        let r = routes(plan, bins);
         let peer = "10.0.0.9:1234".parse().unwrap();
         let local = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let get = |path: &str, query: &str| {
-            plan.route(&Request {
+            r.route(&Request {
                 path,
                 query,
                 local,
@@ -261,8 +377,9 @@ mod tests {
         let extra = tmpfile(&d, "a+b c.img");
         let mut i = input(&d);
         i.cmdline = Some(format!("x={{{{ ID \"{}\" }}}}", extra.display()));
-        let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let plan = Plan::new(&i).unwrap();
         let line = plan.cmdline(BASE);
+        let r = routes(plan, HashMap::new());
         assert!(
             line.starts_with("x=http://10.0.0.1:8090/a%2Bb_c.img "),
             "{line}"
@@ -271,13 +388,13 @@ mod tests {
         let decoded = http::percent_decode("/a%2Bb_c.img").unwrap();
         let raw_plus = http::percent_decode("/a+b_c.img").unwrap();
         for path in [decoded.as_str(), raw_plus.as_str()] {
-            let r = plan.route(&Request {
+            let got = r.route(&Request {
                 path,
                 query: "",
                 local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
                 peer: "10.0.0.9:1".parse().unwrap(),
             });
-            assert!(matches!(r, Reply::Resource { .. }), "{path}");
+            assert!(matches!(got, Reply::Resource { .. }), "{path}");
         }
     }
 }

@@ -1,8 +1,8 @@
-//! Secure Boot: whether the kernel being served carries an Authenticode signature, and the GRUB
-//! configuration of the signed chain UEFI x64 machines then get: shim (signed by Microsoft's
-//! UEFI CA) loads Debian's signed network GRUB, which loads the kernel and initrds over HTTP with
-//! the same command line as the iPXE script. iPXE is unsigned: firmware that enforces Secure Boot
-//! refuses it, so a signed kernel goes this way.
+//! Secure Boot: whether the kernel being served carries an Authenticode signature. UEFI x64
+//! machines then get the signed chain: shim (signed by Microsoft's UEFI CA) loads the signed
+//! network GRUB, which reads its configuration ([`crate::render::grub`]) and loads the kernel and
+//! initrds over HTTP with the same command line as the iPXE script. iPXE is unsigned: firmware
+//! that enforces Secure Boot refuses it, so a signed kernel goes this way.
 
 /// A little-endian field of a file; `None` past its end.
 pub(crate) fn u16_at(b: &[u8], o: usize) -> Option<u16> {
@@ -62,25 +62,6 @@ pub fn signed(pe: &[u8]) -> bool {
     check().unwrap_or(false)
 }
 
-/// The GRUB configuration for the chain: `linux` and `initrd` over HTTP from `base` (a GRUB
-/// device prefix such as `(http,10.0.0.1:8090)`), with `cmdline` as it is.
-pub fn grub_cfg(device: &str, kernel: &str, initrds: &[&str], cmdline: &str) -> String {
-    let mut s = String::from(
-        "# Written by Daybreak: the Secure Boot chain (shim, then this signed GRUB).\n\
-         set timeout=0\n\
-         set default=0\n\
-         menuentry 'Daybreak netboot' {\n",
-    );
-    s.push_str(&format!("  echo 'Loading {kernel} over HTTP'\n"));
-    s.push_str(&format!("  linux {device}/{kernel} {cmdline}\n"));
-    if !initrds.is_empty() {
-        let list: Vec<String> = initrds.iter().map(|i| format!("{device}/{i}")).collect();
-        s.push_str(&format!("  initrd {}\n", list.join(" ")));
-    }
-    s.push_str("}\n");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,20 +99,5 @@ mod tests {
         truncated.truncate(600);
         assert!(!signed(&truncated), "a table past the end of the file");
         assert!(!signed(&[]));
-    }
-
-    #[test]
-    fn the_grub_config_loads_over_http_with_the_command_line() {
-        let c = grub_cfg(
-            "(http,10.0.0.1:8090)",
-            "kernel",
-            &["initrd0"],
-            "root=live:x quiet",
-        );
-        assert!(
-            c.contains("linux (http,10.0.0.1:8090)/kernel root=live:x quiet\n"),
-            "{c}"
-        );
-        assert!(c.contains("initrd (http,10.0.0.1:8090)/initrd0\n"), "{c}");
     }
 }

@@ -1,5 +1,6 @@
-//! Starts the boot servers (ProxyDHCP 67, PXE 4011, TFTP 69, HTTP) for a [`Plan`], and stops
-//! them cleanly on Ctrl-C or SIGTERM.
+//! Starts the boot servers (ProxyDHCP 67, PXE 4011, TFTP 69, HTTP) around one [`Booter`] (the
+//! plan, the fleet or an API), and stops them cleanly on Ctrl-C or SIGTERM. Which loader each
+//! firmware gets is [`choose_loaders`]'s; binding the sockets is [`crate::sockets`]'s.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,9 +11,12 @@ use anyhow::Context as _;
 use pxe::driver::Stats as DhcpStats;
 use tokio_util::sync::CancellationToken;
 
-use crate::boot::{Plan, PlanInput};
+use crate::decision::Booter;
 use crate::events::Hub;
+use crate::fleet::Fleet;
 use crate::ipxe;
+use crate::plan::{Plan, PlanInput};
+use crate::sockets::Iface;
 
 /// How long open HTTP downloads get to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -20,6 +24,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub plan: PlanInput,
+    /// Where clients reach the HTTP server (port, and an address to announce), shared by the
+    /// DHCP answers and the scripts.
+    pub http: pxe::HttpAddress,
     /// Address TFTP and HTTP bind. A specific address also limits ProxyDHCP to the interface
     /// holding it and is advertised to clients.
     pub listen: Ipv4Addr,
@@ -46,9 +53,10 @@ pub struct ServeOptions {
 impl ServeOptions {
     /// The boot servers for `plan` on `listen`, with the defaults: ProxyDHCP on, TFTP on 69, the
     /// built-in iPXE binaries, no artifact server.
-    pub fn new(plan: PlanInput, listen: Ipv4Addr) -> ServeOptions {
+    pub fn new(plan: PlanInput, http: pxe::HttpAddress, listen: Ipv4Addr) -> ServeOptions {
         ServeOptions {
             plan,
+            http,
             listen,
             interfaces: Vec::new(),
             proxy_dhcp: true,
@@ -66,15 +74,60 @@ impl ServeOptions {
     }
 }
 
-pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let (mut binaries, mut boot_files) = ipxe::load(&ipxe::Overrides {
-        bios: opts.ipxe_bios.as_deref(),
-        efi64: opts.ipxe_efi64.as_deref(),
-        arm64: opts.ipxe_arm64.as_deref(),
-        efi64_build: opts.efi_build,
-    })?;
-    let mut plan_input = opts.plan.clone();
+/// What decides, and what it was made of.
+struct Deciders {
+    booter: Arc<dyn Booter>,
+    /// The command's plan (none in API mode).
+    plan: Option<Arc<Plan>>,
+    /// The fleet, when the command keeps machines.
+    fleet: Option<Arc<Fleet>>,
+    kernel: crate::plan::KernelFacts,
+}
+
+/// The booter of `opts`: an API, else the plan, with a fleet around it when asked for.
+fn deciders(opts: &ServeOptions, hub: &Arc<Hub>) -> anyhow::Result<Deciders> {
+    if let Some(api) = &opts.api {
+        return Ok(Deciders {
+            booter: api.clone(),
+            plan: None,
+            fleet: None,
+            kernel: Default::default(),
+        });
+    }
+    let plan = Arc::new(Plan::new(&opts.plan)?);
+    // Read once: the whole kernel is read to find its certificate table.
+    let kernel = plan.kernel_facts();
+    let fleet = match &opts.fleet {
+        None => None,
+        Some(f) => match Fleet::open(f, plan.clone(), kernel.arch, Some(hub.clone())) {
+            Ok(made) => Some(made),
+            // Without profiles the store is a convenience: serve without it.
+            Err(e) if f.machines.is_none() => {
+                tracing::warn!(
+                    "{e:#}; machines are not remembered and there is no status page (give a usable --state-dir)"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let booter: Arc<dyn Booter> = match &fleet {
+        Some(f) => f.clone(),
+        None => plan.clone(),
+    };
+    Ok(Deciders {
+        booter,
+        plan: Some(plan),
+        fleet,
+        kernel,
+    })
+}
+
+/// The interfaces ProxyDHCP answers on, and where clients reach HTTP: a specific `--listen`
+/// address limits ProxyDHCP to the interface holding it and is announced to clients.
+fn interfaces(opts: &ServeOptions) -> anyhow::Result<(Vec<Iface>, pxe::HttpAddress)> {
     let mut ifaces = crate::sockets::resolve_interfaces(&opts.interfaces)?;
+    let mut http = opts.http;
     if !opts.listen.is_unspecified() {
         let holder = udp::interfaces()
             .into_iter()
@@ -85,190 +138,151 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                     opts.listen
                 )
             })?;
-        plan_input.http.advertise.get_or_insert(opts.listen);
+        http.advertise.get_or_insert(opts.listen);
         if ifaces.is_empty() {
-            ifaces.push((holder.name, holder.index, opts.listen));
+            ifaces.push(Iface {
+                name: holder.name,
+                index: holder.index,
+                ipv4: opts.listen,
+            });
         }
     }
-    let hub = Arc::new(Hub::default());
-    let mut fleet = None;
-    let mut kernel = crate::boot::KernelFacts::default();
-    let router = Arc::new(match &opts.api {
-        None => {
-            let mut plan = Plan::new(&plan_input, binaries.clone())?.observed(hub.clone());
-            // Read once: the whole kernel is read to find its certificate table.
-            kernel = plan.kernel_facts();
-            if let Some(f) = &opts.fleet {
-                match crate::fleet::Fleet::new(f, &plan, kernel.arch, Some(hub.clone())) {
-                    Ok(made) => {
-                        tracing::info!("{}", made.describe());
-                        plan.fleet = Some(made.clone());
-                        fleet = Some(made);
-                    }
-                    // Without profiles the store is a convenience: serve without it.
-                    Err(e) if f.machines.is_none() => tracing::warn!(
-                        "{e:#}; machines are not remembered and there is no status page (give a usable --state-dir)"
-                    ),
-                    Err(e) => return Err(e),
-                }
-            }
-            BootRouter::Plan(Arc::new(plan))
-        }
-        Some(api) => BootRouter::Api(crate::api::ApiRouter {
-            api: api.clone(),
-            http: plan_input.http,
-            binaries: binaries.clone(),
-            events: Some(hub.clone()),
-        }),
-    });
+    Ok((ifaces, http))
+}
 
+/// What each firmware is sent: the iPXE binaries and Secure Boot chain by name, and the boot
+/// file names the ProxyDHCP answers carry.
+fn choose_loaders(
+    opts: &ServeOptions,
+    d: &Deciders,
+    http: pxe::HttpAddress,
+) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> {
+    use pxe::CpuArch as Arch;
+    let (mut binaries, mut boot_files) = ipxe::load(&ipxe::Overrides {
+        bios: opts.ipxe_bios.as_deref(),
+        efi64: opts.ipxe_efi64.as_deref(),
+        arm64: opts.ipxe_arm64.as_deref(),
+        efi64_build: opts.efi_build,
+    })?;
+    if d.plan.is_none() {
+        return Ok((binaries, boot_files));
+    }
+    let arch = d.kernel.arch.unwrap_or(Arch::Amd64);
+    // Machines of an architecture get a loader only when there is a kernel for them: the one
+    // given, or one a profile or a multi-arch image has.
+    let serves = |a: Arch| arch == a || d.fleet.as_ref().is_some_and(|f| f.may_serve(a));
+    if boot_files.efi_arm64.is_none() && serves(Arch::Arm64) {
+        boot_files.efi_arm64 = Some("ipxe-arm64.efi".into());
+    }
+    if !serves(Arch::Amd64) {
+        if opts.ipxe_bios.is_none() {
+            boot_files.bios = None;
+            boot_files.bios_ipxe = None;
+        }
+        if opts.ipxe_efi64.is_none() {
+            boot_files.efi_x64 = None;
+        }
+    }
+    let answered: Vec<&str> = [
+        (Arch::Amd64, "x86-64 (BIOS and UEFI)"),
+        (Arch::Arm64, "arm64 (UEFI)"),
+    ]
+    .iter()
+    .filter(|(a, _)| serves(*a))
+    .map(|(_, n)| *n)
+    .collect();
+    tracing::info!(
+        kernel = arch.as_str(),
+        "machines answered: {}",
+        answered.join(", ")
+    );
     // A signed kernel: UEFI x64 PXE machines get the signed chain (shim, GRUB), which boots
     // whether or not the firmware enforces Secure Boot; iPXE, unsigned, would be refused where
-    // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the operator
-    // chose the UEFI binary.
-    if let BootRouter::Plan(plan) = &*router {
-        use pxe::CpuArch as Arch;
-        let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
-        let signed = kernel.signed;
-        let arch = kernel.arch.unwrap_or(Arch::Amd64);
-        // Machines of an architecture get a loader only when there is a kernel for them: the
-        // one given, or one a profile or a multi-arch image has.
-        let serves = |a: Arch| arch == a || fleet.as_ref().is_some_and(|f| f.may_serve(a));
-        if boot_files.efi_arm64.is_none() && serves(Arch::Arm64) {
-            boot_files.efi_arm64 = Some("ipxe-arm64.efi".into());
-        }
-        if !serves(Arch::Amd64) {
-            if opts.ipxe_bios.is_none() {
-                boot_files.bios = None;
-                boot_files.bios_ipxe = None;
-            }
-            if opts.ipxe_efi64.is_none() {
-                boot_files.efi_x64 = None;
-            }
+    // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the
+    // operator chose the UEFI binary.
+    let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
+    if d.kernel.signed && arch == Arch::Amd64 && !chosen && !opts.pixiecore_log {
+        boot_files.efi_x64_signed = Some("shimx64.efi".into());
+        // GRUB asks for its machine's own configuration by HTTP.
+        let stub = crate::render::grub_stub(http);
+        binaries.insert("grub/grub.cfg".into(), stub.into_bytes().into());
+        // The image's own shim and GRUB trust its distribution's kernels; Debian's built-in
+        // ones trust Debian's.
+        if let Some((shim, grub)) = opts.plan.set.as_ref().and_then(|s| s.signed_chain.clone()) {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            binaries.insert("shimx64.efi".into(), read(&shim)?.into());
+            binaries.insert("grubx64.efi".into(), read(&grub)?.into());
+            tracing::info!(
+                shim = %shim.display(),
+                grub = %grub.display(),
+                "the Secure Boot chain is the image's own shim and network GRUB (they trust its kernel)"
+            );
         }
         tracing::info!(
-            kernel = arch.as_str(),
-            "machines answered: {}",
-            [
-                (Arch::Amd64, "x86-64 (BIOS and UEFI)"),
-                (Arch::Arm64, "arm64 (UEFI)")
-            ]
-            .iter()
-            .filter(|(a, _)| serves(*a))
-            .map(|(_, n)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
+            "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
         );
-        if signed && arch == Arch::Amd64 && !chosen && !opts.pixiecore_log {
-            boot_files.efi_x64_signed = Some("shimx64.efi".into());
-            // With machine profiles, GRUB asks for its machine's own configuration by HTTP.
-            let cfg = match &plan.fleet {
-                Some(_) => crate::fleet::Fleet::grub_stub(plan),
-                None => plan.grub_cfg(),
-            };
-            binaries.insert("grub/grub.cfg".into(), cfg.into_bytes().into());
-            // The image's own shim and GRUB trust its distribution's kernels; Debian's built-in
-            // ones trust Debian's.
-            if let Some((shim, grub)) = plan_input.set.as_ref().and_then(|s| s.signed_chain.clone())
-            {
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
-                };
-                binaries.insert("shimx64.efi".into(), read(&shim)?.into());
-                binaries.insert("grubx64.efi".into(), read(&grub)?.into());
-                tracing::info!(
-                    shim = %shim.display(),
-                    grub = %grub.display(),
-                    "the Secure Boot chain is the image's own shim and network GRUB (they trust its kernel)"
-                );
-            }
-            tracing::info!(
-                "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
-            );
-        } else if !signed && arch == Arch::Amd64 {
-            tracing::warn!(
-                "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
-            );
-        }
+    } else if !d.kernel.signed && arch == Arch::Amd64 {
+        tracing::warn!(
+            "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
+        );
     }
+    Ok((binaries, boot_files))
+}
 
-    let mut tasks = Tasks {
-        cancel: CancellationToken::new(),
-        http: Default::default(),
-        background: Default::default(),
-        budget: descriptor_budget(),
-        hub,
-        fleet,
-    };
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let (ifaces, http) = interfaces(&opts)?;
+    let hub = Arc::new(Hub::default());
+    let d = deciders(&opts, &hub)?;
+    tracing::info!("{}", d.booter.describe());
+    let loaders = choose_loaders(&opts, &d, http)?;
+    let mut tasks = Tasks::new(hub);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         ipxe = ipxe::VERSION,
         "daybreak starting"
     );
-    let mut counters = None;
-    if opts.netboot {
-        counters = Some(
-            start_netboot(
-                &opts,
-                &plan_input,
-                router.clone(),
-                binaries,
-                boot_files,
-                &ifaces,
-                &mut tasks,
-            )
-            .await?,
-        );
-    }
-    if let (Some(addr), BootRouter::Plan(plan)) = (opts.artifact_listen, &*router) {
-        let iso = match plan_input.set.as_ref().map(|s| &s.origin) {
-            Some(artifacts::Origin::Iso { path, name }) => Some((path.as_path(), name.as_str())),
-            _ => None,
-        };
-        let files = crate::routes::ArtifactFiles::new(plan, iso)?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            crate::sockets::bind_error(
-                e,
-                "tcp",
-                addr.port(),
-                "artifact file server",
-                "another web server; change listen_addr or set disable_http_server=true",
-            )
-        })?;
-        tracing::info!(
-            "artifact files on http://{}/ ({}; never the cloud-config)",
-            listener.local_addr()?,
-            files.names().collect::<Vec<_>>().join(", ")
-        );
-        tasks.http(listener, Arc::new(files), Arc::new(http::Unobserved));
+    let counters = match opts.netboot {
+        true => Some(start_netboot(&opts, &d, http, loaders, &ifaces, &mut tasks).await?),
+        false => None,
+    };
+    if let (Some(addr), Some(plan)) = (opts.artifact_listen, &d.plan) {
+        start_artifacts(addr, plan, &opts.plan, &mut tasks).await?;
     }
     tracing::info!("ready");
+    tasks.until_shutdown(counters).await;
+    Ok(())
+}
 
-    let signal = shutdown_signal().await;
+/// The artifact file server: the plan's boot files (and the ISO they are read from) for people
+/// to fetch, never the cloud-config.
+async fn start_artifacts(
+    addr: SocketAddr,
+    plan: &Plan,
+    input: &PlanInput,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let iso = match input.set.as_ref().map(|s| &s.origin) {
+        Some(artifacts::Origin::Iso { path, name }) => Some((path.as_path(), name.as_str())),
+        _ => None,
+    };
+    let files = crate::routes::ArtifactFiles::new(plan, iso)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        crate::sockets::bind_error(
+            e,
+            "tcp",
+            addr.port(),
+            "artifact file server",
+            "another web server; change listen_addr or set disable_http_server=true",
+        )
+    })?;
     tracing::info!(
-        "{signal}: shutting down (up to {}s for open downloads; again to force)",
-        SHUTDOWN_GRACE.as_secs()
+        "artifact files on http://{}/ ({}; never the cloud-config)",
+        listener.local_addr()?,
+        files.names().collect::<Vec<_>>().join(", ")
     );
-    tasks.cancel.cancel();
-    tasks.background.abort_all();
-    tokio::select! {
-        _ = async { while tasks.http.join_next().await.is_some() {} } => {}
-        s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
-    }
-    match counters {
-        Some((dhcp_stats, tftp_stats)) => {
-            use std::sync::atomic::Ordering::Relaxed;
-            tracing::info!(
-            dhcp = ?dhcp_stats.snapshot(),
-            tftp_completed = tftp_stats.completed.load(Relaxed),
-            tftp_evicted = tftp_stats.evicted.load(Relaxed),
-            tftp_busy = tftp_stats.busy.load(Relaxed),
-            tftp_rate_limited = tftp_stats.rate_limited.load(Relaxed),
-            "stopped"
-            )
-        }
-        None => tracing::info!("stopped"),
-    }
+    tasks.http(listener, Arc::new(files), Arc::new(http::Unobserved));
     Ok(())
 }
 
@@ -283,11 +297,19 @@ struct Tasks {
     budget: Budget,
     /// Boot events of the netboot servers.
     hub: Arc<Hub>,
-    /// Machine profiles and timelines, fed by the boot events.
-    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Tasks {
+    fn new(hub: Arc<Hub>) -> Tasks {
+        Tasks {
+            cancel: CancellationToken::new(),
+            http: Default::default(),
+            background: Default::default(),
+            budget: descriptor_budget(),
+            hub,
+        }
+    }
+
     fn http<R: http::Router + 'static>(
         &mut self,
         listener: tokio::net::TcpListener,
@@ -302,6 +324,36 @@ impl Tasks {
             self.cancel.clone(),
             SHUTDOWN_GRACE,
         ));
+    }
+
+    /// Runs until a signal, then stops: downloads get the grace period, a second signal ends
+    /// them at once.
+    async fn until_shutdown(mut self, counters: Option<Counters>) {
+        let signal = shutdown_signal().await;
+        tracing::info!(
+            "{signal}: shutting down (up to {}s for open downloads; again to force)",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        self.cancel.cancel();
+        self.background.abort_all();
+        tokio::select! {
+            _ = async { while self.http.join_next().await.is_some() {} } => {}
+            s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
+        }
+        match counters {
+            Some((dhcp, tftp)) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                tracing::info!(
+                    dhcp = ?dhcp.snapshot(),
+                    tftp_completed = tftp.completed.load(Relaxed),
+                    tftp_evicted = tftp.evicted.load(Relaxed),
+                    tftp_busy = tftp.busy.load(Relaxed),
+                    tftp_rate_limited = tftp.rate_limited.load(Relaxed),
+                    "stopped"
+                )
+            }
+            None => tracing::info!("stopped"),
+        }
     }
 }
 
@@ -358,37 +410,22 @@ fn descriptor_budget() -> Budget {
     }
 }
 
-/// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
-async fn start_netboot(
-    opts: &ServeOptions,
-    plan_input: &PlanInput,
-    router: Arc<BootRouter>,
-    binaries: tftp::Files,
-    boot_files: pxe::BootFiles,
-    ifaces: &[(String, u32, Ipv4Addr)],
+/// Sends every boot event to the metrics and the fleet's timelines, to the debug log, and as
+/// pixiecore's lines when asked.
+fn spread_events(
     tasks: &mut Tasks,
-) -> anyhow::Result<Counters> {
-    let hub = tasks.hub.clone();
-    let fleet = tasks.fleet.clone();
-    let dhcp_stats = Arc::new(DhcpStats::default());
-    let tftp_stats = Arc::new(tftp::Stats::default());
-    let metrics = Arc::new(crate::metrics::Metrics::new(
-        dhcp_stats.clone(),
-        tftp_stats.clone(),
-    ));
-    // Every boot event, keyed by MAC, in the debug log (until the status page reads them too),
-    // into the metrics, and pixiecore's lines when asked.
-    let mut events = hub.subscribe();
-    let pixiecore_log = opts.pixiecore_log;
-    let observed = metrics.clone();
-    let timelines = fleet.clone();
+    metrics: Arc<crate::metrics::Metrics>,
+    fleet: Option<Arc<Fleet>>,
+    pixiecore_log: bool,
+) {
+    let mut events = tasks.hub.subscribe();
     tasks.background.spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
                 Ok(e) => {
-                    observed.observe(&e);
-                    if let Some(f) = &timelines {
+                    metrics.observe(&e);
+                    if let Some(f) = &fleet {
                         f.observe(&e);
                     }
                     tracing::debug!(
@@ -406,92 +443,51 @@ async fn start_netboot(
             }
         }
     });
-    let listener =
-        crate::sockets::bind_http(SocketAddr::from((opts.listen, plan_input.http.port))).await?;
-    let tftp_sock = crate::sockets::bind_tftp(opts.listen, opts.tftp_port)?;
-    let dhcp_sockets = if opts.proxy_dhcp {
-        crate::sockets::bind_dhcp()?
-    } else {
-        Vec::new()
-    };
+}
 
+/// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
+async fn start_netboot(
+    opts: &ServeOptions,
+    d: &Deciders,
+    http: pxe::HttpAddress,
+    (binaries, boot_files): (tftp::Files, pxe::BootFiles),
+    ifaces: &[Iface],
+    tasks: &mut Tasks,
+) -> anyhow::Result<Counters> {
+    let hub = tasks.hub.clone();
+    let dhcp_stats = Arc::new(DhcpStats::default());
+    let tftp_stats = Arc::new(tftp::Stats::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        dhcp_stats.clone(),
+        tftp_stats.clone(),
+    ));
+    spread_events(tasks, metrics.clone(), d.fleet.clone(), opts.pixiecore_log);
+    let listener = crate::sockets::bind_http(SocketAddr::from((opts.listen, http.port))).await?;
+    let tftp_sock = crate::sockets::bind_tftp(opts.listen, opts.tftp_port)?;
+    let dhcp_sockets = match opts.proxy_dhcp {
+        true => crate::sockets::bind_dhcp()?,
+        false => Vec::new(),
+    };
+    let booter = d.booter.clone();
     let dhcp_config = Arc::new(pxe::driver::Config {
         settings: pxe::endpoint::Settings {
-            http: plan_input.http,
+            http,
             boot_files,
-            interfaces: ifaces.iter().map(|i| i.1).collect(),
+            interfaces: ifaces.iter().map(|i| i.index).collect(),
         },
         events: Some({
             let hub = hub.clone();
             pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))
         }),
-        allow: match (&opts.api, &fleet) {
-            (Some(api), _) => {
-                let api = api.clone();
-                Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
-                    api.allow(c.mac)
-                })))
-            }
-            (None, Some(f)) => {
-                let f = f.clone();
-                Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
-                    f.allow(c)
-                })))
-            }
-            (None, None) => None,
-        },
+        allow: Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
+            booter.allow(&c.machine())
+        }))),
     });
-
-    // Startup summary.
-    match &*router {
-        BootRouter::Plan(plan) => {
-            for f in plan.files() {
-                let from = f.path.as_ref().map_or_else(
-                    || "(rendered, in memory)".into(),
-                    |p| p.display().to_string(),
-                );
-                let name = if f.secret { "cloud-config" } else { &f.name };
-                tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
-            }
-            let shown = match plan_input.http.advertise {
-                Some(a) => plan.base_url(a.into()),
-                None => pxe::http_base("<server>", plan_input.http.port),
-            };
-            tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
-            if plan.cloud_config.is_some() {
-                tracing::info!(
-                    "cloud-config served on the netboot port only, at a random path that changes every run and is given only in the kernel command line"
-                );
-            }
-        }
-        BootRouter::Api(a) => {
-            tracing::info!("booting each machine as the API says: {}", a.api.describe())
-        }
-    }
-    if opts.proxy_dhcp {
-        let on = if ifaces.is_empty() {
-            "all interfaces".to_string()
-        } else {
-            ifaces
-                .iter()
-                .map(|i| format!("{} ({})", i.0, i.2))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        tracing::info!("ProxyDHCP on UDP 67 and 4011, {on}");
-    } else {
-        tracing::info!("ProxyDHCP off: point your DHCP server's boot options at this host");
-    }
-    tracing::info!("TFTP on {}:{}", opts.listen, opts.tftp_port);
-    tracing::info!(
-        "HTTP on {} (boot script: /boot.ipxe)",
-        listener.local_addr()?
-    );
-
-    let files: tftp::Files = binaries;
+    log_start(opts, d, http, ifaces, &listener)?;
+    let binaries = Arc::new(binaries);
     tasks.background.spawn(tftp::run(
         tftp_sock,
-        Arc::new(files),
+        binaries.clone(),
         tftp::Limits::default(),
         tasks.budget.tftp.clone(),
         tftp_stats.clone(),
@@ -512,44 +508,69 @@ async fn start_netboot(
             dhcp_stats.clone(),
         ));
     }
-
-    tasks.http(listener, Arc::new(Served { router, metrics }), hub);
+    let routes = crate::routes::BootRoutes {
+        booter: d.booter.clone(),
+        http,
+        binaries,
+        hub: hub.clone(),
+        metrics: Some(metrics),
+        machines: d
+            .fleet
+            .clone()
+            .map(|f| f as Arc<dyn crate::status::Machines>),
+    };
+    tasks.http(listener, Arc::new(routes), hub);
     Ok((dhcp_stats, tftp_stats))
 }
 
-/// The boot HTTP server's routes, and `/metrics` beside them.
-struct Served {
-    router: Arc<BootRouter>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl http::Router for Served {
-    fn route(&self, req: &http::Request<'_>) -> http::Reply {
-        if req.path == pxe::routes::METRICS {
-            self.metrics.scraped();
-            return http::Reply::memory(
-                "_metrics",
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render().into_bytes(),
+/// The startup summary: files served, the command line, where each server listens.
+fn log_start(
+    opts: &ServeOptions,
+    d: &Deciders,
+    http: pxe::HttpAddress,
+    ifaces: &[Iface],
+    listener: &tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    if let Some(plan) = &d.plan {
+        for f in plan.files() {
+            let from = f.path.as_ref().map_or_else(
+                || "(rendered, in memory)".into(),
+                |p| p.display().to_string(),
+            );
+            let name = if f.secret { "cloud-config" } else { &f.name };
+            tracing::info!(name = %name, path = %from, bytes = f.size, "serving file");
+        }
+        let shown = match http.advertise {
+            Some(a) => http.base(a.into()),
+            None => pxe::http_base("<server>", http.port),
+        };
+        tracing::info!(cmdline = %plan.cmdline_redacted(&shown), "kernel command line (<server> is the address each client reached)");
+        if plan.cloud_config.is_some() {
+            tracing::info!(
+                "cloud-config served on the netboot port only, at a random path that changes every run and is given only in the kernel command line"
             );
         }
-        self.router.route(req)
     }
-}
-
-/// What the boot HTTP server serves: the plan, or in API mode what the API says per machine.
-enum BootRouter {
-    Plan(Arc<Plan>),
-    Api(crate::api::ApiRouter),
-}
-
-impl http::Router for BootRouter {
-    fn route(&self, req: &http::Request<'_>) -> http::Reply {
-        match self {
-            BootRouter::Plan(p) => p.route(req),
-            BootRouter::Api(a) => a.route(req),
-        }
+    if opts.proxy_dhcp {
+        let on = if ifaces.is_empty() {
+            "all interfaces".to_string()
+        } else {
+            ifaces
+                .iter()
+                .map(|i| format!("{} ({})", i.name, i.ipv4))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!("ProxyDHCP on UDP 67 and 4011, {on}");
+    } else {
+        tracing::info!("ProxyDHCP off: point your DHCP server's boot options at this host");
     }
+    tracing::info!("TFTP on {}:{}", opts.listen, opts.tftp_port);
+    tracing::info!(
+        "HTTP on {} (boot script: /boot.ipxe)",
+        listener.local_addr()?
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() -> &'static str {

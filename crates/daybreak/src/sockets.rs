@@ -72,8 +72,16 @@ pub fn bind_error(e: io::Error, proto: &str, port: u16, role: &str, usual: &str)
     }
 }
 
+/// An interface boot requests are answered on.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+    pub ipv4: Ipv4Addr,
+}
+
 /// Resolves `--interface` names to indexes, checking each has an IPv4 address.
-pub fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<(String, u32, Ipv4Addr)>> {
+pub fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<Iface>> {
     let all = udp::interfaces();
     let list = || {
         all.iter()
@@ -94,7 +102,11 @@ pub fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<(String, u32, 
             let a = i.ipv4.with_context(|| {
                 format!("interface {n} has no IPv4 address; give it one (ip addr add …) or choose another: {}", list())
             })?;
-            Ok((n.clone(), i.index, a))
+            Ok(Iface {
+                name: n.clone(),
+                index: i.index,
+                ipv4: a,
+            })
         })
         .collect()
 }

@@ -412,3 +412,17 @@ fn a_request_to_the_dhcp_server_teaches_the_clients_address() {
         assert_eq!(lease(&m), None, "{mtype} {opts:?}");
     }
 }
+
+#[test]
+fn advertise_and_port_80_shape_urls() {
+    let http = HttpAddress {
+        port: 80,
+        advertise: Some(Ipv4Addr::new(192, 0, 2, 7)),
+    };
+    assert_eq!(
+        http.base(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "http://192.0.2.7"
+    );
+    let v6 = HttpAddress::default().base("fd00::2".parse().unwrap());
+    assert_eq!(v6, "http://[fd00::2]:8090");
+}

@@ -216,6 +216,48 @@ impl Profiles {
     }
 }
 
+/// A machines file, watched for edits (by its time, size and inode: an editor's rename counts).
+#[derive(Debug)]
+pub struct Watched {
+    path: PathBuf,
+    seen: Option<(std::time::SystemTime, u64, u64)>,
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl Watched {
+    /// The file's profiles, and the watch on it.
+    pub fn load(path: &Path) -> anyhow::Result<(Profiles, Watched)> {
+        let w = Watched {
+            path: path.to_path_buf(),
+            seen: stamp(path),
+        };
+        Ok((Profiles::load(path)?, w))
+    }
+
+    /// The file's profiles again when it changed since the last look; `None` when it did not.
+    pub fn edited(&mut self) -> Option<anyhow::Result<Profiles>> {
+        let now = stamp(&self.path);
+        if now == self.seen {
+            return None;
+        }
+        self.seen = now;
+        let p = Profiles::load(&self.path);
+        if let Ok(p) = &p {
+            tracing::info!(
+                file = %self.path.display(),
+                entries = p.len(),
+                "machines file changed: the new profiles apply from each machine's next boot"
+            );
+        }
+        Some(p)
+    }
+}
+
 fn read_capped(path: &Path, what: &str) -> anyhow::Result<String> {
     use std::io::Read;
     let f = std::fs::File::open(path)

@@ -1,9 +1,11 @@
 use super::*;
-use crate::boot::tests::{input, tmpdir, BASE};
-use crate::boot::CloudConfig;
-use http::{Body, Router as _};
-use std::collections::HashMap as Map2;
-use std::net::{Ipv4Addr, SocketAddr};
+use crate::plan::tests::{input, tmpdir, BASE};
+use crate::plan::CloudConfig;
+use crate::status::Machines as _;
+use http::{Body, Request, Router as _};
+use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::SystemTime;
 
 const A: &str = "52:54:00:00:00:0a";
 const B: &str = "52:54:00:00:00:0b";
@@ -43,7 +45,7 @@ fn images() -> crate::netboot::ImageOptions {
 }
 
 struct Setup {
-    plan: Arc<Plan>,
+    routes: crate::routes::BootRoutes,
     fleet: Arc<Fleet>,
     dir: PathBuf,
 }
@@ -59,13 +61,10 @@ fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -
     std::fs::write(dir.join("machines.yaml"), machines).unwrap();
     let mut i = input(&dir);
     i.cloud_config = Some(CloudConfig::Text(Arc::from(&b"global"[..])));
-    let mut plan = Plan::new(&i, Map2::new()).unwrap();
-    if let Some(h) = &hub {
-        plan = plan.observed(h.clone());
-    }
+    let plan = Arc::new(Plan::new(&i).unwrap());
     let mut data = Map::new();
     data.insert("token".into(), Value::String("K10-secret".into()));
-    let fleet = Fleet::new(
+    let fleet = Fleet::open(
         &FleetOptions {
             state_dir: dir.join("state"),
             machines: Some(MachinesSource::File(dir.join("machines.yaml"))),
@@ -74,17 +73,20 @@ fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -
             images: images(),
             source: None,
         },
-        &plan,
+        plan,
         None,
-        hub,
+        hub.clone(),
     )
     .unwrap();
-    plan.fleet = Some(fleet.clone());
-    Setup {
-        plan: Arc::new(plan),
-        fleet,
-        dir,
-    }
+    let routes = crate::routes::BootRoutes {
+        booter: fleet.clone(),
+        http: pxe::HttpAddress::default(),
+        binaries: Arc::default(),
+        hub: hub.unwrap_or_default(),
+        metrics: None,
+        machines: Some(fleet.clone()),
+    };
+    Setup { routes, fleet, dir }
 }
 
 fn peer(n: u8) -> SocketAddr {
@@ -99,7 +101,7 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
         local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         peer: from,
     };
-    match s.plan.route(&req) {
+    match s.routes.route(&req) {
         Reply::Resource {
             body: Body::Memory(b),
             ..
@@ -140,8 +142,8 @@ fn install(s: &Setup, path: &str) -> Mac {
     wait("the install record", || {
         s.fleet
             .store
-            .get(&mac)
-            .is_some_and(|r| r.installed_at.is_some())
+            .cached(mac)
+            .is_some_and(|v| v.record.installed_at.is_some())
     });
     mac
 }
@@ -190,7 +192,7 @@ fn each_machine_gets_its_profile_and_its_own_cloud_config() {
     ] {
         assert_eq!(get(&s, bad, peer(10)).unwrap().0, 404, "{bad}");
     }
-    // An ignored machine gets no DHCP answer, and a script that goes back to the firmware.
+    // An ignored machine gets no DHCP answer, and no script: back to the firmware.
     let client = |mac: &str| pxe::Client {
         arch: pxe::Arch::Bios,
         arch_code: 0,
@@ -198,9 +200,13 @@ fn each_machine_gets_its_profile_and_its_own_cloud_config() {
         mac: self::mac(mac),
         uuid: None,
     };
-    assert!(!s.fleet.allow(&client(C)));
-    assert!(s.fleet.allow(&client(A)) && s.fleet.allow(&client("52:54:00:99:99:99")));
-    assert!(script(&s, C, 12).contains("\nexit\n"));
+    assert!(!s.fleet.allow(&client(C).machine()));
+    assert!(
+        s.fleet.allow(&client(A).machine())
+            && s.fleet.allow(&client("52:54:00:99:99:99").machine())
+    );
+    let ignored = get(&s, &format!("/_/ipxe?arch=0&mac={C}"), peer(12)).unwrap();
+    assert_eq!(ignored.0, 404);
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
@@ -229,16 +235,18 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     let text = get(&s, &config_url(&a), peer(10)).unwrap().1;
     assert!(!text.contains("installed"));
     // `daybreak machines reinstall` in another process, then the server's poll.
-    let other = Store::open(&s.dir.join("state")).unwrap();
-    other.change(&mac, &Change::Reinstall).unwrap();
-    other.announce().unwrap();
+    let other = crate::store::open(&s.dir.join("state")).unwrap();
+    crate::store::update(&*other, mac, &Change::Reinstall).unwrap();
+    other.publish().unwrap();
     s.fleet.refresh();
     assert!(script(&s, B, 11).contains("boot kernel"));
     // The record survives a restart of the server; scripts within a minute are one boot.
-    let again = Store::open(&s.dir.join("state"))
+    let again = crate::store::open(&s.dir.join("state"))
         .unwrap()
-        .get(&mac)
-        .unwrap();
+        .get(mac)
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!((again.boots, again.installed_at), (1, None));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
@@ -320,7 +328,7 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
     assert_eq!(find(A)["path"], "iPXE: the boot script");
     assert_eq!(find(A)["hostname"], "cp-1");
     assert_eq!(find(B)["phase"], "rootfs");
-    let size = s.plan.rootfs.as_ref().unwrap().size;
+    let size = s.fleet.main.rootfs.as_ref().unwrap().size;
     assert_eq!(
         find(B)["progress"],
         json!({"bytes": 5.min(size), "total": size})
@@ -345,37 +353,11 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
             bytes: 3,
         },
     ));
-    let one = s.fleet.show(&mac(B)).unwrap();
+    let one: Value = serde_json::from_slice(&s.fleet.show_json(mac(B)).unwrap()).unwrap();
     assert_eq!(one["progress"]["bytes"], (5 + 3).min(size));
     assert_eq!(get(&s, "/api/machines/zz", peer(99)).unwrap().0, 404);
     let page = get(&s, "/", peer(99)).unwrap().1;
     assert!(page.contains("/api/machines") && page.starts_with("<!doctype html>"));
-    let _ = std::fs::remove_dir_all(&s.dir);
-}
-
-#[test]
-fn timelines_are_bounded() {
-    let s = setup("bounded", "");
-    for i in 0..(MAX_LIVE + 100) as u32 {
-        let b = i.to_be_bytes();
-        s.fleet.observe(&BootEvent {
-            at: SystemTime::now(),
-            mac: Some(Mac([2, 0, b[0], b[1], b[2], b[3]])),
-            peer: None,
-            step: Step::Script,
-        });
-    }
-    assert!(s.fleet.live_count() <= MAX_LIVE);
-    for _ in 0..(TIMELINE * 3) {
-        s.fleet.observe(&BootEvent {
-            at: SystemTime::now(),
-            mac: Some(mac(A)),
-            peer: None,
-            step: Step::Booting,
-        });
-    }
-    let one = s.fleet.show(&mac(A)).unwrap();
-    assert_eq!(one["timeline"].as_array().unwrap().len(), TIMELINE);
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
@@ -434,7 +416,7 @@ fn a_profile_with_its_own_image_boots_it_once_built() {
 #[test]
 fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
     let s = setup("grub", MACHINES);
-    let stub = Fleet::grub_stub(&s.plan);
+    let stub = crate::render::grub_stub(pxe::HttpAddress::default());
     assert!(
         stub.contains("configfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg"),
         "{stub}"
@@ -481,7 +463,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
         &format!("- arch: arm64\n  kernel: {}\n", d.join("Image").display()),
     );
     // The command's kernel is taken to be x86-64 here.
-    let fleet = Fleet::new(
+    let fleet = Fleet::open(
         &FleetOptions {
             state_dir: s.dir.join("state"),
             machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
@@ -490,28 +472,37 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
             images: images(),
             source: None,
         },
-        &s.plan,
+        s.fleet.main.clone(),
         Some(pxe::CpuArch::Amd64),
         None,
     )
     .unwrap();
     assert!(fleet.may_serve(pxe::CpuArch::Arm64) && fleet.may_serve(pxe::CpuArch::Amd64));
-    let ask = |mac: &str, arch: &str| {
-        fleet.note_arch(Some(self::mac(mac)), Some(arch));
-        fleet.script(&s.plan, BASE, Some(self::mac(mac)), peer(20).ip())
+    let ask = |mac: &str, arch: u16| {
+        let arch = pxe::Arch::from_code(arch).and_then(|(a, _)| pxe::CpuArch::of(a));
+        let d = fleet.decide(&Ask {
+            machine: Some(pxe::Machine {
+                mac: self::mac(mac),
+                uuid: None,
+                arch,
+            }),
+            peer: peer(20),
+            base: BASE,
+        });
+        crate::render::ipxe(&d, "").unwrap_or_default()
     };
     wait("the arm64 image", || {
-        ask(A, "11").contains("kernel --name kernel")
+        ask(A, 11).contains("kernel --name kernel")
     });
     assert!(
-        ask(A, "11").contains("-kernel\n"),
+        ask(A, 11).contains("-kernel\n"),
         "the arm64 machine boots the profile's kernel"
     );
-    assert!(ask(B, "7").contains(&format!("kernel --name kernel {BASE}/kernel\n")));
+    assert!(ask(B, 7).contains(&format!("kernel --name kernel {BASE}/kernel\n")));
     // Without that profile, an arm64 machine is told there is nothing for it.
     std::fs::write(s.dir.join("machines.yaml"), "- mac: 52:54:00:00:00:ff\n").unwrap();
     fleet.refresh();
-    let none = ask(C, "11");
+    let none = ask(C, 11);
     assert!(
         none.contains("not booted: this server has no kernel for its architecture\nexit"),
         "{none}"

@@ -1,21 +1,20 @@
-//! The boot plan: which files a booting machine gets, under which URLs, with which kernel
-//! command line, and the iPXE script that says so. The HTTP routes that serve it are in
-//! [`crate::routes`].
-//!
-//! URLs depend on the address a client reached us by, so the command line is kept as a template
-//! and rendered per request.
+//! The boot plan: which files a booting machine gets, under which names, with which kernel
+//! command line. A value: files opened once and a command-line template, nothing else. URLs
+//! depend on the address a client reached us by, so the command line is kept as a template and
+//! made into a [`BootSpec`] per request. As a [`Booter`], a plan boots every machine alike.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use artifacts::safe_name;
 
-use http::Body;
-use pxe::routes;
+use http::{Body, Reply};
+use pxe::{routes, Mac, Machine};
+
+use crate::decision::{Ask, BootSpec, Booter, Decision};
 
 /// Kairos's kernel arguments (AuroraBoot's defaults), around the two URLs Daybreak fills in.
 pub const DEFAULT_CMDLINE_HEAD: &str =
@@ -47,6 +46,25 @@ pub enum CloudConfig {
 }
 
 impl BootFile {
+    /// The file as a response: served under its name, or as "cloud-config" in logs when its
+    /// name is the secret.
+    pub fn reply(&self) -> Reply {
+        let content_type = if self.name.ends_with(".yaml") {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/octet-stream"
+        };
+        Reply::Resource {
+            name: if self.secret {
+                "cloud-config".into()
+            } else {
+                self.name.clone()
+            },
+            content_type,
+            body: self.body.clone(),
+        }
+    }
+
     pub(crate) fn open(name: &str, path: &Path, what: &str) -> anyhow::Result<BootFile> {
         let cannot = || {
             format!(
@@ -129,9 +147,6 @@ pub struct PlanInput {
     pub cloud_config: Option<CloudConfig>,
     /// Replaces the default arguments; `root=live:` and `config_url=` are still set by Daybreak.
     pub cmdline: Option<String>,
-    /// Where clients reach the HTTP server (port, and an address to announce), shared with
-    /// the DHCP side.
-    pub http: pxe::HttpAddress,
     /// Put before the names of the kernel, initrds and squashfs: one server serves several
     /// images (machine profiles) side by side.
     pub prefix: String,
@@ -167,7 +182,7 @@ pub fn kernel_arch(k: &[u8]) -> Option<pxe::CpuArch> {
 /// How one machine's boot differs from everyone's: its profile's command line, its own
 /// cloud-config URL.
 #[derive(Debug, Default)]
-pub struct Personal<'a> {
+pub struct Own<'a> {
     /// Kernel arguments replacing the plan's (`root=live:` and `config_url=` are still set).
     pub cmdline: Option<&'a str>,
     /// The machine's own cloud-config URL, in place of the plan's.
@@ -181,13 +196,6 @@ pub struct Plan {
     pub cloud_config: Option<BootFile>,
     pub extras: Vec<BootFile>,
     cmdline: Vec<Part>,
-    http: pxe::HttpAddress,
-    /// iPXE binaries by name, for UEFI HTTP boot (`/ipxe/NAME`).
-    pub(crate) binaries: HashMap<String, Arc<[u8]>>,
-    /// Told of scripts and `booting` calls, and of the MAC each script URL names.
-    pub(crate) events: Option<Arc<crate::events::Hub>>,
-    /// Machine profiles, install-once and the status page, when the command has a fleet.
-    pub(crate) fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// A piece of a command line written with pixiecore's templates: text, or the quoted argument
@@ -272,7 +280,7 @@ fn unique_name(taken: &[&BootFile], base: &str) -> String {
 }
 
 impl Plan {
-    pub fn new(input: &PlanInput, binaries: HashMap<String, Arc<[u8]>>) -> anyhow::Result<Plan> {
+    pub fn new(input: &PlanInput) -> anyhow::Result<Plan> {
         let name = |n: &str| format!("{}{n}", input.prefix);
         let (kernel, initrds, rootfs) = match (&input.set, &input.kernel) {
             (Some(set), None) if input.initrds.is_empty() && input.rootfs.is_none() => {
@@ -324,10 +332,6 @@ impl Plan {
             cloud_config,
             extras: Vec::new(),
             cmdline: Vec::new(),
-            http: input.http,
-            binaries,
-            events: None,
-            fleet: None,
         };
         let mut parts = Vec::new();
         match &input.cmdline {
@@ -361,12 +365,6 @@ impl Plan {
         parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
         plan.cmdline = parts;
         Ok(plan)
-    }
-
-    /// The plan, reporting to `hub`.
-    pub fn observed(mut self, hub: Arc<crate::events::Hub>) -> Plan {
-        self.events = Some(hub);
-        self
     }
 
     fn push_rootfs(&self, parts: &mut Vec<Part>) {
@@ -482,55 +480,9 @@ impl Plan {
         }
     }
 
-    /// The GRUB configuration of the Secure Boot chain: the kernel and initrds over HTTP from
-    /// the server GRUB was booted from (or the advertised address), the same command line as
-    /// the iPXE script.
-    pub fn grub_cfg(&self) -> String {
-        self.grub_cfg_for(&Personal::default())
-    }
-
-    /// The host GRUB reaches this server at: the advertised address, else the one it booted from.
-    fn grub_host(&self) -> String {
-        match self.http.advertise {
-            Some(a) => a.to_string(),
-            None => "${net_default_server}".into(),
-        }
-    }
-
-    /// GRUB's device for this server's HTTP: `(http,HOST:PORT)`.
-    pub fn grub_device(&self) -> String {
-        let host = self.grub_host();
-        if self.http.port == 80 {
-            format!("(http,{host})")
-        } else {
-            format!("(http,{host}:{})", self.http.port)
-        }
-    }
-
-    /// `http://HOST:PORT` as GRUB writes it into the kernel command line.
-    pub fn grub_base(&self) -> String {
-        pxe::http_base(self.grub_host(), self.http.port)
-    }
-
-    /// The GRUB configuration for one machine with a profile of its own.
-    pub fn grub_cfg_for(&self, p: &Personal) -> String {
-        let initrds: Vec<String> = self
-            .initrds
-            .iter()
-            .map(|f| http::percent_encode(&f.name))
-            .collect();
-        let initrds: Vec<&str> = initrds.iter().map(String::as_str).collect();
-        crate::secureboot::grub_cfg(
-            &self.grub_device(),
-            &http::percent_encode(&self.kernel.name),
-            &initrds,
-            &self.render_cmdline(&self.grub_base(), false, p),
-        )
-    }
-
-    /// `http://HOST:PORT` for a client that reached us at `local`.
-    pub fn base_url(&self, local: IpAddr) -> String {
-        self.http.base(local)
+    /// The file named `name`.
+    pub fn file(&self, name: &str) -> Option<&BootFile> {
+        self.files().find(|f| f.name == name)
     }
 
     pub fn file_url(&self, base: &str, name: &str) -> String {
@@ -539,15 +491,15 @@ impl Plan {
 
     #[cfg(test)]
     pub fn cmdline(&self, base: &str) -> String {
-        self.render_cmdline(base, false, &Personal::default())
+        self.render_cmdline(base, false, &Own::default())
     }
 
     /// The command line for logs: the cloud-config's secret name left out.
     pub fn cmdline_redacted(&self, base: &str) -> String {
-        self.render_cmdline(base, true, &Personal::default())
+        self.render_cmdline(base, true, &Own::default())
     }
 
-    fn render_cmdline(&self, base: &str, redact: bool, p: &Personal) -> String {
+    fn render_cmdline(&self, base: &str, redact: bool, p: &Own) -> String {
         let secret = |n: &str| self.files().any(|f| f.secret && f.name == n);
         let own;
         let parts = match p.cmdline {
@@ -585,42 +537,19 @@ impl Plan {
         s.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
-    /// The iPXE script for one machine.
-    pub fn script(&self, base: &str, mac: Option<pxe::Mac>) -> String {
-        self.script_for(base, mac, &Personal::default())
-    }
-
-    /// The iPXE script for one machine with a profile of its own.
-    pub fn script_for(&self, base: &str, mac: Option<pxe::Mac>, p: &Personal) -> String {
-        let mut s = String::from("#!ipxe\n");
-        s.push_str(&format!(
-            "kernel --name kernel {}\n",
-            self.file_url(base, &self.kernel.name)
-        ));
-        let mut initrd_args = String::new();
-        for f in &self.initrds {
-            s.push_str(&format!(
-                "initrd --name {} {}\n",
-                f.name,
-                self.file_url(base, &f.name)
-            ));
-            initrd_args.push_str(&format!("initrd={} ", f.name));
+    /// What machine `mac` boots from this plan, its URLs under `base`, with `own`'s
+    /// differences.
+    pub fn spec(&self, base: &str, mac: Option<Mac>, own: &Own) -> BootSpec {
+        BootSpec {
+            kernel: self.file_url(base, &self.kernel.name),
+            initrds: self
+                .initrds
+                .iter()
+                .map(|f| (f.name.clone(), self.file_url(base, &f.name)))
+                .collect(),
+            cmdline: self.render_cmdline(base, false, own),
+            ready: mac.map(|m| format!("{base}{}?mac={m}", routes::BOOTING)),
         }
-        if let Some(mac) = mac {
-            s.push_str(&format!(
-                "imgfetch --name ready {base}{}?mac={mac} ||\nimgfree ready ||\n",
-                routes::BOOTING
-            ));
-        }
-        s.push_str(&format!(
-            "boot kernel {initrd_args}{}\n",
-            self.render_cmdline(base, false, p)
-        ));
-        s
-    }
-
-    pub fn http(&self) -> pxe::HttpAddress {
-        self.http
     }
 
     /// The plan's cloud-config (as served to machines without one of their own).
@@ -629,11 +558,30 @@ impl Plan {
     }
 }
 
+/// A plan alone boots every machine that asks, alike.
+impl Booter for Plan {
+    fn allow(&self, _: &Machine) -> bool {
+        true
+    }
+
+    fn decide(&self, ask: &Ask<'_>) -> Decision {
+        let mac = ask.machine.map(|m| m.mac);
+        Decision::Boot(self.spec(ask.base, mac, &Own::default()))
+    }
+
+    fn file(&self, name: &str) -> Option<Reply> {
+        Plan::file(self, name).map(BootFile::reply)
+    }
+
+    fn describe(&self) -> String {
+        "every machine boots the same files".into()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::Ipv4Addr;
 
     pub(crate) fn tmpfile(dir: &Path, name: &str) -> PathBuf {
         let p = dir.join(name);
@@ -658,7 +606,6 @@ pub(crate) mod tests {
             rootfs: Some(tmpfile(d, "rootfs.squashfs")),
             cloud_config: Some(CloudConfig::File(tmpfile(d, "config.yaml"))),
             cmdline: None,
-            http: pxe::HttpAddress::default(),
             prefix: String::new(),
         }
     }
@@ -668,7 +615,7 @@ pub(crate) mod tests {
     #[test]
     fn default_cmdline_is_kairos_exactly() {
         let d = tmpdir("default");
-        let plan = Plan::new(&input(&d), HashMap::new()).unwrap();
+        let plan = Plan::new(&input(&d)).unwrap();
         let cc = &plan.cloud_config.as_ref().unwrap().name;
         assert_eq!(
             plan.cmdline(BASE),
@@ -679,11 +626,20 @@ pub(crate) mod tests {
             )
         );
         assert!(!plan.cmdline_redacted(BASE).contains(cc.as_str()));
-        let script = plan.script(BASE, "52:54:00:12:34:56".parse().ok());
-        assert!(script.starts_with("#!ipxe\nkernel --name kernel http://10.0.0.1:8090/kernel\n"));
-        assert!(script.contains("initrd --name initrd0 http://10.0.0.1:8090/initrd0\n"));
-        assert!(script.contains("\nboot kernel initrd=initrd0 rd.live.overlay.overlayfs "));
-        assert!(script.contains("/_/booting?mac=52:54:00:12:34:56 ||"));
+        let spec = plan.spec(BASE, "52:54:00:12:34:56".parse().ok(), &Own::default());
+        assert_eq!(spec.kernel, "http://10.0.0.1:8090/kernel");
+        assert_eq!(
+            spec.initrds,
+            [(
+                "initrd0".to_string(),
+                "http://10.0.0.1:8090/initrd0".to_string()
+            )]
+        );
+        assert!(spec.cmdline.starts_with("rd.live.overlay.overlayfs "));
+        assert_eq!(
+            spec.ready.as_deref(),
+            Some("http://10.0.0.1:8090/_/booting?mac=52:54:00:12:34:56")
+        );
     }
 
     #[test]
@@ -696,13 +652,13 @@ pub(crate) mod tests {
             extra.display()
         ));
         // A template must name an existing file, even in a word Daybreak replaces.
-        let err = Plan::new(&i, HashMap::new()).err();
+        let err = Plan::new(&i).err();
         assert!(err.is_some(), "missing template file is an error naming it");
         i.cmdline = Some(format!(
             "quiet foo={{{{ ID \"{}\" }}}} config_url=http://x/y console=ttyS0",
             extra.display()
         ));
-        let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let plan = Plan::new(&i).unwrap();
         let cc = &plan.cloud_config.as_ref().unwrap().name;
         assert_eq!(
             plan.cmdline(BASE),
@@ -721,7 +677,7 @@ pub(crate) mod tests {
         i.rootfs = None;
         let kernel = i.kernel.clone().unwrap();
         i.cmdline = Some(format!("k={{{{ ID \"{}\" }}}}", kernel.display()));
-        let plan = Plan::new(&i, HashMap::new()).unwrap();
+        let plan = Plan::new(&i).unwrap();
         assert!(plan.extras.is_empty());
         assert!(plan
             .cmdline(BASE)
@@ -733,20 +689,20 @@ pub(crate) mod tests {
         let d = tmpdir("bad");
         let mut i = input(&d);
         i.cmdline = Some("a {{ Foo \"x\" }}".into());
-        let e = Plan::new(&i, HashMap::new()).err().unwrap().to_string();
+        let e = Plan::new(&i).err().unwrap().to_string();
         assert!(e.contains("ID \"/path/to/file\""), "{e}");
         i.cmdline = Some("a {{ ID \"x\"".into());
-        assert!(Plan::new(&i, HashMap::new())
+        assert!(Plan::new(&i)
             .err()
             .unwrap()
             .to_string()
             .contains("unclosed"));
         i.cmdline = Some("root=live:{{ ID \"https://x/r.squashfs\" }}".into());
-        let e = Plan::new(&i, HashMap::new()).err().unwrap().to_string();
+        let e = Plan::new(&i).err().unwrap().to_string();
         assert!(e.contains("curl -fLO https://x/r.squashfs"), "{e}");
         let mut i = input(&d);
         i.kernel = Some(d.join("nope"));
-        let e = format!("{:#}", Plan::new(&i, HashMap::new()).err().unwrap());
+        let e = format!("{:#}", Plan::new(&i).err().unwrap());
         assert!(e.contains("kernel file") && e.contains("nope"), "{e}");
     }
 
@@ -771,20 +727,5 @@ pub(crate) mod tests {
         for other in [&b"\x1f\x8b\x08"[..], b"", b"MZ", &[0u8; 0x300]] {
             assert_eq!(kernel_arch(other), None);
         }
-    }
-
-    #[test]
-    fn advertise_and_port_80_shape_urls() {
-        let d = tmpdir("adv");
-        let mut i = input(&d);
-        i.http = pxe::HttpAddress {
-            port: 80,
-            advertise: Some(Ipv4Addr::new(192, 0, 2, 7)),
-        };
-        let plan = Plan::new(&i, HashMap::new()).unwrap();
-        assert_eq!(
-            plan.base_url(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "http://192.0.2.7"
-        );
     }
 }

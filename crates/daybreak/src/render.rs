@@ -1,0 +1,255 @@
+//! A [`Decision`] in the languages of the loaders that ask for one: an iPXE script, a GRUB
+//! configuration (the Secure Boot chain's GRUB reads it over HTTP). One writer per language,
+//! whatever decided.
+
+use crate::decision::{BootSpec, Decision};
+
+/// A machine's GRUB configuration on the Secure Boot chain: `/_/grub/MAC.cfg`.
+pub const GRUB: &str = "/_/grub/";
+
+/// Seconds a waiting machine is told to wait (the decision's `retry`, shown and slept).
+fn seconds(d: std::time::Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+/// The iPXE script for `d`; `again` is the URL a waiting machine chains when its wait is over.
+/// `None` for a machine not served here: the request is answered 404, as if unknown.
+pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
+    Some(match d {
+        Decision::Boot(spec) => ipxe_boot(spec),
+        Decision::Script(s) => s.clone(),
+        // BIOS: the first disk by its BIOS number; UEFI: back to the firmware, which boots
+        // the next entry of its boot order (the disk).
+        Decision::Local => "#!ipxe\necho Daybreak: booting from the local disk\n\
+             iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n"
+            .into(),
+        Decision::Wait { why, retry } => {
+            let s = seconds(*retry);
+            format!(
+                "#!ipxe\necho Daybreak: {}; asking again in {s} seconds\nsleep {s}\nchain {again} ||\n",
+                one_line(why)
+            )
+        }
+        Decision::Refuse(why) => {
+            format!(
+                "#!ipxe\necho Daybreak: not booted: {}\nexit\n",
+                one_line(why)
+            )
+        }
+        Decision::Ignore => return None,
+    })
+}
+
+fn ipxe_boot(spec: &BootSpec) -> String {
+    let mut s = String::from("#!ipxe\n");
+    s.push_str(&format!("kernel --name kernel {}\n", spec.kernel));
+    let mut initrd_args = String::new();
+    for (name, url) in &spec.initrds {
+        s.push_str(&format!("initrd --name {name} {url}\n"));
+        initrd_args.push_str(&format!("initrd={name} "));
+    }
+    if let Some(ready) = &spec.ready {
+        s.push_str(&format!(
+            "imgfetch --name ready {ready} ||\nimgfree ready ||\n"
+        ));
+    }
+    s.push_str(&format!("boot kernel {initrd_args}{}\n", spec.cmdline));
+    s
+}
+
+/// The host GRUB reaches this server at: the advertised address, else the one it booted from.
+fn grub_host(http: pxe::HttpAddress) -> String {
+    match http.advertise {
+        Some(a) => a.to_string(),
+        None => "${net_default_server}".into(),
+    }
+}
+
+/// `http://HOST[:PORT]` as GRUB writes it: the base of the URLs in a decision GRUB renders.
+pub fn grub_base(http: pxe::HttpAddress) -> String {
+    pxe::http_base(grub_host(http), http.port)
+}
+
+/// GRUB's device for an `http://HOST[:PORT]/path` URL, and the path.
+fn grub_path(url: &str) -> Option<(String, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    let slash = rest.find('/')?;
+    Some((format!("(http,{})", &rest[..slash]), &rest[slash..]))
+}
+
+/// The configuration a machine's GRUB reads for `d`: over HTTP from `http` (the stub
+/// [`grub_stub`] points it there); a waiting machine reads it again after its wait.
+pub fn grub(d: &Decision, http: pxe::HttpAddress) -> String {
+    let again = || {
+        format!(
+            "configfile {}{}${{net_default_mac}}.cfg\n",
+            grub_device(http),
+            GRUB
+        )
+    };
+    let exit = |why: &str| format!("echo {}\nexit\n", grub_quote(&format!("Daybreak: {why}")));
+    match d {
+        Decision::Boot(spec) => match grub_boot(spec) {
+            Some(cfg) => cfg,
+            None => exit("not booted: a file of this boot is not on this server"),
+        },
+        Decision::Script(_) => exit("not booted: an iPXE script was given, which GRUB cannot run"),
+        // Back to the firmware, which boots the next entry of its boot order (the disk).
+        Decision::Local => exit("booting from the local disk"),
+        Decision::Wait { why, retry } => {
+            let s = seconds(*retry);
+            format!(
+                "echo {}\nsleep {s}\n{}",
+                grub_quote(&format!("Daybreak: {why}; asking again in {s} seconds")),
+                again()
+            )
+        }
+        Decision::Refuse(why) => exit(&format!("not booted: {why}")),
+        Decision::Ignore => exit("this machine is not served here"),
+    }
+}
+
+fn grub_boot(spec: &BootSpec) -> Option<String> {
+    let (device, kernel) = grub_path(&spec.kernel)?;
+    let initrds = spec
+        .initrds
+        .iter()
+        .map(|(_, url)| grub_path(url).map(|(d, p)| format!("{d}{p}")))
+        .collect::<Option<Vec<_>>>()?;
+    let mut s = String::from(
+        "# Written by Daybreak: the Secure Boot chain (shim, then this signed GRUB).\n\
+         set timeout=0\n\
+         set default=0\n\
+         menuentry 'Daybreak netboot' {\n",
+    );
+    s.push_str(&format!(
+        "  echo {}\n",
+        grub_quote(&format!(
+            "Loading {} over HTTP",
+            kernel.trim_start_matches('/')
+        ))
+    ));
+    s.push_str(&format!("  linux {device}{kernel} {}\n", spec.cmdline));
+    if !initrds.is_empty() {
+        s.push_str(&format!("  initrd {}\n", initrds.join(" ")));
+    }
+    s.push_str("}\n");
+    Some(s)
+}
+
+/// GRUB's device for this server's HTTP: `(http,HOST[:PORT])`.
+fn grub_device(http: pxe::HttpAddress) -> String {
+    let host = grub_host(http);
+    if http.port == 80 {
+        format!("(http,{host})")
+    } else {
+        format!("(http,{host}:{})", http.port)
+    }
+}
+
+/// What GRUB reads by TFTP: its machine's own configuration, by MAC, over HTTP.
+pub fn grub_stub(http: pxe::HttpAddress) -> String {
+    format!(
+        "# Written by Daybreak: each machine's own configuration, from the server.\n\
+         set timeout=0\n\
+         configfile {}{}${{net_default_mac}}.cfg\n",
+        grub_device(http),
+        GRUB
+    )
+}
+
+/// Text as one GRUB word in single quotes (a quote inside closes, escapes and reopens).
+fn grub_quote(s: &str) -> String {
+    format!("'{}'", one_line(s).replace('\'', "'\\''"))
+}
+
+/// Text for one line of a script: control characters (a newline would start a command) become
+/// spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec() -> BootSpec {
+        BootSpec {
+            kernel: "http://10.0.0.1:8090/kernel".into(),
+            initrds: vec![("initrd0".into(), "http://10.0.0.1:8090/initrd0".into())],
+            cmdline: "root=live:http://10.0.0.1:8090/rootfs.squashfs quiet".into(),
+            ready: Some("http://10.0.0.1:8090/_/booting?mac=52:54:00:00:00:01".into()),
+        }
+    }
+
+    #[test]
+    fn every_decision_as_an_ipxe_script() {
+        let again = "http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01";
+        assert_eq!(
+            ipxe(&Decision::Boot(spec()), again).unwrap(),
+            "#!ipxe\nkernel --name kernel http://10.0.0.1:8090/kernel\n\
+             initrd --name initrd0 http://10.0.0.1:8090/initrd0\n\
+             imgfetch --name ready http://10.0.0.1:8090/_/booting?mac=52:54:00:00:00:01 ||\n\
+             imgfree ready ||\n\
+             boot kernel initrd=initrd0 root=live:http://10.0.0.1:8090/rootfs.squashfs quiet\n"
+        );
+        let wait = Decision::Wait {
+            why: "its image is being prepared".into(),
+            retry: Duration::from_secs(10),
+        };
+        let w = ipxe(&wait, again).unwrap();
+        assert!(
+            w.contains("asking again in 10 seconds\nsleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01 ||"),
+            "{w}"
+        );
+        assert!(ipxe(&Decision::Local, again)
+            .unwrap()
+            .contains("sanboot --no-describe --drive 0x80"));
+        let r = ipxe(&Decision::Refuse("no kernel\nshell".into()), again).unwrap();
+        assert_eq!(
+            r,
+            "#!ipxe\necho Daybreak: not booted: no kernel shell\nexit\n"
+        );
+        assert_eq!(ipxe(&Decision::Ignore, again), None);
+        assert_eq!(
+            ipxe(&Decision::Script("#!ipxe\nshell\n".into()), again).as_deref(),
+            Some("#!ipxe\nshell\n")
+        );
+    }
+
+    #[test]
+    fn every_decision_as_a_grub_configuration() {
+        let http = pxe::HttpAddress::default();
+        let mut s = spec();
+        s.kernel = format!("{}/kernel", grub_base(http));
+        s.initrds[0].1 = format!("{}/initrd0", grub_base(http));
+        let c = grub(&Decision::Boot(s), http);
+        assert!(
+            c.contains("  linux (http,${net_default_server}:8090)/kernel root=live:"),
+            "{c}"
+        );
+        assert!(
+            c.contains("  initrd (http,${net_default_server}:8090)/initrd0\n"),
+            "{c}"
+        );
+        assert!(grub(&Decision::Local, http).ends_with("exit\n"));
+        let w = grub(
+            &Decision::Wait {
+                why: "it's busy".into(),
+                retry: Duration::from_secs(10),
+            },
+            http,
+        );
+        assert!(w.contains("echo 'Daybreak: it'\\''s busy; asking again in 10 seconds'\nsleep 10\nconfigfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg\n"), "{w}");
+        assert!(grub(&Decision::Ignore, http).contains("not served here"));
+        let advertised = pxe::HttpAddress {
+            port: 80,
+            advertise: Some(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        };
+        assert_eq!(grub_base(advertised), "http://192.0.2.7");
+        assert!(grub_stub(advertised).contains("configfile (http,192.0.2.7)/_/grub/"));
+    }
+}

@@ -1,0 +1,236 @@
+//! What Daybreak remembers of each machine across restarts (first and last boot, architecture,
+//! firmware, whether its install finished), behind one trait: [`MachineStore`]. A store keeps a
+//! copy in memory that readers use without waiting ([`MachineStore::cached`],
+//! [`MachineStore::with`]), and changes records by compare-and-swap on a version
+//! ([`MachineStore::put`]), so two writers (a server and `daybreak machines`, two replicas)
+//! never undo each other: [`update`] reads, applies a [`Change`] and retries a lost race.
+//!
+//! [`file::FileStore`] is the embedded one (a JSON file per machine in `STATE_DIR/machines/`);
+//! a store on a distributed engine is one more module beside it.
+
+pub mod file;
+
+use pxe::{CpuArch, Mac, Uuid};
+use serde::{Deserialize, Serialize};
+
+pub use file::FileStore;
+
+/// Records kept. Past this, new machines are served but not remembered (a flood of made-up
+/// MACs cannot fill the disk).
+pub const MAX_RECORDS: usize = 65_536;
+
+/// What is remembered of one machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub mac: Mac,
+    /// Unix seconds of its first and latest boot script.
+    #[serde(default)]
+    pub first_seen: u64,
+    #[serde(default)]
+    pub last_seen: u64,
+    /// Boot scripts served.
+    #[serde(default)]
+    pub boots: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<CpuArch>,
+    /// The boot path of its latest offer (`UEFI PXE, then iPXE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// When it called back that its install finished: from then on it boots from its disk
+    /// (until `daybreak machines reinstall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<u64>,
+}
+
+/// A change to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// It fetched a boot script.
+    Booted {
+        at: u64,
+        arch: Option<CpuArch>,
+        firmware: Option<String>,
+        uuid: Option<Uuid>,
+    },
+    Installed {
+        at: u64,
+    },
+    Reinstall,
+}
+
+impl Change {
+    /// The record after this change; `None` when there is nothing to change (a reinstall of a
+    /// machine never seen).
+    pub fn apply(&self, old: Option<&Record>, mac: Mac) -> Option<Record> {
+        let mut r = match (old, self) {
+            (Some(r), _) => r.clone(),
+            (None, Change::Reinstall) => return None,
+            (None, _) => Record {
+                mac,
+                ..Default::default()
+            },
+        };
+        match self {
+            Change::Booted {
+                at,
+                arch,
+                firmware,
+                uuid,
+            } => {
+                if r.first_seen == 0 {
+                    r.first_seen = *at;
+                }
+                r.last_seen = *at;
+                r.boots += 1;
+                r.arch = arch.or(r.arch);
+                r.uuid = uuid.or(r.uuid);
+                if firmware.is_some() {
+                    r.firmware.clone_from(firmware);
+                }
+            }
+            Change::Installed { at } => {
+                r.installed_at = Some(*at);
+                if r.first_seen == 0 {
+                    r.first_seen = *at;
+                }
+                r.last_seen = r.last_seen.max(*at);
+            }
+            Change::Reinstall => r.installed_at = None,
+        }
+        Some(r)
+    }
+}
+
+/// A record's version in its store: it changes with every write (a counter in the file store).
+pub type Version = u64;
+
+/// A record with the version it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub record: Record,
+    pub version: Version,
+}
+
+/// Why a store did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else changed the record since it was read: read it again and retry.
+    #[error("the record changed meanwhile")]
+    Conflict,
+    /// No room for another machine (see [`MAX_RECORDS`]).
+    #[error("the machine store is full ({MAX_RECORDS} machines)")]
+    Full,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where machine records are kept.
+pub trait MachineStore: Send + Sync + 'static {
+    /// Where it is, for log lines and errors (`/var/lib/daybreak/machines`).
+    fn describe(&self) -> String;
+
+    /// A record as this process last saw it: from memory, never waiting on the store.
+    fn cached(&self, mac: Mac) -> Option<Versioned>;
+
+    /// `f` over every record as this process last saw them.
+    fn with(&self, f: &mut dyn FnMut(&std::collections::HashMap<Mac, Versioned>));
+
+    /// How many machines are remembered.
+    fn len(&self) -> usize;
+
+    /// A record as the store holds it now.
+    fn get(&self, mac: Mac) -> Result<Option<Versioned>, StoreError>;
+
+    /// Writes `record` if the store still holds it at `expect` (`None`: no record yet), and
+    /// returns its new version; [`StoreError::Conflict`] otherwise, and nothing is written.
+    fn put(&self, record: &Record, expect: Option<Version>) -> Result<Version, StoreError>;
+
+    /// Forgets a machine; false when it was not remembered.
+    fn forget(&self, mac: Mac) -> Result<bool, StoreError>;
+
+    /// Takes in what others changed since the last look (cheap when nothing did); true when
+    /// something did.
+    fn refresh(&self) -> bool;
+
+    /// Makes this process's changes known to the others now (a store they watch needs
+    /// nothing; the file store's readers look for a changed generation).
+    fn publish(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Lost races retried before a change gives up.
+const RETRIES: usize = 16;
+
+/// Applies `change` to `mac`'s record by compare-and-swap, reading it again after a lost race.
+/// `None` when there was nothing to change.
+pub fn update(
+    store: &dyn MachineStore,
+    mac: Mac,
+    change: &Change,
+) -> Result<Option<Record>, StoreError> {
+    for _ in 0..RETRIES {
+        let now = store.get(mac)?;
+        let Some(next) = change.apply(now.as_ref().map(|v| &v.record), mac) else {
+            return Ok(None);
+        };
+        match store.put(&next, now.map(|v| v.version)) {
+            Ok(_) => return Ok(Some(next)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+/// Changes waiting for the writer; past this they are dropped (and said).
+const WRITES_QUEUED: usize = 1024;
+
+/// Changes written by a thread of their own, in order, so the one asking never waits on the
+/// store. Bounded: past [`WRITES_QUEUED`] waiting, a change is dropped and said.
+pub struct Writes {
+    tx: std::sync::mpsc::SyncSender<(Mac, Change)>,
+}
+
+impl Writes {
+    pub fn spawn(store: std::sync::Arc<dyn MachineStore>) -> std::io::Result<Writes> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Mac, Change)>(WRITES_QUEUED);
+        std::thread::Builder::new()
+            .name("machine-store".into())
+            .spawn(move || {
+                for (mac, change) in rx {
+                    if let Err(e) = update(&*store, mac, &change) {
+                        tracing::warn!(mac = %mac, error = %e, store = %store.describe(), "machine record not written");
+                    }
+                }
+            })?;
+        Ok(Writes { tx })
+    }
+
+    pub fn send(&self, mac: Mac, change: Change) {
+        if self.tx.try_send((mac, change)).is_err() {
+            tracing::warn!(mac = %mac, "machine store busy: this change is not remembered");
+        }
+    }
+}
+
+/// Opens the store of the state directory `state_dir`.
+pub fn open(state_dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn MachineStore>> {
+    let state = artifacts::Store::open(state_dir)?;
+    let store = FileStore::open(state.root()).map_err(|e| {
+        anyhow::anyhow!(
+            "the machine store in {} cannot be opened: {e}",
+            state.root().display()
+        )
+    })?;
+    Ok(std::sync::Arc::new(store))
+}
+
+#[cfg(test)]
+pub(crate) mod contract;

@@ -1,0 +1,402 @@
+//! Each machine's boot as the servers saw it, since this server started: what DHCP told of it
+//! (UUID, architecture, firmware and boot path), its address, its phase (offered, loader,
+//! script, kernel, initrd, rootfs with progress, config, booting, installed, local disk) and a
+//! bounded timeline of its steps, fed by the boot events ([`crate::events`]). The status page
+//! and `/api/machines` are written from here, with what the store and the profiles say.
+//!
+//! Bounded: [`MAX_LIVE`] machines, [`TIMELINE`] steps each; past that, the machines seen
+//! longest ago go, in bulk.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pxe::{Mac, Machine};
+
+use crate::events::{BootEvent, Step};
+use crate::fleet::profiles::{Action, Profiles};
+use crate::store::{Record, Versioned};
+
+/// Machines with a timeline in memory; past this the ones seen longest ago are dropped.
+pub const MAX_LIVE: usize = 4096;
+/// Events kept per machine.
+pub const TIMELINE: usize = 32;
+
+/// What profiles select a machine by, from what is known of it.
+fn machine_of(mac: Mac, seen: Option<&Seen>) -> Machine {
+    Machine {
+        mac,
+        uuid: seen.and_then(|s| s.uuid),
+        arch: seen.and_then(|s| s.arch),
+    }
+}
+
+/// What is known of a machine since this server started.
+#[derive(Debug, Clone)]
+struct Seen {
+    uuid: Option<pxe::Uuid>,
+    arch: Option<pxe::CpuArch>,
+    firmware: Option<String>,
+    path: Option<&'static str>,
+    ip: Option<IpAddr>,
+    phase: &'static str,
+    /// Bytes of the squashfs sent in this boot, and of the response under way, of its size.
+    rootfs_bytes: u64,
+    rootfs_total: u64,
+    rootfs_sending: u64,
+    last: SystemTime,
+    timeline: VecDeque<(SystemTime, String)>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            uuid: None,
+            arch: None,
+            firmware: None,
+            path: None,
+            ip: None,
+            phase: "seen",
+            rootfs_bytes: 0,
+            rootfs_total: 0,
+            rootfs_sending: 0,
+            last: SystemTime::now(),
+            timeline: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    machines: HashMap<Mac, Seen>,
+}
+
+impl Live {
+    fn entry(&mut self, mac: Mac) -> &mut Seen {
+        if self.machines.len() >= MAX_LIVE && !self.machines.contains_key(&mac) {
+            // Drop the eighth seen longest ago: amortised, never a scan per event.
+            let mut by_age: Vec<(SystemTime, Mac)> =
+                self.machines.iter().map(|(m, s)| (s.last, *m)).collect();
+            by_age.sort_unstable();
+            for (_, m) in by_age.iter().take(MAX_LIVE / 8) {
+                self.machines.remove(m);
+            }
+        }
+        self.machines.entry(mac).or_default()
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A machine as `/api/machines` shows it (never its URLs).
+#[derive(serde::Serialize)]
+struct View<'a> {
+    mac: Mac,
+    hostname: Option<&'a str>,
+    arch: Option<&'a str>,
+    firmware: Option<&'a str>,
+    path: Option<&'a str>,
+    ip: Option<String>,
+    profile: Option<&'a str>,
+    action: &'static str,
+    phase: &'static str,
+    progress: Option<Progress>,
+    last_seen: u64,
+    installed_at: Option<u64>,
+    boots: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<Vec<Moment<'a>>>,
+}
+
+/// How much of its squashfs a machine has.
+#[derive(serde::Serialize)]
+struct Progress {
+    bytes: u64,
+    total: u64,
+}
+
+/// A step of a machine's timeline.
+#[derive(serde::Serialize)]
+struct Moment<'a> {
+    at: u64,
+    what: &'a str,
+}
+
+/// The machines seen since this server started.
+pub struct Timelines {
+    live: Mutex<Live>,
+    /// Size of the command's squashfs, for the progress bar of machines that boot it.
+    rootfs_size: u64,
+}
+
+impl Timelines {
+    pub fn new(rootfs_size: u64) -> Timelines {
+        Timelines {
+            live: Mutex::default(),
+            rootfs_size,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps what a request tells of a machine (its UUID and architecture) for its later ones.
+    pub fn note(&self, m: &Machine) {
+        let mut live = self.live();
+        let s = live.entry(m.mac);
+        s.uuid = m.uuid.or(s.uuid);
+        s.arch = m.arch.or(s.arch);
+    }
+
+    /// What is known of a machine, and the boot path of its offer (`BIOS iPXE: iPXE: the boot
+    /// script`), read at once.
+    pub fn machine(&self, mac: Mac) -> (Machine, Option<String>) {
+        let live = self.live();
+        let seen = live.machines.get(&mac);
+        let firmware = seen.and_then(|s| {
+            s.path.map(|p| match &s.firmware {
+                Some(f) => format!("{f}: {p}"),
+                None => p.to_string(),
+            })
+        });
+        (machine_of(mac, seen), firmware)
+    }
+
+    /// The size of the squashfs a machine boots, for its progress bar.
+    pub fn rootfs_total(&self, mac: Mac, total: u64) {
+        self.live().entry(mac).rootfs_total = total;
+    }
+
+    /// Takes in one boot event: the machine's phase and timeline.
+    pub fn observe(&self, e: &BootEvent) {
+        let Some(mac) = e.mac else {
+            return;
+        };
+        let mut live = self.live();
+        let s = live.entry(mac);
+        s.last = e.at;
+        if let Some(p) = e.peer {
+            s.ip = Some(p.ip());
+        }
+        let what = match &e.step {
+            Step::Offer { firmware, path, .. } => {
+                // The firmware's own offer names the boot; the one iPXE asks for after it
+                // loaded does not replace it.
+                if s.phase != "loader" {
+                    s.firmware = Some(firmware.clone());
+                    s.path = Some(path);
+                }
+                s.phase = "offered";
+                s.rootfs_bytes = 0;
+                s.rootfs_sending = 0;
+                format!("DHCP offer to {firmware}: {path}")
+            }
+            Step::Lease => {
+                let ip = e.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+                format!("address {ip} from the DHCP server")
+            }
+            Step::Loader { file, bytes, ok } => {
+                s.phase = "loader";
+                format!(
+                    "{file} over TFTP, {bytes} bytes{}",
+                    if *ok { "" } else { " (incomplete)" }
+                )
+            }
+            Step::Script => {
+                s.phase = "script";
+                s.rootfs_bytes = 0;
+                "boot script".into()
+            }
+            Step::File { name, bytes, ms } => {
+                let rate = if *ms > 0 {
+                    bytes / ms * 1000 / 1_000_000
+                } else {
+                    0
+                };
+                if name.ends_with("rootfs.squashfs") {
+                    s.rootfs_bytes += bytes;
+                    s.rootfs_sending = 0;
+                    s.phase = "rootfs";
+                } else if name.ends_with("kernel") {
+                    s.phase = "kernel";
+                } else if name.contains("initrd") {
+                    s.phase = "initrd";
+                } else if name == "cloud-config" {
+                    s.phase = "config";
+                }
+                format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)")
+            }
+            Step::Sending { name, bytes } => {
+                if name.ends_with("rootfs.squashfs") {
+                    s.rootfs_sending = *bytes;
+                    s.phase = "rootfs";
+                }
+                // Progress moves the bar; the timeline keeps the whole file's line.
+                return;
+            }
+            Step::Booting => {
+                s.phase = "booting";
+                "kernel started".into()
+            }
+            Step::Config => {
+                s.phase = "config";
+                "its cloud-config".into()
+            }
+            Step::Installed => {
+                s.phase = "installed";
+                "install finished".into()
+            }
+            Step::LocalBoot => {
+                s.phase = "local disk";
+                "told to boot from its local disk".into()
+            }
+        };
+        if s.timeline.len() >= TIMELINE {
+            s.timeline.pop_front();
+        }
+        s.timeline.push_back((e.at, what));
+    }
+
+    /// Every machine, the remembered and the seen, by MAC, as the JSON of `/api/machines`:
+    /// written straight from the tables (a fleet of thousands is asked every second by each
+    /// status page open).
+    pub fn list_json(&self, profiles: &Profiles, records: &HashMap<Mac, Versioned>) -> Vec<u8> {
+        let live = self.live();
+        {
+            let mut macs: Vec<&Mac> = records
+                .keys()
+                .chain(live.machines.keys().filter(|m| !records.contains_key(*m)))
+                .collect();
+            macs.sort_unstable();
+            let machines: Vec<View> = macs
+                .into_iter()
+                .map(|m| {
+                    let record = records.get(m).map(|v| &v.record);
+                    self.view(m, live.machines.get(m), record, profiles)
+                })
+                .collect();
+            #[derive(serde::Serialize)]
+            struct Machines<'a> {
+                machines: Vec<View<'a>>,
+            }
+            serde_json::to_vec(&Machines { machines }).unwrap_or_default()
+        }
+    }
+
+    fn view<'a>(
+        &self,
+        m: &Mac,
+        seen: Option<&'a Seen>,
+        record: Option<&'a Record>,
+        profiles: &'a Profiles,
+    ) -> View<'a> {
+        let machine = machine_of(*m, seen);
+        let profile = profiles.find(&machine);
+        let phase = match (seen, record) {
+            (Some(s), _) if s.phase != "seen" => s.phase,
+            (_, Some(r)) if r.installed_at.is_some() => "installed",
+            _ => "seen",
+        };
+        let progress = seen.filter(|s| s.phase == "rootfs").and_then(|s| {
+            let total = if s.rootfs_total > 0 {
+                s.rootfs_total
+            } else {
+                self.rootfs_size
+            };
+            (total > 0).then(|| Progress {
+                bytes: (s.rootfs_bytes + s.rootfs_sending).min(total),
+                total,
+            })
+        });
+        View {
+            mac: *m,
+            hostname: profile.and_then(|p| p.hostname.as_deref()),
+            arch: machine
+                .arch
+                .or(record.and_then(|r| r.arch))
+                .map(|a| a.as_str()),
+            firmware: seen.and_then(|s| s.firmware.as_deref()),
+            path: seen
+                .and_then(|s| s.path)
+                .or(record.and_then(|r| r.firmware.as_deref())),
+            ip: seen.and_then(|s| s.ip).map(|i| i.to_string()),
+            profile: profile.map(|p| p.name.as_str()),
+            action: profile.map_or(Action::Install, |p| p.action).as_str(),
+            phase,
+            progress,
+            last_seen: seen
+                .map(|s| unix(s.last))
+                .or(record.map(|r| r.last_seen))
+                .unwrap_or(0),
+            installed_at: record.and_then(|r| r.installed_at),
+            boots: record.map_or(0, |r| r.boots),
+            timeline: None,
+        }
+    }
+
+    /// One machine with its timeline; `None` when neither seen nor remembered.
+    pub fn show_json(
+        &self,
+        m: &Mac,
+        profiles: &Profiles,
+        record: Option<&Record>,
+    ) -> Option<Vec<u8>> {
+        let live = self.live();
+        let seen = live.machines.get(m);
+        {
+            if seen.is_none() && record.is_none() {
+                return None;
+            }
+            let mut v = self.view(m, seen, record, profiles);
+            v.timeline = Some(
+                seen.map(|s| {
+                    s.timeline
+                        .iter()
+                        .map(|(t, what)| Moment { at: unix(*t), what })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            );
+            serde_json::to_vec(&v).ok()
+        }
+    }
+
+    /// Machines with a timeline in memory.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.live().machines.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timelines_are_bounded() {
+        let t = Timelines::new(0);
+        let step = |mac, step| BootEvent {
+            at: SystemTime::now(),
+            mac: Some(mac),
+            peer: None,
+            step,
+        };
+        for i in 0..(MAX_LIVE + 100) as u32 {
+            let b = i.to_be_bytes();
+            t.observe(&step(Mac([2, 0, b[0], b[1], b[2], b[3]]), Step::Script));
+        }
+        assert!(t.len() <= MAX_LIVE);
+        let a = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
+        for _ in 0..(TIMELINE * 3) {
+            t.observe(&step(a, Step::Booting));
+        }
+        let one: serde_json::Value =
+            serde_json::from_slice(&t.show_json(&a, &Profiles::default(), None).unwrap()).unwrap();
+        assert_eq!(one["timeline"].as_array().unwrap().len(), TIMELINE);
+        assert_eq!(one["phase"], "booting");
+    }
+}
