@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Args;
 
 use http::{Body, Reply};
 use pxe::{Mac, Machine};
@@ -41,47 +40,6 @@ const MAX_URLS: usize = 64;
 /// Questions to the API at once from the DHCP path: a flood of made-up MACs must not become a
 /// flood of threads, or of requests to the API server.
 const MAX_ASKING: usize = 16;
-
-/// `daybreak api`: pixiecore's API mode, with its arguments and flags.
-#[derive(Args, Debug)]
-pub struct ApiArgs {
-    /// The API server's URL prefix: machines are looked up at URL/v1/boot/MAC.
-    #[arg(value_name = "URL")]
-    url: String,
-    /// How long to wait for the API server (e.g. 5s, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    api_request_timeout: Duration,
-    #[command(flatten)]
-    server: crate::pixiecore::ServerArgs,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write 5s, 500ms or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?} is not a duration: write 5s, 500ms or 1m")),
-    };
-    if !(0.001..=600.0).contains(&secs) {
-        return Err(format!("{s}: give a timeout between 1ms and 10m"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-impl ApiArgs {
-    pub fn into_options(self) -> anyhow::Result<crate::serve::ServeOptions> {
-        let api = Api::new(&self.url, self.api_request_timeout)?;
-        let mut o = self.server.options(crate::plan::PlanInput::default());
-        o.api = Some(api);
-        Ok(o)
-    }
-}
 
 /// A piece of the kernel command line: text, or the n-th URL of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -976,13 +934,5 @@ mod tests {
                 proptest::prop_assert!(s.urls.len() <= MAX_URLS);
             }
         }
-    }
-
-    #[test]
-    fn durations_read_as_pixiecore_writes_them() {
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("5h").is_err() && parse_duration("0s").is_err());
     }
 }

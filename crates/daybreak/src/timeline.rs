@@ -366,9 +366,12 @@ impl Timelines {
     }
 
     /// Machines with a timeline in memory.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live().machines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -46,7 +46,7 @@ impl Fleet {
             .or(self.template.as_deref());
         self.emit(None, mac, Step::Config);
         match template {
-            Some(t) => match crate::config::render(t, &self.data_for(mac, profile, base)) {
+            Some(t) => match crate::template::render(t, &self.data_for(mac, profile, base)) {
                 Ok((text, _)) => Reply::memory(
                     "cloud-config",
                     "text/plain; charset=utf-8",

@@ -71,9 +71,20 @@ fn build_image(key: &Key, opts: &FleetOptions) -> anyhow::Result<Plan> {
             if let Some(a) = key.1 {
                 images.arch = a.as_str().into();
             }
-            input.set = Some(crate::netboot::open_source(src, &opts.state_dir, &images)?)
+            input.set = Some(crate::sources::open_source(
+                src,
+                &opts.state_dir,
+                &images,
+                &crate::sources::Logged,
+            )?)
         }
-        Image::Iso(src) => input.set = Some(crate::netboot::open_iso(src, &opts.state_dir)?),
+        Image::Iso(src) => {
+            input.set = Some(crate::sources::open_iso(
+                src,
+                &opts.state_dir,
+                &crate::sources::Logged,
+            )?)
+        }
         Image::Files {
             kernel,
             initrds,

@@ -57,7 +57,7 @@ pub struct FleetOptions {
     /// Template values (`--set`, the config file).
     pub data: Map<String, Value>,
     /// How profiles' own images are pulled and built.
-    pub images: crate::netboot::ImageOptions,
+    pub images: crate::sources::ImageOptions,
     /// The command's own OCI image, when it has one: machines of another architecture than
     /// its kernel's boot its variant for theirs (a multi-arch index), built when the first asks.
     pub source: Option<String>,

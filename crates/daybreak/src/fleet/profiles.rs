@@ -214,6 +214,10 @@ impl Profiles {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// A machines file, watched for edits (by its time, size and inode: an editor's rename counts).
@@ -354,7 +358,7 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         (Some(_), Some(_)) => bail!("give cloud_config or cloud_config_file, not both"),
         (Some(t), None) => Some(t.to_string()),
         (None, Some(src)) if artifacts::is_url(src) => {
-            let t = crate::config::read_text(src, "cloud_config_file")?;
+            let t = crate::template::read_text(src, "cloud_config_file")?;
             if t.len() > MAX_FILE {
                 bail!(
                     "cloud_config_file {src} is larger than {} MiB",
@@ -368,7 +372,8 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
     };
     if let Some(t) = &cloud_config {
         // Template errors now, not when the machine asks.
-        crate::config::render(t, &Map::new()).map_err(|e| anyhow!("cloud-config template: {e}"))?;
+        crate::template::render(t, &Map::new())
+            .map_err(|e| anyhow!("cloud-config template: {e}"))?;
     }
     const KNOWN: &[&str] = &[
         "mac",

@@ -36,8 +36,8 @@ fn mac(s: &str) -> Mac {
     s.parse().unwrap()
 }
 
-fn images() -> crate::netboot::ImageOptions {
-    crate::netboot::ImageOptions {
+fn images() -> crate::sources::ImageOptions {
+    crate::sources::ImageOptions {
         arch: "amd64".into(),
         insecure: false,
         compression: artifacts::Compression::Gzip,

@@ -144,6 +144,10 @@ pub trait MachineStore: Send + Sync + 'static {
     /// How many machines are remembered.
     fn len(&self) -> usize;
 
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A record as the store holds it now.
     fn get(&self, mac: Mac) -> Result<Option<Versioned>, StoreError>;
 

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail};
 use artifacts::Origin;
 
-use crate::config::{self, Settings};
+use super::config::{self, Settings};
 use crate::fleet::{FleetOptions, MachinesSource, Profiles};
 use crate::plan::{CloudConfig, PlanInput};
 use crate::serve::ServeOptions;
@@ -30,7 +30,7 @@ pub fn prepare(
     let s = Settings::from_map(&root)?;
     let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;
     let rendered = match &template {
-        Some(text) => Some(config::render(text, &root)?),
+        Some(text) => Some(crate::template::render(text, &root)?),
         None => None,
     };
     let machines = match (machines, root.get("machines")) {
@@ -54,20 +54,21 @@ pub fn prepare(
     };
     // The command's image, and later any other a machine needs (another architecture's
     // variant, a profile's), are pulled and built alike.
-    let images = crate::netboot::ImageOptions {
+    let images = crate::sources::ImageOptions {
         arch: s.arch.clone(),
         insecure: s.insecure,
         compression: artifacts::Compression::Gzip,
     };
+    let report = super::progress::reporter();
     let set = match &s.container_image {
-        Some(img) => crate::netboot::open_source(img, &s.state_dir, &images)?,
+        Some(img) => crate::sources::open_source(img, &s.state_dir, &images, &*report)?,
         None if s.has_release() => {
             let url = s
                 .release
                 .iso_url(s.release_base_url.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             tracing::info!(url = %url, "Kairos release ISO");
-            crate::netboot::open_iso(&url, &s.state_dir)?
+            crate::sources::open_iso(&url, &s.state_dir, &*report)?
         }
         None => bail!("{NO_SOURCE}"),
     };

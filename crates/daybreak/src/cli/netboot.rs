@@ -4,18 +4,72 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{anyhow, Context as _};
+use clap::Args;
 
-use crate::progress::Progress;
+use super::interrupt;
+use super::progress::Progress;
+use crate::sources::ImageOptions;
+
+#[derive(Args, Debug)]
+pub struct NetbootArgs {
+    /// The image: a registry reference, file://, ocifile://, dir://, an OCI layout, or an ISO.
+    source: String,
+    /// Where to write the files (created if missing).
+    outdir: PathBuf,
+    /// File name prefix; empty means "kairos".
+    #[arg(default_value = "kairos")]
+    prefix: String,
+    /// Where artifacts, layers and downloads are kept (absolute, or relative to the working
+    /// directory).
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
+    state_dir: PathBuf,
+    /// Platform to pull from a multi-arch image (default: this machine's).
+    #[arg(long, value_name = "ARCH", default_value = artifacts::oci::host_arch())]
+    arch: String,
+    /// Allow plain HTTP and self-signed certificates for registries (localhost and 127.0.0.0/8
+    /// are always allowed plain HTTP, as Docker does).
+    #[arg(long, alias = "insecure")]
+    allow_insecure_registries: bool,
+    /// squashfs compression: gzip (what Kairos uses), zstd (fast to boot), xz (smallest).
+    #[arg(long, value_name = "ALGO", default_value = "gzip")]
+    compression: artifacts::Compression,
+}
+
+/// Runs `daybreak netboot`.
+pub fn command(a: NetbootArgs) -> ExitCode {
+    let opts = ImageOptions {
+        arch: a.arch,
+        insecure: a.allow_insecure_registries,
+        compression: a.compression,
+    };
+    match run(&a.source, &a.outdir, &a.prefix, &a.state_dir, &opts) {
+        Ok(paths) => {
+            for p in paths {
+                println!("{}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", super::error_text(&e));
+            // Stopped by a signal: exit as shells expect (130 for Ctrl-C).
+            match interrupt::interrupted() {
+                Some(sig) => ExitCode::from(128 + sig as u8),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
 
 /// Explains a write failure in terms of the output directory and what to do.
 fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    if let Some(sig) = crate::interrupt::interrupted() {
+    if let Some(sig) = interrupt::interrupted() {
         return anyhow!(
             "stopped by {} while writing {}; nothing half-written was left behind",
-            crate::interrupt::name(sig),
+            interrupt::name(sig),
             dest.display()
         );
     }
@@ -31,67 +85,6 @@ fn write_error(e: io::Error, dest: &Path, size: u64) -> anyhow::Error {
         ),
         _ => anyhow!("writing {} failed: {e}", dest.display()),
     }
-}
-
-/// The boot files of any source (an OCI image in any form, a Kairos ISO, an ISO URL), with
-/// the progress bars and notes a user sees while it is pulled, built or downloaded.
-pub fn open_source(
-    source: &str,
-    state_dir: &Path,
-    opts: &ImageOptions,
-) -> anyhow::Result<artifacts::BootSet> {
-    let req = artifacts::Request {
-        source: source.to_string(),
-        arch: opts.arch.clone(),
-        insecure: opts.insecure,
-        compression: opts.compression,
-        state_dir: artifacts::absolute(state_dir),
-    };
-    Ok(artifacts::open(
-        &req,
-        &crate::progress::ImageProgress::default(),
-        &mut show_fetch(source),
-    )?)
-}
-
-/// The boot files of an ISO (a local file or an http(s) URL), with a download's progress bar.
-pub fn open_iso(source: &str, state_dir: &Path) -> anyhow::Result<artifacts::BootSet> {
-    Ok(artifacts::open_iso(
-        source,
-        &artifacts::absolute(state_dir),
-        &mut show_fetch(source),
-    )?)
-}
-
-/// A download's progress bar and notes on stderr.
-fn show_fetch(source: &str) -> impl FnMut(artifacts::Fetch) + '_ {
-    use artifacts::Fetch;
-    let mut bar: Option<Progress> = None;
-    move |f| match f {
-        Fetch::Waiting { url } => {
-            eprintln!("another Daybreak process is downloading {url}; waiting for it")
-        }
-        Fetch::Progress { done, total } => bar
-            .get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
-            .update(done),
-        Fetch::Cached { path } => eprintln!("using cached {}", path.display()),
-        Fetch::Done { verified } => {
-            if let Some(b) = bar.take() {
-                b.finish();
-            }
-            if !verified {
-                eprintln!("note: {source} has no published .sha256; the download is not verified");
-            }
-        }
-    }
-}
-
-/// How to turn an OCI image into artifacts.
-#[derive(Debug, Clone)]
-pub struct ImageOptions {
-    pub arch: String,
-    pub insecure: bool,
-    pub compression: artifacts::Compression,
 }
 
 fn create_outdir(outdir: &Path) -> anyhow::Result<()> {
@@ -123,7 +116,7 @@ pub fn run(
     opts: &ImageOptions,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let prefix = if prefix.is_empty() { "kairos" } else { prefix };
-    let set = open_source(source, state_dir, opts)?;
+    let set = crate::sources::open_source(source, state_dir, opts, &*super::progress::reporter())?;
     create_outdir(outdir)?;
     let mut written = Vec::new();
     for (f, name) in [&set.kernel, &set.initrds[0], &set.rootfs]
@@ -139,14 +132,10 @@ pub fn run(
         let src = std::fs::File::open(&f.path)
             .with_context(|| format!("cannot read {}", f.path.display()))?;
         let mut bar = Progress::new(&name, f.size());
-        let _signals = crate::interrupt::Guard::new();
-        artifacts::copy_extents_atomic(
-            &src,
-            &f.extents,
-            &dest,
-            &crate::interrupt::STOP,
-            &mut |n| bar.update(n),
-        )
+        let _signals = interrupt::Guard::new();
+        artifacts::copy_extents_atomic(&src, &f.extents, &dest, &interrupt::STOP, &mut |n| {
+            bar.update(n)
+        })
         .map_err(|e| write_error(e, &dest, f.size()))?;
         bar.finish();
         written.push(dest);

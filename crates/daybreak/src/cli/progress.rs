@@ -96,6 +96,8 @@ impl Progress {
 pub struct ImageProgress {
     tty: bool,
     state: std::sync::Mutex<BarsState>,
+    /// A download's bar (an ISO).
+    download: std::sync::Mutex<Option<Progress>>,
 }
 
 #[derive(Default)]
@@ -118,6 +120,7 @@ impl Default for ImageProgress {
         ImageProgress {
             tty: std::io::stderr().is_terminal(),
             state: Default::default(),
+            download: Default::default(),
         }
     }
 }
@@ -146,6 +149,42 @@ impl BarsState {
         self.drawn = self.bars.len();
         eprint!("{out}");
         let _ = std::io::stderr().flush();
+    }
+}
+
+/// What the command line tells while it opens a source: progress bars and notes on stderr,
+/// or, with JSON logs, log lines (nothing else may go to stderr then).
+pub fn reporter() -> Box<dyn crate::sources::Report> {
+    match super::json_logs() {
+        true => Box::new(crate::sources::Logged),
+        false => Box::new(ImageProgress::default()),
+    }
+}
+
+impl crate::sources::Report for ImageProgress {
+    /// A download's progress bar and notes.
+    fn fetch(&self, source: &str, f: artifacts::Fetch) {
+        use artifacts::Fetch;
+        let mut bar = self.download.lock().unwrap_or_else(|p| p.into_inner());
+        match f {
+            Fetch::Waiting { url } => {
+                eprintln!("another Daybreak process is downloading {url}; waiting for it")
+            }
+            Fetch::Progress { done, total } => bar
+                .get_or_insert_with(|| Progress::new("download", total.unwrap_or(0)))
+                .update(done),
+            Fetch::Cached { path } => eprintln!("using cached {}", path.display()),
+            Fetch::Done { verified } => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                if !verified {
+                    eprintln!(
+                        "note: {source} has no published .sha256; the download is not verified"
+                    );
+                }
+            }
+        }
     }
 }
 

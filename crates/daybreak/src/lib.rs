@@ -1,0 +1,27 @@
+//! Daybreak, the network-boot server, as a library: the boot plan and the deciders behind one
+//! seam ([`decision::Booter`]: the plan, the fleet, pixiecore's API mode), the renderers and the
+//! one router in front of them, the machine store and the timelines, and the servers' wiring
+//! ([`serve::run`]). The protocol crates (`pxe`, `tftp`, `http`, `udp`) and `artifacts` do the
+//! rest; [`cli`] is the `daybreak` command over all of it.
+
+pub mod api;
+pub mod cli;
+pub mod decision;
+pub mod events;
+pub mod fleet;
+pub mod ipxe;
+pub mod ipxe_iso;
+pub mod metrics;
+pub mod pixiecore;
+pub mod plan;
+pub mod render;
+pub mod routes;
+pub mod secureboot;
+pub mod serve;
+pub mod sockets;
+pub mod sources;
+pub mod status;
+pub mod store;
+pub mod template;
+pub mod timeline;
+pub mod tokens;
