@@ -1,10 +1,6 @@
-//! The iPXE binaries built into Daybreak (Debian's `ipxe` package; see `ipxe/README.md`), and
-//! the user's overrides.
-
-use std::path::Path;
-use std::sync::Arc;
-
-use anyhow::Context as _;
+//! The binaries built into Daybreak: iPXE (Debian's `ipxe` package; see `ipxe/README.md`), the
+//! Secure Boot chain, and what the netboot ISO is made of. Which machine gets which is
+//! [`crate::loaders`]'s.
 
 pub const UNDIONLY_KPXE: &[u8] = include_bytes!("../ipxe/undionly.kpxe");
 pub const IPXE_PXE: &[u8] = include_bytes!("../ipxe/ipxe.pxe");
@@ -36,56 +32,35 @@ pub enum EfiBuild {
     Snponly,
 }
 
-/// Overrides from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides<'a> {
-    pub bios: Option<&'a Path>,
-    pub efi64: Option<&'a Path>,
-    pub arm64: Option<&'a Path>,
-    /// The built-in UEFI x64 build, unless `efi64` names a file (`None`: iPXE's, or the Secure
-    /// Boot chain for a signed kernel, which the caller decides).
-    pub efi64_build: Option<EfiBuild>,
+/// The names the built-in binaries are served under (TFTP, and `/ipxe/NAME` over HTTP).
+pub mod names {
+    pub const UNDIONLY: &str = "undionly.kpxe";
+    pub const IPXE_PXE: &str = "ipxe.pxe";
+    pub const IPXE_EFI: &str = "ipxe.efi";
+    pub const SNPONLY: &str = "snponly.efi";
+    pub const ARM64: &str = "ipxe-arm64.efi";
+    /// The Secure Boot chain: shim, and the network GRUB it loads under the name it asks for.
+    pub const SHIM: &str = "shimx64.efi";
+    pub const GRUB: &str = "grubx64.efi";
+    /// What GRUB reads by TFTP: a stub that sends it to its machine's own configuration.
+    pub const GRUB_CFG: &str = "grub/grub.cfg";
 }
 
-/// The binaries to serve, by name, and the boot file names the ProxyDHCP answers use.
-pub fn load(o: &Overrides<'_>) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> {
-    let read = |p: &Path, what: &str| -> anyhow::Result<Arc<[u8]>> {
-        let data = std::fs::read(p)
-            .with_context(|| format!("cannot read {what} iPXE binary {}", p.display()))?;
-        anyhow::ensure!(
-            !data.is_empty(),
-            "{what} iPXE binary {} is empty",
-            p.display()
-        );
-        Ok(data.into())
-    };
+/// The built-in binaries, by name.
+pub fn builtin() -> tftp::Files {
     let mut files = tftp::Files::new();
-    files.insert("undionly.kpxe".into(), UNDIONLY_KPXE.into());
-    files.insert("ipxe.pxe".into(), IPXE_PXE.into());
-    files.insert("ipxe.efi".into(), IPXE_EFI.into());
-    files.insert("snponly.efi".into(), SNPONLY_EFI.into());
-    files.insert("shimx64.efi".into(), SHIMX64_EFI.into());
-    files.insert("grubx64.efi".into(), GRUBNETX64_EFI.into());
-    // Answered with only when there is an arm64 kernel to boot (the caller decides).
-    files.insert("ipxe-arm64.efi".into(), IPXE_ARM64_EFI.into());
-    let mut boot = pxe::BootFiles::default();
-    if let Some(p) = o.bios {
-        files.insert("custom-bios.kpxe".into(), read(p, "--ipxe-bios")?);
-        boot.bios = Some("custom-bios.kpxe".into());
+    for (name, bytes) in [
+        (names::UNDIONLY, UNDIONLY_KPXE),
+        (names::IPXE_PXE, IPXE_PXE),
+        (names::IPXE_EFI, IPXE_EFI),
+        (names::SNPONLY, SNPONLY_EFI),
+        (names::SHIM, SHIMX64_EFI),
+        (names::GRUB, GRUBNETX64_EFI),
+        (names::ARM64, IPXE_ARM64_EFI),
+    ] {
+        files.insert(name.into(), bytes.into());
     }
-    if let Some(p) = o.efi64 {
-        files.insert("custom-x64.efi".into(), read(p, "--ipxe-efi64")?);
-        boot.efi_x64 = Some("custom-x64.efi".into());
-    } else {
-        if o.efi64_build == Some(EfiBuild::Snponly) {
-            boot.efi_x64 = Some("snponly.efi".into());
-        }
-    }
-    if let Some(p) = o.arm64 {
-        files.insert("custom-arm64.efi".into(), read(p, "--ipxe-arm64")?);
-        boot.efi_arm64 = Some("custom-arm64.efi".into());
-    }
-    Ok((files, boot))
+    files
 }
 
 #[cfg(test)]
@@ -93,63 +68,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn built_in_binaries_and_overrides() {
-        let (files, boot) = load(&Overrides::default()).unwrap();
-        assert_eq!(boot, pxe::BootFiles::default());
+    fn built_in_binaries() {
+        let files = builtin();
         for name in [
-            "undionly.kpxe",
-            "ipxe.pxe",
-            "ipxe.efi",
-            "snponly.efi",
-            "ipxe-arm64.efi",
+            names::UNDIONLY,
+            names::IPXE_PXE,
+            names::IPXE_EFI,
+            names::SNPONLY,
+            names::ARM64,
+            names::SHIM,
+            names::GRUB,
         ] {
             assert!(files[name].len() > 50_000, "{name} embedded");
         }
         // An EFI binary starts with "MZ"; a PXE NBP does not need to.
-        assert_eq!(&files["ipxe.efi"][..2], b"MZ");
-
-        let dir = std::env::temp_dir().join(format!("daybreak-ipxe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let arm = dir.join("arm64.efi");
-        std::fs::write(&arm, b"MZarm64").unwrap();
-        let (_, boot) = load(&Overrides {
-            efi64_build: Some(EfiBuild::Snponly),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(boot.efi_x64.as_deref(), Some("snponly.efi"));
-        let (files, boot) = load(&Overrides {
-            arm64: Some(&arm),
-            efi64: Some(&arm),
-            bios: None,
-            efi64_build: Some(EfiBuild::Snponly),
-        })
-        .unwrap();
-        assert_eq!(boot.efi_arm64.as_deref(), Some("custom-arm64.efi"));
-        assert_eq!(boot.efi_x64.as_deref(), Some("custom-x64.efi"));
-        assert_eq!(&files["custom-arm64.efi"][..], b"MZarm64");
-
-        let empty = dir.join("empty.efi");
-        std::fs::write(&empty, b"").unwrap();
-        let e = load(&Overrides {
-            bios: Some(&empty),
-            ..Default::default()
-        })
-        .err()
-        .unwrap();
-        assert!(
-            e.to_string().contains("--ipxe-bios") && e.to_string().contains("empty"),
-            "{e}"
-        );
-        let e = load(&Overrides {
-            bios: Some(&dir.join("missing")),
-            ..Default::default()
-        })
-        .err()
-        .unwrap();
-        assert!(
-            format!("{e:#}").contains("cannot read --ipxe-bios"),
-            "{e:#}"
-        );
+        assert_eq!(&files[names::IPXE_EFI][..2], b"MZ");
+        assert_eq!(&files[names::ARM64][..2], b"MZ");
     }
 }

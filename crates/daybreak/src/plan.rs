@@ -15,6 +15,7 @@ use http::{Body, Reply};
 use pxe::{routes, Mac, Machine};
 
 use crate::decision::{Ask, BootSpec, Booter, Decision};
+use crate::kernel::KernelFacts;
 
 /// Kairos's kernel arguments (AuroraBoot's defaults), around the two URLs Daybreak fills in.
 pub const DEFAULT_CMDLINE_HEAD: &str =
@@ -150,33 +151,6 @@ pub struct PlanInput {
     /// Put before the names of the kernel, initrds and squashfs: one server serves several
     /// images (machine profiles) side by side.
     pub prefix: String,
-}
-
-/// What a kernel file is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelFacts {
-    pub signed: bool,
-    pub arch: Option<pxe::CpuArch>,
-}
-
-/// The architecture a kernel runs on: an EFI application's PE machine type (x86-64 kernels with
-/// an EFI stub, arm64 `Image`, EFI zboot), else the arm64 `Image` magic or an x86 bzImage's
-/// `HdrS` header. `None` for anything else (a gzip-compressed arm64 kernel, say).
-pub fn kernel_arch(k: &[u8]) -> Option<pxe::CpuArch> {
-    use crate::secureboot::{pe_header, u16_at};
-    use pxe::CpuArch as Arch;
-    match pe_header(k).and_then(|pe| u16_at(k, pe + 4)) {
-        Some(0x8664) => return Some(Arch::Amd64),
-        Some(0xaa64) => return Some(Arch::Arm64),
-        _ => {}
-    }
-    if k.get(0x38..0x3c) == Some(b"ARM\x64") {
-        return Some(Arch::Arm64);
-    }
-    if k.get(0x202..0x206) == Some(b"HdrS") {
-        return Some(Arch::Amd64);
-    }
-    None
 }
 
 /// How one machine's boot differs from everyone's: its profile's command line, its own
@@ -448,8 +422,7 @@ impl Plan {
             .chain(&self.extras)
     }
 
-    /// What the kernel is: signed or not ([`crate::secureboot::signed`]), and for which
-    /// architecture ([`kernel_arch`]). The whole kernel is read once, at start.
+    /// What the kernel is ([`KernelFacts`]). The whole kernel is read once, at start.
     pub fn kernel_facts(&self) -> KernelFacts {
         use std::os::unix::fs::FileExt;
         let read = |f: &BootFile| -> std::io::Result<Vec<u8>> {
@@ -472,10 +445,7 @@ impl Plan {
             })
         };
         match read(&self.kernel) {
-            Ok(k) => KernelFacts {
-                signed: crate::secureboot::signed(&k),
-                arch: kernel_arch(&k),
-            },
+            Ok(k) => KernelFacts::of(&k),
             Err(_) => KernelFacts::default(),
         }
     }
@@ -593,9 +563,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("daybreak-boot-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        testkit::tempdir(&format!("boot-{tag}"))
     }
 
     pub(crate) fn input(d: &Path) -> PlanInput {
@@ -704,28 +672,5 @@ pub(crate) mod tests {
         i.kernel = Some(d.join("nope"));
         let e = format!("{:#}", Plan::new(&i).err().unwrap());
         assert!(e.contains("kernel file") && e.contains("nope"), "{e}");
-    }
-
-    #[test]
-    fn kernels_say_their_architecture() {
-        use pxe::CpuArch as Arch;
-        let mut pe = vec![0u8; 0x400];
-        pe[..2].copy_from_slice(b"MZ");
-        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
-        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
-        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
-        assert_eq!(kernel_arch(&pe), Some(Arch::Arm64));
-        pe[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
-        assert_eq!(kernel_arch(&pe), Some(Arch::Amd64));
-        // Without a PE header: the arm64 Image magic, the x86 boot protocol's header.
-        let mut image = vec![0u8; 0x400];
-        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
-        assert_eq!(kernel_arch(&image), Some(Arch::Arm64));
-        let mut bz = vec![0u8; 0x400];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert_eq!(kernel_arch(&bz), Some(Arch::Amd64));
-        for other in [&b"\x1f\x8b\x08"[..], b"", b"MZ", &[0u8; 0x300]] {
-            assert_eq!(kernel_arch(other), None);
-        }
     }
 }

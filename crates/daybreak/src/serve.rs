@@ -1,6 +1,6 @@
 //! Starts the boot servers (ProxyDHCP 67, PXE 4011, TFTP 69, HTTP) around one [`Booter`] (the
 //! plan, the fleet or an API), and stops them cleanly on Ctrl-C or SIGTERM. Which loader each
-//! firmware gets is [`choose_loaders`]'s; binding the sockets is [`crate::sockets`]'s.
+//! firmware gets is [`crate::loaders`]'s; binding the sockets is [`crate::sockets`]'s.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ struct Deciders {
     plan: Option<Arc<Plan>>,
     /// The fleet, when the command keeps machines.
     fleet: Option<Arc<Fleet>>,
-    kernel: crate::plan::KernelFacts,
+    kernel: crate::kernel::KernelFacts,
 }
 
 /// The booter of `opts`: an API, else the plan, with a fleet around it when asked for.
@@ -150,85 +150,55 @@ fn interfaces(opts: &ServeOptions) -> anyhow::Result<(Vec<Iface>, pxe::HttpAddre
     Ok((ifaces, http))
 }
 
-/// What each firmware is sent: the iPXE binaries and Secure Boot chain by name, and the boot
-/// file names the ProxyDHCP answers carry.
+/// What each firmware is sent ([`crate::loaders`]), from the operator's files, the kernel and
+/// what else the booter may boot; what is worth saying about it is logged.
 fn choose_loaders(
     opts: &ServeOptions,
     d: &Deciders,
     http: pxe::HttpAddress,
-) -> anyhow::Result<(tftp::Files, pxe::BootFiles)> {
-    use pxe::CpuArch as Arch;
-    let (mut binaries, mut boot_files) = ipxe::load(&ipxe::Overrides {
-        bios: opts.ipxe_bios.as_deref(),
-        efi64: opts.ipxe_efi64.as_deref(),
-        arm64: opts.ipxe_arm64.as_deref(),
-        efi64_build: opts.efi_build,
-    })?;
-    if d.plan.is_none() {
-        return Ok((binaries, boot_files));
-    }
-    let arch = d.kernel.arch.unwrap_or(Arch::Amd64);
-    // Machines of an architecture get a loader only when there is a kernel for them: the one
-    // given, or one a profile or a multi-arch image has.
-    let serves = |a: Arch| arch == a || d.fleet.as_ref().is_some_and(|f| f.may_serve(a));
-    if boot_files.efi_arm64.is_none() && serves(Arch::Arm64) {
-        boot_files.efi_arm64 = Some("ipxe-arm64.efi".into());
-    }
-    if !serves(Arch::Amd64) {
-        if opts.ipxe_bios.is_none() {
-            boot_files.bios = None;
-            boot_files.bios_ipxe = None;
-        }
-        if opts.ipxe_efi64.is_none() {
-            boot_files.efi_x64 = None;
-        }
-    }
-    let answered: Vec<&str> = [
-        (Arch::Amd64, "x86-64 (BIOS and UEFI)"),
-        (Arch::Arm64, "arm64 (UEFI)"),
-    ]
-    .iter()
-    .filter(|(a, _)| serves(*a))
-    .map(|(_, n)| *n)
-    .collect();
-    tracing::info!(
-        kernel = arch.as_str(),
-        "machines answered: {}",
-        answered.join(", ")
-    );
-    // A signed kernel: UEFI x64 PXE machines get the signed chain (shim, GRUB), which boots
-    // whether or not the firmware enforces Secure Boot; iPXE, unsigned, would be refused where
-    // it does. Not in pixiecore's modes, which boot as pixiecore does, and not when the
-    // operator chose the UEFI binary.
-    let chosen = opts.efi_build.is_some() || opts.ipxe_efi64.is_some();
-    if d.kernel.signed && arch == Arch::Amd64 && !chosen && !opts.pixiecore_log {
-        boot_files.efi_x64_signed = Some("shimx64.efi".into());
-        // GRUB asks for its machine's own configuration by HTTP.
-        let stub = crate::render::grub_stub(http);
-        binaries.insert("grub/grub.cfg".into(), stub.into_bytes().into());
-        // The image's own shim and GRUB trust its distribution's kernels; Debian's built-in
-        // ones trust Debian's.
-        if let Some((shim, grub)) = opts.plan.set.as_ref().and_then(|s| s.signed_chain.clone()) {
+) -> anyhow::Result<crate::loaders::Loaders> {
+    use crate::loaders::{Chain, Command, Given, Note, Setup};
+    let given = Given::read(
+        opts.ipxe_bios.as_deref(),
+        opts.ipxe_efi64.as_deref(),
+        opts.ipxe_arm64.as_deref(),
+        opts.efi_build,
+    )?;
+    let others: Vec<pxe::CpuArch> = pxe::CpuArch::ALL
+        .into_iter()
+        .filter(|a| d.fleet.as_ref().is_some_and(|f| f.may_serve(*a)))
+        .collect();
+    let chain = match opts.plan.set.as_ref().and_then(|s| s.signed_chain.clone()) {
+        Some((shim, grub)) => {
             let read = |p: &std::path::Path| {
                 std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
             };
-            binaries.insert("shimx64.efi".into(), read(&shim)?.into());
-            binaries.insert("grubx64.efi".into(), read(&grub)?.into());
-            tracing::info!(
-                shim = %shim.display(),
-                grub = %grub.display(),
-                "the Secure Boot chain is the image's own shim and network GRUB (they trust its kernel)"
-            );
+            Some(Chain {
+                shim: read(&shim)?.into(),
+                grub: read(&grub)?.into(),
+                from: format!("{}, {}", shim.display(), grub.display()),
+            })
         }
-        tracing::info!(
-            "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)"
-        );
-    } else if !d.kernel.signed && arch == Arch::Amd64 {
-        tracing::warn!(
-            "the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them"
-        );
+        None => None,
+    };
+    let l = crate::loaders::loaders(&Setup {
+        kernel: d.plan.as_ref().map(|_| d.kernel),
+        others: &others,
+        given: &given,
+        command: match opts.pixiecore_log {
+            true => Command::Pixiecore,
+            false => Command::Daybreak,
+        },
+        chain: chain.as_ref(),
+        http,
+    });
+    for n in &l.notes {
+        match n {
+            Note::Info(t) => tracing::info!("{t}"),
+            Note::Warn(t) => tracing::warn!("{t}"),
+        }
     }
-    Ok((binaries, boot_files))
+    Ok(l)
 }
 
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
@@ -445,12 +415,36 @@ fn spread_events(
     });
 }
 
+/// What the DHCP driver answers with: the HTTP address, the loaders, the interfaces; its
+/// events go to the hub, and the booter says which machines are answered.
+fn dhcp_config(
+    d: &Deciders,
+    http: pxe::HttpAddress,
+    boot_files: pxe::BootFiles,
+    ifaces: &[Iface],
+    hub: &Arc<Hub>,
+) -> Arc<pxe::driver::Config> {
+    let booter = d.booter.clone();
+    let hub = hub.clone();
+    Arc::new(pxe::driver::Config {
+        settings: pxe::endpoint::Settings {
+            http,
+            boot_files,
+            interfaces: ifaces.iter().map(|i| i.index).collect(),
+        },
+        events: Some(pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))),
+        allow: Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
+            booter.allow(&c.machine())
+        }))),
+    })
+}
+
 /// Binds and starts ProxyDHCP, TFTP and the boot HTTP server.
 async fn start_netboot(
     opts: &ServeOptions,
     d: &Deciders,
     http: pxe::HttpAddress,
-    (binaries, boot_files): (tftp::Files, pxe::BootFiles),
+    loaders: crate::loaders::Loaders,
     ifaces: &[Iface],
     tasks: &mut Tasks,
 ) -> anyhow::Result<Counters> {
@@ -468,45 +462,24 @@ async fn start_netboot(
         true => crate::sockets::bind_dhcp()?,
         false => Vec::new(),
     };
-    let booter = d.booter.clone();
-    let dhcp_config = Arc::new(pxe::driver::Config {
-        settings: pxe::endpoint::Settings {
-            http,
-            boot_files,
-            interfaces: ifaces.iter().map(|i| i.index).collect(),
-        },
-        events: Some({
-            let hub = hub.clone();
-            pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))
-        }),
-        allow: Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
-            booter.allow(&c.machine())
-        }))),
-    });
+    let dhcp_config = dhcp_config(d, http, loaders.boot, ifaces, &hub);
     log_start(opts, d, http, ifaces, &listener)?;
-    let binaries = Arc::new(binaries);
+    let binaries = Arc::new(loaders.files);
+    let (reports, known) = (hub.clone(), hub.clone());
     tasks.background.spawn(tftp::run(
         tftp_sock,
         binaries.clone(),
         tftp::Limits::default(),
         tasks.budget.tftp.clone(),
         tftp_stats.clone(),
-        {
-            let hub = hub.clone();
-            Arc::new(move |r| hub.on_tftp(r))
-        },
-        {
-            let hub = hub.clone();
-            Arc::new(move |ip| hub.booting(ip))
-        },
+        Arc::new(move |r| reports.on_tftp(r)),
+        Arc::new(move |ip| known.booting(ip)),
     ));
     for (sock, port) in dhcp_sockets {
-        tasks.background.spawn(pxe::driver::run(
-            sock,
-            port,
-            dhcp_config.clone(),
-            dhcp_stats.clone(),
-        ));
+        let (config, stats) = (dhcp_config.clone(), dhcp_stats.clone());
+        tasks
+            .background
+            .spawn(pxe::driver::run(sock, port, config, stats));
     }
     let routes = crate::routes::BootRoutes {
         booter: d.booter.clone(),

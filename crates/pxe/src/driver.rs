@@ -203,7 +203,7 @@ pub async fn run(socket: Socket, port: Port, config: Arc<Config>, stats: Arc<Sta
                 tracing::info!(
                     mac = %client.mac,
                     firmware = %firmware,
-                    path = boot_path(client, t.reply.target.as_str()),
+                    path = boot_path(client, t.reply.loader),
                     boot = t.reply.target.as_str(),
                     to = %t.destination,
                     "{kind}"
@@ -212,7 +212,7 @@ pub async fn run(socket: Socket, port: Port, config: Arc<Config>, stats: Arc<Sta
                     (sink.0)(Event::Answered {
                         mac: client.mac,
                         firmware,
-                        path: boot_path(client, t.reply.target.as_str()),
+                        path: boot_path(client, t.reply.loader),
                         target: t.reply.target.as_str().to_string(),
                         port,
                     });
@@ -257,11 +257,11 @@ fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats)
     }
 }
 
-/// The boot path an answer (to `target`) puts a machine on, for the offer's log line.
-pub fn boot_path(c: &crate::Client, target: &str) -> &'static str {
-    use crate::{Arch, Firmware};
+/// The boot path an answer (sending `loader`) puts a machine on, for the offer's log line.
+pub fn boot_path(c: &crate::Client, loader: crate::Loader) -> &'static str {
+    use crate::{Arch, Firmware, Loader};
     match (c.firmware, c.arch) {
-        (Firmware::Pxe, Arch::EfiX64) if target.ends_with("shimx64.efi") => {
+        (Firmware::Pxe, _) if loader == Loader::SecureBootChain => {
             "UEFI PXE, then the Secure Boot chain"
         }
         (Firmware::Pxe, Arch::Bios) => "BIOS PXE, then iPXE",
@@ -352,11 +352,18 @@ mod tests {
                 "iPXE without HTTP, then an iPXE with it",
             ),
         ] {
-            assert_eq!(boot_path(&client(opts.clone()), "x.efi"), want, "{opts:?}");
+            let c = client(opts.clone());
+            let loader = match c.firmware {
+                crate::Firmware::Pixiecore | crate::Firmware::Ipxe { http: true } => {
+                    crate::Loader::Script
+                }
+                _ => crate::Loader::Ipxe,
+            };
+            assert_eq!(boot_path(&c, loader), want, "{opts:?}");
         }
         let uefi = client(vec![(93, vec![0, 7])]);
         assert_eq!(
-            boot_path(&uefi, "shimx64.efi"),
+            boot_path(&uefi, crate::Loader::SecureBootChain),
             "UEFI PXE, then the Secure Boot chain"
         );
     }

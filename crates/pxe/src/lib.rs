@@ -15,6 +15,8 @@
 //! user class `iPXE` with HTTP support in option 175 → it gets the HTTP URL of its boot script. The
 //! second answer differs from the first, which is what keeps clients out of a boot loop.
 
+#![warn(unreachable_pub)]
+
 pub mod driver;
 pub mod endpoint;
 pub mod machine;
@@ -251,6 +253,17 @@ pub enum Destination {
     Source,
 }
 
+/// What a machine is sent to load next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// An iPXE binary (over TFTP, or by URL for UEFI HTTP Boot and iPXE without HTTP).
+    Ipxe,
+    /// The Secure Boot chain's shim, which loads the signed network GRUB.
+    SecureBootChain,
+    /// Its boot script: it already runs an iPXE with HTTP.
+    Script,
+}
+
 /// What the client was told to fetch, for logs and boot events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootTarget {
@@ -274,6 +287,7 @@ pub struct Reply {
     pub destination: Destination,
     pub client: Client,
     pub target: BootTarget,
+    pub loader: Loader,
 }
 
 /// Why a well-formed message got no answer. Counted by the driver; most are normal traffic
@@ -440,8 +454,10 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
     };
 
     let files = ctx.boot_files;
+    let mut loader = Loader::Ipxe;
     let (target, vendor_class, pxe_options) = match client.firmware {
         Firmware::Pixiecore | Firmware::Ipxe { http: true } => {
+            loader = Loader::Script;
             (BootTarget::Url(ctx.script_url(&client)), "PXEClient", false)
         }
         Firmware::Ipxe { http: false } => {
@@ -465,6 +481,9 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
                 .efi_x64_signed
                 .as_deref()
                 .filter(|_| client.arch == Arch::EfiX64);
+            if signed.is_some() {
+                loader = Loader::SecureBootChain;
+            }
             let name = signed
                 .or_else(|| files.for_arch(client.arch, false))
                 .ok_or(Ignored::NoBootFile(client.arch))?;
@@ -530,6 +549,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         destination,
         client,
         target,
+        loader,
     })
 }
 
@@ -537,7 +557,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
 pub(crate) mod tests_support {
     use super::*;
 
-    pub fn ctx() -> Context<'static> {
+    pub(crate) fn ctx() -> Context<'static> {
         static FILES: std::sync::OnceLock<BootFiles> = std::sync::OnceLock::new();
         Context {
             server: Ipv4Addr::new(10, 77, 0, 2),

@@ -1,8 +1,9 @@
-//! Secure Boot: whether the kernel being served carries an Authenticode signature. UEFI x64
-//! machines then get the signed chain: shim (signed by Microsoft's UEFI CA) loads the signed
-//! network GRUB, which reads its configuration ([`crate::render::grub`]) and loads the kernel and
-//! initrds over HTTP with the same command line as the iPXE script. iPXE is unsigned: firmware
-//! that enforces Secure Boot refuses it, so a signed kernel goes this way.
+//! What a kernel file is: the architecture it runs on, and whether it carries an Authenticode
+//! signature. A signed x86-64 kernel sends UEFI x64 machines the Secure Boot chain
+//! ([`crate::loaders`]): shim (signed by Microsoft's UEFI CA) loads the signed network GRUB,
+//! which reads its configuration ([`crate::render::grub`]) and loads the kernel and initrds over
+//! HTTP with the same command line as the iPXE script. iPXE is unsigned: firmware that enforces
+//! Secure Boot refuses it, so a signed kernel goes this way.
 
 /// A little-endian field of a file; `None` past its end.
 pub(crate) fn u16_at(b: &[u8], o: usize) -> Option<u16> {
@@ -22,6 +23,42 @@ pub(crate) fn pe_header(b: &[u8]) -> Option<usize> {
     }
     let at = u32_at(b, 0x3c)? as usize;
     (b.get(at..at + 4)? == b"PE\0\0").then_some(at)
+}
+
+/// What a kernel file is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelFacts {
+    pub signed: bool,
+    pub arch: Option<pxe::CpuArch>,
+}
+
+impl KernelFacts {
+    /// The facts of a kernel's bytes.
+    pub fn of(kernel: &[u8]) -> KernelFacts {
+        KernelFacts {
+            signed: signed(kernel),
+            arch: kernel_arch(kernel),
+        }
+    }
+}
+
+/// The architecture a kernel runs on: an EFI application's PE machine type (x86-64 kernels with
+/// an EFI stub, arm64 `Image`, EFI zboot), else the arm64 `Image` magic or an x86 bzImage's
+/// `HdrS` header. `None` for anything else (a gzip-compressed arm64 kernel, say).
+pub fn kernel_arch(k: &[u8]) -> Option<pxe::CpuArch> {
+    use pxe::CpuArch as Arch;
+    match pe_header(k).and_then(|pe| u16_at(k, pe + 4)) {
+        Some(0x8664) => return Some(Arch::Amd64),
+        Some(0xaa64) => return Some(Arch::Arm64),
+        _ => {}
+    }
+    if k.get(0x38..0x3c) == Some(b"ARM\x64") {
+        return Some(Arch::Arm64);
+    }
+    if k.get(0x202..0x206) == Some(b"HdrS") {
+        return Some(Arch::Amd64);
+    }
+    None
 }
 
 /// Whether `pe` is a PE image (a kernel with an EFI stub) with an Authenticode signature: its
@@ -99,5 +136,28 @@ mod tests {
         truncated.truncate(600);
         assert!(!signed(&truncated), "a table past the end of the file");
         assert!(!signed(&[]));
+    }
+
+    #[test]
+    fn kernels_say_their_architecture() {
+        use pxe::CpuArch as Arch;
+        let mut pe = vec![0u8; 0x400];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
+        assert_eq!(kernel_arch(&pe), Some(Arch::Arm64));
+        pe[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+        assert_eq!(kernel_arch(&pe), Some(Arch::Amd64));
+        // Without a PE header: the arm64 Image magic, the x86 boot protocol's header.
+        let mut image = vec![0u8; 0x400];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some(Arch::Arm64));
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some(Arch::Amd64));
+        for other in [&b"\x1f\x8b\x08"[..], b"", b"MZ", &[0u8; 0x300]] {
+            assert_eq!(kernel_arch(other), None);
+        }
     }
 }
