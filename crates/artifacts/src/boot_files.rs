@@ -18,7 +18,7 @@ pub enum BootFilesError {
 
 /// Splits a name into runs of digits and non-digits and compares digit runs by value, so
 /// `vmlinuz-6.1.0-10` sorts after `vmlinuz-6.1.0-9`.
-pub fn version_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub(crate) fn version_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     fn runs(s: &[u8]) -> Vec<(bool, &[u8])> {
         let mut out = Vec::new();
         let mut start = 0;

@@ -10,7 +10,7 @@ pub struct Extent {
 }
 
 /// The bytes of all `extents` together.
-pub fn total(extents: &[Extent]) -> u64 {
+pub(crate) fn total(extents: &[Extent]) -> u64 {
     extents.iter().map(|e| e.len).sum()
 }
 

@@ -97,14 +97,14 @@ pub struct Request {
 }
 
 #[derive(Debug)]
-pub struct Obtained {
+pub(crate) struct Obtained {
     pub artifacts: Artifacts,
     pub digest: String,
     /// True when this call built the artifacts (false: reused from the store).
     pub built: bool,
 }
 
-pub fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError> {
+pub(crate) fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, ImageError> {
     let store = Store::open(&req.state_dir)?;
     let mut way = match Source::parse(&req.source)? {
         Source::Iso(p) => return Err(ImageError::Iso(p)),
@@ -613,10 +613,7 @@ mod tests {
     }
 
     fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("daybreak-image-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        testkit::tempdir(&format!("image-{tag}"))
     }
 
     /// An OCI layout holding one image of one layer: /boot/vmlinuz-1 and /boot/initrd.img-1.

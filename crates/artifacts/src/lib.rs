@@ -13,6 +13,8 @@
 //! references ([`oci`]), the registry client ([`registry`]), the layer merge ([`rootfs`]) and
 //! the build from layers ([`build`]).
 
+#![warn(unreachable_pub)]
+
 mod boot_files;
 pub mod build;
 mod digest;

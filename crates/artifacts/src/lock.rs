@@ -70,7 +70,7 @@ impl Lock {
 }
 
 /// Whether something at `path` (a file or a directory) is locked by someone: a writer at work.
-pub fn held(path: &Path) -> bool {
+pub(crate) fn held(path: &Path) -> bool {
     match File::open(path) {
         Ok(f) => !flock(&f, false).unwrap_or(false),
         Err(_) => false,
@@ -97,7 +97,7 @@ pub fn random_hex(n: usize) -> io::Result<String> {
 }
 
 /// A suffix no other process, in this or any PID namespace, will pick: `PID-RANDOM`.
-pub fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let r = random_hex(6).unwrap_or_else(|_| {
         format!(
             "{:x}",
@@ -115,8 +115,7 @@ mod tests {
 
     #[test]
     fn a_lock_is_exclusive_until_dropped() {
-        let d = std::env::temp_dir().join(format!("daybreak-lock-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = testkit::tempdir("lock");
         let p = d.join("l");
         let a = Lock::exclusive(&p, || panic!("free")).unwrap();
         assert!(Lock::try_exclusive(&p).unwrap().is_none());

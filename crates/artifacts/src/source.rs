@@ -112,7 +112,7 @@ pub enum Fetch {
 
 /// Whether `source` names an ISO: an http(s) URL (images come from registries by reference, so a
 /// URL is a release ISO), or a local file that is one.
-pub fn is_iso(source: &str) -> Result<bool, OciError> {
+pub(crate) fn is_iso(source: &str) -> Result<bool, OciError> {
     Ok(is_url(source) || matches!(Source::parse(source)?, Source::Iso(_)))
 }
 
@@ -158,7 +158,7 @@ pub fn from_iso_file(path: PathBuf) -> Result<BootSet, SourceError> {
 }
 
 /// The boot files of an ISO on disk.
-pub fn from_iso(path: PathBuf, name: String) -> Result<BootSet, SourceError> {
+pub(crate) fn from_iso(path: PathBuf, name: String) -> Result<BootSet, SourceError> {
     let iso = Iso::open(&path)?;
     // Where a Kairos ISO holds its netboot files.
     let file = |inside: &str| -> Result<BootFile, IsoError> {

@@ -626,8 +626,7 @@ mod tests {
     }
 
     fn store(tag: &str) -> (PathBuf, Store) {
-        let dir = std::env::temp_dir().join(format!("daybreak-store-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = testkit::tempdir(&format!("store-{tag}"));
         let s = Store::open(&dir.join("state")).unwrap();
         (dir, s)
     }

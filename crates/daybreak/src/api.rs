@@ -206,7 +206,7 @@ impl Api {
     }
 
     /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
-    /// again in the background when it is missing or old (at most [`MAX_ASKING`] at once:
+    /// again in the background when it is missing or old (at most `MAX_ASKING` at once:
     /// past that the machine's next request asks).
     pub fn allow(&self, mac: Mac) -> bool {
         use std::sync::atomic::Ordering;

@@ -528,8 +528,7 @@ mod tests {
     #[test]
     fn the_image_reads_back_with_our_own_iso_reader() {
         let img = build(&Script::Generic);
-        let dir = std::env::temp_dir().join(format!("daybreak-ipxe-iso-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::tempdir("ipxe-iso");
         let p = dir.join("x.iso");
         std::fs::write(&p, &img).unwrap();
         let iso = artifacts::Iso::open(&p).unwrap();

@@ -16,6 +16,8 @@
 //! # Ok::<(), iso9660::IsoError>(())
 //! ```
 
+#![warn(unreachable_pub)]
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -38,22 +38,6 @@ pub struct Inode {
     pub xattrs: Xattrs,
 }
 
-impl Inode {
-    /// The mode as `stat` gives it: file type bits and permissions.
-    pub fn mode_with_type(&self) -> u32 {
-        let ty = match self.kind {
-            Kind::Dir(_) => libc::S_IFDIR,
-            Kind::File(_) => libc::S_IFREG,
-            Kind::Symlink(_) => libc::S_IFLNK,
-            Kind::Block(_) => libc::S_IFBLK,
-            Kind::Char(_) => libc::S_IFCHR,
-            Kind::Fifo => libc::S_IFIFO,
-            Kind::Socket => libc::S_IFSOCK,
-        };
-        ty | (self.meta.mode & 0o7777)
-    }
-}
-
 /// The inodes of an image; index [`Tree::ROOT`] is the root directory.
 #[derive(Debug)]
 pub struct Tree {

@@ -41,7 +41,8 @@ pub fn have(tool: &str) -> bool {
 
 /// The one way a test says it cannot do its work here, `why` naming what is missing. Under
 /// `CI=true` that is a failure: CI never passes by skipping. Elsewhere the test returns early
-/// (the caller returns when this gives false) after a `SKIP` line on stderr, and the skip is
+/// (the caller returns when this gives false) after a `SKIP` line on the real stderr (seen under
+/// a plain `cargo test`, whose capture it passes by), and the skip is
 /// appended to the file `DAYBREAK_SKIP_LOG` names, which `scripts/test.sh` counts and lists at the
 /// end of the run.
 pub fn skip(why: &str) -> bool {
@@ -52,7 +53,11 @@ pub fn skip(why: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test} cannot run here ({why}) and CI must not skip: scripts/install-deps.sh installs what the tests need, and CI runs as root");
     }
-    eprintln!("SKIP {test}: {why}");
+    // To the real stderr, past the test harness's capture: a plain `cargo test` shows it too.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+    }
     if let Some(log) = std::env::var_os("DAYBREAK_SKIP_LOG") {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -79,10 +84,31 @@ pub fn require(root: bool, tools: &[&str]) -> bool {
     missing.is_empty() || skip(&format!("needs {}", missing.join(", ")))
 }
 
-/// A fresh, empty directory for one test: `daybreak-TAG-PID` in the system temp dir (emptied
-/// first if an earlier run of the same process id left it behind).
+/// The directory every temporary directory of this test process lives in:
+/// `daybreak-tests-PID` in the system temp dir, removed with everything in it when the process
+/// exits (set `DAYBREAK_KEEP_TMP` to keep it for a look after a failure).
+pub fn root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove_root() {
+        if let Some(r) = ROOT.get() {
+            if std::env::var_os("DAYBREAK_KEEP_TMP").is_none() {
+                let _ = std::fs::remove_dir_all(r);
+            }
+        }
+    }
+    ROOT.get_or_init(|| {
+        let r = std::env::temp_dir().join(format!("daybreak-tests-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&r);
+        std::fs::create_dir_all(&r).unwrap();
+        // SAFETY: registers a plain function to run at exit; it only removes a directory.
+        unsafe { libc::atexit(remove_root) };
+        r
+    })
+}
+
+/// A fresh, empty directory for one test: `TAG` under [`root`] (gone when the process exits).
 pub fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daybreak-{tag}-{}", std::process::id()));
+    let d = root().join(tag);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -170,5 +196,42 @@ impl Layer {
 impl Default for Layer {
     fn default() -> Layer {
         Layer::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The test harness captures what tests print; a skip must get past that, or a plain
+    /// `cargo test` passes quietly without doing the work.
+    #[test]
+    fn a_skip_is_seen_under_a_plain_cargo_test() {
+        if std::env::var_os("TESTKIT_SKIP_PROBE").is_some() {
+            assert!(!super::skip("a probe of the skip line"));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["tests::a_skip_is_seen_under_a_plain_cargo_test", "--exact"])
+            .env("TESTKIT_SKIP_PROBE", "1")
+            .env_remove("CI")
+            .env_remove("DAYBREAK_SKIP_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("SKIP") && err.contains("a probe of the skip line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn temporary_directories_live_under_one_root() {
+        let d = super::tempdir("probe");
+        assert!(d.starts_with(super::root()) && d.is_dir());
+        assert!(super::root()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(&std::process::id().to_string()));
     }
 }

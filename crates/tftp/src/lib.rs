@@ -14,6 +14,8 @@
 //! size from the OACK, sends ERROR 8 and asks again; that error must end the transfer quietly, not
 //! start retransmissions.
 
+#![warn(unreachable_pub)]
+
 pub mod endpoint;
 pub mod packet;
 pub mod server;

@@ -82,7 +82,7 @@ impl Socket {
         Self::bind_with(addr, true)
     }
 
-    /// As [`DhcpSocket::bind`], without `SO_REUSEADDR`: binding fails while another socket holds
+    /// As [`Socket::bind`], without `SO_REUSEADDR`: binding fails while another socket holds
     /// the port (TFTP, where two servers on one port would split the requests between them).
     pub fn bind_exclusive(addr: SocketAddrV4) -> io::Result<Self> {
         Self::bind_with(addr, false)

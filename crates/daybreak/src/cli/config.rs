@@ -402,8 +402,7 @@ mod tests {
 
     #[test]
     fn set_file_reads_the_value_from_a_file() {
-        let d = std::env::temp_dir().join(format!("daybreak-setfile-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = testkit::tempdir("setfile");
         let f = d.join("pw");
         std::fs::write(&f, "s3cret\n").unwrap();
         let (path, v) = parse_set_file(&format!("kairos.password={}", f.display())).unwrap();

@@ -57,26 +57,14 @@ pub fn command(a: IpxeIsoArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let image = ipxe_iso::build(&script);
-    let dir = a
-        .output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        a.output
-            .file_name()
-            .map_or("ipxe.iso".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let written = std::fs::write(&tmp, &image).and_then(|()| std::fs::rename(&tmp, &a.output));
+    // Synced and renamed into place: never left half-written, whatever happens.
+    let written = artifacts::write_atomic(&a.output, &image, 0o644);
     match written {
         Ok(()) => {
             println!("{} ({} MiB)", a.output.display(), image.len() >> 20);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
             eprintln!("error: cannot write {}: {e}", a.output.display());
             ExitCode::FAILURE
         }

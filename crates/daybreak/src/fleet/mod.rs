@@ -3,7 +3,7 @@
 //! restarts, and whether its install finished (then it boots from its disk); its timeline
 //! ([`crate::timeline`]) feeds the status page and `/api/machines`. How a machine boots is the
 //! pure [`decide::decide`]; images other than the command's are [`images`]'s; a machine's own
-//! cloud-config is rendered in [`cloud_config`].
+//! cloud-config is rendered in `cloud_config`.
 //!
 //! A machine's own cloud-config and its install callback live at URLs only it is given
 //! ([`crate::tokens`], keyed in the state directory, so a machine that installed before a restart

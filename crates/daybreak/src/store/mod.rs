@@ -197,7 +197,7 @@ pub fn update(
 const WRITES_QUEUED: usize = 1024;
 
 /// Changes written by a thread of their own, in order, so the one asking never waits on the
-/// store. Bounded: past [`WRITES_QUEUED`] waiting, a change is dropped and said.
+/// store. Bounded: past `WRITES_QUEUED` waiting, a change is dropped and said.
 pub struct Writes {
     tx: std::sync::mpsc::SyncSender<(Mac, Change)>,
 }
