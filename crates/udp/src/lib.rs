@@ -122,22 +122,24 @@ impl Socket {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| recv_pktinfo(fd.get_ref().as_raw_fd(), buf)) {
-                Ok(Ok(mut r)) => {
-                    if let Some(port) = self.raw_port {
-                        match strip_ip_udp(&buf[..r.len], port) {
-                            Some((offset, len, sport)) => {
-                                buf.copy_within(offset..offset + len, 0);
-                                r.len = len;
-                                r.source.set_port(sport);
-                            }
-                            None => continue,
-                        }
-                    }
-                    return Ok(r);
-                }
+                Ok(Ok(r)) => match unwrap_raw(self.raw_port, buf, r) {
+                    Some(r) => return Ok(r),
+                    None => continue,
+                },
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
+        }
+    }
+
+    /// The same socket for a thread of its own, out of the async runtime: each call waits in
+    /// the kernel, and a datagram wakes the thread directly (the DHCP path, where the cost of
+    /// waking a task for each request shows). `stop` ends its waits.
+    pub fn into_blocking(self, stop: &Stop) -> Blocking {
+        Blocking {
+            sock: self.fd.into_inner(),
+            raw_port: self.raw_port,
+            stop: stop.clone(),
         }
     }
 
@@ -172,6 +174,152 @@ impl Socket {
             }) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// A raw socket's datagram as a UDP one: the payload moved to the front, its source port taken;
+/// `None` when it is not a whole UDP datagram to the port.
+fn unwrap_raw(raw_port: Option<u16>, buf: &mut [u8], mut r: Received) -> Option<Received> {
+    if r.len > buf.len() {
+        // Larger than the buffer (a reassembled datagram can be): the caller counts it as
+        // oversized, without looking inside.
+        return Some(r);
+    }
+    if let Some(port) = raw_port {
+        let (offset, len, sport) = strip_ip_udp(&buf[..r.len], port)?;
+        buf.copy_within(offset..offset + len, 0);
+        r.len = len;
+        r.source.set_port(sport);
+    }
+    Some(r)
+}
+
+/// A [`Socket`] used from a thread of its own ([`Socket::into_blocking`]).
+pub struct Blocking {
+    sock: socket2::Socket,
+    raw_port: Option<u16>,
+    stop: Stop,
+}
+
+/// Ends the waits of the [`Blocking`] sockets made with it: after [`Stop::stop`], their
+/// `recv` returns `Ok(None)` (and `send` an error) instead of waiting. Clones share one switch.
+#[derive(Clone)]
+pub struct Stop(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl Stop {
+    pub fn new() -> io::Result<Stop> {
+        // SAFETY: plain syscall; the result is checked before it is owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Stop(std::sync::Arc::new(owned)))
+    }
+
+    /// Wakes every waiting socket made with this switch, and every later wait returns at once.
+    pub fn stop(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an owned eventfd. A full counter (it
+        // cannot be: one write per stop) would only mean it is already set.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stop")
+    }
+}
+
+/// Waits until `fd` is ready for `events`; `false` when `stop` was set instead.
+fn wait(fd: RawFd, events: libc::c_short, stop: &Stop) -> io::Result<bool> {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds for the duration of the call.
+    if unsafe { libc::poll(p.as_mut_ptr(), 2, -1) } == -1 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted => Ok(true),
+            _ => Err(e),
+        };
+    }
+    Ok(p[1].revents == 0)
+}
+
+impl Blocking {
+    /// Receives what has arrived, up to [`BATCH`] datagrams in one call, waiting for the first;
+    /// for the raw socket, strips the IP and UDP headers (and leaves out what is not a whole UDP
+    /// datagram to the port). `false` once the socket's [`Stop`] is set.
+    pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<bool> {
+        let fd = self.sock.as_raw_fd();
+        batch.got.clear();
+        loop {
+            match recv_batch(fd, batch) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(fd, libc::POLLIN, &self.stop)? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.raw_port.is_some() {
+            let bufs = &mut batch.bufs;
+            batch.got.retain_mut(
+                |(i, r)| match unwrap_raw(self.raw_port, &mut bufs[*i], *r) {
+                    Some(stripped) => {
+                        *r = stripped;
+                        true
+                    }
+                    None => false,
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// Sends `data` to `dest` out of interface `ifindex`, from `source`.
+    pub fn send(
+        &self,
+        data: &[u8],
+        dest: SocketAddrV4,
+        ifindex: u32,
+        source: Ipv4Addr,
+    ) -> io::Result<()> {
+        let packet;
+        let payload = match self.raw_port {
+            Some(port) => {
+                packet = udp_packet(port, source, dest, data);
+                &packet[..]
+            }
+            None => data,
+        };
+        let fd = self.sock.as_raw_fd();
+        loop {
+            match send_pktinfo(fd, payload, dest, ifindex, source, self.raw_port.is_some()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(fd, libc::POLLOUT, &self.stop)? {
+                        return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
             }
         }
     }
@@ -266,8 +414,7 @@ fn udp_packet(sport: u16, source: Ipv4Addr, dest: SocketAddrV4, data: &[u8]) -> 
 const CMSG_SPACE_PKTINFO: usize = 64;
 
 fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: all pointers reference live, correctly sized buffers for the duration of the call;
-    // control messages are walked with the libc CMSG helpers within msg_controllen.
+    // SAFETY: all pointers reference live, correctly sized buffers for the duration of the call.
     unsafe {
         let mut src: libc::sockaddr_in = zeroed();
         let mut iov = libc::iovec {
@@ -286,12 +433,27 @@ fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        let len = n.min(buf.len());
-        let mut ifindex = 0;
-        let mut local = Ipv4Addr::UNSPECIFIED;
-        let mut drops = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        Ok(received(&msg, &src, n as usize, buf.len()))
+    }
+}
+
+/// What `recvmsg` (or one message of `recvmmsg`) said: `n` bytes (the datagram's real size,
+/// with `MSG_TRUNC`) into a buffer of `capacity`, from `src`, with `msg`'s control messages.
+///
+/// # Safety
+/// `msg` is the header just filled in by the kernel, its control buffer still alive.
+unsafe fn received(
+    msg: &libc::msghdr,
+    src: &libc::sockaddr_in,
+    n: usize,
+    capacity: usize,
+) -> Received {
+    let mut ifindex = 0;
+    let mut local = Ipv4Addr::UNSPECIFIED;
+    let mut drops = None;
+    // SAFETY: control messages are walked with the libc CMSG helpers within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
                 let info =
@@ -302,21 +464,94 @@ fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
                 drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
-        let source = SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
-            u16::from_be(src.sin_port),
-        );
-        // A datagram larger than the buffer is reported by its real size so the caller can count
-        // it as malformed instead of parsing a truncated copy.
-        Ok(Received {
-            len: if n > buf.len() { usize::MAX } else { len },
-            source,
-            ifindex,
-            local,
-            drops,
+    }
+    let source = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
+        u16::from_be(src.sin_port),
+    );
+    // A datagram larger than the buffer is reported by its real size so the caller can count
+    // it as malformed instead of parsing a truncated copy.
+    Received {
+        len: if n > capacity { usize::MAX } else { n },
+        source,
+        ifindex,
+        local,
+        drops,
+    }
+}
+
+/// Datagrams taken in one system call ([`Blocking::recv_batch`]).
+pub const BATCH: usize = 32;
+
+/// The buffers of [`Blocking::recv_batch`], and what it received into them.
+pub struct Batch {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<(usize, Received)>,
+}
+
+impl Batch {
+    /// [`BATCH`] buffers of `size` bytes each.
+    pub fn new(size: usize) -> Batch {
+        Batch {
+            bufs: (0..BATCH).map(|_| vec![0; size]).collect(),
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The datagrams of the last receive, in order: each one's bytes and what came with it.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], &Received)> {
+        self.got.iter().map(|(i, r)| {
+            let len = if r.len == usize::MAX { 0 } else { r.len };
+            (&self.bufs[*i][..len], r)
         })
+    }
+}
+
+/// `recvmmsg` into `batch`'s buffers, without waiting: how many arrived.
+fn recv_batch(fd: RawFd, batch: &mut Batch) -> io::Result<usize> {
+    // SAFETY: every pointer in the headers references a buffer that lives (unmoved) until the
+    // call returns; each header's control buffer is its own.
+    unsafe {
+        let mut srcs: [libc::sockaddr_in; BATCH] = zeroed();
+        let mut controls = [[0u8; CMSG_SPACE_PKTINFO]; BATCH];
+        let mut iovs: [libc::iovec; BATCH] = zeroed();
+        let mut hdrs: [libc::mmsghdr; BATCH] = zeroed();
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: batch.bufs[i].as_mut_ptr() as *mut _,
+                iov_len: batch.bufs[i].len(),
+            };
+            let m = &mut hdrs[i].msg_hdr;
+            m.msg_name = &mut srcs[i] as *mut _ as *mut _;
+            m.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            m.msg_iov = &mut iovs[i];
+            m.msg_iovlen = 1;
+            m.msg_control = controls[i].as_mut_ptr() as *mut _;
+            m.msg_controllen = CMSG_SPACE_PKTINFO;
+        }
+        let n = libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            BATCH as u32,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            // The real size of a datagram too large for its buffer: MSG_TRUNC in msg_flags.
+            let len = match hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC {
+                0 => hdrs[i].msg_len as usize,
+                _ => usize::MAX,
+            };
+            let r = received(&hdrs[i].msg_hdr, &srcs[i], len, batch.bufs[i].len());
+            batch.got.push((i, r));
+        }
+        Ok(n)
     }
 }
 
@@ -467,6 +702,53 @@ mod tests {
         assert_eq!(strip_ip_udp(&pkt[..25], 67), None);
         assert_eq!(strip_ip_udp(&[0x4f], 67), None);
         assert_eq!(strip_ip_udp(&[], 67), None);
+    }
+
+    #[test]
+    fn a_raw_datagram_too_large_for_its_buffer_is_oversized_not_a_panic() {
+        let r = Received {
+            len: usize::MAX,
+            source: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 0),
+            ifindex: 2,
+            local: Ipv4Addr::UNSPECIFIED,
+            drops: None,
+        };
+        let got = unwrap_raw(Some(67), &mut [0u8; 64], r).expect("kept, to be counted");
+        assert_eq!(got.len, usize::MAX);
+    }
+
+    #[test]
+    fn a_batch_receives_what_has_arrived_with_its_pktinfo() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        let port = a.local_addr().unwrap().port();
+        setsockopt_int(a.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1).unwrap();
+        let stop = Stop::new().unwrap();
+        let b = Blocking {
+            sock: socket2::Socket::from(a),
+            raw_port: None,
+            stop: stop.clone(),
+        };
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for m in [&b"one"[..], b"two", &[7u8; 100]] {
+            c.send_to(m, ("127.0.0.1", port)).unwrap();
+        }
+        let mut batch = Batch::new(64);
+        assert!(b.recv_batch(&mut batch).unwrap());
+        let got: Vec<(Vec<u8>, usize)> = batch
+            .datagrams()
+            .map(|(d, r)| (d.to_vec(), r.len))
+            .collect();
+        assert_eq!(got[0], (b"one".to_vec(), 3));
+        assert_eq!(got[1], (b"two".to_vec(), 3));
+        // Larger than its buffer: reported as such, with no bytes.
+        assert_eq!(got[2], (Vec::new(), usize::MAX));
+        let r = batch.datagrams().next().unwrap().1;
+        assert_eq!(r.local, Ipv4Addr::LOCALHOST);
+        assert_eq!(r.source.port(), c.local_addr().unwrap().port());
+        // Stopped: no wait, no datagram.
+        stop.stop();
+        assert!(!b.recv_batch(&mut batch).unwrap());
     }
 
     #[tokio::test]
