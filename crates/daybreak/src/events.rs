@@ -1,7 +1,14 @@
 //! Boot events: one type for what the servers see each machine do, from the ProxyDHCP offer to
 //! the last byte of the squashfs, keyed by MAC. This is the seam that machine profiles, the
-//! status page and metrics read (by [`Hub::subscribe`]); the log lines of TFTP and HTTP carry the
-//! MAC from here too, so every line of one boot can be found by it.
+//! status page and metrics read (one reader: [`Hub::read`]); the log lines of TFTP and HTTP carry
+//! the MAC from here too, so every line of one boot can be found by it.
+//!
+//! Recording a step costs its recorder a move into a bounded queue and nothing else: the DHCP
+//! path queues its answers as they are ([`Hub::dhcp`]), and their log lines, the events they make
+//! and the tables they change are the reader thread's. The reader drains the queue in bursts and
+//! sleeps a few milliseconds between them, so while steps keep coming nobody has to wake it (a
+//! wake per answer would cost the DHCP path more than the answer). A full queue drops the step
+//! and counts it.
 //!
 //! TFTP and HTTP see only an address. The hub learns which MAC holds which address from what the
 //! machine itself says: the DHCPREQUEST it sends the network's DHCP server (ProxyDHCP sees it
@@ -12,23 +19,24 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Addresses remembered; past this the oldest are forgotten (a LAN has far fewer machines).
 const MAX_LEASES: usize = 65_536;
 /// How long after its PXE exchange an address counts as a machine booting with us.
 const BOOTING: std::time::Duration = std::time::Duration::from_secs(600);
-/// Events kept for a subscriber that falls behind (it then skips ahead, and is told how far).
-const BACKLOG: usize = 4096;
+/// Events waiting for their reader; past this they are dropped (and counted).
+const BACKLOG: usize = 16_384;
 
 /// A step of one machine's boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// ProxyDHCP answered: an offer (port 67) or an ack (port 4011).
     Offer {
-        firmware: String,
-        /// The boot path chosen (`BIOS PXE, then iPXE`).
-        path: &'static str,
+        /// The request as classified: MAC, UUID, architecture, what runs on the machine.
+        client: pxe::Client,
+        loader: pxe::Loader,
         target: String,
         port: pxe::Port,
     },
@@ -61,16 +69,101 @@ pub struct BootEvent {
     pub step: Step,
 }
 
+/// What waits for the reader: a step, or a DHCP event as the driver gave it.
+enum Queued {
+    Step(BootEvent),
+    Dhcp(pxe::driver::Event),
+}
+
+/// Lowers the calling thread's priority to `SCHED_IDLE` (else nice 19): what runs there
+/// (bookkeeping, log lines) never preempts the threads that answer machines, and takes the CPU
+/// they leave. Under a sustained full load its queue fills and drops what does not fit, counted
+/// (`daybreak_events_dropped_total`, the log's dropped lines): the answers come first. Best effort.
+pub fn background_priority() {
+    // SAFETY: scheduling calls on this thread only (a Linux thread is its own scheduling
+    // entity: pid 0 and its thread id both name it), with a valid sched_param.
+    unsafe {
+        let p = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
+    }
+}
+
+/// How long the reader sleeps between bursts while steps keep coming.
+const BURST_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Offer and ack lines logged in a second at most. A real storm stays well under it (20,000
+/// machines powering on within 15 s peak near 2,000 a second); a flood of DISCOVERs from
+/// made-up MACs does not fill the disk or spend the CPU on lines: the rest are counted, in one
+/// line a second, and each machine's timeline and the metrics still have every answer.
+pub const OFFER_LINES_PER_SECOND: u32 = 5_000;
+
+/// The offer lines of the current second ([`OFFER_LINES_PER_SECOND`]).
+#[derive(Debug)]
+struct LineBudget {
+    second: Instant,
+    logged: u32,
+    held: u64,
+}
+
+impl LineBudget {
+    fn new(now: Instant) -> LineBudget {
+        LineBudget {
+            second: now,
+            logged: 0,
+            held: 0,
+        }
+    }
+
+    /// Whether a line may be logged at `now`.
+    fn admit(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        if self.logged < OFFER_LINES_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
+    }
+
+    /// Starts a new second once the current one is over; logs how many lines it held back.
+    /// The count, when there was one.
+    fn roll(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.second) < std::time::Duration::from_secs(1) {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.second = now;
+        self.logged = 0;
+        (held > 0).then(|| {
+            tracing::info!(
+                not_logged = held,
+                "{held} more offers and acks not logged (over {OFFER_LINES_PER_SECOND} a second); \
+                 the machines' timelines and the metrics have them"
+            );
+            held
+        })
+    }
+}
+
 pub struct Hub {
     leases: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
-    tx: broadcast::Sender<BootEvent>,
+    tx: SyncSender<Queued>,
+    rx: Mutex<Option<Receiver<Queued>>>,
+    dropped: AtomicU64,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        let (tx, rx) = sync_channel(BACKLOG);
         Hub {
             leases: Mutex::default(),
-            tx: broadcast::channel(BACKLOG).0,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -119,48 +212,136 @@ impl Hub {
     }
 
     /// Records a step: the MAC is the one given, else the one known for `peer`'s address.
-    pub fn emit(&self, peer: Option<SocketAddr>, mac: Option<Mac>, step: Step) -> BootEvent {
+    pub fn emit(&self, peer: Option<SocketAddr>, mac: Option<Mac>, step: Step) {
         let mac = mac.or_else(|| peer.and_then(|p| self.mac_of(p.ip())));
-        let e = BootEvent {
+        self.send(BootEvent {
             at: std::time::SystemTime::now(),
             mac,
             peer,
             step,
+        });
+    }
+
+    /// Queues an event for the reader; a full queue drops it (and counts it).
+    pub fn send(&self, e: BootEvent) {
+        self.queue(Queued::Step(e));
+    }
+
+    /// Queues what ProxyDHCP reports, as it is: called on the DHCP path, right after a reply
+    /// left, it only moves the event.
+    pub fn dhcp(&self, e: pxe::driver::Event) {
+        self.queue(Queued::Dhcp(e));
+    }
+
+    fn queue(&self, q: Queued) {
+        if self.tx.try_send(q).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Steps dropped because their queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Starts the one reader: a thread that hands every step to `observe`, in order. False
+    /// when a reader runs already.
+    pub fn read(
+        self: &std::sync::Arc<Self>,
+        mut observe: impl FnMut(&BootEvent) + Send + 'static,
+    ) -> std::io::Result<bool> {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(false);
         };
-        // Nobody listening is fine: the status page and metrics subscribe when they run.
-        let _ = self.tx.send(e.clone());
-        e
+        let hub = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("boot-events".into())
+            .spawn(move || {
+                background_priority();
+                let mut budget = LineBudget::new(Instant::now());
+                let take =
+                    |q: Queued, observe: &mut dyn FnMut(&BootEvent), budget: &mut LineBudget| {
+                        let Some(hub) = hub.upgrade() else { return };
+                        match q {
+                            Queued::Step(e) => observe(&e),
+                            Queued::Dhcp(d) => observe(&hub.dhcp_step(d, budget)),
+                        }
+                    };
+                loop {
+                    // Waits at most a second, so the last count of lines held back is told.
+                    let q = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                        Ok(q) => q,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            budget.roll(Instant::now());
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    take(q, &mut observe, &mut budget);
+                    // A burst: drain, sleep a little, drain again, until it stays empty.
+                    loop {
+                        let mut took = false;
+                        while let Ok(q) = rx.try_recv() {
+                            take(q, &mut observe, &mut budget);
+                            took = true;
+                        }
+                        if !took {
+                            break;
+                        }
+                        std::thread::sleep(BURST_GAP);
+                    }
+                }
+            })?;
+        Ok(true)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<BootEvent> {
-        self.tx.subscribe()
+    /// Takes every step queued so far and hands it to `observe`, without a thread (tests).
+    #[cfg(test)]
+    pub fn drain(&self, mut observe: impl FnMut(&BootEvent)) {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rx) = rx.as_ref() else { return };
+        let mut budget = LineBudget::new(Instant::now());
+        while let Ok(q) = rx.try_recv() {
+            match q {
+                Queued::Step(e) => observe(&e),
+                Queued::Dhcp(d) => observe(&self.dhcp_step(d, &mut budget)),
+            }
+        }
     }
 
-    /// What ProxyDHCP reports.
-    pub fn on_dhcp(&self, e: pxe::driver::Event) {
+    /// What a ProxyDHCP report means (on the reader's thread): an answer's log line (within
+    /// `budget`) and its step, the address a client takes.
+    fn dhcp_step(&self, e: pxe::driver::Event, budget: &mut LineBudget) -> BootEvent {
+        let at = std::time::SystemTime::now();
         match e {
             pxe::driver::Event::Lease { mac, ip } => {
                 self.learn(ip.into(), mac);
-                // Its DHCPREQUEST came from the client port.
-                self.emit(Some(SocketAddr::from((ip, 68))), Some(mac), Step::Lease);
+                BootEvent {
+                    at,
+                    mac: Some(mac),
+                    // Its DHCPREQUEST came from the client port.
+                    peer: Some(SocketAddr::from((ip, 68))),
+                    step: Step::Lease,
+                }
             }
-            pxe::driver::Event::Answered {
-                mac,
-                firmware,
-                path,
-                target,
-                port,
-            } => {
-                self.emit(
-                    None,
-                    Some(mac),
-                    Step::Offer {
-                        firmware,
-                        path,
+            pxe::driver::Event::Answered(a) => {
+                if budget.admit(Instant::now()) {
+                    a.log();
+                }
+                let target = match a.target {
+                    pxe::BootTarget::Tftp(t) | pxe::BootTarget::Url(t) => t,
+                };
+                BootEvent {
+                    at,
+                    mac: Some(a.client.mac),
+                    peer: None,
+                    step: Step::Offer {
+                        client: a.client,
+                        loader: a.loader,
                         target,
-                        port,
+                        port: a.port,
                     },
-                );
+                }
             }
         }
     }
@@ -227,27 +408,79 @@ impl http::Observer for Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A classified request from a machine of `arch` running `firmware`.
+    pub(crate) fn client(arch: pxe::Arch, firmware: pxe::Firmware) -> pxe::Client {
+        pxe::Client {
+            arch,
+            arch_code: 0,
+            firmware,
+            mac: Mac([0x52, 0x54, 0, 0, 0, 0x0a]),
+            uuid: None,
+        }
+    }
+
+    #[test]
+    fn background_threads_never_preempt_the_answering_ones() {
+        let policy = std::thread::spawn(|| {
+            background_priority();
+            // SAFETY: reads this thread's own policy.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // SAFETY: as above; the test's own thread is untouched.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_flood_of_offers_logs_at_most_5000_lines_a_second_and_counts_the_rest() {
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let mut b = LineBudget::new(t0);
+        // 20,000 answers within a fifth of a second: 5,000 lines, the rest held back.
+        let logged = (0..20_000u64)
+            .filter(|i| b.admit(t0 + Duration::from_micros(i * 10)))
+            .count();
+        assert_eq!(logged, 5_000);
+        assert_eq!(
+            b.roll(t0 + Duration::from_millis(900)),
+            None,
+            "within the second"
+        );
+        assert_eq!(b.roll(t0 + Duration::from_secs(1)), Some(15_000));
+        // The next second has its own 5,000, and a quiet one tells nothing.
+        assert!(b.admit(t0 + Duration::from_millis(1100)));
+        assert_eq!(b.roll(t0 + Duration::from_millis(2200)), None);
+    }
 
     #[test]
     fn macs_learned_from_the_lease_name_later_steps() {
         let hub = Hub::default();
-        let mut rx = hub.subscribe();
         let ip: IpAddr = "10.0.0.42".parse().unwrap();
-        hub.on_dhcp(pxe::driver::Event::Lease {
+        hub.dhcp(pxe::driver::Event::Lease {
             mac: "52:54:00:AA:bb:01".parse().unwrap(),
             ip: "10.0.0.42".parse().unwrap(),
         });
-        let e = hub.emit(Some(SocketAddr::new(ip, 4321)), None, Step::Script);
+        let mut seen = Vec::new();
+        hub.drain(|e| seen.push(e.clone()));
+        hub.emit(Some(SocketAddr::new(ip, 4321)), None, Step::Script);
+        hub.emit(Some("10.0.0.7:80".parse().unwrap()), None, Step::Booting);
+        hub.drain(|e| seen.push(e.clone()));
+        assert_eq!(seen[0].step, Step::Lease);
         assert_eq!(
-            e.mac.map(|m| m.to_string()).as_deref(),
-            Some("52:54:00:aa:bb:01")
+            (&seen[1].step, seen[1].mac.map(|m| m.to_string()).as_deref()),
+            (&Step::Script, Some("52:54:00:aa:bb:01"))
         );
-        assert_eq!(rx.try_recv().unwrap().step, Step::Lease);
-        assert_eq!(rx.try_recv().unwrap().step, Step::Script);
-        let other = hub.emit(Some("10.0.0.7:80".parse().unwrap()), None, Step::Booting);
-        assert_eq!(other.mac, None);
+        assert_eq!(seen[2].mac, None);
+        // A full queue drops, and counts, instead of waiting.
+        for _ in 0..BACKLOG + 5 {
+            hub.emit(None, None, Step::Booting);
+        }
+        assert_eq!(hub.dropped(), 5);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! rest; [`cli`] is the `daybreak` command over all of it.
 
 pub mod api;
+pub mod bounded;
 pub mod cli;
 pub mod decision;
 pub mod events;

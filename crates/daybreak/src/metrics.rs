@@ -20,6 +20,19 @@ const BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 3
 const MAX_BOOTS: usize = 4096;
 /// Distinct file names counted (the plan's files, or an API's answers); more go under "other".
 const MAX_FILES: usize = 256;
+/// The kinds of steps counted.
+const STEPS: [&str; 10] = [
+    "offer",
+    "lease",
+    "loader",
+    "script",
+    "file",
+    "booting",
+    "config",
+    "installed",
+    "local_boot",
+    "sending",
+];
 /// Phases timed from a machine's first offer.
 const PHASES: [&str; 4] = ["loader", "script", "kernel", "booting"];
 
@@ -50,7 +63,8 @@ struct Boot {
 
 #[derive(Default)]
 struct FromEvents {
-    steps: HashMap<&'static str, u64>,
+    /// Steps by kind, in the order of [`STEPS`].
+    steps: [u64; STEPS.len()],
     http_bytes: HashMap<String, u64>,
     boots: HashMap<pxe::Mac, Boot>,
     phases: [Histogram; PHASES.len()],
@@ -61,15 +75,22 @@ pub struct Metrics {
     pub dhcp: Arc<pxe::driver::Stats>,
     pub tftp: Arc<tftp::Stats>,
     http_requests: AtomicU64,
+    /// Whose queues count the steps dropped.
+    hub: Arc<crate::events::Hub>,
     events: Mutex<FromEvents>,
 }
 
 impl Metrics {
-    pub fn new(dhcp: Arc<pxe::driver::Stats>, tftp: Arc<tftp::Stats>) -> Metrics {
+    pub fn new(
+        dhcp: Arc<pxe::driver::Stats>,
+        tftp: Arc<tftp::Stats>,
+        hub: Arc<crate::events::Hub>,
+    ) -> Metrics {
         Metrics {
             dhcp,
             tftp,
             http_requests: AtomicU64::new(0),
+            hub,
             events: Mutex::default(),
         }
     }
@@ -83,18 +104,18 @@ impl Metrics {
     pub fn observe(&self, e: &BootEvent) {
         let mut m = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let kind = match &e.step {
-            Step::Offer { .. } => "offer",
-            Step::Lease => "lease",
-            Step::Loader { .. } => "loader",
-            Step::Script => "script",
-            Step::File { .. } => "file",
-            Step::Sending { .. } => "sending",
-            Step::Booting => "booting",
-            Step::Config => "config",
-            Step::Installed => "installed",
-            Step::LocalBoot => "local_boot",
+            Step::Offer { .. } => 0,
+            Step::Lease => 1,
+            Step::Loader { .. } => 2,
+            Step::Script => 3,
+            Step::File { .. } => 4,
+            Step::Booting => 5,
+            Step::Config => 6,
+            Step::Installed => 7,
+            Step::LocalBoot => 8,
+            Step::Sending { .. } => 9,
         };
-        *m.steps.entry(kind).or_default() += 1;
+        m.steps[kind] += 1;
         if let Step::File { name, bytes, .. } = &e.step {
             let known = m.http_bytes.contains_key(name) || m.http_bytes.len() < MAX_FILES;
             let key = if known { name.clone() } else { "other".into() };
@@ -108,16 +129,7 @@ impl Metrics {
                     b.seen[PHASES.len() - 1] || b.started.elapsed().as_secs() > 600
                 });
                 if fresh {
-                    if m.boots.len() >= MAX_BOOTS {
-                        if let Some(oldest) = m
-                            .boots
-                            .iter()
-                            .min_by_key(|(_, b)| b.started)
-                            .map(|(k, _)| *k)
-                        {
-                            m.boots.remove(&oldest);
-                        }
-                    }
+                    crate::bounded::make_room(&mut m.boots, &mac, MAX_BOOTS, |b| b.started);
                     m.boots.insert(
                         mac,
                         Boot {
@@ -209,6 +221,11 @@ impl Metrics {
                 "Requests for these metrics.",
                 self.http_requests.load(Relaxed),
             ),
+            (
+                "daybreak_events_dropped_total",
+                "Boot steps not recorded because their queue was full (the answers went out; their log lines, timeline steps and these metrics miss them).",
+                self.hub.dropped(),
+            ),
         ] {
             counter(&mut s, name, help);
             let _ = writeln!(s, "{name} {value}");
@@ -234,22 +251,9 @@ impl Metrics {
             "daybreak_boot_steps_total",
             "Boot steps seen, by kind.",
         );
-        for step in [
-            "offer",
-            "lease",
-            "loader",
-            "script",
-            "file",
-            "booting",
-            "config",
-            "installed",
-            "local_boot",
-        ] {
-            let _ = writeln!(
-                s,
-                "daybreak_boot_steps_total{{step=\"{step}\"}} {}",
-                m.steps.get(step).copied().unwrap_or(0)
-            );
+        // Progress reports (`sending`) are not steps of their own.
+        for (step, n) in STEPS.iter().zip(m.steps).take(STEPS.len() - 1) {
+            let _ = writeln!(s, "daybreak_boot_steps_total{{step=\"{step}\"}} {n}");
         }
         let _ = writeln!(
             s,
@@ -293,17 +297,15 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Hub;
 
     #[test]
     fn boots_are_timed_from_their_first_offer() {
-        let m = Metrics::new(Default::default(), Default::default());
-        let hub = Hub::default();
+        let m = Metrics::new(Default::default(), Default::default(), Default::default());
         let mac = "52:54:00:00:00:01".parse().ok();
         let peer = Some("10.0.0.5:1000".parse().unwrap());
         let offer = Step::Offer {
-            firmware: "UEFI x64 PXE".into(),
-            path: "UEFI PXE, then iPXE",
+            client: crate::events::tests::client(pxe::Arch::EfiX64, pxe::Firmware::Pxe),
+            loader: pxe::Loader::Ipxe,
             target: "ipxe.efi".into(),
             port: pxe::Port::Dhcp,
         };
@@ -328,7 +330,12 @@ mod tests {
             },
             Step::Booting,
         ] {
-            m.observe(&hub.emit(peer, mac, step));
+            m.observe(&crate::events::BootEvent {
+                at: std::time::SystemTime::now(),
+                mac,
+                peer,
+                step,
+            });
         }
         let text = m.render();
         assert!(
@@ -356,15 +363,19 @@ mod tests {
 
     #[test]
     fn labels_stay_bounded_and_escaped() {
-        let m = Metrics::new(Default::default(), Default::default());
-        let hub = Hub::default();
+        let m = Metrics::new(Default::default(), Default::default(), Default::default());
         for i in 0..(MAX_FILES + 50) {
             let step = Step::File {
                 name: format!("f{i}"),
                 bytes: 1,
                 ms: 0,
             };
-            m.observe(&hub.emit(None, None, step));
+            m.observe(&crate::events::BootEvent {
+                at: std::time::SystemTime::now(),
+                mac: None,
+                peer: None,
+                step,
+            });
         }
         let text = m.render();
         assert_eq!(

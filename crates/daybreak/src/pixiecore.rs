@@ -30,15 +30,19 @@ pub fn line(e: &BootEvent) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Hub;
 
     #[test]
     fn boot_steps_read_as_pixiecore_logs_them() {
-        let hub = Hub::default();
+        let ev = |peer, mac, step| BootEvent {
+            at: std::time::SystemTime::now(),
+            mac,
+            peer,
+            step,
+        };
         let peer = Some("192.168.1.49:4371".parse().unwrap());
         let offer = Step::Offer {
-            firmware: "UEFI x64 PXE".into(),
-            path: "UEFI PXE, then iPXE",
+            client: crate::events::tests::client(pxe::Arch::EfiX64, pxe::Firmware::Pxe),
+            loader: pxe::Loader::Ipxe,
             target: "ipxe.efi".into(),
             port: pxe::Port::Dhcp,
         };
@@ -49,26 +53,26 @@ mod tests {
         };
         let cases = [
             (
-                hub.emit(None, "08:00:27:E5:22:8C".parse().ok(), offer),
+                ev(None, "08:00:27:E5:22:8C".parse().ok(), offer),
                 Some("[DHCP] Offering to boot 08:00:27:e5:22:8c"),
             ),
             (
-                hub.emit(peer, None, Step::Script),
+                ev(peer, None, Step::Script),
                 Some("[HTTP] Sending ipxe boot script to 192.168.1.49:4371"),
             ),
             (
-                hub.emit(peer, None, file("kernel")),
+                ev(peer, None, file("kernel")),
                 Some("[HTTP] Sent file \"kernel\" to 192.168.1.49:4371"),
             ),
             (
-                hub.emit(peer, None, file("initrd0")),
+                ev(peer, None, file("initrd0")),
                 Some("[HTTP] Sent file \"initrd-0\" to 192.168.1.49:4371"),
             ),
             (
-                hub.emit(peer, None, file("kairos.squashfs")),
+                ev(peer, None, file("kairos.squashfs")),
                 Some("[HTTP] Sent file \"kairos.squashfs\" to 192.168.1.49:4371"),
             ),
-            (hub.emit(peer, None, Step::Booting), None),
+            (ev(peer, None, Step::Booting), None),
         ];
         for (e, want) in cases {
             assert_eq!(line(&e).as_deref(), want, "{e:?}");

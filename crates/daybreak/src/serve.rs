@@ -207,7 +207,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let d = deciders(&opts, &hub)?;
     tracing::info!("{}", d.booter.describe());
     let loaders = choose_loaders(&opts, &d, http)?;
-    let mut tasks = Tasks::new(hub);
+    let mut tasks = Tasks::new(hub)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         ipxe = ipxe::VERSION,
@@ -259,25 +259,34 @@ async fn start_artifacts(
 type Counters = (Arc<DhcpStats>, Arc<tftp::Stats>);
 
 /// What runs until shutdown: HTTP servers, which finish their downloads within the grace period
-/// once `cancel` fires, and background tasks (TFTP, ProxyDHCP), which are aborted.
+/// once `cancel` fires, and background tasks (TFTP), which are aborted, and the ProxyDHCP
+/// threads, which `dhcp_stop` ends (at shutdown, or when this is dropped).
 struct Tasks {
     cancel: CancellationToken,
     http: tokio::task::JoinSet<()>,
     background: tokio::task::JoinSet<()>,
+    dhcp_stop: udp::Stop,
     budget: Budget,
     /// Boot events of the netboot servers.
     hub: Arc<Hub>,
 }
 
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.dhcp_stop.stop();
+    }
+}
+
 impl Tasks {
-    fn new(hub: Arc<Hub>) -> Tasks {
-        Tasks {
+    fn new(hub: Arc<Hub>) -> anyhow::Result<Tasks> {
+        Ok(Tasks {
             cancel: CancellationToken::new(),
             http: Default::default(),
             background: Default::default(),
+            dhcp_stop: udp::Stop::new().context("creating the ProxyDHCP threads' stop switch")?,
             budget: descriptor_budget(),
             hub,
-        }
+        })
     }
 
     fn http<R: http::Router + 'static>(
@@ -306,6 +315,7 @@ impl Tasks {
         );
         self.cancel.cancel();
         self.background.abort_all();
+        self.dhcp_stop.stop();
         tokio::select! {
             _ = async { while self.http.join_next().await.is_some() {} } => {}
             s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
@@ -387,52 +397,45 @@ fn spread_events(
     metrics: Arc<crate::metrics::Metrics>,
     fleet: Option<Arc<Fleet>>,
     pixiecore_log: bool,
-) {
-    let mut events = tasks.hub.subscribe();
-    tasks.background.spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    metrics.observe(&e);
-                    if let Some(f) = &fleet {
-                        f.observe(&e);
-                    }
-                    tracing::debug!(
-                        mac = %e.mac.map_or_else(|| "-".to_string(), |m| m.to_string()),
-                        client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
-                        step = ?e.step,
-                        "boot event"
-                    );
-                    if let Some(line) = crate::pixiecore::line(&e).filter(|_| pixiecore_log) {
-                        tracing::info!("{line}");
-                    }
-                }
-                Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "boot events skipped"),
-                Err(RecvError::Closed) => break,
-            }
+) -> std::io::Result<()> {
+    tasks.hub.read(move |e| {
+        metrics.observe(e);
+        if let Some(f) = &fleet {
+            f.observe(e);
         }
-    });
+        tracing::debug!(
+            mac = %e.mac.map_or_else(|| "-".to_string(), |m| m.to_string()),
+            client = %e.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            step = ?e.step,
+            "boot event"
+        );
+        if let Some(line) = crate::pixiecore::line(e).filter(|_| pixiecore_log) {
+            tracing::info!("{line}");
+        }
+    })?;
+    Ok(())
 }
 
-/// What the DHCP driver answers with: the HTTP address, the loaders, the interfaces; its
-/// events go to the hub, and the booter says which machines are answered.
+/// What the DHCP driver answers with: the HTTP address, the loaders, the interfaces; the booter
+/// says which machines are answered. Its events (each answer, each lease) are only queued on the
+/// DHCP path ([`Hub::dhcp`]): the next answer never waits on their log lines, locks or
+/// allocations.
 fn dhcp_config(
     d: &Deciders,
     http: pxe::HttpAddress,
     boot_files: pxe::BootFiles,
     ifaces: &[Iface],
-    hub: &Arc<Hub>,
+    tasks: &mut Tasks,
 ) -> Arc<pxe::driver::Config> {
     let booter = d.booter.clone();
-    let hub = hub.clone();
+    let hub = tasks.hub.clone();
     Arc::new(pxe::driver::Config {
         settings: pxe::endpoint::Settings {
             http,
             boot_files,
             interfaces: ifaces.iter().map(|i| i.index).collect(),
         },
-        events: Some(pxe::driver::Sink(Arc::new(move |e| hub.on_dhcp(e)))),
+        events: Some(pxe::driver::Sink(Arc::new(move |e| hub.dhcp(e)))),
         allow: Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
             booter.allow(&c.machine())
         }))),
@@ -454,15 +457,16 @@ async fn start_netboot(
     let metrics = Arc::new(crate::metrics::Metrics::new(
         dhcp_stats.clone(),
         tftp_stats.clone(),
+        hub.clone(),
     ));
-    spread_events(tasks, metrics.clone(), d.fleet.clone(), opts.pixiecore_log);
+    spread_events(tasks, metrics.clone(), d.fleet.clone(), opts.pixiecore_log)?;
     let listener = crate::sockets::bind_http(SocketAddr::from((opts.listen, http.port))).await?;
     let tftp_sock = crate::sockets::bind_tftp(opts.listen, opts.tftp_port)?;
     let dhcp_sockets = match opts.proxy_dhcp {
         true => crate::sockets::bind_dhcp()?,
         false => Vec::new(),
     };
-    let dhcp_config = dhcp_config(d, http, loaders.boot, ifaces, &hub);
+    let dhcp_config = dhcp_config(d, http, loaders.boot, ifaces, tasks);
     log_start(opts, d, http, ifaces, &listener)?;
     let binaries = Arc::new(loaders.files);
     let (reports, known) = (hub.clone(), hub.clone());
@@ -477,9 +481,13 @@ async fn start_netboot(
     ));
     for (sock, port) in dhcp_sockets {
         let (config, stats) = (dhcp_config.clone(), dhcp_stats.clone());
-        tasks
-            .background
-            .spawn(pxe::driver::run(sock, port, config, stats));
+        let sock = sock.into_blocking(&tasks.dhcp_stop);
+        std::thread::Builder::new()
+            .name(match port {
+                pxe::Port::Dhcp => "dhcp-67".into(),
+                pxe::Port::ProxyBoot => "dhcp-4011".into(),
+            })
+            .spawn(move || pxe::driver::run(sock, port, config, stats))?;
     }
     let routes = crate::routes::BootRoutes {
         booter: d.booter.clone(),

@@ -37,8 +37,8 @@ fn machine_of(mac: Mac, seen: Option<&Seen>) -> Machine {
 struct Seen {
     uuid: Option<pxe::Uuid>,
     arch: Option<pxe::CpuArch>,
-    firmware: Option<String>,
-    path: Option<&'static str>,
+    /// Its firmware's offer: what runs on it, and the loader it was sent.
+    offer: Option<(pxe::Client, pxe::Loader)>,
     ip: Option<IpAddr>,
     phase: &'static str,
     /// Bytes of the squashfs sent in this boot, and of the response under way, of its size.
@@ -46,7 +46,29 @@ struct Seen {
     rootfs_total: u64,
     rootfs_sending: u64,
     last: SystemTime,
-    timeline: VecDeque<(SystemTime, String)>,
+    timeline: VecDeque<(SystemTime, What)>,
+}
+
+/// A step as the timeline keeps it: an offer as it came (its words are written when a page asks;
+/// a storm of offers costs no formatting), anything else as its line.
+#[derive(Debug, Clone)]
+enum What {
+    Offer(pxe::Client, pxe::Loader),
+    Line(String),
+}
+
+impl What {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            What::Offer(c, l) => format!(
+                "DHCP offer to {}: {}",
+                pxe::driver::firmware_label(c),
+                pxe::driver::boot_path(c, *l)
+            )
+            .into(),
+            What::Line(t) => t.as_str().into(),
+        }
+    }
 }
 
 impl Default for Seen {
@@ -54,8 +76,7 @@ impl Default for Seen {
         Seen {
             uuid: None,
             arch: None,
-            firmware: None,
-            path: None,
+            offer: None,
             ip: None,
             phase: "seen",
             rootfs_bytes: 0,
@@ -74,15 +95,7 @@ struct Live {
 
 impl Live {
     fn entry(&mut self, mac: Mac) -> &mut Seen {
-        if self.machines.len() >= MAX_LIVE && !self.machines.contains_key(&mac) {
-            // Drop the eighth seen longest ago: amortised, never a scan per event.
-            let mut by_age: Vec<(SystemTime, Mac)> =
-                self.machines.iter().map(|(m, s)| (s.last, *m)).collect();
-            by_age.sort_unstable();
-            for (_, m) in by_age.iter().take(MAX_LIVE / 8) {
-                self.machines.remove(m);
-            }
-        }
+        crate::bounded::make_room(&mut self.machines, &mac, MAX_LIVE, |s| s.last);
         self.machines.entry(mac).or_default()
     }
 }
@@ -97,7 +110,7 @@ struct View<'a> {
     mac: Mac,
     hostname: Option<&'a str>,
     arch: Option<&'a str>,
-    firmware: Option<&'a str>,
+    firmware: Option<String>,
     path: Option<&'a str>,
     ip: Option<String>,
     profile: Option<&'a str>,
@@ -122,7 +135,7 @@ struct Progress {
 #[derive(serde::Serialize)]
 struct Moment<'a> {
     at: u64,
-    what: &'a str,
+    what: std::borrow::Cow<'a, str>,
 }
 
 /// The machines seen since this server started.
@@ -157,11 +170,12 @@ impl Timelines {
     pub fn machine(&self, mac: Mac) -> (Machine, Option<String>) {
         let live = self.live();
         let seen = live.machines.get(&mac);
-        let firmware = seen.and_then(|s| {
-            s.path.map(|p| match &s.firmware {
-                Some(f) => format!("{f}: {p}"),
-                None => p.to_string(),
-            })
+        let firmware = seen.and_then(|s| s.offer).map(|(c, l)| {
+            format!(
+                "{}: {}",
+                pxe::driver::firmware_label(&c),
+                pxe::driver::boot_path(&c, l)
+            )
         });
         (machine_of(mac, seen), firmware)
     }
@@ -183,33 +197,34 @@ impl Timelines {
             s.ip = Some(p.ip());
         }
         let what = match &e.step {
-            Step::Offer { firmware, path, .. } => {
+            Step::Offer { client, loader, .. } => {
+                s.uuid = client.uuid.or(s.uuid);
+                s.arch = pxe::CpuArch::of(client.arch).or(s.arch);
                 // The firmware's own offer names the boot; the one iPXE asks for after it
                 // loaded does not replace it.
                 if s.phase != "loader" {
-                    s.firmware = Some(firmware.clone());
-                    s.path = Some(path);
+                    s.offer = Some((*client, *loader));
                 }
                 s.phase = "offered";
                 s.rootfs_bytes = 0;
                 s.rootfs_sending = 0;
-                format!("DHCP offer to {firmware}: {path}")
+                What::Offer(*client, *loader)
             }
             Step::Lease => {
                 let ip = e.peer.map(|p| p.ip().to_string()).unwrap_or_default();
-                format!("address {ip} from the DHCP server")
+                What::Line(format!("address {ip} from the DHCP server"))
             }
             Step::Loader { file, bytes, ok } => {
                 s.phase = "loader";
-                format!(
+                What::Line(format!(
                     "{file} over TFTP, {bytes} bytes{}",
                     if *ok { "" } else { " (incomplete)" }
-                )
+                ))
             }
             Step::Script => {
                 s.phase = "script";
                 s.rootfs_bytes = 0;
-                "boot script".into()
+                What::Line("boot script".into())
             }
             Step::File { name, bytes, ms } => {
                 let rate = if *ms > 0 {
@@ -228,7 +243,7 @@ impl Timelines {
                 } else if name == "cloud-config" {
                     s.phase = "config";
                 }
-                format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)")
+                What::Line(format!("{name}: {bytes} bytes in {ms} ms ({rate} MB/s)"))
             }
             Step::Sending { name, bytes } => {
                 if name.ends_with("rootfs.squashfs") {
@@ -240,19 +255,19 @@ impl Timelines {
             }
             Step::Booting => {
                 s.phase = "booting";
-                "kernel started".into()
+                What::Line("kernel started".into())
             }
             Step::Config => {
                 s.phase = "config";
-                "its cloud-config".into()
+                What::Line("its cloud-config".into())
             }
             Step::Installed => {
                 s.phase = "installed";
-                "install finished".into()
+                What::Line("install finished".into())
             }
             Step::LocalBoot => {
                 s.phase = "local disk";
-                "told to boot from its local disk".into()
+                What::Line("told to boot from its local disk".into())
             }
         };
         if s.timeline.len() >= TIMELINE {
@@ -319,9 +334,12 @@ impl Timelines {
                 .arch
                 .or(record.and_then(|r| r.arch))
                 .map(|a| a.as_str()),
-            firmware: seen.and_then(|s| s.firmware.as_deref()),
+            firmware: seen
+                .and_then(|s| s.offer)
+                .map(|(c, _)| pxe::driver::firmware_label(&c)),
             path: seen
-                .and_then(|s| s.path)
+                .and_then(|s| s.offer)
+                .map(|(c, l)| pxe::driver::boot_path(&c, l))
                 .or(record.and_then(|r| r.firmware.as_deref())),
             ip: seen.and_then(|s| s.ip).map(|i| i.to_string()),
             profile: profile.map(|p| p.name.as_str()),
@@ -356,7 +374,10 @@ impl Timelines {
                 seen.map(|s| {
                     s.timeline
                         .iter()
-                        .map(|(t, what)| Moment { at: unix(*t), what })
+                        .map(|(t, what)| Moment {
+                            at: unix(*t),
+                            what: what.text(),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),

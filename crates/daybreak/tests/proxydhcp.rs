@@ -178,8 +178,8 @@ fn proxydhcp_offers_and_acks_over_real_sockets() {
         assert_eq!(offer.yiaddr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(offer.file, b"ipxe.efi");
         assert_eq!(offer.option(43).unwrap(), vec![6, 1, 8, 255]);
-        assert_eq!(offer.option(54).unwrap(), server_ip.octets());
-        assert_eq!(offer.option(60).unwrap(), b"PXEClient");
+        assert_eq!(&offer.option(54).unwrap()[..], server_ip.octets());
+        assert_eq!(&offer.option(60).unwrap()[..], b"PXEClient");
         assert_eq!(offer.option(97).unwrap(), (0..17).collect::<Vec<u8>>());
         // iPXE with HTTP (option 175 feature 0x13) gets the script URL.
         let ipxe = request(
@@ -363,4 +363,52 @@ fn tftp_answers_from_the_address_the_client_asked() {
             assert_eq!(from.ip().to_string(), asked, "{file}: answered from {from}");
         }
     });
+}
+
+/// The README's promise: a flood of DISCOVERs from made-up MACs is answered, but logs at most
+/// 5,000 offer lines a second; the rest are counted in the log, none lost from the count.
+#[test]
+fn a_flood_of_offers_logs_at_most_5000_lines_a_second_and_counts_the_rest() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    const FLOOD: u32 = 15_000;
+    let started = std::time::Instant::now();
+    let log = with_server("kf", 3, |_| {
+        let c68 = udp(68);
+        for i in 0..FLOOD {
+            let mac = [0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let mut m = Message::client_request(MessageType::Discover, i, mac, ovmf_options());
+            m.ciaddr = Ipv4Addr::UNSPECIFIED;
+            c68.send_to(&m.encode(), (Ipv4Addr::BROADCAST, 67)).unwrap();
+        }
+        // Until the server has answered what reached it (its queue drains in well under this).
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    let count = |key: &str| -> u64 {
+        log.lines()
+            .filter_map(|l| l.split(key).nth(1))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let lines = log.lines().filter(|l| l.contains(" offer mac=")).count() as u64;
+    let held = count("not_logged=");
+    let answered = count("(\"answered\", ");
+    eprintln!("flood: {answered} answered, {lines} lines, {held} held back, {seconds} s");
+    assert!(answered > 0, "the stop line counts the answers:\n{log}");
+    assert_eq!(lines + held, answered, "every answer logged or counted");
+    assert!(
+        held > 0,
+        "{answered} answers in {seconds} s, none held back"
+    );
+    assert!(
+        lines <= 5_000 * seconds,
+        "{lines} offer lines in {seconds} s"
+    );
 }

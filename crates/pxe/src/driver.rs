@@ -1,18 +1,21 @@
-//! The tokio layer around [`crate::endpoint::handle`]: receives datagrams on a [`udp::Socket`]
-//! (which says which interface and local address each arrived on), and sends the reply out of
-//! that same interface. Port 67 is often taken by a DHCP server on the same host: then the socket
-//! is [`udp::Socket::raw`], and nothing here changes.
+//! The thread around [`crate::endpoint::handle`]: receives datagrams on a [`udp::Blocking`]
+//! socket (which says which interface and local address each arrived on), and sends the reply
+//! out of that same interface. Port 67 is often taken by a DHCP server on the same host: then
+//! the socket is [`udp::Socket::raw`], and nothing here changes.
 //!
-//! Nothing between receiving a DISCOVER and sending its OFFER waits on disk, network or a lock.
+//! A thread of its own per socket, waiting in the kernel: a request wakes it directly, with no
+//! task to schedule. Nothing between receiving a DISCOVER and sending its OFFER waits on disk,
+//! network or a lock, and what an answer means beyond the reply (its log line, the machine's
+//! timeline) is handed to a [`Sink`] that only queues it.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use udp::Socket;
+pub use udp::{Blocking, Socket, Stop};
 
 use crate::endpoint::{handle, Datagram, Dropped, Settings};
-use crate::{Ignored, Port};
+use crate::{Ignored, Port, Reply};
 
 /// Counters a status page or metrics endpoint can read.
 #[derive(Debug, Default)]
@@ -98,23 +101,52 @@ impl std::fmt::Debug for Allow {
     }
 }
 
-/// What the driver tells the rest of the server, besides its log lines.
+/// An offer (port 67) or an ack (port 4011) that went out.
 #[derive(Debug, Clone)]
-pub enum Event {
-    /// An offer (port 67) or an ack (port 4011) went out.
-    Answered {
-        mac: crate::Mac,
-        firmware: String,
-        /// The boot path chosen (`UEFI PXE, then iPXE`), as the offer line names it.
-        path: &'static str,
-        target: String,
-        port: Port,
-    },
-    /// A client told the network's DHCP server which address it takes ([`crate::lease`]).
-    Lease { mac: crate::Mac, ip: Ipv4Addr },
+pub struct Answered {
+    pub client: crate::Client,
+    pub loader: crate::Loader,
+    pub target: crate::BootTarget,
+    pub to: std::net::SocketAddrV4,
+    pub port: Port,
 }
 
-/// Where [`Event`]s go. Called on the DHCP path: it must not block.
+impl Answered {
+    /// The boot path chosen (`UEFI PXE, then iPXE`), as the offer line names it.
+    pub fn path(&self) -> &'static str {
+        boot_path(&self.client, self.loader)
+    }
+
+    /// The offer's (or ack's) log line: one per machine step at `info`.
+    pub fn log(&self) {
+        let kind = match self.port {
+            Port::Dhcp => "offer",
+            Port::ProxyBoot => "ack",
+        };
+        tracing::info!(
+            mac = %self.client.mac,
+            firmware = %Label(&self.client),
+            path = self.path(),
+            boot = self.target.as_str(),
+            to = %self.to,
+            "{kind}"
+        );
+    }
+}
+
+/// What the driver tells the rest of the server, besides its warnings.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Answered(Answered),
+    /// A client told the network's DHCP server which address it takes ([`crate::lease`]).
+    Lease {
+        mac: crate::Mac,
+        ip: Ipv4Addr,
+    },
+}
+
+/// Where [`Event`]s go, each moved there after its reply left. Called on the DHCP path: it
+/// must not block, nor do anything an answer would wait for (log lines included: queue it).
 #[derive(Clone)]
 pub struct Sink(pub Arc<dyn Fn(Event) + Send + Sync>);
 
@@ -124,57 +156,81 @@ impl std::fmt::Debug for Sink {
     }
 }
 
-/// Receives and answers forever. Cancel by dropping the future (UDP receive is cancel-safe).
-pub async fn run(socket: Socket, port: Port, config: Arc<Config>, stats: Arc<Stats>) {
-    let mut buf = vec![0u8; crate::message::MAX_MESSAGE_LEN + 64];
-    let port_name = match port {
-        Port::Dhcp => "proxydhcp",
-        Port::ProxyBoot => "pxe-4011",
+/// Receives and answers on the calling thread, until the socket's [`udp::Stop`] is set. What
+/// has arrived is taken in one call ([`udp::BATCH`] at most) and answered in order.
+pub fn run(socket: Blocking, port: Port, config: Arc<Config>, stats: Arc<Stats>) {
+    let mut batch = udp::Batch::new(crate::message::MAX_MESSAGE_LEN + 64);
+    let mut one = One {
+        socket: &socket,
+        port,
+        port_name: match port {
+            Port::Dhcp => "proxydhcp",
+            Port::ProxyBoot => "pxe-4011",
+        },
+        config: &config,
+        stats: &stats,
+        seen_drops: 0,
     };
-    let mut seen_drops = 0u64;
     loop {
-        let rx = match socket.recv(&mut buf).await {
-            Ok(r) => r,
+        match socket.recv_batch(&mut batch) {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
-                tracing::warn!(port = port_name, error = %e, "receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tracing::warn!(port = one.port_name, error = %e, "receive failed");
+                std::thread::sleep(std::time::Duration::from_millis(50));
                 continue;
             }
-        };
+        }
+        for (bytes, rx) in batch.datagrams() {
+            one.answer(bytes, rx);
+        }
+    }
+}
+
+/// What answering one datagram needs.
+struct One<'a> {
+    socket: &'a Blocking,
+    port: Port,
+    port_name: &'static str,
+    config: &'a Config,
+    stats: &'a Stats,
+    /// The kernel's count of datagrams it dropped on this socket, as last seen.
+    seen_drops: u64,
+}
+
+impl One<'_> {
+    fn answer(&mut self, bytes: &[u8], rx: &udp::Received) {
+        let (config, stats, port_name) = (self.config, self.stats, self.port_name);
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(total) = rx.drops {
             // The kernel's count for this socket; the stats add up both sockets' growth.
-            let before = seen_drops;
-            seen_drops = u64::from(total);
-            if seen_drops > before {
+            let before = self.seen_drops;
+            self.seen_drops = u64::from(total);
+            if self.seen_drops > before {
                 stats
                     .kernel_drops
-                    .fetch_add(seen_drops - before, Ordering::Relaxed);
+                    .fetch_add(self.seen_drops - before, Ordering::Relaxed);
                 tracing::warn!(
                     port = port_name,
-                    dropped = seen_drops - before,
+                    dropped = self.seen_drops - before,
                     "the kernel dropped requests: the receive buffer was full"
                 );
             }
         }
-        let truncated = rx.len == usize::MAX;
         let datagram = Datagram {
-            bytes: if truncated { &[] } else { &buf[..rx.len] },
+            bytes,
             source: rx.source,
             ifindex: rx.ifindex,
             local: rx.local,
-            truncated,
+            truncated: rx.len == usize::MAX,
         };
-        let handled = handle(&datagram, port, &config.settings, udp::interface_ipv4);
+        let handled = handle(&datagram, self.port, &config.settings, udp::interface_ipv4);
         if let (Some(sink), Some((mac, ip))) = (&config.events, handled.lease) {
             (sink.0)(Event::Lease { mac, ip });
         }
         let t = match handled.outcome {
             Ok(t) => t,
-            Err(why) => {
-                note_dropped(&why, port_name, &datagram, &stats);
-                continue;
-            }
+            Err(why) => return note_dropped(&why, port_name, &datagram, stats),
         };
         if let Some(allow) = &config.allow {
             if !(allow.0)(&t.reply.client) {
@@ -185,43 +241,34 @@ pub async fn run(socket: Socket, port: Port, config: Arc<Config>, stats: Arc<Sta
                     mac = %t.reply.client.mac,
                     "not answered: this machine is not to be booted (yet)"
                 );
-                continue;
+                return;
             }
         }
-        match socket
+        if let Err(e) = self
+            .socket
             .send(&t.bytes, t.destination, t.ifindex, t.source)
-            .await
         {
-            Ok(()) => {
-                stats.answered.fetch_add(1, Ordering::Relaxed);
-                let kind = match port {
-                    Port::Dhcp => "offer",
-                    Port::ProxyBoot => "ack",
-                };
-                let client = &t.reply.client;
-                let firmware = firmware_label(client);
-                tracing::info!(
-                    mac = %client.mac,
-                    firmware = %firmware,
-                    path = boot_path(client, t.reply.loader),
-                    boot = t.reply.target.as_str(),
-                    to = %t.destination,
-                    "{kind}"
-                );
-                if let Some(sink) = &config.events {
-                    (sink.0)(Event::Answered {
-                        mac: client.mac,
-                        firmware,
-                        path: boot_path(client, t.reply.loader),
-                        target: t.reply.target.as_str().to_string(),
-                        port,
-                    });
-                }
-            }
-            Err(e) => {
-                stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(mac = %t.reply.client.mac, to = %t.destination, error = %e, "sending reply failed");
-            }
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(mac = %t.reply.client.mac, to = %t.destination, error = %e, "sending reply failed");
+            return;
+        }
+        stats.answered.fetch_add(1, Ordering::Relaxed);
+        // Told after the reply left, and only moved: its log line and everything else it
+        // means are the sink's, off this path.
+        if let Some(sink) = &config.events {
+            let Reply {
+                client,
+                target,
+                loader,
+                ..
+            } = t.reply;
+            (sink.0)(Event::Answered(Answered {
+                client,
+                loader,
+                target,
+                to: t.destination,
+                port: self.port,
+            }));
         }
     }
 }
@@ -276,14 +323,23 @@ pub fn boot_path(c: &crate::Client, loader: crate::Loader) -> &'static str {
 
 /// A short human label: "UEFI x64 PXE", "BIOS iPXE (HTTP)".
 pub fn firmware_label(c: &crate::Client) -> String {
-    let what = match c.firmware {
-        crate::Firmware::Pxe => "PXE",
-        crate::Firmware::Ipxe { http: true } => "iPXE",
-        crate::Firmware::Ipxe { http: false } => "iPXE (no HTTP)",
-        crate::Firmware::Pixiecore => "iPXE (pixiecore)",
-        crate::Firmware::HttpBoot => "HTTP boot",
-    };
-    format!("{} {}", c.arch.name(), what)
+    Label(c).to_string()
+}
+
+/// [`firmware_label`] as it is written, without a string of its own.
+struct Label<'a>(&'a crate::Client);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.0.firmware {
+            crate::Firmware::Pxe => "PXE",
+            crate::Firmware::Ipxe { http: true } => "iPXE",
+            crate::Firmware::Ipxe { http: false } => "iPXE (no HTTP)",
+            crate::Firmware::Pixiecore => "iPXE (pixiecore)",
+            crate::Firmware::HttpBoot => "HTTP boot",
+        };
+        write!(f, "{} {}", self.0.arch.name(), what)
+    }
 }
 
 #[cfg(test)]

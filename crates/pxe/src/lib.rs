@@ -4,7 +4,7 @@
 //! [`answer`], is a pure function from a decoded request and a [`Context`] to an optional reply
 //! plus where to send it: no sockets, no clocks, no locks, so every firmware quirk is pinned by a
 //! byte-fixture test and the DHCP path can never block (iPXE gives a ProxyDHCP offer about two
-//! seconds to arrive). The [`driver`] module is the thin tokio layer that moves datagrams between
+//! seconds to arrive). The [`driver`] module is the thin threaded layer that moves datagrams between
 //! the network and [`answer`].
 //!
 //! Daybreak never hands out addresses. The network's own DHCP server does that; we only add the
@@ -90,7 +90,7 @@ pub enum Firmware {
 }
 
 /// A classified boot request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
     pub arch: Arch,
     pub arch_code: u16,
@@ -405,6 +405,7 @@ fn uuid_of(msg: &Message) -> Option<Uuid> {
 fn client_uuid(msg: &Message) -> Option<Vec<u8>> {
     msg.option(opt::CLIENT_UUID)
         .filter(|v| v.len() == 17 && v[0] == 0)
+        .map(|v| v.into_owned())
 }
 
 /// What a client's own DHCP traffic tells about its address: a DHCPREQUEST to the network's
@@ -423,6 +424,24 @@ pub fn lease(msg: &Message) -> Option<(Mac, Ipv4Addr)> {
         .or((!msg.ciaddr.is_unspecified()).then_some(msg.ciaddr))
         .filter(|a| routable_unicast(*a))?;
     Some((msg.mac()?, ip))
+}
+
+/// `a.b.c.d` as bytes, written without the formatting machinery: one per answer.
+fn dotted(a: Ipv4Addr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(15);
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if o >= 100 {
+            out.push(b'0' + o / 100);
+        }
+        if o >= 10 {
+            out.push(b'0' + o / 10 % 10);
+        }
+        out.push(b'0' + o % 10);
+    }
+    out
 }
 
 /// Decides the answer to one request. Pure: the same input always gives the same output.
@@ -540,7 +559,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         siaddr: ctx.server,
         giaddr: msg.giaddr,
         chaddr: msg.chaddr,
-        sname: ctx.server.to_string().into_bytes(),
+        sname: dotted(ctx.server),
         file: if file.len() > 127 { Vec::new() } else { file },
         options,
     };
@@ -569,3 +588,14 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dotted_tests {
+    proptest::proptest! {
+        #[test]
+        fn dotted_is_what_display_writes(a: u32) {
+            let a = std::net::Ipv4Addr::from(a);
+            proptest::prop_assert_eq!(super::dotted(a), a.to_string().into_bytes());
+        }
+    }
+}

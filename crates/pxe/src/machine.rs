@@ -40,12 +40,13 @@ impl From<[u8; 6]> for Mac {
 /// `52:54:00:12:34:56`, lowercase: the one form Daybreak writes.
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        // Written once from a buffer: every offer's log line has one.
+        let mut text = [b':'; 17];
+        for (i, b) in self.0.into_iter().enumerate() {
+            text[3 * i] = HEX[usize::from(b >> 4)];
+            text[3 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        f.pad(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 

@@ -197,7 +197,7 @@ impl Message {
         }
         let mut chaddr = [0u8; 16];
         chaddr.copy_from_slice(&buf[field::CHADDR]);
-        let mut options = Vec::new();
+        let mut options = Vec::with_capacity(16);
         let mut rest = &buf[field::OPTIONS..];
         while let Some((&code, tail)) = rest.split_first() {
             match code {
@@ -282,11 +282,16 @@ impl Message {
     }
 
     /// The value of an option, with repeated instances concatenated (RFC 3396).
-    pub fn option(&self, code: u8) -> Option<Vec<u8>> {
-        let mut found: Option<Vec<u8>> = None;
+    pub fn option(&self, code: u8) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        let mut found: Option<Cow<'_, [u8]>> = None;
         for (c, v) in &self.options {
             if *c == code {
-                found.get_or_insert_with(Vec::new).extend_from_slice(v);
+                found = Some(match found {
+                    // The usual case: the option once, borrowed as it is.
+                    None => Cow::Borrowed(v),
+                    Some(first) => Cow::Owned([&first[..], &v[..]].concat()),
+                });
             }
         }
         found
@@ -391,7 +396,7 @@ mod tests {
         let m = Message::decode(&b).unwrap();
         assert_eq!(m.xid, 0xdeadbeef);
         assert_eq!(m.message_type(), Some(MessageType::Discover));
-        assert_eq!(m.option(93), Some(vec![0, 7]));
+        assert_eq!(m.option(93).as_deref(), Some(&[0u8, 7][..]));
         let out = m.encode();
         assert_eq!(out.len(), MIN_REPLY_LEN);
         assert_eq!(Message::decode(&out).unwrap(), m);
@@ -429,7 +434,7 @@ mod tests {
         let mut b = minimal();
         b.extend_from_slice(&[60, 2, b'a', b'b', 60, 1, b'c', 255]);
         let m = Message::decode(&b).unwrap();
-        assert_eq!(m.option(60).unwrap(), b"abc");
+        assert_eq!(&m.option(60).unwrap()[..], b"abc");
         let mut m2 = m.clone();
         m2.options = vec![(67, vec![b'x'; 300])];
         let back = Message::decode(&m2.encode()).unwrap();

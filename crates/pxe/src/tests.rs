@@ -43,7 +43,7 @@ const IPXE_175_HTTP: &[u8] = &[
 const IPXE_175_NO_HTTP: &[u8] = &[0xb1, 0x05, 0x01, 0x80, 0x86, 0x10, 0x0e, 0x15, 0x01, 0x01];
 
 fn option(msg: &Message, code: u8) -> Option<Vec<u8>> {
-    msg.option(code)
+    msg.option(code).map(|v| v.into_owned())
 }
 
 fn file(reply: &Reply) -> String {

@@ -43,6 +43,7 @@ pub fn stderr() -> (NonBlocking, Guard) {
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
+            crate::events::background_priority();
             // The stderr lock is taken per burst, never held while waiting: `eprintln!` elsewhere
             // (the final error message) must not wait on this thread.
             let stderr = io::stderr();

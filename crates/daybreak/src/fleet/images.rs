@@ -219,7 +219,11 @@ impl Images {
     pub fn seen(&self, arch: Option<CpuArch>) {
         if let (Some(a), Some(src)) = (arch, &self.source) {
             if self.main_arch.is_some_and(|m| m != a) {
-                self.ensure(&(Image::Container(src.clone()), Some(a)), false);
+                let key = (Image::Container(src.clone()), Some(a));
+                // A read first: every DISCOVER of that architecture asks.
+                if self.state(&key) == State::Missing {
+                    self.ensure(&key, false);
+                }
             }
         }
     }

@@ -301,10 +301,9 @@ impl Fleet {
 }
 
 impl Booter for Fleet {
-    /// From memory: what DHCP tells of the machine is kept for its later requests, and its
-    /// profile may say `ignore`.
+    /// From memory, and writing nothing (what DHCP told of the machine is kept from the offer's
+    /// event, after the reply left): its profile may say `ignore`.
     fn allow(&self, m: &Machine) -> bool {
-        self.timelines.note(m);
         self.images.seen(m.arch);
         self.profiles()
             .find(m)

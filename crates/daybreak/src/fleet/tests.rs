@@ -304,8 +304,11 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
     s.fleet.observe(&ev(
         A,
         Step::Offer {
-            firmware: "BIOS iPXE".into(),
-            path: "iPXE: the boot script",
+            client: crate::events::tests::client(
+                pxe::Arch::Bios,
+                pxe::Firmware::Ipxe { http: true },
+            ),
+            loader: pxe::Loader::Script,
             target: "x".into(),
             port: pxe::Port::Dhcp,
         },
