@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Daybreak against the reference servers, same machine, same load generator, same run:
 #
-#   ProxyDHCP  Daybreak vs dnsmasq in proxy mode: DISCOVERs answered per second, p50/p99 latency
+#   ProxyDHCP  Daybreak vs dnsmasq in proxy mode: DISCOVERs answered per second, p50/p99 latency,
+#              at 1 and 32 in flight, two rounds, Daybreak also with a machines file of 10,000
+#              profiles; then a burst: 20,000 machines powering on within 15 s (DISCOVER and
+#              retries), unanswered, kernel drops, p99 to the first answer, peak RSS
 #   TFTP       Daybreak vs dnsmasq's TFTP: ipxe.efi to 1 and 100 concurrent clients, blksize 1468,
 #              then asking for windowsize 4 as UEFI does
 #   HTTP       Daybreak vs nginx (sendfile on): a 1 GiB file to 1, 8 and 64 concurrent clients,
@@ -91,20 +94,58 @@ daybreak() { # extra args...
 }
 
 if [[ " ${what[*]} " == *" dhcp "* ]]; then
-  for conc in 1 32; do
-    daybreak; wait_port "$sns" u 67
-    d=$(C "$lg" dhcp c0 5 "$conc"); stop_all
+  # A fleet's server: 10,000 profiles, for the machines the load generator names (52:54:00:00:…).
+  awk 'BEGIN { for (i = 0; i < 10000; i++)
+    printf "- mac: 52:54:00:00:%02x:%02x\n  hostname: node-%d\n  role: worker\n", int(i / 256), i % 256, i }' \
+    > "$tmp/profiles.yaml"
+  dnsmasq_dhcp() {
     ip netns exec "$sns" dnsmasq --keep-in-foreground --conf-file=/dev/null --user=root --port=0 --interface=s0 \
       --dhcp-range=10.79.0.0,proxy --pxe-service=X86-64_EFI,"Daybreak bench",ipxe.efi \
       --log-facility=/dev/null &
-    pids+=($!); wait_port "$sns" u 67
-    r=$(C "$lg" dhcp c0 5 "$conc"); stop_all
-    echo "dhcp c=$conc daybreak: $d"; echo "dhcp c=$conc dnsmasq:  $r"
-    row "ProxyDHCP offers/s, $conc in flight" "$(field rate "$d")" "$(field rate "$r")" "$(ratio "$(field rate "$d")" "$(field rate "$r")")"
-    row "ProxyDHCP p50 latency us, $conc in flight" "$(field p50_us "$d")" "$(field p50_us "$r")" "$(ratio "$(field p50_us "$d")" "$(field p50_us "$r")")"
-    row "ProxyDHCP p99 latency us, $conc in flight" "$(field p99_us "$d")" "$(field p99_us "$r")" "$(ratio "$(field p99_us "$d")" "$(field p99_us "$r")")"
-    row "ProxyDHCP lost, $conc in flight" "$(field lost "$d")" "$(field lost "$r")" ""
+    pids+=($!); spid=$!; wait_port "$sns" u 67
+  }
+  # Each run on a state directory of its own, so nothing from an earlier run is in the tables.
+  daybreak_dhcp() { # name [extra args…]
+    rm -rf "$tmp/state-$1"; daybreak --state-dir "$tmp/state-$1" "${@:2}"; spid=${pids[-1]}; wait_port "$sns" u 67
+  }
+  profiles=(--machines "$tmp/profiles.yaml")
+  dhcp_rows() { # label daybreak dnsmasq
+    row "ProxyDHCP offers/s, $1" "$(field rate "$2")" "$(field rate "$3")" "$(ratio "$(field rate "$2")" "$(field rate "$3")")"
+    row "  p50 / p99 latency us" "$(field p50_us "$2") / $(field p99_us "$2")" "$(field p50_us "$3") / $(field p99_us "$3")" \
+      "$(ratio "$(field p99_us "$2")" "$(field p99_us "$3")")"
+    row "  lost" "$(field lost "$2")" "$(field lost "$3")" ""
+  }
+  # Two rounds, the servers in turn, so a slow moment of the machine shows as a difference
+  # between rounds rather than between servers.
+  for conc in 1 32; do
+    for round in 1 2; do
+      daybreak_dhcp plain; d=$(C "$lg" dhcp c0 5 "$conc"); stop_all
+      dnsmasq_dhcp; r=$(C "$lg" dhcp c0 5 "$conc"); stop_all
+      daybreak_dhcp fleet "${profiles[@]}"; f=$(C "$lg" dhcp c0 5 "$conc" 10000); stop_all
+      echo "dhcp c=$conc round $round daybreak: $d"; echo "dhcp c=$conc round $round dnsmasq:  $r"
+      echo "dhcp c=$conc round $round daybreak, 10,000 profiles: $f"
+      dhcp_rows "$conc in flight, round $round" "$d" "$r"
+      dhcp_rows "$conc in flight, 10,000 profiles, round $round" "$f" "$r"
+    done
   done
+  # The burst: 20,000 machines powering on within 15 s, open loop.
+  burst_rows() { # label result reference
+    row "ProxyDHCP burst, $1: unanswered" "$(field unanswered "$2")/$(field machines "$2")" \
+      "$(field unanswered "$3")/$(field machines "$3")" ""
+    row "  retries sent, busiest second's DISCOVERs" "$(field retries "$2"), $(field peak_discovers_per_s "$2")" \
+      "$(field retries "$3"), $(field peak_discovers_per_s "$3")" ""
+    row "  p50 / p99 / max to the first answer us" "$(field p50_us "$2") / $(field p99_us "$2") / $(field max_us "$2")" \
+      "$(field p50_us "$3") / $(field p99_us "$3") / $(field max_us "$3")" "$(ratio "$(field p99_us "$2")" "$(field p99_us "$3")")"
+    row "  kernel drops: server port 67 / client port 68" "$(field dhcp_drops "$2") / $(field client_drops "$2")" \
+      "$(field dhcp_drops "$3") / $(field client_drops "$3")" ""
+    row "  server peak RSS MiB" "$(( $(field peak_rss_kib "$2") / 1024 ))" "$(( $(field peak_rss_kib "$3") / 1024 ))" ""
+  }
+  dnsmasq_dhcp; r=$(C "$lg" burst c0 20000 15 "$spid"); stop_all; echo "burst dnsmasq: $r"
+  daybreak_dhcp plain; d=$(C "$lg" burst c0 20000 15 "$spid"); stop_all; echo "burst daybreak: $d"
+  daybreak_dhcp fleet "${profiles[@]}"; f=$(C "$lg" burst c0 20000 15 "$spid"); stop_all
+  echo "burst daybreak, 10,000 profiles: $f"
+  burst_rows "20,000 machines within 15 s" "$d" "$r"
+  burst_rows "20,000 machines within 15 s, 10,000 profiles" "$f" "$r"
 fi
 
 if [[ " ${what[*]} " == *" tftp "* ]]; then

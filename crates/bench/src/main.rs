@@ -1,7 +1,8 @@
 //! Load generators for `bench/run.sh`. Each drives one server (Daybreak or the reference) the same
 //! way and prints one line of `key=value` figures the script turns into a table.
 //!
-//!   daybreak-bench dhcp IFACE SECONDS CONCURRENCY
+//!   daybreak-bench dhcp IFACE SECONDS CONCURRENCY [MACS]
+//!   daybreak-bench burst IFACE MACHINES SECONDS PID
 //!   daybreak-bench tftp HOST:PORT FILE SIZE CLIENTS ROUNDS BLKSIZE WINDOWSIZE
 //!   daybreak-bench http HOST:PORT PATH CLIENTS [PID...]
 //!   daybreak-bench storm IFACE SERVER N EFI,KERNEL,INITRD,ROOTFS PID
@@ -13,18 +14,30 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pxe::message::{Message, MessageType};
 
+mod burst;
 mod storm;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("dhcp") if args.len() == 4 => dhcp(&args[1], args[2].parse()?, args[3].parse()?),
+        Some("dhcp") if args.len() == 4 || args.len() == 5 => dhcp(
+            &args[1],
+            args[2].parse()?,
+            args[3].parse()?,
+            args.get(4).map(|m| m.parse()).transpose()?,
+        ),
+        Some("burst") if args.len() == 5 => burst::burst(
+            &args[1],
+            args[2].parse()?,
+            args[3].parse()?,
+            args[4].parse()?,
+        ),
         Some("tftp") if args.len() == 8 => tftp_load(
             args[1].parse()?,
             &args[2],
@@ -70,23 +83,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ProxyDHCP: closed loop with CONCURRENCY DISCOVERs in flight, each with its own xid and MAC,
-// broadcast from port 68 on IFACE as firmware does. A request unanswered for 250 ms counts as lost
-// and is replaced.
+// ProxyDHCP: closed loop with CONCURRENCY DISCOVERs in flight, each with its own xid, broadcast
+// from port 68 on IFACE as firmware does. Each from a MAC never seen before, or with MACS, from
+// the first MACS machines in turn (the MACs of `burst`, so a machines file can name them). A
+// request unanswered for 250 ms counts as lost and is replaced.
 
-fn discover(xid: u32) -> Vec<u8> {
-    let mac = [
-        0x52,
-        0x54,
-        0x00,
-        (xid >> 16) as u8,
-        (xid >> 8) as u8,
-        xid as u8,
-    ];
-    storm::request(MessageType::Discover, xid, mac, Ipv4Addr::UNSPECIFIED)
+fn discover(xid: u32, macs: Option<u32>) -> Vec<u8> {
+    let n = xid - FIRST_XID;
+    let i = macs.map_or(n, |m| n % m.max(1));
+    storm::request(
+        MessageType::Discover,
+        xid,
+        burst::mac(i),
+        Ipv4Addr::UNSPECIFIED,
+    )
 }
 
-fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
+const FIRST_XID: u32 = 0x1000;
+
+fn dhcp(iface: &str, seconds: u64, concurrency: usize, macs: Option<u32>) -> Result<()> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
@@ -94,86 +109,68 @@ fn dhcp(iface: &str, seconds: u64, concurrency: usize) -> Result<()> {
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
     s.set_recv_buffer_size(4 << 20)?;
     let sock: UdpSocket = s.into();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let rx = sock.try_clone()?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
 
-    let pending: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-
-    let receiver = {
-        let (pending, latencies, stop) = (pending.clone(), latencies.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(n) = rx.recv(&mut buf) else { continue };
-                let Ok(m) = Message::decode(&buf[..n]) else {
-                    continue;
-                };
-                if m.op != 2 {
-                    continue;
-                }
-                if let Some(sent) = pending.lock().unwrap().remove(&m.xid) {
-                    latencies.lock().unwrap().push(sent.elapsed());
-                    let _ = done_tx.send(());
-                }
-            }
-        })
-    };
-
-    let mut next_xid: u32 = 0x1000;
-    let mut send = |pending: &Mutex<HashMap<u32, Instant>>| -> Result<()> {
-        next_xid = next_xid.wrapping_add(1);
-        pending.lock().unwrap().insert(next_xid, Instant::now());
-        sock.send_to(&discover(next_xid), dest)?;
+    // One thread sends and receives: each answer sends the next request at once, so the load
+    // generator costs as little as it can and the server, not a hand-off between our threads,
+    // sets the pace.
+    let mut pending: HashMap<u32, Instant> = HashMap::with_capacity(concurrency * 2);
+    let mut latencies: Vec<Duration> = Vec::with_capacity(1 << 20);
+    let mut next_xid: u32 = FIRST_XID;
+    let mut send = |pending: &mut HashMap<u32, Instant>| -> Result<()> {
+        next_xid += 1;
+        pending.insert(next_xid, Instant::now());
+        sock.send_to(&discover(next_xid, macs), dest)?;
         Ok(())
     };
-    // Warm up, then measure.
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     for _ in 0..concurrency {
-        send(&pending)?;
+        send(&mut pending)?;
     }
-    let mut lost = 0u64;
-    let mut sent = concurrency as u64;
+    let (mut lost, mut sent) = (0u64, concurrency as u64);
+    let mut buf = [0u8; 1500];
+    let mut swept = Instant::now();
     while Instant::now() < end {
-        match done_rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(()) => {
-                send(&pending)?;
-                sent += 1;
-            }
-            Err(_) => {
-                let expired: Vec<u32> = pending
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, t)| t.elapsed() > Duration::from_millis(250))
-                    .map(|(x, _)| *x)
-                    .collect();
-                for x in expired {
-                    pending.lock().unwrap().remove(&x);
-                    lost += 1;
-                    send(&pending)?;
+        if let Ok(n) = sock.recv(&mut buf) {
+            if let Ok(m) = Message::decode(&buf[..n]) {
+                if let Some(at) = (m.op == 2).then(|| pending.remove(&m.xid)).flatten() {
+                    latencies.push(at.elapsed());
+                    send(&mut pending)?;
                     sent += 1;
                 }
             }
         }
+        // A request unanswered for 250 ms is lost, and replaced.
+        if swept.elapsed() > Duration::from_millis(50) {
+            swept = Instant::now();
+            let expired: Vec<u32> = pending
+                .iter()
+                .filter(|(_, t)| t.elapsed() > Duration::from_millis(250))
+                .map(|(x, _)| *x)
+                .collect();
+            for x in expired {
+                pending.remove(&x);
+                lost += 1;
+                send(&mut pending)?;
+                sent += 1;
+            }
+        }
     }
     let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = receiver.join();
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort();
+    latencies.sort();
     println!(
-        "answered={} sent={} lost={} rate={:.0} p50_us={} p99_us={}",
-        l.len(),
+        "answered={} sent={} lost={} rate={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={}",
+        latencies.len(),
         sent,
         lost,
-        l.len() as f64 / elapsed.as_secs_f64(),
-        percentile(&l, 0.50).as_micros(),
-        percentile(&l, 0.99).as_micros()
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_micros(),
+        percentile(&latencies, 0.90).as_micros(),
+        percentile(&latencies, 0.99).as_micros(),
+        percentile(&latencies, 0.999).as_micros(),
+        latencies.last().copied().unwrap_or_default().as_micros(),
     );
     Ok(())
 }
