@@ -197,7 +197,7 @@ http {
 }
 EOF
   cat "$tmp/www/big.img" > /dev/null   # both start from a warm page cache
-  ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" --rootfs "$tmp/www/big.img" --no-proxy-dhcp --listen 127.0.0.1 \
+  ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" --rootfs "$tmp/www/big.img" --no-proxy-dhcp --listen 127.0.0.1 --state-dir "$tmp/state-http" \
     --http-port 18090 --tftp-port 16969 >/dev/null 2>&1 &
   pids+=($!); dpid=$!; wait_port "$sns" t 18090
   ip netns exec "$sns" nginx -c "$tmp/nginx.conf" -g 'daemon off;' &

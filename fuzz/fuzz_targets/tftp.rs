@@ -4,7 +4,6 @@
 //! send a DATA block larger than it granted.
 #![no_main]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -17,13 +16,13 @@ fuzz_target!(|data: &[u8]| {
     // Request, then packets separated by 0xFF 0xFE (an unlikely pair in TFTP).
     let mut parts = data.split(|&b| b == 0xfe);
     let Some(request) = parts.next() else { return };
-    let file: Arc<[u8]> = (0..70_000u32).map(|i| i as u8).collect();
+    let file: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
     let mut e = Endpoint::new(Limits::default(), Budget::default());
     let mut now = Instant::now();
     let peer = "10.0.0.9:1000".parse().unwrap();
     let Action::Start {
         mut transfer, send, ..
-    } = e.on_request(peer, request, now, true, |_| Some(file.clone()))
+    } = e.on_request(peer, request, now, true, |_| Some(file.clone().into()))
     else {
         return;
     };

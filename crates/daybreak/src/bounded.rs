@@ -1,9 +1,70 @@
 //! Tables keyed by what clients send (a MAC, an address) are bounded. When one is full, the
 //! eighth of it seen longest ago goes at once: the cost per insert stays constant (a scan per
 //! insert would make a flood of made-up MACs quadratic).
+//!
+//! And queues: [`queue`] holds at most its cap, in memory that grows and shrinks with what it
+//! holds (std's `sync_channel` takes all of its cap up front, whether or not a step ever waits).
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A queue of at most `cap` items, for any number of senders and one receiver.
+pub fn queue<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
+    let (tx, rx) = mpsc::channel();
+    let len = Arc::new(AtomicUsize::new(0));
+    (
+        Sender {
+            tx,
+            len: len.clone(),
+            cap,
+        },
+        Receiver { rx, len },
+    )
+}
+
+pub struct Sender<T> {
+    tx: mpsc::Sender<T>,
+    len: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl<T> Sender<T> {
+    /// Queues `t`, or gives it back when the queue is full or its receiver gone.
+    pub fn try_send(&self, t: T) -> Result<(), T> {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(t);
+        }
+        self.tx.send(t).map_err(|e| {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            e.0
+        })
+    }
+}
+
+pub struct Receiver<T> {
+    rx: mpsc::Receiver<T>,
+    len: Arc<AtomicUsize>,
+}
+
+impl<T> Receiver<T> {
+    fn took(&self, t: T) -> T {
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        t
+    }
+
+    pub fn try_recv(&self) -> Result<T, mpsc::TryRecvError> {
+        self.rx.try_recv().map(|t| self.took(t))
+    }
+
+    pub fn recv_timeout(&self, d: Duration) -> Result<T, mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(d).map(|t| self.took(t))
+    }
+}
 
 /// Makes room for `key` in `map` (at most `cap` entries): when it is full and `key` is new, the
 /// eighth of the entries whose `age` is smallest (the oldest) is removed.
@@ -27,6 +88,19 @@ pub fn make_room<K: Copy + Eq + Hash, V, A: Ord + Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_holds_its_cap_and_takes_more_as_it_empties() {
+        let (tx, rx) = queue(3);
+        assert!((0..3).all(|i| tx.try_send(i).is_ok()));
+        assert_eq!(tx.try_send(9), Err(9), "full");
+        assert_eq!(rx.try_recv(), Ok(0));
+        assert!(tx.try_send(3).is_ok());
+        let got: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, [1, 2, 3]);
+        drop(rx);
+        assert_eq!(tx.try_send(4), Err(4), "nobody reads");
+    }
 
     #[test]
     fn the_oldest_eighth_goes_and_the_rest_stays() {

@@ -20,7 +20,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Addresses remembered; past this the oldest are forgotten (a LAN has far fewer machines).
 const MAX_LEASES: usize = 65_536;
@@ -151,14 +150,14 @@ impl LineBudget {
 
 pub struct Hub {
     leases: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
-    tx: SyncSender<Queued>,
-    rx: Mutex<Option<Receiver<Queued>>>,
+    tx: crate::bounded::Sender<Queued>,
+    rx: Mutex<Option<crate::bounded::Receiver<Queued>>>,
     dropped: AtomicU64,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        let (tx, rx) = sync_channel(BACKLOG);
+        let (tx, rx) = crate::bounded::queue(BACKLOG);
         Hub {
             leases: Mutex::default(),
             tx,

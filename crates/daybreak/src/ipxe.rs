@@ -58,7 +58,8 @@ pub fn builtin() -> tftp::Files {
         (names::GRUB, GRUBNETX64_EFI),
         (names::ARM64, IPXE_ARM64_EFI),
     ] {
-        files.insert(name.into(), bytes.into());
+        // Served from the binary's own pages, read only when a machine asks.
+        files.insert(name.into(), bytes::Bytes::from_static(bytes));
     }
     files
 }

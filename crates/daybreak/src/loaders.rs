@@ -6,9 +6,9 @@
 //! worth logging about it. Reading the operator's files is [`Given::read`]'s.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use pxe::{BootFiles, CpuArch};
 
 use crate::ipxe::{names, EfiBuild};
@@ -17,9 +17,9 @@ use crate::kernel::KernelFacts;
 /// The operator's own binaries, read at start.
 #[derive(Debug, Clone, Default)]
 pub struct Given {
-    pub bios: Option<Arc<[u8]>>,
-    pub efi64: Option<Arc<[u8]>>,
-    pub arm64: Option<Arc<[u8]>>,
+    pub bios: Option<Bytes>,
+    pub efi64: Option<Bytes>,
+    pub arm64: Option<Bytes>,
     /// The built-in iPXE for UEFI x64, when `efi64` names no file.
     pub efi_build: Option<EfiBuild>,
 }
@@ -38,7 +38,7 @@ impl Given {
         arm64: Option<&Path>,
         efi_build: Option<EfiBuild>,
     ) -> anyhow::Result<Given> {
-        let read = |p: Option<&Path>, what: &str| -> anyhow::Result<Option<Arc<[u8]>>> {
+        let read = |p: Option<&Path>, what: &str| -> anyhow::Result<Option<Bytes>> {
             let Some(p) = p else { return Ok(None) };
             let data = std::fs::read(p)
                 .with_context(|| format!("cannot read {what} iPXE binary {}", p.display()))?;
@@ -69,8 +69,8 @@ pub enum Command {
 /// trust its kernel.
 #[derive(Debug, Clone)]
 pub struct Chain {
-    pub shim: Arc<[u8]>,
-    pub grub: Arc<[u8]>,
+    pub shim: Bytes,
+    pub grub: Bytes,
     /// Where they come from, for the log.
     pub from: String,
 }
@@ -292,9 +292,9 @@ mod tests {
         };
         let built_in = Given::default();
         let own = Given {
-            bios: Some(Arc::from(&b"bios"[..])),
-            efi64: Some(Arc::from(&b"MZx64"[..])),
-            arm64: Some(Arc::from(&b"MZarm"[..])),
+            bios: Some(Bytes::from_static(b"bios")),
+            efi64: Some(Bytes::from_static(b"MZx64")),
+            arm64: Some(Bytes::from_static(b"MZarm")),
             efi_build: None,
         };
         let own_x86 = Given {
@@ -354,8 +354,8 @@ mod tests {
     #[test]
     fn the_images_own_chain_replaces_the_built_in_one_and_the_log_says_so() {
         let chain = Chain {
-            shim: Arc::from(&b"MZshim"[..]),
-            grub: Arc::from(&b"MZgrub"[..]),
+            shim: Bytes::from_static(b"MZshim"),
+            grub: Bytes::from_static(b"MZgrub"),
             from: "the image".into(),
         };
         let l = loaders(&Setup {

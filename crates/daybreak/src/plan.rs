@@ -43,7 +43,7 @@ pub struct BootFile {
 pub enum CloudConfig {
     File(PathBuf),
     /// Rendered by this run: kept in memory, never written to the state directory.
-    Text(Arc<[u8]>),
+    Text(bytes::Bytes),
 }
 
 impl BootFile {

@@ -10,7 +10,6 @@
 //! gives, unless its address is known to hold another), records the step, asks the booter and
 //! renders its [`crate::decision::Decision`].
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,7 +31,7 @@ pub fn iso_reply(base: &str) -> Reply {
 }
 
 /// An iPXE binary for UEFI HTTP Boot, which takes the image type from Content-Type first.
-pub fn binary_reply(binaries: &HashMap<String, Arc<[u8]>>, bin: &str) -> Reply {
+pub fn binary_reply(binaries: &tftp::Files, bin: &str) -> Reply {
     match binaries.get(bin) {
         Some(b) => Reply::memory(
             &format!("ipxe/{bin}"),
@@ -52,7 +51,7 @@ pub struct BootRoutes {
     pub booter: Arc<dyn Booter>,
     pub http: pxe::HttpAddress,
     /// iPXE binaries by name, for UEFI HTTP Boot (`/ipxe/NAME`).
-    pub binaries: Arc<HashMap<String, Arc<[u8]>>>,
+    pub binaries: Arc<tftp::Files>,
     pub hub: Arc<Hub>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The machines the status page and `/api/machines` show, when the command keeps them.
@@ -298,7 +297,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     /// The boot port's router over `plan` alone, with `binaries`.
-    pub(crate) fn routes(plan: Plan, binaries: HashMap<String, Arc<[u8]>>) -> BootRoutes {
+    pub(crate) fn routes(plan: Plan, binaries: tftp::Files) -> BootRoutes {
         BootRoutes {
             booter: Arc::new(plan),
             http: pxe::HttpAddress::default(),
@@ -312,8 +311,8 @@ mod tests {
     #[test]
     fn routes_only_registered_names() {
         let d = tmpdir("routes");
-        let mut bins = HashMap::new();
-        bins.insert("ipxe.efi".to_string(), Arc::from(&b"EFI"[..]));
+        let mut bins = tftp::Files::new();
+        bins.insert("ipxe.efi".to_string(), bytes::Bytes::from_static(b"EFI"));
         let plan = Plan::new(&input(&d)).unwrap();
         let secret = format!("/{}", plan.cloud_config.as_ref().unwrap().name);
         let r = routes(plan, bins);
@@ -379,7 +378,7 @@ mod tests {
         i.cmdline = Some(format!("x={{{{ ID \"{}\" }}}}", extra.display()));
         let plan = Plan::new(&i).unwrap();
         let line = plan.cmdline(BASE);
-        let r = routes(plan, HashMap::new());
+        let r = routes(plan, tftp::Files::new());
         assert!(
             line.starts_with("x=http://10.0.0.1:8090/a%2Bb_c.img "),
             "{line}"

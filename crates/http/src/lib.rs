@@ -281,7 +281,7 @@ impl Pace {
 /// server open another file.
 #[derive(Debug, Clone)]
 pub enum Body {
-    Memory(Arc<[u8]>),
+    Memory(bytes::Bytes),
     File(Arc<File>),
     /// The concatenation of byte ranges `(offset, len)` of a file: a file inside an ISO, served
     /// without extracting it.
@@ -332,7 +332,7 @@ impl std::fmt::Debug for Reply {
 impl Reply {
     /// A resource made in memory (a script, a page, JSON); `name` is used in logs, and names
     /// starting with `_` are Daybreak's own, logged at debug.
-    pub fn memory(name: &str, content_type: &'static str, body: impl Into<Arc<[u8]>>) -> Reply {
+    pub fn memory(name: &str, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Reply {
         Reply::Resource {
             name: name.into(),
             content_type,

@@ -34,7 +34,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::transfer::{Limits, Refused, Transfer};
@@ -149,7 +148,7 @@ impl Endpoint {
         request: &[u8],
         now: Instant,
         known: bool,
-        lookup: impl FnOnce(&str) -> Option<Arc<[u8]>>,
+        lookup: impl FnOnce(&str) -> Option<bytes::Bytes>,
     ) -> Action {
         let replaces = match self.sessions.get(&peer) {
             Some(s) if s.request == request && s.confirmed => {
@@ -288,8 +287,8 @@ mod tests {
     use super::*;
     use crate::packet::{rrq, Packet};
 
-    fn file() -> Option<Arc<[u8]>> {
-        Some(Arc::from(vec![7u8; 3000]))
+    fn file() -> Option<bytes::Bytes> {
+        Some(vec![7u8; 3000].into())
     }
 
     fn addr(i: u32, port: u16) -> SocketAddr {

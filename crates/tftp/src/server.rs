@@ -16,7 +16,7 @@ use crate::endpoint::{Action, Budget, Endpoint, Ignored};
 use crate::transfer::{Limits, Status, Transfer};
 
 /// Files by name, held in memory: iPXE binaries are small and asked for by every booting machine.
-pub type Files = HashMap<String, Arc<[u8]>>;
+pub type Files = HashMap<String, bytes::Bytes>;
 
 /// Counters for a status page or metrics.
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub struct Stats {
 }
 
 /// Exact name first, then a case-insensitive match (some firmware upper-cases names).
-fn lookup(files: &Files, name: &str) -> Option<Arc<[u8]>> {
+fn lookup(files: &Files, name: &str) -> Option<bytes::Bytes> {
     files.get(name).cloned().or_else(|| {
         files
             .iter()

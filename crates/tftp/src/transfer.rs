@@ -3,7 +3,6 @@
 //! negotiation, UEFI's size probe, windowed sends, lost ACKs, block-number rollover — is tested
 //! deterministically.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::packet::{self, code, Packet};
@@ -109,7 +108,7 @@ pub fn normalize(name: &str) -> Result<String, Refused> {
 }
 
 pub struct Transfer {
-    file: Arc<[u8]>,
+    file: bytes::Bytes,
     blksize: usize,
     windowsize: u64,
     timeout: Duration,
@@ -150,7 +149,7 @@ impl Transfer {
     /// success the first packets to send are pushed to `out`.
     pub fn start(
         request: &[u8],
-        lookup: impl FnOnce(&str) -> Option<Arc<[u8]>>,
+        lookup: impl FnOnce(&str) -> Option<bytes::Bytes>,
         limits: &Limits,
         now: Instant,
         out: &mut Vec<Vec<u8>>,
@@ -369,11 +368,11 @@ mod tests {
     use super::*;
     use crate::packet::{ack, error, rrq};
 
-    fn file(len: usize) -> Arc<[u8]> {
+    fn file(len: usize) -> bytes::Bytes {
         (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
     }
 
-    fn start(req: &[u8], f: Arc<[u8]>, out: &mut Vec<Vec<u8>>) -> Result<Transfer, Refused> {
+    fn start(req: &[u8], f: bytes::Bytes, out: &mut Vec<Vec<u8>>) -> Result<Transfer, Refused> {
         Transfer::start(
             req,
             |n| (n == "ipxe.efi").then_some(f),

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -17,7 +17,7 @@ const QUEUE_BYTES: u64 = 8 << 20;
 
 #[derive(Clone)]
 pub struct NonBlocking {
-    tx: SyncSender<Vec<u8>>,
+    tx: Sender<Vec<u8>>,
     counts: Arc<Counts>,
 }
 
@@ -33,7 +33,8 @@ struct Counts {
 
 /// Starts the writer thread. Lines still queued when the process exits are flushed by [`Guard`].
 pub fn stderr() -> (NonBlocking, Guard) {
-    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+    // Bounded by the counts, not by the channel, whose memory then grows only with what waits.
+    let (tx, rx) = channel::<Vec<u8>>();
     let counts = Arc::new(Counts::default());
     let seen = counts.clone();
     let done = |seen: &Counts, line: &[u8]| {
@@ -96,7 +97,7 @@ pub fn stderr() -> (NonBlocking, Guard) {
 
 /// Flushes the queue on drop (end of `main`).
 pub struct Guard {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<Sender<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     counts: Arc<Counts>,
 }
@@ -133,7 +134,7 @@ impl Drop for Guard {
 /// One event's formatted bytes, queued when dropped.
 pub struct Line {
     buf: Vec<u8>,
-    tx: SyncSender<Vec<u8>>,
+    tx: Sender<Vec<u8>>,
     counts: Arc<Counts>,
 }
 
@@ -156,12 +157,14 @@ impl Drop for Line {
         let len = self.buf.len() as u64;
         // Counted before it is sent, so the writer can never have written more than was queued.
         let before = self.counts.pending.fetch_add(len, Ordering::AcqRel);
-        self.counts.queued.fetch_add(1, Ordering::AcqRel);
+        let waiting = self
+            .counts
+            .queued
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_sub(self.counts.written.load(Ordering::Acquire));
         let sent = before + len <= QUEUE_BYTES
-            && match self.tx.try_send(std::mem::take(&mut self.buf)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            };
+            && waiting < QUEUE_LINES as u64
+            && self.tx.send(std::mem::take(&mut self.buf)).is_ok();
         if !sent {
             self.counts.pending.fetch_sub(len, Ordering::AcqRel);
             self.counts.queued.fetch_sub(1, Ordering::AcqRel);
@@ -206,7 +209,7 @@ mod tests {
     /// With nobody writing, the queue holds at most QUEUE_BYTES, however few lines that is.
     #[test]
     fn the_queue_is_bounded_in_bytes() {
-        let (tx, _rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (tx, _rx) = channel::<Vec<u8>>();
         let nb = NonBlocking {
             tx,
             counts: Arc::default(),
@@ -219,5 +222,21 @@ mod tests {
         assert_eq!(c.queued.load(Ordering::Acquire), 8, "8 MiB of 1 MiB lines");
         assert_eq!(c.dropped.load(Ordering::Acquire), 12);
         assert!(c.pending.load(Ordering::Acquire) <= QUEUE_BYTES);
+    }
+
+    /// With nobody writing, the queue holds at most QUEUE_LINES lines, however short.
+    #[test]
+    fn the_queue_is_bounded_in_lines() {
+        let (tx, _rx) = channel::<Vec<u8>>();
+        let nb = NonBlocking {
+            tx,
+            counts: Arc::default(),
+        };
+        for _ in 0..QUEUE_LINES + 10 {
+            nb.make_writer().write_all(b"x\n").unwrap();
+        }
+        let c = &nb.counts;
+        assert_eq!(c.queued.load(Ordering::Acquire), QUEUE_LINES as u64);
+        assert_eq!(c.dropped.load(Ordering::Acquire), 10);
     }
 }

@@ -60,7 +60,7 @@ fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -
     let _ = std::fs::remove_dir_all(dir.join("state"));
     std::fs::write(dir.join("machines.yaml"), machines).unwrap();
     let mut i = input(&dir);
-    i.cloud_config = Some(CloudConfig::Text(Arc::from(&b"global"[..])));
+    i.cloud_config = Some(CloudConfig::Text(bytes::Bytes::from_static(b"global")));
     let plan = Arc::new(Plan::new(&i).unwrap());
     let mut data = Map::new();
     data.insert("token".into(), Value::String("K10-secret".into()));
