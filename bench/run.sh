@@ -29,6 +29,7 @@
 #              records written, and the time of GET /api/machines for all of them
 #
 #   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet]...     (default: all seven)
+#   sudo DAYBREAK_BIN=/path/to/daybreak bench/run.sh dhcp          (another build of the server)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
@@ -38,7 +39,8 @@ what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
-db=$PWD/target/release/daybreak
+# DAYBREAK_BIN=path measures another build of the server (an earlier commit, for a before/after).
+db=${DAYBREAK_BIN:-$PWD/target/release/daybreak}
 lg=$PWD/target/release/daybreak-bench
 
 id=$$; sns=dbkb${id}s; cns=dbkb${id}c
