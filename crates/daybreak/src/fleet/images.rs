@@ -107,21 +107,24 @@ fn spawn_builder(table: Table, opts: FleetOptions) -> std::io::Result<mpsc::Send
             for key in rx {
                 let image = describe(&key);
                 tracing::info!(image = %image, "building an image for machines that need it");
-                let built = match build_image(&key, &opts) {
+                // In the table before it is said: whoever reads "image ready" finds it there.
+                match build_image(&key, &opts) {
                     Ok(plan) => {
                         let arch = plan.kernel_facts().arch;
+                        table
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, Built::Ready(Arc::new(plan), arch));
                         tracing::info!(image = %image, kernel = arch.map_or("unknown", |a| a.as_str()), "image ready");
-                        Built::Ready(Arc::new(plan), arch)
                     }
                     Err(e) => {
+                        table
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, Built::Failed);
                         tracing::error!(image = %image, "image cannot be served: {e:#}; its machines are told so, until the machines file names another");
-                        Built::Failed
                     }
-                };
-                table
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, built);
+                }
             }
         })?;
     Ok(tx)
