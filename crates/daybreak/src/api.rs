@@ -460,8 +460,9 @@ impl Booter for Api {
     }
 
     fn decide(&self, ask: &Ask<'_>) -> Decision {
-        // No MAC, or one this address may not speak for: nothing to ask the API about.
-        let Some(m) = ask.machine else {
+        // No MAC, or one this request may not speak for: nothing to ask the API about (its
+        // answer is that machine's own).
+        let Some(m) = ask.machine.filter(|_| ask.vouched) else {
             return Decision::Ignore;
         };
         match self.spec(m.mac) {
@@ -843,6 +844,13 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let api = Api::new(&base, Duration::from_millis(500)).unwrap();
+            // The machine's DHCP bound its MAC to the address it asks from.
+            let hub = Arc::new(crate::events::Hub::with_link(|_| None));
+            hub.identities.bind(
+                YES.parse().unwrap(),
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::time::Instant::now(),
+            );
             let router = crate::routes::BootRoutes {
                 booter: api,
                 http: pxe::HttpAddress {
@@ -850,7 +858,7 @@ mod tests {
                     advertise: None,
                 },
                 binaries: Arc::default(),
-                hub: Arc::default(),
+                hub,
                 metrics: None,
                 machines: None,
             };

@@ -12,6 +12,62 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// At most `cap` log lines of one kind a second; the rest are counted and told in one line
+/// when the second is over (a flood of requests must not fill the disk with lines).
+#[derive(Debug)]
+pub struct LineBudget {
+    second: std::time::Instant,
+    logged: u32,
+    held: u64,
+    cap: u32,
+    /// What the lines are about, for the count's line.
+    what: &'static str,
+}
+
+impl LineBudget {
+    pub fn new(now: std::time::Instant, cap: u32, what: &'static str) -> LineBudget {
+        LineBudget {
+            second: now,
+            logged: 0,
+            held: 0,
+            cap,
+            what,
+        }
+    }
+
+    /// Whether a line may be logged at `now`.
+    pub fn admit(&mut self, now: std::time::Instant) -> bool {
+        self.roll(now);
+        if self.logged < self.cap {
+            self.logged += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
+    }
+
+    /// Starts a new second once the current one is over, and logs how many lines it held
+    /// back: that count, when there was one.
+    pub fn roll(&mut self, now: std::time::Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.second) < Duration::from_secs(1) {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.second = now;
+        self.logged = 0;
+        (held > 0).then(|| {
+            tracing::info!(
+                not_logged = held,
+                "{held} more lines not logged (over {} a second): {}",
+                self.cap,
+                self.what
+            );
+            held
+        })
+    }
+}
+
 /// A queue of at most `cap` items, for any number of senders and one receiver.
 pub fn queue<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let (tx, rx) = mpsc::channel();

@@ -46,9 +46,11 @@ pub struct BootSpec {
 /// What the decider is asked about one request.
 #[derive(Debug, Clone)]
 pub struct Ask<'a> {
-    /// The machine as the request names it; `None` when it names none, or names one this
-    /// address may not speak for (then it gets what any machine gets).
+    /// The machine as the request names it; `None` when it names none.
     pub machine: Option<Machine>,
+    /// Whether the request may speak for that machine ([`crate::identity`]). When it may not,
+    /// it gets nothing of the machine's own: the safest answer for that MAC.
+    pub vouched: bool,
     pub peer: SocketAddr,
     /// `http://HOST[:PORT]` as the machine's loader reaches this server: URLs in the decision
     /// start with it.

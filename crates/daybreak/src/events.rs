@@ -19,6 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::bounded::LineBudget;
+use crate::identity::{Bindings, Vouch};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Addresses remembered; past this the oldest are forgotten (a LAN has far fewer machines).
@@ -57,6 +60,8 @@ pub enum Step {
     Installed,
     /// The machine was told to boot from its local disk.
     LocalBoot,
+    /// A request from another host named this machine; it was given nothing personal.
+    Doubted { why: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,56 +105,24 @@ const BURST_GAP: std::time::Duration = std::time::Duration::from_millis(2);
 pub const OFFER_LINES_PER_SECOND: u32 = 5_000;
 
 /// The offer lines of the current second ([`OFFER_LINES_PER_SECOND`]).
-#[derive(Debug)]
-struct LineBudget {
-    second: Instant,
-    logged: u32,
-    held: u64,
+fn offer_lines(now: Instant) -> LineBudget {
+    LineBudget::new(
+        now,
+        OFFER_LINES_PER_SECOND,
+        "offers and acks (the machines' timelines and the metrics have them)",
+    )
 }
 
-impl LineBudget {
-    fn new(now: Instant) -> LineBudget {
-        LineBudget {
-            second: now,
-            logged: 0,
-            held: 0,
-        }
-    }
-
-    /// Whether a line may be logged at `now`.
-    fn admit(&mut self, now: Instant) -> bool {
-        self.roll(now);
-        if self.logged < OFFER_LINES_PER_SECOND {
-            self.logged += 1;
-            true
-        } else {
-            self.held += 1;
-            false
-        }
-    }
-
-    /// Starts a new second once the current one is over; logs how many lines it held back.
-    /// The count, when there was one.
-    fn roll(&mut self, now: Instant) -> Option<u64> {
-        if now.saturating_duration_since(self.second) < std::time::Duration::from_secs(1) {
-            return None;
-        }
-        let held = std::mem::take(&mut self.held);
-        self.second = now;
-        self.logged = 0;
-        (held > 0).then(|| {
-            tracing::info!(
-                not_logged = held,
-                "{held} more offers and acks not logged (over {OFFER_LINES_PER_SECOND} a second); \
-                 the machines' timelines and the metrics have them"
-            );
-            held
-        })
-    }
-}
+/// Lines a second about requests that named a machine they could not speak for.
+const DOUBT_LINES_PER_SECOND: u32 = 50;
 
 pub struct Hub {
     leases: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
+    /// Which address may speak for which MAC ([`crate::identity`]).
+    pub identities: Bindings,
+    /// The kernel's neighbour entry for an address ([`crate::identity::link_address`]).
+    link: fn(IpAddr) -> Option<Mac>,
+    doubt_lines: Mutex<LineBudget>,
     tx: crate::bounded::Sender<Queued>,
     rx: Mutex<Option<crate::bounded::Receiver<Queued>>>,
     dropped: AtomicU64,
@@ -160,6 +133,13 @@ impl Default for Hub {
         let (tx, rx) = crate::bounded::queue(BACKLOG);
         Hub {
             leases: Mutex::default(),
+            identities: Bindings::default(),
+            link: crate::identity::link_address,
+            doubt_lines: Mutex::new(LineBudget::new(
+                Instant::now(),
+                DOUBT_LINES_PER_SECOND,
+                "requests naming a machine they may not speak for",
+            )),
             tx,
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
@@ -170,6 +150,15 @@ impl Default for Hub {
 pub use pxe::Mac;
 
 impl Hub {
+    /// A hub whose neighbour entries are `link`'s (tests).
+    #[cfg(test)]
+    pub fn with_link(link: fn(IpAddr) -> Option<Mac>) -> Hub {
+        Hub {
+            link,
+            ..Hub::default()
+        }
+    }
+
     /// Remembers that `mac` holds `ip`.
     pub fn learn(&self, ip: IpAddr, mac: Mac) {
         let mut l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,17 +173,34 @@ impl Hub {
         l.insert(ip, (mac, Instant::now()));
     }
 
-    /// A MAC a request from `ip` names (a script URL's `mac=`): learned unless the network's
-    /// DHCP already says another machine holds `ip`, which a request cannot overrule. True when
-    /// the claim stands.
-    pub fn claim(&self, ip: IpAddr, mac: Mac) -> bool {
-        match self.mac_of(ip) {
-            Some(known) if known != mac => false,
-            _ => {
-                self.learn(ip, mac);
-                true
+    /// Whether a request from `peer` may speak for `mac` ([`crate::identity`]). When it may,
+    /// the address is the machine's for the files it fetches next; when it may not, the doubt
+    /// is logged (a few lines a second at most), counted, and noted on the machine's timeline
+    /// when the machine is one already shown.
+    pub fn vouch(&self, peer: SocketAddr, mac: Mac) -> Vouch {
+        let ip = peer.ip();
+        let v = self
+            .identities
+            .vouch(mac, ip, (self.link)(ip), Instant::now());
+        match v {
+            Vouch::Vouched => self.learn(ip, mac),
+            Vouch::Doubted(why) => {
+                let mut lines = self.doubt_lines.lock().unwrap_or_else(|e| e.into_inner());
+                if lines.admit(Instant::now()) {
+                    tracing::warn!(client = %ip, named = %mac, reason = why.reason(), "a request names a machine it may not speak for ({why}): nothing personal given");
+                }
+                drop(lines);
+                self.send(BootEvent {
+                    at: std::time::SystemTime::now(),
+                    mac: Some(mac),
+                    peer: Some(peer),
+                    step: Step::Doubted {
+                        why: why.to_string(),
+                    },
+                });
             }
         }
+        v
     }
 
     /// The MAC known to hold `ip`.
@@ -257,7 +263,7 @@ impl Hub {
             .name("boot-events".into())
             .spawn(move || {
                 background_priority();
-                let mut budget = LineBudget::new(Instant::now());
+                let mut budget = offer_lines(Instant::now());
                 let take =
                     |q: Queued, observe: &mut dyn FnMut(&BootEvent), budget: &mut LineBudget| {
                         let Some(hub) = hub.upgrade() else { return };
@@ -299,7 +305,7 @@ impl Hub {
     pub fn drain(&self, mut observe: impl FnMut(&BootEvent)) {
         let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(rx) = rx.as_ref() else { return };
-        let mut budget = LineBudget::new(Instant::now());
+        let mut budget = offer_lines(Instant::now());
         while let Ok(q) = rx.try_recv() {
             match q {
                 Queued::Step(e) => observe(&e),
@@ -315,6 +321,7 @@ impl Hub {
         match e {
             pxe::driver::Event::Lease { mac, ip } => {
                 self.learn(ip.into(), mac);
+                self.identities.bind(mac, ip.into(), Instant::now());
                 BootEvent {
                     at,
                     mac: Some(mac),
@@ -326,6 +333,11 @@ impl Hub {
             pxe::driver::Event::Answered(a) => {
                 if budget.admit(Instant::now()) {
                     a.log();
+                }
+                // A port 4011 request comes from the machine's own address.
+                if a.port == pxe::Port::ProxyBoot && !a.to.ip().is_broadcast() {
+                    self.identities
+                        .bind(a.client.mac, (*a.to.ip()).into(), Instant::now());
                 }
                 let target = match a.target {
                     pxe::BootTarget::Tftp(t) | pxe::BootTarget::Url(t) => t,
@@ -439,7 +451,7 @@ pub(crate) mod tests {
     fn a_flood_of_offers_logs_at_most_5000_lines_a_second_and_counts_the_rest() {
         use std::time::Duration;
         let t0 = Instant::now();
-        let mut b = LineBudget::new(t0);
+        let mut b = offer_lines(t0);
         // 20,000 answers within a fifth of a second: 5,000 lines, the rest held back.
         let logged = (0..20_000u64)
             .filter(|i| b.admit(t0 + Duration::from_micros(i * 10)))
@@ -483,17 +495,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_request_cannot_claim_an_address_dhcp_gave_another_machine() {
-        let hub = Hub::default();
-        let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        let (one, two): (Mac, Mac) = (
-            "52:54:00:00:00:01".parse().unwrap(),
-            "52-54-00-00-00-02".parse().unwrap(),
-        );
-        assert!(hub.claim(ip, one));
-        assert!(hub.claim(ip, one));
-        assert!(!hub.claim(ip, two));
-        assert_eq!(hub.mac_of(ip), Some(one));
+    fn a_request_names_a_machine_only_from_the_address_its_dhcp_bound() {
+        let hub = Hub::with_link(|ip| {
+            // 10.0.1.x are on our link, each the host 52:54:00:00:01:x.
+            let IpAddr::V4(v4) = ip else { return None };
+            let [a, b, c, d] = v4.octets();
+            ((a, b, c) == (10, 0, 1)).then_some(Mac([0x52, 0x54, 0, 0, 1, d]))
+        });
+        let one: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 1234);
+        // Routed: only after a DHCPREQUEST bound it, and only from that address.
+        assert_ne!(hub.vouch(at("10.0.0.7"), one), Vouch::Vouched);
+        hub.dhcp(pxe::driver::Event::Lease {
+            mac: one,
+            ip: "10.0.0.7".parse().unwrap(),
+        });
+        let mut doubted = 0;
+        let mut count =
+            |e: &BootEvent| doubted += usize::from(matches!(e.step, Step::Doubted { .. }));
+        hub.drain(&mut count);
+        assert_eq!(hub.vouch(at("10.0.0.7"), one), Vouch::Vouched);
+        assert_ne!(hub.vouch(at("10.0.0.8"), one), Vouch::Vouched);
+        // On our link, the host at the address decides, whatever DHCP said.
+        let host9: Mac = "52:54:00:00:01:09".parse().unwrap();
+        assert_eq!(hub.vouch(at("10.0.1.9"), host9), Vouch::Vouched);
+        assert_ne!(hub.vouch(at("10.0.1.9"), one), Vouch::Vouched);
+        // Each doubt is an event on the named machine.
+        hub.drain(&mut count);
+        assert_eq!(doubted, 3);
     }
 
     #[test]

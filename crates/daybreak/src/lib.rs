@@ -10,6 +10,7 @@ pub mod cli;
 pub mod decision;
 pub mod events;
 pub mod fleet;
+pub mod identity;
 pub mod ipxe;
 pub mod ipxe_iso;
 pub mod kernel;

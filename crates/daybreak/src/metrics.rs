@@ -21,7 +21,7 @@ const MAX_BOOTS: usize = 4096;
 /// Distinct file names counted (the plan's files, or an API's answers); more go under "other".
 const MAX_FILES: usize = 256;
 /// The kinds of steps counted.
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 11] = [
     "offer",
     "lease",
     "loader",
@@ -31,6 +31,7 @@ const STEPS: [&str; 10] = [
     "config",
     "installed",
     "local_boot",
+    "doubted",
     "sending",
 ];
 /// Phases timed from a machine's first offer.
@@ -113,7 +114,8 @@ impl Metrics {
             Step::Config => 6,
             Step::Installed => 7,
             Step::LocalBoot => 8,
-            Step::Sending { .. } => 9,
+            Step::Doubted { .. } => 9,
+            Step::Sending { .. } => 10,
         };
         m.steps[kind] += 1;
         if let Step::File { name, bytes, .. } = &e.step {
@@ -229,6 +231,17 @@ impl Metrics {
         ] {
             counter(&mut s, name, help);
             let _ = writeln!(s, "{name} {value}");
+        }
+        counter(
+            &mut s,
+            "daybreak_identity_doubts_total",
+            "Requests that named a machine they may not speak for, and got nothing of its own, by why.",
+        );
+        for (reason, n) in self.hub.identities.doubts() {
+            let _ = writeln!(
+                s,
+                "daybreak_identity_doubts_total{{reason=\"{reason}\"}} {n}"
+            );
         }
 
         let m = self.events.lock().unwrap_or_else(|p| p.into_inner());

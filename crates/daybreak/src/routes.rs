@@ -18,6 +18,7 @@ use pxe::{routes, Mac, Machine};
 
 use crate::decision::{Ask, Booter, Personal};
 use crate::events::{Hub, Step};
+use crate::identity::Vouch;
 use crate::plan::{BootFile, Plan};
 
 pub use crate::render::GRUB;
@@ -59,20 +60,13 @@ pub struct BootRoutes {
 }
 
 impl BootRoutes {
-    /// The machine a request names by MAC, unless the network's DHCP says its address is
-    /// another machine's: then it is nobody in particular, and the event goes to the holder.
-    fn named(&self, req: &Request<'_>, mac: Option<Mac>, step: Step) -> Option<Mac> {
-        let claimed = mac.filter(|m| self.hub.claim(req.peer.ip(), *m));
-        if let (Some(m), None) = (mac, claimed) {
-            tracing::warn!(
-                client = %req.peer.ip(),
-                claimed = %m,
-                holder = %self.hub.mac_of(req.peer.ip()).map_or_else(|| "-".into(), |h| h.to_string()),
-                "boot request names another machine's MAC; given the common boot"
-            );
-        }
-        self.hub.emit(Some(req.peer), claimed, step);
-        claimed
+    /// The machine a request names by MAC, and whether the request may speak for it
+    /// ([`crate::identity`]); the step goes to the machine only when it may.
+    fn named(&self, req: &Request<'_>, mac: Option<Mac>, step: Step) -> Option<(Mac, bool)> {
+        let named = mac.map(|m| (m, self.hub.vouch(req.peer, m) == Vouch::Vouched));
+        let mac = named.and_then(|(m, vouched)| vouched.then_some(m));
+        self.hub.emit(Some(req.peer), mac, step);
+        named
     }
 
     fn script(&self, req: &Request<'_>) -> Reply {
@@ -89,11 +83,13 @@ impl BootRoutes {
             arch = %loggable(arch.as_deref().unwrap_or("-")),
             "boot script"
         );
-        let machine = self.named(req, mac, Step::Script).map(|mac| Machine {
+        let named = self.named(req, mac, Step::Script);
+        let machine = named.map(|(mac, vouched)| Machine {
             mac,
             uuid: None,
-            // The script URL's `arch=` is the machine's option 93.
+            // The script URL's `arch=` is the machine's option 93: believed only from it.
             arch: arch
+                .filter(|_| vouched)
                 .and_then(|c| c.parse::<u16>().ok())
                 .and_then(pxe::Arch::from_code)
                 .and_then(|(a, _)| pxe::CpuArch::of(a)),
@@ -101,6 +97,7 @@ impl BootRoutes {
         let base = self.http.base(req.local);
         let decision = self.booter.decide(&Ask {
             machine,
+            vouched: named.is_some_and(|(_, v)| v),
             peer: req.peer,
             base: &base,
         });
@@ -118,10 +115,11 @@ impl BootRoutes {
 
     fn grub(&self, req: &Request<'_>, mac: Mac) -> Reply {
         tracing::info!(client = %req.peer.ip(), mac = %mac, "GRUB configuration");
-        let machine = self.named(req, Some(mac), Step::Script).map(Machine::new);
+        let named = self.named(req, Some(mac), Step::Script);
         let base = crate::render::grub_base(self.http);
         let decision = self.booter.decide(&Ask {
-            machine,
+            machine: named.map(|(m, _)| Machine::new(m)),
+            vouched: named.is_some_and(|(_, v)| v),
             peer: req.peer,
             base: &base,
         });
@@ -131,8 +129,8 @@ impl BootRoutes {
 
     fn booting(&self, req: &Request<'_>) -> Reply {
         let mac = query_param(req.query, "mac");
-        self.hub.emit(
-            Some(req.peer),
+        self.named(
+            req,
             mac.as_deref().and_then(|m| m.parse().ok()),
             Step::Booting,
         );
@@ -204,6 +202,10 @@ impl Router for BootRoutes {
             return self.grub(req, mac);
         }
         if let Some((kind, mac, tag)) = crate::tokens::parse(path, req.query) {
+            // Only the machine itself, whatever the URL holds.
+            if self.hub.vouch(req.peer, mac) != Vouch::Vouched {
+                return Reply::NotFound;
+            }
             let p = Personal {
                 kind,
                 mac,

@@ -47,6 +47,16 @@ struct Seen {
     rootfs_sending: u64,
     last: SystemTime,
     timeline: VecDeque<(SystemTime, What)>,
+    /// Requests from other hosts that named it and got nothing of its own.
+    doubts: u64,
+}
+
+/// Adds a step to a machine's timeline, the oldest going past [`TIMELINE`].
+fn push(s: &mut Seen, at: SystemTime, what: What) {
+    if s.timeline.len() >= TIMELINE {
+        s.timeline.pop_front();
+    }
+    s.timeline.push_back((at, what));
 }
 
 /// A step as the timeline keeps it: an offer as it came (its words are written when a page asks;
@@ -84,6 +94,7 @@ impl Default for Seen {
             rootfs_sending: 0,
             last: SystemTime::now(),
             timeline: VecDeque::new(),
+            doubts: 0,
         }
     }
 }
@@ -120,6 +131,8 @@ struct View<'a> {
     last_seen: u64,
     installed_at: Option<u64>,
     boots: u64,
+    /// Requests from other hosts that named it and got nothing of its own.
+    doubts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeline: Option<Vec<Moment<'a>>>,
 }
@@ -191,6 +204,21 @@ impl Timelines {
             return;
         };
         let mut live = self.live();
+        if let Step::Doubted { why } = &e.step {
+            // Shown on a machine already shown; a made-up MAC adds nothing to the table.
+            if let Some(s) = live.machines.get_mut(&mac) {
+                let from = e.peer.map_or_else(|| "-".into(), |p| p.ip().to_string());
+                s.doubts += 1;
+                push(
+                    s,
+                    e.at,
+                    What::Line(format!(
+                        "a request from {from} named this machine and got nothing of its own: {why}"
+                    )),
+                );
+            }
+            return;
+        }
         let s = live.entry(mac);
         s.last = e.at;
         if let Some(p) = e.peer {
@@ -269,11 +297,9 @@ impl Timelines {
                 s.phase = "local disk";
                 What::Line("told to boot from its local disk".into())
             }
+            Step::Doubted { .. } => return,
         };
-        if s.timeline.len() >= TIMELINE {
-            s.timeline.pop_front();
-        }
-        s.timeline.push_back((e.at, what));
+        push(s, e.at, what);
     }
 
     /// Every machine, the remembered and the seen, by MAC, as the JSON of `/api/machines`:
@@ -352,6 +378,7 @@ impl Timelines {
                 .unwrap_or(0),
             installed_at: record.and_then(|r| r.installed_at),
             boots: record.map_or(0, |r| r.boots),
+            doubts: seen.map_or(0, |s| s.doubts),
             timeline: None,
         }
     }

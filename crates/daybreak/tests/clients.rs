@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    config_url, free_tcp_port, free_udp_port, have, output_within, require, tempdir, Daybreak, BIN,
+    config_url, free_tcp_port, free_udp_port, have, output_within, require, tempdir, Daybreak, Lan,
+    BIN,
 };
 use testkit::pattern;
 
@@ -40,6 +41,7 @@ fn setup(tag: &str) -> Setup {
     let i = write(&dir, "initrd.img", b"initrd");
     let r = write(&dir, "rootfs.squashfs", &rootfs);
     let c = write(&dir, "config.yaml", b"#cloud-config\nhostname: test\n");
+    let state = dir.join("state");
     let (server, http, tftp) = Daybreak::start_loopback(
         &[
             "serve",
@@ -51,6 +53,8 @@ fn setup(tag: &str) -> Setup {
             &r,
             "--cloud-config",
             &c,
+            "--state-dir",
+            state.to_str().unwrap(),
         ],
         &dir,
     );
@@ -546,18 +550,44 @@ fn json_logs_are_one_object_per_line() {
 /// the DHCPREQUEST too), the TFTP and HTTP lines of its boot carry it, so one grep finds them all.
 #[test]
 fn lines_of_one_boot_carry_its_mac() {
-    if !require(false, &["curl"]) {
+    if !require(true, &["curl", "ip"]) {
         return;
     }
-    let s = setup("mac-lines");
-    let (script, _) = curl(&[&url(&s, "/_/ipxe?arch=7&mac=52%3A54%3A00%3AAB%3Acd%3Aef")]);
-    assert!(script.starts_with(b"#!ipxe"));
-    let (kernel, _) = curl(&[&url(&s, "/kernel")]);
-    assert!(kernel == s.kernel);
-    let (efi, err) = curl(&[&format!("tftp://127.0.0.1:{}/ipxe.efi", s.tftp)]);
-    assert!(efi == IPXE_EFI, "{err}");
+    // The machine on the server's link: the MAC it names is its own.
+    let lan = Lan::new("ml", 3, "52:54:00:ab:cd:ef");
+    let dir = tempdir("mac-lines");
+    let kernel = pattern(3_000_001, 1);
+    let k = write(&dir, "vmlinuz", &kernel);
+    let i = write(&dir, "initrd.img", b"initrd");
+    let r = write(&dir, "rootfs.squashfs", &pattern(9_000, 2));
+    let state = dir.join("state");
+    let server = lan.start(
+        &[
+            "serve",
+            "--kernel",
+            &k,
+            "--initrd",
+            &i,
+            "--rootfs",
+            &r,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let (base, tftp) = (lan.base(), format!("tftp://{}/ipxe.efi", lan.server_ip));
+    let (script, got, efi) = lan.machine(move || {
+        let (script, _) = curl(&[&format!(
+            "{base}/_/ipxe?arch=7&mac=52%3A54%3A00%3AAB%3Acd%3Aef"
+        )]);
+        let (got, _) = curl(&[&format!("{base}/kernel")]);
+        let (efi, err) = curl(&[&tftp]);
+        assert!(efi == IPXE_EFI, "{err}");
+        (script, got, efi)
+    });
+    assert!(script.starts_with(b"#!ipxe") && got == kernel && efi == IPXE_EFI);
     std::thread::sleep(Duration::from_millis(200));
-    let log = s.server.log_text();
+    let log = server.log_text();
     let mine: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("52:54:00:ab:cd:ef"))

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{free_tcp_port, get_text, tempdir, Daybreak};
+use common::{free_tcp_port, get_text, require, tempdir, Daybreak, Lan};
 
 /// A root filesystem with a kernel and an initrd in /boot: a `dir://` image.
 fn tree(at: &Path) {
@@ -59,6 +59,10 @@ fn the_default_command_builds_its_image_in_json() {
 
 #[test]
 fn a_profiles_image_built_while_serving_is_logged_in_json() {
+    if !require(true, &["ip", "curl"]) {
+        return;
+    }
+    let lan = Lan::new("js", 2, "52:54:00:00:00:77");
     let dir = tempdir("json-serve");
     tree(&dir.join("rootfs"));
     for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
@@ -73,7 +77,7 @@ fn a_profiles_image_built_while_serving_is_logged_in_json() {
     )
     .unwrap();
     let state = dir.join("state");
-    let (mut d, http, _) = Daybreak::start_loopback(
+    let mut d = lan.start(
         &[
             "--log-format",
             "json",
@@ -92,14 +96,15 @@ fn a_profiles_image_built_while_serving_is_logged_in_json() {
         &dir,
     );
     // The machine asks; its image is built in the background while it is told to wait.
-    let script = get_text(&format!(
-        "http://127.0.0.1:{http}/_/ipxe?arch=0&mac=52:54:00:00:00:77"
-    ));
+    let url = format!("{}/_/ipxe?arch=0&mac=52:54:00:00:00:77", lan.base());
+    let ask = move || {
+        let url = url.clone();
+        lan.machine(move || get_text(&url))
+    };
+    let script = ask();
     assert!(script.contains("asking again"), "{script}");
     d.wait_for("\"message\":\"image ready\"", Duration::from_secs(60));
-    let again = get_text(&format!(
-        "http://127.0.0.1:{http}/_/ipxe?arch=0&mac=52:54:00:00:00:77"
-    ));
+    let again = ask();
     assert!(again.contains("kernel --name kernel"), "{again}");
     all_json(&d.log_text());
     let _ = std::fs::remove_dir_all(&dir);

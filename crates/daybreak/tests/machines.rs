@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{config_url, get_text, output_within, tempdir, Daybreak, BIN};
+use common::{config_url, get_text, output_within, require, tempdir, Lan, BIN};
 
 const MAC: &str = "52:54:00:ab:cd:01";
 
@@ -28,12 +28,24 @@ fn machines(state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn script(port: u16) -> String {
-    get_text(&format!("http://127.0.0.1:{port}/_/ipxe?arch=0&mac={MAC}"))
+/// The machine asks for its script (and whatever else `then` fetches) from its own address.
+fn script(lan: &Lan) -> String {
+    let url = format!("{}/_/ipxe?arch=0&mac={MAC}", lan.base());
+    lan.machine(move || get_text(&url))
+}
+
+/// `url`, fetched by the machine.
+fn fetch(lan: &Lan, url: &str) -> String {
+    let url = url.to_string();
+    lan.machine(move || get_text(&url))
 }
 
 #[test]
 fn an_install_survives_kill_9_and_daybreak_machines_manages_it() {
+    if !require(true, &["ip", "curl"]) {
+        return;
+    }
+    let lan = Lan::new("mc", 1, MAC);
     let dir = tempdir("machines-cli");
     for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
         std::fs::write(dir.join(f), f).unwrap();
@@ -60,16 +72,16 @@ fn an_install_survives_kill_9_and_daybreak_machines_manages_it() {
         "--state-dir",
         s,
     ];
-    let (mut server, port, _) = Daybreak::start_loopback(&args, &dir);
-    let first = script(port);
+    let mut server = lan.start(&args, &dir);
+    let first = script(&lan);
     assert!(first.contains("boot kernel"), "{first}");
-    let config = get_text(&config_url(&first));
+    let config = fetch(&lan, &config_url(&first));
     let done = config
         .lines()
         .find_map(|l| l.strip_prefix("done: "))
         .unwrap()
         .to_string();
-    assert_eq!(get_text(&done), "installed\n");
+    assert_eq!(fetch(&lan, &done), "installed\n");
     // No grace: the record is on disk once the machine has its answer.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -87,14 +99,14 @@ fn an_install_survives_kill_9_and_daybreak_machines_manages_it() {
     );
 
     // A new server boots it from its disk.
-    let (_server, port, _) = Daybreak::start_loopback(&args, &dir);
-    assert!(script(port).contains("sanboot --no-describe --drive 0x80"));
+    let _server = lan.start(&args, &dir);
+    assert!(script(&lan).contains("sanboot --no-describe --drive 0x80"));
     // Reinstall from the command line; the running server follows within seconds.
     let (code, out, _) = machines(&state, &["reinstall", MAC]);
     assert_eq!(code, 0);
     assert!(out.contains("installs again"), "{out}");
     let start = Instant::now();
-    while !script(port).contains("boot kernel") {
+    while !script(&lan).contains("boot kernel") {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the server did not follow the reinstall"

@@ -5,45 +5,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{require, tempdir, Daybreak};
+use common::{in_netns, ip, require, tempdir, veth_pair, Daybreak, Netns};
 use pxe::message::{Message, MessageType};
-
-struct Netns {
-    names: Vec<String>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().unwrap();
-    assert!(st.success(), "ip {args:?}");
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = File::open(&path).unwrap();
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x78, 0x00, 0x10];
 
@@ -91,33 +58,6 @@ fn udp(port: u16) -> UdpSocket {
     let s: UdpSocket = s.into();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s
-}
-
-/// A client namespace and a server namespace joined by a veth pair (`c0` ~ `s0`), with the
-/// given addresses (prefix length included); removed when the guards drop.
-fn veth_pair(tag: &str, client: &str, server: &[&str]) -> (String, String, [Netns; 2]) {
-    let id = std::process::id();
-    let (cns, sns) = (format!("db{tag}{id}c"), format!("db{tag}{id}s"));
-    ip(&["netns", "add", &cns]);
-    let guard_c = Netns {
-        names: vec![cns.clone()],
-    };
-    ip(&["netns", "add", &sns]);
-    let guard_s = Netns {
-        names: vec![sns.clone()],
-    };
-    ip(&["-n", &cns, "link", "set", "lo", "up"]);
-    ip(&["-n", &sns, "link", "set", "lo", "up"]);
-    ip(&[
-        "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
-    ]);
-    ip(&["-n", &cns, "addr", "add", client, "dev", "c0"]);
-    for a in server {
-        ip(&["-n", &sns, "addr", "add", a, "dev", "s0"]);
-    }
-    ip(&["-n", &cns, "link", "set", "c0", "up"]);
-    ip(&["-n", &sns, "link", "set", "s0", "up"]);
-    (cns, sns, [guard_c, guard_s])
 }
 
 /// EDK2's DISCOVER, to broadcast from port 68.

@@ -619,6 +619,95 @@ fn send_pktinfo(
     }
 }
 
+/// The link-layer address this host's kernel holds for `peer`, when `peer` is on one of its
+/// links (in the subnet of one of its IPv4 addresses) and the address is resolved: who answered
+/// ARP for it, the same host every frame from that address came from. `None` for an address
+/// behind a router, on no link of ours, or not resolved.
+///
+/// A host on the LAN can name any MAC in a packet; it cannot make the kernel's neighbour entry
+/// for its own address say another host's MAC without spoofing that MAC on the wire too.
+pub fn neighbor(peer: Ipv4Addr) -> Option<[u8; 6]> {
+    on_links(peer)
+        .into_iter()
+        .find_map(|dev| arp_entry(&dev, peer))
+}
+
+/// The interfaces whose subnets hold `peer` (not the loopback's, not a /32).
+fn on_links(peer: Ipv4Addr) -> Vec<String> {
+    let mut out = Vec::new();
+    let p = u32::from(peer);
+    // SAFETY: getifaddrs allocates a list we walk read-only and free exactly once.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_netmask.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+                || ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0
+            {
+                continue;
+            }
+            let addr = u32::from_be(
+                (*(ifa.ifa_addr as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr,
+            );
+            let mask = u32::from_be(
+                (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr,
+            );
+            if mask != u32::MAX && addr & mask == p & mask && p != addr {
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+                if !out.iter().any(|n| *n == name) {
+                    out.push(name.into_owned());
+                }
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// The complete ARP entry for `peer` on interface `dev` (`SIOCGARP`).
+fn arp_entry(dev: &str, peer: Ipv4Addr) -> Option<[u8; 6]> {
+    if dev.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a socket only for the ioctl, closed by OwnedFd; the request is a zeroed arpreq
+    // with its protocol address and device name set within their sizes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut req: libc::arpreq = zeroed();
+        let pa = &mut req.arp_pa as *mut libc::sockaddr as *mut libc::sockaddr_in;
+        (*pa).sin_family = libc::AF_INET as libc::sa_family_t;
+        (*pa).sin_addr.s_addr = u32::from(peer).to_be();
+        for (d, s) in req.arp_dev.iter_mut().zip(dev.bytes()) {
+            *d = s as libc::c_char;
+        }
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGARP, &mut req) != 0
+            || req.arp_flags & libc::ATF_COM == 0
+        {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(req.arp_ha.sa_data.iter()) {
+            *m = *b as u8;
+        }
+        Some(mac)
+    }
+}
+
 /// The first IPv4 address of an interface, by index.
 pub fn interface_ipv4(ifindex: u32) -> Option<Ipv4Addr> {
     interfaces()
@@ -717,6 +806,13 @@ mod tests {
         assert_eq!(strip_ip_udp(&pkt[..25], 67), None);
         assert_eq!(strip_ip_udp(&[0x4f], 67), None);
         assert_eq!(strip_ip_udp(&[], 67), None);
+    }
+
+    #[test]
+    fn loopback_and_unknown_addresses_have_no_neighbor() {
+        assert_eq!(neighbor(Ipv4Addr::LOCALHOST), None);
+        // TEST-NET-2: on no link of this host.
+        assert_eq!(neighbor(Ipv4Addr::new(198, 51, 100, 7)), None);
     }
 
     #[test]

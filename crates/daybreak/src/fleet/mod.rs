@@ -280,6 +280,30 @@ impl Fleet {
         }
     }
 
+    /// The safest answer for `mac` to a request that may not speak for it, changing nothing:
+    /// its disk when it is installed; nothing when its profile says `ignore`; a wait when it is
+    /// a machine of its own here (a profile, a record, a fleet whose machines get their own
+    /// cloud-configs); what a request naming no machine gets otherwise (nothing in it is any machine's own). Never another profile's
+    /// boot, never the common cloud-config in place of its own.
+    fn doubted(&self, mac: Mac, base: &str) -> Decision {
+        let record = self.store.cached(mac).map(|v| v.record);
+        if record.as_ref().is_some_and(|r| r.installed_at.is_some()) {
+            return Decision::Local;
+        }
+        let profiles = self.profiles();
+        let profile = profiles.find(&Machine::new(mac));
+        if profile.is_some_and(|p| p.action == Action::Ignore) {
+            return Decision::Ignore;
+        }
+        match self.personal || record.is_some() || profile.is_some() {
+            true => Decision::Wait {
+                why: "this request may not speak for this machine (see the server's log)".into(),
+                retry: RETRY,
+            },
+            false => Decision::Boot(self.main.spec(base, None, &Own::default())),
+        }
+    }
+
     /// Remembers that `mac`'s install finished, on disk before the machine hears it: a crash
     /// right after cannot make it install again.
     fn installed(&self, mac: Mac, from: SocketAddr) -> Reply {
@@ -312,7 +336,8 @@ impl Booter for Fleet {
 
     fn decide(&self, ask: &Ask<'_>) -> Decision {
         match ask.machine {
-            Some(m) => self.decide_for(m, ask.peer, ask.base),
+            Some(m) if ask.vouched => self.decide_for(m, ask.peer, ask.base),
+            Some(m) => self.doubted(m.mac, ask.base),
             None => Decision::Boot(self.main.spec(ask.base, None, &Own::default())),
         }
     }

@@ -82,7 +82,7 @@ fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -
         booter: fleet.clone(),
         http: pxe::HttpAddress::default(),
         binaries: Arc::default(),
-        hub: hub.unwrap_or_default(),
+        hub: hub.unwrap_or_else(|| Arc::new(crate::events::Hub::with_link(|_| None))),
         metrics: None,
         machines: Some(fleet.clone()),
     };
@@ -121,7 +121,18 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
     }
 }
 
+/// The machine's DHCP bound `mac` to `from`'s address (as ProxyDHCP sees it).
+fn bind(s: &Setup, mac: &str, from: u8) {
+    s.routes.hub.learn(peer(from).ip(), self::mac(mac));
+    s.routes
+        .hub
+        .identities
+        .bind(self::mac(mac), peer(from).ip(), std::time::Instant::now());
+}
+
+/// Machine `mac` asks for its script from its address.
 fn script(s: &Setup, mac: &str, from: u8) -> String {
+    bind(s, mac, from);
     get(s, &format!("/_/ipxe?arch=0&mac={mac}"), peer(from))
         .unwrap()
         .1
@@ -206,6 +217,7 @@ fn each_machine_gets_its_profile_and_its_own_cloud_config() {
         s.fleet.allow(&client(A).machine())
             && s.fleet.allow(&client("52:54:00:99:99:99").machine())
     );
+    bind(&s, C, 12);
     let ignored = get(&s, &format!("/_/ipxe?arch=0&mac={C}"), peer(12)).unwrap();
     assert_eq!(ignored.0, 404);
     let _ = std::fs::remove_dir_all(&s.dir);
@@ -252,6 +264,59 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
+/// A forged DHCPREQUEST for a machine (its MAC with another address) puts it in doubt: an
+/// installed machine still boots its disk, one that is not gets a wait, never the common boot
+/// and its cloud-config, and nothing is recorded.
+#[test]
+fn a_forged_dhcprequest_never_turns_an_installed_machine_into_a_stranger() {
+    let s = setup("forged-lease", MACHINES);
+    let b = script(&s, B, 11);
+    let text = get(&s, &config_url(&b), peer(11)).unwrap().1;
+    let installed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("installed: "))
+        .unwrap();
+    install(&s, installed.strip_prefix(BASE).unwrap());
+    let boots = |mac| s.fleet.store.cached(self::mac(mac)).map(|v| v.record.boots);
+    wait("B's boot recorded", || boots(B) == Some(1));
+    let before = (boots(A), boots(B));
+    // The attacker at .66 binds B's and A's MACs to its own address in their boots.
+    bind(&s, A, 10);
+    for m in [A, B] {
+        s.routes
+            .hub
+            .identities
+            .bind(mac(m), peer(66).ip(), std::time::Instant::now());
+    }
+    for from in [11, 66] {
+        let got = get(&s, &format!("/_/ipxe?arch=0&mac={B}"), peer(from))
+            .unwrap()
+            .1;
+        assert!(
+            got.contains("sanboot") && !got.contains("kernel") && !got.contains("config"),
+            "installed B from .{from}: its disk: {got}"
+        );
+    }
+    for from in [10, 66] {
+        let got = get(&s, &format!("/_/ipxe?arch=0&mac={A}"), peer(from))
+            .unwrap()
+            .1;
+        assert!(
+            got.contains("sleep") && !got.contains("kernel") && !got.contains("config"),
+            "A from .{from}: a wait: {got}"
+        );
+        let grub = get(&s, &format!("/_/grub/{A}.cfg"), peer(from)).unwrap().1;
+        assert!(!grub.contains("linux"), "{grub}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        (boots(A), boots(B)),
+        before,
+        "nothing recorded for doubted requests"
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
 #[test]
 fn an_edited_machines_file_applies_at_the_next_boot_and_a_broken_edit_keeps_the_last_good() {
     let s = setup("edit", MACHINES);
@@ -274,21 +339,28 @@ fn an_edited_machines_file_applies_at_the_next_boot_and_a_broken_edit_keeps_the_
 }
 
 #[test]
-fn a_script_request_naming_another_machines_mac_gets_the_common_script() {
-    let hub = Arc::new(crate::events::Hub::default());
+fn a_request_naming_a_mac_its_address_is_not_bound_to_gets_nothing_of_that_machines_own() {
+    let hub = Arc::new(crate::events::Hub::with_link(|_| None));
     let s = setup_with("claim", MACHINES, Some(hub.clone()));
-    // The network's DHCP server gave 10.0.0.10 to A.
-    hub.learn(peer(10).ip(), mac(A));
-    let stolen = script(&s, B, 10);
+    // The network's DHCP server gave 10.0.0.10 to A; B's DHCP bound B to 10.0.0.11.
+    bind(&s, A, 10);
+    bind(&s, B, 11);
+    let stolen = get(&s, &format!("/_/ipxe?arch=0&mac={B}"), peer(10))
+        .unwrap()
+        .1;
     assert!(
-        !stolen.contains("/_/config/") && !stolen.contains(B),
-        "{stolen}"
+        !stolen.contains("/_/config/") && !stolen.contains("kernel") && stolen.contains("sleep"),
+        "a wait, nothing of B's: {stolen}"
     );
     let grub = get(&s, &format!("/_/grub/{B}.cfg"), peer(10)).unwrap().1;
-    assert!(!grub.contains("/_/config/"), "{grub}");
-    // The claim changed nothing: A still holds the address, and gets its own.
+    assert!(
+        !grub.contains("/_/config/") && !grub.contains("linux"),
+        "{grub}"
+    );
+    // The claim changed nothing: A holds its address and gets its own; B too.
     assert_eq!(hub.mac_of(peer(10).ip()), Some(mac(A)));
     assert!(script(&s, A, 10).contains("/_/config/52540000000a-"));
+    assert!(script(&s, B, 11).contains("/_/config/52540000000b-"));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
@@ -425,6 +497,7 @@ fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
         stub.contains("configfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg"),
         "{stub}"
     );
+    bind(&s, B, 11);
     let b = get(&s, &format!("/_/grub/{B}.cfg"), peer(11)).unwrap().1;
     assert!(b.contains("linux (http,${net_default_server}:8090)/kernel quiet console=ttyS0 root=live:http://${net_default_server}:8090/rootfs.squashfs config_url=http://${net_default_server}:8090/_/config/52540000000b-"), "{b}");
     // The config URL GRUB writes is the one the machine's tag opens.
@@ -490,6 +563,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
                 uuid: None,
                 arch,
             }),
+            vouched: true,
             peer: peer(20),
             base: BASE,
         });

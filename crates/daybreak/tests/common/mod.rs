@@ -230,3 +230,113 @@ pub fn config_url(script: &str) -> String {
         .unwrap_or_else(|| panic!("no config_url= in {script}"))
         .to_string()
 }
+
+/// Network namespaces removed when dropped.
+pub struct Netns {
+    pub names: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Runs `ip ARGS…`; panics unless it succeeds.
+pub fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (processes it starts are in
+/// that namespace too).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A client namespace and a server namespace joined by a veth pair (`c0` ~ `s0`), with the
+/// given addresses (prefix length included); removed when the guards drop.
+pub fn veth_pair(tag: &str, client: &str, server: &[&str]) -> (String, String, [Netns; 2]) {
+    let id = std::process::id();
+    let (cns, sns) = (format!("db{tag}{id}c"), format!("db{tag}{id}s"));
+    ip(&["netns", "add", &cns]);
+    let guard_c = Netns {
+        names: vec![cns.clone()],
+    };
+    ip(&["netns", "add", &sns]);
+    let guard_s = Netns {
+        names: vec![sns.clone()],
+    };
+    ip(&["-n", &cns, "link", "set", "lo", "up"]);
+    ip(&["-n", &sns, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &cns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &sns,
+    ]);
+    ip(&["-n", &cns, "addr", "add", client, "dev", "c0"]);
+    for a in server {
+        ip(&["-n", &sns, "addr", "add", a, "dev", "s0"]);
+    }
+    ip(&["-n", &cns, "link", "set", "c0", "up"]);
+    ip(&["-n", &sns, "link", "set", "s0", "up"]);
+    (cns, sns, [guard_c, guard_s])
+}
+
+/// A machine and the server on one link: the machine's namespace (its end of the link has the
+/// MAC it plays, so the server's neighbour entry for it says who it is, as on a real LAN) and
+/// the server's, subnet 10.77.`net`.0/24 (the machine .10, the server .2).
+pub struct Lan {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub server_ip: std::net::Ipv4Addr,
+    _guards: [Netns; 2],
+}
+
+impl Lan {
+    pub fn new(tag: &str, net: u8, mac: &str) -> Lan {
+        let (cns, sns, guards) = veth_pair(
+            tag,
+            &format!("10.77.{net}.10/24"),
+            &[&format!("10.77.{net}.2/24")],
+        );
+        ip(&["-n", &cns, "link", "set", "c0", "address", mac]);
+        Lan {
+            client_ns: cns,
+            server_ns: sns,
+            server_ip: std::net::Ipv4Addr::new(10, 77, net, 2),
+            _guards: guards,
+        }
+    }
+
+    /// `daybreak ARGS… --http-port 8090 --no-proxy-dhcp` in the server's namespace.
+    pub fn start(&self, args: &[&str], dir: &Path) -> Daybreak {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--no-proxy-dhcp".to_string()]);
+        let dir = dir.to_path_buf();
+        in_netns(&self.server_ns, move || {
+            let a: Vec<&str> = all.iter().map(String::as_str).collect();
+            Daybreak::start(&a, &dir)
+        })
+    }
+
+    /// `http://SERVER:8090`.
+    pub fn base(&self) -> String {
+        format!("http://{}:8090", self.server_ip)
+    }
+
+    /// Runs `f` as the machine (in its namespace).
+    pub fn machine<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.client_ns, f)
+    }
+}
