@@ -147,7 +147,10 @@ cmd_b=$(tr -d '\r' < "$tmp/serial-b.log" | grep -a E2E-CMDLINE | head -1)
 case "$cmd_b" in *"rd.neednet=1 ip=dhcp console=ttyS0 e2e.reboot root=live:$server/rootfs.squashfs config_url=$server/_/config/525400770"*) ;;
   *) fail "B's command line is not its profile's: $cmd_b" ;; esac
 cfg_b=$(echo "$cmd_b" | sed -n 's/.*config_url=\([^ ]*\).*/\1/p')
-S curl -fs -o "$tmp/b.yaml" "$cfg_b" || fail "B's config URL does not answer"
+# B's config URL answers B alone: from this host, with the URL in hand, it is a 404.
+code=$(S curl -s -o /dev/null -w '%{http_code}' "$cfg_b")
+[ "$code" = 404 ] || fail "B's config URL answered another host ($code)"
+tr -d '\r' < "$tmp/serial-b.log" | awk '/^E2E-RESULT/ { exit } sub(/^E2E-CONFIG /, "")' > "$tmp/b.yaml"
 grep -q "^hostname: worker-1$" "$tmp/b.yaml" && grep -q "^e2e-callback: $server/_/installed/" "$tmp/b.yaml" ||
   fail "B's cloud-config is not its profile's: $(cat "$tmp/b.yaml")"
 res_b=$(tr -d '\r' < "$tmp/serial-b.log" | grep -a E2E-RESULT | head -1)

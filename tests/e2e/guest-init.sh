@@ -44,9 +44,13 @@ for w in $(cat /proc/cmdline); do
   esac
 done
 hash() { wget -q -O /tmp/f "$1" && sha256sum /tmp/f | cut -d' ' -f1; rm -f /tmp/f; }
-echo "E2E-RESULT rootfs=$(hash "$root") config=$(hash "$config")"
+# The cloud-config is fetched once, as Kairos does: its URL answers only this machine, a bounded
+# number of times. Its first lines go to the serial port for the test to read.
+chash=""
+wget -q -O /tmp/c "$config" 2>/dev/null && chash=$(sha256sum /tmp/c | cut -d' ' -f1)
+head -n 40 /tmp/c 2>/dev/null | while IFS= read -r line; do echo "E2E-CONFIG $line"; done
+echo "E2E-RESULT rootfs=$(hash "$root") config=$chash"
 # A cloud-config line "e2e-callback: URL" stands for Kairos's after-install stage: call it.
-wget -q -O /tmp/c "$config" 2>/dev/null
 callback=$(sed -n 's/^e2e-callback: *//p' /tmp/c 2>/dev/null | head -1)
 if [ -n "$callback" ]; then
   wget -q -O /dev/null "$callback" && echo "E2E-CALLBACK ok" || echo "E2E-CALLBACK failed"
