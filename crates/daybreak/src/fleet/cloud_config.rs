@@ -13,7 +13,13 @@ use crate::events::Step;
 
 impl Fleet {
     /// The template values for one machine.
-    fn data_for(&self, mac: Mac, profile: Option<&Profile>, base: &str) -> Map<String, Value> {
+    fn data_for(
+        &self,
+        mac: Mac,
+        profile: Option<&Profile>,
+        base: &str,
+        nonce: &str,
+    ) -> Map<String, Value> {
         let mut data = self.data.clone();
         if let Some(p) = profile {
             for (k, v) in &p.vars {
@@ -27,7 +33,7 @@ impl Fleet {
         data.insert(
             "daybreak".into(),
             json!({
-                "installed_url": self.tokens.url(base, PersonalKind::Installed, mac, ""),
+                "installed_url": self.tokens.url(base, PersonalKind::Installed, mac, nonce),
                 "mac": mac.to_string(),
                 "hostname": profile.and_then(|p| p.hostname.clone()).unwrap_or_default(),
                 "profile": profile.map(|p| p.name.clone()).unwrap_or_default(),
@@ -36,27 +42,33 @@ impl Fleet {
         data
     }
 
-    /// The cloud-config machine `mac` fetches at its own URL.
-    pub(super) fn config(&self, mac: Mac, base: &str) -> Reply {
-        let (machine, _) = self.timelines.machine(mac);
-        let profiles = self.profiles();
-        let profile = profiles.find(&machine);
+    /// The cloud-config machine `mac` fetches at its own URL: from `profile`, the one its
+    /// boot's decision chose; its install callback keyed by that boot's `nonce`.
+    pub(super) fn config(
+        &self,
+        mac: Mac,
+        base: &str,
+        profile: Option<&Profile>,
+        nonce: &str,
+    ) -> Reply {
         let template = profile
             .and_then(|p| p.cloud_config.as_deref())
             .or(self.template.as_deref());
         self.emit(None, mac, Step::Config);
         match template {
-            Some(t) => match crate::template::render(t, &self.data_for(mac, profile, base)) {
-                Ok((text, _)) => Reply::memory(
-                    "cloud-config",
-                    "text/plain; charset=utf-8",
-                    text.into_bytes(),
-                ),
-                Err(e) => {
-                    tracing::error!(mac = %mac, "cloud-config template: {e:#}");
-                    Reply::NotFound
+            Some(t) => {
+                match crate::template::render(t, &self.data_for(mac, profile, base, nonce)) {
+                    Ok((text, _)) => Reply::memory(
+                        "cloud-config",
+                        "text/plain; charset=utf-8",
+                        text.into_bytes(),
+                    ),
+                    Err(e) => {
+                        tracing::error!(mac = %mac, "cloud-config template: {e:#}");
+                        Reply::NotFound
+                    }
                 }
-            },
+            }
             None => self
                 .main
                 .cloud_config_file()

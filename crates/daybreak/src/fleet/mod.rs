@@ -5,12 +5,13 @@
 //! pure [`decide::decide`]; images other than the command's are [`images`]'s; a machine's own
 //! cloud-config is rendered in `cloud_config`.
 //!
-//! A machine's own cloud-config and its install callback live at URLs only it is given
-//! ([`crate::tokens`], keyed in the state directory, so a machine that installed before a restart
-//! calls back after it). The status page never shows them.
+//! A machine's own cloud-config and its install callback live at URLs of its boot ([`grants`]:
+//! keyed by a nonce of that boot, opened a few times within minutes, the callback once, and
+//! only for the machine itself). The status page never shows them.
 
 mod cloud_config;
 pub mod decide;
+pub mod grants;
 pub mod images;
 pub mod profiles;
 
@@ -79,6 +80,8 @@ pub struct Fleet {
     /// `.daybreak.*`).
     personal: bool,
     images: Images,
+    /// Each boot's own URLs, and the profile its decision chose.
+    grants: grants::Grants,
     /// Told of installs, local boots and cloud-configs.
     events: Option<Arc<Hub>>,
 }
@@ -126,6 +129,7 @@ impl Fleet {
             timelines: Timelines::new(plan.rootfs.as_ref().map_or(0, |r| r.size)),
             main: plan,
             images: Images::new(opts, main_arch)?,
+            grants: grants::Grants::default(),
             profiles: RwLock::new(Arc::new(profiles)),
             file: Mutex::new(file),
             writes: Writes::spawn(store.clone())?,
@@ -175,6 +179,13 @@ impl Fleet {
     /// what is wrong) and records changed by `daybreak machines`.
     pub fn refresh(&self) {
         self.store.refresh();
+        // A boot's URLs taken back by `daybreak machines reinstall` or `forget`.
+        self.grants.follow(|mac| {
+            self.store
+                .cached(mac)
+                .and_then(|v| v.record.grant)
+                .map(|g| g.nonce)
+        });
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let Some(edited) = file.as_mut().and_then(|f| f.edited()) else {
             return;
@@ -269,11 +280,24 @@ impl Fleet {
                 };
                 let size = plan.rootfs.as_ref().map_or(0, |r| r.size);
                 self.timelines.rootfs_total(mac, size);
+                let config_url = match b.config {
+                    true => match self.grant(mac, profile.cloned()) {
+                        Some(nonce) => {
+                            Some(self.tokens.url(base, PersonalKind::Config, mac, &nonce))
+                        }
+                        None => {
+                            return Decision::Wait {
+                                why: "this server cannot make its URLs now (its log says why)"
+                                    .into(),
+                                retry: RETRY,
+                            }
+                        }
+                    },
+                    false => None,
+                };
                 let own = Own {
                     cmdline: b.cmdline.as_deref(),
-                    config_url: b
-                        .config
-                        .then(|| self.tokens.url(base, PersonalKind::Config, mac, "")),
+                    config_url,
                 };
                 Decision::Boot(plan.spec(base, Some(mac), &own))
             }
@@ -304,14 +328,42 @@ impl Fleet {
         }
     }
 
+    /// A new grant for `mac`'s boot ([`grants`]), deciding `profile`: its nonce.
+    fn grant(&self, mac: Mac, profile: Option<profiles::Profile>) -> Option<String> {
+        let nonce = match artifacts::random_hex(16) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(mac = %mac, error = %e, "no randomness for a boot's URLs");
+                return None;
+            }
+        };
+        self.grants
+            .issue(mac, profile, nonce.clone(), std::time::Instant::now());
+        self.writes.send(
+            mac,
+            Change::Granted(crate::store::Grant {
+                nonce: nonce.clone(),
+                at: artifacts::now(),
+            }),
+        );
+        Some(nonce)
+    }
+
+    /// The grant in `mac`'s record (for URLs given before a restart).
+    fn stored_grant(&self, mac: Mac) -> Option<crate::store::Grant> {
+        self.store.cached(mac).and_then(|v| v.record.grant)
+    }
+
     /// Remembers that `mac`'s install finished, on disk before the machine hears it: a crash
-    /// right after cannot make it install again.
-    fn installed(&self, mac: Mac, from: SocketAddr) -> Reply {
+    /// right after cannot make it install again. When it cannot be remembered, the machine is
+    /// not told it was, and its callback (`nonce`) stays open for its retry.
+    fn installed(&self, mac: Mac, from: SocketAddr, nonce: String) -> Reply {
         let done = Change::Installed {
             at: artifacts::now(),
         };
         if let Err(e) = crate::store::update(&*self.store, mac, &done) {
-            tracing::error!(mac = %mac, store = %self.store.describe(), error = %e, "install finished, but it cannot be remembered; the machine will install again");
+            tracing::error!(mac = %mac, store = %self.store.describe(), error = %e, "install finished, but it cannot be remembered: not answered, so the machine calls back again");
+            self.grants.restore(mac, nonce, std::time::Instant::now());
             return Reply::NotFound;
         }
         tracing::info!(mac = %mac, client = %from.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
@@ -350,13 +402,31 @@ impl Booter for Fleet {
     }
 
     fn personal(&self, p: &Personal<'_>, from: SocketAddr, base: &str) -> Option<Reply> {
-        if !self.tokens.check(p, "") {
-            return None;
-        }
-        match p.kind {
-            PersonalKind::Config => Some(self.config(p.mac, base)),
-            PersonalKind::Installed => Some(self.installed(p.mac, from)),
-            PersonalKind::File(_) => None,
+        let opens = |nonce: &str| self.tokens.check(p, nonce);
+        let stored = self.stored_grant(p.mac);
+        let now = std::time::Instant::now();
+        let opened = match p.kind {
+            PersonalKind::Config => {
+                let chosen = || {
+                    let (machine, _) = self.timelines.machine(p.mac);
+                    self.profiles().find(&machine).cloned()
+                };
+                self.grants
+                    .config(p.mac, &opens, stored.as_ref(), chosen, now)
+                    .map(|o| self.config(p.mac, base, o.profile.as_ref(), &o.nonce))
+            }
+            PersonalKind::Installed => self
+                .grants
+                .install(p.mac, &opens, stored.as_ref(), now)
+                .map(|nonce| self.installed(p.mac, from, nonce)),
+            PersonalKind::File(_) => return None,
+        };
+        match opened {
+            Ok(reply) => Some(reply),
+            Err(why) => {
+                tracing::info!(mac = %p.mac, client = %from.ip(), kind = ?p.kind, "a machine's URL that this boot does not open ({why:?}): not found");
+                None
+            }
         }
     }
 

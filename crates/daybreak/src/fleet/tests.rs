@@ -61,7 +61,11 @@ fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -
     std::fs::write(dir.join("machines.yaml"), machines).unwrap();
     let mut i = input(&dir);
     i.cloud_config = Some(CloudConfig::Text(bytes::Bytes::from_static(b"global")));
-    let plan = Arc::new(Plan::new(&i).unwrap());
+    open(dir, Arc::new(Plan::new(&i).unwrap()), hub)
+}
+
+/// A server on `dir`'s state directory and machines file, with `plan`, reporting to `hub`.
+fn open(dir: PathBuf, plan: Arc<Plan>, hub: Option<Arc<crate::events::Hub>>) -> Setup {
     let mut data = Map::new();
     data.insert("token".into(), Value::String("K10-secret".into()));
     let fleet = Fleet::open(
@@ -588,4 +592,124 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
     assert!(!fleet.may_serve(pxe::CpuArch::Arm64));
     let _ = std::fs::remove_dir_all(&s.dir);
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The path of the install callback a machine's cloud-config names.
+fn callback(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("installed: "))
+        .expect("an installed_url in the cloud-config")
+        .strip_prefix(BASE)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_boots_cloud_config_opens_three_times_and_its_install_callback_once() {
+    let s = setup("grant-once", MACHINES);
+    let url = config_url(&script(&s, B, 11));
+    let mut text = String::new();
+    for _ in 0..grants::CONFIG_FETCHES {
+        let (code, t) = get(&s, &url, peer(11)).unwrap();
+        assert_eq!(code, 200);
+        text = t;
+    }
+    assert_eq!(get(&s, &url, peer(11)).unwrap().0, 404, "fetched enough");
+    let cb = callback(&text);
+    install(&s, &cb);
+    assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 404, "once");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn the_next_boot_closes_the_last_boots_urls() {
+    let s = setup("grant-next", MACHINES);
+    let first = config_url(&script(&s, B, 11));
+    let cb = callback(&get(&s, &first, peer(11)).unwrap().1);
+    let second = config_url(&script(&s, B, 11));
+    assert_ne!(first, second);
+    assert_eq!(get(&s, &first, peer(11)).unwrap().0, 404);
+    assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 404);
+    assert_eq!(get(&s, &second, peer(11)).unwrap().0, 200);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn reinstall_and_forget_take_back_a_boots_urls_and_a_restart_keeps_them() {
+    let s = setup("grant-rotate", MACHINES);
+    let granted = |m: &str| {
+        s.fleet
+            .store
+            .cached(mac(m))
+            .is_some_and(|v| v.record.grant.is_some())
+    };
+    let other = || crate::store::open(&s.dir.join("state")).unwrap();
+    // Reinstall in another process: the running server follows.
+    let url = config_url(&script(&s, B, 11));
+    wait("B's grant stored", || granted(B));
+    s.fleet.refresh();
+    crate::store::update(&*other(), mac(B), &Change::Reinstall).unwrap();
+    other().publish().unwrap();
+    s.fleet.refresh();
+    assert_eq!(get(&s, &url, peer(11)).unwrap().0, 404, "reinstalled");
+    // Forget.
+    let url = config_url(&script(&s, A, 10));
+    wait("A's grant stored", || granted(A));
+    s.fleet.refresh();
+    assert!(other().forget(mac(A)).unwrap());
+    other().publish().unwrap();
+    s.fleet.refresh();
+    assert_eq!(get(&s, &url, peer(10)).unwrap().0, 404, "forgotten");
+    // A restarted server opens the URLs of a boot it gave before.
+    let nonce = || {
+        s.fleet
+            .store
+            .cached(mac(B))
+            .and_then(|v| v.record.grant)
+            .map(|g| g.nonce)
+    };
+    let before = nonce();
+    let url = config_url(&script(&s, B, 11));
+    let cb = callback(&get(&s, &url, peer(11)).unwrap().1);
+    wait("B's new grant stored", || {
+        nonce().is_some() && nonce() != before
+    });
+    let restarted = setup_again(&s);
+    assert_eq!(get(&restarted, &cb, peer(11)).unwrap().0, 200);
+    assert_eq!(get(&restarted, &cb, peer(11)).unwrap().0, 404);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// The server of `s` started again on its state directory (its machines file as it is).
+fn setup_again(s: &Setup) -> Setup {
+    let again = open(s.dir.clone(), s.fleet.main.clone(), None);
+    bind(&again, B, 11);
+    bind(&again, A, 10);
+    again
+}
+
+/// Item: the cloud-config is rendered from the profile its boot's script chose, whatever
+/// changes before it is fetched (an edit of the machines file included).
+#[test]
+fn a_boots_cloud_config_comes_from_the_profile_its_script_chose() {
+    let s = setup("grant-profile", MACHINES);
+    let url = config_url(&script(&s, A, 10));
+    std::fs::write(
+        s.dir.join("machines.yaml"),
+        MACHINES.replace("hostname: cp-1", "hostname: changed-meanwhile"),
+    )
+    .unwrap();
+    // The watcher's poll, as the server runs it.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.fleet.refresh();
+    let text = get(&s, &url, peer(10)).unwrap().1;
+    assert!(text.contains("hostname: cp-1"), "{text}");
+    // The next boot gets the edited profile.
+    let next = config_url(&script(&s, A, 10));
+    assert!(get(&s, &next, peer(10))
+        .unwrap()
+        .1
+        .contains("hostname: changed-meanwhile"));
+    let _ = std::fs::remove_dir_all(&s.dir);
 }

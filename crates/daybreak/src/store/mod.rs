@@ -42,6 +42,27 @@ pub struct Record {
     /// (until `daybreak machines reinstall`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<u64>,
+    /// What its latest boot's own URLs are keyed by, so they outlive a restart of the server;
+    /// gone once its install called back, or when it is told to reinstall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+}
+
+/// A boot's own URLs (its cloud-config, its install callback) are keyed by a random nonce of
+/// that boot ([`crate::fleet`]'s grants).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// 32 hex digits.
+    pub nonce: String,
+    /// Unix seconds it was made.
+    pub at: u64,
+}
+
+impl Grant {
+    /// Whether it is one Daybreak could have made (the store is read as hostile).
+    pub fn is_valid(&self) -> bool {
+        self.nonce.len() == 32 && self.nonce.bytes().all(|b| b.is_ascii_hexdigit())
+    }
 }
 
 /// A change to one record.
@@ -58,6 +79,8 @@ pub enum Change {
         at: u64,
     },
     Reinstall,
+    /// Its boot's own URLs were made.
+    Granted(Grant),
 }
 
 impl Change {
@@ -92,12 +115,17 @@ impl Change {
             }
             Change::Installed { at } => {
                 r.installed_at = Some(*at);
+                r.grant = None;
                 if r.first_seen == 0 {
                     r.first_seen = *at;
                 }
                 r.last_seen = r.last_seen.max(*at);
             }
-            Change::Reinstall => r.installed_at = None,
+            Change::Reinstall => {
+                r.installed_at = None;
+                r.grant = None;
+            }
+            Change::Granted(g) => r.grant = Some(g.clone()),
         }
         Some(r)
     }
