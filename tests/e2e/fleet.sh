@@ -34,6 +34,7 @@ lan_up tap0 tap1 tap2
 
 A=52:54:00:77:01:0a; B=52:54:00:77:01:0b; C=52:54:00:77:01:0c
 server=http://10.77.0.2:8090
+admin=http://127.0.0.1:8091  # the status page, /api/machines, /metrics: the server's loopback
 
 # The image: the guest's kernel and initramfs in /boot of a directory tree, and some data.
 mkdir -p "$tmp/img/boot" "$tmp/img/srv"
@@ -105,7 +106,7 @@ qemu b "$B" tap1 -drive "file=$tmp/disk.img,format=raw,if=ide" -boot order=nc
 bpid=${pids[-1]}
 
 # While both boot: the status page in a real browser shows them, each with its phase.
-phase() { S curl -fs "$server/api/machines/$1" | sed -n 's/.*"phase":"\([^"]*\)".*/\1/p'; }
+phase() { S curl -fs "$admin/api/machines/$1" | sed -n 's/.*"phase":"\([^"]*\)".*/\1/p'; }
 for _ in $(seq 1 240); do
   pa=$(phase $A || true); pb=$(phase $B || true)
   [ -n "$pa" ] && [ "$pa" != seen ] && [ -n "$pb" ] && [ "$pb" != seen ] && break
@@ -114,9 +115,9 @@ done
 [ -n "$pa" ] && [ -n "$pb" ] || fail "the two machines never showed up in /api/machines"
 chrome=(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run
         --user-data-dir="$tmp/chrome" --virtual-time-budget=4000)
-HOME=$tmp S "${chrome[@]}" --dump-dom "$server/" >"$tmp/status.html" 2>"$tmp/chrome.log" ||
+HOME=$tmp S "${chrome[@]}" --dump-dom "$admin/" >"$tmp/status.html" 2>"$tmp/chrome.log" ||
   fail "chromium could not load the status page: $(tail -3 "$tmp/chrome.log")"
-HOME=$tmp S "${chrome[@]}" --window-size=1400,360 --screenshot="$out/fleet-status.png" "$server/" \
+HOME=$tmp S "${chrome[@]}" --window-size=1400,360 --screenshot="$out/fleet-status.png" "$admin/" \
   >/dev/null 2>>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
 cp "$tmp/status.html" "$out/fleet-status.html"
 for m in $A $B; do
@@ -164,7 +165,7 @@ grep -q "booting from the local disk: its install finished.*mac=$B" "$tmp/daybre
 echo "B: $(($(date +%s) - start)) s, installed, rebooted, and its next network boot ended on its disk"
 kill "$apid" "$bpid" 2>/dev/null || true
 
-S curl -fs "$server/api/machines/$B" > "$tmp/b.json" || fail "no /api/machines/$B"
+S curl -fs "$admin/api/machines/$B" > "$tmp/b.json" || fail "no /api/machines/$B"
 grep -q '"phase":"local disk"' "$tmp/b.json" && grep -q '"installed_at":[0-9]' "$tmp/b.json" ||
   fail "/api/machines does not show B installed and on its disk: $(cat "$tmp/b.json")"
 grep -q 'install finished' "$tmp/b.json" || fail "B's timeline lacks its install"
@@ -206,7 +207,7 @@ res_c=$(tr -d '\r' < "$tmp/serial-c.log" | grep -a E2E-RESULT | tail -1)
 case "$res_c" in "E2E-RESULT rootfs=$want_c config="?*) ;; *) fail "C did not get its own image: $res_c" ;; esac
 echo "C: after the edit, booted its own image in $(($(date +%s) - c0)) s with its new command line"
 
-S curl -fs -o "$tmp/metrics.txt" "$server/metrics" || fail "no /metrics"
+S curl -fs -o "$tmp/metrics.txt" "$admin/metrics" || fail "no /metrics"
 promtool check metrics < "$tmp/metrics.txt" || fail "promtool rejects /metrics"
 grep -q 'daybreak_dhcp_unanswered_total{reason="not_allowed"} [1-9]' "$tmp/metrics.txt" ||
   fail "/metrics does not count the ignored machine's requests"

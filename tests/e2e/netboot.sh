@@ -358,7 +358,9 @@ if [ $from_oci = 1 ]; then
   [ "$ms" -lt 1000 ] || fail "the second start took ${ms} ms"
 fi
 if [ "$label" = bios ]; then
-  S curl -fs -o "$tmp/metrics.txt" http://10.77.0.2:8090/metrics || fail "no /metrics"
+  S curl -fs -o "$tmp/metrics.txt" http://127.0.0.1:8091/metrics || fail "no /metrics on the admin listener"
+  code=$(S curl -s -o /dev/null -w '%{http_code}' http://10.77.0.2:8090/metrics)
+  [ "$code" = 404 ] || fail "the boot port serves /metrics ($code)"
   promtool check metrics < "$tmp/metrics.txt" || fail "promtool rejects /metrics: $(cat "$tmp/metrics.txt")"
   for want in 'daybreak_boot_phase_seconds_count{phase="script"} 1' 'daybreak_boot_phase_seconds_count{phase="booting"} 1' \
               'daybreak_http_sent_bytes_total{file="kernel"}' 'daybreak_dhcp_packets_total{outcome="answered"}' \

@@ -859,8 +859,6 @@ mod tests {
                 },
                 binaries: Arc::default(),
                 hub,
-                metrics: None,
-                machines: None,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();

@@ -124,6 +124,42 @@ impl<T> Receiver<T> {
 
 /// Makes room for `key` in `map` (at most `cap` entries): when it is full and `key` is new, the
 /// eighth of the entries whose `age` is smallest (the oldest) is removed.
+/// At most `n` of something per key (a source address) in each `window`, in a table of at most
+/// `cap` keys: what one source may cost is bounded, whatever it sends.
+#[derive(Debug)]
+pub struct PerKey<K> {
+    used: std::sync::Mutex<HashMap<K, (std::time::Instant, u32)>>,
+    n: u32,
+    window: Duration,
+    cap: usize,
+}
+
+impl<K: Copy + Eq + Hash> PerKey<K> {
+    pub fn new(n: u32, window: Duration, cap: usize) -> PerKey<K> {
+        PerKey {
+            used: Default::default(),
+            n,
+            window,
+            cap,
+        }
+    }
+
+    /// Takes one for `key` at `now`; false when its window's are used up.
+    pub fn take(&self, key: K, now: std::time::Instant) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        make_room(&mut used, &key, self.cap, |(start, _)| *start);
+        let (start, count) = used.entry(key).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= self.window {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= self.n {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+}
+
 pub fn make_room<K: Copy + Eq + Hash, V, A: Ord + Copy>(
     map: &mut HashMap<K, V>,
     key: &K,
@@ -156,6 +192,21 @@ mod tests {
         assert_eq!(got, [1, 2, 3]);
         drop(rx);
         assert_eq!(tx.try_send(4), Err(4), "nobody reads");
+    }
+
+    #[test]
+    fn a_key_gets_its_n_per_window_and_others_theirs() {
+        let b = PerKey::new(2, Duration::from_secs(60), 4);
+        let t = std::time::Instant::now();
+        assert!(b.take(1, t) && b.take(1, t));
+        assert!(!b.take(1, t), "its two are used");
+        assert!(b.take(2, t), "another key has its own");
+        assert!(b.take(1, t + Duration::from_secs(60)), "a new window");
+        // A flood of keys keeps the table at its cap.
+        for k in 10..1000 {
+            b.take(k, t);
+        }
+        assert!(b.used.lock().unwrap().len() <= 4);
     }
 
     #[test]

@@ -117,7 +117,9 @@ fn offer_lines(now: Instant) -> LineBudget {
 const DOUBT_LINES_PER_SECOND: u32 = 50;
 
 pub struct Hub {
-    leases: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
+    /// Address → the MAC that holds it, when it was seen, and whether the machine went on to
+    /// fetch something as itself (a flood of forged DHCPREQUESTs never does).
+    leases: Mutex<HashMap<IpAddr, (Mac, Instant, bool)>>,
     /// Which address may speak for which MAC ([`crate::identity`]).
     pub identities: Bindings,
     /// The kernel's neighbour entry for an address ([`crate::identity::link_address`]).
@@ -159,18 +161,15 @@ impl Hub {
         }
     }
 
-    /// Remembers that `mac` holds `ip`.
-    pub fn learn(&self, ip: IpAddr, mac: Mac) {
+    /// Remembers that `mac` holds `ip`; `progressed`: the machine fetched something as itself.
+    /// Full (a flood of made-up requests, most likely), the table forgets an eighth of it at
+    /// once: entries that never progressed first, oldest first, so no volume of forged packets
+    /// flushes the machines booting now.
+    pub fn learn(&self, ip: IpAddr, mac: Mac, progressed: bool) {
         let mut l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() >= MAX_LEASES && !l.contains_key(&ip) {
-            // Full (a flood of made-up requests, most likely): keep what was seen in the last
-            // hour, or start over. Amortised, so the DHCP path never scans the table per packet.
-            l.retain(|_, (_, t)| t.elapsed() < std::time::Duration::from_secs(3600));
-            if l.len() >= MAX_LEASES / 2 {
-                l.clear();
-            }
-        }
-        l.insert(ip, (mac, Instant::now()));
+        crate::bounded::make_room(&mut l, &ip, MAX_LEASES, |(_, t, p)| (*p, *t));
+        let progressed = progressed || l.get(&ip).is_some_and(|(m, _, p)| *m == mac && *p);
+        l.insert(ip, (mac, Instant::now(), progressed));
     }
 
     /// Whether a request from `peer` may speak for `mac` ([`crate::identity`]). When it may,
@@ -183,7 +182,7 @@ impl Hub {
             .identities
             .vouch(mac, ip, (self.link)(ip), Instant::now());
         match v {
-            Vouch::Vouched => self.learn(ip, mac),
+            Vouch::Vouched => self.learn(ip, mac, true),
             Vouch::Doubted(why) => {
                 let mut lines = self.doubt_lines.lock().unwrap_or_else(|e| e.into_inner());
                 if lines.admit(Instant::now()) {
@@ -206,14 +205,14 @@ impl Hub {
     /// The MAC known to hold `ip`.
     pub fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        l.get(&ip).map(|(m, _)| *m)
+        l.get(&ip).map(|(m, _, _)| *m)
     }
 
     /// Whether a machine took `ip` in a PXE exchange (or named it in a script request) within
     /// the last few minutes: TFTP keeps such a client's transfer when forged requests crowd in.
     pub fn booting(&self, ip: IpAddr) -> bool {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        l.get(&ip).is_some_and(|(_, t)| t.elapsed() < BOOTING)
+        l.get(&ip).is_some_and(|(_, t, _)| t.elapsed() < BOOTING)
     }
 
     /// Records a step: the MAC is the one given, else the one known for `peer`'s address.
@@ -320,7 +319,7 @@ impl Hub {
         let at = std::time::SystemTime::now();
         match e {
             pxe::driver::Event::Lease { mac, ip } => {
-                self.learn(ip.into(), mac);
+                self.learn(ip.into(), mac, false);
                 self.identities.bind(mac, ip.into(), Instant::now());
                 BootEvent {
                     at,
@@ -525,12 +524,18 @@ pub(crate) mod tests {
         assert_eq!(doubted, 3);
     }
 
+    /// Item: 65,536 forged requests used to empty the table. Now it stays bounded, and a
+    /// machine that went on to fetch something as itself outlives any volume of forged ones.
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_a_flood_cannot_flush_booting_machines() {
         let hub = Hub::default();
-        for i in 0..(MAX_LEASES as u32 + 10) {
-            hub.learn(IpAddr::V4(i.into()), Mac([0x52, 0x54, 0, 0, 0, 1]));
+        let machine = IpAddr::V4("10.9.0.1".parse().unwrap());
+        hub.learn(machine, Mac([0x52, 0x54, 0, 0, 9, 1]), false);
+        hub.learn(machine, Mac([0x52, 0x54, 0, 0, 9, 1]), true);
+        for i in 0..(3 * MAX_LEASES as u32) {
+            hub.learn(IpAddr::V4(i.into()), Mac([0x52, 0x54, 0, 0, 0, 1]), false);
         }
         assert!(hub.leases.lock().unwrap().len() <= MAX_LEASES);
+        assert!(hub.booting(machine));
     }
 }

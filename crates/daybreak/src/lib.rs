@@ -4,6 +4,7 @@
 //! ([`serve::run`]). The protocol crates (`pxe`, `tftp`, `http`, `udp`) and `artifacts` do the
 //! rest; [`cli`] is the `daybreak` command over all of it.
 
+pub mod admin;
 pub mod api;
 pub mod bounded;
 pub mod cli;
@@ -23,7 +24,6 @@ pub mod routes;
 pub mod serve;
 pub mod sockets;
 pub mod sources;
-pub mod status;
 pub mod store;
 pub mod template;
 pub mod timeline;

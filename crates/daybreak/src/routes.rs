@@ -2,8 +2,8 @@
 //! (`/_/ipxe`, `/boot.ipxe`: the [`pxe::routes`] the DHCP answers point at), GRUB's
 //! per-machine configuration, pixiecore's `/_/file` and `/_/booting`, the iPXE binaries for UEFI
 //! HTTP Boot, a netboot ISO, the files the [`Booter`] serves and the personal URLs it hands out
-//! ([`crate::tokens`]), and, beside them, `/metrics` and the status page with `/api/machines`.
-//! The artifact file server (`listen_addr`) is the other surface: the boot files for people to
+//! ([`crate::tokens`]); nothing else (the status page, `/api/machines` and `/metrics` are
+//! on the admin listener, [`crate::admin`]). The artifact file server (`listen_addr`) is the other surface: the boot files for people to
 //! fetch, never the cloud-config.
 //!
 //! For a script or a GRUB configuration the router names the machine (the MAC the request
@@ -22,8 +22,6 @@ use crate::identity::Vouch;
 use crate::plan::{BootFile, Plan};
 
 pub use crate::render::GRUB;
-/// The status page.
-pub const STATUS: &str = "/";
 
 /// The netboot ISO for this server, as the client reached it: it chains this server's script.
 pub fn iso_reply(base: &str) -> Reply {
@@ -54,9 +52,6 @@ pub struct BootRoutes {
     /// iPXE binaries by name, for UEFI HTTP Boot (`/ipxe/NAME`).
     pub binaries: Arc<tftp::Files>,
     pub hub: Arc<Hub>,
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// The machines the status page and `/api/machines` show, when the command keeps them.
-    pub machines: Option<Arc<dyn crate::status::Machines>>,
 }
 
 impl BootRoutes {
@@ -141,33 +136,6 @@ impl BootRoutes {
         );
         Reply::memory("_booting", "text/plain", &b""[..])
     }
-
-    fn status(&self, path: &str) -> Option<Reply> {
-        let m = self.machines.as_ref()?;
-        if path == crate::status::MACHINES {
-            return Some(Reply::memory(
-                "_machines",
-                "application/json",
-                m.list_json(),
-            ));
-        }
-        if let Some(mac) = path
-            .strip_prefix(crate::status::MACHINES)
-            .and_then(|r| r.strip_prefix('/'))
-        {
-            let shown = mac.parse().ok().and_then(|mac| m.show_json(mac));
-            return Some(shown.map_or(Reply::NotFound, |v| {
-                Reply::memory("_machines", "application/json", v)
-            }));
-        }
-        (path == STATUS || path == "/status").then(|| {
-            Reply::memory(
-                "_status",
-                "text/html; charset=utf-8",
-                crate::status::PAGE.as_bytes(),
-            )
-        })
-    }
 }
 
 impl Router for BootRoutes {
@@ -181,16 +149,6 @@ impl Router for BootRoutes {
                 return query_param(req.query, "name")
                     .and_then(|n| self.booter.file(&n))
                     .unwrap_or(Reply::NotFound)
-            }
-            routes::METRICS => {
-                if let Some(m) = &self.metrics {
-                    m.scraped();
-                    return Reply::memory(
-                        "_metrics",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        m.render().into_bytes(),
-                    );
-                }
             }
             _ => {}
         }
@@ -218,9 +176,6 @@ impl Router for BootRoutes {
         }
         if let Some(bin) = path.strip_prefix(routes::BINARIES) {
             return binary_reply(&self.binaries, bin);
-        }
-        if let Some(reply) = self.status(path) {
-            return reply;
         }
         self.booter
             .file(path.strip_prefix('/').unwrap_or(path))
@@ -305,8 +260,6 @@ mod tests {
             http: pxe::HttpAddress::default(),
             binaries: Arc::new(binaries),
             hub: Arc::new(Hub::default()),
-            metrics: None,
-            machines: None,
         }
     }
 
@@ -326,6 +279,8 @@ mod tests {
                 query,
                 local,
                 peer,
+                host: None,
+                authorization: None,
             })
         };
         for (path, query) in [
@@ -394,6 +349,8 @@ mod tests {
                 query: "",
                 local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
                 peer: "10.0.0.9:1".parse().unwrap(),
+                host: None,
+                authorization: None,
             });
             assert!(matches!(got, Reply::Resource { .. }), "{path}");
         }

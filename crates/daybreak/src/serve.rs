@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub api: Option<Arc<crate::api::Api>>,
     /// Machine profiles, the machine store and the status page.
     pub fleet: Option<crate::fleet::FleetOptions>,
+    /// The status page, `/api/machines` and `/metrics`: where, and who may read them.
+    pub admin: crate::admin::AdminOptions,
 }
 
 impl ServeOptions {
@@ -70,6 +72,7 @@ impl ServeOptions {
             api: None,
             fleet: None,
             artifact_listen: None,
+            admin: Default::default(),
         }
     }
 }
@@ -295,10 +298,21 @@ impl Tasks {
         router: Arc<R>,
         observer: Arc<dyn http::Observer>,
     ) {
+        let limits = self.budget.http.clone();
+        self.http_with(listener, router, observer, limits);
+    }
+
+    fn http_with<R: http::Router + 'static>(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        router: Arc<R>,
+        observer: Arc<dyn http::Observer>,
+        limits: http::Limits,
+    ) {
         self.http.spawn(http::serve(
             listener,
             router,
-            self.budget.http.clone(),
+            limits,
             observer,
             self.cancel.clone(),
             SHUTDOWN_GRACE,
@@ -494,14 +508,60 @@ async fn start_netboot(
         http,
         binaries,
         hub: hub.clone(),
+    };
+    tasks.http(listener, Arc::new(routes), hub);
+    start_admin(&opts.admin, metrics, d, tasks).await?;
+    Ok((dhcp_stats, tftp_stats))
+}
+
+/// The admin listener: the status page, `/api/machines`, `/metrics`. The default address
+/// taken (a second server on this host) is a warning; an address the operator chose, an error.
+async fn start_admin(
+    opts: &crate::admin::AdminOptions,
+    metrics: Arc<crate::metrics::Metrics>,
+    d: &Deciders,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let Some(addr) = opts.listen else {
+        tracing::info!("admin listener off: no status page, /api/machines or /metrics");
+        return Ok(());
+    };
+    let listener = match crate::sockets::bind_http(addr).await {
+        Ok(l) => l,
+        Err(e) if !opts.chosen => {
+            tracing::warn!(
+                "admin listener not started: {e:#} (give --admin-listen ADDR:PORT, or off)"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.context("--admin-listen")),
+    };
+    let routes = crate::admin::AdminRoutes {
+        token: opts.token.clone(),
+        hosts: opts.hosts.clone(),
         metrics: Some(metrics),
         machines: d
             .fleet
             .clone()
-            .map(|f| f as Arc<dyn crate::status::Machines>),
+            .map(|f| f as Arc<dyn crate::admin::Machines>),
     };
-    tasks.http(listener, Arc::new(routes), hub);
-    Ok((dhcp_stats, tftp_stats))
+    let shown = listener.local_addr()?;
+    let what = match d.fleet.is_some() {
+        true => "status page, /api/machines and /metrics",
+        false => "/metrics",
+    };
+    let token = match opts.token.is_some() {
+        true => ", token required",
+        false => "",
+    };
+    tracing::info!("admin ({what}) on http://{shown}/{token}");
+    tasks.http_with(
+        listener,
+        Arc::new(routes),
+        Arc::new(http::Unobserved),
+        crate::admin::limits(),
+    );
+    Ok(())
 }
 
 /// The startup summary: files served, the command line, where each server listens.

@@ -302,30 +302,58 @@ impl Timelines {
         push(s, e.at, what);
     }
 
-    /// Every machine, the remembered and the seen, by MAC, as the JSON of `/api/machines`:
-    /// written straight from the tables (a fleet of thousands is asked every second by each
-    /// status page open).
-    pub fn list_json(&self, profiles: &Profiles, records: &HashMap<Mac, Versioned>) -> Vec<u8> {
+    /// Machines `offset..offset + limit` of the remembered and the seen, by MAC, as the JSON of
+    /// `/api/machines` with how many there are: only that page is written, from the tables as
+    /// they are (a fleet of thousands is asked every second by each status page open).
+    pub fn list_json(
+        &self,
+        profiles: &Profiles,
+        records: &HashMap<Mac, Versioned>,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<u8> {
         let live = self.live();
-        {
-            let mut macs: Vec<&Mac> = records
-                .keys()
-                .chain(live.machines.keys().filter(|m| !records.contains_key(*m)))
-                .collect();
-            macs.sort_unstable();
-            let machines: Vec<View> = macs
-                .into_iter()
-                .map(|m| {
-                    let record = records.get(m).map(|v| &v.record);
-                    self.view(m, live.machines.get(m), record, profiles)
-                })
-                .collect();
-            #[derive(serde::Serialize)]
-            struct Machines<'a> {
-                machines: Vec<View<'a>>,
+        let mut macs: Vec<&Mac> = records
+            .keys()
+            .chain(live.machines.keys().filter(|m| !records.contains_key(*m)))
+            .collect();
+        let total = macs.len();
+        let end = offset.saturating_add(limit).min(total);
+        let page = match offset < end {
+            true => {
+                // Only the page is sorted in full.
+                if offset > 0 {
+                    macs.select_nth_unstable(offset);
+                }
+                let rest = &mut macs[offset..];
+                if end - offset < rest.len() {
+                    rest.select_nth_unstable(end - offset);
+                }
+                let page = &mut rest[..end - offset];
+                page.sort_unstable();
+                &page[..]
             }
-            serde_json::to_vec(&Machines { machines }).unwrap_or_default()
+            false => &[][..],
+        };
+        let machines: Vec<View> = page
+            .iter()
+            .map(|m| {
+                let record = records.get(m).map(|v| &v.record);
+                self.view(m, live.machines.get(m), record, profiles)
+            })
+            .collect();
+        #[derive(serde::Serialize)]
+        struct Machines<'a> {
+            total: usize,
+            offset: usize,
+            machines: Vec<View<'a>>,
         }
+        serde_json::to_vec(&Machines {
+            total,
+            offset,
+            machines,
+        })
+        .unwrap_or_default()
     }
 
     fn view<'a>(

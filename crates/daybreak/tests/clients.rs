@@ -148,8 +148,13 @@ fn http_serves_registered_files_with_ranges_and_head() {
         ]);
         assert_eq!(String::from_utf8_lossy(&code), "404", "{path}");
     }
-    // "/" is the status page, which lists machines and never a file.
-    let (page, _) = curl(&[&url(&s, "/")]);
+    // The boot port serves what machines fetch: the status page, /api/machines and /metrics
+    // are on the admin listener.
+    for path in ["/", "/status", "/metrics", "/api/machines"] {
+        let (code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url(&s, path)]);
+        assert_eq!(String::from_utf8_lossy(&code), "404", "{path}");
+    }
+    let (page, _) = curl(&[&format!("{}/", s.server.admin())]);
     assert!(String::from_utf8_lossy(&page).contains("Daybreak: machines"));
     let (code, _) = curl(&[
         "-X",

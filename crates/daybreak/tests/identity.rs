@@ -32,6 +32,7 @@ fn link() -> Link {
     let guard = Netns {
         names: vec![s.clone(), v.clone(), a.clone()],
     };
+    ip(&["-n", &s, "link", "set", "lo", "up"]);
     ip(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", &s, "addr", "add", "10.76.0.2/24", "dev", "br0"]);
     ip(&["-n", &s, "link", "set", "br0", "up"]);
@@ -170,14 +171,27 @@ fn a_request_naming_another_hosts_mac_gets_nothing_of_that_machines_own() {
             && log.contains(ATTACKER),
         "{log}"
     );
-    let (_, metrics) = fetch(&l.victim, &format!("{BASE}/metrics"));
+    // The admin surface is not on the boot port: on the server's loopback only.
+    for path in [
+        "/metrics",
+        "/api/machines",
+        &format!("/api/machines/{VICTIM}"),
+    ] {
+        assert_eq!(
+            fetch(&l.attacker, &format!("{BASE}{path}")).0,
+            404,
+            "{path}"
+        );
+    }
+    let admin = server.admin();
+    let (_, metrics) = fetch(&l.server, &format!("{admin}/metrics"));
     let doubts: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("daybreak_identity_doubts_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(doubts >= 10, "{metrics}");
-    let (_, shown) = fetch(&l.victim, &format!("{BASE}/api/machines/{VICTIM}"));
+    let (_, shown) = fetch(&l.server, &format!("{admin}/api/machines/{VICTIM}"));
     assert!(
         shown.contains("got nothing of its own") && shown.contains("10.76.0.66"),
         "{shown}"

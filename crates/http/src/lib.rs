@@ -110,6 +110,13 @@ pub struct Limits {
     /// long a client may stall outright).
     pub min_rate: u64,
     pub rate_window: Duration,
+    /// Connections of one known address that are a booting machine's (kept when strangers
+    /// crowd in); its others are a stranger's. Being known is one forgeable packet away: it
+    /// buys a share, not the server.
+    pub known_share: usize,
+    /// How long a known connection may wait for its first request before it counts as idle
+    /// (a machine sends its request the moment it connects).
+    pub first_request: Duration,
 }
 
 impl Default for Limits {
@@ -120,6 +127,8 @@ impl Default for Limits {
             idle: Duration::from_secs(30),
             min_rate: 16 * 1024,
             rate_window: Duration::from_secs(30),
+            known_share: 4,
+            first_request: Duration::from_secs(5),
         }
     }
 }
@@ -148,9 +157,10 @@ impl Registry {
     /// shed. At an address's cap, that address's oldest idle connection goes. At the server's,
     /// the oldest idle connection of an address nobody knows goes, else (for a `known` newcomer,
     /// a booting machine) the oldest known one idle between requests. A booting machine's
-    /// connection that has not sent its first request yet is never shed: like a TFTP transfer
-    /// before its first ACK, it looks idle, but its request is on the way, and a flood of new
-    /// connections must not push it out.
+    /// connection that has not sent its first request yet is not shed for
+    /// [`Limits::first_request`]: like a TFTP transfer before its first ACK, it looks idle, but
+    /// its request is on the way, and a flood of new connections must not push it out. A known
+    /// address holds [`Limits::known_share`] such connections; its others are a stranger's.
     fn admit(
         &mut self,
         ip: IpAddr,
@@ -162,8 +172,21 @@ impl Registry {
         {
             return None;
         }
+        // A known address's share; its connections beyond it are a stranger's.
+        let known = known
+            && self
+                .conns
+                .values()
+                .filter(|c| c.known && c.ip == ip)
+                .count()
+                < limits.known_share;
+        let first = limits.first_request;
         if self.conns.len() >= limits.max_connections
-            && !self.shed_oldest_idle(|c| !c.known || (known && c.served))
+            && !self.shed_oldest_idle(|c| {
+                !c.known
+                    || (known && c.served)
+                    || (!c.served && c.idle_since.is_some_and(|t| t.elapsed() >= first))
+            })
         {
             return None;
         }
@@ -307,6 +330,12 @@ pub enum Reply {
     },
     /// Plain 404.
     NotFound,
+    /// Another status with an empty body (401, 403), and its extra header lines, each ending
+    /// in CRLF (`WWW-Authenticate: ...\r\n`).
+    Refused { code: u16, headers: &'static str },
+    /// An answer that has to wait on something slow (the disk, another server): made on a
+    /// thread of its own, never on the threads serving every other connection.
+    Later(Arc<dyn Fn() -> Reply + Send + Sync>),
     /// The body of an upstream, passed through as it comes, with its length: pixiecore's API
     /// mode proxies what the API names. A failed fetch is a 502.
     Proxy {
@@ -322,6 +351,8 @@ impl std::fmt::Debug for Reply {
                 name, content_type, ..
             } => write!(f, "Resource({name}, {content_type})"),
             Reply::NotFound => f.write_str("NotFound"),
+            Reply::Refused { code, .. } => write!(f, "Refused({code})"),
+            Reply::Later(_) => f.write_str("Later"),
             Reply::Proxy { name, upstream } => {
                 write!(f, "Proxy({name}, {})", upstream.describe())
             }
@@ -349,6 +380,9 @@ pub struct Request<'a> {
     /// Our address on the connection: what the client used to reach us.
     pub local: IpAddr,
     pub peer: SocketAddr,
+    /// The `Host` and `Authorization` headers, when sent.
+    pub host: Option<&'a str>,
+    pub authorization: Option<&'a str>,
 }
 
 pub trait Router: Send + Sync + 'static {
@@ -523,6 +557,8 @@ fn status_text(code: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",
@@ -654,8 +690,19 @@ async fn respond<R: Router>(
         query,
         local,
         peer,
+        host: head.host.as_deref(),
+        authorization: head.authorization.as_deref(),
     };
-    let (name, content_type, body) = match router.route(&req) {
+    let mut reply = router.route(&req);
+    if let Reply::Later(make) = reply {
+        reply = tokio::task::spawn_blocking(move || make())
+            .await
+            .unwrap_or(Reply::Refused {
+                code: 500,
+                headers: "",
+            });
+    }
+    let (name, content_type, body) = match reply {
         Reply::Resource {
             name,
             content_type,
@@ -664,6 +711,14 @@ async fn respond<R: Router>(
         Reply::NotFound => {
             tracing::info!(client = %peer, path = %loggable(&path), "http 404");
             return write_all(stream, &simple(404, keep_alive, "")).await;
+        }
+        Reply::Refused { code, headers } => {
+            tracing::info!(client = %peer, path = %loggable(&path), code, "http refused");
+            return write_all(stream, &simple(code, keep_alive, headers)).await;
+        }
+        Reply::Later(_) => {
+            tracing::error!(client = %peer, path = %loggable(&path), "http: an answer made later gave another later one");
+            return write_all(stream, &simple(500, false, "")).await;
         }
         Reply::Proxy { name, upstream } => {
             let started = Instant::now();
@@ -973,5 +1028,104 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);
         assert_eq!(percent_decode("/a%2Fb").as_deref(), Some("/a/b"));
+    }
+
+    /// A reply that waits on the disk (an install callback's fsync) is made on a thread of its
+    /// own: on a one-thread runtime, another client is answered meanwhile.
+    #[test]
+    fn a_later_answer_is_made_off_the_threads_that_answer_the_others() {
+        use std::io::{Read as _, Write as _};
+        struct Slow;
+        impl Router for Slow {
+            fn route(&self, req: &Request<'_>) -> Reply {
+                match req.path {
+                    "/slow" => Reply::Later(Arc::new(|| {
+                        std::thread::sleep(Duration::from_millis(1500));
+                        Reply::memory("_slow", "text/plain", &b"slow"[..])
+                    })),
+                    _ => Reply::memory("_fast", "text/plain", &b"fast"[..]),
+                }
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let server = std::thread::spawn(move || {
+            rt.block_on(serve(
+                listener,
+                Arc::new(Slow),
+                Limits::default(),
+                Arc::new(Unobserved),
+                c,
+                Duration::from_secs(1),
+            ))
+        });
+        let get = move |path: &'static str| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        let slow = std::thread::spawn(move || get("/slow"));
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        assert!(get("/fast").ends_with("fast"));
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "the fast answer waited {:?} on the slow one",
+            t.elapsed()
+        );
+        assert!(slow.join().unwrap().ends_with("slow"));
+        cancel.cancel();
+        server.join().unwrap();
+    }
+
+    /// Item: being known is one forged DHCPREQUEST away. 24 "known" addresses with 32 idle
+    /// connections each hold a share each; a machine's new connection still gets in.
+    #[test]
+    fn known_addresses_hold_a_share_and_a_silent_one_goes_after_its_first_request_time() {
+        let limits = Limits {
+            max_connections: 200,
+            ..Limits::default()
+        };
+        let ip = |i: u8| IpAddr::from([10, 0, 1, i]);
+        let mut r = Registry::default();
+        let mut admitted = 0;
+        for a in 0..24 {
+            for _ in 0..32 {
+                admitted += usize::from(r.admit(ip(a), true, &limits).is_some());
+            }
+        }
+        assert_eq!(
+            admitted,
+            24 * 32,
+            "each admitted, strangers' pushed out in turn"
+        );
+        let protected = r.conns.values().filter(|c| c.known).count();
+        assert_eq!(protected, 24 * limits.known_share);
+        assert!(
+            r.admit(ip(100), true, &limits).is_some(),
+            "a machine gets in"
+        );
+        // Known connections that never sent a request go once their first-request time is over.
+        let impatient = Limits {
+            first_request: Duration::ZERO,
+            max_connections: 24 * 4,
+            ..limits
+        };
+        let mut r = Registry::default();
+        for a in 0..24 {
+            for _ in 0..4 {
+                assert!(r.admit(ip(a), true, &impatient).is_some());
+            }
+        }
+        assert!(r.admit(ip(101), true, &impatient).is_some());
     }
 }

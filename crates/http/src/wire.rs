@@ -95,6 +95,9 @@ pub struct Head {
     pub method: String,
     pub target: String,
     pub range: Option<String>,
+    /// `Host`, and `Authorization`, as sent (the head is bounded in size).
+    pub host: Option<String>,
+    pub authorization: Option<String>,
     pub keep_alive: bool,
     pub has_body: bool,
 }
@@ -111,12 +114,17 @@ pub fn parse_head(raw: &[u8]) -> Option<Head> {
     }
     let mut keep_alive = version == "HTTP/1.1";
     let mut range = None;
+    let (mut host, mut authorization) = (None, None);
     let mut has_body = false;
     for line in lines.filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':')?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("range") {
             range = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("host") {
+            host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 keep_alive = false;
@@ -133,6 +141,8 @@ pub fn parse_head(raw: &[u8]) -> Option<Head> {
         method,
         target,
         range,
+        host,
+        authorization,
         keep_alive,
         has_body,
     })

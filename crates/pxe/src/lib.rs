@@ -177,8 +177,6 @@ pub mod routes {
     pub const BINARIES: &str = "/ipxe/";
     /// A netboot ISO that chains this server's script (virtual media, USB sticks).
     pub const IPXE_ISO: &str = "/ipxe.iso";
-    /// Prometheus metrics.
-    pub const METRICS: &str = "/metrics";
 }
 
 /// `http://HOST` or `http://HOST:PORT`: the one place that shapes the base of every URL a client

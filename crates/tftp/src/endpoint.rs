@@ -16,15 +16,24 @@
 //! it has our first packet and keeps answering a port that is gone, it does not ask again. So
 //! the driver also says whether the address is *known*: one that a machine just took in a PXE
 //! exchange with us (its DHCPREQUEST, or its request to port 4011), and
-//! - a known client's transfer is never evicted: it ends on its own timeout if it never answers;
+//! - a known client's transfer (of its first [`Budget::known_share`]) is evicted only for a
+//!   known client's request, once it has had [`Budget::known_grace`] to answer, and strangers'
+//!   go first;
 //! - an unknown one is evicted for a known client's request at once, and for an unknown
 //!   client's request once it has had [`Budget::grace`] to answer;
 //! - otherwise the request gets no answer (`Busy`) and the client asks again after its timeout.
 //!
 //! So forged requests cannot push a booting machine out, a storm of real machines larger than
 //! the cap queues on its own retries instead of evicting itself, and a flood from addresses
-//! nobody knows cannot hold the server for longer than the grace. (Where TFTP clients never
-//! talk to our ProxyDHCP, every client is unknown and the grace alone applies.)
+//! nobody knows cannot hold the server for longer than the grace. Being known is one forged
+//! DHCPREQUEST away, so it buys a share and a longer grace, never the server: a flood from
+//! "known" addresses holds a few transfers each, for seconds. (Where TFTP clients never talk to
+//! our ProxyDHCP, every client is unknown and the grace alone applies.)
+//!
+//! The request rate is kept per address, and forged requests can use up a machine's: over its
+//! rate, an address is still answered when the answer is an OACK (about the request's size, so
+//! nothing is amplified, and data flows only after the client acknowledges it), so a flood
+//! forged from a machine's address does not silence the machine's own request.
 //!
 //! The same request again is the subtle case. Before the client has acknowledged anything it
 //! is a client that missed our first packet, or UEFI asking again right after aborting its size
@@ -55,6 +64,13 @@ pub struct Budget {
     /// Addresses whose request rate is remembered; past this, idle ones are forgotten first and
     /// requests from new addresses are dropped while none is idle.
     pub tracked_addresses: usize,
+    /// Transfers of one known address that are a booting machine's (never pushed out before
+    /// [`Budget::known_grace`]); its others are a stranger's. Being known is one forgeable
+    /// packet away: it buys a share, not the server.
+    pub known_share: usize,
+    /// How long a known client's transfer may go unanswered before, at the server's cap, a new
+    /// request may end it (a real client answers in milliseconds, seconds on a saturated server).
+    pub known_grace: Duration,
 }
 
 impl Default for Budget {
@@ -66,6 +82,8 @@ impl Default for Budget {
             burst: 8.0,
             grace: Duration::from_secs(1),
             tracked_addresses: 16_384,
+            known_share: 2,
+            known_grace: Duration::from_secs(3),
         }
     }
 }
@@ -105,6 +123,8 @@ struct Session {
     id: u64,
     request: Vec<u8>,
     confirmed: bool,
+    /// The client answered, data or not (an abort): no strike against its address.
+    answered: bool,
     known: bool,
     started: Instant,
 }
@@ -120,8 +140,17 @@ pub struct Endpoint {
     sessions: HashMap<SocketAddr, Session>,
     per_address: HashMap<IpAddr, usize>,
     buckets: HashMap<IpAddr, Bucket>,
+    /// Transfers of each address that ended with no answer, since its last answered one
+    /// ([`UNANSWERED_FORGETS_KNOWN`]).
+    unanswered: HashMap<IpAddr, (u32, Instant)>,
     next_id: u64,
 }
+
+/// An address whose transfers went unanswered this many times in a row is not treated as
+/// known, whatever it did with ProxyDHCP: a booting machine answers, a forger never does.
+pub const UNANSWERED_FORGETS_KNOWN: u32 = 1;
+/// How long an address's unanswered transfers are held against it.
+const UNANSWERED_MEMORY: Duration = Duration::from_secs(120);
 
 impl Endpoint {
     pub fn new(limits: Limits, budget: Budget) -> Endpoint {
@@ -131,6 +160,7 @@ impl Endpoint {
             sessions: HashMap::new(),
             per_address: HashMap::new(),
             buckets: HashMap::new(),
+            unanswered: HashMap::new(),
             next_id: 1,
         }
     }
@@ -157,15 +187,24 @@ impl Endpoint {
             Some(s) => Some(s.id),
             None => None,
         };
-        if !self.take_token(peer.ip(), now) {
-            return Action::Ignore(Ignored::RateLimited);
-        }
+        // Over its rate, an address is still answered where the answer is an OACK: about the
+        // size of the request, it amplifies nothing, and data flows only after the client's
+        // acknowledgement. So a flood forged from a machine's address cannot silence the
+        // machine's own request (firmware asks with options).
+        let limited = !self.take_token(peer.ip(), now);
+        let known = known && !self.forger(peer.ip(), now) && !self.holds_stale(peer.ip(), now);
         let mut send = Vec::new();
         match Transfer::start(request, lookup, &self.limits, now, &mut send) {
+            Ok(_) if limited && !send.first().is_some_and(|p| is_oack(p)) => {
+                Action::Ignore(Ignored::RateLimited)
+            }
+            Err(_) if limited => Action::Ignore(Ignored::RateLimited),
             Ok(transfer) => {
                 let mut stop = Vec::new();
                 let mut evicted = 0;
                 if let Some(old) = replaces {
+                    // The same client asking again: no strike against its address.
+                    self.on_answered(peer, old);
                     self.on_finished(peer, old);
                     stop.push(old);
                 } else {
@@ -182,9 +221,14 @@ impl Endpoint {
                         }
                     }
                     if self.sessions.len() >= self.budget.max_transfers {
-                        let grace = self.budget.grace;
+                        let (grace, known_grace) = (self.budget.grace, self.budget.known_grace);
                         let evictable = |_: &SocketAddr, s: &Session| {
-                            !s.known && (known || now.saturating_duration_since(s.started) >= grace)
+                            let age = now.saturating_duration_since(s.started);
+                            match s.known {
+                                false => known || age >= grace,
+                                // Only for a machine: strangers never push a machine out.
+                                true => known && age >= known_grace,
+                            }
                         };
                         match self.evict_unconfirmed(evictable) {
                             Some(id) => stop.push(id),
@@ -195,12 +239,22 @@ impl Endpoint {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
+                // A known address's share; its transfers beyond it are a stranger's.
+                let ip = peer.ip();
+                let known = known
+                    && self
+                        .sessions
+                        .iter()
+                        .filter(|(p, s)| s.known && p.ip() == ip)
+                        .count()
+                        < self.budget.known_share;
                 self.sessions.insert(
                     peer,
                     Session {
                         id,
                         request: request.to_vec(),
                         confirmed: false,
+                        answered: false,
                         known,
                         started: now,
                     },
@@ -218,28 +272,70 @@ impl Endpoint {
         }
     }
 
-    /// Ends the oldest transfer whose client has not answered yet, among those `may_go`.
+    /// Ends the oldest transfer whose client has not answered yet, among those `may_go`:
+    /// a stranger's first.
     fn evict_unconfirmed(&mut self, may_go: impl Fn(&SocketAddr, &Session) -> bool) -> Option<u64> {
         let (peer, id) = self
             .sessions
             .iter()
             .filter(|(p, s)| !s.confirmed && may_go(p, s))
-            .min_by_key(|(_, s)| (s.started, s.id))
+            .min_by_key(|(_, s)| (s.known, s.started, s.id))
             .map(|(p, s)| (*p, s.id))?;
         self.on_finished(peer, id);
         Some(id)
     }
 
-    /// Transfer `id` got its first acknowledgement: a repeat of its request is stale from now on.
+    /// Transfer `id` got its first acknowledgement: a repeat of its request is stale from now
+    /// on, and its address answers.
     pub fn on_confirmed(&mut self, peer: SocketAddr, id: u64) {
         if let Some(s) = self.sessions.get_mut(&peer).filter(|s| s.id == id) {
             s.confirmed = true;
+            self.unanswered.remove(&peer.ip());
         }
+    }
+
+    /// Transfer `id`'s client answered without taking data (it aborted, or asked again).
+    pub fn on_answered(&mut self, peer: SocketAddr, id: u64) {
+        if let Some(s) = self.sessions.get_mut(&peer).filter(|s| s.id == id) {
+            s.answered = true;
+            self.unanswered.remove(&peer.ip());
+        }
+    }
+
+    /// Whether `ip`'s last transfers all went unanswered ([`UNANSWERED_FORGETS_KNOWN`]).
+    fn forger(&self, ip: IpAddr, now: Instant) -> bool {
+        self.unanswered.get(&ip).is_some_and(|(n, at)| {
+            *n >= UNANSWERED_FORGETS_KNOWN && now.saturating_duration_since(*at) < UNANSWERED_MEMORY
+        })
+    }
+
+    /// Whether `ip` holds a transfer that has gone unanswered for [`Budget::known_grace`]: a
+    /// machine asks for its next file once its last one is answered; a forger asks on anyway.
+    fn holds_stale(&self, ip: IpAddr, now: Instant) -> bool {
+        self.sessions.iter().any(|(p, s)| {
+            p.ip() == ip
+                && !s.confirmed
+                && now.saturating_duration_since(s.started) >= self.budget.known_grace
+        })
     }
 
     /// Transfer `id` ended (or was stopped).
     pub fn on_finished(&mut self, peer: SocketAddr, id: u64) {
-        if self.sessions.get(&peer).is_some_and(|s| s.id == id) {
+        if let Some(s) = self.sessions.get(&peer).filter(|s| s.id == id) {
+            if !s.confirmed && !s.answered {
+                let at = s.started;
+                if self.unanswered.len() >= self.budget.tracked_addresses
+                    && !self.unanswered.contains_key(&peer.ip())
+                {
+                    self.unanswered
+                        .retain(|_, (_, t)| at.saturating_duration_since(*t) < UNANSWERED_MEMORY);
+                    if self.unanswered.len() >= self.budget.tracked_addresses {
+                        self.unanswered.clear();
+                    }
+                }
+                let e = self.unanswered.entry(peer.ip()).or_insert((0, at));
+                *e = (e.0.saturating_add(1), at);
+            }
             self.sessions.remove(&peer);
             if let Some(n) = self.per_address.get_mut(&peer.ip()) {
                 *n -= 1;
@@ -275,6 +371,13 @@ impl Endpoint {
         b.tokens -= 1.0;
         true
     }
+}
+
+fn is_oack(packet: &[u8]) -> bool {
+    matches!(
+        crate::packet::Packet::parse(packet),
+        Ok(crate::packet::Packet::Oack { .. })
+    )
 }
 
 /// How long a source must stay quiet to regain its whole burst.
@@ -467,8 +570,8 @@ mod tests {
             }
         }
         assert_eq!(running.len(), 10);
-        // Even long after, a machine's unanswered transfer is left to its own timeout…
-        let later = now + Duration::from_secs(30);
+        // Within its grace, a machine's unanswered transfer is left alone…
+        let later = now + Budget::default().known_grace - Duration::from_millis(1);
         let a = e.on_request(addr(10, 1000), &req, later, true, |_| file());
         assert!(matches!(a, Action::Ignore(Ignored::Busy)), "{a:?}");
         // …and when one ends, the next machine to ask again gets its slot.
@@ -476,6 +579,99 @@ mod tests {
         e.on_finished(addr(i, 1000), id);
         let a = e.on_request(addr(10, 1000), &req, later, true, |_| file());
         assert!(matches!(a, Action::Start { evicted: 0, .. }), "{a:?}");
+        // Past the grace, an unanswered one makes room (a client that has not answered in
+        // seconds is gone, or was never there).
+        let past = now + Budget::default().known_grace;
+        let a = e.on_request(addr(11, 1000), &req, past, true, |_| file());
+        assert!(matches!(a, Action::Start { evicted: 1, .. }), "{a:?}");
+    }
+
+    /// Item: being known is one forged DHCPREQUEST away. A flood of forged requests from
+    /// "known" addresses holds a share of each address and, once its transfers go unanswered,
+    /// nothing: machines that answer keep booting.
+    #[test]
+    fn a_flood_from_known_addresses_cannot_keep_machines_out() {
+        let mut e = capped(20);
+        let t0 = Instant::now();
+        let req = rrq("ipxe.efi", "octet", &[("blksize", "1468"), ("tsize", "0")]);
+        let (mut machines, mut waited, mut last_wait) = (0, 0, 0);
+        let mut running: Vec<(SocketAddr, u64, Instant)> = Vec::new();
+        // 64 forged "known" addresses, 57 requests a second between them, for 25 seconds; a
+        // machine every half second for 20, which answers at once, asking again each second
+        // while there is no answer.
+        let mut pending: Vec<(SocketAddr, Instant)> = Vec::new();
+        for ms in (0..25_000u64).step_by(17) {
+            let now = t0 + Duration::from_millis(ms);
+            // Forged transfers time out unanswered after 4 s.
+            running.retain(|(p, id, at)| {
+                let over = now.saturating_duration_since(*at) >= Duration::from_secs(4);
+                if over {
+                    e.on_finished(*p, *id);
+                }
+                !over
+            });
+            let forger = addr(1000 + (ms / 17 % 64) as u32, 3000 + (ms % 1000) as u16);
+            if let Action::Start { id, .. } = e.on_request(forger, &req, now, true, |_| file()) {
+                running.push((forger, id, now));
+            }
+            if ms < 20_000 && (ms / 500 != ms.saturating_sub(17) / 500 || ms == 0) {
+                pending.push((addr(ms as u32 / 500, 1000), now));
+            }
+            pending.retain(|(m, next)| {
+                if *next > now {
+                    return true;
+                }
+                match e.on_request(*m, &req, now, true, |_| file()) {
+                    Action::Start { id, .. } => {
+                        e.on_confirmed(*m, id);
+                        e.on_finished(*m, id);
+                        machines += 1;
+                        false
+                    }
+                    _ => {
+                        waited += 1;
+                        last_wait = ms;
+                        true
+                    }
+                }
+            });
+            for p in pending.iter_mut().filter(|(_, next)| *next <= now) {
+                p.1 = now + Duration::from_secs(1);
+            }
+        }
+        assert!(pending.is_empty(), "machines left waiting: {pending:?}");
+        assert_eq!(machines, 40);
+        // While the forgers still count as known, machines ask again a few times; once their
+        // transfers have gone unanswered, machines get a slot at their first request.
+        assert!(waited < 80, "machines asked again {waited} times");
+        assert!(last_wait < 12_000, "a machine waited at {last_wait} ms");
+        // The forgers lost their standing: their requests are strangers' now.
+        assert!(e.forger(addr(1000, 0).ip(), t0 + Duration::from_secs(25)));
+    }
+
+    /// Item: a flood forged from a machine's own address uses up that address's request rate;
+    /// the machine's own request (with options, as firmware asks) is still answered, with an
+    /// OACK, which amplifies nothing.
+    #[test]
+    fn a_flood_forged_from_a_machines_address_does_not_silence_it() {
+        let mut e = Endpoint::new(Limits::default(), Budget::default());
+        let now = Instant::now();
+        let plain = rrq("ipxe.efi", "octet", &[]);
+        for port in 0..200u16 {
+            let _ = e.on_request(addr(1, 4000 + port), &plain, now, false, |_| file());
+        }
+        assert!(matches!(
+            e.on_request(addr(1, 5000), &plain, now, false, |_| file()),
+            Action::Ignore(Ignored::RateLimited)
+        ));
+        let firmware = rrq("ipxe.efi", "octet", &[("blksize", "1468"), ("tsize", "0")]);
+        match e.on_request(addr(1, 6000), &firmware, now, false, |_| file()) {
+            Action::Start { send, .. } => {
+                assert_eq!(send.len(), 1);
+                assert!(is_oack(&send[0]) && send[0].len() < 64, "{:?}", send[0]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub fn log_report(r: &Report, mac: Option<&dyn std::fmt::Display>) {
 /// What a transfer task tells the endpoint.
 enum Event {
     Confirmed(SocketAddr, u64),
+    /// The client answered without taking data (it aborted).
+    Answered(SocketAddr, u64),
     Finished(SocketAddr, u64),
 }
 
@@ -194,6 +196,7 @@ pub async fn run<L: Listener>(
             Some(ev) = events.recv() => {
                 match ev {
                     Event::Confirmed(peer, id) => endpoint.on_confirmed(peer, id),
+                    Event::Answered(peer, id) => endpoint.on_answered(peer, id),
                     Event::Finished(peer, id) => {
                         endpoint.on_finished(peer, id);
                         tasks.remove(&id);
@@ -332,6 +335,10 @@ async fn serve_one(
                 t.on_timeout(Instant::now(), &mut out);
             }
         }
+    }
+    // A client that aborted answered too (UEFI's size probe): it is a machine, not a forger.
+    if !confirmed && matches!(t.status(), Status::ClientAborted { .. }) {
+        let _ = events.send(Event::Answered(peer, id));
     }
     stats.bytes_sent.fetch_add(sent_bytes, Ordering::Relaxed);
     stats

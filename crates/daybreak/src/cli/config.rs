@@ -32,6 +32,8 @@ pub const KNOWN: &[&str] = &[
     "netboot_http_port",
     "netboot_listen_addr",
     "listen_addr",
+    "admin_listen",
+    "admin_token_file",
     "state_dir",
     "netboot",
     "machines",
@@ -162,6 +164,9 @@ pub struct Settings {
     pub cmdline: Option<String>,
     /// `netboot.proxy_dhcp: false` leaves DHCP to a server that already sends the boot options.
     pub proxy_dhcp: bool,
+    /// Where the admin surface listens, and its token's file (flags win).
+    pub admin_listen: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn string(root: &Map<String, Value>, key: &str) -> anyhow::Result<Option<String>> {
@@ -264,6 +269,8 @@ impl Settings {
             state_dir,
             cmdline,
             proxy_dhcp,
+            admin_listen: s("admin_listen")?,
+            admin_token_file: s("admin_token_file")?.map(PathBuf::from),
         })
     }
 

@@ -25,9 +25,16 @@ pub fn prepare(
     set_files: &[String],
     cloud_config: Option<&str>,
     machines: Option<&str>,
+    admin: super::serve::AdminArgs,
 ) -> anyhow::Result<Option<ServeOptions>> {
     let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
+    let admin = super::serve::AdminArgs {
+        admin_listen: admin.admin_listen.or(s.admin_listen.clone()),
+        admin_token_file: admin.admin_token_file.or(s.admin_token_file.clone()),
+        admin_host: admin.admin_host,
+    }
+    .options()?;
     let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;
     let rendered = match &template {
         Some(text) => Some(crate::template::render(text, &root)?),
@@ -116,6 +123,7 @@ pub fn prepare(
         }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,
+        admin,
         artifact_listen: (!s.disable_http_server).then_some(s.listen_addr),
         ..ServeOptions::new(
             plan,

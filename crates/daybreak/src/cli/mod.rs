@@ -115,6 +115,8 @@ struct Cli {
     /// cloud_config or cloud_config_file, and template values. Read again when it changes.
     #[arg(long, value_name = "FILE")]
     machines: Option<String>,
+    #[command(flatten)]
+    admin: serve::AdminArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -275,7 +277,7 @@ pub fn main() -> ExitCode {
         || !cli.set_file.is_empty()
         || cli.cloud_config.is_some()
         || cli.machines.is_some();
-    if cli.command.is_some() && default_args {
+    if cli.command.is_some() && (default_args || cli.admin.given()) {
         eprintln!(
             "error: CONFIG, --set and --cloud-config before a subcommand belong to the default command; \
              drop the subcommand, or give the subcommand's own options after it (see daybreak SUBCOMMAND --help)"
@@ -294,6 +296,7 @@ pub fn main() -> ExitCode {
             &cli.set_file,
             cli.cloud_config.as_deref(),
             cli.machines.as_deref(),
+            cli.admin,
         ) {
             Ok(Some(o)) => o,
             Ok(None) => return ExitCode::SUCCESS,

@@ -23,7 +23,8 @@ pub struct ServerArgs {
     /// HTTP port (pixiecore's default, 80).
     #[arg(short = 'p', long, value_name = "PORT", default_value_t = 80)]
     port: u16,
-    /// pixiecore's status page port. Daybreak has no status page yet: ignored, with a warning.
+    /// pixiecore's status page port: Daybreak's admin listener (/metrics) on 127.0.0.1:PORT,
+    /// unless --admin-listen says where.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     status_port: u16,
     /// Accepted: Daybreak answers DHCP beside a local DHCP server on its own (through a raw
@@ -45,15 +46,18 @@ pub struct ServerArgs {
     /// Accepted: Daybreak's log lines always carry timestamps.
     #[arg(short = 't', long)]
     log_timestamps: bool,
+    #[command(flatten)]
+    admin: super::serve::AdminArgs,
 }
 
 impl ServerArgs {
     /// The server for `plan`, logging as pixiecore does. What pixiecore does and Daybreak does
     /// not is said with a warning: the boot works without it.
-    pub fn options(self, plan: PlanInput) -> ServeOptions {
-        if self.status_port != 0 {
-            tracing::warn!("--status-port: Daybreak has no status page yet; ignored");
+    pub fn options(mut self, plan: PlanInput) -> anyhow::Result<ServeOptions> {
+        if self.status_port != 0 && self.admin.admin_listen.is_none() {
+            self.admin.admin_listen = Some(self.status_port.to_string());
         }
+        let admin = self.admin.options()?;
         if self.ipxe_efi32.is_some() {
             tracing::warn!("--ipxe-efi32: Daybreak does not answer 32-bit UEFI machines; ignored");
         }
@@ -75,7 +79,8 @@ impl ServerArgs {
         o.ipxe_bios = self.ipxe_bios;
         o.ipxe_efi64 = self.ipxe_efi64;
         o.pixiecore_log = true;
-        o
+        o.admin = admin;
+        Ok(o)
     }
 }
 
@@ -108,14 +113,14 @@ impl BootArgs {
                 bail!("{s}: Daybreak boots local files; download it first (curl -fLO {s}) and give its path");
             }
         }
-        Ok(self.server.options(PlanInput {
+        self.server.options(PlanInput {
             kernel: Some(self.kernel),
             initrds: self.initrds,
             // pixiecore's command line is taken as it is: with neither --rootfs nor
             // --cloud-config, Daybreak adds nothing to it.
             cmdline: Some(self.cmdline.unwrap_or_default()),
             ..Default::default()
-        }))
+        })
     }
 }
 
@@ -154,7 +159,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 impl ApiArgs {
     pub fn into_options(self) -> anyhow::Result<ServeOptions> {
         let api = Api::new(&self.url, self.api_request_timeout)?;
-        let mut o = self.server.options(PlanInput::default());
+        let mut o = self.server.options(PlanInput::default())?;
         o.api = Some(api);
         Ok(o)
     }

@@ -42,6 +42,8 @@ pub struct ServeArgs {
     machines: Option<PathBuf>,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +87,44 @@ pub struct NetArgs {
     ipxe_arm64: Option<PathBuf>,
 }
 
+/// Where the admin surface (the status page, `/api/machines`, `/metrics`) listens, and who may
+/// read it.
+#[derive(Args, Debug, Default)]
+pub struct AdminArgs {
+    /// Where the status page, /api/machines and /metrics listen (never on the boot port):
+    /// ADDR:PORT, a port on 127.0.0.1, or off. Default: 127.0.0.1:8091. An address other hosts
+    /// reach needs --admin-token-file.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub admin_listen: Option<String>,
+    /// A file whose first line is the admin token (16 characters or more, e.g.
+    /// `head -c 24 /dev/urandom | base64`): every admin request must carry it, as
+    /// `Authorization: Bearer TOKEN` or as the password of HTTP Basic (a browser asks for it).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A host name the admin listener answers to besides its addresses and localhost (the name
+    /// in the browser's address bar); repeat for several. Other names are refused, so a web
+    /// page cannot read the API through a DNS name it points at this host.
+    #[arg(long, value_name = "NAME")]
+    pub admin_host: Vec<String>,
+}
+
+impl AdminArgs {
+    /// Whether any of them is on the command line.
+    pub fn given(&self) -> bool {
+        self.admin_listen.is_some()
+            || self.admin_token_file.is_some()
+            || !self.admin_host.is_empty()
+    }
+
+    pub fn options(self) -> anyhow::Result<crate::admin::AdminOptions> {
+        crate::admin::AdminOptions::new(
+            self.admin_listen.as_deref(),
+            self.admin_token_file.as_deref(),
+            self.admin_host,
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct StartPixieArgs {
     /// The cloud-config file (served as config_url=).
@@ -100,6 +140,8 @@ pub struct StartPixieArgs {
     initrd: PathBuf,
     /// The kernel.
     kernel: PathBuf,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 impl NetArgs {
@@ -123,6 +165,7 @@ impl NetArgs {
             pixiecore_log: false,
             api: None,
             fleet: None,
+            admin: Default::default(),
         }
     }
 }
@@ -146,6 +189,7 @@ impl ServeArgs {
             data: Default::default(),
             images,
         };
+        let admin = self.admin.options()?;
         let report = super::progress::reporter();
         let set = self
             .iso
@@ -162,6 +206,7 @@ impl ServeArgs {
             ..Default::default()
         });
         o.fleet = Some(fleet);
+        o.admin = admin;
         Ok(o)
     }
 }
@@ -171,6 +216,7 @@ impl StartPixieArgs {
     /// no ISO is the squashfs itself (and a missing one is reported as such when it is opened).
     pub fn into_options(self) -> anyhow::Result<ServeOptions> {
         use artifacts::{IsoError, SourceError};
+        let admin = self.admin.options()?;
         let plan = match artifacts::from_iso_file(self.squashfs.clone()) {
             Ok(set) => {
                 tracing::info!(
@@ -200,6 +246,7 @@ impl StartPixieArgs {
         };
         Ok(ServeOptions {
             pixiecore_log: true,
+            admin,
             ..ServeOptions::new(plan, http, self.address)
         })
     }

@@ -38,6 +38,10 @@ pub use profiles::{Action, Profiles};
 const POLL: Duration = Duration::from_secs(2);
 /// How long a machine whose image is being prepared waits before it asks again.
 const RETRY: Duration = Duration::from_secs(10);
+/// New machines one source address may add to the store in [`NEW_WINDOW`]: a boot network
+/// hands an address to a few machines a day, a flood of made-up MACs from one host stops here.
+pub const NEW_PER_SOURCE: u32 = 16;
+pub const NEW_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Where the profiles come from.
 #[derive(Debug, Clone)]
@@ -81,7 +85,11 @@ pub struct Fleet {
     personal: bool,
     images: Images,
     /// Each boot's own URLs, and the profile its decision chose.
-    grants: grants::Grants,
+    grants: Arc<grants::Grants>,
+    /// New records per source address ([`NEW_PER_SOURCE`]).
+    creations: Arc<crate::bounded::PerKey<std::net::IpAddr>>,
+    /// Lines about machines not remembered, a few a second.
+    not_added: Mutex<crate::bounded::LineBudget>,
     /// Told of installs, local boots and cloud-configs.
     events: Option<Arc<Hub>>,
 }
@@ -129,7 +137,17 @@ impl Fleet {
             timelines: Timelines::new(plan.rootfs.as_ref().map_or(0, |r| r.size)),
             main: plan,
             images: Images::new(opts, main_arch)?,
-            grants: grants::Grants::default(),
+            grants: Arc::default(),
+            creations: Arc::new(crate::bounded::PerKey::new(
+                NEW_PER_SOURCE,
+                NEW_WINDOW,
+                4096,
+            )),
+            not_added: Mutex::new(crate::bounded::LineBudget::new(
+                std::time::Instant::now(),
+                10,
+                "new machines not remembered",
+            )),
             profiles: RwLock::new(Arc::new(profiles)),
             file: Mutex::new(file),
             writes: Writes::spawn(store.clone())?,
@@ -244,8 +262,13 @@ impl Fleet {
             personal: self.personal,
             common_config: self.template.is_some() || self.main.cloud_config_file().is_some(),
         });
+        // A machine the store does not hold yet is added within its address's budget.
+        let writes = effects.iter().any(|e| matches!(e, Effect::Record(_)))
+            || matches!(&outcome, Outcome::Boot(b) if b.config);
+        let remember = record.is_some() || !writes || self.may_add(m.mac, peer);
         for e in effects {
             match e {
+                Effect::Record(_) if !remember => {}
                 Effect::Record(change) => self.writes.send(m.mac, change),
                 Effect::LocalBoot => self.emit(None, m.mac, Step::LocalBoot),
                 Effect::Build(key) => self.images.ensure(&key, false),
@@ -281,7 +304,7 @@ impl Fleet {
                 let size = plan.rootfs.as_ref().map_or(0, |r| r.size);
                 self.timelines.rootfs_total(mac, size);
                 let config_url = match b.config {
-                    true => match self.grant(mac, profile.cloned()) {
+                    true => match self.grant(mac, profile.cloned(), remember) {
                         Some(nonce) => {
                             Some(self.tokens.url(base, PersonalKind::Config, mac, &nonce))
                         }
@@ -328,8 +351,26 @@ impl Fleet {
         }
     }
 
-    /// A new grant for `mac`'s boot ([`grants`]), deciding `profile`: its nonce.
-    fn grant(&self, mac: Mac, profile: Option<profiles::Profile>) -> Option<String> {
+    /// Whether `peer` may add `mac` to the store ([`NEW_PER_SOURCE`] an hour); the machine is
+    /// served either way.
+    fn may_add(&self, mac: Mac, peer: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
+        let ok = self.creations.take(peer.ip(), now);
+        let mut lines = self.not_added.lock().unwrap_or_else(|e| e.into_inner());
+        if !ok && lines.admit(now) {
+            tracing::warn!(mac = %mac, client = %peer.ip(), "a new machine not remembered: its address added {NEW_PER_SOURCE} machines to the store within the hour (a flood of made-up MACs?); it is served, and remembered when its address is below that again");
+        }
+        ok
+    }
+
+    /// A new grant for `mac`'s boot ([`grants`]), deciding `profile`: its nonce; kept in its
+    /// record when it is to be `remember`ed.
+    fn grant(
+        &self,
+        mac: Mac,
+        profile: Option<profiles::Profile>,
+        remember: bool,
+    ) -> Option<String> {
         let nonce = match artifacts::random_hex(16) {
             Ok(n) => n,
             Err(e) => {
@@ -339,6 +380,9 @@ impl Fleet {
         };
         self.grants
             .issue(mac, profile, nonce.clone(), std::time::Instant::now());
+        if !remember {
+            return Some(nonce);
+        }
         self.writes.send(
             mac,
             Change::Granted(crate::store::Grant {
@@ -356,23 +400,35 @@ impl Fleet {
 
     /// Remembers that `mac`'s install finished, on disk before the machine hears it: a crash
     /// right after cannot make it install again. When it cannot be remembered, the machine is
-    /// not told it was, and its callback (`nonce`) stays open for its retry.
+    /// not told it was, and its callback (`nonce`) stays open for its retry. The write waits on
+    /// the disk (or a store's quorum), so it is made on a thread of its own, never on the
+    /// threads that answer every other request.
     fn installed(&self, mac: Mac, from: SocketAddr, nonce: String) -> Reply {
-        let done = Change::Installed {
-            at: artifacts::now(),
-        };
-        if let Err(e) = crate::store::update(&*self.store, mac, &done) {
-            tracing::error!(mac = %mac, store = %self.store.describe(), error = %e, "install finished, but it cannot be remembered: not answered, so the machine calls back again");
-            self.grants.restore(mac, nonce, std::time::Instant::now());
+        let (store, grants, events) =
+            (self.store.clone(), self.grants.clone(), self.events.clone());
+        if store.cached(mac).is_none() && !self.may_add(mac, from) {
+            grants.restore(mac, nonce, std::time::Instant::now());
             return Reply::NotFound;
         }
-        tracing::info!(mac = %mac, client = %from.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
-        self.emit(Some(from), mac, Step::Installed);
-        Reply::memory(
-            "_installed",
-            "text/plain; charset=utf-8",
-            &b"installed\n"[..],
-        )
+        Reply::Later(Arc::new(move || {
+            let done = Change::Installed {
+                at: artifacts::now(),
+            };
+            if let Err(e) = crate::store::update(&*store, mac, &done) {
+                tracing::error!(mac = %mac, store = %store.describe(), error = %e, "install finished, but it cannot be remembered: not answered, so the machine calls back again");
+                grants.restore(mac, nonce.clone(), std::time::Instant::now());
+                return Reply::NotFound;
+            }
+            tracing::info!(mac = %mac, client = %from.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
+            if let Some(hub) = &events {
+                hub.emit(Some(from), Some(mac), Step::Installed);
+            }
+            Reply::memory(
+                "_installed",
+                "text/plain; charset=utf-8",
+                &b"installed\n"[..],
+            )
+        }))
     }
 }
 
@@ -435,12 +491,13 @@ impl Booter for Fleet {
     }
 }
 
-impl crate::status::Machines for Fleet {
-    fn list_json(&self) -> Vec<u8> {
+impl crate::admin::Machines for Fleet {
+    fn list_json(&self, offset: usize, limit: usize) -> Vec<u8> {
         let profiles = self.profiles();
         let mut json = Vec::new();
-        self.store
-            .with(&mut |records| json = self.timelines.list_json(&profiles, records));
+        self.store.with(&mut |records| {
+            json = self.timelines.list_json(&profiles, records, offset, limit)
+        });
         json
     }
 

@@ -1,7 +1,7 @@
 use super::*;
+use crate::admin::Machines as _;
 use crate::plan::tests::{input, tmpdir, BASE};
 use crate::plan::CloudConfig;
-use crate::status::Machines as _;
 use http::{Body, Request, Router as _};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -87,8 +87,6 @@ fn open(dir: PathBuf, plan: Arc<Plan>, hub: Option<Arc<crate::events::Hub>>) -> 
         http: pxe::HttpAddress::default(),
         binaries: Arc::default(),
         hub: hub.unwrap_or_else(|| Arc::new(crate::events::Hub::with_link(|_| None))),
-        metrics: None,
-        machines: Some(fleet.clone()),
     };
     Setup { routes, fleet, dir }
 }
@@ -104,8 +102,14 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
         query,
         local: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         peer: from,
+        host: None,
+        authorization: None,
     };
-    match s.routes.route(&req) {
+    let mut reply = s.routes.route(&req);
+    if let Reply::Later(make) = reply {
+        reply = make();
+    }
+    match reply {
         Reply::Resource {
             body: Body::Memory(b),
             ..
@@ -121,17 +125,45 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
         }
         Reply::Resource { .. } => Some((200, "<ranges>".into())),
         Reply::NotFound => Some((404, String::new())),
-        Reply::Proxy { .. } => None,
+        Reply::Refused { code, .. } => Some((code, String::new())),
+        Reply::Proxy { .. } | Reply::Later(_) => None,
     }
 }
 
 /// The machine's DHCP bound `mac` to `from`'s address (as ProxyDHCP sees it).
 fn bind(s: &Setup, mac: &str, from: u8) {
-    s.routes.hub.learn(peer(from).ip(), self::mac(mac));
+    s.routes.hub.learn(peer(from).ip(), self::mac(mac), false);
     s.routes
         .hub
         .identities
         .bind(self::mac(mac), peer(from).ip(), std::time::Instant::now());
+}
+
+/// `path_query` from the admin listener of `s`'s fleet.
+fn admin_get(s: &Setup, path_query: &str) -> (u16, String) {
+    let admin = crate::admin::AdminRoutes {
+        token: None,
+        hosts: Vec::new(),
+        metrics: None,
+        machines: Some(s.fleet.clone()),
+    };
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    let req = Request {
+        path,
+        query,
+        local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+        host: Some("127.0.0.1:8091"),
+        authorization: None,
+    };
+    match admin.route(&req) {
+        Reply::Resource {
+            body: Body::Memory(b),
+            ..
+        } => (200, String::from_utf8_lossy(&b).into_owned()),
+        Reply::NotFound => (404, String::new()),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Machine `mac` asks for its script from its address.
@@ -399,8 +431,15 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
             ms: 1,
         },
     ));
-    let (_, json) = get(&s, "/api/machines", peer(99)).unwrap();
+    // The boot port does not list machines; the admin listener does, a page at a time.
+    assert_eq!(get(&s, "/api/machines", peer(99)).unwrap().0, 404);
+    let (_, json) = admin_get(&s, "/api/machines");
     let v: Value = serde_json::from_str(&json).unwrap();
+    let paged: Value =
+        serde_json::from_str(&admin_get(&s, "/api/machines?offset=1&limit=1").1).unwrap();
+    assert_eq!(paged["total"], v["total"]);
+    assert_eq!(paged["machines"].as_array().unwrap().len(), 1);
+    assert_eq!(paged["machines"][0]["mac"], v["machines"][1]["mac"]);
     let list = v["machines"].as_array().unwrap();
     let find = |m: &str| list.iter().find(|x| x["mac"] == m).unwrap().clone();
     assert_eq!(find(A)["phase"], "offered");
@@ -414,7 +453,7 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
         json!({"bytes": 5.min(size), "total": size})
     );
     let tag = cfg.rsplit('-').next().unwrap().trim_end_matches(".yaml");
-    let one = get(&s, &format!("/api/machines/{A}"), peer(99)).unwrap().1;
+    let one = admin_get(&s, &format!("/api/machines/{A}")).1;
     for text in [&json, &one] {
         assert!(
             !text.contains(tag) && !text.contains("installed_url") && !text.contains("K10"),
@@ -435,8 +474,8 @@ fn the_status_lists_phases_and_progress_but_never_a_secret() {
     ));
     let one: Value = serde_json::from_slice(&s.fleet.show_json(mac(B)).unwrap()).unwrap();
     assert_eq!(one["progress"]["bytes"], (5 + 3).min(size));
-    assert_eq!(get(&s, "/api/machines/zz", peer(99)).unwrap().0, 404);
-    let page = get(&s, "/", peer(99)).unwrap().1;
+    assert_eq!(admin_get(&s, "/api/machines/zz").0, 404);
+    let page = admin_get(&s, "/").1;
     assert!(page.contains("/api/machines") && page.starts_with("<!doctype html>"));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
@@ -711,5 +750,42 @@ fn a_boots_cloud_config_comes_from_the_profile_its_script_chose() {
         .unwrap()
         .1
         .contains("hostname: changed-meanwhile"));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Item: one address adds at most [`NEW_PER_SOURCE`] machines to the store an hour (a flood of
+/// made-up MACs from one host); past that its machines are still served, not remembered, and
+/// their install callbacks are not answered as done; another address adds its own.
+#[test]
+fn one_address_adds_a_bounded_number_of_machines_to_the_store() {
+    let s = setup("new-per-source", MACHINES);
+    let remembered = || s.fleet.store.len();
+    let before = remembered();
+    let macs: Vec<String> = (0..NEW_PER_SOURCE + 8)
+        .map(|i| format!("52:54:00:77:00:{i:02x}"))
+        .collect();
+    let mut last = String::new();
+    for mac in &macs {
+        last = script(&s, mac, 30);
+        assert!(last.contains("boot kernel"), "{last}");
+    }
+    let want = before + NEW_PER_SOURCE as usize;
+    wait(&format!("the first machines' records ({want})"), || {
+        remembered() == want
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(remembered(), want, "no more from that address");
+    // The last one, not remembered, calls back: not told its install is done.
+    let cfg = config_url(&last);
+    let (_, text) = get(&s, &cfg, peer(30)).unwrap();
+    let done = text
+        .lines()
+        .find_map(|l| l.split("/_/installed/").nth(1))
+        .map(|rest| format!("/_/installed/{}", rest.trim()))
+        .unwrap_or_else(|| panic!("no install URL in {text}"));
+    assert_eq!(get(&s, &done, peer(30)).unwrap().0, 404);
+    assert!(s.fleet.store.cached(mac(&macs[macs.len() - 1])).is_none());
+    script(&s, "52:54:00:77:01:00", 31);
+    wait("another address's machine", || remembered() == want + 1);
     let _ = std::fs::remove_dir_all(&s.dir);
 }

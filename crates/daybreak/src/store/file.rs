@@ -38,6 +38,8 @@ pub struct FileStore {
     records: RwLock<HashMap<Mac, Versioned>>,
     /// The generation read last: other processes bump it after a change.
     read_at: Mutex<u64>,
+    /// Records kept at most ([`MAX_RECORDS`]).
+    cap: usize,
 }
 
 fn file_name(mac: &Mac) -> String {
@@ -77,6 +79,7 @@ impl FileStore {
             dir,
             records: RwLock::default(),
             read_at: Mutex::default(),
+            cap: MAX_RECORDS,
         };
         s.reload();
         Ok(s)
@@ -106,7 +109,7 @@ impl FileStore {
             let Some(mac) = mac_of_name(&e.file_name().to_string_lossy()) else {
                 continue;
             };
-            if map.len() >= MAX_RECORDS {
+            if map.len() >= self.cap {
                 break;
             }
             if let Some(r) = read_record(&e.path(), &mac) {
@@ -153,8 +156,8 @@ impl MachineStore for FileStore {
         if now.as_ref().map(|v| v.version) != expect {
             return Err(StoreError::Conflict);
         }
-        if now.is_none() && !self.records().contains_key(&mac) && self.len() >= MAX_RECORDS {
-            return Err(StoreError::Full);
+        if now.is_none() && !self.records().contains_key(&mac) && self.len() >= self.cap {
+            self.make_room()?;
         }
         let version = expect.map_or(1, |v| v.wrapping_add(1));
         let on_disk = OnDisk {
@@ -181,22 +184,62 @@ impl MachineStore for FileStore {
 
     fn forget(&self, mac: Mac) -> Result<bool, StoreError> {
         let _lock = self.lock()?;
+        self.remove(mac, true)
+    }
+
+    fn refresh(&self) -> bool {
+        FileStore::refresh(self)
+    }
+
+    fn publish(&self) -> Result<(), StoreError> {
+        FileStore::publish(self)
+    }
+}
+
+impl FileStore {
+    /// Room for a new machine in a full store: the never-installed machines not seen the
+    /// longest go ([`super::evictable`]), a batch at once; installed machines never do.
+    /// Called with the lock held.
+    fn make_room(&self) -> Result<(), StoreError> {
+        let gone = super::evictable(&self.records(), (self.cap / 64).max(1));
+        if gone.is_empty() {
+            return Err(StoreError::Full);
+        }
+        for mac in &gone {
+            self.remove(*mac, false)?;
+        }
+        self.sync_dir();
+        tracing::warn!(
+            forgotten = gone.len(),
+            store = %self.dir.display(),
+            "machine store full ({} machines): the never-installed machines not seen the longest are forgotten to make room",
+            self.cap
+        );
+        Ok(())
+    }
+
+    /// Removes `mac`'s record, on disk at once when `sync`; called with the lock held.
+    fn remove(&self, mac: Mac, sync: bool) -> Result<bool, StoreError> {
         let path = self.dir.join(file_name(&mac));
         let gone = match fs::remove_file(&path) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(io_error(format!("cannot remove {}", path.display()))(e)),
         };
-        if gone {
-            if let Ok(d) = fs::File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
+        if gone && sync {
+            self.sync_dir();
         }
         self.records
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&mac);
         Ok(gone)
+    }
+
+    fn sync_dir(&self) {
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
     }
 
     /// Reads every record again when another process published a change since the last read.
@@ -286,6 +329,42 @@ mod tests {
         assert!(fs::symlink_metadata(dir.join("525400aabb01.json"))
             .unwrap()
             .is_file());
+        let _ = fs::remove_dir_all(d);
+    }
+
+    /// Item: a full store makes room by forgetting the never-installed machines not seen the
+    /// longest, never one whose install finished; full of installed machines, it takes no more.
+    #[test]
+    fn a_full_store_forgets_never_installed_machines_and_never_an_installed_one() {
+        use super::super::{update, Change};
+        let d = testkit::tempdir("file-store-full");
+        let mut s = FileStore::open(&d).unwrap();
+        s.cap = 4;
+        let m = |i: u8| Mac([0x52, 0x54, 0, 0, 0x10, i]);
+        let booted = |at| Change::Booted {
+            at,
+            arch: None,
+            firmware: None,
+            uuid: None,
+        };
+        update(&s, m(1), &Change::Installed { at: 1 }).unwrap();
+        update(&s, m(2), &booted(50)).unwrap();
+        update(&s, m(3), &booted(10)).unwrap();
+        update(&s, m(4), &booted(30)).unwrap();
+        // A fifth: the never-installed one seen longest ago (3) goes.
+        update(&s, m(5), &booted(60)).unwrap();
+        assert_eq!(s.len(), 4);
+        assert!(s.get(m(3)).unwrap().is_none() && s.cached(m(3)).is_none());
+        assert!(s.get(m(1)).unwrap().is_some(), "the installed one stays");
+        // Full of installed machines: the next is refused, and nothing goes.
+        for i in [2, 4, 5] {
+            update(&s, m(i), &Change::Installed { at: 70 }).unwrap();
+        }
+        assert!(matches!(
+            update(&s, m(6), &booted(80)),
+            Err(StoreError::Full)
+        ));
+        assert_eq!(s.len(), 4);
         let _ = fs::remove_dir_all(d);
     }
 }

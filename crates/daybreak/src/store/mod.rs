@@ -15,9 +15,28 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 
-/// Records kept. Past this, new machines are served but not remembered (a flood of made-up
-/// MACs cannot fill the disk).
+/// Records kept. Past this, a new machine's record pushes out never-installed machines not seen
+/// the longest ([`evictable`]); a store full of installed machines takes no more, and new
+/// machines are served but not remembered (a flood of made-up MACs cannot fill the disk, nor
+/// push out a machine whose install finished).
 pub const MAX_RECORDS: usize = 65_536;
+
+/// Up to `n` machines a full store may forget: never installed, not seen the longest first.
+pub fn evictable(records: &std::collections::HashMap<Mac, Versioned>, n: usize) -> Vec<Mac> {
+    let mut never: Vec<(u64, Mac)> = records
+        .values()
+        .filter(|v| v.record.installed_at.is_none())
+        .map(|v| (v.record.last_seen, v.record.mac))
+        .collect();
+    let n = n.min(never.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < never.len() {
+        never.select_nth_unstable(n - 1);
+    }
+    never[..n].iter().map(|(_, m)| *m).collect()
+}
 
 /// What is remembered of one machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,7 +247,12 @@ const WRITES_QUEUED: usize = 1024;
 /// store. Bounded: past `WRITES_QUEUED` waiting, a change is dropped and said.
 pub struct Writes {
     tx: std::sync::mpsc::SyncSender<(Mac, Change)>,
+    /// Lines about dropped changes: a few a second, the rest counted.
+    dropped: std::sync::Mutex<crate::bounded::LineBudget>,
 }
+
+/// Lines a second about changes dropped or not written.
+const WRITE_LINES: u32 = 5;
 
 impl Writes {
     pub fn spawn(store: std::sync::Arc<dyn MachineStore>) -> std::io::Result<Writes> {
@@ -236,18 +260,33 @@ impl Writes {
         std::thread::Builder::new()
             .name("machine-store".into())
             .spawn(move || {
+                let now = std::time::Instant::now;
+                let mut lines =
+                    crate::bounded::LineBudget::new(now(), WRITE_LINES, "machine records not written");
                 for (mac, change) in rx {
                     if let Err(e) = update(&*store, mac, &change) {
-                        tracing::warn!(mac = %mac, error = %e, store = %store.describe(), "machine record not written");
+                        if lines.admit(now()) {
+                            tracing::warn!(mac = %mac, error = %e, store = %store.describe(), "machine record not written");
+                        }
                     }
                 }
             })?;
-        Ok(Writes { tx })
+        Ok(Writes {
+            tx,
+            dropped: std::sync::Mutex::new(crate::bounded::LineBudget::new(
+                std::time::Instant::now(),
+                WRITE_LINES,
+                "machine store busy: changes not remembered",
+            )),
+        })
     }
 
     pub fn send(&self, mac: Mac, change: Change) {
         if self.tx.try_send((mac, change)).is_err() {
-            tracing::warn!(mac = %mac, "machine store busy: this change is not remembered");
+            let mut lines = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            if lines.admit(std::time::Instant::now()) {
+                tracing::warn!(mac = %mac, "machine store busy: this change is not remembered");
+            }
         }
     }
 }

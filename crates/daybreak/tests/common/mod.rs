@@ -99,8 +99,24 @@ impl Daybreak {
             "--tftp-port",
             &t,
             "--no-proxy-dhcp",
+            "--admin-listen",
+            "127.0.0.1:0",
         ]);
         (Daybreak::start(&all, dir), http, tftp)
+    }
+
+    /// Where its admin listener is, as its log says: `http://ADDR:PORT`.
+    pub fn admin(&self) -> String {
+        let log = self.log_text();
+        let at = log
+            .lines()
+            .filter(|l| l.contains("admin ("))
+            .find_map(|l| l.split_once(" on http://"))
+            .map(|(_, rest)| rest.split(['/', '"', ' ']).next().unwrap_or("").to_string());
+        match at {
+            Some(a) => format!("http://{a}"),
+            None => panic!("no admin listener in the log:\n{log}"),
+        }
     }
 
     pub fn log_text(&self) -> String {
