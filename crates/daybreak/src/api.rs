@@ -69,6 +69,13 @@ impl Spec {
     }
 }
 
+/// Every question that may be out at once is: the machine asks again shortly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Busy;
+
+/// How long a machine that found the API's questions all out waits before it asks again.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
+
 /// Why an answer is not used (the machine is then not booted).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnswerError {
@@ -127,14 +134,21 @@ impl Api {
         } else {
             format!("{url}/")
         };
+        // Neither follows a redirect: the API's answer and the files it names are fetched
+        // from where it said, nowhere else (a redirect to file:// or to another host is a
+        // failure). Connections are pooled per host.
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections_per_host(MAX_ASKING)
             .build()
             .new_agent();
         let files = ureq::Agent::config_builder()
             .timeout_connect(Some(timeout))
             .timeout_recv_response(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .max_redirects(0)
             .build()
             .new_agent();
         let tokens = Tokens::ephemeral()?;
@@ -225,13 +239,7 @@ impl Api {
             }
             let c = a.get_mut(&mac).expect("just inserted");
             let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
-            let ask = stale
-                && self
-                    .asking
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < MAX_ASKING).then_some(n + 1)
-                    })
-                    .is_ok();
+            let ask = stale && self.take_question();
             c.asking |= ask;
             (c.spec.is_some(), ask)
         };
@@ -244,17 +252,42 @@ impl Api {
         known
     }
 
-    /// What to boot `mac` with: a fresh answer, asked for now if need be.
-    fn spec(&self, mac: Mac) -> Option<Arc<Spec>> {
+    /// Takes one of the [`MAX_ASKING`] questions that may be out at once (the DHCP path's
+    /// and the scripts' together); false when all are.
+    fn take_question(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.asking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ASKING).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// What to boot `mac` with: a fresh answer, asked for now if need be; `Err` when the
+    /// questions at once are all out and there is no answer yet.
+    fn spec(&self, mac: Mac) -> Result<Option<Arc<Spec>>, Busy> {
         let cached = self
             .answers()
             .get(&mac)
             .filter(|c| c.at.is_some_and(|t| t.elapsed() <= FRESH))
             .map(|c| c.spec.clone());
-        match cached {
-            Some(s) => s,
-            None => tokio::task::block_in_place(|| self.ask(mac)),
+        if let Some(s) = cached {
+            return Ok(s);
         }
+        if !self.take_question() {
+            // A flood of script requests is not a flood of questions (or of threads): the
+            // last answer, else the machine asks again shortly.
+            let last = self
+                .answers()
+                .get(&mac)
+                .filter(|c| c.at.is_some())
+                .map(|c| c.spec.clone());
+            return last.ok_or(Busy);
+        }
+        let spec = tokio::task::block_in_place(|| self.ask(mac));
+        self.asking
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(spec)
     }
 
     /// The last answer for `mac`, without asking.
@@ -265,7 +298,7 @@ impl Api {
     pub fn describe(&self) -> String {
         format!(
             "{}v1/boot/MAC (timeout {} ms)",
-            self.base,
+            redact_url(&self.base),
             self.timeout.as_millis()
         )
     }
@@ -418,6 +451,11 @@ pub fn parse_answer(base: &str, body: &[u8]) -> Result<Spec, AnswerError> {
         return Err(AnswerError::TooMany);
     }
     cmdline.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
+    for p in &cmdline {
+        if let Part::Text(t) = p {
+            crate::render::check_ipxe(t).map_err(|e| AnswerError::Cmdline(e.to_string()))?;
+        }
+    }
     Ok(Spec {
         urls,
         initrds: n_initrds,
@@ -466,11 +504,15 @@ impl Booter for Api {
             return Decision::Ignore;
         };
         match self.spec(m.mac) {
-            Some(spec) => {
+            Ok(Some(spec)) => {
                 tracing::info!(client = %ask.peer.ip(), mac = %m.mac, "boot script from the API's answer");
                 self.boot(&spec, ask.base, m.mac)
             }
-            None => Decision::Ignore,
+            Ok(None) => Decision::Ignore,
+            Err(Busy) => Decision::Wait {
+                why: format!("{MAX_ASKING} questions to the API are out already"),
+                retry: BUSY_RETRY,
+            },
         }
     }
 
@@ -490,14 +532,14 @@ impl Booter for Api {
         }
         let name = spec.name(i);
         Some(match url.strip_prefix("file://") {
-            Some(path) => match std::fs::File::open(path) {
+            Some(path) => match open_named(std::path::Path::new(path)) {
                 Ok(f) => Reply::Resource {
                     name,
                     content_type: "application/octet-stream",
                     body: Body::File(Arc::new(f)),
                 },
                 Err(e) => {
-                    tracing::warn!(mac = %p.mac, file = %http::loggable(path), error = %e, "api: cannot open a file the API named");
+                    tracing::warn!(mac = %p.mac, file = %http::loggable(path), error = %e, "api: a file the API named is not served");
                     Reply::NotFound
                 }
             },
@@ -519,6 +561,74 @@ impl Booter for Api {
     }
 }
 
+/// A URL for a log line: its credentials (`user:password@`) and its query (presigned URLs
+/// carry their signature there) left out.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?…"),
+        None => path.to_string(),
+    };
+    match scheme {
+        "" => format!("{host}{path}"),
+        s => format!("{s}://{host}{path}"),
+    }
+}
+
+/// A `file://` path the API named, opened safely: absolute, through no symlink anywhere on
+/// the way (`openat2` with `RESOLVE_NO_SYMLINKS`), a regular file, and readable by everyone on
+/// this host, so an answer naming `/etc/shadow`, a symlink planted in a served directory or a
+/// device gets nothing (the API server, or anyone between it and us on plain HTTP, is not
+/// trusted with this host's secrets).
+pub fn open_named(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |why: &str| Err(std::io::Error::other(why.to_string()));
+    if !path.is_absolute() {
+        return refuse("not an absolute path");
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the path"))?;
+    // SAFETY: open_how is plain integers; all zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid NUL-terminated path and a valid open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse("a symlink on the way"),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: a descriptor openat2 just returned, owned by nothing else.
+    let f = unsafe { std::fs::File::from_raw_fd(fd as i32) };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return refuse("not a regular file");
+    }
+    if meta.mode() & 0o004 == 0 {
+        return refuse("not readable by everyone on this host (chmod o+r it to serve it)");
+    }
+    Ok(f)
+}
+
 /// A file the API named, fetched for the machine as it downloads it.
 struct Fetch {
     url: String,
@@ -532,6 +642,10 @@ impl http::Upstream for Fetch {
             .get(&self.url)
             .call()
             .map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            // A redirect is not followed: the file is where the API said, or nowhere.
+            return Err(format!("the answer is HTTP {}", resp.status().as_u16()));
+        }
         let len = resp
             .headers()
             .get("content-length")
@@ -542,7 +656,7 @@ impl http::Upstream for Fetch {
     }
 
     fn describe(&self) -> String {
-        http::loggable(&self.url).into_owned()
+        http::loggable(&redact_url(&self.url)).into_owned()
     }
 }
 
@@ -921,6 +1035,143 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
             cancel.cancel();
         });
+    }
+
+    /// Item: script requests used to ask the API without bound (384 questions and 388 threads
+    /// at once). Now at most [`MAX_ASKING`] questions are out, the DHCP path's and the
+    /// scripts' together; a machine beyond them is told to ask again shortly.
+    #[test]
+    fn script_requests_ask_the_api_at_most_16_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", l.local_addr().unwrap());
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n2, m2) = (now.clone(), most.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming().take(400).flatten() {
+                let (now, most) = (n2.clone(), m2.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read as _, Write as _};
+                    let mut s = s;
+                    let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(at_once, Ordering::SeqCst);
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    std::thread::sleep(Duration::from_millis(300));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+        let api = Api::new(&base, Duration::from_secs(2)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let waits = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..100u32 {
+                let api = api.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mac: Mac = format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 255)
+                        .parse()
+                        .unwrap();
+                    let d = api.decide(&Ask {
+                        machine: Some(Machine::new(mac)),
+                        vouched: true,
+                        peer: "10.0.0.9:1".parse().unwrap(),
+                        base: "http://10.0.0.1:8090",
+                    });
+                    matches!(d, Decision::Wait { .. })
+                }));
+            }
+            let mut waits = 0;
+            for t in tasks {
+                waits += usize::from(t.await.unwrap());
+            }
+            waits
+        });
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_ASKING, "{most} questions at once");
+        assert!(waits > 0, "a hundred at once: some are told to ask again");
+    }
+
+    /// Item: the API's answer and the files it names are fetched from where it said: a redirect
+    /// (to another host, to `file://`) is not followed.
+    #[test]
+    fn no_redirect_is_followed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in l.incoming().take(10).flatten() {
+                use std::io::{Read as _, Write as _};
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 5\r\nConnection: close\r\n\r\nmoved");
+            }
+        });
+        let api = Api::new(&base, Duration::from_secs(2)).unwrap();
+        assert!(api.ask(m(YES)).is_none(), "a redirecting API boots nothing");
+        let fetch = Fetch {
+            url: format!("{base}files/k"),
+            agent: api.files.clone(),
+        };
+        let e = http::Upstream::open(&fetch).err().unwrap();
+        assert!(e.contains("302"), "{e}");
+    }
+
+    /// Item: a `file://` URL the API names is served only through no symlink, when it is a
+    /// regular file everyone on this host may read.
+    #[test]
+    fn a_file_the_api_names_is_opened_safely() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = crate::plan::tests::tmpdir("api-file-named");
+        let _ = std::fs::remove_dir_all(d.join("real"));
+        std::fs::create_dir_all(d.join("real")).unwrap();
+        let public = d.join("real/kernel");
+        std::fs::write(&public, "kernel").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let secret = d.join("real/secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for (link, to) in [("link", public.clone()), ("dir", d.join("real"))] {
+            let _ = std::fs::remove_file(d.join(link));
+            std::os::unix::fs::symlink(&to, d.join(link)).unwrap();
+        }
+        assert!(open_named(&public).is_ok());
+        for refused in [
+            secret.clone(),
+            d.join("link"),
+            d.join("dir/kernel"),
+            "/dev/zero".into(),
+            "/etc/shadow".into(),
+            "relative/kernel".into(),
+            d.join("real"),
+        ] {
+            assert!(open_named(&refused).is_err(), "{}", refused.display());
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Item: an API URL's `user:password@` and a proxied URL's query (tokens, signatures)
+    /// went into log lines.
+    #[test]
+    fn urls_are_logged_without_credentials_or_query() {
+        assert_eq!(
+            redact_url("https://ops:s3cret@api.example:8000/pixie/"),
+            "https://…@api.example:8000/pixie/"
+        );
+        assert_eq!(
+            redact_url("https://bucket.example/k?X-Amz-Signature=abc"),
+            "https://bucket.example/k?…"
+        );
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        let api = Api::new("http://ops:s3cret@127.0.0.1:1/x", Duration::from_secs(1)).unwrap();
+        assert!(!api.describe().contains("s3cret"), "{}", api.describe());
     }
 
     proptest::proptest! {

@@ -23,9 +23,29 @@ use crate::plan::{BootFile, Plan};
 
 pub use crate::render::GRUB;
 
+/// ISOs made, by the base they chain (one per address of this server that clients reach).
+static ISOS: std::sync::Mutex<Vec<(String, bytes::Bytes)>> = std::sync::Mutex::new(Vec::new());
+/// ISOs kept; past this, the oldest is made again when asked.
+const MAX_ISOS: usize = 16;
+
 /// The netboot ISO for this server, as the client reached it: it chains this server's script.
+/// Made once per address, then served from memory (a flood of requests is not a flood of
+/// ISO builds).
 pub fn iso_reply(base: &str) -> Reply {
-    let iso = crate::ipxe_iso::build(&crate::ipxe_iso::Script::Chain(base.to_string()));
+    let mut isos = ISOS.lock().unwrap_or_else(|e| e.into_inner());
+    let iso = match isos.iter().find(|(b, _)| b == base) {
+        Some((_, iso)) => iso.clone(),
+        None => {
+            let iso = bytes::Bytes::from(crate::ipxe_iso::build(&crate::ipxe_iso::Script::Chain(
+                base.to_string(),
+            )));
+            if isos.len() >= MAX_ISOS {
+                isos.remove(0);
+            }
+            isos.push((base.to_string(), iso.clone()));
+            iso
+        }
+    };
     Reply::memory("ipxe.iso", "application/octet-stream", iso)
 }
 
@@ -139,6 +159,10 @@ impl BootRoutes {
 }
 
 impl Router for BootRoutes {
+    fn shown(&self, path: &str) -> String {
+        crate::tokens::shown(path)
+    }
+
     fn route(&self, req: &Request<'_>) -> Reply {
         let path = req.path;
         match path {
@@ -354,5 +378,22 @@ mod tests {
             });
             assert!(matches!(got, Reply::Resource { .. }), "{path}");
         }
+    }
+
+    /// Item: `/ipxe.iso` was built for every request.
+    #[test]
+    fn the_netboot_iso_is_made_once_per_address() {
+        let body = |r: Reply| match r {
+            Reply::Resource {
+                body: Body::Memory(b),
+                ..
+            } => b,
+            other => panic!("{other:?}"),
+        };
+        let a = body(iso_reply("http://10.0.0.1:8090"));
+        let b = body(iso_reply("http://10.0.0.1:8090"));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a second build");
+        let other = body(iso_reply("http://10.0.0.2:8090"));
+        assert_ne!(a, other);
     }
 }

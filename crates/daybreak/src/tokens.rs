@@ -135,6 +135,18 @@ impl Tokens {
 }
 
 /// The personal URL a request presents, if its path is one (the tag not checked yet).
+/// `path` for a log line: a machine's own URL without its tag (it opens the machine's
+/// cloud-config or install), anything else as [`http::loggable`] shows it.
+pub fn shown(path: &str) -> String {
+    for prefix in [CONFIG, INSTALLED] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let mac = rest.split('-').next().unwrap_or("");
+            return format!("{prefix}{}-<tag>", http::loggable(mac));
+        }
+    }
+    http::loggable(path).into_owned()
+}
+
 pub fn parse<'a>(path: &'a str, query: &'a str) -> Option<(PersonalKind, Mac, String)> {
     let mac_tag = |rest: &'a str| -> Option<(Mac, String)> {
         let (hex, tag) = rest.split_once('-')?;
@@ -237,5 +249,20 @@ mod tests {
             artifacts::hex(&hmac(&key, b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    /// Item: per-machine URLs were written whole into 404 lines.
+    #[test]
+    fn a_machines_url_is_logged_without_its_tag() {
+        let t = Tokens::from_hex(&"ab".repeat(32)).unwrap();
+        let url = t.url("", PersonalKind::Config, A, "n");
+        let tag = t.tag(PersonalKind::Config, A, "n");
+        assert!(url.contains(&tag));
+        let logged = shown(&url);
+        assert!(!logged.contains(&tag), "{logged}");
+        assert_eq!(logged, "/_/config/52540000000a-<tag>");
+        let done = t.url("", PersonalKind::Installed, A, "n");
+        assert!(!shown(&done).contains(&t.tag(PersonalKind::Installed, A, "n")));
+        assert_eq!(super::shown("/kernel"), "/kernel");
     }
 }

@@ -387,6 +387,12 @@ pub struct Request<'a> {
 
 pub trait Router: Send + Sync + 'static {
     fn route(&self, req: &Request<'_>) -> Reply;
+
+    /// A request path as it may go into a log line. A router whose paths carry secrets
+    /// (capability URLs) leaves them out.
+    fn shown(&self, path: &str) -> String {
+        loggable(path).into_owned()
+    }
 }
 
 /// Client-chosen text (a path, a query value) as it may go into a log line: as it is when it is
@@ -709,15 +715,15 @@ async fn respond<R: Router>(
             body,
         } => (name, content_type, body),
         Reply::NotFound => {
-            tracing::info!(client = %peer, path = %loggable(&path), "http 404");
+            tracing::info!(client = %peer, path = %router.shown(&path), "http 404");
             return write_all(stream, &simple(404, keep_alive, "")).await;
         }
         Reply::Refused { code, headers } => {
-            tracing::info!(client = %peer, path = %loggable(&path), code, "http refused");
+            tracing::info!(client = %peer, path = %router.shown(&path), code, "http refused");
             return write_all(stream, &simple(code, keep_alive, headers)).await;
         }
         Reply::Later(_) => {
-            tracing::error!(client = %peer, path = %loggable(&path), "http: an answer made later gave another later one");
+            tracing::error!(client = %peer, path = %router.shown(&path), "http: an answer made later gave another later one");
             return write_all(stream, &simple(500, false, "")).await;
         }
         Reply::Proxy { name, upstream } => {
@@ -828,6 +834,31 @@ impl Sent<'_> {
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Chunks of a proxied body in flight between the fetching thread and the connection.
 const PROXY_CHUNKS: usize = 8;
+/// Upstream fetches running at once (each a thread and a connection to the upstream): past
+/// this a request gets 503 and the client asks again, whatever floods the proxy.
+pub const MAX_UPSTREAMS: usize = 64;
+static UPSTREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MAX_UPSTREAMS`] fetches; given back when dropped.
+struct UpstreamSlot;
+
+impl UpstreamSlot {
+    fn take() -> Option<UpstreamSlot> {
+        use std::sync::atomic::Ordering;
+        UPSTREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_UPSTREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| UpstreamSlot)
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        UPSTREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 /// Longest an upstream may go silent in the middle of a proxied body.
 const UPSTREAM_STALL: Duration = Duration::from_secs(60);
 
@@ -841,10 +872,18 @@ async fn proxy(
     pace: &mut Pace,
     to: &Sent<'_>,
 ) -> (u64, io::Result<()>) {
+    let Some(slot) = UpstreamSlot::take() else {
+        tracing::warn!(client = %to.peer, file = %to.name, "http proxy: {MAX_UPSTREAMS} fetches run already; asked to retry");
+        return (
+            0,
+            write_all(stream, &simple(503, keep_alive, "Retry-After: 2\r\n")).await,
+        );
+    };
     let (len_tx, len_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(PROXY_CHUNKS);
     let what = upstream.describe();
     std::thread::spawn(move || {
+        let _slot = slot;
         let (len, mut body) = match upstream.open() {
             Ok(opened) => opened,
             Err(e) => {
