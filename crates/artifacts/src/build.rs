@@ -355,23 +355,33 @@ fn unpack_arm64_kernel(path: &Path) -> Result<(), BuildError> {
     if !is_gzip {
         return Ok(());
     }
-    let unpacked = (|| -> io::Result<Option<Vec<u8>>> {
-        let f = io::BufReader::new(File::open(path)?);
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(f)
-            .take(MAX_KERNEL + 1)
-            .read_to_end(&mut out)?;
-        let arm64 = out.get(0x38..0x3c) == Some(&b"ARM\x64"[..]);
-        Ok((arm64 && out.len() as u64 <= MAX_KERNEL).then_some(out))
-    })();
-    let Ok(Some(image)) = unpacked else {
-        return Ok(());
-    };
+    // The magic first: a gzip bomb that is no arm64 kernel costs 64 bytes of output, and one
+    // that is streams into the file, never whole into memory, and stops at MAX_KERNEL.
     let tmp = path.with_extension("unpacked");
-    let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-    f.write_all(&image).map_err(io_at(&tmp))?;
-    f.sync_all().map_err(io_at(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_at(path))
+    let unpacked = (|| -> io::Result<bool> {
+        let f = io::BufReader::new(File::open(path)?);
+        let mut gz = flate2::read::GzDecoder::new(f).take(MAX_KERNEL + 1);
+        let mut head = [0u8; 0x40];
+        if gz.read_exact(&mut head).is_err() || head[0x38..0x3c] != *b"ARM\x64" {
+            return Ok(false);
+        }
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        out.write_all(&head)?;
+        let n = io::copy(&mut gz, &mut out)?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        if head.len() as u64 + n > MAX_KERNEL {
+            return Ok(false);
+        }
+        f.sync_all()?;
+        Ok(true)
+    })();
+    match unpacked {
+        Ok(true) => std::fs::rename(&tmp, path).map_err(io_at(path)),
+        _ => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+    }
 }
 
 fn write_out(image: &Image, tree: &Tree, id: usize, dest: &Path) -> Result<(), BuildError> {
@@ -397,5 +407,53 @@ impl<R: io::Read> io::Read for ProgressRead<'_, R> {
         let n = self.inner.read(buf)?;
         (self.tick)(n)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gzip(parts: &[&[u8]], zeros: usize) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for p in parts {
+            gz.write_all(p).unwrap();
+        }
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..zeros >> 20 {
+            gz.write_all(&block).unwrap();
+        }
+        gz.finish().unwrap()
+    }
+
+    /// Item: a small gzip "arm64 kernel" used to be unpacked whole into memory before its
+    /// magic was looked at. Now 64 bytes are, and an arm64 one streams to disk, capped.
+    #[test]
+    fn a_gzip_kernel_is_unpacked_only_when_it_is_an_arm64_image_and_never_into_memory() {
+        let d = testkit::tempdir("unpack-arm64");
+        let path = d.join("kernel");
+        // A bomb: 600 MiB of zeros in under a MiB; no arm64 magic, left as it is.
+        let bomb = gzip(&[], 600 << 20);
+        assert!(bomb.len() < 1 << 20);
+        std::fs::write(&path, &bomb).unwrap();
+        unpack_arm64_kernel(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bomb);
+        // An arm64 Image larger than the cap: left as it is too, and nothing left behind.
+        let mut head = [0u8; 0x40];
+        head[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        let big = gzip(&[&head], (MAX_KERNEL as usize) + (1 << 20));
+        std::fs::write(&path, &big).unwrap();
+        unpack_arm64_kernel(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), big.len() as u64);
+        assert!(!path.with_extension("unpacked").exists());
+        // A real one is stored unpacked.
+        let small = gzip(&[&head, b"the rest of the kernel"], 0);
+        std::fs::write(&path, &small).unwrap();
+        unpack_arm64_kernel(&path).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(&got[0x38..0x3c], b"ARM\x64");
+        assert!(got.ends_with(b"the rest of the kernel"));
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

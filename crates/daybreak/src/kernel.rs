@@ -32,12 +32,34 @@ pub struct KernelFacts {
     pub arch: Option<pxe::CpuArch>,
 }
 
+/// What of a kernel is read for its facts: the headers are in its first page.
+const HEAD: u64 = 64 << 10;
+
 impl KernelFacts {
     /// The facts of a kernel's bytes.
     pub fn of(kernel: &[u8]) -> KernelFacts {
         KernelFacts {
             signed: signed(kernel),
             arch: kernel_arch(kernel),
+        }
+    }
+
+    /// The facts of a kernel `len` bytes long, read through `read_at(offset, buf)`: its first
+    /// [`HEAD`] bytes and its signature's header, whatever its size.
+    pub fn read(len: u64, read_at: &dyn Fn(u64, &mut [u8]) -> std::io::Result<()>) -> KernelFacts {
+        let mut head = vec![0u8; len.min(HEAD) as usize];
+        if read_at(0, &mut head).is_err() {
+            return KernelFacts::default();
+        }
+        let signed = cert_table(&head).is_some_and(|(offset, size)| {
+            let mut cert = [0u8; 8];
+            offset.checked_add(size).is_some_and(|end| end <= len)
+                && read_at(offset, &mut cert).is_ok()
+                && cert_ok(&cert, size)
+        });
+        KernelFacts {
+            signed,
+            arch: kernel_arch(&head),
         }
     }
 }
@@ -64,39 +86,42 @@ pub fn kernel_arch(k: &[u8]) -> Option<pxe::CpuArch> {
 /// Whether `pe` is a PE image (a kernel with an EFI stub) with an Authenticode signature: its
 /// certificate table (data directory 4) holds a PKCS#7 `WIN_CERTIFICATE` inside the file.
 pub fn signed(pe: &[u8]) -> bool {
-    let u16_at = |o: usize| u16_at(pe, o);
-    let u32_at = |o: usize| u32_at(pe, o);
-    let check = || -> Option<bool> {
-        let Some(pe_at) = pe_header(pe) else {
-            return Some(false);
-        };
-        let opt = pe_at + 24;
-        // PE32+ (every x86-64 and arm64 kernel) or PE32.
-        let (count_at, dirs_at) = match u16_at(opt)? {
-            0x20b => (opt + 108, opt + 112),
-            0x10b => (opt + 92, opt + 96),
-            _ => return Some(false),
-        };
-        if u32_at(count_at)? <= 4 {
-            return Some(false);
-        }
-        let (offset, size) = (
-            u32_at(dirs_at + 32)? as usize,
-            u32_at(dirs_at + 36)? as usize,
-        );
-        if size < 8 || offset.checked_add(size)? > pe.len() {
-            return Some(false);
-        }
-        let length = u32_at(offset)? as usize;
-        // WIN_CERT_REVISION_2_0, WIN_CERT_TYPE_PKCS_SIGNED_DATA.
-        Some(
-            length >= 8
-                && length <= size
-                && u16_at(offset + 4)? == 0x0200
-                && u16_at(offset + 6)? == 0x0002,
-        )
+    cert_table(pe).is_some_and(|(offset, size)| {
+        offset
+            .checked_add(size)
+            .is_some_and(|end| end <= pe.len() as u64)
+            && pe
+                .get(offset as usize..offset as usize + 8)
+                .is_some_and(|c| cert_ok(c, size))
+    })
+}
+
+/// Where a PE image's certificate table is (offset, size), from its headers; `None` for
+/// anything that is not a PE image with one.
+fn cert_table(pe: &[u8]) -> Option<(u64, u64)> {
+    let pe_at = pe_header(pe)?;
+    let opt = pe_at + 24;
+    // PE32+ (every x86-64 and arm64 kernel) or PE32.
+    let (count_at, dirs_at) = match u16_at(pe, opt)? {
+        0x20b => (opt + 108, opt + 112),
+        0x10b => (opt + 92, opt + 96),
+        _ => return None,
     };
-    check().unwrap_or(false)
+    if u32_at(pe, count_at)? <= 4 {
+        return None;
+    }
+    let (offset, size) = (u32_at(pe, dirs_at + 32)?, u32_at(pe, dirs_at + 36)?);
+    (size >= 8).then_some((u64::from(offset), u64::from(size)))
+}
+
+/// Whether `cert` (the first 8 bytes of a certificate table `size` bytes long) starts a
+/// PKCS#7 `WIN_CERTIFICATE` (revision 2.0) that fits the table.
+fn cert_ok(cert: &[u8], size: u64) -> bool {
+    let (Some(length), Some(rev), Some(ty)) = (u32_at(cert, 0), u16_at(cert, 4), u16_at(cert, 6))
+    else {
+        return false;
+    };
+    length >= 8 && u64::from(length) <= size && rev == 0x0200 && ty == 0x0002
 }
 
 #[cfg(test)]
@@ -136,6 +161,33 @@ mod tests {
         truncated.truncate(600);
         assert!(!signed(&truncated), "a table past the end of the file");
         assert!(!signed(&[]));
+    }
+
+    /// Item: the whole kernel was read into memory for its facts. Now its head and its
+    /// signature's header are: a kernel of any size costs 64 KiB.
+    #[test]
+    fn a_kernels_facts_are_read_from_its_head_and_its_signature_only() {
+        let mut k = pe(Some((0x0200, 0x0002)));
+        // The certificate table far out, as in a real kernel (after megabytes of code).
+        let far = 5u32 << 20;
+        let dirs = 0x80 + 24 + 112;
+        k[dirs + 32..dirs + 36].copy_from_slice(&far.to_le_bytes());
+        k.resize(far as usize + 256, 0);
+        k[far as usize..far as usize + 4].copy_from_slice(&256u32.to_le_bytes());
+        k[far as usize + 4..far as usize + 6].copy_from_slice(&0x0200u16.to_le_bytes());
+        k[far as usize + 6..far as usize + 8].copy_from_slice(&0x0002u16.to_le_bytes());
+        let read = std::cell::RefCell::new(0u64);
+        let read_at = |off: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            *read.borrow_mut() += buf.len() as u64;
+            buf.copy_from_slice(&k[off as usize..off as usize + buf.len()]);
+            Ok(())
+        };
+        let facts = KernelFacts::read(k.len() as u64, &read_at);
+        assert_eq!(facts, KernelFacts::of(&k));
+        assert!(facts.signed);
+        assert!(*read.borrow() <= HEAD + 8, "{} bytes read", read.borrow());
+        // A table past the end of the file is no signature.
+        assert!(!KernelFacts::read(far as u64, &|o, b| read_at(o, b)).signed);
     }
 
     #[test]

@@ -338,6 +338,9 @@ impl Plan {
         }
         parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
         plan.cmdline = parts;
+        // A command line the loaders' scripts cannot carry as it is fails now, not at a boot.
+        crate::render::check_ipxe(&plan.cmdline_redacted("http://server"))
+            .map_err(|e| anyhow::anyhow!("--cmdline: {e}; write it without that word"))?;
         Ok(plan)
     }
 
@@ -422,32 +425,37 @@ impl Plan {
             .chain(&self.extras)
     }
 
-    /// What the kernel is ([`KernelFacts`]). The whole kernel is read once, at start.
+    /// What the kernel is ([`KernelFacts`]): its first pages and its signature's header are
+    /// read, never the whole of it (an image's "kernel" may be anything, of any size).
     pub fn kernel_facts(&self) -> KernelFacts {
         use std::os::unix::fs::FileExt;
-        let read = |f: &BootFile| -> std::io::Result<Vec<u8>> {
-            Ok(match &f.body {
-                Body::Memory(b) => b.to_vec(),
-                Body::File(h) => {
-                    let mut v = vec![0u8; h.metadata()?.len() as usize];
-                    h.read_exact_at(&mut v, 0)?;
-                    v
+        let f = &self.kernel;
+        let read_at = |off: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            match &f.body {
+                Body::Memory(b) => {
+                    let part = usize::try_from(off)
+                        .ok()
+                        .and_then(|o| b.get(o..o.checked_add(buf.len())?))
+                        .ok_or_else(|| std::io::Error::other("past the end"))?;
+                    buf.copy_from_slice(part);
+                    Ok(())
                 }
+                Body::File(h) => h.read_exact_at(buf, off),
                 Body::Ranges(h, ranges) => {
-                    let mut v = Vec::new();
-                    for (offset, len) in ranges.iter() {
-                        let mut part = vec![0u8; *len as usize];
-                        h.read_exact_at(&mut part, *offset)?;
-                        v.extend_from_slice(&part);
+                    let pieces = http::wire::pieces(ranges, off, buf.len() as u64);
+                    let got: u64 = pieces.iter().map(|(_, a, b)| b - a).sum();
+                    if got != buf.len() as u64 {
+                        return Err(std::io::Error::other("past the end"));
                     }
-                    v
+                    for (at, a, b) in pieces {
+                        let from = (a - off) as usize;
+                        h.read_exact_at(&mut buf[from..from + (b - a) as usize], at)?;
+                    }
+                    Ok(())
                 }
-            })
+            }
         };
-        match read(&self.kernel) {
-            Ok(k) => KernelFacts::of(&k),
-            Err(_) => KernelFacts::default(),
-        }
+        KernelFacts::read(f.size, &read_at)
     }
 
     /// The file named `name`.

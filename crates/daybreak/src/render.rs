@@ -16,7 +16,13 @@ fn seconds(d: std::time::Duration) -> u64 {
 /// `None` for a machine not served here: the request is answered 404, as if unknown.
 pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
     Some(match d {
-        Decision::Boot(spec) => ipxe_boot(spec),
+        Decision::Boot(spec) => match check_ipxe(&spec.cmdline) {
+            Ok(()) => ipxe_boot(spec),
+            Err(e) => {
+                tracing::error!("not booted: {e}");
+                "#!ipxe\necho Daybreak: not booted: its kernel command line cannot go into an iPXE script (the server's log says why)\nexit\n".into()
+            }
+        },
         Decision::Script(s) => s.clone(),
         // BIOS: the first disk by its BIOS number; UEFI: back to the firmware, which boots
         // the next entry of its boot order (the disk).
@@ -27,13 +33,13 @@ pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
             let s = seconds(*retry);
             format!(
                 "#!ipxe\necho Daybreak: {}; asking again in {s} seconds\nsleep {s}\nchain {again} ||\n",
-                one_line(why)
+                ipxe_text(why)
             )
         }
         Decision::Refuse(why) => {
             format!(
                 "#!ipxe\necho Daybreak: not booted: {}\nexit\n",
-                one_line(why)
+                ipxe_text(why)
             )
         }
         Decision::Ignore => return None,
@@ -61,7 +67,7 @@ fn ipxe_boot(spec: &BootSpec) -> String {
 fn grub_host(http: pxe::HttpAddress) -> String {
     match http.advertise {
         Some(a) => a.to_string(),
-        None => "${net_default_server}".into(),
+        None => GRUB_SERVER.into(),
     }
 }
 
@@ -89,9 +95,15 @@ pub fn grub(d: &Decision, http: pxe::HttpAddress) -> String {
     };
     let exit = |why: &str| format!("echo {}\nexit\n", grub_quote(&format!("Daybreak: {why}")));
     match d {
-        Decision::Boot(spec) => match grub_boot(spec) {
-            Some(cfg) => cfg,
-            None => exit("not booted: a file of this boot is not on this server"),
+        Decision::Boot(spec) => match grub_args(&spec.cmdline) {
+            Err(e) => {
+                tracing::error!("not booted: {e}");
+                exit(&format!("not booted: {e}"))
+            }
+            Ok(_) => match grub_boot(spec) {
+                Some(cfg) => cfg,
+                None => exit("not booted: a file of this boot is not on this server"),
+            },
         },
         Decision::Script(_) => exit("not booted: an iPXE script was given, which GRUB cannot run"),
         // Back to the firmware, which boots the next entry of its boot order (the disk).
@@ -108,6 +120,103 @@ pub fn grub(d: &Decision, http: pxe::HttpAddress) -> String {
         Decision::Ignore => exit("this machine is not served here"),
     }
 }
+
+/// Why a kernel command line cannot be written in a loader's language.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the kernel command line cannot go into {language}: {why} (the word {word:?})")]
+pub struct Unwritable {
+    pub language: &'static str,
+    pub word: String,
+    pub why: &'static str,
+}
+
+/// Whether `text` (a kernel command line) can be a run of words in an iPXE command as it is.
+/// iPXE has no quoting: it expands `${…}` settings, splits words at whitespace, and a word
+/// `||`, `&&` or `;` ends the command and one starting with `#` a comment; a newline starts
+/// another. What would be read so is refused, never passed on.
+pub fn check_ipxe(text: &str) -> Result<(), Unwritable> {
+    let refuse = |word: &str, why| {
+        Err(Unwritable {
+            language: "an iPXE script",
+            word: word.chars().take(80).collect(),
+            why,
+        })
+    };
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return refuse(
+            &c.escape_default().to_string(),
+            "a control character would end the line",
+        );
+    }
+    for w in text.split_whitespace() {
+        if w.contains("${") {
+            return refuse(w, "iPXE would replace ${…} with one of its settings");
+        }
+        if matches!(w, "||" | "&&" | ";") {
+            return refuse(w, "iPXE would end the command there and run what follows");
+        }
+        if w.starts_with('#') {
+            return refuse(w, "iPXE would read the rest as a comment");
+        }
+    }
+    Ok(())
+}
+
+/// The words of a kernel command line as the kernel splits it: at whitespace outside double
+/// quotes.
+pub fn kernel_words(cmdline: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let (mut start, mut quoted) = (None, false);
+    for (i, c) in cmdline.char_indices() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                start.get_or_insert(i);
+            }
+            c if c.is_whitespace() && !quoted => {
+                if let Some(s) = start.take() {
+                    words.push(&cmdline[s..i]);
+                }
+            }
+            _ => {
+                start.get_or_insert(i);
+            }
+        }
+    }
+    if let Some(s) = start {
+        words.push(&cmdline[s..]);
+    }
+    words
+}
+
+/// A kernel command line as arguments of GRUB's `linux`: each word in double quotes, so `;`,
+/// `|`, `&`, `#`, `{` and the like are the kernel's, not GRUB's, and `$` escaped except in the
+/// server address GRUB fills in. GRUB rewrites an argument holding a quote, a backslash or a
+/// space (it escapes them for the kernel), so such a word is refused rather than changed.
+fn grub_args(cmdline: &str) -> Result<String, Unwritable> {
+    let mut out = Vec::new();
+    for w in kernel_words(cmdline) {
+        let refuse = |why| Unwritable {
+            language: "a GRUB configuration",
+            word: w.chars().take(80).collect(),
+            why,
+        };
+        if w.chars().any(|c| c.is_control()) {
+            return Err(refuse("a control character would end the line"));
+        }
+        if w.contains(['"', '\'', '\\', ' ', '\t']) {
+            return Err(refuse("GRUB would hand it to the kernel escaped"));
+        }
+        let escaped = w
+            .replace('$', "\\$")
+            .replace(&format!("\\{GRUB_SERVER}"), GRUB_SERVER);
+        out.push(format!("\"{escaped}\""));
+    }
+    Ok(out.join(" "))
+}
+
+/// The variable GRUB fills in with the server it booted from.
+const GRUB_SERVER: &str = "${net_default_server}";
 
 fn grub_boot(spec: &BootSpec) -> Option<String> {
     let (device, kernel) = grub_path(&spec.kernel)?;
@@ -129,7 +238,8 @@ fn grub_boot(spec: &BootSpec) -> Option<String> {
             kernel.trim_start_matches('/')
         ))
     ));
-    s.push_str(&format!("  linux {device}{kernel} {}\n", spec.cmdline));
+    let args = grub_args(&spec.cmdline).ok()?;
+    s.push_str(&format!("  linux {device}{kernel} {args}\n"));
     if !initrds.is_empty() {
         s.push_str(&format!("  initrd {}\n", initrds.join(" ")));
     }
@@ -161,6 +271,21 @@ pub fn grub_stub(http: pxe::HttpAddress) -> String {
 /// Text as one GRUB word in single quotes (a quote inside closes, escapes and reopens).
 fn grub_quote(s: &str) -> String {
     format!("'{}'", one_line(s).replace('\'', "'\\''"))
+}
+
+/// Text for an iPXE `echo`: one line, no `${…}` for iPXE to expand, and no word iPXE would
+/// read as the end of the command or a comment.
+fn ipxe_text(s: &str) -> String {
+    one_line(s)
+        .replace("${", "$ {")
+        .split(' ')
+        .map(|w| match w {
+            "||" | "&&" | ";" => format!("[{w}]"),
+            w if w.starts_with('#') => format!("[{w}]"),
+            w => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Text for one line of a script: control characters (a newline would start a command) become
@@ -228,7 +353,7 @@ mod tests {
         s.initrds[0].1 = format!("{}/initrd0", grub_base(http));
         let c = grub(&Decision::Boot(s), http);
         assert!(
-            c.contains("  linux (http,${net_default_server}:8090)/kernel root=live:"),
+            c.contains("  linux (http,${net_default_server}:8090)/kernel \"root=live:"),
             "{c}"
         );
         assert!(
@@ -251,5 +376,61 @@ mod tests {
         };
         assert_eq!(grub_base(advertised), "http://192.0.2.7");
         assert!(grub_stub(advertised).contains("configfile (http,192.0.2.7)/_/grub/"));
+    }
+
+    /// Item: a `;` (or `||`, `&&`, `#…`, `${…}`) in a command line made iPXE run what followed.
+    /// iPXE has no quoting, so such a command line is refused, at start and at a boot.
+    #[test]
+    fn a_command_line_ipxe_would_read_as_commands_is_refused() {
+        for bad in [
+            "quiet ; shell",
+            "quiet || shell",
+            "a && b",
+            "quiet #x",
+            "x=${net0/mac}",
+            "a\nshell",
+        ] {
+            assert!(check_ipxe(bad).is_err(), "{bad:?}");
+            let mut sp = spec();
+            sp.cmdline = bad.into();
+            let script = ipxe(&Decision::Boot(sp), "").unwrap();
+            assert!(
+                !script.contains("kernel --name") && !script.contains("shell"),
+                "{script}"
+            );
+        }
+        // A `;` or `#` inside a word is the kernel's.
+        assert!(check_ipxe("ds=nocloud;s=http://10.0.0.1/ a=b#c console=ttyS0,115200").is_ok());
+        // What goes into an echo cannot end it either.
+        let r = ipxe(&Decision::Refuse("x ; shell #y ${z}".into()), "").unwrap();
+        assert_eq!(
+            r,
+            "#!ipxe\necho Daybreak: not booted: x [;] shell [#y] $ {z}\nexit\n"
+        );
+    }
+
+    /// Item: in GRUB a profile's `ds=nocloud;s=…` split the `linux` line and dropped
+    /// `root=live:` and `config_url=`. Each kernel word is now one quoted GRUB word.
+    #[test]
+    fn grub_keeps_each_kernel_word_whole() {
+        let http = pxe::HttpAddress::default();
+        let mut sp = spec();
+        sp.kernel = format!("{}/kernel", grub_base(http));
+        sp.initrds[0].1 = format!("{}/initrd0", grub_base(http));
+        sp.cmdline = format!(
+            "ds=nocloud;s=http://10.0.0.9/ x=$HOME {{a}} root=live:{}/rootfs.squashfs config_url={}/c.yaml",
+            grub_base(http),
+            grub_base(http)
+        );
+        let c = grub(&Decision::Boot(sp.clone()), http);
+        assert!(
+            c.contains("/kernel \"ds=nocloud;s=http://10.0.0.9/\" \"x=\\$HOME\" \"{a}\" \"root=live:http://${net_default_server}:8090/rootfs.squashfs\" \"config_url=http://${net_default_server}:8090/c.yaml\"\n"),
+            "{c}"
+        );
+        // A word GRUB would hand on changed is refused, not changed.
+        sp.cmdline = "a=\"b c\" quiet".into();
+        let c = grub(&Decision::Boot(sp), http);
+        assert!(!c.contains("linux") && c.contains("not booted"), "{c}");
+        assert_eq!(kernel_words(" a=\"b c\"  d "), ["a=\"b c\"", "d"]);
     }
 }

@@ -218,13 +218,16 @@ impl Images {
     }
 
     /// The first machine of another architecture than the command's kernel starts the build of
-    /// the image's variant for it, so it is ready by the time its loader asks.
-    pub fn seen(&self, arch: Option<CpuArch>) {
-        if let (Some(a), Some(src)) = (arch, &self.source) {
-            if self.main_arch.is_some_and(|m| m != a) {
+    /// the image's variant for it, so it is ready by the time its loader asks. Once per
+    /// architecture and run (a failed build is not tried again from here), and said with the
+    /// machine that asked: a forged DISCOVER can cost one build, never more.
+    pub fn seen(&self, m: &pxe::Machine) {
+        if let (Some(a), Some(src)) = (m.arch, &self.source) {
+            if self.main_arch.is_some_and(|main| main != a) {
                 let key = (Image::Container(src.clone()), Some(a));
                 // A read first: every DISCOVER of that architecture asks.
                 if self.state(&key) == State::Missing {
+                    tracing::info!(mac = %m.mac, arch = a.as_str(), image = %src, "a machine of another architecture asked: building the image's variant for it (once; its profile's own image or action: ignore avoids it)");
                     self.ensure(&key, false);
                 }
             }

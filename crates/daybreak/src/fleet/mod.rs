@@ -436,7 +436,7 @@ impl Booter for Fleet {
     /// From memory, and writing nothing (what DHCP told of the machine is kept from the offer's
     /// event, after the reply left): its profile may say `ignore`.
     fn allow(&self, m: &Machine) -> bool {
-        self.images.seen(m.arch);
+        self.images.seen(m);
         self.profiles()
             .find(m)
             .is_none_or(|p| p.action != Action::Ignore)

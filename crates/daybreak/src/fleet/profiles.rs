@@ -353,6 +353,9 @@ fn entry(i: usize, v: &Value, base: &Path) -> anyhow::Result<Profile> {
         if c.chars().any(char::is_control) {
             bail!("netboot.cmdline must be one line");
         }
+        if let Err(e) = crate::render::check_ipxe(c) {
+            bail!("netboot.cmdline: {e}; write it without that word");
+        }
     }
     let cloud_config = match (string(m, "cloud_config")?, string(m, "cloud_config_file")?) {
         (Some(_), Some(_)) => bail!("give cloud_config or cloud_config_file, not both"),
@@ -571,6 +574,10 @@ mod tests {
             (
                 "- netboot:\n    cmdline: 'a {{ ID \"/x\" }}'\n",
                 "plain text",
+            ),
+            (
+                "- netboot.cmdline: 'quiet ; shell'\n",
+                "iPXE would end the command there",
             ),
             ("- cloud_config: 'a [[[ x'\n", "cloud-config template"),
             ("- cloud_config: a\n  cloud_config_file: b\n", "not both"),

@@ -289,13 +289,18 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     other.publish().unwrap();
     s.fleet.refresh();
     assert!(script(&s, B, 11).contains("boot kernel"));
-    // The record survives a restart of the server; scripts within a minute are one boot.
-    let again = crate::store::open(&s.dir.join("state"))
-        .unwrap()
-        .get(mac)
-        .unwrap()
-        .unwrap()
-        .record;
+    // The record survives a restart of the server; scripts within a minute are one boot
+    // (written by the store's writer thread, in its own time).
+    let on_disk = || {
+        crate::store::open(&s.dir.join("state"))
+            .unwrap()
+            .get(mac)
+            .unwrap()
+            .unwrap()
+            .record
+    };
+    wait("the boot written", || on_disk().boots > 0);
+    let again = on_disk();
     assert_eq!((again.boots, again.installed_at), (1, None));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
@@ -542,11 +547,12 @@ fn grub_on_the_secure_boot_chain_reads_its_machines_own_configuration() {
     );
     bind(&s, B, 11);
     let b = get(&s, &format!("/_/grub/{B}.cfg"), peer(11)).unwrap().1;
-    assert!(b.contains("linux (http,${net_default_server}:8090)/kernel quiet console=ttyS0 root=live:http://${net_default_server}:8090/rootfs.squashfs config_url=http://${net_default_server}:8090/_/config/52540000000b-"), "{b}");
+    assert!(b.contains("linux (http,${net_default_server}:8090)/kernel \"quiet\" \"console=ttyS0\" \"root=live:http://${net_default_server}:8090/rootfs.squashfs\" \"config_url=http://${net_default_server}:8090/_/config/52540000000b-"), "{b}");
     // The config URL GRUB writes is the one the machine's tag opens.
     let cfg = b
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("config_url=http://${net_default_server}:8090"))
+        .find_map(|w| w.strip_prefix("\"config_url=http://${net_default_server}:8090"))
+        .map(|w| w.trim_end_matches('"'))
         .unwrap();
     assert!(get(&s, cfg, peer(11))
         .unwrap()
