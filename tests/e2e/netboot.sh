@@ -14,6 +14,8 @@
 #                         then the kernel over HTTP; the guest reports SecureBoot = 1. A
 #                         machines file gives this machine its own command line and
 #                         cloud-config, which GRUB reads from /_/grub/MAC.cfg
+#           uefi-sbpixie  the same machine, served by AuroraBoot's start-pixie (pixiecore's
+#                         commands get the signed chain too)
 #           uefi-sbunsigned
 #                         the same firmware and an unsigned kernel (the guest's, its signature
 #                         table emptied): Daybreak says at start why such machines cannot boot,
@@ -53,13 +55,14 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0; startpixie=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
   arm64) timeout_default=900 ;;
   arm64-http) http_boot=1; mode=arm64; timeout_default=900 ;;
   uefi-sb) sb=1; mode=uefi ;;
+  uefi-sbpixie) sb=1; startpixie=1; mode=uefi ;;
   uefi-sbunsigned) sb=2; mode=uefi ;;
   *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
@@ -142,6 +145,9 @@ elif [ $api = 1 ]; then
   ip netns exec "$srv" busybox httpd -f -p 127.0.0.1:8000 -h "$tmp/api" &
   pids+=($!)
   cmd=("$bin" api http://127.0.0.1:8000/ --api-request-timeout 2s)
+elif [ $startpixie = 1 ]; then
+  # AuroraBoot's command line: cloud-config, squashfs, address, port, initrd, kernel.
+  cmd=("$bin" start-pixie "$tmp/cloud-config.yaml" "$tmp/rootfs.squashfs" 0.0.0.0 8090 "$guest/initramfs.gz" "$guest/vmlinuz")
 elif [ $pixie = 1 ]; then
   # As the docs write it, with this test's files.
   cmd=("$bin" boot "$guest/vmlinuz" "$guest/initramfs.gz" --cmdline="rd.neednet=1 ip=dhcp rd.cos.disable root=live:{{ ID \"$tmp/rootfs.squashfs\" }} netboot install-mode config_url={{ ID \"$tmp/cloud-config.yaml\" }} console=tty1 console=ttyS0 console=tty0")
@@ -280,6 +286,8 @@ elif [ $api = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp rd.cos.disable root=live:http://$server/_/api?mac=$mac&n=2&t="
          " netboot install-mode config_url=http://$server/_/api?mac=$mac&n=3&t="
          " console=tty1 console=ttyS0 console=tty0")
+elif [ $startpixie = 1 ]; then
+  wants=("root=live:http://$server:8090/" " config_url=http://$server:8090/")
 elif [ $sb = 1 ]; then
   wants=("rd.neednet=1 ip=dhcp console=ttyS0 e2e.grub root=live:http://$server:8090/rootfs.squashfs config_url=http://$server:8090/_/config/")
 elif [ $pixie = 1 ]; then
@@ -310,6 +318,13 @@ if [ $sb = 1 ]; then
   tr -d '\r' < "$tmp/serial.log" | grep -q "E2E-SECUREBOOT 1" || fail "the guest does not report Secure Boot on"
   grep -q "GRUB configuration.*mac=$mac" "$tmp/daybreak.log" || fail "GRUB did not ask for its machine's configuration"
   grep -q "http sent.*file=kernel" "$tmp/daybreak.log" || fail "GRUB did not fetch the kernel over HTTP"
+  grep -q "the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim" "$tmp/daybreak.log" ||
+    fail "the start lines do not say the signed chain is served"
+elif [ "$mode" = uefi ] && [ $pixie = 1 ]; then
+  # pixiecore's commands serve a signed kernel as Daybreak's do: by the signed chain.
+  grep -q "tftp sent.*shimx64.efi" "$tmp/daybreak.log" || fail "UEFI did not get the Secure Boot chain"
+  grep -q 'offer.*path="UEFI PXE, then the Secure Boot chain"' "$tmp/daybreak.log" || fail "the offer line does not name the Secure Boot path"
+  grep -q "GRUB configuration.*mac=$mac" "$tmp/daybreak.log" || fail "GRUB did not ask for its machine's configuration"
 elif [ "$mode" = arm64 ] && [ $http_boot = 1 ]; then
   grep -q 'offer.*firmware=UEFI arm64 HTTP.*path="arm64 UEFI HTTP Boot, then iPXE"' "$tmp/daybreak.log" ||
     fail "no arm64 HTTP Boot offer logged with its path"

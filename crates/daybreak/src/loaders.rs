@@ -1,7 +1,7 @@
 //! What each firmware loads, decided once, in one pure function: from what the kernel is
 //! (architecture, signature), which architectures something else may boot (a profile's image, a
-//! multi-arch image), what the operator chose (`--ipxe-*`, `--efi-ipxe`), the command (pixiecore's
-//! boot as pixiecore does) and the image's own signed chain, [`loaders`] gives the files TFTP
+//! multi-arch image), what the operator chose (`--ipxe-*`, `--efi-ipxe`) and the image's own
+//! signed chain, [`loaders`] gives the files TFTP
 //! (and HTTP Boot) serve and the boot file names the ProxyDHCP answers carry, with the lines
 //! worth logging about it. Reading the operator's files is [`Given::read`]'s.
 
@@ -28,6 +28,9 @@ pub struct Given {
 const CUSTOM_BIOS: &str = "custom-bios.kpxe";
 const CUSTOM_X64: &str = "custom-x64.efi";
 const CUSTOM_ARM64: &str = "custom-arm64.efi";
+/// The largest loader read into memory (an image's shim or GRUB, a given iPXE): real ones are
+/// a few MiB.
+pub const MAX_LOADER: u64 = 32 << 20;
 
 impl Given {
     /// Reads `--ipxe-bios`, `--ipxe-efi64` and `--ipxe-arm64`; an unreadable or empty file is
@@ -58,13 +61,6 @@ impl Given {
     }
 }
 
-/// Which command serves: pixiecore's (`boot`, `start-pixie`, `api`) boot as pixiecore does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Daybreak,
-    Pixiecore,
-}
-
 /// The image's own Secure Boot chain: its distribution's signed shim and network GRUB, which
 /// trust its kernel.
 #[derive(Debug, Clone)]
@@ -84,7 +80,6 @@ pub struct Setup<'a> {
     /// image's other variants).
     pub others: &'a [CpuArch],
     pub given: &'a Given,
-    pub command: Command,
     pub chain: Option<&'a Chain>,
     /// Where GRUB on the Secure Boot chain reads its configuration.
     pub http: pxe::HttpAddress,
@@ -162,8 +157,8 @@ pub fn loaders(s: &Setup<'_>) -> Loaders {
 
 /// A signed kernel: UEFI x64 PXE machines get the signed chain (shim, GRUB), which boots
 /// whether or not the firmware enforces Secure Boot; iPXE, unsigned, would be refused where it
-/// does. Not in pixiecore's commands, which boot as pixiecore does, and not when the operator
-/// chose the UEFI binary.
+/// does. In every command (pixiecore's too: its compatibility is its commands and log lines,
+/// not its limits), unless the operator chose the UEFI binary.
 fn secure_boot(
     s: &Setup<'_>,
     kernel: KernelFacts,
@@ -179,8 +174,8 @@ fn secure_boot(
         notes.push(Note::Warn("the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them".into()));
         return;
     }
-    let chosen = s.given.efi_build.is_some() || s.given.efi64.is_some();
-    if chosen || s.command == Command::Pixiecore {
+    if s.given.efi_build.is_some() || s.given.efi64.is_some() {
+        notes.push(Note::Info("the kernel carries a Secure Boot signature, but the UEFI binary was chosen (--efi-ipxe, --ipxe-efi64): UEFI machines that enforce Secure Boot will refuse it".into()));
         return;
     }
     boot.efi_x64_signed = Some(names::SHIM.into());
@@ -206,14 +201,8 @@ mod tests {
 
     /// What the answers carry: (bios, bios_ipxe, efi_x64, efi_arm64, efi_x64_signed).
     type Files = [Option<&'static str>; 5];
-    /// (kernel, other architectures, the operator's files, command) -> what the answers carry.
-    type Row<'a> = (
-        Option<KernelFacts>,
-        &'a [CpuArch],
-        &'a Given,
-        Command,
-        Files,
-    );
+    /// (kernel, other architectures, the operator's files) -> what the answers carry.
+    type Row<'a> = (Option<KernelFacts>, &'a [CpuArch], &'a Given, Files);
 
     fn files(l: &Loaders) -> [Option<String>; 5] {
         let b = &l.boot;
@@ -305,38 +294,33 @@ mod tests {
             efi_build: Some(EfiBuild::Snponly),
             ..Given::default()
         };
-        use Command::{Daybreak as D, Pixiecore as P};
         let amd64 = [CpuArch::Amd64];
         let arm64 = [CpuArch::Arm64];
         let rows: Vec<Row> = vec![
-            // The default command and serve: the kernel decides, the signature brings the chain.
-            (amd(false), &[], &built_in, D, X86),
-            (amd(true), &[], &built_in, D, X86_SIGNED),
-            (arm(false), &[], &built_in, D, ARM),
-            (arm(true), &[], &built_in, D, ARM),
-            (amd(false), &arm64, &built_in, D, BOTH),
-            (amd(true), &arm64, &built_in, D, BOTH_SIGNED),
-            (arm(false), &amd64, &built_in, D, BOTH),
+            // Every command (pixiecore's start-pixie and boot too): the kernel decides, the
+            // signature brings the chain.
+            (amd(false), &[], &built_in, X86),
+            (amd(true), &[], &built_in, X86_SIGNED),
+            (arm(false), &[], &built_in, ARM),
+            (arm(true), &[], &built_in, ARM),
+            (amd(false), &arm64, &built_in, BOTH),
+            (amd(true), &arm64, &built_in, BOTH_SIGNED),
+            (arm(false), &amd64, &built_in, BOTH),
             // An unknown kernel is taken for x86-64.
-            (Some(KernelFacts::default()), &[], &built_in, D, X86),
+            (Some(KernelFacts::default()), &[], &built_in, X86),
             // The operator's binaries win, and a chosen UEFI binary means no chain.
-            (amd(true), &[], &own_x86, D, OWN),
-            (arm(false), &[], &own, D, OWN_ARM),
-            (amd(true), &[], &snp, D, SNP),
-            // pixiecore's commands (start-pixie, boot) boot as pixiecore does.
-            (amd(true), &[], &built_in, P, X86),
-            (arm(false), &[], &built_in, P, ARM),
-            (amd(false), &[], &own_x86, P, OWN),
+            (amd(true), &[], &own_x86, OWN),
+            (arm(false), &[], &own, OWN_ARM),
+            (amd(true), &[], &snp, SNP),
             // API mode: the API names each kernel; every built-in x86-64 loader.
-            (None, &[], &built_in, P, X86),
-            (None, &[], &own, P, OWN_ARM),
+            (None, &[], &built_in, X86),
+            (None, &[], &own, OWN_ARM),
         ];
-        for (i, (kernel, others, given, command, want)) in rows.into_iter().enumerate() {
+        for (i, (kernel, others, given, want)) in rows.into_iter().enumerate() {
             let l = loaders(&Setup {
                 kernel,
                 others,
                 given,
-                command,
                 chain: None,
                 http: pxe::HttpAddress::default(),
             });
@@ -365,7 +349,6 @@ mod tests {
             }),
             others: &[],
             given: &Given::default(),
-            command: Command::Daybreak,
             chain: Some(&chain),
             http: pxe::HttpAddress::default(),
         });
@@ -380,7 +363,6 @@ mod tests {
             kernel: Some(KernelFacts::default()),
             others: &[],
             given: &Given::default(),
-            command: Command::Daybreak,
             chain: Some(&chain),
             http: pxe::HttpAddress::default(),
         });

@@ -160,7 +160,7 @@ fn choose_loaders(
     d: &Deciders,
     http: pxe::HttpAddress,
 ) -> anyhow::Result<crate::loaders::Loaders> {
-    use crate::loaders::{Chain, Command, Given, Note, Setup};
+    use crate::loaders::{Chain, Given, Note, Setup};
     let given = Given::read(
         opts.ipxe_bios.as_deref(),
         opts.ipxe_efi64.as_deref(),
@@ -173,8 +173,15 @@ fn choose_loaders(
         .collect();
     let chain = match opts.plan.set.as_ref().and_then(|s| s.signed_chain.clone()) {
         Some((shim, grub)) => {
+            // Files of an image: read only as regular files, through no symlink, and small.
             let read = |p: &std::path::Path| {
-                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                artifacts::read_small(p, crate::loaders::MAX_LOADER).with_context(|| {
+                    format!(
+                        "cannot read {} (a regular file of at most {} MiB)",
+                        p.display(),
+                        crate::loaders::MAX_LOADER >> 20
+                    )
+                })
             };
             Some(Chain {
                 shim: read(&shim)?.into(),
@@ -188,10 +195,6 @@ fn choose_loaders(
         kernel: d.plan.as_ref().map(|_| d.kernel),
         others: &others,
         given: &given,
-        command: match opts.pixiecore_log {
-            true => Command::Pixiecore,
-            false => Command::Daybreak,
-        },
         chain: chain.as_ref(),
         http,
     });

@@ -151,7 +151,8 @@ fn bios_pixiecore_boot_command() {
     boot("bios-pixie");
 }
 
-/// The same with OVMF and EDK2's own PXE client.
+/// The same with OVMF and EDK2's own PXE client: Debian's kernel is signed, so it takes the
+/// signed chain (shim, GRUB), as Daybreak's own commands do.
 #[test]
 fn uefi_pixiecore_boot_command() {
     boot("uefi-pixie");
@@ -217,6 +218,13 @@ fn uefi_server_iso_boots_without_proxydhcp() {
 #[test]
 fn uefi_secure_boot_boots_the_signed_chain() {
     boot("uefi-sb");
+}
+
+/// The same machine served by AuroraBoot's `start-pixie`: pixiecore's commands get the signed
+/// chain as Daybreak's do (its compatibility is its commands and log lines, not its limits).
+#[test]
+fn uefi_secure_boot_start_pixie_boots_the_signed_chain() {
+    boot("uefi-sbpixie");
 }
 
 /// Enforcing firmware and an unsigned kernel: Daybreak says at start why such machines cannot
