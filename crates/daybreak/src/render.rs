@@ -32,7 +32,7 @@ pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
         Decision::Wait { why, retry } => {
             let s = seconds(*retry);
             format!(
-                "#!ipxe\necho Daybreak: {}; asking again in {s} seconds\nsleep {s}\nchain {again} ||\n",
+                "#!ipxe\necho Daybreak: {} (asking again in {s} seconds)\nsleep {s}\nchain {again} ||\n",
                 ipxe_text(why)
             )
         }
@@ -112,7 +112,7 @@ pub fn grub(d: &Decision, http: pxe::HttpAddress) -> String {
             let s = seconds(*retry);
             format!(
                 "echo {}\nsleep {s}\n{}",
-                grub_quote(&format!("Daybreak: {why}; asking again in {s} seconds")),
+                grub_quote(&format!("Daybreak: {why} (asking again in {s} seconds)")),
                 again()
             )
         }
@@ -223,7 +223,7 @@ fn grub_boot(spec: &BootSpec) -> Option<String> {
     let initrds = spec
         .initrds
         .iter()
-        .map(|(_, url)| grub_path(url).map(|(d, p)| format!("{d}{p}")))
+        .map(|(_, url)| grub_path(url).and_then(|(d, p)| grub_file(&d, p)))
         .collect::<Option<Vec<_>>>()?;
     let mut s = String::from(
         "# Written by Daybreak: the Secure Boot chain (shim, then this signed GRUB).\n\
@@ -239,12 +239,28 @@ fn grub_boot(spec: &BootSpec) -> Option<String> {
         ))
     ));
     let args = grub_args(&spec.cmdline).ok()?;
-    s.push_str(&format!("  linux {device}{kernel} {args}\n"));
+    s.push_str(&format!("  linux {} {args}\n", grub_file(&device, kernel)?));
     if !initrds.is_empty() {
         s.push_str(&format!("  initrd {}\n", initrds.join(" ")));
     }
     s.push_str("}\n");
     Some(s)
+}
+
+/// A file on GRUB's `device` (ours: `(http,HOST)`, the host may be GRUB's variable) as one
+/// GRUB word: as it is when the path is plain, else double-quoted (an API's file URL has a
+/// query: `?`, `&`, which GRUB reads as a wildcard and a metacharacter; variables still expand
+/// inside the quotes); `None` for a path a double-quoted word cannot hold as it is (`$`, `\`,
+/// `"`).
+fn grub_file(device: &str, path: &str) -> Option<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-,:".contains(c);
+    if path.chars().all(plain) {
+        return Some(format!("{device}{path}"));
+    }
+    if path.chars().any(|c| c.is_control() || "$\\\"".contains(c)) {
+        return None;
+    }
+    Some(format!("\"{device}{path}\""))
 }
 
 /// GRUB's device for this server's HTTP: `(http,HOST[:PORT])`.
@@ -327,7 +343,7 @@ mod tests {
         };
         let w = ipxe(&wait, again).unwrap();
         assert!(
-            w.contains("asking again in 10 seconds\nsleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01 ||"),
+            w.contains("asking again in 10 seconds)\nsleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01 ||"),
             "{w}"
         );
         assert!(ipxe(&Decision::Local, again)
@@ -343,6 +359,21 @@ mod tests {
             ipxe(&Decision::Script("#!ipxe\nshell\n".into()), again).as_deref(),
             Some("#!ipxe\nshell\n")
         );
+    }
+
+    #[test]
+    fn an_api_files_url_is_one_quoted_grub_word() {
+        let http = pxe::HttpAddress::default();
+        let mut s = spec();
+        s.kernel = format!("{}/_/api?mac=52:54:00:00:00:01&n=0&t=ab12", grub_base(http));
+        s.initrds.clear();
+        let c = grub(&Decision::Boot(s.clone()), http);
+        assert!(
+            c.contains("  linux \"(http,${net_default_server}:8090)/_/api?mac=52:54:00:00:00:01&n=0&t=ab12\" "),
+            "{c}"
+        );
+        s.kernel = format!("{}/k$x", grub_base(http));
+        assert!(grub(&Decision::Boot(s), http).contains("not booted"));
     }
 
     #[test]
@@ -368,7 +399,7 @@ mod tests {
             },
             http,
         );
-        assert!(w.contains("echo 'Daybreak: it'\\''s busy; asking again in 10 seconds'\nsleep 10\nconfigfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg\n"), "{w}");
+        assert!(w.contains("echo 'Daybreak: it'\\''s busy (asking again in 10 seconds)'\nsleep 10\nconfigfile (http,${net_default_server}:8090)/_/grub/${net_default_mac}.cfg\n"), "{w}");
         assert!(grub(&Decision::Ignore, http).contains("not served here"));
         let advertised = pxe::HttpAddress {
             port: 80,

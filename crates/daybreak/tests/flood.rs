@@ -8,66 +8,33 @@ mod common;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, free_udp_port, require, tempdir, Daybreak, BIN};
+use common::{free_tcp_port, free_udp_port, raise_own_nofile, require, tempdir, Daybreak};
 use testkit::pattern;
 
 const IPXE_EFI: &[u8] = include_bytes!("../ipxe/ipxe.efi");
 
-/// Lets this test hold a few thousand sockets.
-fn raise_own_nofile() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointers to rlimit structs.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-    assert!(
-        l.rlim_cur >= 4096,
-        "the test needs 4096 descriptors, has {}",
-        l.rlim_cur
-    );
-}
-
 /// `daybreak serve` on loopback, started with a hard limit of 1,024 descriptors.
 fn start_limited(dir: &Path, kernel: &Path) -> (Daybreak, u16, u16) {
     let (http, tftp) = (free_tcp_port(), free_udp_port());
-    let log = dir.join("daybreak.log");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--kernel"])
-        .arg(kernel)
-        .args(["--listen", "127.0.0.1", "--no-proxy-dhcp", "--debug"])
-        .args(["--http-port", &http.to_string()])
-        .args(["--tftp-port", &tftp.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let l = libc::rlimit {
-                rlim_cur: 1024,
-                rlim_max: 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut d = Daybreak {
-        child: cmd.spawn().unwrap(),
-        log,
-    };
-    d.wait_for(" ready\n", Duration::from_secs(10));
-    (d, http, tftp)
+    let (h, t) = (http.to_string(), tftp.to_string());
+    let args = [
+        "serve",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1",
+        "--no-proxy-dhcp",
+        "--debug",
+        "--http-port",
+        &h,
+        "--tftp-port",
+        &t,
+    ];
+    (Daybreak::start_with(&args, dir, Some(1024)), http, tftp)
 }
 
 fn open_fds(pid: u32) -> usize {

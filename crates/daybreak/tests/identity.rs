@@ -3,13 +3,19 @@
 //! every form the URL parser takes, and presenting the machine's own URLs. The server's
 //! neighbour table (ARP) tells them apart: the attacker gets nothing of the machine's, the
 //! machine keeps getting its own, and the doubts are logged, counted in /metrics and shown on
-//! the machine's timeline.
+//! the machine's timeline. And the flood of the last round, from addresses a forged DHCPREQUEST
+//! made "known": the machine still boots, under the common 1,024-descriptor limit.
 
 mod common;
 
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use common::{config_url, in_netns, ip, output_within, require, tempdir, Daybreak, Netns};
+use common::{
+    config_url, in_netns, ip, output_within, raise_own_nofile, require, tempdir, Daybreak, Netns,
+};
+use pxe::message::{Message, MessageType};
 
 const VICTIM: &str = "52:54:00:12:34:01";
 const ATTACKER: &str = "52:54:00:66:66:66";
@@ -23,9 +29,9 @@ struct Link {
     _guard: Netns,
 }
 
-fn link() -> Link {
+fn link(tag: &str) -> Link {
     let id = std::process::id();
-    let [s, v, a] = ["s", "v", "a"].map(|n| format!("dbid{id}{n}"));
+    let [s, v, a] = ["s", "v", "a"].map(|n| format!("db{tag}{id}{n}"));
     for n in [&s, &v, &a] {
         ip(&["netns", "add", n]);
     }
@@ -79,18 +85,9 @@ fn fetch(ns: &str, url: &str) -> (u16, String) {
     })
 }
 
-const BASE: &str = "http://10.76.0.2:8090";
-
-#[test]
-fn a_request_naming_another_hosts_mac_gets_nothing_of_that_machines_own() {
-    if !require(true, &["ip", "curl"]) {
-        return;
-    }
-    let l = link();
-    let dir = tempdir("identity");
-    for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
-        std::fs::write(dir.join(f), f).unwrap();
-    }
+/// `daybreak serve` in the server's namespace, from `dir` (its kernel, initrd and squashfs)
+/// with a machines file giving the victim a secret of its own and an install callback.
+fn vault_server(l: &Link, dir: &std::path::Path, extra: &[&str], nofile: Option<u64>) -> Daybreak {
     std::fs::write(
         dir.join("machines.yaml"),
         format!(
@@ -98,27 +95,44 @@ fn a_request_naming_another_hosts_mac_gets_nothing_of_that_machines_own() {
         ),
     )
     .unwrap();
-    let state = dir.join("state");
-    let (d, s) = (dir.clone(), state.to_str().unwrap().to_string());
-    let server = in_netns(&l.server, move || {
-        Daybreak::start(
-            &[
-                "serve",
-                "--kernel",
-                "vmlinuz",
-                "--initrd",
-                "initrd",
-                "--rootfs",
-                "rootfs.squashfs",
-                "--machines",
-                "machines.yaml",
-                "--state-dir",
-                &s,
-                "--no-proxy-dhcp",
-            ],
-            &d,
-        )
-    });
+    let state = dir.join("state").to_str().unwrap().to_string();
+    let args: Vec<String> = [
+        "serve",
+        "--kernel",
+        "vmlinuz",
+        "--initrd",
+        "initrd",
+        "--rootfs",
+        "rootfs.squashfs",
+        "--machines",
+        "machines.yaml",
+        "--state-dir",
+        &state,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    let d = dir.to_path_buf();
+    in_netns(&l.server, move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daybreak::start_with(&a, &d, nofile)
+    })
+}
+
+const BASE: &str = "http://10.76.0.2:8090";
+
+#[test]
+fn a_request_naming_another_hosts_mac_gets_nothing_of_that_machines_own() {
+    if !require(true, &["ip", "curl"]) {
+        return;
+    }
+    let l = link("id");
+    let dir = tempdir("identity");
+    for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let server = vault_server(&l, &dir, &["--no-proxy-dhcp"], None);
 
     // The machine gets its own script and cloud-config.
     let (code, mine) = fetch(&l.victim, &format!("{BASE}/_/ipxe?arch=0&mac={VICTIM}"));
@@ -200,6 +214,244 @@ fn a_request_naming_another_hosts_mac_gets_nothing_of_that_machines_own() {
         !shown.contains("arm64"),
         "the attacker's arch= changed nothing: {shown}"
     );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mac` telling the network's DHCP server it takes `addr` (option 50), broadcast on the link
+/// from port 68, as every machine does: what makes an address "known" to ProxyDHCP.
+fn dhcp_request(sock: &UdpSocket, mac: [u8; 6], addr: Ipv4Addr, xid: u32) {
+    let m = Message::client_request(
+        MessageType::Request,
+        xid,
+        mac,
+        vec![
+            (50, addr.octets().to_vec()),
+            (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+        ],
+    );
+    sock.send_to(&m.encode(), (Ipv4Addr::BROADCAST, 67))
+        .unwrap();
+}
+
+/// A socket on `eth0`, port 68, that may broadcast.
+fn dhcp_socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(b"eth0")).unwrap();
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
+        .unwrap();
+    s.into()
+}
+
+fn mac_bytes(text: &str) -> [u8; 6] {
+    let v: Vec<u8> = text
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn a_flood_from_known_addresses_does_not_stop_a_real_machine() {
+    if !require(true, &["ip", "curl"]) {
+        return;
+    }
+    raise_own_nofile();
+    let l = link("kf");
+    let dir = tempdir("known-flood");
+    let kernel = testkit::pattern(3_000_000, 9);
+    std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
+    for f in ["initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let server = vault_server(&l, &dir, &["--interface", "br0"], Some(1024));
+    let pid = server.child.id();
+
+    // The attacker: 64 addresses of its own on the link, each made "known" by forged
+    // DHCPREQUESTs (naming the machine's MAC, and a MAC of its own), then from each of them
+    // 6 TFTP requests never acknowledged, asked again every second, and 32 idle connections.
+    for k in 0..64u8 {
+        let a = format!("10.76.0.{}/24", 100 + k);
+        ip(&["-n", &l.attacker, "addr", "add", &a, "dev", "eth0"]);
+    }
+    let (held_tx, held_rx) = mpsc::channel::<(usize, usize)>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let a = l.attacker.clone();
+    let attacker = std::thread::spawn(move || {
+        in_netns(&a, move || {
+            let dhcp = dhcp_socket();
+            for k in 0..64u8 {
+                let addr = Ipv4Addr::new(10, 76, 0, 100 + k);
+                dhcp_request(&dhcp, mac_bytes(VICTIM), addr, 0x0a00 | u32::from(k));
+                dhcp_request(&dhcp, [2, 0, 0, 0, 0x66, k], addr, 0x0b00 | u32::from(k));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let server = Ipv4Addr::new(10, 76, 0, 2);
+            let rrq = tftp::packet::rrq("ipxe.efi", "octet", &[("blksize", "1468")]);
+            let mut udp = Vec::new();
+            let mut idle = Vec::new();
+            for k in 0..64u8 {
+                let src = Ipv4Addr::new(10, 76, 0, 100 + k);
+                for _ in 0..6 {
+                    let s = UdpSocket::bind((src, 0)).unwrap();
+                    s.send_to(&rrq, (server, 69)).unwrap();
+                    udp.push(s);
+                }
+                for _ in 0..32 {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    s.bind(&std::net::SocketAddr::from((src, 0)).into())
+                        .unwrap();
+                    let to = std::net::SocketAddr::from((server, 8090));
+                    if s.connect_timeout(&to.into(), Duration::from_secs(2))
+                        .is_ok()
+                    {
+                        idle.push(s);
+                    }
+                }
+            }
+            held_tx.send((udp.len(), idle.len())).unwrap();
+            // Asked again every second while the machine boots (bounded: 60 s at most).
+            let until = Instant::now() + Duration::from_secs(60);
+            while stop_rx.recv_timeout(Duration::from_secs(1)).is_err() && Instant::now() < until {
+                for s in &udp {
+                    let _ = s.send_to(&rrq, (server, 69));
+                }
+            }
+            drop((udp, idle));
+            // A script by the machine's MAC, from a known address.
+            let mut c = std::net::TcpStream::connect_timeout(
+                &SocketAddrV4::new(server, 8090).into(),
+                Duration::from_secs(5),
+            );
+            let mut got = String::new();
+            if let Ok(c) = c.as_mut() {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = std::io::Write::write_all(
+                    c,
+                    format!("GET /_/ipxe?arch=7&mac={VICTIM} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                let _ = std::io::Read::read_to_string(c, &mut got);
+            }
+            got
+        })
+    });
+    let (forged, idle) = held_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the attacker's flood is up");
+    assert!(
+        forged == 384 && idle > 1024,
+        "{forged} requests, {idle} connections held"
+    );
+    let peak = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        peak < 1024,
+        "the server stays within its descriptors: {peak}"
+    );
+
+    // The machine, while all of that is held: its DHCPREQUEST, then iPXE over TFTP, its own
+    // script and cloud-config, and the kernel over HTTP.
+    let started = Instant::now();
+    let v = l.victim.clone();
+    // Files, not pipes: a pipe nobody reads until the end holds 64 KiB.
+    let (efi_file, kernel_file) = (dir.join("got-ipxe.efi"), dir.join("got-kernel"));
+    let (ef, kf) = (efi_file.clone(), kernel_file.clone());
+    let (efi_ok, script) = in_netns(&v, move || {
+        let efi_file = ef;
+        dhcp_request(
+            &dhcp_socket(),
+            mac_bytes(VICTIM),
+            Ipv4Addr::new(10, 76, 0, 10),
+            0x1234,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let o = output_within(
+            std::process::Command::new("curl").args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "30",
+                "--tftp-blksize",
+                "1468",
+                "-o",
+                efi_file.to_str().unwrap(),
+                "tftp://10.76.0.2/ipxe.efi",
+            ]),
+            Duration::from_secs(40),
+        );
+        let script = output_within(
+            std::process::Command::new("curl").args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "30",
+                &format!("{BASE}/_/ipxe?arch=7&mac={VICTIM}"),
+            ]),
+            Duration::from_secs(40),
+        );
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&script.stdout).into_owned(),
+        )
+    });
+    assert!(efi_ok, "iPXE over TFTP during the flood");
+    assert!(
+        std::fs::read(&efi_file).unwrap() == include_bytes!("../ipxe/ipxe.efi"),
+        "iPXE arrives whole"
+    );
+    assert!(script.contains("config_url="), "its own script: {script}");
+    let (code, config) = fetch(&l.victim, &config_url(&script));
+    assert!(
+        code == 200 && config.contains("s3cret-of-vault-1"),
+        "{code} {config}"
+    );
+    let v = l.victim.clone();
+    in_netns(&v, move || {
+        output_within(
+            std::process::Command::new("curl").args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "30",
+                "-o",
+                kf.to_str().unwrap(),
+                &format!("{BASE}/kernel"),
+            ]),
+            Duration::from_secs(40),
+        )
+    });
+    assert!(
+        std::fs::read(&kernel_file).unwrap_or_default() == kernel,
+        "the kernel arrives whole"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the machine's files within seconds: {:?}",
+        started.elapsed()
+    );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(fds < 1024, "{fds}");
+
+    stop_tx.send(()).unwrap();
+    let stolen = attacker.join().unwrap();
+    assert!(
+        stolen.starts_with("HTTP/1.1 200")
+            && stolen.contains("sleep")
+            && !stolen.contains("config_url")
+            && !stolen.contains("kernel"),
+        "a known address naming the machine gets nothing of its own: {stolen}"
+    );
+    let log = server.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -264,19 +264,31 @@ impl FileStore {
 /// A record file: a regular file (never a symlink), small, valid JSON, for this MAC.
 fn read_record(path: &Path, mac: &Mac) -> Option<Versioned> {
     let text = artifacts::read_small(path, MAX_RECORD_BYTES)?;
-    match serde_json::from_slice::<OnDisk>(&text) {
-        Ok(d) if d.record.mac == *mac => Some(Versioned {
-            record: d.record,
-            version: d.version,
-        }),
-        Ok(_) => {
-            tracing::warn!(path = %path.display(), "machine record names another MAC; ignored");
+    match parse_record(&text, mac) {
+        Ok(v) => Some(v),
+        Err(why) => {
+            tracing::warn!(path = %path.display(), "machine record {why}; ignored (it is replaced at the machine's next boot)");
             None
         }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "machine record unreadable; ignored (it is replaced at the machine's next boot)");
-            None
+    }
+}
+
+/// A record's bytes as a record of `mac`: valid JSON, naming that MAC, with a grant Daybreak
+/// could have made (or none). What a store holds is read as hostile: whatever the bytes, a
+/// record or a reason.
+pub fn parse_record(text: &[u8], mac: &Mac) -> Result<Versioned, String> {
+    match serde_json::from_slice::<OnDisk>(text) {
+        Ok(d) if d.record.mac != *mac => Err("names another MAC".into()),
+        Ok(mut d) => {
+            if d.record.grant.as_ref().is_some_and(|g| !g.is_valid()) {
+                d.record.grant = None;
+            }
+            Ok(Versioned {
+                record: d.record,
+                version: d.version,
+            })
         }
+        Err(e) => Err(format!("unreadable: {e}")),
     }
 }
 

@@ -68,15 +68,36 @@ pub struct Daybreak {
 
 impl Daybreak {
     pub fn start(args: &[&str], dir: &Path) -> Daybreak {
+        Daybreak::start_with(args, dir, None)
+    }
+
+    /// As [`Daybreak::start`], under a hard limit of `nofile` descriptors when given (the
+    /// common 1,024: the server cannot raise it).
+    pub fn start_with(args: &[&str], dir: &Path, nofile: Option<u64>) -> Daybreak {
+        use std::os::unix::process::CommandExt;
         let log = dir.join(format!("daybreak-{}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .current_dir(dir)
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+            .stderr(file);
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         let mut d = Daybreak { child, log };
         d.wait_for_any(
             &[" ready\n", "\"message\":\"ready\""],
@@ -245,6 +266,25 @@ pub fn config_url(script: &str) -> String {
         .find_map(|w| w.strip_prefix("config_url="))
         .unwrap_or_else(|| panic!("no config_url= in {script}"))
         .to_string()
+}
+
+/// Lets this test hold a few thousand sockets (its soft descriptor limit up to the hard one).
+pub fn raise_own_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimit structs.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+    assert!(
+        l.rlim_cur >= 4096,
+        "the test needs 4096 descriptors, has {}",
+        l.rlim_cur
+    );
 }
 
 /// Network namespaces removed when dropped.
