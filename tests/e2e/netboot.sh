@@ -16,6 +16,9 @@
 #                         cloud-config, which GRUB reads from /_/grub/MAC.cfg
 #           uefi-sbpixie  the same machine, served by AuroraBoot's start-pixie (pixiecore's
 #                         commands get the signed chain too)
+#           uefi-sbapi    the same machine in pixiecore's API mode: the API names Debian's signed
+#                         kernel by URL; Daybreak reads its head, sees the signature and gives this
+#                         machine the chain, GRUB reading the API's boot from /_/grub/MAC.cfg
 #           uefi-sbunsigned
 #                         the same firmware and an unsigned kernel (the guest's, its signature
 #                         table emptied): Daybreak says at start why such machines cannot boot,
@@ -63,6 +66,7 @@ case "$mode" in
   arm64-http) http_boot=1; mode=arm64; timeout_default=900 ;;
   uefi-sb) sb=1; mode=uefi ;;
   uefi-sbpixie) sb=1; startpixie=1; mode=uefi ;;
+  uefi-sbapi) sb=1; api=1; mode=uefi ;;
   uefi-sbunsigned) sb=2; mode=uefi ;;
   *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;

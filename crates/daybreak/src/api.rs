@@ -40,6 +40,8 @@ const MAX_URLS: usize = 64;
 /// Questions to the API at once from the DHCP path: a flood of made-up MACs must not become a
 /// flood of threads, or of requests to the API server.
 const MAX_ASKING: usize = 16;
+/// Kernel URLs whose signature is remembered.
+const MAX_KERNELS: usize = 256;
 
 /// A piece of the kernel command line: text, or the n-th URL of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +110,9 @@ pub struct Api {
     tokens: Tokens,
     /// Itself, for the questions asked in the background.
     me: std::sync::Weak<Api>,
+    /// Whether each kernel URL the API named carries a Secure Boot signature (its head read
+    /// once); at most [`MAX_KERNELS`] remembered.
+    kernels: Mutex<HashMap<String, bool>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -122,6 +127,8 @@ struct Cached {
     /// `None`: the API said not to boot it (non-200, or malformed).
     spec: Option<Arc<Spec>>,
     asking: bool,
+    /// Its kernel carries a Secure Boot signature.
+    signed: bool,
 }
 
 impl Api {
@@ -161,6 +168,7 @@ impl Api {
             asking: Default::default(),
             tokens,
             me: me.clone(),
+            kernels: Mutex::default(),
         }))
     }
 
@@ -206,6 +214,10 @@ impl Api {
                 return c.spec.clone();
             }
         };
+        let signed = spec
+            .as_ref()
+            .filter(|s| s.script.is_none())
+            .is_some_and(|s| self.signed_kernel(mac, &s.urls[0]));
         let mut a = self.answers();
         make_room(&mut a, mac);
         a.insert(
@@ -214,15 +226,98 @@ impl Api {
                 at: Some(Instant::now()),
                 spec: spec.clone(),
                 asking: false,
+                signed,
             },
         );
         spec
+    }
+
+    /// Whether the kernel at `url` carries a Secure Boot signature: its head and certificate
+    /// table header read (64 KiB and a few bytes, by range requests or from the file), once per
+    /// URL. Anything unreadable is unsigned (iPXE, as before).
+    fn signed_kernel(&self, mac: Mac, url: &str) -> bool {
+        if let Some(s) = self
+            .kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(url)
+        {
+            return *s;
+        }
+        let facts = match url.strip_prefix("file://") {
+            Some(path) => open_named(std::path::Path::new(path)).ok().and_then(|f| {
+                use std::os::unix::fs::FileExt;
+                let len = f.metadata().ok()?.len();
+                Some(crate::kernel::KernelFacts::read(len, &|o, b| {
+                    f.read_exact_at(b, o)
+                }))
+            }),
+            None => self.remote_facts(url),
+        };
+        let signed = facts.is_some_and(|f| f.signed && f.arch != Some(pxe::CpuArch::Arm64));
+        if signed {
+            tracing::info!(mac = %mac, kernel = %redact_url(url), "api: the kernel carries a Secure Boot signature: UEFI x64 PXE machines get shim, then GRUB, then the kernel over HTTP (Secure Boot on or off)");
+        }
+        let mut k = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if k.len() >= MAX_KERNELS {
+            k.clear();
+        }
+        k.insert(url.to_string(), signed);
+        signed
+    }
+
+    /// The facts of a kernel behind an http(s) URL, by range requests (no redirects, each
+    /// read capped); `None` when the server cannot say its length or answers otherwise.
+    fn remote_facts(&self, url: &str) -> Option<crate::kernel::KernelFacts> {
+        let range = |offset: u64, buf: &mut [u8]| -> std::io::Result<u64> {
+            let end = offset + buf.len() as u64 - 1;
+            let mut r = self
+                .files
+                .get(url)
+                .header("Range", &format!("bytes={offset}-{end}"))
+                .call()
+                .map_err(std::io::Error::other)?;
+            if r.status() != 206 {
+                return Err(std::io::Error::other("no range answer"));
+            }
+            // `bytes START-END/TOTAL`; some servers send past END (busybox httpd sends the
+            // rest of the file): only what was asked is read, the connection then dropped.
+            let (start, total) = r
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+                    let start = range.split('-').next()?.parse::<u64>().ok()?;
+                    Some((start, total.parse::<u64>().ok()?))
+                })
+                .ok_or_else(|| std::io::Error::other("no length"))?;
+            if start != offset {
+                return Err(std::io::Error::other("another range"));
+            }
+            use std::io::Read;
+            r.body_mut()
+                .as_reader()
+                .take(buf.len() as u64)
+                .read_exact(buf)?;
+            Ok(total)
+        };
+        let len = range(0, &mut [0u8; 1]).ok()?;
+        Some(crate::kernel::KernelFacts::read(len, &|o, b| {
+            range(o, b).map(|_| ())
+        }))
     }
 
     /// Whether to answer `mac`'s DHCP request: from the last answer, without waiting; asks
     /// again in the background when it is missing or old (at most `MAX_ASKING` at once:
     /// past that the machine's next request asks).
     pub fn allow(&self, mac: Mac) -> bool {
+        self.answer(mac) != pxe::driver::Allowed::No
+    }
+
+    /// [`Api::allow`], and whether its kernel is signed (the Secure Boot chain for it).
+    pub fn answer(&self, mac: Mac) -> pxe::driver::Allowed {
+        use pxe::driver::Allowed;
         use std::sync::atomic::Ordering;
         let (known, ask) = {
             let mut a = self.answers();
@@ -234,6 +329,7 @@ impl Api {
                         at: None,
                         spec: None,
                         asking: false,
+                        signed: false,
                     },
                 );
             }
@@ -241,7 +337,12 @@ impl Api {
             let stale = !c.asking && c.at.is_none_or(|t| t.elapsed() > FRESH);
             let ask = stale && self.take_question();
             c.asking |= ask;
-            (c.spec.is_some(), ask)
+            let known = match (&c.spec, c.signed) {
+                (None, _) => Allowed::No,
+                (Some(_), false) => Allowed::Yes,
+                (Some(_), true) => Allowed::Chain,
+            };
+            (known, ask)
         };
         if let (true, Some(api)) = (ask, self.me.upgrade()) {
             std::thread::spawn(move || {
@@ -495,6 +596,10 @@ impl Api {
 impl Booter for Api {
     fn allow(&self, m: &Machine) -> bool {
         Api::allow(self, m.mac)
+    }
+
+    fn answer(&self, m: &Machine) -> pxe::driver::Allowed {
+        Api::answer(self, m.mac)
     }
 
     fn decide(&self, ask: &Ask<'_>) -> Decision {
@@ -897,6 +1002,42 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_kernel_the_api_names_gets_the_secure_boot_chain() {
+        use pxe::driver::Allowed;
+        let dir = std::env::temp_dir().join(format!("daybreak-api-sb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (signed, plain) = (dir.join("signed"), dir.join("plain"));
+        std::fs::write(&signed, crate::kernel::tests::pe(Some((0x0200, 0x0002)))).unwrap();
+        std::fs::write(&plain, crate::kernel::tests::pe(None)).unwrap();
+        let body = |p: &std::path::Path| -> &'static str {
+            Box::leak(format!(r#"{{"kernel":"file://{}"}}"#, p.display()).into_boxed_str())
+        };
+        let base = api_server(
+            vec![
+                (YES, 200, body(&plain), 0),
+                (SLOW, 200, body(&signed), 0),
+                (BAD, 200, r##"{"ipxe-script":"#!ipxe\nexit"}"##, 0),
+            ],
+            vec![],
+        );
+        let api = Api::new(&base, Duration::from_millis(500)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while [YES, SLOW, BAD]
+            .iter()
+            .any(|mac| api.answer(m(mac)) == Allowed::No)
+        {
+            assert!(Instant::now() < deadline, "the API's answers never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(api.answer(m(SLOW)), Allowed::Chain, "a signed kernel");
+        assert_eq!(api.answer(m(YES)), Allowed::Yes, "an unsigned one: iPXE");
+        assert_eq!(api.answer(m(BAD)), Allowed::Yes, "a script: iPXE runs it");
+        // Each kernel's head was read once, and is remembered by URL.
+        assert_eq!(api.kernels.lock().unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_flood_of_made_up_macs_neither_grows_the_table_nor_hammers_the_api() {
         // An API that never answers in time: every question is held for the whole timeout.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -920,6 +1061,7 @@ mod tests {
                     parse_answer(&base, br#"{"kernel":"/k"}"#).unwrap(),
                 )),
                 asking: false,
+                signed: false,
             },
         );
         let t = Instant::now();

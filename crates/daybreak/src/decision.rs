@@ -83,6 +83,16 @@ pub trait Booter: Send + Sync + 'static {
     /// wait (iPXE gives an offer about two seconds).
     fn allow(&self, m: &Machine) -> bool;
 
+    /// [`Booter::allow`] as the DHCP path asks it, and whether the machine's kernel is signed
+    /// where the loaders cannot say so for every machine (an API names each machine's kernel):
+    /// UEFI x64 PXE firmware then gets the Secure Boot chain. Same rules: memory only.
+    fn answer(&self, m: &Machine) -> pxe::driver::Allowed {
+        match self.allow(m) {
+            true => pxe::driver::Allowed::Yes,
+            false => pxe::driver::Allowed::No,
+        }
+    }
+
     /// How the machine a request names boots now. May wait a little (an API asked with a
     /// timeout), never on the DHCP path.
     fn decide(&self, ask: &Ask<'_>) -> Decision;

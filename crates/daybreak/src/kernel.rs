@@ -125,11 +125,11 @@ fn cert_ok(cert: &[u8], size: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal PE32+ image, with a certificate table of `cert` when given.
-    fn pe(cert: Option<(u16, u16)>) -> Vec<u8> {
+    pub(crate) fn pe(cert: Option<(u16, u16)>) -> Vec<u8> {
         let mut b = vec![0u8; 1024];
         b[..2].copy_from_slice(b"MZ");
         b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());

@@ -100,6 +100,10 @@ pub struct Loaders {
     /// The boot file names the ProxyDHCP answers carry, per firmware.
     pub boot: BootFiles,
     pub notes: Vec<Note>,
+    /// What a machine whose own kernel is signed gets where each machine's kernel is an API's
+    /// to name ([`pxe::driver::Allowed::Chain`]): `boot`, with the Secure Boot chain for UEFI
+    /// x64 PXE.
+    pub chain: Option<BootFiles>,
 }
 
 /// What each firmware loads.
@@ -122,7 +126,13 @@ pub fn loaders(s: &Setup<'_>) -> Loaders {
         boot.efi_x64 = Some(names::SNPONLY.into());
     }
     let Some(kernel) = s.kernel else {
-        return Loaders { files, boot, notes };
+        let chain = per_machine_chain(s, &mut files, &boot);
+        return Loaders {
+            files,
+            boot,
+            notes,
+            chain,
+        };
     };
     let arch = kernel.arch.unwrap_or(CpuArch::Amd64);
     // Machines of an architecture get a loader only when there is a kernel for them.
@@ -152,7 +162,30 @@ pub fn loaders(s: &Setup<'_>) -> Loaders {
         arch
     )));
     secure_boot(s, kernel, arch, &mut files, &mut boot, &mut notes);
-    Loaders { files, boot, notes }
+    Loaders {
+        files,
+        boot,
+        notes,
+        chain: None,
+    }
+}
+
+/// No kernel for everyone (an API names each machine's): the chain is ready for the machines
+/// whose kernel turns out signed, unless the operator chose the UEFI binary.
+fn per_machine_chain(
+    s: &Setup<'_>,
+    files: &mut tftp::Files,
+    boot: &BootFiles,
+) -> Option<BootFiles> {
+    if s.given.efi_build.is_some() || s.given.efi64.is_some() {
+        return None;
+    }
+    let stub = crate::render::grub_stub(s.http);
+    files.insert(names::GRUB_CFG.into(), stub.into_bytes().into());
+    Some(BootFiles {
+        efi_x64_signed: Some(names::SHIM.into()),
+        ..boot.clone()
+    })
 }
 
 /// A signed kernel: UEFI x64 PXE machines get the signed chain (shim, GRUB), which boots
@@ -331,7 +364,20 @@ mod tests {
                 assert!(l.files.contains_key(&name), "row {i}: {name} is not served");
             }
             let has_stub = l.files.contains_key(names::GRUB_CFG);
-            assert_eq!(has_stub, l.boot.efi_x64_signed.is_some(), "row {i}");
+            let chain = l.boot.efi_x64_signed.is_some() || l.chain.is_some();
+            assert_eq!(has_stub, chain, "row {i}");
+            // Without a kernel for everyone (an API names each machine's), the chain is ready
+            // for a machine whose kernel is signed, unless the UEFI binary was chosen.
+            if kernel.is_none() {
+                let chosen = given.efi_build.is_some() || given.efi64.is_some();
+                assert_eq!(l.chain.is_none(), chosen, "row {i}");
+                if let Some(c) = &l.chain {
+                    assert_eq!(c.efi_x64_signed.as_deref(), Some(names::SHIM), "row {i}");
+                    for name in [names::SHIM, names::GRUB] {
+                        assert!(l.files.contains_key(name), "row {i}: {name} is not served");
+                    }
+                }
+            }
         }
     }
 

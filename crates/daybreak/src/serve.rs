@@ -440,22 +440,28 @@ fn spread_events(
 fn dhcp_config(
     d: &Deciders,
     http: pxe::HttpAddress,
-    boot_files: pxe::BootFiles,
+    (boot_files, chain): (pxe::BootFiles, Option<pxe::BootFiles>),
     ifaces: &[Iface],
     tasks: &mut Tasks,
 ) -> Arc<pxe::driver::Config> {
     let booter = d.booter.clone();
     let hub = tasks.hub.clone();
+    let interfaces: Vec<u32> = ifaces.iter().map(|i| i.index).collect();
     Arc::new(pxe::driver::Config {
         settings: pxe::endpoint::Settings {
             http,
             boot_files,
-            interfaces: ifaces.iter().map(|i| i.index).collect(),
+            interfaces: interfaces.clone(),
         },
         events: Some(pxe::driver::Sink(Arc::new(move |e| hub.dhcp(e)))),
         allow: Some(pxe::driver::Allow(Arc::new(move |c: &pxe::Client| {
-            booter.allow(&c.machine())
+            booter.answer(&c.machine())
         }))),
+        chain: chain.map(|boot_files| pxe::endpoint::Settings {
+            http,
+            boot_files,
+            interfaces,
+        }),
     })
 }
 
@@ -483,7 +489,7 @@ async fn start_netboot(
         true => crate::sockets::bind_dhcp()?,
         false => Vec::new(),
     };
-    let dhcp_config = dhcp_config(d, http, loaders.boot, ifaces, tasks);
+    let dhcp_config = dhcp_config(d, http, (loaders.boot, loaders.chain), ifaces, tasks);
     log_start(opts, d, http, ifaces, &listener)?;
     let binaries = Arc::new(loaders.files);
     let (reports, known) = (hub.clone(), hub.clone());

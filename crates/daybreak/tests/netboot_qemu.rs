@@ -227,6 +227,13 @@ fn uefi_secure_boot_start_pixie_boots_the_signed_chain() {
     boot("uefi-sbpixie");
 }
 
+/// pixiecore's API mode, the API naming a signed kernel: Daybreak reads its head, and this
+/// machine gets the chain (shim, GRUB, the API's boot from /_/grub/MAC.cfg).
+#[test]
+fn uefi_secure_boot_api_mode_boots_the_signed_chain() {
+    boot("uefi-sbapi");
+}
+
 /// Enforcing firmware and an unsigned kernel: Daybreak says at start why such machines cannot
 /// boot it, and the firmware indeed refuses the (unsigned) iPXE: not silence.
 #[test]

@@ -89,11 +89,27 @@ pub struct Config {
     /// absent. Called on the DHCP path: it must not block (an API behind it answers from a
     /// cache, machine profiles from memory).
     pub allow: Option<Allow>,
+    /// The settings for a machine [`Allowed::Chain`]: these, with the Secure Boot chain's shim
+    /// for UEFI x64 PXE firmware (`efi_x64_signed`). Made once, not per request.
+    pub chain: Option<Settings>,
+}
+
+/// What [`Config::allow`] says of a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// No answer (yet).
+    No,
+    /// The answer [`Config::settings`] give.
+    Yes,
+    /// The answer [`Config::chain`] gives: its kernel is signed, so UEFI x64 PXE firmware gets
+    /// the Secure Boot chain though other machines get iPXE (an API names each machine's
+    /// kernel).
+    Chain,
 }
 
 /// See [`Config::allow`].
 #[derive(Clone)]
-pub struct Allow(pub Arc<dyn Fn(&crate::Client) -> bool + Send + Sync>);
+pub struct Allow(pub Arc<dyn Fn(&crate::Client) -> Allowed + Send + Sync>);
 
 impl std::fmt::Debug for Allow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,12 +244,23 @@ impl One<'_> {
         if let (Some(sink), Some((mac, ip))) = (&config.events, handled.lease) {
             (sink.0)(Event::Lease { mac, ip });
         }
-        let t = match handled.outcome {
+        let mut t = match handled.outcome {
             Ok(t) => t,
             Err(why) => return note_dropped(&why, port_name, &datagram, stats),
         };
         if let Some(allow) = &config.allow {
-            if !(allow.0)(&t.reply.client) {
+            let allowed = (allow.0)(&t.reply.client);
+            if let (Allowed::Chain, Some(chain)) = (allowed, &config.chain) {
+                // Answered again with the chain's settings: rare (an API's machine with a
+                // signed kernel), and the same pure function.
+                if t.reply.loader != crate::Loader::SecureBootChain {
+                    if let Ok(c) = handle(&datagram, self.port, chain, udp::interface_ipv4).outcome
+                    {
+                        t = c;
+                    }
+                }
+            }
+            if allowed == Allowed::No {
                 stats.ignored.fetch_add(1, Ordering::Relaxed);
                 stats.unanswered("not_allowed");
                 tracing::debug!(
