@@ -53,9 +53,14 @@ impl LineBudget {
         if now.saturating_duration_since(self.second) < Duration::from_secs(1) {
             return None;
         }
-        let held = std::mem::take(&mut self.held);
         self.second = now;
         self.logged = 0;
+        self.flush()
+    }
+
+    /// Logs the count held back so far now (also at shutdown, whatever the second).
+    pub fn flush(&mut self) -> Option<u64> {
+        let held = std::mem::take(&mut self.held);
         (held > 0).then(|| {
             tracing::info!(
                 not_logged = held,

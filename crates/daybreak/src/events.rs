@@ -77,6 +77,8 @@ pub struct BootEvent {
 enum Queued {
     Step(BootEvent),
     Dhcp(pxe::driver::Event),
+    /// Shutting down: everything queued before is handled; tell the lines held back and say so.
+    Settle(std::sync::mpsc::Sender<()>),
 }
 
 /// Lowers the calling thread's priority to `SCHED_IDLE` (else nice 19): what runs there
@@ -92,6 +94,18 @@ pub fn background_priority() {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, 19);
         }
+    }
+}
+
+/// Gives thread `tid` of this process the ordinary priority back (at shutdown, when nothing
+/// else is answered and what is queued must be told).
+fn ordinary_priority(tid: i32) {
+    // SAFETY: scheduling calls naming one thread of this process by its id, with a valid
+    // sched_param; a thread that is gone makes them fail, harmlessly.
+    unsafe {
+        let p = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(tid, libc::SCHED_OTHER, &p);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0);
     }
 }
 
@@ -126,6 +140,8 @@ pub struct Hub {
     link: fn(IpAddr) -> Option<Mac>,
     doubt_lines: Mutex<LineBudget>,
     tx: crate::bounded::Sender<Queued>,
+    /// The reader's thread id, once it runs (0 before).
+    reader: std::sync::atomic::AtomicI32,
     rx: Mutex<Option<crate::bounded::Receiver<Queued>>>,
     dropped: AtomicU64,
 }
@@ -145,6 +161,7 @@ impl Default for Hub {
             tx,
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
+            reader: std::sync::atomic::AtomicI32::new(0),
         }
     }
 }
@@ -248,6 +265,29 @@ impl Hub {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// At shutdown: waits (at most `limit`) until the reader has handled everything queued
+    /// so far and told the lines it held back, its priority raised for it (it runs when
+    /// nothing else wants the CPU, which on a loaded host may be never). False when it could
+    /// not within `limit`.
+    pub fn settle(&self, limit: std::time::Duration) -> bool {
+        let tid = self.reader.load(Ordering::Acquire);
+        if tid == 0 {
+            return true;
+        }
+        ordinary_priority(tid);
+        let deadline = Instant::now() + limit;
+        let (done, wait) = std::sync::mpsc::channel();
+        // A full queue is waited for, not dropped: this one must arrive.
+        while self.tx.try_send(Queued::Settle(done.clone())).is_err() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
     /// Starts the one reader: a thread that hands every step to `observe`, in order. False
     /// when a reader runs already.
     pub fn read(
@@ -258,9 +298,14 @@ impl Hub {
             return Ok(false);
         };
         let hub = std::sync::Arc::downgrade(self);
+        let me = self.clone();
         std::thread::Builder::new()
             .name("boot-events".into())
             .spawn(move || {
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+                me.reader.store(tid, Ordering::Release);
+                drop(me);
                 background_priority();
                 let mut budget = offer_lines(Instant::now());
                 let take =
@@ -269,6 +314,10 @@ impl Hub {
                         match q {
                             Queued::Step(e) => observe(&e),
                             Queued::Dhcp(d) => observe(&hub.dhcp_step(d, budget)),
+                            Queued::Settle(done) => {
+                                budget.flush();
+                                let _ = done.send(());
+                            }
                         }
                     };
                 loop {
@@ -309,6 +358,10 @@ impl Hub {
             match q {
                 Queued::Step(e) => observe(&e),
                 Queued::Dhcp(d) => observe(&self.dhcp_step(d, &mut budget)),
+                Queued::Settle(done) => {
+                    budget.flush();
+                    let _ = done.send(());
+                }
             }
         }
     }

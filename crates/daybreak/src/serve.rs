@@ -20,6 +20,8 @@ use crate::sockets::Iface;
 
 /// How long open HTTP downloads get to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the boot events queued before it to be told.
+const SETTLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -337,11 +339,24 @@ impl Tasks {
             _ = async { while self.http.join_next().await.is_some() {} } => {}
             s = shutdown_signal() => tracing::warn!("{s} again: exiting now"),
         }
+        // What the answers reported is told before the counts: the boot-events reader runs
+        // only on CPU nobody else wants, and may be behind.
+        let hub = self.hub.clone();
+        let settled = tokio::task::spawn_blocking(move || hub.settle(SETTLE))
+            .await
+            .unwrap_or(false);
+        if !settled {
+            tracing::warn!(
+                "boot events still queued after {}s were not logged",
+                SETTLE.as_secs()
+            );
+        }
         match counters {
             Some((dhcp, tftp)) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 tracing::info!(
                     dhcp = ?dhcp.snapshot(),
+                    events_dropped = self.hub.dropped(),
                     tftp_completed = tftp.completed.load(Relaxed),
                     tftp_evicted = tftp.evicted.load(Relaxed),
                     tftp_busy = tftp.busy.load(Relaxed),
