@@ -74,6 +74,16 @@ fn ovmf_discover() -> Vec<u8> {
 /// 10.78.`net`.0/24), runs `client` there with the server's address, stops the server cleanly
 /// and returns its log.
 fn with_server(tag: &str, net: u8, client: impl FnOnce(Ipv4Addr) + Send + 'static) -> String {
+    with_server_args(tag, net, &[], client)
+}
+
+/// [`with_server`], `daybreak serve` given `extra` arguments too.
+fn with_server_args(
+    tag: &str,
+    net: u8,
+    extra: &[&str],
+    client: impl FnOnce(Ipv4Addr) + Send + 'static,
+) -> String {
     let (cns, sns, _guards) = veth_pair(
         tag,
         &format!("10.78.{net}.10/24"),
@@ -85,8 +95,11 @@ fn with_server(tag: &str, net: u8, client: impl FnOnce(Ipv4Addr) + Send + 'stati
     let mut server = {
         let k = kernel.to_string_lossy().into_owned();
         let d = dir.clone();
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         in_netns(&sns, move || {
-            Daybreak::start(&["--debug", "serve", "--kernel", &k], &d)
+            let mut args = vec!["--debug", "serve", "--kernel", &k];
+            args.extend(extra.iter().map(String::as_str));
+            Daybreak::start(&args, &d)
         })
     };
     let server_ip = Ipv4Addr::new(10, 78, net, 2);
@@ -208,16 +221,21 @@ fn proxydhcp_answers_relays_and_not_plain_dhcp() {
     with_server("kr", 2, |server_ip| {
         let relay = udp(67);
         let server67 = SocketAddrV4::new(server_ip, 67);
+        // The relay's own information (circuit id, remote id), which it wants back.
+        let info = vec![1, 4, b'v', b'l', b'a', b'n', 2, 2, 0, 7];
+        let mut options = ovmf_options();
+        options.push((82, info.clone()));
         let relayed = request(
             MessageType::Discover,
             Ipv4Addr::new(10, 78, 2, 10),
             Ipv4Addr::UNSPECIFIED,
-            ovmf_options(),
+            options,
         );
         relay.send_to(&relayed, server67).unwrap();
         let offer = recv_reply(&relay);
         assert_eq!(offer.giaddr, Ipv4Addr::new(10, 78, 2, 10));
         assert_eq!(offer.file, b"ipxe.efi");
+        assert_eq!(offer.option(82).as_deref(), Some(&info[..]), "RFC 3046");
 
         relay
             .set_read_timeout(Some(Duration::from_millis(500)))
@@ -235,6 +253,35 @@ fn proxydhcp_answers_relays_and_not_plain_dhcp() {
             "answered a non-PXE DISCOVER"
         );
     });
+}
+
+/// `--advertise` an address this host does not hold (NAT, a port forward): replies name it and
+/// leave from the address the request reached (sent from it, the kernel refused them).
+#[test]
+fn an_advertised_address_this_host_does_not_hold_is_named_not_used() {
+    if !require(true, &["ip"]) {
+        return;
+    }
+    let log = with_server_args("ka", 3, &["--advertise", "10.78.3.100"], |server_ip| {
+        let c68 = udp(68);
+        c68.send_to(&ovmf_discover(), (Ipv4Addr::BROADCAST, 67))
+            .unwrap();
+        let offer = recv_reply(&c68);
+        assert_eq!(offer.siaddr, Ipv4Addr::new(10, 78, 3, 100));
+        assert_eq!(&offer.option(54).unwrap()[..], [10, 78, 3, 100]);
+        // Port 4011, unicast to the address this host holds: answered from it.
+        let mut req = Message::client_request(MessageType::Request, 0x0bad_cafe, MAC, {
+            let mut o = ovmf_options();
+            o.push((43, vec![71, 4, 0x80, 0, 0, 0, 255]));
+            o
+        });
+        req.ciaddr = Ipv4Addr::new(10, 78, 3, 10);
+        c68.send_to(&req.encode(), (server_ip, 4011)).unwrap();
+        let ack = recv_reply(&c68);
+        assert_eq!(ack.message_type(), Some(MessageType::Ack));
+        assert_eq!(ack.siaddr, Ipv4Addr::new(10, 78, 3, 100));
+    });
+    assert!(!log.contains("sending reply failed"), "{log}");
 }
 
 /// `--interface` naming an interface without an IPv4 address is refused at startup with a message

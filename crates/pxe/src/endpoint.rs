@@ -125,18 +125,21 @@ pub fn handle(
         Port::Dhcp => lease(&msg),
         Port::ProxyBoot => None,
     };
-    let server = match settings.http.advertise {
-        Some(a) => a,
-        None if !d.local.is_unspecified() => d.local,
-        None => match interface_address(d.ifindex) {
-            Some(a) => a,
-            None => {
-                return Handled {
-                    outcome: Err(Dropped::NoAddress(d.ifindex)),
-                    lease,
-                }
+    // The reply leaves from the address the request reached; `--advertise` is only what the
+    // reply names (NAT, a port forward, a shared address another host holds), never its source:
+    // this host may not hold it.
+    let local = match d.local.is_unspecified() {
+        false => Some(d.local),
+        true => interface_address(d.ifindex),
+    };
+    let server = match (settings.http.advertise, local) {
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => {
+            return Handled {
+                outcome: Err(Dropped::NoAddress(d.ifindex)),
+                lease,
             }
-        },
+        }
     };
     let ctx = Context {
         server,
@@ -157,7 +160,9 @@ pub fn handle(
             };
             Transmit {
                 destination,
-                source: server,
+                // Unknown (no address on the interface, an advertised one named): the kernel
+                // chooses, as for any socket.
+                source: local.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 ifindex: d.ifindex,
                 bytes: reply.message.encode(),
                 reply,
@@ -210,6 +215,36 @@ mod tests {
 
     fn no_lookup(_: u32) -> Option<Ipv4Addr> {
         panic!("the local address was known")
+    }
+
+    #[test]
+    fn an_advertised_address_is_named_in_the_reply_never_its_source() {
+        let uefi = request(1, [0; 4], [0; 4], &[(93, &[0, 7])]);
+        let mut s = settings();
+        s.http.advertise = Some(Ipv4Addr::new(10, 236, 0, 100));
+        // This host holds 10.236.0.10 on the interface; the advertised address is not its own.
+        let t = handle(
+            &at(&uefi, ([0; 4], 68), 3, [10, 236, 0, 10]),
+            Port::Dhcp,
+            &s,
+            no_lookup,
+        )
+        .outcome
+        .unwrap();
+        assert_eq!(t.source, Ipv4Addr::new(10, 236, 0, 10));
+        let m = Message::decode(&t.bytes).unwrap();
+        assert_eq!(m.siaddr, Ipv4Addr::new(10, 236, 0, 100));
+        assert_eq!(
+            &m.option(54).unwrap()[..],
+            Ipv4Addr::new(10, 236, 0, 100).octets()
+        );
+        // The local address unknown to the socket: the interface's, still not the advertised.
+        let t = handle(&at(&uefi, ([0; 4], 68), 3, [0; 4]), Port::Dhcp, &s, |_| {
+            Some(Ipv4Addr::new(10, 236, 0, 10))
+        })
+        .outcome
+        .unwrap();
+        assert_eq!(t.source, Ipv4Addr::new(10, 236, 0, 10));
     }
 
     #[test]
@@ -310,7 +345,10 @@ mod tests {
         )
         .outcome
         .unwrap();
-        assert_eq!(t.source, Ipv4Addr::new(203, 0, 113, 7));
+        // Named in the reply; sent from the address the request reached.
+        assert_eq!(t.source, Ipv4Addr::new(10, 0, 0, 2));
+        let m = Message::decode(&t.bytes).unwrap();
+        assert_eq!(m.siaddr, Ipv4Addr::new(203, 0, 113, 7));
         // The kernel did not say the local address: the interface's is asked, and without one
         // there is no answer.
         let h = handle(

@@ -534,6 +534,11 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
     if file.len() > 127 {
         options.push((opt::BOOTFILE_NAME, file.clone()));
     }
+    // A relay's information goes back to it as it came, last (RFC 3046 2.2): relays that
+    // enforce it drop a reply without it.
+    if let Some(info) = msg.option(opt::RELAY_AGENT_INFO) {
+        options.push((opt::RELAY_AGENT_INFO, info.into_owned()));
+    }
 
     let destination = match port {
         Port::ProxyBoot => Destination::Source,

@@ -48,6 +48,8 @@ pub mod opt {
     pub const VENDOR_CLASS: u8 = 60;
     pub const BOOTFILE_NAME: u8 = 67;
     pub const USER_CLASS: u8 = 77;
+    /// Relay agent information (RFC 3046): a relay adds it, and a server copies it back.
+    pub const RELAY_AGENT_INFO: u8 = 82;
     pub const CLIENT_ARCH: u8 = 93;
     pub const CLIENT_NDI: u8 = 94;
     pub const CLIENT_UUID: u8 = 97;

@@ -224,6 +224,34 @@ fn relayed_discover_is_answered_to_giaddr() {
 }
 
 #[test]
+fn a_relays_agent_information_comes_back_in_the_reply() {
+    // Circuit id and remote id sub-options, as a relay inserts them.
+    let info: &[u8] = &[1, 4, b'e', b't', b'h', b'1', 2, 6, 0, 0x1b, 0x21, 1, 2, 3];
+    let req = Message::decode(&packet(
+        1,
+        [10, 1, 2, 1],
+        [0; 4],
+        &[(93, &[0, 7]), (60, b"PXEClient"), (82, info)],
+    ))
+    .unwrap();
+    let r = answer(&req, &ctx(), Port::Dhcp).unwrap();
+    assert_eq!(r.message.options.last(), Some(&(82, info.to_vec())));
+    // Encoded and read back: the same bytes, once, the option before END.
+    let back = Message::decode(&r.message.encode()).unwrap();
+    assert_eq!(back.option(82).as_deref(), Some(info));
+    // Without one, none is made up.
+    let plain = Message::decode(&packet(
+        1,
+        [10, 1, 2, 1],
+        [0; 4],
+        &[(93, &[0, 7]), (60, b"PXEClient")],
+    ))
+    .unwrap();
+    let r = answer(&plain, &ctx(), Port::Dhcp).unwrap();
+    assert!(r.message.option(82).is_none());
+}
+
+#[test]
 fn port_4011_request_from_bios_and_uefi_gets_ack() {
     for arch in [0u8, 7] {
         let req = Message::decode(&packet(
