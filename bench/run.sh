@@ -26,16 +26,25 @@
 #   FLEET      the same 1,000-machine storm against Daybreak with a fleet: a machines file of
 #              11,000 profiles, 10,000 machines already in the machine store, so 11,000 machines
 #              known and 1,000 timelines held; peak RSS against the same storm without a fleet,
-#              records written, and the time of GET /api/machines for all of them
+#              records written, and the time of GET /api/machines for all of them. Each of these
+#              machines has a link address of its own, and checks it got what its profile and
+#              state say: every fourth is installed (its disk), the others their own cloud-config
 #
-#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet]...     (default: all seven)
+#   ATTACK     that fleet storm with an attacker on the link beside it: forged DHCPREQUESTs for
+#              every booting MAC (2,000 a second), their scripts and GRUB configurations asked
+#              for by MAC, and a flood from the 64 addresses the forged requests made "known"
+#              (384 TFTP requests a second never acknowledged, 2,048 idle connections); failed
+#              boots, answers with anything of a machine's own given to the attacker, machines
+#              whose answer changed; then the same machines boot again with the attacker gone
+#
+#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet|attack]...     (default: all eight)
 #   sudo DAYBREAK_BIN=/path/to/daybreak bench/run.sh dhcp          (another build of the server)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet attack)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -48,7 +57,11 @@ tmp=$(mktemp -d /tmp/daybreak-bench.XXXXXX)
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
 cleanup() {
+  local rc=$?
   stop_all
+  if [ "$rc" != 0 ]; then
+    for f in "$tmp"/*.err; do [ -s "$f" ] && { echo "--- $f (last lines)" >&2; tail -5 "$f" >&2; }; done
+  fi
   for ns in "$sns" "$cns"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
   ip netns del "$sns" 2>/dev/null || true; ip netns del "$cns" 2>/dev/null || true
   rm -rf "$tmp"
@@ -74,6 +87,22 @@ add_hosts() { # first-octet count: 10.79.FIRST.1 … on c0, and static neighbour
   sed "s|.*|neigh replace & lladdr $mac nud permanent dev s0|" "$tmp/hosts" | ip -n "$sns" -batch -
 }
 add_hosts 1 1000
+# A fleet's machines need more: the server's neighbour entry for each must be the MAC that machine
+# names (that is how it tells a machine from a host naming its MAC). So each has a device of its
+# own, a macvlan on c0 with its MAC (52:54:00:99:HH:LL, as the machines file has them), and its
+# address 10.79.100.1…; the server knows them statically, as above.
+add_machines() { # count
+  for i in $(seq 0 $(($1 - 1))); do
+    printf 'link add m%d link c0 address 52:54:00:99:%02x:%02x type macvlan mode private\nlink set m%d up\n' \
+      "$i" $((i / 256)) $((i % 256)) "$i"
+    printf 'addr add 10.79.%d.%d/16 dev m%d\n' $((100 + i / 250)) $((i % 250 + 1)) "$i"
+  done | ip -n "$cns" -batch -
+  for i in $(seq 0 $(($1 - 1))); do
+    printf 'neigh replace 10.79.%d.%d lladdr 52:54:00:99:%02x:%02x nud permanent dev s0\n' \
+      $((100 + i / 250)) $((i % 250 + 1)) $((i / 256)) $((i % 256))
+  done | ip -n "$sns" -batch -
+}
+if [[ " ${what[*]} " == *" fleet "* || " ${what[*]} " == *" attack "* ]]; then add_machines 1000; fi
 
 wait_port() { # ns proto port
   for _ in $(seq 1 100); do ip netns exec "$1" ss -ln"$2" | grep -q ":$3 " && return 0; sleep 0.05; done
@@ -368,7 +397,7 @@ if [[ " ${what[*]} " == *" storm "* ]]; then
   # The flood's addresses: 10.79.20.1… (forged TFTP requests), 10.79.40.1… (idle connections).
   add_hosts 20 1200; add_hosts 40 42
   storm_beside_flood() { # label
-    C "$lg" flood 10.79.0.2 120 > "$tmp/flood.out" & fpid=$!
+    ip netns exec "$cns" "$lg" flood 10.79.0.2 120 > "$tmp/flood.out" & fpid=$!
     sleep 3
     r=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid"); echo "$1: $r"
     kill "$fpid" 2>/dev/null || true; wait "$fpid" 2>/dev/null || true
@@ -392,10 +421,12 @@ if [[ " ${what[*]} " == *" storm "* ]]; then
   storm_beside_flood "Boot storm, 1000 machines, beside the flood, 1024 descriptors"
 fi
 
-if [[ " ${what[*]} " == *" fleet "* ]]; then
-  # The storm's machines are 52:54:00:99:HH:LL (i = 0…999); 10,000 more are known from before:
-  # records in the store and profiles in the machines file, as a fleet's server has them.
-  mkdir -m 700 -p "$tmp/fleet/state/machines"
+# The fleet's files: the storm's machines are 52:54:00:99:HH:LL (i = 0…999), every fourth installed
+# (a record that says so; action install, the default) and the others `action: live`, each with its
+# own cloud-config template (its hostname); 10,000 more are known from before: records in the store and
+# profiles in the machines file, as a fleet's server has them.
+fleet_files() {
+  rm -rf "$tmp/fleet"; mkdir -m 700 -p "$tmp/fleet/state/machines"
   awk -v dir="$tmp/fleet/state/machines" -v list="$tmp/fleet/machines.yaml" 'BEGIN {
     for (i = 0; i < 10000; i++) {
       mac = sprintf("52:54:aa:00:%02x:%02x", int(i / 256), i % 256)
@@ -404,16 +435,33 @@ if [[ " ${what[*]} " == *" fleet "* ]]; then
       close(f)
       printf "- mac: %s\n  hostname: known-%d\n  role: worker\n", mac, i > list
     }
-    for (i = 0; i < 1000; i++)
-      printf "- mac: 52:54:00:99:%02x:%02x\n  hostname: storm-%d\n  action: live\n  role: worker\n", int(i / 256), i % 256, i > list
+    for (i = 0; i < 1000; i++) {
+      mac = sprintf("52:54:00:99:%02x:%02x", int(i / 256), i % 256)
+      if (i % 4 == 0) {
+        f = sprintf("%s/52540099%04x.json", dir, i)
+        printf "{\"mac\":\"%s\",\"first_seen\":1796000000,\"last_seen\":1796000000,\"boots\":1,\"installed_at\":1796000100}\n", mac > f
+        close(f)
+        printf "- mac: %s\n  hostname: storm-%d\n  role: worker\n", mac, i > list
+      } else
+        printf "- mac: %s\n  hostname: storm-%d\n  action: live\n  role: worker\n  cloud_config: |\n    #cloud-config\n    hostname: [[[ .hostname ]]]\n", mac, i > list
+    }
   }'
   printf '#cloud-config\nhostname: [[[ .hostname ]]]\n' > "$tmp/fleet/config.yaml"
+  storm_args=(--machines "$tmp/fleet/machines.yaml" --state-dir "$tmp/fleet/state" --cloud-config "$tmp/fleet/config.yaml")
+}
+fleet_rows() { # label result
+  storm_rows "$1" "$2"
+  row "  config p50 / p99 ms" "$(field config_p50_ms "$2") / $(field config_p99_ms "$2")" "" ""
+  row "  machines given another answer than their own / sent to disk" "$(field wrong "$2") / $(field local "$2")" "" ""
+}
+
+if [[ " ${what[*]} " == *" fleet "* ]]; then
   storm_args=(); storm_server
   plain=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid"); echo "storm without a fleet: $plain"
   stop_all
-  storm_args=(--machines "$tmp/fleet/machines.yaml" --state-dir "$tmp/fleet/state" --cloud-config "$tmp/fleet/config.yaml")
+  fleet_files
   storm_server
-  r=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid"); echo "storm with a fleet: $r"
+  r=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid" 100 fleet); echo "storm with a fleet: $r"
   sleep 2
   t0=$(date +%s%N)
   # Every page of it, from the admin listener on the server's loopback.
@@ -421,7 +469,7 @@ if [[ " ${what[*]} " == *" fleet "* ]]; then
   while :; do
     S curl -fs -o "$tmp/fleet/page.json" "http://127.0.0.1:8091/api/machines?offset=$off&limit=1000" || break
     cat "$tmp/fleet/page.json" >> "$tmp/fleet/machines.json"
-    n=$(grep -o '"mac"' "$tmp/fleet/page.json" | wc -l)
+    n=$(grep -o '"mac"' "$tmp/fleet/page.json" | wc -l || true)
     [ "$n" -gt 0 ] || break
     off=$((off + n))
   done
@@ -433,13 +481,38 @@ if [[ " ${what[*]} " == *" fleet "* ]]; then
   stop_all
   busy=$(grep -c "machine store busy" "$tmp/storm.err" || true)
   echo "fleet: known=$known with_timeline=$live rss_after_mib=$rss records=$records api_ms=$api_ms store_busy=$busy"
-  storm_rows "Fleet: 1000-machine storm, 11,000 known, 1,000 timelines" "$r"
+  fleet_rows "Fleet: 1000-machine storm, 11,000 known, 1,000 timelines" "$r"
   row "  peak RSS MiB, with a fleet vs without" "$(( $(field peak_rss_kib "$r") / 1024 ))" "$(( $(field peak_rss_kib "$plain") / 1024 ))" \
     "$(ratio "$(field peak_rss_kib "$r")" "$(field peak_rss_kib "$plain")")"
   row "  whole boot p50 ms, with a fleet vs without" "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$plain")" \
     "$(ratio "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$plain")")"
   row "  machines known / with a timeline / records on disk" "$known / $live / $records" "" ""
   row "  GET /api/machines ms (all its pages), RSS after MiB" "$api_ms, $rss" "" ""
+fi
+
+if [[ " ${what[*]} " == *" attack "* ]]; then
+  # The attacker's own addresses: 10.79.60.1…64, on c0 (its MAC is none of the machines').
+  add_hosts 60 64
+  fleet_files
+  storm_server
+  ip netns exec "$cns" "$lg" attack c0 10.79.0.2 300 1000 > "$tmp/attack.out" 2>"$tmp/attack.err" & apid=$!
+  sleep 3
+  r=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid" 100 fleet); echo "storm beside the attacker: $r"
+  kill -TERM "$apid" 2>/dev/null || true; wait "$apid" 2>/dev/null || true
+  a=$(cat "$tmp/attack.out"); echo "attacker: $a"
+  head -5 "$tmp/attack.err" >&2 || true
+  sleep 1
+  again=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid" 100 fleet); echo "the same machines again: $again"
+  S curl -fs "http://127.0.0.1:8091/metrics" > "$tmp/attack.metrics" || true
+  doubts=$(awk '/^daybreak_identity_doubts_total\{/ { n += $2 } END { print n + 0 }' "$tmp/attack.metrics")
+  stop_all
+  fleet_rows "Attack: 1000-machine fleet storm beside an attacker" "$r"
+  row "  attacker: forged DHCPREQUESTs / TFTP requests / idle connections" \
+    "$(field forged_dhcp "$a") / $(field rrq "$a") / $(field idle_opened "$a")" "" ""
+  row "  attacker: asked by MAC / answered / with a machine's own" \
+    "$(field scripts_asked "$a") / $(field answered "$a") / $(field personal "$a")" "" ""
+  row "  requests doubted (daybreak_identity_doubts_total)" "$doubts" "" ""
+  fleet_rows "Attack: the same machines again, attacker gone" "$again"
 fi
 
 echo

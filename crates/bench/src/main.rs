@@ -5,8 +5,9 @@
 //!   daybreak-bench burst IFACE MACHINES SECONDS PID
 //!   daybreak-bench tftp HOST:PORT FILE SIZE CLIENTS ROUNDS BLKSIZE WINDOWSIZE
 //!   daybreak-bench http HOST:PORT PATH CLIENTS [PID...]
-//!   daybreak-bench storm IFACE SERVER N EFI,KERNEL,INITRD,ROOTFS PID
+//!   daybreak-bench storm IFACE SERVER N EFI,KERNEL,INITRD,ROOTFS PID [FIRST [fleet]]
 //!   daybreak-bench flood SERVER SECONDS
+//!   daybreak-bench attack IFACE SERVER SECONDS N
 //!
 //! Loads are bounded in count and time and only target the address given (loopback or a test
 //! namespace).
@@ -54,7 +55,7 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<u32>, _>>()?;
             http_load(args[1].parse()?, &args[2], args[3].parse()?, &pids)
         }
-        Some("storm") if args.len() == 6 => {
+        Some("storm") if (6..=8).contains(&args.len()) => {
             let sizes: Vec<usize> = args[4]
                 .split(',')
                 .map(|s| s.parse())
@@ -68,9 +69,19 @@ fn main() -> Result<()> {
                 args[3].parse()?,
                 sizes,
                 args[5].parse()?,
+                storm::Mode {
+                    first: args.get(6).map_or(Ok(1), |f| f.parse())?,
+                    fleet: args.get(7).is_some_and(|f| f == "fleet"),
+                },
             )
         }
         Some("flood") if args.len() == 3 => storm::flood(args[1].parse()?, args[2].parse()?),
+        Some("attack") if args.len() == 5 => storm::attack(
+            &args[1],
+            args[2].parse()?,
+            args[3].parse()?,
+            args[4].parse()?,
+        ),
         _ => bail!("usage: see the module docs of crates/bench/src/main.rs"),
     }
 }

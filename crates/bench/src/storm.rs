@@ -5,6 +5,12 @@
 //! script, kernel, initrd and squashfs, each checked whole. And a flood to run beside it:
 //! forged TFTP requests never acknowledged and idle TCP connections, from many addresses.
 //!
+//! With a fleet (`fleet`), each machine checks that it got what its profile and state say: a
+//! machine that is installed (every fourth) its disk, the others their own cloud-config (it
+//! names them). And an attacker to run beside that storm: it forges DHCPREQUESTs for the
+//! booting MACs, asks for their scripts by MAC, and floods from the addresses its forged
+//! requests made "known".
+//!
 //! Only the server address given is targeted (a test namespace); every loop is bounded in count
 //! and time. Source addresses must exist on the interface (bench/run.sh adds them).
 
@@ -30,9 +36,30 @@ pub fn address(first: u8, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 79, first + (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
-const PHASES: [&str; 7] = [
-    "dhcp", "pxe4011", "tftp", "script", "kernel", "initrd", "rootfs",
+const PHASES: [&str; 8] = [
+    "dhcp", "pxe4011", "tftp", "script", "config", "kernel", "initrd", "rootfs",
 ];
+
+/// Where the storm's machines are and what they expect.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    /// Machine `i` boots from [`address`]`(first, i)`.
+    pub first: u8,
+    /// A fleet's machines: every fourth is installed and must get its disk, the others their
+    /// own cloud-config.
+    pub fleet: bool,
+}
+
+/// Machine `i`'s MAC (the fleet's machines file names the same).
+pub fn mac_of(i: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x99, (i >> 8) as u8, i as u8]
+}
+
+/// A machine's phases, each timed when it happened (an installed machine fetches no files).
+type Times = [Option<Duration>; 8];
+
+/// Why a machine failed: it got something other than what its profile and state say.
+const WRONG: &str = "wrong answer";
 
 /// What EDK2 sends: a DISCOVER, or the REQUEST to port 4011 with its boot item, from `ciaddr`.
 pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr) -> Vec<u8> {
@@ -136,14 +163,15 @@ async fn machine(
     waiting: Waiting,
     server: Ipv4Addr,
     sizes: [usize; 4],
-) -> Result<[Duration; 7]> {
-    let mac = [0x52, 0x54, 0x00, 0x99, (i >> 8) as u8, i as u8];
+    mode: Mode,
+) -> Result<Times> {
+    let mac = mac_of(i);
     let xid = 0x5700_0000 | i as u32;
-    let src = address(1, i);
-    let mut t = [Duration::ZERO; 7];
+    let src = address(mode.first, i);
+    let mut t: Times = [None; 8];
     let mut lap = Instant::now();
-    let mut phase = |k: usize, t: &mut [Duration; 7]| {
-        t[k] = lap.elapsed();
+    let mut phase = |k: usize, t: &mut Times| {
+        t[k] = Some(lap.elapsed());
         lap = Instant::now();
     };
     let offer = exchange(
@@ -196,6 +224,34 @@ async fn machine(
         bail!("the script is not an iPXE script");
     }
     phase(3, &mut t);
+    if mode.fleet {
+        let script = String::from_utf8_lossy(&script);
+        let local = script.contains("booting from the local disk");
+        if i.is_multiple_of(4) {
+            if !local {
+                bail!("{WRONG}: installed, but not sent to its disk: {script:?}");
+            }
+            return Ok(t);
+        }
+        let path = script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("config_url="))
+            .and_then(|u| u.strip_prefix("http://"))
+            .and_then(|u| u.find('/').map(|p| u[p..].to_string()));
+        let Some(path) = path else {
+            bail!("{WRONG}: no cloud-config of its own: {script:?}");
+        };
+        let config = http_get(src, http, &path).await.context("cloud-config")?;
+        let mine = format!("hostname: storm-{i}");
+        if !String::from_utf8_lossy(&config)
+            .lines()
+            .any(|l| l.trim() == mine)
+        {
+            let text: String = String::from_utf8_lossy(&config).chars().take(200).collect();
+            bail!("{WRONG}: not its own cloud-config: {text:?}");
+        }
+        phase(4, &mut t);
+    }
     for (k, (path, size)) in [
         ("/kernel", sizes[1]),
         ("/initrd0", sizes[2]),
@@ -208,7 +264,7 @@ async fn machine(
         if body.len() != size {
             bail!("{path}: {} bytes, expected {size}", body.len());
         }
-        phase(4 + k, &mut t);
+        phase(5 + k, &mut t);
     }
     Ok(t)
 }
@@ -242,9 +298,16 @@ fn udp_drops(pid: u32, ports: &[&str]) -> u64 {
         .sum()
 }
 
-/// `storm IFACE SERVER N SIZES PID`: N machines at once; SIZES is
+/// `storm IFACE SERVER N SIZES PID [FIRST [fleet]]`: N machines at once; SIZES is
 /// `efi,kernel,initrd,rootfs` in bytes; PID the server's, for its memory and descriptors.
-pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u32) -> Result<()> {
+pub fn storm(
+    iface: &str,
+    server: Ipv4Addr,
+    n: usize,
+    sizes: [usize; 4],
+    pid: u32,
+    mode: Mode,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -296,7 +359,7 @@ pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u3
             set.spawn(async move {
                 let r = tokio::time::timeout(
                     Duration::from_secs(300),
-                    machine(i, sock, waiting, server, sizes),
+                    machine(i, sock, waiting, server, sizes, mode),
                 )
                 .await;
                 (
@@ -317,17 +380,19 @@ pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u3
     let _ = sampler.join();
     let mut per: Vec<Vec<Duration>> = vec![Vec::new(); PHASES.len()];
     let mut total = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut wrong, mut local) = (0, 0, 0);
     for (i, r) in &results {
         match r {
             Ok(t) => {
                 for (k, d) in t.iter().enumerate() {
-                    per[k].push(*d);
+                    per[k].extend(*d);
                 }
-                total.push(t.iter().sum::<Duration>());
+                local += usize::from(t[7].is_none());
+                total.push(t.iter().flatten().sum::<Duration>());
             }
             Err(e) => {
                 failed += 1;
+                wrong += usize::from(format!("{e:#}").starts_with(WRONG));
                 if failed <= 5 {
                     eprintln!("machine {i}: {e:#}");
                 }
@@ -336,8 +401,8 @@ pub fn storm(iface: &str, server: Ipv4Addr, n: usize, sizes: [usize; 4], pid: u3
     }
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
     let mut line = format!(
-        "machines={n} failed={failed} seconds={secs:.2} peak_rss_kib={} peak_fds={} dhcp_drops={} \
-         tftp_drops={}",
+        "machines={n} failed={failed} wrong={wrong} local={local} seconds={secs:.2} \
+         peak_rss_kib={} peak_fds={} dhcp_drops={} tftp_drops={}",
         peak_rss.load(Ordering::Relaxed),
         peak_fds.load(Ordering::Relaxed),
         udp_drops(pid, DHCP).saturating_sub(drops_before.0),
@@ -411,6 +476,140 @@ pub fn flood(server: Ipv4Addr, seconds: u64) -> Result<()> {
         "forged_rrq={} idle_connections_opened={}",
         sent.load(Ordering::Relaxed),
         opened.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// What an attacker on the link got.
+#[derive(Default)]
+struct Attacked {
+    forged_dhcp: AtomicU64,
+    rrq: AtomicU64,
+    idle_opened: AtomicU64,
+    asked: AtomicU64,
+    answered: AtomicU64,
+    personal: AtomicU64,
+}
+
+/// A script (or GRUB configuration) by a booting machine's MAC, from `src`; whether it held
+/// anything of that machine's own (its cloud-config URL, its hostname, its boot).
+async fn steal(src: Ipv4Addr, server: Ipv4Addr, i: usize, seen: &Attacked) {
+    let m = mac_of(i);
+    let mac = format!("52:54:00:99:{:02x}:{:02x}", m[4], m[5]);
+    let http = SocketAddr::from((server, 8090));
+    for path in [
+        format!("/_/ipxe?arch=7&mac={mac}"),
+        format!("/_/grub/{mac}.cfg"),
+    ] {
+        seen.asked.fetch_add(1, Ordering::Relaxed);
+        let got = tokio::time::timeout(Duration::from_secs(5), http_get(src, http, &path)).await;
+        let Ok(Ok(body)) = got else { continue };
+        seen.answered.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("config_url") || text.contains("storm-") || text.contains("kernel") {
+            seen.personal.fetch_add(1, Ordering::Relaxed);
+            eprintln!("attacker got {path}: {text:?}");
+        }
+    }
+}
+
+/// `attack IFACE SERVER SECONDS N`: until SIGTERM (or SECONDS), beside a storm of N fleet
+/// machines, from 64 addresses of its own (10.79.60.1…): every half second a forged
+/// DHCPREQUEST for each booting MAC naming one of its addresses (so those addresses are
+/// "known"); every second 50 of the machines' scripts and GRUB configurations asked for by
+/// MAC, 6 TFTP requests from each address never acknowledged, and 32 idle TCP connections per
+/// address held (reopened when shed). Prints what it sent and what it got.
+pub fn attack(iface: &str, server: Ipv4Addr, seconds: u64, n: usize) -> Result<()> {
+    const ADDRESSES: usize = 64;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let seen = Arc::new(Attacked::default());
+    rt.block_on(async {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(iface.as_bytes()))?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+        let dhcp = tokio::net::UdpSocket::from_std(s.into())?;
+        let mut udp = Vec::new();
+        for k in 0..ADDRESSES * 6 {
+            udp.push(tokio::net::UdpSocket::bind((address(60, k / 6), 0)).await?);
+        }
+        let mut conns: Vec<Option<tokio::net::TcpStream>> =
+            (0..ADDRESSES * 32).map(|_| None).collect();
+        let rrq = tftp::packet::rrq("ipxe.efi", "octet", &[("blksize", "1468")]);
+        let http = SocketAddr::from((server, 8090));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut round = 0usize;
+        let mut thefts = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::time::sleep_until(end) => break,
+                _ = tick.tick() => {}
+            }
+            round += 1;
+            for i in 0..n {
+                let m = Message::client_request(
+                    MessageType::Request,
+                    0x6600_0000 | i as u32,
+                    mac_of(i),
+                    vec![
+                        (50, address(60, i % ADDRESSES).octets().to_vec()),
+                        (60, b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+                    ],
+                );
+                let _ = dhcp.send_to(&m.encode(), (Ipv4Addr::BROADCAST, 67)).await;
+                seen.forged_dhcp.fetch_add(1, Ordering::Relaxed);
+            }
+            if !round.is_multiple_of(2) {
+                continue;
+            }
+            for s in &udp {
+                let _ = s.send_to(&rrq, (server, 69)).await;
+                seen.rrq.fetch_add(1, Ordering::Relaxed);
+            }
+            for (k, c) in conns.iter_mut().enumerate() {
+                let closed = match c {
+                    None => true,
+                    Some(s) => matches!(s.try_read(&mut [0u8; 1]), Ok(0)),
+                };
+                if closed {
+                    let sock = tokio::net::TcpSocket::new_v4()?;
+                    sock.bind(SocketAddr::from((address(60, k / 32), 0)))?;
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_millis(200), sock.connect(http)).await
+                    {
+                        *c = Some(s);
+                        seen.idle_opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            while thefts.try_join_next().is_some() {}
+            for j in 0..50 {
+                let i = (round / 2 * 50 + j) % n.max(1);
+                let seen = seen.clone();
+                thefts.spawn(async move {
+                    steal(address(60, j % ADDRESSES), server, i, &seen).await;
+                });
+            }
+        }
+        thefts.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    println!(
+        "forged_dhcp={} rrq={} idle_opened={} scripts_asked={} answered={} personal={}",
+        v(&seen.forged_dhcp),
+        v(&seen.rrq),
+        v(&seen.idle_opened),
+        v(&seen.asked),
+        v(&seen.answered),
+        v(&seen.personal),
     );
     Ok(())
 }
