@@ -10,14 +10,14 @@ id=$$
 lan=dbk${id}l; srv=dbk${id}s
 tmp=$(mktemp -d /tmp/daybreak-e2e.XXXXXX)
 pids=()
+extra_ns=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   # Anything else still running inside the namespaces goes too.
-  for ns in "$lan" "$srv"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
-  ip netns del "$lan" 2>/dev/null || true
-  ip netns del "$srv" 2>/dev/null || true
+  for ns in "$lan" "$srv" "${extra_ns[@]}"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
+  for ns in "$lan" "$srv" "${extra_ns[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   [ -n "${KEEP_E2E_TMP:-}" ] || rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -25,7 +25,8 @@ trap cleanup EXIT
 fail() {
   echo "E2E-FAIL ($label): $*"
   local f
-  for f in "$tmp"/daybreak*.log "$tmp"/registry.log "$tmp"/dnsmasq.log "$tmp"/serial*.log "$tmp"/qemu*.log; do
+  for f in "$tmp"/daybreak*.log "$tmp"/registry.log "$tmp"/dnsmasq.log "$tmp"/kea.log "$tmp"/dhcrelay.log \
+           "$tmp"/serial*.log "$tmp"/qemu*.log; do
     [ -f "$f" ] && { echo "----- ${f##*/} (last 60 lines)"; tail -n 60 "$f"; }
   done
   exit 1

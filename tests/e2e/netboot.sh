@@ -29,6 +29,12 @@
 #           uefi-http     OVMF with PXE turned off (IPv4 and IPv6), so UEFI HTTP Boot is the only
 #                         way in: ipxe.efi by HTTP (application/efi), no TFTP at all
 #           bios-samehost as bios, with Daybreak beside dnsmasq in LAN (port 67 taken)
+#           bios-relay    as bios, on a routed network: the machine's subnet (10.77.0.0/24) has no
+#                         DHCP server, only ISC dhcrelay (Debian isc-dhcp-relay) adding option 82
+#                         and relaying to ISC Kea (kea-dhcp4-server, 10.89.0.2, the network's
+#                         DHCP server, addresses only) and to Daybreak (10.88.0.2), each on a
+#                         subnet of its own behind LAN, which routes; Daybreak's relayed replies
+#                         must carry the relay's option 82 back (seen on the wire by tcpdump)
 #           bios-iso      as bios, with kernel, initrd and squashfs served straight from an ISO
 #                         made by xorriso (`daybreak serve --iso`)
 #           bios-oci, uefi-oci
@@ -58,7 +64,7 @@
 # Prints E2E-PASS or E2E-FAIL with the logs. Nothing leaves the namespaces it creates.
 set -euo pipefail
 mode=${1:?mode}; label=$1; bin=${2:?daybreak binary}; guest=${3:?guest dir}
-from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0; startpixie=0
+from_iso=0; from_oci=0; pixie=0; efi=ipxe; http_boot=0; api=0; iso=; sb=0; startpixie=0; relay=0
 case "$mode" in
   uefi-snp) efi=snponly; mode=uefi ;;
   uefi-http) http_boot=1; mode=uefi ;;
@@ -67,6 +73,7 @@ case "$mode" in
   uefi-sb) sb=1; mode=uefi ;;
   uefi-sbpixie) sb=1; startpixie=1; mode=uefi ;;
   uefi-sbapi) sb=1; api=1; mode=uefi ;;
+  bios-relay) relay=1; mode=bios ;;
   uefi-sbunsigned) sb=2; mode=uefi ;;
   *-isogen|*-isourl|*-isousb|*-isoserver) iso=${mode#*-iso}; mode=${mode%%-*} ;;
   *-iso) from_iso=1; mode=${mode%-iso} ;;
@@ -81,6 +88,46 @@ accel=${DAYBREAK_E2E_ACCEL:-tcg}
 # shellcheck source=lan.sh
 source "$repo_root/tests/e2e/lan.sh"
 lan_up tap0
+
+# A routed network (bios-relay): LAN becomes the router between the machine's subnet and two
+# server subnets, its dnsmasq gone; Kea hands out the addresses and dhcrelay relays to both.
+relay_up() {
+  kill "${pids[0]}" 2>/dev/null || true
+  local kea=dbk${id}k
+  ip netns add "$kea"; extra_ns+=("$kea")
+  ip netns exec "$kea" ip link set lo up
+  L ip link set v0 nomaster
+  L ip addr add 10.88.0.1/24 dev v0
+  S ip addr flush dev v1
+  S ip addr add 10.88.0.2/24 dev v1
+  S ip route add default via 10.88.0.1
+  L ip link add k1 type veth peer name k0 netns "$kea"
+  L ip addr add 10.89.0.1/24 dev k1
+  L ip link set k1 up
+  ip netns exec "$kea" ip addr add 10.89.0.2/24 dev k0
+  ip netns exec "$kea" ip link set k0 up
+  ip netns exec "$kea" ip route add default via 10.89.0.1
+  L sysctl -qw net.ipv4.ip_forward=1
+  printf '%s\n' '{"Dhcp4": {' \
+    '  "interfaces-config": {"interfaces": ["k0"], "dhcp-socket-type": "udp"},' \
+    '  "lease-database": {"type": "memfile", "persist": false},' \
+    '  "valid-lifetime": 3600,' \
+    '  "subnet4": [{"subnet": "10.77.0.0/24", "pools": [{"pool": "10.77.0.100 - 10.77.0.199"}],' \
+    '               "option-data": [{"name": "routers", "data": "10.77.0.1"}]}],' \
+    '  "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}], "severity": "INFO"}]' \
+    '}}' > "$tmp/kea.json"
+  ip netns exec "$kea" env KEA_PIDFILE_DIR="$tmp" KEA_LOCKFILE_DIR="$tmp" kea-dhcp4 -c "$tmp/kea.json" >"$tmp/kea.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do ip netns exec "$kea" ss -lun | grep -q "10.89.0.2:67 " && break; sleep 0.1; done
+  ip netns exec "$kea" ss -lun | grep -q "10.89.0.2:67 " || fail "Kea did not bind port 67"
+  # What Daybreak sends the relay, as the relay sees it.
+  ip netns exec "$lan" tcpdump -i v0 -n -vv -l 'udp and src host 10.88.0.2 and src port 67' >"$tmp/relay-wire.txt" 2>/dev/null &
+  pids+=($!)
+  ip netns exec "$lan" dhcrelay -4 -d -a -id br0 -iu v0 -iu k1 10.88.0.2 10.89.0.2 >"$tmp/dhcrelay.log" 2>&1 &
+  pids+=($!)
+  sleep 1
+}
+[ $relay = 0 ] || relay_up
 
 head -c 8388608 /dev/urandom > "$tmp/rootfs.squashfs"
 printf '#cloud-config\nhostname: e2e-%s\nusers:\n- name: kairos\n  passwd: kairos\n' "$mode" > "$tmp/cloud-config.yaml"
@@ -280,7 +327,7 @@ result=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-RESULT" | tail -1)
 cmdline=$(tr -d '\r' < "$tmp/serial.log" | grep -a "E2E-CMDLINE" | tail -1)
 echo "$cmdline"
 echo "$result"
-server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1
+server=10.77.0.2; [ "$mode" = bios-samehost ] && server=10.77.0.1; [ $relay = 0 ] || server=10.88.0.2
 [ "$iso" = url ] || [ "$iso" = usb ] && rootfs_file=$tmp/www/rootfs.squashfs
 wants=("root=live:http://$server:8090/rootfs.squashfs" "config_url=http://$server:8090/cloud-config-"
        "rd.live.overlay.overlayfs rd.neednet=1 ip=dhcp rd.cos.disable" "console=tty1 console=ttyS0 console=tty0")
@@ -387,6 +434,20 @@ if [ "$label" = bios ]; then
     grep -qF "$want" "$tmp/metrics.txt" || fail "/metrics lacks: $want"
   done
   grep '_count{phase=' "$tmp/metrics.txt"
+fi
+if [ $relay = 1 ]; then
+  # Relayed: answered to the relay (giaddr), with the relay's option 82 back, and the machine's
+  # address came from Kea.
+  grep -q 'offer.*to=10.77.0.1:67' "$tmp/daybreak.log" || fail "no offer to the relay's giaddr logged"
+  # tcpdump -vv: "Agent-Information (82), length 5:" then "Circuit-ID SubOption 1, length 3: br0",
+  # the relay's own circuit id (its interface) as it inserted it.
+  replies=$(grep -c "BOOTP/DHCP, Reply" "$tmp/relay-wire.txt" || true)
+  with82=$(grep -c "Agent-Information (82)" "$tmp/relay-wire.txt" || true)
+  [ "$replies" -gt 0 ] && [ "$with82" = "$replies" ] ||
+    fail "$with82 of Daybreak's $replies relayed replies carry option 82: $(head -c 2000 "$tmp/relay-wire.txt")"
+  grep -q "Circuit-ID SubOption 1, length 3: br0" "$tmp/relay-wire.txt" || fail "option 82 came back changed"
+  grep -qi "DHCP4_LEASE_ALLOC" "$tmp/kea.log" || fail "Kea gave no lease"
+  echo "relayed replies from Daybreak: $replies, with the relay's option 82 back: $with82"
 fi
 echo "--- daybreak log"
 grep -E "offer|ack|tftp|script|http sent|booting" "$tmp/daybreak.log" | sed 's/^[^ ]* *//' | head -30

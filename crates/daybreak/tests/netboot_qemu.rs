@@ -47,6 +47,8 @@ fn guest_for(arch: &str, extra: &[&str]) -> Option<String> {
 fn boot(mode: &str) {
     let extra: &[&str] = if mode.ends_with("-oci") {
         &["docker-registry", "skopeo"]
+    } else if mode.ends_with("-relay") {
+        &["dhcrelay", "kea-dhcp4", "tcpdump"]
     } else {
         &[]
     };
@@ -113,6 +115,14 @@ fn mixed_fleet_boots_each_machine_its_own_architecture() {
 #[test]
 fn uefi_http_boot_boots_kernel() {
     boot("uefi-http");
+}
+
+/// A routed network: the machine's subnet has only a relay (ISC dhcrelay, adding option 82)
+/// towards ISC Kea (addresses) and Daybreak on subnets of their own; Daybreak answers to the
+/// relay with its option 82 back (seen on the wire), and the machine boots across the router.
+#[test]
+fn bios_boots_through_a_dhcp_relay_beside_kea() {
+    boot("bios-relay");
 }
 
 /// Daybreak on the same host as the DHCP server: port 67 is taken, so ProxyDHCP listens through
