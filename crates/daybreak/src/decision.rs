@@ -64,6 +64,8 @@ pub struct Personal<'a> {
     pub kind: PersonalKind,
     pub mac: Mac,
     pub tag: &'a str,
+    /// The request's query (`status=failed&reason=…` on an install callback).
+    pub query: &'a str,
 }
 
 /// What a personal URL is for.

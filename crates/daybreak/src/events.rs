@@ -62,6 +62,33 @@ pub enum Step {
     LocalBoot,
     /// A request from another host named this machine; it was given nothing personal.
     Doubted { why: String },
+    /// Something of this boot failed: a file not found or cut off, its loader's transfer, an
+    /// install the machine reported failed. `stage` is the boot's step it failed at.
+    Failed {
+        stage: &'static str,
+        kind: &'static str,
+        why: String,
+    },
+}
+
+/// The stage of a boot a file belongs to, by its name (as the router gave it) or path.
+pub fn stage_of(name: &str) -> &'static str {
+    let name = name.trim_start_matches('/');
+    if name.contains("rootfs") || name.ends_with(".squashfs") {
+        "rootfs"
+    } else if name.contains("initrd") {
+        "initrd"
+    } else if name.contains("kernel") || name.contains("vmlinuz") {
+        "kernel"
+    } else if name.contains("cloud-config") || name.starts_with("_/config") {
+        "config"
+    } else if name.starts_with("_/installed") {
+        "install"
+    } else if name.starts_with("_/ipxe") || name == "boot.ipxe" || name.starts_with("_/grub") {
+        "script"
+    } else {
+        "file"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +250,27 @@ impl Hub {
     pub fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
         let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         l.get(&ip).map(|(m, _, _)| *m)
+    }
+
+    /// The machine at `ip` when it can be told who it is: it fetched something as itself, or
+    /// the kernel's neighbour entry (on our link) or its PXE exchange (behind a router) says so.
+    /// A failure is only put on a machine's timeline this way: a forged DHCPREQUEST naming a
+    /// machine for another address must not pin that address's failures on it.
+    pub fn speaking_for(&self, ip: IpAddr) -> Option<Mac> {
+        let (mac, progressed) = {
+            let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            l.get(&ip).map(|(m, _, p)| (*m, *p))?
+        };
+        if progressed {
+            return Some(mac);
+        }
+        match (self.link)(ip) {
+            Some(l) => (l == mac).then_some(mac),
+            None => self
+                .identities
+                .bound_to(mac, ip, Instant::now())
+                .then_some(mac),
+        }
     }
 
     /// Whether a machine took `ip` in a PXE exchange (or named it in a script request) within
@@ -414,6 +462,28 @@ impl Hub {
         let ip = r.peer.ip();
         let mac = self.mac_of(ip);
         tftp::log_report(&r, mac.as_ref().map(|m| m as &dyn std::fmt::Display));
+        let failed = match &r.outcome {
+            tftp::Outcome::Aborted { code, message } => Some(format!(
+                "the client ended it (error {code}: {})",
+                http::loggable(message)
+            )),
+            tftp::Outcome::TimedOut { confirmed: true } => {
+                Some(format!("the client went silent after {} bytes", r.bytes))
+            }
+            _ => None,
+        };
+        if let (Some(why), Some(mac)) = (failed, self.speaking_for(ip)) {
+            self.send(BootEvent {
+                at: std::time::SystemTime::now(),
+                mac: Some(mac),
+                peer: Some(r.peer),
+                step: Step::Failed {
+                    stage: "loader",
+                    kind: "loader transfer",
+                    why: format!("{} over TFTP: {why}", http::loggable(&r.file)),
+                },
+            });
+        }
         let ok = r.outcome == tftp::Outcome::Complete;
         if ok
             || matches!(
@@ -467,6 +537,39 @@ impl http::Observer for Hub {
                 },
             );
         }
+        if let (Some(e), false) = (&r.error, r.is_internal()) {
+            if let Some(mac) = self.speaking_for(r.peer.ip()) {
+                self.emit(
+                    Some(r.peer),
+                    Some(mac),
+                    Step::Failed {
+                        stage: stage_of(&r.name),
+                        kind: "cut off",
+                        why: format!(
+                            "{} cut off after {} of {} bytes ({})",
+                            r.name,
+                            r.sent,
+                            r.count,
+                            http::loggable(e)
+                        ),
+                    },
+                );
+            }
+        }
+    }
+
+    fn not_found(&self, peer: SocketAddr, path: &str) {
+        if let Some(mac) = self.speaking_for(peer.ip()) {
+            self.emit(
+                Some(peer),
+                Some(mac),
+                Step::Failed {
+                    stage: stage_of(path),
+                    kind: "not found",
+                    why: format!("{path}: not found (404)"),
+                },
+            );
+        }
     }
 }
 
@@ -483,6 +586,35 @@ pub(crate) mod tests {
             mac: Mac([0x52, 0x54, 0, 0, 0, 0x0a]),
             uuid: None,
         }
+    }
+
+    #[test]
+    fn failures_go_only_to_the_machine_an_address_can_be_told_to_be() {
+        let victim = Mac([0x52, 0x54, 0, 0, 9, 9]);
+        // On our link the host at .66 is another MAC: a forged DHCPREQUEST naming the victim
+        // for .66 does not make .66's 404s the victim's.
+        let hub = Hub::with_link(|ip| match ip.to_string().as_str() {
+            "10.0.0.66" => Some(Mac([0x52, 0x54, 0, 0, 6, 6])),
+            "10.0.0.9" => Some(Mac([0x52, 0x54, 0, 0, 9, 9])),
+            _ => None,
+        });
+        hub.learn("10.0.0.66".parse().unwrap(), victim, false);
+        http::Observer::not_found(&hub, "10.0.0.66:5000".parse().unwrap(), "/kernel");
+        hub.learn("10.0.0.9".parse().unwrap(), victim, false);
+        http::Observer::not_found(&hub, "10.0.0.9:5000".parse().unwrap(), "/kernel");
+        let mut failed = Vec::new();
+        hub.drain(|e| {
+            if let Step::Failed { stage, kind, .. } = &e.step {
+                failed.push((e.peer.unwrap().ip().to_string(), e.mac, *stage, *kind));
+            }
+        });
+        assert_eq!(
+            failed,
+            [("10.0.0.9".to_string(), Some(victim), "kernel", "not found")]
+        );
+        assert_eq!(stage_of("/rootfs.squashfs"), "rootfs");
+        assert_eq!(stage_of("/_/config/<mac>-<tag>.yaml"), "config");
+        assert_eq!(stage_of("initrd-0"), "initrd");
     }
 
     #[test]

@@ -119,6 +119,15 @@ impl Bindings {
         }
     }
 
+    /// Whether a PXE exchange of this boot bound `mac` to `ip` alone (no second claimant):
+    /// [`Bindings::vouch`] for a request behind a router, without counting a doubt.
+    pub fn bound_to(&self, mac: Mac, ip: IpAddr, now: Instant) -> bool {
+        let b = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(&mac).is_some_and(|b| {
+            b.ip == ip && b.other.is_none() && now.saturating_duration_since(b.at) < BOOT
+        })
+    }
+
     /// Whether a request from `peer` may speak for `mac`; `link` is the kernel's neighbour
     /// entry for `peer` ([`udp::neighbor`]), `None` when `peer` is not on our link.
     pub fn vouch(&self, mac: Mac, peer: IpAddr, link: Option<Mac>, now: Instant) -> Vouch {

@@ -21,7 +21,7 @@ const MAX_BOOTS: usize = 4096;
 /// Distinct file names counted (the plan's files, or an API's answers); more go under "other".
 const MAX_FILES: usize = 256;
 /// The kinds of steps counted.
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "offer",
     "lease",
     "loader",
@@ -32,6 +32,7 @@ const STEPS: [&str; 11] = [
     "installed",
     "local_boot",
     "doubted",
+    "failed",
     "sending",
 ];
 /// Phases timed from a machine's first offer.
@@ -69,6 +70,8 @@ struct FromEvents {
     http_bytes: HashMap<String, u64>,
     boots: HashMap<pxe::Mac, Boot>,
     phases: [Histogram; PHASES.len()],
+    /// Failures by (kind, stage): both from fixed sets, so the map stays small.
+    failures: std::collections::BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// Everything `/metrics` shows.
@@ -115,7 +118,11 @@ impl Metrics {
             Step::Installed => 7,
             Step::LocalBoot => 8,
             Step::Doubted { .. } => 9,
-            Step::Sending { .. } => 10,
+            Step::Failed { stage, kind, .. } => {
+                *m.failures.entry((kind, stage)).or_default() += 1;
+                10
+            }
+            Step::Sending { .. } => 11,
         };
         m.steps[kind] += 1;
         if let Step::File { name, bytes, .. } = &e.step {
@@ -267,6 +274,17 @@ impl Metrics {
         // Progress reports (`sending`) are not steps of their own.
         for (step, n) in STEPS.iter().zip(m.steps).take(STEPS.len() - 1) {
             let _ = writeln!(s, "daybreak_boot_steps_total{{step=\"{step}\"}} {n}");
+        }
+        counter(
+            &mut s,
+            "daybreak_boot_failures_total",
+            "Boots that failed, by what failed (not found, cut off, loader transfer, install failed) and the stage it failed at.",
+        );
+        for ((kind, stage), n) in &m.failures {
+            let _ = writeln!(
+                s,
+                "daybreak_boot_failures_total{{kind=\"{kind}\",stage=\"{stage}\"}} {n}"
+            );
         }
         let _ = writeln!(
             s,

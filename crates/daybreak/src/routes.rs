@@ -192,6 +192,7 @@ impl Router for BootRoutes {
                 kind,
                 mac,
                 tag: &tag,
+                query: req.query,
             };
             return self
                 .booter

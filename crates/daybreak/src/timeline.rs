@@ -49,6 +49,33 @@ struct Seen {
     timeline: VecDeque<(SystemTime, What)>,
     /// Requests from other hosts that named it and got nothing of its own.
     doubts: u64,
+    /// The last step of this boot that went well.
+    last_good: Option<&'static str>,
+    /// What failed in this boot (a new offer starts a boot afresh).
+    failure: Option<Failure>,
+}
+
+/// What failed in a machine's boot, and where.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Failure {
+    kind: &'static str,
+    stage: &'static str,
+    text: String,
+    at: u64,
+}
+
+/// Why a machine whose next step has not come is stuck, by the step it is stuck after, in one
+/// sentence; `None` for a step nothing more is expected after.
+fn stall_cause(phase: &str) -> Option<&'static str> {
+    Some(match phase {
+        "offered" => "the firmware never fetched its loader: TFTP (UDP 69) blocked between it and this server, or another server's offer won",
+        "loader" => "iPXE never asked for its boot script: its DHCP, or HTTP to this server, failed",
+        "script" => "iPXE never fetched the kernel: HTTP to this server failed or the script stopped",
+        "kernel" | "initrd" => "the download of the kernel or initrd did not finish: the network, or the machine ran out of memory",
+        "booting" => "the initrd never asked for the root: its network, NIC driver or the kernel command line",
+        "rootfs" => "the root was fetched but the booted system never asked for its cloud-config: the root's mount, or config_url on the command line",
+        _ => return None,
+    })
 }
 
 /// Adds a step to a machine's timeline, the oldest going past [`TIMELINE`].
@@ -95,6 +122,8 @@ impl Default for Seen {
             last: SystemTime::now(),
             timeline: VecDeque::new(),
             doubts: 0,
+            last_good: None,
+            failure: None,
         }
     }
 }
@@ -127,6 +156,16 @@ struct View<'a> {
     profile: Option<&'a str>,
     action: &'static str,
     phase: &'static str,
+    /// The step it is at (failed at, stalled after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_good: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a Failure>,
+    /// Why it is stalled, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<&'static str>,
     progress: Option<Progress>,
     last_seen: u64,
     installed_at: Option<u64>,
@@ -156,13 +195,25 @@ pub struct Timelines {
     live: Mutex<Live>,
     /// Size of the command's squashfs, for the progress bar of machines that boot it.
     rootfs_size: u64,
+    /// How long a step may wait for the next before its machine is shown stalled.
+    stall_after: std::time::Duration,
 }
+
+/// What fits a real boot: the slowest step (a squashfs of a few GB over a busy network, an
+/// install) takes minutes, not many.
+pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Timelines {
     pub fn new(rootfs_size: u64) -> Timelines {
+        Timelines::with_stall(rootfs_size, STALL_AFTER)
+    }
+
+    /// A step that waits `stall_after` for the next shows its machine stalled.
+    pub fn with_stall(rootfs_size: u64, stall_after: std::time::Duration) -> Timelines {
         Timelines {
             live: Mutex::default(),
             rootfs_size,
+            stall_after,
         }
     }
 
@@ -233,6 +284,14 @@ impl Timelines {
                 if s.phase != "loader" {
                     s.offer = Some((*client, *loader));
                 }
+                // A boot afresh (not the DHCP of the iPXE it just loaded): what failed in the
+                // last one is history.
+                let ipxe_of_this_boot =
+                    s.phase == "loader" && matches!(client.firmware, pxe::Firmware::Ipxe { .. });
+                if !ipxe_of_this_boot {
+                    s.failure = None;
+                    s.last_good = None;
+                }
                 s.phase = "offered";
                 s.rootfs_bytes = 0;
                 s.rootfs_sending = 0;
@@ -298,7 +357,23 @@ impl Timelines {
                 What::Line("told to boot from its local disk".into())
             }
             Step::Doubted { .. } => return,
+            Step::Failed { stage, kind, why } => {
+                s.failure = Some(Failure {
+                    kind,
+                    stage,
+                    text: why.clone(),
+                    at: unix(e.at),
+                });
+                What::Line(format!("FAILED at {stage} ({kind}): {why}"))
+            }
         };
+        let good = !matches!(
+            e.step,
+            Step::Failed { .. } | Step::Lease | Step::Loader { ok: false, .. }
+        );
+        if good && s.phase != "seen" {
+            s.last_good = Some(s.phase);
+        }
         push(s, e.at, what);
     }
 
@@ -370,6 +445,19 @@ impl Timelines {
             (_, Some(r)) if r.installed_at.is_some() => "installed",
             _ => "seen",
         };
+        let failure = seen.and_then(|s| s.failure.as_ref());
+        let waited = seen.map_or(std::time::Duration::ZERO, |s| {
+            SystemTime::now().duration_since(s.last).unwrap_or_default()
+        });
+        let stalled = match (failure, seen) {
+            (None, Some(_)) if waited >= self.stall_after => stall_cause(phase),
+            _ => None,
+        };
+        let (shown, stage) = match (failure, stalled) {
+            (Some(f), _) => ("failed", Some(f.stage)),
+            (None, Some(_)) => ("stalled", Some(phase)),
+            (None, None) => (phase, None),
+        };
         let progress = seen.filter(|s| s.phase == "rootfs").and_then(|s| {
             let total = if s.rootfs_total > 0 {
                 s.rootfs_total
@@ -398,7 +486,11 @@ impl Timelines {
             ip: seen.and_then(|s| s.ip).map(|i| i.to_string()),
             profile: profile.map(|p| p.name.as_str()),
             action: profile.map_or(Action::Install, |p| p.action).as_str(),
-            phase,
+            phase: shown,
+            stage,
+            last_good: seen.and_then(|s| s.last_good),
+            failure,
+            stalled,
             progress,
             last_seen: seen
                 .map(|s| unix(s.last))
@@ -454,6 +546,149 @@ impl Timelines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const M: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x31]);
+
+    fn step(t: &Timelines, step: Step) {
+        t.observe(&BootEvent {
+            at: SystemTime::now(),
+            mac: Some(M),
+            peer: Some("10.0.0.31:1000".parse().unwrap()),
+            step,
+        });
+    }
+
+    fn offer(t: &Timelines) {
+        step(
+            t,
+            Step::Offer {
+                client: crate::events::tests::client(pxe::Arch::EfiX64, pxe::Firmware::Pxe),
+                loader: pxe::Loader::Ipxe,
+                target: "ipxe.efi".into(),
+                port: pxe::Port::Dhcp,
+            },
+        );
+    }
+
+    fn shown(t: &Timelines) -> serde_json::Value {
+        let json = t.show_json(&M, &Profiles::default(), None).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
+    fn file(name: &str) -> Step {
+        Step::File {
+            name: name.into(),
+            bytes: 10,
+            ms: 1,
+        }
+    }
+
+    #[test]
+    fn each_failure_names_its_stage_and_the_last_good_step() {
+        // The steps before, the stage that fails, how, and the last good step then.
+        let faults = [
+            (vec![], "loader", "loader transfer", "offered"),
+            (vec![Step::Script], "kernel", "not found", "script"),
+            (
+                vec![Step::Script, file("kernel"), file("initrd0"), Step::Booting],
+                "rootfs",
+                "cut off",
+                "booting",
+            ),
+            (
+                vec![
+                    Step::Script,
+                    file("kernel"),
+                    Step::Booting,
+                    file("rootfs.squashfs"),
+                ],
+                "config",
+                "not found",
+                "rootfs",
+            ),
+            (
+                vec![
+                    Step::Script,
+                    file("kernel"),
+                    Step::Booting,
+                    file("rootfs.squashfs"),
+                    Step::Config,
+                ],
+                "install",
+                "install failed",
+                "config",
+            ),
+        ];
+        for (before, stage, kind, good) in faults {
+            let t = Timelines::new(0);
+            offer(&t);
+            step(
+                &t,
+                Step::Loader {
+                    file: "ipxe.efi".into(),
+                    bytes: 9,
+                    ok: stage != "loader",
+                },
+            );
+            for s in before {
+                step(&t, s);
+            }
+            step(
+                &t,
+                Step::Failed {
+                    stage,
+                    kind,
+                    why: "why".into(),
+                },
+            );
+            let v = shown(&t);
+            assert_eq!(v["phase"], "failed", "{v}");
+            assert_eq!(v["stage"], stage, "{v}");
+            assert_eq!(v["failure"]["kind"], kind, "{v}");
+            assert_eq!(v["failure"]["stage"], stage, "{v}");
+            assert!(
+                v["installed_at"].is_null(),
+                "never installed by mistake: {v}"
+            );
+            assert_eq!(v["last_good"], good, "{v}");
+            let tl = v["timeline"].as_array().unwrap();
+            assert!(tl.last().unwrap()["what"]
+                .as_str()
+                .unwrap()
+                .starts_with("FAILED at"));
+            // The next boot starts afresh.
+            offer(&t);
+            let v = shown(&t);
+            assert_eq!(v["phase"], "offered", "{v}");
+            assert!(v["failure"].is_null(), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_step_whose_next_does_not_come_is_a_stall_with_its_likely_cause() {
+        let t = Timelines::with_stall(0, std::time::Duration::from_millis(50));
+        offer(&t);
+        step(&t, Step::Script);
+        step(&t, file("kernel"));
+        step(&t, file("initrd0"));
+        step(&t, Step::Booting);
+        assert_eq!(shown(&t)["phase"], "booting");
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let v = shown(&t);
+        assert_eq!(v["phase"], "stalled", "{v}");
+        assert_eq!(v["stage"], "booting", "{v}");
+        assert!(
+            v["stalled"]
+                .as_str()
+                .unwrap()
+                .starts_with("the initrd never asked for the root"),
+            "{v}"
+        );
+        // Done is done: a machine sent to its disk, or installed, is never stalled.
+        step(&t, Step::LocalBoot);
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        assert_eq!(shown(&t)["phase"], "local disk");
+    }
 
     #[test]
     fn timelines_are_bounded() {

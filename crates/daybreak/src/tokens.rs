@@ -188,6 +188,7 @@ mod tests {
             kind,
             mac,
             tag: &tag.to_string().leak()[..],
+            query: "",
         };
         assert!(t.check(&p(kind, mac, &tag), ""));
         assert!(!t.check(&p(PersonalKind::Installed, A, &tag), ""));

@@ -455,3 +455,80 @@ fn a_flood_from_known_addresses_does_not_stop_a_real_machine() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A machine's failures are named on its timeline: a file it asked for that is not here, a
+/// download cut off mid-way; `/api/machines/MAC` gives the phase, the stage and the failure.
+#[test]
+fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
+    if !require(true, &["ip", "curl"]) {
+        return;
+    }
+    let l = link("fl");
+    let dir = tempdir("failures");
+    std::fs::write(dir.join("vmlinuz"), testkit::pattern(64_000_000, 3)).unwrap();
+    for f in ["initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let server = vault_server(&l, &dir, &["--no-proxy-dhcp"], None);
+    let admin = server.admin();
+    let api = format!("{admin}/api/machines/{VICTIM}");
+    // The machine asks for its script as itself, then for an initrd this server does not have.
+    assert_eq!(
+        fetch(&l.victim, &format!("{BASE}/_/ipxe?arch=0&mac={VICTIM}")).0,
+        200
+    );
+    assert_eq!(fetch(&l.victim, &format!("{BASE}/initrd9")).0, 404);
+    let until = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let (_, shown) = fetch(&l.server, &api);
+        if shown.contains(r#""phase":"failed""#) || Instant::now() > until {
+            break shown;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        shown.contains(r#""stage":"initrd""#)
+            && shown.contains(r#""kind":"not found""#)
+            && shown.contains(r#""last_good":"script""#),
+        "{shown}"
+    );
+    // The kernel, read slowly and given up after a second: cut off.
+    in_netns(&l.victim, move || {
+        let _ = output_within(
+            std::process::Command::new("curl").args([
+                "-sS",
+                "--limit-rate",
+                "200k",
+                "--max-time",
+                "1",
+                "-o",
+                "/dev/null",
+                &format!("{BASE}/kernel"),
+            ]),
+            Duration::from_secs(20),
+        );
+    });
+    let until = Instant::now() + Duration::from_secs(15);
+    let shown = loop {
+        let (_, shown) = fetch(&l.server, &api);
+        if shown.contains(r#""kind":"cut off""#) || Instant::now() > until {
+            break shown;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        shown.contains(r#""phase":"failed""#)
+            && shown.contains(r#""stage":"kernel""#)
+            && shown.contains("kernel cut off after"),
+        "{shown}"
+    );
+    let (_, metrics) = fetch(&l.server, &format!("{admin}/metrics"));
+    assert!(
+        metrics.contains(r#"daybreak_boot_failures_total{kind="cut off",stage="kernel"} 1"#)
+            && metrics
+                .contains(r#"daybreak_boot_failures_total{kind="not found",stage="initrd"} 1"#),
+        "{metrics}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

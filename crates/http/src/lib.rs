@@ -36,6 +36,8 @@ pub trait Observer: Send + Sync + 'static {
     fn progress(&self, peer: SocketAddr, name: &str, bytes: u64);
     /// A response ended, whole or not.
     fn sent(&self, report: &Report);
+    /// A request for something this server does not have (404); `path` as the router shows it.
+    fn not_found(&self, _peer: SocketAddr, _path: &str) {}
 }
 
 /// No one to tell: every client is a stranger.
@@ -60,6 +62,8 @@ pub struct Report {
     /// The byte range sent: `start`, and `count` bytes from it.
     pub start: u64,
     pub count: u64,
+    /// Bytes of the body that went out (`count` when whole).
+    pub sent: u64,
     pub ms: u64,
     /// `None` when the body went out whole; else why it did not.
     pub error: Option<String>,
@@ -715,7 +719,9 @@ async fn respond<R: Router>(
             body,
         } => (name, content_type, body),
         Reply::NotFound => {
-            tracing::info!(client = %peer, path = %router.shown(&path), "http 404");
+            let shown = router.shown(&path);
+            tracing::info!(client = %peer, path = %shown, "http 404");
+            observer.not_found(peer, &shown);
             return write_all(stream, &simple(404, keep_alive, "")).await;
         }
         Reply::Refused { code, headers } => {
@@ -735,7 +741,8 @@ async fn respond<R: Router>(
             };
             let (count, result) = proxy(stream, upstream, keep_alive, is_head, pace, &to).await;
             if !is_head {
-                to.report(200, 0, count, started, &result);
+                let sent = if result.is_ok() { count } else { 0 };
+                to.report(200, (0, count, sent), started, &result);
             }
             return result;
         }
@@ -805,7 +812,12 @@ async fn respond<R: Router>(
         peer,
         observer,
     };
-    to.report(code, start, count, started, &result);
+    let sent = match (&result, &body) {
+        (Ok(()), _) => count,
+        (Err(_), Body::Memory(_)) => 0,
+        (Err(_), _) => progress.sent,
+    };
+    to.report(code, (start, count, sent), started, &result);
     result
 }
 
@@ -817,13 +829,21 @@ struct Sent<'a> {
 }
 
 impl Sent<'_> {
-    fn report(&self, code: u16, start: u64, count: u64, started: Instant, result: &io::Result<()>) {
+    /// `(start, count, sent)`: the range asked for and the bytes of it that went out.
+    fn report(
+        &self,
+        code: u16,
+        (start, count, sent): (u64, u64, u64),
+        started: Instant,
+        result: &io::Result<()>,
+    ) {
         self.observer.sent(&Report {
             peer: self.peer,
             name: self.name.to_string(),
             code,
             start,
             count,
+            sent,
             ms: started.elapsed().as_millis() as u64,
             error: result.as_ref().err().map(|e| e.to_string()),
         });

@@ -29,10 +29,12 @@ pub fn prepare(
 ) -> anyhow::Result<Option<ServeOptions>> {
     let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
+    let stall_after = admin.stall_after;
     let admin = super::serve::AdminArgs {
         admin_listen: admin.admin_listen.or(s.admin_listen.clone()),
         admin_token_file: admin.admin_token_file.or(s.admin_token_file.clone()),
         admin_host: admin.admin_host,
+        stall_after,
     }
     .options()?;
     let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;
@@ -120,6 +122,7 @@ pub fn prepare(
             data: root,
             source: s.container_image.clone(),
             images,
+            stall_after,
         }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,

@@ -138,22 +138,7 @@ pub struct ApiArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write 5s, 500ms or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?} is not a duration: write 5s, 500ms or 1m")),
-    };
-    if !(0.001..=600.0).contains(&secs) {
-        return Err(format!("{s}: give a timeout between 1ms and 10m"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    super::serve::duration_within(s, 600.0)
 }
 
 impl ApiArgs {

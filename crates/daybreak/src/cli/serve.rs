@@ -106,6 +106,35 @@ pub struct AdminArgs {
     /// page cannot read the API through a DNS name it points at this host.
     #[arg(long, value_name = "NAME")]
     pub admin_host: Vec<String>,
+    /// How long a machine's boot step may wait for the next before the status page and
+    /// /api/machines show it stalled, with the likely cause (default 5m: a large squashfs over
+    /// a busy network, an install, take minutes).
+    #[arg(long, value_name = "DURATION", value_parser = parse_stall)]
+    pub stall_after: Option<std::time::Duration>,
+}
+
+fn parse_stall(s: &str) -> Result<std::time::Duration, String> {
+    duration_within(s, 86_400.0)
+}
+
+/// `5s`, `500ms`, `2m`, `1h` (a bare number is seconds), between 1 ms and `max` seconds.
+pub fn duration_within(s: &str, max: f64) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let bad = || format!("{s:?} is not a duration: write 5s, 500ms or 1m");
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" if max > 3600.0 => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(0.001..=max).contains(&secs) {
+        return Err(format!("{s}: give a duration between 1ms and {}s", max));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 impl AdminArgs {
@@ -188,6 +217,7 @@ impl ServeArgs {
             source: None,
             data: Default::default(),
             images,
+            stall_after: self.admin.stall_after,
         };
         let admin = self.admin.options()?;
         let report = super::progress::reporter();

@@ -151,6 +151,22 @@ impl Grants {
         Ok(nonce)
     }
 
+    /// As [`Grants::install`], without taking the grant: for a report that the install failed.
+    pub fn check_install(
+        &self,
+        mac: Mac,
+        opens: &dyn Fn(&str) -> bool,
+        stored: Option<&Grant>,
+        now: Instant,
+    ) -> Result<(), Closed> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let h = Self::find(&mut held, mac, opens, stored, || None, now)?;
+        match now.saturating_duration_since(h.at) > INSTALL_WINDOW {
+            true => Err(Closed::Used),
+            false => Ok(()),
+        }
+    }
+
     /// Gives back a grant taken by [`Grants::install`] when its install could not be
     /// remembered: the machine calls back again.
     pub fn restore(&self, mac: Mac, nonce: String, now: Instant) {

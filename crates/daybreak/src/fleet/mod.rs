@@ -66,6 +66,9 @@ pub struct FleetOptions {
     /// The command's own OCI image, when it has one: machines of another architecture than
     /// its kernel's boot its variant for theirs (a multi-arch index), built when the first asks.
     pub source: Option<String>,
+    /// How long a step may wait for the next before its machine is shown stalled (default
+    /// [`crate::timeline::STALL_AFTER`]).
+    pub stall_after: Option<std::time::Duration>,
 }
 
 pub struct Fleet {
@@ -134,7 +137,10 @@ impl Fleet {
             }
         };
         let fleet = Arc::new(Fleet {
-            timelines: Timelines::new(plan.rootfs.as_ref().map_or(0, |r| r.size)),
+            timelines: Timelines::with_stall(
+                plan.rootfs.as_ref().map_or(0, |r| r.size),
+                opts.stall_after.unwrap_or(crate::timeline::STALL_AFTER),
+            ),
             main: plan,
             images: Images::new(opts, main_arch)?,
             grants: Arc::default(),
@@ -398,6 +404,33 @@ impl Fleet {
         self.store.cached(mac).and_then(|v| v.record.grant)
     }
 
+    /// `mac` reported its install failed (`reason=` in `query`, shown escaped and cut short).
+    fn install_failed(&self, mac: Mac, from: SocketAddr, query: &str) -> Reply {
+        let reason = http::query_param(query, "reason").unwrap_or_default();
+        let why = format!(
+            "the machine reported its install failed: {}",
+            match reason.is_empty() {
+                true => "no reason given".into(),
+                false => http::loggable(&reason),
+            }
+        );
+        tracing::warn!(mac = %mac, client = %from.ip(), "{why}");
+        self.emit(
+            Some(from),
+            mac,
+            Step::Failed {
+                stage: "install",
+                kind: "install failed",
+                why,
+            },
+        );
+        Reply::memory(
+            "_installed",
+            "text/plain; charset=utf-8",
+            b"noted: not installed\n".to_vec(),
+        )
+    }
+
     /// Remembers that `mac`'s install finished, on disk before the machine hears it: a crash
     /// right after cannot make it install again. When it cannot be remembered, the machine is
     /// not told it was, and its callback (`nonce`) stays open for its retry. The write waits on
@@ -470,6 +503,15 @@ impl Booter for Fleet {
                 self.grants
                     .config(p.mac, &opens, stored.as_ref(), chosen, now)
                     .map(|o| self.config(p.mac, base, o.profile.as_ref(), &o.nonce))
+            }
+            // An install that failed says so: the machine is not installed, its callback stays
+            // open (a retry may still succeed), and the failure is its timeline's.
+            PersonalKind::Installed
+                if http::query_param(p.query, "status").as_deref() == Some("failed") =>
+            {
+                self.grants
+                    .check_install(p.mac, &opens, stored.as_ref(), now)
+                    .map(|()| self.install_failed(p.mac, from, p.query))
             }
             PersonalKind::Installed => self
                 .grants

@@ -76,6 +76,7 @@ fn open(dir: PathBuf, plan: Arc<Plan>, hub: Option<Arc<crate::events::Hub>>) -> 
             data,
             images: images(),
             source: None,
+            stall_after: None,
         },
         plan,
         None,
@@ -597,6 +598,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
             data: Map::new(),
             images: images(),
             source: None,
+            stall_after: None,
         },
         s.fleet.main.clone(),
         Some(pxe::CpuArch::Amd64),
@@ -664,6 +666,47 @@ fn a_boots_cloud_config_opens_three_times_and_its_install_callback_once() {
     let cb = callback(&text);
     install(&s, &cb);
     assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 404, "once");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn an_install_reported_failed_is_a_failure_and_never_installed() {
+    let hub = Arc::new(crate::events::Hub::default());
+    let s = setup_with("install-failed", MACHINES, Some(hub.clone()));
+    let url = config_url(&script(&s, B, 11));
+    let cb = callback(&get(&s, &url, peer(11)).unwrap().1);
+    // From another host: nothing.
+    assert_eq!(
+        get(&s, &format!("{cb}?status=failed&reason=x"), peer(12))
+            .unwrap()
+            .0,
+        404
+    );
+    let (code, body) = get(
+        &s,
+        &format!("{cb}?status=failed&reason=disk%20%2Fdev%2Fsda%20not%20found%0Aforged"),
+        peer(11),
+    )
+    .unwrap();
+    assert_eq!((code, body.as_str()), (200, "noted: not installed\n"));
+    hub.drain(|e| s.fleet.observe(e));
+    let (_, shown) = admin_get(&s, &format!("/api/machines/{B}"));
+    assert!(
+        shown.contains(r#""phase":"failed""#)
+            && shown.contains(r#""stage":"install""#)
+            && shown.contains(r#""kind":"install failed""#)
+            && shown.contains("disk /dev/sda not found"),
+        "{shown}"
+    );
+    // The reason is shown escaped: no line of its own.
+    assert!(!shown.contains("\nforged"), "{shown}");
+    assert!(s
+        .fleet
+        .store
+        .cached(mac(B))
+        .is_none_or(|v| v.record.installed_at.is_none()));
+    // Its callback stays open: the retry that succeeds is installed.
+    install(&s, &cb);
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
