@@ -197,6 +197,9 @@ pub struct Timelines {
     rootfs_size: u64,
     /// How long a step may wait for the next before its machine is shown stalled.
     stall_after: std::time::Duration,
+    /// Whether a booted machine is to ask for a cloud-config (there is one to give): else the
+    /// root is the last step expected.
+    pub config_expected: bool,
 }
 
 /// What fits a real boot: the slowest step (a squashfs of a few GB over a busy network, an
@@ -214,6 +217,7 @@ impl Timelines {
             live: Mutex::default(),
             rootfs_size,
             stall_after,
+            config_expected: true,
         }
     }
 
@@ -450,6 +454,7 @@ impl Timelines {
             SystemTime::now().duration_since(s.last).unwrap_or_default()
         });
         let stalled = match (failure, seen) {
+            (None, Some(_)) if phase == "rootfs" && !self.config_expected => None,
             (None, Some(_)) if waited >= self.stall_after => stall_cause(phase),
             _ => None,
         };
@@ -684,6 +689,13 @@ mod tests {
                 .starts_with("the initrd never asked for the root"),
             "{v}"
         );
+        // Where no cloud-config is given, the root is the last step expected.
+        let mut t2 = Timelines::with_stall(0, std::time::Duration::from_millis(50));
+        t2.config_expected = false;
+        offer(&t2);
+        step(&t2, file("rootfs.squashfs"));
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        assert_eq!(shown(&t2)["phase"], "rootfs");
         // Done is done: a machine sent to its disk, or installed, is never stalled.
         step(&t, Step::LocalBoot);
         std::thread::sleep(std::time::Duration::from_millis(80));

@@ -136,11 +136,17 @@ impl Fleet {
                 (p, Some(w))
             }
         };
+        // A booted machine asks for a cloud-config only when there is one to give.
+        let config_expected = opts.template.is_some()
+            || plan.cloud_config_file().is_some()
+            || profiles.entries.iter().any(|p| p.cloud_config.is_some());
+        let mut timelines = Timelines::with_stall(
+            plan.rootfs.as_ref().map_or(0, |r| r.size),
+            opts.stall_after.unwrap_or(crate::timeline::STALL_AFTER),
+        );
+        timelines.config_expected = config_expected;
         let fleet = Arc::new(Fleet {
-            timelines: Timelines::with_stall(
-                plan.rootfs.as_ref().map_or(0, |r| r.size),
-                opts.stall_after.unwrap_or(crate::timeline::STALL_AFTER),
-            ),
+            timelines,
             main: plan,
             images: Images::new(opts, main_arch)?,
             grants: Arc::default(),
