@@ -38,6 +38,10 @@ pub trait Machines: Send + Sync {
     fn list_json(&self, offset: usize, limit: usize) -> Vec<u8>;
     /// One machine with its timeline; `None` when it is not known.
     fn show_json(&self, mac: Mac) -> Option<Vec<u8>>;
+    /// Machines stalled now, by the step they are stalled after.
+    fn stalled(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Where the admin surface listens and who may use it.
@@ -288,10 +292,14 @@ impl Router for AdminRoutes {
             METRICS => match &self.metrics {
                 Some(m) => {
                     m.scraped();
+                    let mut text = m.render();
+                    if let Some(machines) = &self.machines {
+                        crate::metrics::render_stalled(&mut text, &machines.stalled());
+                    }
                     Reply::memory(
                         "_metrics",
                         "text/plain; version=0.0.4; charset=utf-8",
-                        m.render().into_bytes(),
+                        text.into_bytes(),
                     )
                 }
                 None => Reply::NotFound,

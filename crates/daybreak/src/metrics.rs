@@ -74,6 +74,19 @@ struct FromEvents {
     failures: std::collections::BTreeMap<(&'static str, &'static str), u64>,
 }
 
+/// The machines stalled now, by the step they are stalled after (a gauge: a stall ends when
+/// the next step comes or the machine boots afresh).
+pub fn render_stalled(s: &mut String, stalled: &[(&'static str, u64)]) {
+    let _ = writeln!(
+        s,
+        "# HELP daybreak_machines_stalled Machines whose next boot step has not come within --stall-after, by the step they are stalled after.\n\
+         # TYPE daybreak_machines_stalled gauge"
+    );
+    for (step, n) in stalled {
+        let _ = writeln!(s, "daybreak_machines_stalled{{after=\"{step}\"}} {n}");
+    }
+}
+
 /// Everything `/metrics` shows.
 pub struct Metrics {
     pub dhcp: Arc<pxe::driver::Stats>,

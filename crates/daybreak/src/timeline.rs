@@ -450,14 +450,7 @@ impl Timelines {
             _ => "seen",
         };
         let failure = seen.and_then(|s| s.failure.as_ref());
-        let waited = seen.map_or(std::time::Duration::ZERO, |s| {
-            SystemTime::now().duration_since(s.last).unwrap_or_default()
-        });
-        let stalled = match (failure, seen) {
-            (None, Some(_)) if phase == "rootfs" && !self.config_expected => None,
-            (None, Some(_)) if waited >= self.stall_after => stall_cause(phase),
-            _ => None,
-        };
+        let stalled = seen.and_then(|s| self.stall_of(s, phase));
         let (shown, stage) = match (failure, stalled) {
             (Some(f), _) => ("failed", Some(f.stage)),
             (None, Some(_)) => ("stalled", Some(phase)),
@@ -536,6 +529,35 @@ impl Timelines {
             );
             serde_json::to_vec(&v).ok()
         }
+    }
+
+    /// Why `s` (in `phase`) is stalled, when it is: no failure, and its next step has not come
+    /// within the stall time.
+    fn stall_of(&self, s: &Seen, phase: &str) -> Option<&'static str> {
+        if s.failure.is_some() || (phase == "rootfs" && !self.config_expected) {
+            return None;
+        }
+        let waited = SystemTime::now().duration_since(s.last).unwrap_or_default();
+        (waited >= self.stall_after)
+            .then(|| stall_cause(phase))
+            .flatten()
+    }
+
+    /// Machines stalled now, by the step they are stalled after, in the order of the steps.
+    pub fn stalled(&self) -> Vec<(&'static str, u64)> {
+        const STEPS: [&str; 7] = [
+            "offered", "loader", "script", "kernel", "initrd", "booting", "rootfs",
+        ];
+        let live = self.live();
+        let mut n = [0u64; STEPS.len()];
+        for s in live.machines.values() {
+            if self.stall_of(s, s.phase).is_some() {
+                if let Some(i) = STEPS.iter().position(|p| *p == s.phase) {
+                    n[i] += 1;
+                }
+            }
+        }
+        STEPS.into_iter().zip(n).collect()
     }
 
     /// Machines with a timeline in memory.
@@ -682,6 +704,7 @@ mod tests {
         let v = shown(&t);
         assert_eq!(v["phase"], "stalled", "{v}");
         assert_eq!(v["stage"], "booting", "{v}");
+        assert!(t.stalled().contains(&("booting", 1)), "{:?}", t.stalled());
         assert!(
             v["stalled"]
                 .as_str()

@@ -457,10 +457,11 @@ fn a_flood_from_known_addresses_does_not_stop_a_real_machine() {
 }
 
 /// A machine's failures are named on its timeline: a file it asked for that is not here, a
-/// download cut off mid-way; `/api/machines/MAC` gives the phase, the stage and the failure.
+/// download cut off mid-way; `/api/machines/MAC` gives the phase, the stage and the failure, and
+/// the status page in headless Chromium shows the machine failing, with its reason.
 #[test]
 fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
-    if !require(true, &["ip", "curl"]) {
+    if !require(true, &["ip", "curl", "chromium"]) {
         return;
     }
     let l = link("fl");
@@ -522,6 +523,41 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
             && shown.contains("kernel cut off after"),
         "{shown}"
     );
+    // The page, as a browser runs it (its script fetches /api/machines).
+    let out = common::workspace_root().join("target/e2e-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let (page, shot, home) = (
+        admin.clone(),
+        out.join("failing-machine.png"),
+        dir.join("chrome"),
+    );
+    let dom = in_netns(&l.server, move || {
+        let chrome = |extra: &[&str]| {
+            let mut c = std::process::Command::new("chromium");
+            c.env("HOME", &home)
+                .args(["--headless", "--no-sandbox", "--disable-gpu"])
+                .args(["--disable-dev-shm-usage", "--no-first-run"])
+                .arg(format!("--user-data-dir={}", home.display()))
+                .arg("--virtual-time-budget=4000")
+                .args(extra)
+                .arg(format!("{page}/"));
+            output_within(&mut c, Duration::from_secs(60))
+        };
+        let _ = chrome(&[
+            "--window-size=1400,300",
+            &format!("--screenshot={}", shot.display()),
+        ]);
+        String::from_utf8_lossy(&chrome(&["--dump-dom"]).stdout).into_owned()
+    });
+    let row = dom
+        .split("<tr ")
+        .find(|r| r.contains(VICTIM))
+        .unwrap_or_else(|| panic!("no row for the machine: {dom}"));
+    assert!(
+        row.contains("failed at kernel") && row.contains("kernel cut off after"),
+        "{row}"
+    );
+    assert!(dom.contains("1 failed"), "the summary counts it: {dom}");
     let (_, metrics) = fetch(&l.server, &format!("{admin}/metrics"));
     assert!(
         metrics.contains(r#"daybreak_boot_failures_total{kind="cut off",stage="kernel"} 1"#)

@@ -554,6 +554,10 @@ impl crate::admin::Machines for Fleet {
         self.timelines
             .show_json(&mac, &self.profiles(), record.as_ref())
     }
+
+    fn stalled(&self) -> Vec<(&'static str, u64)> {
+        self.timelines.stalled()
+    }
 }
 
 #[cfg(test)]
