@@ -532,7 +532,7 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
         dir.join("chrome"),
     );
     let dom = in_netns(&l.server, move || {
-        let chrome = |extra: &[&str]| {
+        let chrome = |extra: &[&str], hash: &str| {
             let mut c = std::process::Command::new("chromium");
             c.env("HOME", &home)
                 .args(["--headless", "--no-sandbox", "--disable-gpu"])
@@ -540,15 +540,38 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
                 .arg(format!("--user-data-dir={}", home.display()))
                 .arg("--virtual-time-budget=4000")
                 .args(extra)
-                .arg(format!("{page}/"));
+                .arg(format!("{page}/{hash}"));
             output_within(&mut c, Duration::from_secs(60))
         };
-        let _ = chrome(&[
-            "--window-size=1400,300",
-            &format!("--screenshot={}", shot.display()),
-        ]);
-        String::from_utf8_lossy(&chrome(&["--dump-dom"]).stdout).into_owned()
+        let _ = chrome(
+            &[
+                "--window-size=1400,300",
+                &format!("--screenshot={}", shot.display()),
+            ],
+            "",
+        );
+        let dom = |hash: &str| {
+            String::from_utf8_lossy(&chrome(&["--dump-dom"], hash).stdout).into_owned()
+        };
+        (
+            dom(""),
+            dom("#filter=vault%20failed"),
+            dom("#filter=nothing-like-it"),
+        )
     });
+    let (dom, matching, none) = dom;
+    assert!(
+        matching.contains(VICTIM) && matching.contains("1 match the filter"),
+        "{matching}"
+    );
+    assert!(
+        !none.contains(r#"<tr data-mac"#) && none.contains("0 match the filter"),
+        "{none}"
+    );
+    assert!(
+        dom.contains("failed: 1"),
+        "counts per phase at the top: {dom}"
+    );
     let row = dom
         .split("<tr ")
         .find(|r| r.contains(VICTIM))
