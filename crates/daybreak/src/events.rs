@@ -261,16 +261,12 @@ impl Hub {
             let l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
             l.get(&ip).map(|(m, _, p)| (*m, *p))?
         };
-        if progressed {
-            return Some(mac);
-        }
-        match (self.link)(ip) {
-            Some(l) => (l == mac).then_some(mac),
-            None => self
+        let is_it = progressed
+            || self
                 .identities
-                .bound_to(mac, ip, Instant::now())
-                .then_some(mac),
-        }
+                .judge(mac, ip, (self.link)(ip), Instant::now())
+                == Vouch::Vouched;
+        is_it.then_some(mac)
     }
 
     /// Whether a machine took `ip` in a PXE exchange (or named it in a script request) within
@@ -358,14 +354,8 @@ impl Hub {
                 let mut budget = offer_lines(Instant::now());
                 let take =
                     |q: Queued, observe: &mut dyn FnMut(&BootEvent), budget: &mut LineBudget| {
-                        let Some(hub) = hub.upgrade() else { return };
-                        match q {
-                            Queued::Step(e) => observe(&e),
-                            Queued::Dhcp(d) => observe(&hub.dhcp_step(d, budget)),
-                            Queued::Settle(done) => {
-                                budget.flush();
-                                let _ = done.send(());
-                            }
+                        if let Some(hub) = hub.upgrade() {
+                            hub.take(q, observe, budget);
                         }
                     };
                 loop {
@@ -403,13 +393,18 @@ impl Hub {
         let Some(rx) = rx.as_ref() else { return };
         let mut budget = offer_lines(Instant::now());
         while let Ok(q) = rx.try_recv() {
-            match q {
-                Queued::Step(e) => observe(&e),
-                Queued::Dhcp(d) => observe(&self.dhcp_step(d, &mut budget)),
-                Queued::Settle(done) => {
-                    budget.flush();
-                    let _ = done.send(());
-                }
+            self.take(q, &mut observe, &mut budget);
+        }
+    }
+
+    /// Hands what was queued to `observe`, on the reader's thread (or [`Hub::drain`]'s).
+    fn take(&self, q: Queued, observe: &mut dyn FnMut(&BootEvent), budget: &mut LineBudget) {
+        match q {
+            Queued::Step(e) => observe(&e),
+            Queued::Dhcp(d) => observe(&self.dhcp_step(d, budget)),
+            Queued::Settle(done) => {
+                budget.flush();
+                let _ = done.send(());
             }
         }
     }
@@ -473,16 +468,15 @@ impl Hub {
             _ => None,
         };
         if let (Some(why), Some(mac)) = (failed, self.speaking_for(ip)) {
-            self.send(BootEvent {
-                at: std::time::SystemTime::now(),
-                mac: Some(mac),
-                peer: Some(r.peer),
-                step: Step::Failed {
+            self.emit(
+                Some(r.peer),
+                Some(mac),
+                Step::Failed {
                     stage: "loader",
                     kind: "loader transfer",
                     why: format!("{} over TFTP: {why}", http::loggable(&r.file)),
                 },
-            });
+            );
         }
         let ok = r.outcome == tftp::Outcome::Complete;
         if ok

@@ -119,19 +119,21 @@ impl Bindings {
         }
     }
 
-    /// Whether a PXE exchange of this boot bound `mac` to `ip` alone (no second claimant):
-    /// [`Bindings::vouch`] for a request behind a router, without counting a doubt.
-    pub fn bound_to(&self, mac: Mac, ip: IpAddr, now: Instant) -> bool {
-        let b = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        b.get(&mac).is_some_and(|b| {
-            b.ip == ip && b.other.is_none() && now.saturating_duration_since(b.at) < BOOT
-        })
+    /// Whether a request from `peer` may speak for `mac`; `link` is the kernel's neighbour
+    /// entry for `peer` ([`udp::neighbor`]), `None` when `peer` is not on our link. A doubt is
+    /// counted.
+    pub fn vouch(&self, mac: Mac, peer: IpAddr, link: Option<Mac>, now: Instant) -> Vouch {
+        let v = self.judge(mac, peer, link, now);
+        if let Vouch::Doubted(d) = v {
+            self.doubts[d.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        v
     }
 
-    /// Whether a request from `peer` may speak for `mac`; `link` is the kernel's neighbour
-    /// entry for `peer` ([`udp::neighbor`]), `None` when `peer` is not on our link.
-    pub fn vouch(&self, mac: Mac, peer: IpAddr, link: Option<Mac>, now: Instant) -> Vouch {
-        let v = match link {
+    /// [`Bindings::vouch`] without counting anything: for attributing what an address did
+    /// (a failure) rather than answering a request.
+    pub fn judge(&self, mac: Mac, peer: IpAddr, link: Option<Mac>, now: Instant) -> Vouch {
+        match link {
             Some(l) if l == mac => Vouch::Vouched,
             Some(other) => Vouch::Doubted(Doubt::OtherLink(other)),
             None => {
@@ -147,11 +149,7 @@ impl Bindings {
                     _ => Vouch::Doubted(Doubt::Unbound),
                 }
             }
-        };
-        if let Vouch::Doubted(d) = v {
-            self.doubts[d.index()].fetch_add(1, Ordering::Relaxed);
         }
-        v
     }
 
     /// Requests doubted so far, by reason.

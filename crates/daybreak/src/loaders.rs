@@ -33,6 +33,12 @@ const CUSTOM_ARM64: &str = "custom-arm64.efi";
 pub const MAX_LOADER: u64 = 32 << 20;
 
 impl Given {
+    /// Whether the operator chose the UEFI x64 binary (`--efi-ipxe`, `--ipxe-efi64`): then no
+    /// Secure Boot chain is offered in its place.
+    pub fn chose_uefi_binary(&self) -> bool {
+        self.efi_build.is_some() || self.efi64.is_some()
+    }
+
     /// Reads `--ipxe-bios`, `--ipxe-efi64` and `--ipxe-arm64`; an unreadable or empty file is
     /// an error that names the flag.
     pub fn read(
@@ -177,7 +183,7 @@ fn per_machine_chain(
     files: &mut tftp::Files,
     boot: &BootFiles,
 ) -> Option<BootFiles> {
-    if s.given.efi_build.is_some() || s.given.efi64.is_some() {
+    if s.given.chose_uefi_binary() {
         return None;
     }
     let stub = crate::render::grub_stub(s.http);
@@ -207,7 +213,7 @@ fn secure_boot(
         notes.push(Note::Warn("the kernel carries no Secure Boot signature: UEFI machines that enforce Secure Boot will refuse to boot (iPXE is unsigned too); serve a signed kernel for them".into()));
         return;
     }
-    if s.given.efi_build.is_some() || s.given.efi64.is_some() {
+    if s.given.chose_uefi_binary() {
         notes.push(Note::Info("the kernel carries a Secure Boot signature, but the UEFI binary was chosen (--efi-ipxe, --ipxe-efi64): UEFI machines that enforce Secure Boot will refuse it".into()));
         return;
     }

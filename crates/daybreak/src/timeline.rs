@@ -64,18 +64,24 @@ struct Failure {
     at: u64,
 }
 
-/// Why a machine whose next step has not come is stuck, by the step it is stuck after, in one
-/// sentence; `None` for a step nothing more is expected after.
+/// The steps a machine can be stuck after, in boot order, each with why, in one sentence.
+const STALLS: [(&str, &str); 7] = [
+    ("offered", "the firmware never fetched its loader: TFTP (UDP 69) blocked between it and this server, or another server's offer won"),
+    ("loader", "iPXE never asked for its boot script: its DHCP, or HTTP to this server, failed"),
+    ("script", "iPXE never fetched the kernel: HTTP to this server failed or the script stopped"),
+    ("kernel", "the download of the kernel or initrd did not finish: the network, or the machine ran out of memory"),
+    ("initrd", "the download of the kernel or initrd did not finish: the network, or the machine ran out of memory"),
+    ("booting", "the initrd never asked for the root: its network, NIC driver or the kernel command line"),
+    ("rootfs", "the root was fetched but the booted system never asked for its cloud-config: the root's mount, or config_url on the command line"),
+];
+
+/// Why a machine whose next step has not come is stuck, by the step it is stuck after; `None`
+/// for a step nothing more is expected after.
 fn stall_cause(phase: &str) -> Option<&'static str> {
-    Some(match phase {
-        "offered" => "the firmware never fetched its loader: TFTP (UDP 69) blocked between it and this server, or another server's offer won",
-        "loader" => "iPXE never asked for its boot script: its DHCP, or HTTP to this server, failed",
-        "script" => "iPXE never fetched the kernel: HTTP to this server failed or the script stopped",
-        "kernel" | "initrd" => "the download of the kernel or initrd did not finish: the network, or the machine ran out of memory",
-        "booting" => "the initrd never asked for the root: its network, NIC driver or the kernel command line",
-        "rootfs" => "the root was fetched but the booted system never asked for its cloud-config: the root's mount, or config_url on the command line",
-        _ => return None,
-    })
+    STALLS
+        .iter()
+        .find(|(p, _)| *p == phase)
+        .map(|(_, why)| *why)
 }
 
 /// Adds a step to a machine's timeline, the oldest going past [`TIMELINE`].
@@ -450,7 +456,7 @@ impl Timelines {
             _ => "seen",
         };
         let failure = seen.and_then(|s| s.failure.as_ref());
-        let stalled = seen.and_then(|s| self.stall_of(s, phase));
+        let stalled = seen.and_then(|s| self.stall_of(s));
         let (shown, stage) = match (failure, stalled) {
             (Some(f), _) => ("failed", Some(f.stage)),
             (None, Some(_)) => ("stalled", Some(phase)),
@@ -533,31 +539,28 @@ impl Timelines {
 
     /// Why `s` (in `phase`) is stalled, when it is: no failure, and its next step has not come
     /// within the stall time.
-    fn stall_of(&self, s: &Seen, phase: &str) -> Option<&'static str> {
-        if s.failure.is_some() || (phase == "rootfs" && !self.config_expected) {
+    fn stall_of(&self, s: &Seen) -> Option<&'static str> {
+        if s.failure.is_some() || (s.phase == "rootfs" && !self.config_expected) {
             return None;
         }
         let waited = SystemTime::now().duration_since(s.last).unwrap_or_default();
         (waited >= self.stall_after)
-            .then(|| stall_cause(phase))
+            .then(|| stall_cause(s.phase))
             .flatten()
     }
 
     /// Machines stalled now, by the step they are stalled after, in the order of the steps.
     pub fn stalled(&self) -> Vec<(&'static str, u64)> {
-        const STEPS: [&str; 7] = [
-            "offered", "loader", "script", "kernel", "initrd", "booting", "rootfs",
-        ];
         let live = self.live();
-        let mut n = [0u64; STEPS.len()];
+        let mut n = [0u64; STALLS.len()];
         for s in live.machines.values() {
-            if self.stall_of(s, s.phase).is_some() {
-                if let Some(i) = STEPS.iter().position(|p| *p == s.phase) {
+            if self.stall_of(s).is_some() {
+                if let Some(i) = STALLS.iter().position(|(p, _)| *p == s.phase) {
                     n[i] += 1;
                 }
             }
         }
-        STEPS.into_iter().zip(n).collect()
+        STALLS.iter().map(|(p, _)| *p).zip(n).collect()
     }
 
     /// Machines with a timeline in memory.

@@ -141,14 +141,7 @@ impl Grants {
         stored: Option<&Grant>,
         now: Instant,
     ) -> Result<String, Closed> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let h = Self::find(&mut held, mac, opens, stored, || None, now)?;
-        if now.saturating_duration_since(h.at) > INSTALL_WINDOW {
-            return Err(Closed::Used);
-        }
-        let nonce = h.nonce.clone();
-        held.remove(&mac);
-        Ok(nonce)
+        self.open_install(mac, opens, stored, now, true)
     }
 
     /// As [`Grants::install`], without taking the grant: for a report that the install failed.
@@ -159,12 +152,30 @@ impl Grants {
         stored: Option<&Grant>,
         now: Instant,
     ) -> Result<(), Closed> {
+        self.open_install(mac, opens, stored, now, false)
+            .map(|_| ())
+    }
+
+    /// Whether `mac`'s install callback opens (its nonce), the grant taken when `take`: under
+    /// one lock, so two callbacks at once cannot both take it.
+    fn open_install(
+        &self,
+        mac: Mac,
+        opens: &dyn Fn(&str) -> bool,
+        stored: Option<&Grant>,
+        now: Instant,
+        take: bool,
+    ) -> Result<String, Closed> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let h = Self::find(&mut held, mac, opens, stored, || None, now)?;
-        match now.saturating_duration_since(h.at) > INSTALL_WINDOW {
-            true => Err(Closed::Used),
-            false => Ok(()),
+        if now.saturating_duration_since(h.at) > INSTALL_WINDOW {
+            return Err(Closed::Used);
         }
+        let nonce = h.nonce.clone();
+        if take {
+            held.remove(&mac);
+        }
+        Ok(nonce)
     }
 
     /// Gives back a grant taken by [`Grants::install`] when its install could not be
