@@ -42,6 +42,8 @@ pub trait Machines: Send + Sync {
     fn stalled(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The gauges of where machines are kept (`daybreak_store_*`).
+    fn store_metrics(&self, _s: &mut String) {}
 }
 
 /// Where the admin surface listens and who may use it.
@@ -295,6 +297,7 @@ impl Router for AdminRoutes {
                     let mut text = m.render();
                     if let Some(machines) = &self.machines {
                         crate::metrics::render_stalled(&mut text, &machines.stalled());
+                        machines.store_metrics(&mut text);
                     }
                     Reply::memory(
                         "_metrics",

@@ -87,6 +87,35 @@ pub fn render_stalled(s: &mut String, stalled: &[(&'static str, u64)]) {
     }
 }
 
+/// The machine store: changes waiting to be written, and, for a store others write (etcd), how
+/// old this replica's snapshot of it is (`None` inside: not current, the store is unreachable).
+pub fn render_store(s: &mut String, queued: usize, age: Option<Option<std::time::Duration>>) {
+    let _ = writeln!(
+        s,
+        "# HELP daybreak_store_writes_queued Machine record changes waiting to be written to the store.\n\
+         # TYPE daybreak_store_writes_queued gauge\n\
+         daybreak_store_writes_queued {queued}"
+    );
+    if let Some(age) = age {
+        let _ = writeln!(
+            s,
+            "# HELP daybreak_store_snapshot_current Whether this replica's snapshot of the store is known current (its watch answers).\n\
+             # TYPE daybreak_store_snapshot_current gauge\n\
+             daybreak_store_snapshot_current {}",
+            u8::from(age.is_some())
+        );
+        if let Some(a) = age {
+            let _ = writeln!(
+                s,
+                "# HELP daybreak_store_snapshot_age_seconds Seconds since this replica's snapshot of the store was last known current.\n\
+                 # TYPE daybreak_store_snapshot_age_seconds gauge\n\
+                 daybreak_store_snapshot_age_seconds {:.3}",
+                a.as_secs_f64()
+            );
+        }
+    }
+}
+
 /// Everything `/metrics` shows.
 pub struct Metrics {
     pub dhcp: Arc<pxe::driver::Stats>,

@@ -96,6 +96,22 @@ impl Tokens {
         Ok(Tokens::from_hex(&hex).expect("random_hex gives 64 hex digits"))
     }
 
+    /// The key every process using `store` shares (replicas on etcd), or, for a store that is
+    /// one host's, the key of the state directory `dir`. A key in the store that is not one
+    /// Daybreak made is refused with the fix, never used.
+    pub fn for_store(store: &dyn crate::store::MachineStore, dir: &Path) -> anyhow::Result<Tokens> {
+        let fresh = artifacts::random_hex(32)?;
+        match store.shared_secret(fresh)? {
+            None => Ok(Tokens::in_state_dir(dir)?),
+            Some(hex) => Tokens::from_hex(hex.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the URL key in {} is not 64 hex digits: it was not made by Daybreak; delete it (etcdctl del PREFIX/secret) and restart every replica (machines' open per-boot URLs change)",
+                    store.describe()
+                )
+            }),
+        }
+    }
+
     /// The tag of `kind` for `mac`, bound to `bound`.
     pub fn tag(&self, kind: PersonalKind, mac: Mac, bound: &str) -> String {
         let (name, n) = match kind {

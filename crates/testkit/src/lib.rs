@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 pub use tar::EntryType;
 
+mod etcd;
+pub use etcd::{free_port, Etcd};
+
 /// Writes `root` into the ISO 9660 image `out` with xorriso (volume id `KAIROS`), with
 /// `flags` choosing the naming schemes (`-R` Rock Ridge, `-J` Joliet, none for plain names).
 pub fn mkisofs(root: &Path, out: &Path, flags: &[&str]) {

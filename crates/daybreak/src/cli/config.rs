@@ -35,6 +35,11 @@ pub const KNOWN: &[&str] = &[
     "admin_listen",
     "admin_token_file",
     "state_dir",
+    "store",
+    "store_ca",
+    "store_cert",
+    "store_key",
+    "store_auth_file",
     "netboot",
     "machines",
 ];
@@ -167,6 +172,8 @@ pub struct Settings {
     /// Where the admin surface listens, and its token's file (flags win).
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    /// `store:` and its files (flags win).
+    pub store: crate::store::StoreConfig,
 }
 
 fn string(root: &Map<String, Value>, key: &str) -> anyhow::Result<Option<String>> {
@@ -271,6 +278,16 @@ impl Settings {
             proxy_dhcp,
             admin_listen: s("admin_listen")?,
             admin_token_file: s("admin_token_file")?.map(PathBuf::from),
+            store: crate::store::StoreConfig {
+                location: match s("store")? {
+                    None => Default::default(),
+                    Some(u) => u.parse().map_err(|e: String| anyhow!(e))?,
+                },
+                ca: s("store_ca")?.map(PathBuf::from),
+                cert: s("store_cert")?.map(PathBuf::from),
+                key: s("store_key")?.map(PathBuf::from),
+                auth_file: s("store_auth_file")?.map(PathBuf::from),
+            },
         })
     }
 

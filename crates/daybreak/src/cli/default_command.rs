@@ -26,6 +26,7 @@ pub fn prepare(
     cloud_config: Option<&str>,
     machines: Option<&str>,
     admin: super::serve::AdminArgs,
+    store: super::serve::StoreArgs,
 ) -> anyhow::Result<Option<ServeOptions>> {
     let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
@@ -117,6 +118,7 @@ pub fn prepare(
     Ok(Some(ServeOptions {
         fleet: Some(FleetOptions {
             state_dir: s.state_dir.clone(),
+            store: store.config(&s.store),
             machines,
             template,
             data: root,

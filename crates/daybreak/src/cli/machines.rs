@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use super::serve::StoreArgs;
+
 #[derive(Args, Debug)]
 pub struct MachinesArgs {
     #[command(subcommand)]
@@ -13,23 +15,60 @@ pub struct MachinesArgs {
     /// The state directory the server uses (absolute, or relative to the working directory).
     #[arg(long, global = true, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
     state_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum MachinesCommand {
     /// Every machine remembered (the default): MAC, state, boots, last boot, firmware.
-    List,
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// One machine's record, as JSON.
-    Show { mac: pxe::Mac },
+    Show {
+        mac: pxe::Mac,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Install it again: its next network boot boots the image instead of its disk.
-    Reinstall { mac: pxe::Mac },
+    Reinstall {
+        mac: pxe::Mac,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Forget it (remembered again at its next boot).
-    Forget { mac: pxe::Mac },
+    Forget {
+        mac: pxe::Mac,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+impl MachinesCommand {
+    /// The store flags given after the subcommand.
+    fn store(&self) -> &StoreArgs {
+        match self {
+            MachinesCommand::List { store }
+            | MachinesCommand::Show { store, .. }
+            | MachinesCommand::Reinstall { store, .. }
+            | MachinesCommand::Forget { store, .. } => store,
+        }
+    }
 }
 
 pub fn command(a: MachinesArgs) -> ExitCode {
     use crate::store::{update, Change, StoreError};
-    let store = match crate::store::open(&a.state_dir) {
+    let command = a.command.unwrap_or(MachinesCommand::List {
+        store: StoreArgs::default(),
+    });
+    // After the subcommand over before it: `daybreak machines list --store URL` as well.
+    let config = command
+        .store()
+        .clone()
+        .config(&a.store.config(&Default::default()));
+    let store = match crate::store::open(&config, &a.state_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -50,8 +89,8 @@ pub fn command(a: MachinesArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    match a.command.unwrap_or(MachinesCommand::List) {
-        MachinesCommand::List => {
+    match command {
+        MachinesCommand::List { .. } => {
             let mut list = Vec::new();
             store.with(&mut |all| list = all.values().map(|v| v.record.clone()).collect());
             list.sort_by_key(|r| r.mac);
@@ -83,7 +122,7 @@ pub fn command(a: MachinesArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        MachinesCommand::Show { mac: m } => match store.get(m) {
+        MachinesCommand::Show { mac: m, .. } => match store.get(m) {
             Ok(Some(v)) => {
                 println!(
                     "{}",
@@ -94,7 +133,7 @@ pub fn command(a: MachinesArgs) -> ExitCode {
             Ok(None) => unknown(&m),
             Err(e) => done(Err(e)),
         },
-        MachinesCommand::Reinstall { mac: m } => match update(&*store, m, &Change::Reinstall) {
+        MachinesCommand::Reinstall { mac: m, .. } => match update(&*store, m, &Change::Reinstall) {
             Ok(Some(_)) => {
                 println!("{m}: its next network boot installs again");
                 done(store.publish())
@@ -102,7 +141,7 @@ pub fn command(a: MachinesArgs) -> ExitCode {
             Ok(None) => unknown(&m),
             Err(e) => done(Err(e)),
         },
-        MachinesCommand::Forget { mac: m } => match store.forget(m) {
+        MachinesCommand::Forget { mac: m, .. } => match store.forget(m) {
             Ok(true) => {
                 println!("{m}: forgotten");
                 done(store.publish())

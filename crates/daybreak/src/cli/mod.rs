@@ -117,6 +117,8 @@ struct Cli {
     machines: Option<String>,
     #[command(flatten)]
     admin: serve::AdminArgs,
+    #[command(flatten)]
+    store: serve::StoreArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -158,7 +160,7 @@ daybreak serve --kernel vmlinuz --initrd initrd.img --advertise 192.168.1.10 --h
 daybreak serve --kernel vmlinuz --initrd initrd.img --rootfs rootfs.squashfs \\\n      \
 --machines machines.yaml"
     )]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Serve given files like `pixiecore boot` (AuroraBoot's start-pixie): CLOUD_CONFIG SQUASHFS ADDRESS PORT INITRD KERNEL.
     #[command(
         name = "start-pixie",
@@ -276,7 +278,8 @@ pub fn main() -> ExitCode {
         || !cli.set.is_empty()
         || !cli.set_file.is_empty()
         || cli.cloud_config.is_some()
-        || cli.machines.is_some();
+        || cli.machines.is_some()
+        || cli.store.store.is_some();
     if cli.command.is_some() && (default_args || cli.admin.given()) {
         eprintln!(
             "error: CONFIG, --set and --cloud-config before a subcommand belong to the default command; \
@@ -297,6 +300,7 @@ pub fn main() -> ExitCode {
             cli.cloud_config.as_deref(),
             cli.machines.as_deref(),
             cli.admin,
+            cli.store,
         ) {
             Ok(Some(o)) => o,
             Ok(None) => return ExitCode::SUCCESS,
@@ -309,7 +313,7 @@ pub fn main() -> ExitCode {
         Some(Command::Cache(c)) => return cache::command(c),
         Some(Command::Machines(m)) => return machines::command(m),
         Some(Command::IpxeIso(a)) => return ipxe_iso::command(a),
-        Some(Command::Serve(a)) => match a.into_options() {
+        Some(Command::Serve(a)) => match (*a).into_options() {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("error: {}", error_text(&e));

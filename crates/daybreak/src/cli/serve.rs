@@ -41,6 +41,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     machines: Option<PathBuf>,
     #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
     admin: AdminArgs,
@@ -85,6 +87,42 @@ pub struct NetArgs {
     /// answered when there is an arm64 kernel for them).
     #[arg(long, value_name = "FILE")]
     ipxe_arm64: Option<PathBuf>,
+}
+
+/// Where machine records are kept, and what reaches a store on etcd. Secrets only in files.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StoreArgs {
+    /// Where machines are remembered: file (STATE_DIR/machines, the default: this host only)
+    /// or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (default prefix /daybreak), which replicas
+    /// of Daybreak share: one fleet, any replica the same answer.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<crate::store::Location>,
+    /// The CA certificate (PEM) of the etcd servers: TLS to etcd (https endpoints).
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's client-certificate authentication; with --store-key.
+    #[arg(long, value_name = "FILE")]
+    pub store_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub store_key: Option<PathBuf>,
+    /// A file whose first line is USER:PASSWORD of an etcd user (etcd's own authentication).
+    #[arg(long, value_name = "FILE")]
+    pub store_auth_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// What the flags say, each over what `settings` (the config file's `store:` keys) say.
+    pub fn config(self, settings: &crate::store::StoreConfig) -> crate::store::StoreConfig {
+        let s = settings.clone();
+        crate::store::StoreConfig {
+            location: self.store.unwrap_or(s.location),
+            ca: self.store_ca.or(s.ca),
+            cert: self.store_cert.or(s.cert),
+            key: self.store_key.or(s.key),
+            auth_file: self.store_auth_file.or(s.auth_file),
+        }
+    }
 }
 
 /// Where the admin surface (the status page, `/api/machines`, `/metrics`) listens, and who may
@@ -210,6 +248,7 @@ impl ServeArgs {
         };
         let fleet = crate::fleet::FleetOptions {
             state_dir: self.state_dir.clone(),
+            store: self.store.config(&Default::default()),
             machines: self
                 .machines
                 .map(|m| crate::fleet::MachinesSource::File(artifacts::absolute(&m))),

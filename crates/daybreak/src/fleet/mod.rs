@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::decision::{Ask, Booter, Decision, Personal, PersonalKind};
 use crate::events::{BootEvent, Hub, Step};
 use crate::plan::{Own, Plan};
-use crate::store::{Change, MachineStore, Writes};
+use crate::store::{Change, MachineStore, StoreError, Writes};
 use crate::timeline::Timelines;
 use crate::tokens::Tokens;
 use decide::{Effect, Facts, Outcome};
@@ -56,6 +56,8 @@ pub enum MachinesSource {
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
     pub state_dir: PathBuf,
+    /// Where machine records are kept (`--store`).
+    pub store: crate::store::StoreConfig,
     pub machines: Option<MachinesSource>,
     /// The command's cloud-config template, rendered per machine (the default command's).
     pub template: Option<String>,
@@ -114,9 +116,9 @@ impl Fleet {
         main_arch: Option<CpuArch>,
         events: Option<Arc<Hub>>,
     ) -> anyhow::Result<Arc<Fleet>> {
-        let store = crate::store::open(&opts.state_dir)?;
+        let store = crate::store::open(&opts.store, &opts.state_dir)?;
         let state = artifacts::Store::open(&opts.state_dir)?;
-        let tokens = Tokens::in_state_dir(state.root())?;
+        let tokens = Tokens::for_store(&*store, state.root())?;
         Fleet::new(opts, plan, main_arch, store, tokens, events)
     }
 
@@ -456,7 +458,14 @@ impl Fleet {
             if let Err(e) = crate::store::update(&*store, mac, &done) {
                 tracing::error!(mac = %mac, store = %store.describe(), error = %e, "install finished, but it cannot be remembered: not answered, so the machine calls back again");
                 grants.restore(mac, nonce.clone(), std::time::Instant::now());
-                return Reply::NotFound;
+                return match e {
+                    StoreError::Full => Reply::NotFound,
+                    // Unreachable, no quorum, lost races: 503, which `curl --retry` retries.
+                    _ => Reply::Refused {
+                        code: 503,
+                        headers: "Retry-After: 5\r\n",
+                    },
+                };
             }
             tracing::info!(mac = %mac, client = %from.ip(), "install finished: this machine boots from its disk from its next network boot on (daybreak machines reinstall MAC to undo)");
             if let Some(hub) = &events {
@@ -557,6 +566,10 @@ impl crate::admin::Machines for Fleet {
 
     fn stalled(&self) -> Vec<(&'static str, u64)> {
         self.timelines.stalled()
+    }
+
+    fn store_metrics(&self, s: &mut String) {
+        crate::metrics::render_store(s, self.writes.queued(), self.store.snapshot_age());
     }
 }
 

@@ -56,21 +56,42 @@ fn setup(tag: &str, machines: &str) -> Setup {
 
 /// As [`setup`], the plan and the fleet reporting to `hub`.
 fn setup_with(tag: &str, machines: &str, hub: Option<Arc<crate::events::Hub>>) -> Setup {
+    setup_in(tag, machines, hub, Default::default())
+}
+
+/// As [`setup_with`], machines remembered in `store`.
+fn setup_in(
+    tag: &str,
+    machines: &str,
+    hub: Option<Arc<crate::events::Hub>>,
+    store: crate::store::StoreConfig,
+) -> Setup {
     let dir = tmpdir(&format!("fleet-{tag}"));
     let _ = std::fs::remove_dir_all(dir.join("state"));
     std::fs::write(dir.join("machines.yaml"), machines).unwrap();
     let mut i = input(&dir);
     i.cloud_config = Some(CloudConfig::Text(bytes::Bytes::from_static(b"global")));
-    open(dir, Arc::new(Plan::new(&i).unwrap()), hub)
+    open_in(dir, Arc::new(Plan::new(&i).unwrap()), hub, store)
 }
 
 /// A server on `dir`'s state directory and machines file, with `plan`, reporting to `hub`.
 fn open(dir: PathBuf, plan: Arc<Plan>, hub: Option<Arc<crate::events::Hub>>) -> Setup {
+    open_in(dir, plan, hub, Default::default())
+}
+
+/// As [`open`], machines remembered in `store`.
+fn open_in(
+    dir: PathBuf,
+    plan: Arc<Plan>,
+    hub: Option<Arc<crate::events::Hub>>,
+    store: crate::store::StoreConfig,
+) -> Setup {
     let mut data = Map::new();
     data.insert("token".into(), Value::String("K10-secret".into()));
     let fleet = Fleet::open(
         &FleetOptions {
             state_dir: dir.join("state"),
+            store,
             machines: Some(MachinesSource::File(dir.join("machines.yaml"))),
             template: Some(TEMPLATE.into()),
             data,
@@ -285,7 +306,7 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     let text = get(&s, &config_url(&a), peer(10)).unwrap().1;
     assert!(!text.contains("installed"));
     // `daybreak machines reinstall` in another process, then the server's poll.
-    let other = crate::store::open(&s.dir.join("state")).unwrap();
+    let other = crate::store::open(&Default::default(), &s.dir.join("state")).unwrap();
     crate::store::update(&*other, mac, &Change::Reinstall).unwrap();
     other.publish().unwrap();
     s.fleet.refresh();
@@ -293,7 +314,7 @@ fn a_machine_that_installed_boots_from_disk_until_told_to_reinstall() {
     // The record survives a restart of the server; scripts within a minute are one boot
     // (written by the store's writer thread, in its own time).
     let on_disk = || {
-        crate::store::open(&s.dir.join("state"))
+        crate::store::open(&Default::default(), &s.dir.join("state"))
             .unwrap()
             .get(mac)
             .unwrap()
@@ -593,6 +614,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
     let fleet = Fleet::open(
         &FleetOptions {
             state_dir: s.dir.join("state"),
+            store: Default::default(),
             machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
             template: None,
             data: Map::new(),
@@ -732,7 +754,7 @@ fn reinstall_and_forget_take_back_a_boots_urls_and_a_restart_keeps_them() {
             .cached(mac(m))
             .is_some_and(|v| v.record.grant.is_some())
     };
-    let other = || crate::store::open(&s.dir.join("state")).unwrap();
+    let other = || crate::store::open(&Default::default(), &s.dir.join("state")).unwrap();
     // Reinstall in another process: the running server follows.
     let url = config_url(&script(&s, B, 11));
     wait("B's grant stored", || granted(B));
@@ -836,5 +858,38 @@ fn one_address_adds_a_bounded_number_of_machines_to_the_store() {
     assert!(s.fleet.store.cached(mac(&macs[macs.len() - 1])).is_none());
     script(&s, "52:54:00:77:01:00", 31);
     wait("another address's machine", || remembered() == want + 1);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Item: the install callback is the one write a machine waits for: answered only once
+/// committed, 503 while etcd cannot commit it (so the machine's `curl --retry` tries again, its
+/// callback still open), and never lost.
+#[test]
+fn an_install_callback_waits_for_etcd_answering_503_until_it_commits() {
+    let Some(mut etcd) = testkit::Etcd::start("fleet-etcd-install") else {
+        return;
+    };
+    let store = crate::store::StoreConfig {
+        location: format!("etcd://{}/fleet", etcd.endpoint).parse().unwrap(),
+        ..Default::default()
+    };
+    let s = setup_in("etcd-install", MACHINES, None, store.clone());
+    let url = config_url(&script(&s, B, 11));
+    let cb = callback(&get(&s, &url, peer(11)).unwrap().1);
+    etcd.kill();
+    for _ in 0..2 {
+        assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 503, "not committed");
+    }
+    assert!(s
+        .fleet
+        .store
+        .cached(mac(B))
+        .is_none_or(|v| v.record.installed_at.is_none()));
+    etcd.restart();
+    assert_eq!(get(&s, &cb, peer(11)).unwrap(), (200, "installed\n".into()));
+    // Committed: another replica on the same store sends it to its disk.
+    let other = crate::store::open(&store, &s.dir.join("other-state")).unwrap();
+    assert!(other.cached(mac(B)).unwrap().record.installed_at.is_some());
+    assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 404, "once");
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -6,8 +6,9 @@
 //! never undo each other: [`update`] reads, applies a [`Change`] and retries a lost race.
 //!
 //! [`file::FileStore`] is the embedded one (a JSON file per machine in `STATE_DIR/machines/`);
-//! a store on a distributed engine is one more module beside it.
+//! [`etcd::EtcdStore`] is the one replicas share (`--store etcd://...`).
 
+pub mod etcd;
 pub mod file;
 
 use pxe::{CpuArch, Mac, Uuid};
@@ -169,6 +170,9 @@ pub enum StoreError {
     /// No room for another machine (see [`MAX_RECORDS`]).
     #[error("the machine store is full ({MAX_RECORDS} machines)")]
     Full,
+    /// The store cannot be reached or cannot commit (no quorum): try again later.
+    #[error("{store} cannot answer: {why}")]
+    Unavailable { store: String, why: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -214,6 +218,19 @@ pub trait MachineStore: Send + Sync + 'static {
     fn publish(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// The key per-machine URLs are tagged with, when every process using this store must
+    /// share it (replicas): kept in the store, `fresh` put there by whichever comes first.
+    /// `None` for a store that is one host's (the key then lives in its state directory).
+    fn shared_secret(&self, _fresh: String) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// How long ago this process's copy was last known current: `Some(None)` while it is not
+    /// (the store is unreachable); `None` for a store nobody else writes without telling.
+    fn snapshot_age(&self) -> Option<Option<std::time::Duration>> {
+        None
+    }
 }
 
 /// Lost races retried before a change gives up.
@@ -244,9 +261,12 @@ pub fn update(
 const WRITES_QUEUED: usize = 1024;
 
 /// Changes written by a thread of their own, in order, so the one asking never waits on the
-/// store. Bounded: past `WRITES_QUEUED` waiting, a change is dropped and said.
+/// store. Bounded: past `WRITES_QUEUED` waiting, a change is dropped and said. A store that is
+/// unavailable (etcd unreachable, no quorum) is retried, the change held, until it answers.
 pub struct Writes {
     tx: std::sync::mpsc::SyncSender<(Mac, Change)>,
+    /// Changes sent and not yet written.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Lines about dropped changes: a few a second, the rest counted.
     dropped: std::sync::Mutex<crate::bounded::LineBudget>,
 }
@@ -254,9 +274,15 @@ pub struct Writes {
 /// Lines a second about changes dropped or not written.
 const WRITE_LINES: u32 = 5;
 
+/// Waits between tries of a change while the store is unavailable.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_LAST: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Writes {
     pub fn spawn(store: std::sync::Arc<dyn MachineStore>) -> std::io::Result<Writes> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Mac, Change)>(WRITES_QUEUED);
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = queued.clone();
         std::thread::Builder::new()
             .name("machine-store".into())
             .spawn(move || {
@@ -264,15 +290,28 @@ impl Writes {
                 let mut lines =
                     crate::bounded::LineBudget::new(now(), WRITE_LINES, "machine records not written");
                 for (mac, change) in rx {
-                    if let Err(e) = update(&*store, mac, &change) {
-                        if lines.admit(now()) {
-                            tracing::warn!(mac = %mac, error = %e, store = %store.describe(), "machine record not written");
+                    let mut wait = RETRY_FIRST;
+                    loop {
+                        match update(&*store, mac, &change) {
+                            Err(StoreError::Unavailable { .. }) => {
+                                std::thread::sleep(wait);
+                                wait = (wait * 2).min(RETRY_LAST);
+                            }
+                            Err(e) => {
+                                if lines.admit(now()) {
+                                    tracing::warn!(mac = %mac, error = %e, store = %store.describe(), "machine record not written");
+                                }
+                                break;
+                            }
+                            Ok(_) => break,
                         }
                     }
+                    count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })?;
         Ok(Writes {
             tx,
+            queued,
             dropped: std::sync::Mutex::new(crate::bounded::LineBudget::new(
                 std::time::Instant::now(),
                 WRITE_LINES,
@@ -282,17 +321,72 @@ impl Writes {
     }
 
     pub fn send(&self, mac: Mac, change: Change) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued.fetch_add(1, Relaxed);
         if self.tx.try_send((mac, change)).is_err() {
+            self.queued.fetch_sub(1, Relaxed);
             let mut lines = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
             if lines.admit(std::time::Instant::now()) {
                 tracing::warn!(mac = %mac, "machine store busy: this change is not remembered");
             }
         }
     }
+
+    /// Changes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
-/// Opens the store of the state directory `state_dir`.
-pub fn open(state_dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn MachineStore>> {
+/// Where machine records are kept: `--store`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Location {
+    /// `STATE_DIR/machines` (the default).
+    #[default]
+    File,
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+    Etcd(etcd::Target),
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Location, String> {
+        let usage = "use file (the default: STATE_DIR/machines) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX], e.g. etcd://10.0.0.5:2379,10.0.0.6:2379/daybreak";
+        match s {
+            "file" | "" => Ok(Location::File),
+            _ => match s.strip_prefix("etcd://") {
+                Some(rest) => etcd::Target::parse(rest)
+                    .map(Location::Etcd)
+                    .map_err(|why| format!("store {s:?}: {why}; {usage}")),
+                None => Err(format!("store {s:?} is not a store: {usage}")),
+            },
+        }
+    }
+}
+
+/// `--store` and the files that reach it: a TLS CA, a client certificate and key, and a
+/// credentials file (`USER:PASSWORD`), never secrets on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub location: Location,
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub auth_file: Option<std::path::PathBuf>,
+}
+
+/// Opens the store `config` names; the file store is in the state directory `state_dir`.
+pub fn open(
+    config: &StoreConfig,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn MachineStore>> {
+    if let Location::Etcd(_) = &config.location {
+        return Ok(std::sync::Arc::new(etcd::EtcdStore::connect(config)?));
+    }
+    if config.ca.is_some() || config.cert.is_some() || config.auth_file.is_some() {
+        anyhow::bail!("--store-ca, --store-cert, --store-key and --store-auth-file are for an etcd store (--store etcd://...)");
+    }
     let state = artifacts::Store::open(state_dir)?;
     let store = FileStore::open(state.root()).map_err(|e| {
         anyhow::anyhow!(

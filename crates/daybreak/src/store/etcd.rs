@@ -1,0 +1,773 @@
+//! The machine store on etcd: what N replicas share. Under the store's prefix (`/daybreak` unless
+//! the URL names another):
+//!
+//! - `PREFIX/machines/MAC` (12 hex digits): a machine's record as JSON; its version is the key's
+//!   `mod_revision`, and every change is a transaction comparing it ([`MachineStore::put`]), so
+//!   two replicas never undo each other.
+//! - `PREFIX/secret`: the key every replica tags per-machine URLs with, made once by whichever
+//!   replica comes first (a transaction that only creates).
+//!
+//! Readers never wait on etcd: every record is held in memory, loaded at start and kept current
+//! by a watch from the revision it was loaded at. When the watch is lost (etcd unreachable, no
+//! quorum, a compaction) the snapshot keeps answering, the log says so once, and the watch is
+//! made again from a fresh load. What etcd holds is read as hostile: a value that is not a record
+//! of the MAC its key names is skipped with a log line.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+};
+use pxe::Mac;
+
+use super::{Location, MachineStore, Record, StoreConfig, StoreError, Version, Versioned};
+
+/// A record value larger than this is not one of ours.
+const MAX_VALUE: usize = 16 << 10;
+/// Keys asked for at once while loading the snapshot.
+const PAGE: i64 = 1000;
+/// How long one request may take before the store is said to be unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the watch is asked to confirm it is current (the snapshot's age).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Waits before the watch is made again after it was lost.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where a store on etcd is: its endpoints and the prefix of every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+}
+
+/// Endpoints one URL may name.
+const MAX_ENDPOINTS: usize = 16;
+
+impl Target {
+    /// `HOST:PORT[,HOST:PORT...][/PREFIX]`, what follows `etcd://`.
+    pub fn parse(rest: &str) -> Result<Target, String> {
+        let (hosts, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/daybreak"),
+        };
+        let mut endpoints = Vec::new();
+        for h in hosts.split(',') {
+            let Some((host, port)) = h.rsplit_once(':') else {
+                return Err(format!(
+                    "endpoint {h:?} has no port (HOST:PORT, e.g. 10.0.0.5:2379)"
+                ));
+            };
+            let host_ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            if !host_ok {
+                return Err(format!("endpoint {h:?} does not name a host"));
+            }
+            if port.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
+                return Err(format!("endpoint {h:?}: {port:?} is not a port number"));
+            }
+            endpoints.push(h.to_string());
+        }
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(format!("at most {MAX_ENDPOINTS} endpoints"));
+        }
+        let prefix_ok = prefix.len() > 1
+            && prefix.len() <= 128
+            && !prefix.ends_with('/')
+            && !prefix.contains("//")
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+        if !prefix_ok {
+            return Err(format!(
+                "prefix {prefix:?} must be a path like /daybreak (letters, digits, '.', '_', '-', no '/' at the end)"
+            ));
+        }
+        Ok(Target {
+            endpoints,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("etcd://{}{}", self.endpoints.join(","), self.prefix)
+    }
+}
+
+/// The fix to name when etcd cannot be reached or refuses.
+const FIX: &str = "check that etcd runs there and the --store URL, and for TLS --store-ca, --store-cert and --store-key";
+
+/// What the snapshot holds and how current it is, shared with the watch.
+struct Snapshot {
+    records: RwLock<HashMap<Mac, Versioned>>,
+    /// Machines forgotten by this process, with the revision of the delete: an older event of
+    /// the watch must not bring them back.
+    gone: Mutex<HashMap<Mac, i64>>,
+    /// Bumped with every change taken in; [`MachineStore::refresh`] compares.
+    changes: AtomicU64,
+    seen: AtomicU64,
+    /// When the watch last showed it is current; `None` while it is lost.
+    current_at: Mutex<Option<Instant>>,
+    /// Whether "the watch is lost" was said, so it is said once per loss.
+    lost_said: AtomicBool,
+    /// Lines about hostile values: a few a second.
+    lines: Mutex<crate::bounded::LineBudget>,
+}
+
+impl Snapshot {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Mac, Versioned>> {
+        self.records.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes in a record at `version` unless the snapshot already has a newer one.
+    fn put(&self, mac: Mac, v: Versioned) {
+        if self
+            .gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&mac)
+            .is_some_and(|at| *at as u64 >= v.version)
+        {
+            return;
+        }
+        let mut map = self.write();
+        if map.get(&mac).is_none_or(|old| old.version < v.version) {
+            map.insert(mac, v);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, mac: Mac, at: i64) {
+        let mut map = self.write();
+        if map.get(&mac).is_some_and(|old| old.version <= at as u64) {
+            map.remove(&mac);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn hostile(&self, key: &[u8], why: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.admit(Instant::now()) {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(&key[..key.len().min(200)]),
+                "etcd value {why}; skipped (it is replaced at the machine's next write)"
+            );
+        }
+    }
+}
+
+pub struct EtcdStore {
+    target: Target,
+    client: Client,
+    handle: tokio::runtime::Handle,
+    snapshot: Arc<Snapshot>,
+    cap: usize,
+    /// Dropped with the store: its runtime's thread then ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Reads a file the operator named (a CA, a certificate, a key, credentials): small, and said
+/// clearly when it cannot be read.
+fn operator_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(256 << 10)
+        .read_to_end(&mut buf)
+        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    Ok(buf)
+}
+
+/// `USER:PASSWORD` on the first line of the credentials file.
+fn credentials(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let text = operator_file("--store-auth-file", path)?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().next().unwrap_or("").trim();
+    match line.split_once(':') {
+        Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok((u.to_string(), p.to_string())),
+        _ => anyhow::bail!(
+            "--store-auth-file {}: the first line must be USER:PASSWORD of an etcd user",
+            path.display()
+        ),
+    }
+}
+
+fn options(config: &StoreConfig) -> anyhow::Result<(ConnectOptions, bool)> {
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(CALL_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        // Without a leader a request fails at once instead of waiting for one.
+        .with_require_leader(true);
+    let tls = config.ca.is_some() || config.cert.is_some();
+    if tls {
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &config.ca {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(operator_file(
+                "--store-ca",
+                ca,
+            )?));
+        }
+        match (&config.cert, &config.key) {
+            (Some(c), Some(k)) => {
+                t = t.identity(etcd_client::Identity::from_pem(
+                    operator_file("--store-cert", c)?,
+                    operator_file("--store-key", k)?,
+                ))
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("--store-cert and --store-key go together: give both, or neither"),
+        }
+        o = o.with_tls(t);
+    } else if config.key.is_some() {
+        anyhow::bail!("--store-key without --store-cert: give both, or neither");
+    }
+    if let Some(f) = &config.auth_file {
+        let (u, p) = credentials(f)?;
+        o = o.with_user(u, p);
+    }
+    Ok((o, tls))
+}
+
+/// The key of `mac`'s record under `prefix`.
+fn record_key(prefix: &str, mac: &Mac) -> String {
+    format!("{prefix}/machines/{}", mac.hex())
+}
+
+/// The MAC a record key names; `None` for any other key.
+fn mac_of_key(dir: &[u8], key: &[u8]) -> Option<Mac> {
+    let hex = std::str::from_utf8(key.strip_prefix(dir)?).ok()?;
+    let mac: Mac = hex.parse().ok()?;
+    (mac.hex() == hex).then_some(mac)
+}
+
+/// A record value as a record of `mac` at `revision`, or why not.
+fn parse_value(value: &[u8], mac: &Mac, revision: i64) -> Result<Versioned, String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "is {} bytes, more than a record's {MAX_VALUE}",
+            value.len()
+        ));
+    }
+    let mut v = super::file::parse_record(value, mac)?;
+    v.version = revision as u64;
+    Ok(v)
+}
+
+fn unavailable(target: &Target, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        store: target.url(),
+        why: e.to_string(),
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the store `config` names, loads every record, and starts the watch.
+    pub fn connect(config: &StoreConfig) -> anyhow::Result<EtcdStore> {
+        let Location::Etcd(target) = &config.location else {
+            anyhow::bail!("not an etcd store");
+        };
+        let target = target.clone();
+        let (opts, tls) = options(config)?;
+        let scheme = if tls { "https" } else { "http" };
+        let endpoints: Vec<String> = target
+            .endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        // A runtime of its own, on a thread of its own: callers may be async tasks or plain
+        // threads, and neither waits on the other.
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("etcd-store".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                rt.block_on(async move {
+                    let _ = stopped.await;
+                });
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the etcd store's thread ended"))??;
+        let client = run(&handle, async move {
+            Client::connect(endpoints, Some(opts)).await
+        })
+        .map_err(|e| anyhow::anyhow!("cannot connect to etcd at {}: {e}; {FIX}", target.url()))?;
+        let snapshot = Arc::new(Snapshot {
+            records: RwLock::default(),
+            gone: Mutex::default(),
+            changes: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            current_at: Mutex::new(None),
+            lost_said: AtomicBool::new(false),
+            lines: Mutex::new(crate::bounded::LineBudget::new(
+                Instant::now(),
+                5,
+                "etcd values skipped",
+            )),
+        });
+        let s = EtcdStore {
+            target,
+            client,
+            handle,
+            snapshot,
+            cap: super::MAX_RECORDS,
+            _stop: stop,
+        };
+        let revision = s
+            .call(load(s.client.clone(), s.dir(), s.snapshot.clone(), s.cap))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the machine store at {}: {}; {FIX}",
+                    s.target.url(),
+                    match e {
+                        StoreError::Unavailable { why, .. } => why,
+                        e => e.to_string(),
+                    }
+                )
+            })?;
+        *s.snapshot
+            .current_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        s.handle.spawn(watch(
+            s.client.clone(),
+            s.target.clone(),
+            s.dir(),
+            s.snapshot.clone(),
+            revision,
+            s.cap,
+        ));
+        Ok(s)
+    }
+
+    fn dir(&self) -> Vec<u8> {
+        format!("{}/machines/", self.target.prefix).into_bytes()
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, at most [`CALL_TIMEOUT`] and a bit.
+    fn call<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        run(&self.handle, fut).map_err(|e| unavailable(&self.target, e))
+    }
+
+    /// How long ago the snapshot was last known current; `None` while the watch is lost.
+    fn age(&self) -> Option<Duration> {
+        self.snapshot
+            .current_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// The URL-tag key shared by every replica: the one under `PREFIX/secret`, or `fresh` put
+    /// there by a transaction that only creates (the first replica's wins).
+    fn secret(&self, fresh: String) -> Result<String, StoreError> {
+        let key = format!("{}/secret", self.target.prefix);
+        let fresh_copy = fresh.clone();
+        let mut kv = self.client.kv_client();
+        let resp = self.call(async move {
+            kv.txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
+                    .or_else([TxnOp::get(key, None)]),
+            )
+            .await
+        })?;
+        if resp.succeeded() {
+            return Ok(fresh_copy);
+        }
+        let value = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        String::from_utf8(value).map_err(|_| StoreError::Unavailable {
+            store: self.target.url(),
+            why: format!("{}/secret is not text", self.target.prefix),
+        })
+    }
+
+    /// Room for a new machine in a full store: the never-installed machines not seen the
+    /// longest go, each only if unchanged since read.
+    fn make_room(&self) -> Result<(), StoreError> {
+        let mut gone = Vec::new();
+        self.with(&mut |all| {
+            gone = super::evictable(all, (self.cap / 64).max(1))
+                .into_iter()
+                .filter_map(|m| all.get(&m).map(|v| (m, v.version)))
+                .collect()
+        });
+        if gone.is_empty() {
+            return Err(StoreError::Full);
+        }
+        for (mac, version) in &gone {
+            let key = record_key(&self.target.prefix, mac);
+            let mut kv = self.client.kv_client();
+            let version = *version as i64;
+            let resp = self.call(async move {
+                kv.txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            version,
+                        )])
+                        .and_then([TxnOp::delete(key, None)]),
+                )
+                .await
+            })?;
+            if resp.succeeded() {
+                let at = resp.header().map_or(0, |h| h.revision());
+                self.snapshot.remove(*mac, at);
+            }
+        }
+        tracing::warn!(
+            forgotten = gone.len(),
+            store = %self.target.url(),
+            "machine store full ({} machines): the never-installed machines not seen the longest are forgotten to make room",
+            self.cap
+        );
+        Ok(())
+    }
+}
+
+/// Runs `fut` on `handle`'s runtime from any thread (async or not) and waits for its result.
+fn run<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let r = tokio::time::timeout(CALL_TIMEOUT, fut).await;
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(CALL_TIMEOUT + Duration::from_secs(1)) {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(explain(&e)),
+        Ok(Err(_)) | Err(_) => Err(format!(
+            "no answer within {} s (unreachable, or no quorum)",
+            CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// An etcd client error in a line: gRPC statuses by their message.
+fn explain(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{} ({:?})", s.message(), s.code()),
+        e => e.to_string(),
+    }
+}
+
+/// Loads every record under `dir` into the snapshot (replacing what it held), page by page at
+/// one revision; returns that revision.
+async fn load(
+    client: Client,
+    dir: Vec<u8>,
+    snapshot: Arc<Snapshot>,
+    cap: usize,
+) -> Result<i64, etcd_client::Error> {
+    let mut kv = client.kv_client();
+    let mut end = dir.clone();
+    *end.last_mut().expect("the directory ends with '/'") += 1;
+    let mut from = dir.clone();
+    let mut revision = 0;
+    let mut map = HashMap::new();
+    loop {
+        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            o = o.with_revision(revision);
+        }
+        let resp = kv.get(from.clone(), Some(o)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for item in resp.kvs() {
+            let Some(mac) = mac_of_key(&dir, item.key()) else {
+                snapshot.hostile(item.key(), "is under the machines' prefix but names no MAC");
+                continue;
+            };
+            match parse_value(item.value(), &mac, item.mod_revision()) {
+                Ok(v) if map.len() < cap => {
+                    map.insert(mac, v);
+                }
+                Ok(_) => {}
+                Err(why) => snapshot.hostile(item.key(), &why),
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    *snapshot.write() = map;
+    snapshot.changes.fetch_add(1, Ordering::Relaxed);
+    Ok(revision)
+}
+
+/// Keeps the snapshot current: a watch from `revision + 1`, asked every [`PROGRESS_EVERY`]
+/// whether it is current; when lost, a fresh load and a new watch, for as long as the store's
+/// runtime runs.
+async fn watch(
+    client: Client,
+    target: Target,
+    dir: Vec<u8>,
+    snapshot: Arc<Snapshot>,
+    mut revision: i64,
+    cap: usize,
+) {
+    let mut wait = RETRY_MIN;
+    loop {
+        let why = follow(&client, &dir, &snapshot, &mut revision).await;
+        *snapshot
+            .current_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        if !snapshot.lost_said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(store = %target.url(), "etcd watch lost ({why}): answering from the last snapshot until etcd is back");
+        }
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+            match load(client.clone(), dir.clone(), snapshot.clone(), cap).await {
+                Ok(r) => {
+                    revision = r;
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        wait = RETRY_MIN;
+        *snapshot
+            .current_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if snapshot.lost_said.swap(false, Ordering::Relaxed) {
+            tracing::info!(store = %target.url(), "etcd is back: the snapshot is current again");
+        }
+    }
+}
+
+/// Follows one watch until it is lost; says why.
+async fn follow(client: &Client, dir: &[u8], snapshot: &Snapshot, revision: &mut i64) -> String {
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(*revision + 1)
+        .with_progress_notify();
+    let mut wc = client.watch_client();
+    let stream = match wc.watch(dir.to_vec(), Some(opts)).await {
+        Ok(s) => s,
+        Err(e) => return explain(&e),
+    };
+    let (mut ask, mut answers) = stream.split();
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut asked: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if asked.is_some_and(|t| t.elapsed() > PROGRESS_EVERY * 3) {
+                    return "no progress answer".into();
+                }
+                if ask.request_progress().await.is_err() {
+                    return "the watch stream closed".into();
+                }
+                asked.get_or_insert_with(Instant::now);
+            }
+            msg = answers.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return "the watch stream ended".into(),
+                    Err(e) => return explain(&e),
+                };
+                if resp.canceled() {
+                    return format!("the watch was cancelled: {}", resp.cancel_reason());
+                }
+                for ev in resp.events() {
+                    let Some(item) = ev.kv() else { continue };
+                    *revision = (*revision).max(item.mod_revision());
+                    let Some(mac) = mac_of_key(dir, item.key()) else {
+                        snapshot.hostile(item.key(), "is under the machines' prefix but names no MAC");
+                        continue;
+                    };
+                    match ev.event_type() {
+                        EventType::Put => match parse_value(item.value(), &mac, item.mod_revision()) {
+                            Ok(v) => snapshot.put(mac, v),
+                            Err(why) => {
+                                snapshot.hostile(item.key(), &why);
+                                snapshot.remove(mac, item.mod_revision());
+                            }
+                        },
+                        EventType::Delete => snapshot.remove(mac, item.mod_revision()),
+                    }
+                }
+                if let Some(h) = resp.header() {
+                    *revision = (*revision).max(h.revision());
+                    snapshot.gone.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, at| *at > *revision);
+                }
+                asked = None;
+                *snapshot.current_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+        }
+    }
+}
+
+impl MachineStore for EtcdStore {
+    fn describe(&self) -> String {
+        self.target.url()
+    }
+
+    fn cached(&self, mac: Mac) -> Option<Versioned> {
+        self.snapshot
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&mac)
+            .cloned()
+    }
+
+    fn with(&self, f: &mut dyn FnMut(&HashMap<Mac, Versioned>)) {
+        f(&self
+            .snapshot
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn len(&self) -> usize {
+        self.snapshot
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// A linearizable read: what a quorum holds now. A value that is not a record reads as a
+    /// blank record at its revision, so the machine's next write replaces it.
+    fn get(&self, mac: Mac) -> Result<Option<Versioned>, StoreError> {
+        let key = record_key(&self.target.prefix, &mac);
+        let mut kv = self.client.kv_client();
+        let resp = self.call(async move { kv.get(key, None).await })?;
+        let Some(item) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            match parse_value(item.value(), &mac, item.mod_revision()) {
+                Ok(v) => v,
+                Err(why) => {
+                    self.snapshot.hostile(item.key(), &why);
+                    Versioned {
+                        record: Record {
+                            mac,
+                            ..Default::default()
+                        },
+                        version: item.mod_revision() as u64,
+                    }
+                }
+            },
+        ))
+    }
+
+    /// One transaction: the record is written only if its key's `mod_revision` is still
+    /// `expect` (for a new machine: the key does not exist).
+    fn put(&self, record: &Record, expect: Option<Version>) -> Result<Version, StoreError> {
+        let mac = record.mac;
+        if expect.is_none() && self.cached(mac).is_none() && self.len() >= self.cap {
+            self.make_room()?;
+        }
+        let key = record_key(&self.target.prefix, &mac);
+        let value = serde_json::to_vec(record).map_err(|e| StoreError::Io {
+            what: format!("cannot write the record of {mac}"),
+            source: std::io::Error::other(e),
+        })?;
+        let compare = match expect {
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Some(v) => Compare::mod_revision(key.clone(), CompareOp::Equal, v as i64),
+        };
+        let mut kv = self.client.kv_client();
+        let resp = self.call(async move {
+            kv.txn(
+                Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::put(key, value, None)]),
+            )
+            .await
+        })?;
+        if !resp.succeeded() {
+            return Err(StoreError::Conflict);
+        }
+        let version = resp.header().map_or(0, |h| h.revision()) as u64;
+        self.snapshot.put(
+            mac,
+            Versioned {
+                record: record.clone(),
+                version,
+            },
+        );
+        Ok(version)
+    }
+
+    fn forget(&self, mac: Mac) -> Result<bool, StoreError> {
+        let key = record_key(&self.target.prefix, &mac);
+        let mut kv = self.client.kv_client();
+        let resp = self.call(async move { kv.delete(key, None).await })?;
+        let at = resp.header().map_or(0, |h| h.revision());
+        self.snapshot
+            .gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mac, at);
+        {
+            let mut map = self.snapshot.write();
+            if map.remove(&mac).is_some() {
+                self.snapshot.changes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(resp.deleted() > 0)
+    }
+
+    /// The watch keeps the snapshot current: this only says whether it changed since the last
+    /// call.
+    fn refresh(&self) -> bool {
+        let now = self.snapshot.changes.load(Ordering::Relaxed);
+        self.snapshot.seen.swap(now, Ordering::Relaxed) != now
+    }
+
+    fn shared_secret(&self, fresh: String) -> Result<Option<String>, StoreError> {
+        self.secret(fresh).map(Some)
+    }
+
+    fn snapshot_age(&self) -> Option<Option<Duration>> {
+        Some(self.age())
+    }
+}
+
+#[cfg(test)]
+mod tests;

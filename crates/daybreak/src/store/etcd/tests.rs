@@ -1,0 +1,209 @@
+//! The etcd store against a real etcd on loopback (Debian's `etcd-server`).
+
+use std::time::Duration;
+
+use pxe::Mac;
+
+use super::super::contract::eventually;
+use super::super::{update, Change, Location, MachineStore, StoreConfig, StoreError};
+use super::{EtcdStore, Target};
+
+fn config(endpoint: &str, prefix: &str) -> StoreConfig {
+    StoreConfig {
+        location: Location::Etcd(Target {
+            endpoints: vec![endpoint.to_string()],
+            prefix: prefix.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn booted(at: u64) -> Change {
+    Change::Booted {
+        at,
+        arch: None,
+        firmware: None,
+        uuid: None,
+    }
+}
+
+#[test]
+fn the_etcd_store_keeps_the_contract() {
+    let Some(etcd) = testkit::Etcd::start("etcd-contract") else {
+        return;
+    };
+    let c = config(&etcd.endpoint, "/contract");
+    super::super::contract::check(&|| Box::new(EtcdStore::connect(&c).unwrap()));
+}
+
+#[test]
+fn store_urls_are_read_strictly() {
+    let ok: Location = "etcd://10.0.0.5:2379,etcd-1.lan:2379/site-a/daybreak"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ok,
+        Location::Etcd(Target {
+            endpoints: vec!["10.0.0.5:2379".into(), "etcd-1.lan:2379".into()],
+            prefix: "/site-a/daybreak".into(),
+        })
+    );
+    let Location::Etcd(t) = "etcd://[fd00::5]:2379".parse().unwrap() else {
+        panic!()
+    };
+    assert_eq!(t.prefix, "/daybreak");
+    assert_eq!("file".parse::<Location>().unwrap(), Location::File);
+    for bad in [
+        "etcd://",
+        "etcd://host",
+        "etcd://host:0",
+        "etcd://host:99999",
+        "etcd://host:2379/",
+        "etcd://host:2379/a//b",
+        "etcd://host:2379/a b",
+        "etcd://ho st:2379",
+        "etcd://:2379",
+        "http://host:2379",
+        "/var/lib/daybreak",
+    ] {
+        let e = bad.parse::<Location>().unwrap_err();
+        assert!(e.contains("etcd://HOST:PORT"), "{bad}: {e}");
+    }
+}
+
+/// Item: an unreachable cluster at start is one clear line naming the endpoint and the fix.
+#[test]
+fn an_unreachable_etcd_is_named_with_the_fix() {
+    let port = testkit::free_port();
+    let c = config(&format!("127.0.0.1:{port}"), "/daybreak");
+    let t = std::time::Instant::now();
+    let e = EtcdStore::connect(&c).err().expect("nothing listens there");
+    let text = format!("{e:#}");
+    assert!(
+        text.contains(&format!("etcd://127.0.0.1:{port}/daybreak")) && text.contains("--store"),
+        "{text}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// Item: nothing in etcd is trusted blindly: a hostile or corrupt value is skipped with a log
+/// line, never a crash, and the machine's next write replaces it.
+#[test]
+fn hostile_values_in_etcd_are_skipped_and_replaced() {
+    let Some(etcd) = testkit::Etcd::start("etcd-hostile") else {
+        return;
+    };
+    let put = |k: &str, v: &str| etcd.ctl(&["put", k, v]).unwrap();
+    put("/h/machines/525400aabb01", "{not json");
+    put("/h/machines/525400aabb02", r#"{"mac":"52:54:00:aa:bb:09"}"#);
+    put("/h/machines/525400aabb03", &" ".repeat(20 << 10));
+    put("/h/machines/not-a-mac", r#"{"mac":"52:54:00:aa:bb:04"}"#);
+    put("/h/machines/525400AABB05", r#"{"mac":"52:54:00:aa:bb:05"}"#);
+    put(
+        "/h/machines/525400aabb06",
+        r#"{"mac":"52:54:00:aa:bb:06","boots":3,"grant":{"nonce":"../../x","at":1}}"#,
+    );
+    let s = EtcdStore::connect(&config(&etcd.endpoint, "/h")).unwrap();
+    assert_eq!(s.len(), 1, "only the one good record");
+    let six = s.cached("52:54:00:aa:bb:06".parse().unwrap()).unwrap();
+    assert_eq!(six.record.boots, 3);
+    assert_eq!(
+        six.record.grant, None,
+        "a grant Daybreak could not have made"
+    );
+    // Arriving through the watch: skipped too, and a good record turned bad leaves the snapshot.
+    put("/h/machines/525400aabb07", "[]");
+    put("/h/machines/525400aabb06", "garbage");
+    eventually(Duration::from_secs(2), || s.is_empty().then_some(()));
+    // The next write of a machine whose value is hostile replaces it.
+    let one: Mac = "52:54:00:aa:bb:01".parse().unwrap();
+    let r = update(&s, one, &booted(7)).unwrap().unwrap();
+    assert_eq!((r.mac, r.boots), (one, 1));
+    let stored = etcd
+        .ctl(&["get", "--print-value-only", "/h/machines/525400aabb01"])
+        .unwrap();
+    assert!(stored.contains("\"mac\":\"52:54:00:aa:bb:01\""), "{stored}");
+    eventually(Duration::from_secs(2), || (s.len() == 1).then_some(()));
+}
+
+/// Item: the URL-tag secret is created once, by whichever replica is first, in a transaction:
+/// every replica tags with the same key; one not made by Daybreak is refused, never used.
+#[test]
+fn every_replica_shares_one_url_key_made_once() {
+    let Some(etcd) = testkit::Etcd::start("etcd-secret") else {
+        return;
+    };
+    let c = config(&etcd.endpoint, "/s");
+    let keys: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                scope.spawn(move || {
+                    let s = EtcdStore::connect(&c).unwrap();
+                    s.shared_secret(format!("{i:064x}")).unwrap().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+    assert_eq!(
+        etcd.ctl(&["get", "--print-value-only", "/s/secret"])
+            .unwrap()
+            .trim(),
+        keys[0]
+    );
+    let dir = testkit::tempdir("etcd-secret-state");
+    let s = EtcdStore::connect(&c).unwrap();
+    let a = crate::tokens::Tokens::for_store(&s, &dir).unwrap();
+    let b = crate::tokens::Tokens::for_store(&EtcdStore::connect(&c).unwrap(), &dir).unwrap();
+    let mac: Mac = "52:54:00:aa:bb:01".parse().unwrap();
+    let kind = crate::decision::PersonalKind::Config;
+    assert_eq!(a.tag(kind, mac, "n"), b.tag(kind, mac, "n"));
+    assert!(
+        !dir.join("url.key").exists(),
+        "the key is the store's, not the host's"
+    );
+    etcd.ctl(&["put", "/s/secret", "../../etc/passwd"]).unwrap();
+    let e = crate::tokens::Tokens::for_store(&s, &dir).err().unwrap();
+    assert!(format!("{e}").contains("not made by Daybreak"), "{e}");
+}
+
+/// Item: the data plane never waits on etcd: with etcd gone, records are read from the
+/// snapshot at once, a write says the store is unavailable (within the call timeout), the
+/// snapshot is said not current, and when etcd is back the watch catches up by itself.
+#[test]
+fn with_etcd_gone_the_snapshot_answers_and_writes_say_unavailable() {
+    let Some(mut etcd) = testkit::Etcd::start("etcd-gone") else {
+        return;
+    };
+    let c = config(&etcd.endpoint, "/g");
+    let s = EtcdStore::connect(&c).unwrap();
+    let a: Mac = "52:54:00:aa:bb:01".parse().unwrap();
+    update(&s, a, &booted(5)).unwrap();
+    assert!(matches!(s.snapshot_age(), Some(Some(_))));
+    etcd.kill();
+    let t = std::time::Instant::now();
+    assert_eq!(s.cached(a).unwrap().record.boots, 1);
+    assert!(t.elapsed() < Duration::from_millis(50));
+    let e = update(&s, a, &booted(6)).unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(format!("{e}").contains(&etcd.endpoint), "{e}");
+    eventually(Duration::from_secs(10), || {
+        matches!(s.snapshot_age(), Some(None)).then_some(())
+    });
+    etcd.restart();
+    // Written meanwhile by another replica: seen once the watch is back.
+    etcd.ctl(&[
+        "put",
+        "/g/machines/525400aabb02",
+        r#"{"mac":"52:54:00:aa:bb:02","boots":9}"#,
+    ])
+    .unwrap();
+    let b: Mac = "52:54:00:aa:bb:02".parse().unwrap();
+    eventually(Duration::from_secs(15), || s.cached(b).map(|_| ()));
+    assert!(matches!(s.snapshot_age(), Some(Some(_))));
+    update(&s, a, &booted(7)).unwrap();
+    assert_eq!(s.cached(a).unwrap().record.boots, 2);
+}
