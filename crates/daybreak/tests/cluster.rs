@@ -1,0 +1,276 @@
+//! Replicas on one etcd: a real 3-member etcd cluster and three Daybreak replicas, each in a
+//! network namespace of its own on one bridge, with a machine beside them (its link has the MAC
+//! it plays). A machine installed through one replica is sent to its disk by the others, a
+//! replica's per-machine URLs are accepted by all, `daybreak machines reinstall` against the
+//! store reaches every replica within 2 s; the loss of a replica, of the etcd leader and of the
+//! quorum does not stop boots, and the install callback answers 503 until it can commit.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{in_netns, ip, output_within, require, tempdir, Daybreak, Netns, BIN};
+
+const MAC: &str = "52:54:00:c1:00:10";
+
+/// Namespaces on one bridge, removed when dropped.
+struct Switch {
+    bridge: String,
+    id: String,
+    guards: Vec<Netns>,
+}
+
+impl Switch {
+    fn new(tag: &str) -> Switch {
+        let id = format!("db{tag}{}", std::process::id());
+        let bridge = format!("{id}b");
+        ip(&["netns", "add", &bridge]);
+        let guard = Netns {
+            names: vec![bridge.clone()],
+        };
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        Switch {
+            bridge,
+            id,
+            guards: vec![guard],
+        }
+    }
+
+    /// A namespace `name` plugged into the bridge with `addr`/24 (and `mac` on its link).
+    fn plug(&mut self, name: &str, addr: Ipv4Addr, mac: Option<&str>) -> String {
+        let ns = format!("{}{name}", self.id);
+        ip(&["netns", "add", &ns]);
+        self.guards.push(Netns {
+            names: vec![ns.clone()],
+        });
+        let port = format!("p{name}");
+        ip(&[
+            "-n",
+            &self.bridge,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "e0",
+            "netns",
+            &ns,
+        ]);
+        ip(&[
+            "-n",
+            &self.bridge,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        if let Some(m) = mac {
+            ip(&["-n", &ns, "link", "set", "e0", "address", m]);
+        }
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "e0"]);
+        ip(&["-n", &ns, "link", "set", "e0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+/// `(status, body)` of `url` fetched from namespace `ns` (000 when nothing answered).
+fn fetch(ns: &str, url: &str) -> (u16, String) {
+    let (ns, url) = (ns.to_string(), url.to_string());
+    in_netns(&ns, move || {
+        let o = output_within(
+            Command::new("curl").args(["-s", "--max-time", "8", "-w", "\n%{http_code}", &url]),
+            Duration::from_secs(15),
+        );
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    })
+}
+
+fn waits_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and_the_quorum() {
+    if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
+        return;
+    }
+    let mut sw = Switch::new("cl");
+    let machine = sw.plug("m", Ipv4Addr::new(10, 79, 0, 10), Some(MAC));
+    let etcd_at: Vec<(String, Ipv4Addr)> = (0..3)
+        .map(|i| {
+            let a = Ipv4Addr::new(10, 79, 0, 21 + i);
+            (sw.plug(&format!("e{i}"), a, None), a)
+        })
+        .collect();
+    let members: Vec<(&str, Ipv4Addr)> = etcd_at.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let Some(mut etcd) = testkit::Etcd::cluster("cluster-etcd", &members) else {
+        return;
+    };
+    let store = format!(
+        "etcd://{}/fleet",
+        members
+            .iter()
+            .map(|(_, a)| format!("{a}:2379"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+
+    let dir = tempdir("cluster");
+    for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    std::fs::write(
+        dir.join("machines.yaml"),
+        format!(
+            "- mac: {MAC}\n  hostname: edge-1\n  cloud_config: |\n    #cloud-config\n    done: [[[ .daybreak.installed_url ]]]\n"
+        ),
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..3u8 {
+        let addr = Ipv4Addr::new(10, 79, 0, 2 + i);
+        let ns = sw.plug(&format!("r{i}"), addr, None);
+        let rdir = dir.join(format!("r{i}"));
+        std::fs::create_dir_all(&rdir).unwrap();
+        let state = rdir.join("state").to_string_lossy().into_owned();
+        let args: Vec<String> = [
+            "serve",
+            "--kernel",
+            "../vmlinuz",
+            "--initrd",
+            "../initrd",
+            "--rootfs",
+            "../rootfs.squashfs",
+            "--machines",
+            "../machines.yaml",
+            "--state-dir",
+            &state,
+            "--store",
+            &store,
+            "--no-proxy-dhcp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let d = rdir.clone();
+        replicas.push(Some(in_netns(&ns, move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            Daybreak::start(&a, &d)
+        })));
+        bases.push((ns, format!("http://{addr}:8090")));
+    }
+    let script = |r: usize| fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", bases[r].1));
+    let on = |r: usize, url: &str| {
+        // A URL one replica made, asked of replica `r`.
+        let path = &url[url.find("/_/").expect("a per-machine URL")..];
+        fetch(&machine, &format!("{}{path}", bases[r].1))
+    };
+
+    // The first boot through replica 0: its cloud-config URL opens on replica 1 too.
+    let (code, first) = script(0);
+    assert_eq!(code, 200, "{first}");
+    assert!(first.contains("boot kernel"), "{first}");
+    let config_url = common::config_url(&first);
+    let (code, config) = on(1, &config_url);
+    assert_eq!(code, 200, "replica 1 refused replica 0's URL: {config}");
+    let done = config
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .expect("the install callback")
+        .to_string();
+    // Installed through replica 2.
+    assert_eq!(on(2, &done), (200, "installed\n".to_string()));
+
+    // Replica 0 dies: the others send the machine to its disk, at once.
+    let mut r0 = replicas[0].take().unwrap();
+    r0.child.kill().unwrap();
+    r0.child.wait().unwrap();
+    for r in [1, 2] {
+        let (code, s) = script(r);
+        assert!(
+            code == 200 && s.contains("sanboot"),
+            "replica {r}: {code} {s}"
+        );
+    }
+
+    // `daybreak machines reinstall` against the store: every replica follows within 2 s.
+    let (ns2, store2) = (bases[2].0.clone(), store.clone());
+    let out = in_netns(&ns2, move || {
+        output_within(
+            Command::new(BIN).args(["machines", "reinstall", MAC, "--store", &store2]),
+            Duration::from_secs(20),
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in [1, 2] {
+        let took = waits_for("the reinstall", Duration::from_secs(2), || {
+            script(r).1.contains("boot kernel")
+        });
+        eprintln!("replica {r} followed the reinstall in {took:?}");
+    }
+
+    // The etcd leader dies: boots go on, and a new install commits once a leader is elected.
+    let leader = etcd.iter().position(|e| e.is_leader()).expect("a leader");
+    etcd[leader].kill();
+    let (code, s) = script(1);
+    assert!(code == 200 && s.contains("boot kernel"), "{code} {s}");
+    let (_, config) = on(1, &common::config_url(&s));
+    let done = config
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .expect("the install callback")
+        .to_string();
+
+    // A second member dies: no quorum. Scripts are answered from the snapshot; the install
+    // callback is 503 (curl --retry asks again) until the quorum is back, then it commits.
+    let second = (0..3).find(|i| *i != leader).unwrap();
+    etcd[second].kill();
+    let t = Instant::now();
+    let (code, s) = script(2);
+    assert!(code == 200 && s.contains("boot kernel"), "{code} {s}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let (code, _) = on(1, &done);
+    assert_eq!(code, 503, "no quorum: not committed");
+    etcd[second].restart();
+    waits_for(
+        "the install once quorum is back",
+        Duration::from_secs(30),
+        || on(1, &done) == (200, "installed\n".to_string()),
+    );
+    for r in [1, 2] {
+        waits_for(
+            "the install on every replica",
+            Duration::from_secs(2),
+            || script(r).1.contains("sanboot"),
+        );
+    }
+    // Replica 2's /api/machines shows it installed.
+    let ns = bases[2].0.clone();
+    let api = in_netns(&ns, || {
+        common::get_text("http://127.0.0.1:8091/api/machines")
+    });
+    assert!(api.contains(MAC) && api.contains("installed"), "{api}");
+    drop(replicas);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(dir);
+}
