@@ -149,6 +149,13 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
         let rdir = dir.join(format!("r{i}"));
         std::fs::create_dir_all(&rdir).unwrap();
         let state = rdir.join("state").to_string_lossy().into_owned();
+        // Only the first brings the machines file: it applies it to the store, and the others
+        // decide from the store's.
+        let machines: &[&str] = if i == 0 {
+            &["--machines", "../machines.yaml"]
+        } else {
+            &[]
+        };
         let args: Vec<String> = [
             "serve",
             "--kernel",
@@ -157,8 +164,6 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
             "../initrd",
             "--rootfs",
             "../rootfs.squashfs",
-            "--machines",
-            "../machines.yaml",
             "--state-dir",
             &state,
             "--store",
@@ -166,6 +171,7 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
             "--no-proxy-dhcp",
         ]
         .iter()
+        .chain(machines)
         .map(|s| s.to_string())
         .collect();
         let d = rdir.clone();
@@ -209,19 +215,23 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
         );
     }
 
+    // `daybreak machines ARGS --store URL`, run on replica 2's host: (success, stderr).
+    let machines_cli = |args: &[&str]| {
+        let (ns, mut all) = (bases[2].0.clone(), vec!["machines".to_string()]);
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--store".to_string(), store.clone()]);
+        in_netns(&ns, move || {
+            let o = output_within(Command::new(BIN).args(&all), Duration::from_secs(20));
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+    };
+
     // `daybreak machines reinstall` against the store: every replica follows within 2 s.
-    let (ns2, store2) = (bases[2].0.clone(), store.clone());
-    let out = in_netns(&ns2, move || {
-        output_within(
-            Command::new(BIN).args(["machines", "reinstall", MAC, "--store", &store2]),
-            Duration::from_secs(20),
-        )
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = machines_cli(&["reinstall", MAC]);
+    assert!(ok, "{err}");
     for r in [1, 2] {
         let took = waits_for("the reinstall", Duration::from_secs(2), || {
             script(r).1.contains("boot kernel")
@@ -264,6 +274,28 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
             || script(r).1.contains("sanboot"),
         );
     }
+    // A new machines file put in the store by `daybreak machines apply`: every replica
+    // decides from it within 2 s (here: the machine boots live, with the new cloud-config).
+    std::fs::write(
+        dir.join("machines.yaml"),
+        format!("- mac: {MAC}\n  hostname: edge-1\n  action: live\n  cloud_config: |\n    #cloud-config\n    live: true\n"),
+    )
+    .unwrap();
+    let (ok, err) = machines_cli(&["apply", &dir.join("machines.yaml").to_string_lossy()]);
+    assert!(ok, "{err}");
+    for r in [1, 2] {
+        waits_for("the applied profiles", Duration::from_secs(2), || {
+            let (_, s) = script(r);
+            s.contains("boot kernel") && on(r, &common::config_url(&s)).1.contains("live: true")
+        });
+    }
+    // A file naming a file on a replica's host is refused, and the store keeps its profiles.
+    std::fs::write(dir.join("bad.yaml"), "- kernel: /etc/shadow\n").unwrap();
+    let (ok, err) = machines_cli(&["apply", &dir.join("bad.yaml").to_string_lossy()]);
+    assert!(!ok && err.contains("names a file on this host"), "{err}");
+    let (_, s) = script(1);
+    assert!(on(1, &common::config_url(&s)).1.contains("live: true"));
+
     // Replica 2's /api/machines shows it installed.
     let ns = bases[2].0.clone();
     let api = in_netns(&ns, || {

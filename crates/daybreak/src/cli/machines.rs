@@ -44,6 +44,14 @@ pub enum MachinesCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Put a machines file in a store replicas share (--store etcd://...): checked exactly as
+    /// --machines FILE is, then every replica decides from it within seconds.
+    Apply {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 impl MachinesCommand {
@@ -53,7 +61,8 @@ impl MachinesCommand {
             MachinesCommand::List { store }
             | MachinesCommand::Show { store, .. }
             | MachinesCommand::Reinstall { store, .. }
-            | MachinesCommand::Forget { store, .. } => store,
+            | MachinesCommand::Forget { store, .. }
+            | MachinesCommand::Apply { store, .. } => store,
         }
     }
 }
@@ -148,6 +157,28 @@ pub fn command(a: MachinesArgs) -> ExitCode {
             }
             Ok(false) => unknown(&m),
             Err(e) => done(Err(e)),
+        },
+        MachinesCommand::Apply { file, .. } if !store.is_shared() => {
+            eprintln!(
+                "error: {} is this host's own store; daybreak machines apply puts a machines file in a store replicas share (--store etcd://HOST:PORT). With the file store, give the server --machines {}",
+                store.describe(),
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+        MachinesCommand::Apply { file, .. } => match crate::fleet::apply(&*store, &file) {
+            Ok(n) => {
+                println!(
+                    "{} ({n} profiles) applied to {}: every replica decides from it within seconds",
+                    file.display(),
+                    store.describe()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
         },
     }
 }

@@ -79,6 +79,8 @@ pub struct Fleet {
     profiles: RwLock<Arc<Profiles>>,
     /// The machines file, watched for edits.
     file: Mutex<Option<profiles::Watched>>,
+    /// The version of the store's shared profiles in use.
+    shared_at: Mutex<Option<crate::store::Version>>,
     store: Arc<dyn MachineStore>,
     writes: Writes,
     timelines: Timelines,
@@ -97,6 +99,37 @@ pub struct Fleet {
     not_added: Mutex<crate::bounded::LineBudget>,
     /// Told of installs, local boots and cloud-configs.
     events: Option<Arc<Hub>>,
+}
+
+/// Puts the machines file `path` in the shared `store` for every replica, checked first.
+pub fn apply(store: &dyn MachineStore, path: &std::path::Path) -> anyhow::Result<usize> {
+    let (p, bytes) = profiles::shared_text(path)?;
+    store.put_profiles(&bytes).map_err(|e| {
+        anyhow::anyhow!("cannot put the machines file in {}: {e}", store.describe())
+    })?;
+    tracing::info!(
+        file = %path.display(),
+        store = %store.describe(),
+        entries = p.len(),
+        "machines file applied to the store: every replica decides from it"
+    );
+    Ok(p.len())
+}
+
+/// The profiles `store` shares, checked as hostile: `None` (and said) when it holds none or
+/// holds something that is not profiles.
+fn shared_profiles(store: &dyn MachineStore) -> Option<Profiles> {
+    let (bytes, _) = store.shared_profiles()?;
+    match profiles::from_shared(&bytes) {
+        Ok(p) => {
+            tracing::info!(store = %store.describe(), entries = p.len(), "machine profiles from the store: they apply from each machine's next boot");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!(store = %store.describe(), "the machine profiles in the store are refused: {e:#}; keeping the last good ones");
+            None
+        }
+    }
 }
 
 /// Hands memory freed after reading a large machines file or store back to the system: the
@@ -130,14 +163,24 @@ impl Fleet {
         tokens: Tokens,
         events: Option<Arc<Hub>>,
     ) -> anyhow::Result<Arc<Fleet>> {
-        let (profiles, file) = match &opts.machines {
+        let (mut profiles, file) = match &opts.machines {
             None => (Profiles::default(), None),
             Some(MachinesSource::Inline(p)) => (p.clone(), None),
             Some(MachinesSource::File(path)) => {
                 let (p, w) = profiles::Watched::load(path)?;
+                if store.is_shared() {
+                    apply(&*store, path)?;
+                }
                 (p, Some(w))
             }
         };
+        // Replicas decide from the profiles the store shares, when it has some and this one
+        // brought none of its own.
+        if store.is_shared() && opts.machines.is_none() {
+            if let Some(p) = shared_profiles(&*store) {
+                profiles = p;
+            }
+        }
         // A booted machine asks for a cloud-config only when there is one to give.
         let config_expected = opts.template.is_some()
             || plan.cloud_config_file().is_some()
@@ -147,6 +190,8 @@ impl Fleet {
             opts.stall_after.unwrap_or(crate::timeline::STALL_AFTER),
         );
         timelines.config_expected = config_expected;
+        // Profiles may come from the store at any time: every machine gets URLs of its own.
+        let shared = store.is_shared();
         let fleet = Arc::new(Fleet {
             timelines,
             main: plan,
@@ -164,12 +209,14 @@ impl Fleet {
             )),
             profiles: RwLock::new(Arc::new(profiles)),
             file: Mutex::new(file),
+            shared_at: Mutex::default(),
             writes: Writes::spawn(store.clone())?,
             store,
             tokens,
             template: opts.template.clone(),
             data: opts.data.clone(),
             personal: opts.machines.is_some()
+                || shared
                 || opts
                     .template
                     .as_deref()
@@ -218,12 +265,30 @@ impl Fleet {
                 .and_then(|v| v.record.grant)
                 .map(|g| g.nonce)
         });
+        if self.store.is_shared() {
+            let now = self.store.shared_profiles().map(|(_, v)| v);
+            let mut at = self.shared_at.lock().unwrap_or_else(|e| e.into_inner());
+            if now.is_some() && now != *at {
+                *at = now;
+                if let Some(p) = shared_profiles(&*self.store) {
+                    let p = Arc::new(p);
+                    self.images.build_all(&p);
+                    *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
+                }
+            }
+        }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let Some(edited) = file.as_mut().and_then(|f| f.edited()) else {
             return;
         };
         match edited {
             Ok(p) => {
+                let path = file.as_ref().map(|f| f.path().to_path_buf());
+                if let Some(path) = path.filter(|_| self.store.is_shared()) {
+                    if let Err(e) = apply(&*self.store, &path) {
+                        tracing::error!("{e:#}; the store keeps its profiles");
+                    }
+                }
                 let p = Arc::new(p);
                 self.images.build_all(&p);
                 *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;

@@ -220,6 +220,88 @@ impl Profiles {
     }
 }
 
+/// A machines file as a store shares it with every replica (`daybreak machines apply`): JSON of
+/// the same list, each local `cloud_config_file` made its text (`cloud_config`). Checked
+/// exactly as `--machines FILE` is, first; an entry naming a local image file is refused (what
+/// a shared store says is read as hostile, so a replica never opens a local path it names).
+pub fn shared_text(path: &Path) -> anyhow::Result<(Profiles, Vec<u8>)> {
+    let profiles = Profiles::load(path)?;
+    let text = read_capped(path, "machines file")?;
+    let base = artifacts::absolute(path.parent().unwrap_or(Path::new(".")));
+    let mut v: Value = if text.trim().is_empty() {
+        Value::Array(Vec::new())
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| anyhow!("not valid YAML: {e}"))?
+    };
+    let list = match &mut v {
+        Value::Object(m) => m.get_mut("machines"),
+        other => Some(other),
+    };
+    if let Some(Value::Array(entries)) = list {
+        for e in entries {
+            let Value::Object(m) = e else { continue };
+            if let Some(Value::String(f)) = m.get("cloud_config_file").cloned() {
+                if !artifacts::is_url(&f) {
+                    let t = read_capped(&base.join(&f), "cloud_config_file")?;
+                    m.remove("cloud_config_file");
+                    m.insert("cloud_config".into(), Value::String(t));
+                }
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(&v)?;
+    let shared =
+        from_shared(&bytes).map_err(|e| anyhow!("machines file {}: {e:#}", path.display()))?;
+    debug_assert_eq!(shared.len(), profiles.len());
+    Ok((profiles, bytes))
+}
+
+/// Profiles from what a store shares, read as hostile: checked as a file is, and no entry may
+/// name a local file (a cloud-config, a kernel, an initrd, a squashfs or an ISO on this host).
+pub fn from_shared(bytes: &[u8]) -> anyhow::Result<Profiles> {
+    if bytes.len() > MAX_FILE {
+        bail!("larger than {} MiB", MAX_FILE >> 20);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("not UTF-8 text"))?;
+    let mut v: Value = serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+    let list = match &mut v {
+        Value::Object(m) => m.get_mut("machines"),
+        other => Some(other),
+    };
+    if let Some(Value::Array(entries)) = list {
+        for (i, e) in entries.iter_mut().enumerate() {
+            let Value::Object(m) = e else { continue };
+            let refuse = |key: &str| {
+                anyhow!("entry {}: {key} names a file on this host; profiles shared by replicas name images by a registry container_image or an iso URL, and cloud-configs inline or by URL", i + 1)
+            };
+            for key in ["kernel", "initrd", "rootfs"] {
+                if m.get(key).is_some_and(|v| !v.is_null()) {
+                    return Err(refuse(key));
+                }
+            }
+            for key in ["cloud_config_file", "iso"] {
+                if let Some(Value::String(s)) = m.get(key) {
+                    if !artifacts::is_url(s) {
+                        return Err(refuse(key));
+                    }
+                }
+            }
+            // Only a registry: a path, dir://, file:// would be read on this host.
+            if let Some(Value::String(c)) = m.get_mut("container_image") {
+                let bare = c
+                    .strip_prefix("oci://")
+                    .or_else(|| c.strip_prefix("docker://"))
+                    .unwrap_or(c);
+                if bare.contains("://") || bare.starts_with(['/', '.', '~']) {
+                    return Err(refuse("container_image"));
+                }
+                *c = format!("oci://{bare}");
+            }
+        }
+    }
+    Profiles::from_value(&v, Path::new("/"))
+}
+
 /// A machines file, watched for edits (by its time, size and inode: an editor's rename counts).
 #[derive(Debug)]
 pub struct Watched {
@@ -241,6 +323,10 @@ impl Watched {
             seen: stamp(path),
         };
         Ok((Profiles::load(path)?, w))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The file's profiles again when it changed since the last look; `None` when it did not.
@@ -615,6 +701,55 @@ mod tests {
             .as_deref()
             .unwrap()
             .starts_with("#cloud-config"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// Item: profiles a store shares are read as hostile: no entry may name a file on the
+    /// replica's host (a cloud-config, a kernel, an initrd, a squashfs, an ISO, an image
+    /// directory or archive); images come from a registry or an ISO URL.
+    #[test]
+    fn shared_profiles_never_name_a_file_on_this_host() {
+        for bad in [
+            r#"[{"kernel":"/etc/shadow"}]"#,
+            r#"[{"container_image":"dir:///"}]"#,
+            r#"[{"container_image":"/root/layout"}]"#,
+            r#"[{"container_image":"./x"}]"#,
+            r#"[{"container_image":"file:///root/x.tar"}]"#,
+            r#"[{"cloud_config_file":"/etc/shadow"}]"#,
+            r#"[{"iso":"/var/lib/x.iso"}]"#,
+            r#"{"machines":[{"rootfs":"/etc/passwd"}]}"#,
+            r#"[{"initrd":["/etc/shadow"]}]"#,
+        ] {
+            let e = from_shared(bad.as_bytes()).unwrap_err();
+            assert!(
+                format!("{e}").contains("names a file on this host"),
+                "{bad}: {e}"
+            );
+        }
+        let ok = from_shared(br#"[{"mac":"52:54:00:00:00:01","container_image":"quay.io/kairos/ubuntu:24.04","cloud_config":"x"}]"#).unwrap();
+        assert!(
+            matches!(&ok.entries[0].image, Some(Image::Container(c)) if c == "oci://quay.io/kairos/ubuntu:24.04")
+        );
+        assert!(from_shared(b"\xff").is_err() && from_shared(b"{not json").is_err());
+        // What apply writes: the local cloud_config_file inlined; a local image refused.
+        let d = testkit::tempdir("profiles-shared");
+        std::fs::write(d.join("w.yaml"), "#cloud-config\nrole: worker\n").unwrap();
+        std::fs::write(
+            d.join("m.yaml"),
+            "- mac: 52:54:00:00:00:02\n  cloud_config_file: w.yaml\n",
+        )
+        .unwrap();
+        let (p, bytes) = shared_text(&d.join("m.yaml")).unwrap();
+        let again = from_shared(&bytes).unwrap();
+        assert_eq!(p.entries[0].cloud_config, again.entries[0].cloud_config);
+        assert!(!String::from_utf8_lossy(&bytes).contains("w.yaml"));
+        std::fs::write(d.join("k.yaml"), "- kernel: vmlinuz\n").unwrap();
+        std::fs::write(d.join("vmlinuz"), "k").unwrap();
+        let e = shared_text(&d.join("k.yaml")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("names a file on this host"),
+            "{e:#}"
+        );
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -118,6 +118,8 @@ struct Snapshot {
     lost_said: AtomicBool,
     /// Lines about hostile values: a few a second.
     lines: Mutex<crate::bounded::LineBudget>,
+    /// The profiles every replica decides from, and the revision they were put at.
+    profiles: RwLock<Option<(Arc<[u8]>, i64)>>,
 }
 
 impl Snapshot {
@@ -151,12 +153,35 @@ impl Snapshot {
         }
     }
 
+    /// Takes in every record as loaded at `revision`, keeping what this process wrote or
+    /// forgot after it (a write that committed while the load read is not undone).
+    fn replace(&self, mut loaded: HashMap<Mac, Versioned>, revision: i64) {
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut map = self.write();
+        for (mac, v) in map.drain() {
+            if v.version > revision as u64 {
+                loaded.insert(mac, v);
+            }
+        }
+        for (mac, at) in gone {
+            if loaded.get(&mac).is_some_and(|v| v.version <= at as u64) {
+                loaded.remove(&mac);
+            }
+        }
+        *map = loaded;
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_profiles(&self, p: Option<(Arc<[u8]>, i64)>) {
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
     fn hostile(&self, key: &[u8], why: &str) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.admit(Instant::now()) {
             tracing::warn!(
                 key = %String::from_utf8_lossy(&key[..key.len().min(200)]),
-                "etcd value {why}; skipped (it is replaced at the machine's next write)"
+                "etcd value {why}; skipped (a record is replaced at its machine's next write, profiles at the next daybreak machines apply)"
             );
         }
     }
@@ -164,6 +189,7 @@ impl Snapshot {
 
 pub struct EtcdStore {
     target: Target,
+    keys: Arc<Keys>,
     client: Client,
     handle: tokio::runtime::Handle,
     snapshot: Arc<Snapshot>,
@@ -307,6 +333,7 @@ impl EtcdStore {
         let handle = handle_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the etcd store's thread ended"))??;
+        let endpoints_used = endpoints.clone();
         let client = run(&handle, async move {
             Client::connect(endpoints, Some(opts)).await
         })
@@ -323,8 +350,10 @@ impl EtcdStore {
                 5,
                 "etcd values skipped",
             )),
+            profiles: RwLock::default(),
         });
         let s = EtcdStore {
+            keys: Arc::new(Keys::new(&target.prefix)),
             target,
             client,
             handle,
@@ -332,26 +361,35 @@ impl EtcdStore {
             cap: super::MAX_RECORDS,
             _stop: stop,
         };
-        let revision = s
-            .call(load(s.client.clone(), s.dir(), s.snapshot.clone(), s.cap))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the machine store at {}: {}; {FIX}",
-                    s.target.url(),
-                    match e {
-                        StoreError::Unavailable { why, .. } => why,
-                        e => e.to_string(),
+        let (client, keys, snapshot, cap) =
+            (s.client.clone(), s.keys.clone(), s.snapshot.clone(), s.cap);
+        let revision = run(&s.handle, async move {
+            let mut tries = 0u64;
+            loop {
+                match load(client.clone(), keys.clone(), snapshot.clone(), cap).await {
+                    Err(e) if tries < 4 && unreached(&e) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * tries)).await;
                     }
-                )
-            })?;
+                    r => return r,
+                }
+            }
+        })
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "cannot read the machine store at {}: {why}; {FIX}",
+                s.target.url()
+            )
+        })?;
         *s.snapshot
             .current_at
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        s.handle.spawn(health(s.client.clone(), endpoints_used));
         s.handle.spawn(watch(
             s.client.clone(),
             s.target.clone(),
-            s.dir(),
+            s.keys.clone(),
             s.snapshot.clone(),
             revision,
             s.cap,
@@ -359,16 +397,53 @@ impl EtcdStore {
         Ok(s)
     }
 
-    fn dir(&self) -> Vec<u8> {
-        format!("{}/machines/", self.target.prefix).into_bytes()
+    /// Runs `op` on the store's runtime and waits for it, at most [`CALL_TIMEOUT`] and a bit.
+    /// A request that did not reach a member (one of the cluster is down: the connection to
+    /// it failed) is tried again, on another.
+    fn call<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(etcd_client::KvClient) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        run(&self.handle, retrying(self.client.kv_client(), op))
+            .map_err(|e| unavailable(&self.target, e))
     }
 
-    /// Runs `fut` on the store's runtime and waits for it, at most [`CALL_TIMEOUT`] and a bit.
-    fn call<T: Send + 'static>(
+    fn kv_get(
         &self,
-        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        run(&self.handle, fut).map_err(|e| unavailable(&self.target, e))
+        key: Vec<u8>,
+        o: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.call(move |mut kv| {
+            let (key, o) = (key.clone(), o.clone());
+            async move { kv.get(key, o).await }
+        })
+    }
+
+    fn kv_txn(&self, t: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.call(move |mut kv| {
+            let t = t.clone();
+            async move { kv.txn(t).await }
+        })
+    }
+
+    fn kv_put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.call(move |mut kv| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { kv.put(key, value, None).await.map(|_| ()) }
+        })
+    }
+
+    fn kv_delete(
+        &self,
+        key: Vec<u8>,
+        o: Option<etcd_client::DeleteOptions>,
+    ) -> Result<etcd_client::DeleteResponse, StoreError> {
+        self.call(move |mut kv| {
+            let (key, o) = (key.clone(), o.clone());
+            async move { kv.delete(key, o).await }
+        })
     }
 
     /// How long ago the snapshot was last known current; `None` while the watch is lost.
@@ -384,19 +459,14 @@ impl EtcdStore {
     /// there by a transaction that only creates (the first replica's wins).
     fn secret(&self, fresh: String) -> Result<String, StoreError> {
         let key = format!("{}/secret", self.target.prefix);
-        let fresh_copy = fresh.clone();
-        let mut kv = self.client.kv_client();
-        let resp = self.call(async move {
-            kv.txn(
-                Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
-                    .or_else([TxnOp::get(key, None)]),
-            )
-            .await
-        })?;
+        let resp = self.kv_txn(
+            Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
+                .or_else([TxnOp::get(key, None)]),
+        )?;
         if resp.succeeded() {
-            return Ok(fresh_copy);
+            return Ok(fresh);
         }
         let value = resp
             .op_responses()
@@ -427,20 +497,15 @@ impl EtcdStore {
         }
         for (mac, version) in &gone {
             let key = record_key(&self.target.prefix, mac);
-            let mut kv = self.client.kv_client();
-            let version = *version as i64;
-            let resp = self.call(async move {
-                kv.txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            version,
-                        )])
-                        .and_then([TxnOp::delete(key, None)]),
-                )
-                .await
-            })?;
+            let resp = self.kv_txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        *version as i64,
+                    )])
+                    .and_then([TxnOp::delete(key, None)]),
+            )?;
             if resp.succeeded() {
                 let at = resp.header().map_or(0, |h| h.revision());
                 self.snapshot.remove(*mac, at);
@@ -476,6 +541,36 @@ fn run<T: Send + 'static>(
     }
 }
 
+/// `op` on `kv`, sent again (a few times, on another member) while it did not reach one.
+async fn retrying<T, F, Fut>(kv: etcd_client::KvClient, op: F) -> Result<T, etcd_client::Error>
+where
+    F: Fn(etcd_client::KvClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match op(kv.clone()).await {
+            Err(e) if tries < 4 && unreached(&e) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether a request never reached a member (its connection failed): safe to send again.
+fn unreached(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            // gRPC's UNAVAILABLE (14) from the channel, not an answer of etcd's.
+            s.code() as i32 == 14 && !s.message().starts_with("etcdserver:")
+        }
+        _ => false,
+    }
+}
+
 /// An etcd client error in a line: gRPC statuses by their message.
 fn explain(e: &etcd_client::Error) -> String {
     match e {
@@ -484,18 +579,137 @@ fn explain(e: &etcd_client::Error) -> String {
     }
 }
 
-/// Loads every record under `dir` into the snapshot (replacing what it held), page by page at
-/// one revision; returns that revision.
+/// The keys under a store's prefix.
+struct Keys {
+    /// `PREFIX/`: what the watch follows.
+    all: Vec<u8>,
+    /// `PREFIX/machines/`: a record per MAC.
+    machines: Vec<u8>,
+    /// `PREFIX/profiles/current`: which generation of the profiles is in force.
+    profiles: Vec<u8>,
+    /// `PREFIX/profiles/`: the chunks of each generation, under `GEN/NNNN`.
+    chunks: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            all: format!("{prefix}/").into_bytes(),
+            machines: format!("{prefix}/machines/").into_bytes(),
+            profiles: format!("{prefix}/profiles/current").into_bytes(),
+            chunks: format!("{prefix}/profiles/"),
+        }
+    }
+}
+
+/// The end of the range of keys that start with `dir`.
+fn range_end(dir: &[u8]) -> Vec<u8> {
+    let mut end = dir.to_vec();
+    *end.last_mut().expect("a directory ends with '/'") += 1;
+    end
+}
+
+/// Profiles are written in chunks this large (etcd takes requests of 1.5 MiB by default).
+const CHUNK: usize = 1 << 20;
+/// Chunks one generation may have (the machines file's cap, 16 MiB).
+const MAX_CHUNKS: usize = crate::fleet::profiles::MAX_FILE / CHUNK;
+
+/// `PREFIX/profiles/current`: the generation in force, its size and its digest.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProfilesHead {
+    generation: String,
+    chunks: usize,
+    bytes: usize,
+    sha256: String,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The profiles `head` (the value of `PREFIX/profiles/current`) names, read at `revision`,
+/// whole and matching its digest; or why not.
+async fn fetch_profiles(
+    client: &Client,
+    keys: &Keys,
+    head: &[u8],
+    revision: i64,
+) -> Result<Result<Arc<[u8]>, String>, etcd_client::Error> {
+    let h = match profiles_head(head) {
+        Ok(h) => h,
+        Err(why) => return Ok(Err(why)),
+    };
+    let dir = format!("{}{}/", keys.chunks, h.generation).into_bytes();
+    let o = GetOptions::new()
+        .with_range(range_end(&dir))
+        .with_limit(h.chunks as i64 + 1)
+        .with_revision(revision);
+    let from = dir.clone();
+    let resp = retrying(client.kv_client(), move |mut kv| {
+        let (from, o) = (from.clone(), o.clone());
+        async move { kv.get(from, Some(o)).await }
+    })
+    .await?;
+    Ok(chunks_whole(&h, &dir, resp.kvs()))
+}
+
+/// A profiles head as Daybreak writes it, or why not.
+fn profiles_head(head: &[u8]) -> Result<ProfilesHead, String> {
+    if head.len() > 1024 {
+        return Err("is larger than a profiles head".into());
+    }
+    let h: ProfilesHead =
+        serde_json::from_slice(head).map_err(|e| format!("is not a profiles head: {e}"))?;
+    let hex16 = h.generation.len() == 16 && h.generation.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex16 || h.chunks > MAX_CHUNKS || h.bytes > crate::fleet::profiles::MAX_FILE {
+        return Err("names a generation, chunks or a size Daybreak does not write".into());
+    }
+    Ok(h)
+}
+
+/// The chunks of `h`'s generation (keys under `dir`) as one text, whole and matching its
+/// digest, or why not.
+fn chunks_whole(
+    h: &ProfilesHead,
+    dir: &[u8],
+    kvs: &[etcd_client::KeyValue],
+) -> Result<Arc<[u8]>, String> {
+    if kvs.len() != h.chunks {
+        return Err(format!(
+            "names {} chunks; {} are there",
+            h.chunks,
+            kvs.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(h.bytes);
+    for (i, item) in kvs.iter().enumerate() {
+        let want = [dir, format!("{i:04}").as_bytes()].concat();
+        if item.key() != want || bytes.len() + item.value().len() > h.bytes {
+            return Err("has chunks out of order or too large".into());
+        }
+        bytes.extend_from_slice(item.value());
+    }
+    if bytes.len() != h.bytes || sha256_hex(&bytes) != h.sha256 {
+        return Err("does not match its chunks' size and sha256".into());
+    }
+    Ok(bytes.into())
+}
+
+/// Loads every record and the profiles into the snapshot (replacing what it held), page by
+/// page at one revision; returns that revision.
 async fn load(
     client: Client,
-    dir: Vec<u8>,
+    keys: Arc<Keys>,
     snapshot: Arc<Snapshot>,
     cap: usize,
 ) -> Result<i64, etcd_client::Error> {
     let mut kv = client.kv_client();
-    let mut end = dir.clone();
-    *end.last_mut().expect("the directory ends with '/'") += 1;
-    let mut from = dir.clone();
+    let end = range_end(&keys.machines);
+    let mut from = keys.machines.clone();
     let mut revision = 0;
     let mut map = HashMap::new();
     loop {
@@ -508,7 +722,7 @@ async fn load(
             revision = resp.header().map_or(0, |h| h.revision());
         }
         for item in resp.kvs() {
-            let Some(mac) = mac_of_key(&dir, item.key()) else {
+            let Some(mac) = mac_of_key(&keys.machines, item.key()) else {
                 snapshot.hostile(item.key(), "is under the machines' prefix but names no MAC");
                 continue;
             };
@@ -528,9 +742,58 @@ async fn load(
             _ => break,
         }
     }
-    *snapshot.write() = map;
-    snapshot.changes.fetch_add(1, Ordering::Relaxed);
+    let head = kv
+        .get(
+            keys.profiles.clone(),
+            Some(GetOptions::new().with_revision(revision)),
+        )
+        .await?;
+    match head.kvs().first() {
+        None => snapshot.set_profiles(None),
+        Some(item) => match fetch_profiles(&client, &keys, item.value(), revision).await? {
+            Ok(b) => snapshot.set_profiles(Some((b, item.mod_revision()))),
+            Err(why) => snapshot.hostile(item.key(), &why),
+        },
+    }
+    snapshot.replace(map, revision);
     Ok(revision)
+}
+
+/// How often members are checked for a listening client port.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the client's requests off members that are down: every [`HEALTH_EVERY`] each
+/// endpoint's port is tried; one that does not take a connection leaves the client's set (the
+/// balancer would otherwise still send it every few requests) and comes back when it does.
+/// The last one never leaves: with every member down, requests fail and say so.
+async fn health(client: Client, endpoints: Vec<String>) {
+    let mut down: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        for e in &endpoints {
+            let at = e
+                .split_once("://")
+                .map_or(e.as_str(), |(_, a)| a)
+                .to_string();
+            let up = matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(at)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            if up && down.remove(e) {
+                let _ = client.add_endpoint(e).await;
+            } else if !up
+                && !down.contains(e)
+                && down.len() + 1 < endpoints.len()
+                && client.remove_endpoint(e).await.is_ok()
+            {
+                down.insert(e.clone());
+            }
+        }
+    }
 }
 
 /// Keeps the snapshot current: a watch from `revision + 1`, asked every [`PROGRESS_EVERY`]
@@ -539,14 +802,14 @@ async fn load(
 async fn watch(
     client: Client,
     target: Target,
-    dir: Vec<u8>,
+    keys: Arc<Keys>,
     snapshot: Arc<Snapshot>,
     mut revision: i64,
     cap: usize,
 ) {
     let mut wait = RETRY_MIN;
     loop {
-        let why = follow(&client, &dir, &snapshot, &mut revision).await;
+        let why = follow(&client, &keys, &snapshot, &mut revision).await;
         *snapshot
             .current_at
             .lock()
@@ -557,11 +820,13 @@ async fn watch(
         loop {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RETRY_MAX);
-            match load(client.clone(), dir.clone(), snapshot.clone(), cap).await {
+            match load(client.clone(), keys.clone(), snapshot.clone(), cap).await {
                 Ok(r) => {
                     revision = r;
                     break;
                 }
+                // A member that is down: the next try goes to another, soon.
+                Err(e) if unreached(&e) => wait = RETRY_MIN,
                 Err(_) => continue,
             }
         }
@@ -576,14 +841,54 @@ async fn watch(
     }
 }
 
+/// Takes in one event of the watch.
+async fn take_in(
+    client: &Client,
+    keys: &Keys,
+    snapshot: &Snapshot,
+    ev: &etcd_client::Event,
+) -> Result<(), etcd_client::Error> {
+    let Some(item) = ev.kv() else { return Ok(()) };
+    if item.key() == keys.profiles.as_slice() {
+        match ev.event_type() {
+            EventType::Delete => snapshot.set_profiles(None),
+            EventType::Put => {
+                match fetch_profiles(client, keys, item.value(), item.mod_revision()).await? {
+                    Ok(b) => snapshot.set_profiles(Some((b, item.mod_revision()))),
+                    Err(why) => snapshot.hostile(item.key(), &why),
+                }
+            }
+        }
+        return Ok(());
+    }
+    if !item.key().starts_with(&keys.machines) {
+        return Ok(());
+    }
+    let Some(mac) = mac_of_key(&keys.machines, item.key()) else {
+        snapshot.hostile(item.key(), "is under the machines' prefix but names no MAC");
+        return Ok(());
+    };
+    match ev.event_type() {
+        EventType::Put => match parse_value(item.value(), &mac, item.mod_revision()) {
+            Ok(v) => snapshot.put(mac, v),
+            Err(why) => {
+                snapshot.hostile(item.key(), &why);
+                snapshot.remove(mac, item.mod_revision());
+            }
+        },
+        EventType::Delete => snapshot.remove(mac, item.mod_revision()),
+    }
+    Ok(())
+}
+
 /// Follows one watch until it is lost; says why.
-async fn follow(client: &Client, dir: &[u8], snapshot: &Snapshot, revision: &mut i64) -> String {
+async fn follow(client: &Client, keys: &Keys, snapshot: &Snapshot, revision: &mut i64) -> String {
     let opts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*revision + 1)
         .with_progress_notify();
     let mut wc = client.watch_client();
-    let stream = match wc.watch(dir.to_vec(), Some(opts)).await {
+    let stream = match wc.watch(keys.all.clone(), Some(opts)).await {
         Ok(s) => s,
         Err(e) => return explain(&e),
     };
@@ -611,21 +916,11 @@ async fn follow(client: &Client, dir: &[u8], snapshot: &Snapshot, revision: &mut
                     return format!("the watch was cancelled: {}", resp.cancel_reason());
                 }
                 for ev in resp.events() {
-                    let Some(item) = ev.kv() else { continue };
-                    *revision = (*revision).max(item.mod_revision());
-                    let Some(mac) = mac_of_key(dir, item.key()) else {
-                        snapshot.hostile(item.key(), "is under the machines' prefix but names no MAC");
-                        continue;
-                    };
-                    match ev.event_type() {
-                        EventType::Put => match parse_value(item.value(), &mac, item.mod_revision()) {
-                            Ok(v) => snapshot.put(mac, v),
-                            Err(why) => {
-                                snapshot.hostile(item.key(), &why);
-                                snapshot.remove(mac, item.mod_revision());
-                            }
-                        },
-                        EventType::Delete => snapshot.remove(mac, item.mod_revision()),
+                    if let Some(item) = ev.kv() {
+                        *revision = (*revision).max(item.mod_revision());
+                    }
+                    if let Err(e) = take_in(client, keys, snapshot, ev).await {
+                        return explain(&e);
                     }
                 }
                 if let Some(h) = resp.header() {
@@ -673,8 +968,7 @@ impl MachineStore for EtcdStore {
     /// blank record at its revision, so the machine's next write replaces it.
     fn get(&self, mac: Mac) -> Result<Option<Versioned>, StoreError> {
         let key = record_key(&self.target.prefix, &mac);
-        let mut kv = self.client.kv_client();
-        let resp = self.call(async move { kv.get(key, None).await })?;
+        let resp = self.kv_get(key.into_bytes(), None)?;
         let Some(item) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -711,15 +1005,11 @@ impl MachineStore for EtcdStore {
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
             Some(v) => Compare::mod_revision(key.clone(), CompareOp::Equal, v as i64),
         };
-        let mut kv = self.client.kv_client();
-        let resp = self.call(async move {
-            kv.txn(
-                Txn::new()
-                    .when([compare])
-                    .and_then([TxnOp::put(key, value, None)]),
-            )
-            .await
-        })?;
+        let resp = self.kv_txn(
+            Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key, value, None)]),
+        )?;
         if !resp.succeeded() {
             return Err(StoreError::Conflict);
         }
@@ -736,8 +1026,7 @@ impl MachineStore for EtcdStore {
 
     fn forget(&self, mac: Mac) -> Result<bool, StoreError> {
         let key = record_key(&self.target.prefix, &mac);
-        let mut kv = self.client.kv_client();
-        let resp = self.call(async move { kv.delete(key, None).await })?;
+        let resp = self.kv_delete(key.into_bytes(), None)?;
         let at = resp.header().map_or(0, |h| h.revision());
         self.snapshot
             .gone
@@ -758,6 +1047,65 @@ impl MachineStore for EtcdStore {
     fn refresh(&self) -> bool {
         let now = self.snapshot.changes.load(Ordering::Relaxed);
         self.snapshot.seen.swap(now, Ordering::Relaxed) != now
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn shared_profiles(&self) -> Option<(Arc<[u8]>, Version)> {
+        self.snapshot
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(b, at)| (b.clone(), *at as u64))
+    }
+
+    /// A new generation's chunks first, then `PREFIX/profiles/current` pointing at it, then the
+    /// old generation's chunks go: a replica reading at any revision sees one whole generation.
+    fn put_profiles(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        if bytes.len() > crate::fleet::profiles::MAX_FILE {
+            return Err(StoreError::Io {
+                what: "the machine profiles".into(),
+                source: std::io::Error::other("larger than the machines file's cap"),
+            });
+        }
+        let generation = artifacts::random_hex(8).map_err(|e| StoreError::Io {
+            what: "a profiles generation".into(),
+            source: e,
+        })?;
+        let keys = self.keys.clone();
+        let old = {
+            self.kv_get(keys.profiles.clone(), None)?
+                .kvs()
+                .first()
+                .and_then(|kv| serde_json::from_slice::<ProfilesHead>(kv.value()).ok())
+                .map(|h| h.generation)
+                .filter(|g| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let chunks: Vec<Vec<u8>> = bytes.chunks(CHUNK).map(<[u8]>::to_vec).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let key = format!("{}{generation}/{i:04}", keys.chunks);
+            self.kv_put(key.into_bytes(), chunk.clone())?;
+        }
+        let head = ProfilesHead {
+            generation,
+            chunks: chunks.len(),
+            bytes: bytes.len(),
+            sha256: sha256_hex(bytes),
+        };
+        let value = serde_json::to_vec(&head).map_err(|e| StoreError::Io {
+            what: "the profiles head".into(),
+            source: std::io::Error::other(e),
+        })?;
+        self.kv_put(keys.profiles.clone(), value)?;
+        if let Some(g) = old {
+            let dir = format!("{}{g}/", keys.chunks).into_bytes();
+            let o = etcd_client::DeleteOptions::new().with_range(range_end(&dir));
+            self.kv_delete(dir.clone(), Some(o))?;
+        }
+        Ok(true)
     }
 
     fn shared_secret(&self, fresh: String) -> Result<Option<String>, StoreError> {

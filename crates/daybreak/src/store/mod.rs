@@ -145,6 +145,9 @@ impl Change {
                 r.installed_at = None;
                 r.grant = None;
             }
+            // A grant written late (its write queued while the store was unreachable) never
+            // reopens the URLs of a boot whose install already finished.
+            Change::Granted(g) if r.installed_at.is_some_and(|t| t >= g.at) => {}
             Change::Granted(g) => r.grant = Some(g.clone()),
         }
         Some(r)
@@ -224,6 +227,24 @@ pub trait MachineStore: Send + Sync + 'static {
     /// `None` for a store that is one host's (the key then lives in its state directory).
     fn shared_secret(&self, _fresh: String) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+
+    /// Whether every replica shares this store (etcd), rather than one host's directory.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// The machine profiles this store shares with every replica (`daybreak machines apply`),
+    /// as [`crate::fleet::profiles::shared_text`] wrote them, with a version that changes with
+    /// them; `None` when it holds none.
+    fn shared_profiles(&self) -> Option<(std::sync::Arc<[u8]>, Version)> {
+        None
+    }
+
+    /// Puts the profiles every replica decides from; false for a store that is one host's
+    /// (nothing is written).
+    fn put_profiles(&self, _bytes: &[u8]) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     /// How long ago this process's copy was last known current: `Some(None)` while it is not
@@ -399,3 +420,30 @@ pub fn open(
 
 #[cfg(test)]
 pub(crate) mod contract;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Item: a boot's grant whose write was held back (the store unreachable) and lands after
+    /// the install finished never reopens that boot's URLs.
+    #[test]
+    fn a_grant_written_late_never_reopens_an_installed_boot() {
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let grant = Grant {
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            at: 100,
+        };
+        let installed = Change::Installed { at: 160 }.apply(None, mac).unwrap();
+        let late = Change::Granted(grant.clone())
+            .apply(Some(&installed), mac)
+            .unwrap();
+        assert_eq!(late.grant, None);
+        // After a reinstall, the next boot's grant is kept.
+        let again = Change::Reinstall.apply(Some(&late), mac).unwrap();
+        let next = Change::Granted(Grant { at: 200, ..grant })
+            .apply(Some(&again), mac)
+            .unwrap();
+        assert!(next.grant.is_some());
+    }
+}

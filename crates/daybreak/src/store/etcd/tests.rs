@@ -207,3 +207,62 @@ fn with_etcd_gone_the_snapshot_answers_and_writes_say_unavailable() {
     update(&s, a, &booted(7)).unwrap();
     assert_eq!(s.cached(a).unwrap().record.boots, 2);
 }
+
+/// Item: the machine profiles live in etcd, put by one (`daybreak machines apply`) and seen by
+/// every replica: written in chunks under a generation, then the head that names it, so a
+/// replica never reads half of one; a head or chunks not as Daybreak writes them are skipped.
+#[test]
+fn profiles_are_shared_whole_by_generation_and_hostile_ones_skipped() {
+    let Some(etcd) = testkit::Etcd::start("etcd-profiles") else {
+        return;
+    };
+    let c = config(&etcd.endpoint, "/p");
+    let (a, b) = (
+        EtcdStore::connect(&c).unwrap(),
+        EtcdStore::connect(&c).unwrap(),
+    );
+    assert!(b.shared_profiles().is_none());
+    // 2.5 MiB: three chunks.
+    let big: Vec<u8> = std::iter::repeat_n(b"- hostname: x\n".as_slice(), 190_000)
+        .flatten()
+        .copied()
+        .collect();
+    assert!(a.put_profiles(&big).unwrap());
+    let (got, v1) = eventually(Duration::from_secs(2), || b.shared_profiles());
+    assert_eq!(&got[..], &big[..]);
+    let chunks = |etcd: &testkit::Etcd| {
+        etcd.ctl(&["get", "/p/profiles/", "--prefix", "--keys-only"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.ends_with("current"))
+            .count()
+    };
+    assert_eq!(chunks(&etcd), 3);
+    a.put_profiles(b"[]").unwrap();
+    let (got, _) = eventually(Duration::from_secs(2), || {
+        b.shared_profiles().filter(|(_, v)| *v != v1)
+    });
+    assert_eq!(&got[..], b"[]");
+    assert_eq!(chunks(&etcd), 1, "the old generation is gone");
+    // Hostile heads: garbage, a digest that does not match, chunks that are not there.
+    let good = etcd
+        .ctl(&["get", "--print-value-only", "/p/profiles/current"])
+        .unwrap();
+    for bad in [
+        "garbage".to_string(),
+        good.replace("\"sha256\":\"", "\"sha256\":\"00"),
+        good.replace("\"chunks\":1", "\"chunks\":2"),
+        r#"{"generation":"../../../etc/x1","chunks":1,"bytes":2,"sha256":"x"}"#.into(),
+    ] {
+        etcd.ctl(&["put", "/p/profiles/current", bad.trim()])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(&b.shared_profiles().unwrap().0[..], b"[]", "{bad}");
+        let fresh = EtcdStore::connect(&c).unwrap();
+        assert!(fresh.shared_profiles().is_none(), "{bad}");
+    }
+    // The file store shares nothing.
+    let d = testkit::tempdir("etcd-profiles-file");
+    let f = super::super::FileStore::open(&d).unwrap();
+    assert!(!f.put_profiles(b"[]").unwrap() && f.shared_profiles().is_none());
+}
