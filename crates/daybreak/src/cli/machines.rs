@@ -169,8 +169,9 @@ pub fn command(a: MachinesArgs) -> ExitCode {
         MachinesCommand::Apply { file, .. } => match crate::fleet::apply(&*store, &file) {
             Ok(n) => {
                 println!(
-                    "{} ({n} profiles) applied to {}: every replica decides from it within seconds",
+                    "{} ({n} profile{}) applied to {}: every replica decides from it within seconds",
                     file.display(),
+                    if n == 1 { "" } else { "s" },
                     store.describe()
                 );
                 ExitCode::SUCCESS
