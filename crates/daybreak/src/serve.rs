@@ -106,8 +106,9 @@ fn deciders(opts: &ServeOptions, hub: &Arc<Hub>) -> anyhow::Result<Deciders> {
         None => None,
         Some(f) => match Fleet::open(f, plan.clone(), kernel.arch, Some(hub.clone())) {
             Ok(made) => Some(made),
-            // Without profiles the store is a convenience: serve without it.
-            Err(e) if f.machines.is_none() => {
+            // Without profiles the file store is a convenience: serve without it. A store the
+            // operator named (etcd) is not.
+            Err(e) if f.machines.is_none() && f.store.location == crate::store::Location::File => {
                 tracing::warn!(
                     "{e:#}; machines are not remembered and there is no status page (give a usable --state-dir)"
                 );
@@ -227,6 +228,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     };
     if let (Some(addr), Some(plan)) = (opts.artifact_listen, &d.plan) {
         start_artifacts(addr, plan, &opts.plan, &mut tasks).await?;
+    }
+    if let Some(f) = &d.fleet {
+        // Where machines reach this replica, for the others' pages.
+        let addresses: Vec<String> = match http.advertise {
+            Some(a) => vec![a.to_string()],
+            None if !ifaces.is_empty() => ifaces.iter().map(|i| i.ipv4.to_string()).collect(),
+            None => udp::interfaces()
+                .iter()
+                .filter_map(|i| i.ipv4.filter(|a| !a.is_loopback()))
+                .map(|a| a.to_string())
+                .collect(),
+        };
+        f.join(addresses);
     }
     tracing::info!("ready");
     tasks.until_shutdown(counters).await;

@@ -394,6 +394,7 @@ impl Timelines {
         &self,
         profiles: &Profiles,
         records: &HashMap<Mac, Versioned>,
+        replicas: &[crate::store::Member],
         offset: usize,
         limit: usize,
     ) -> Vec<u8> {
@@ -432,11 +433,15 @@ impl Timelines {
             total: usize,
             offset: usize,
             machines: Vec<View<'a>>,
+            /// The replicas sharing the store (none for one host's own).
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            replicas: &'a [crate::store::Member],
         }
         serde_json::to_vec(&Machines {
             total,
             offset,
             machines,
+            replicas,
         })
         .unwrap_or_default()
     }

@@ -119,14 +119,38 @@ impl Tokens {
             PersonalKind::Installed => ("installed", 0),
             PersonalKind::File(n) => ("file", n),
         };
-        // Each part behind its length: no two different inputs make one message.
-        let mut msg = Vec::with_capacity(64 + bound.len());
-        for part in [
+        self.mac_of(&[
             name.as_bytes(),
             &mac.octets(),
             &(n as u64).to_be_bytes(),
             bound.as_bytes(),
-        ] {
+        ])
+    }
+
+    /// The nonce of a boot of `mac` decided from its record at `version` (first seen at
+    /// `first_seen`): the same on every replica sharing the key for the same record (so every
+    /// replica gives the same answer), unpredictable without the key, and new with every change
+    /// to the record.
+    pub fn boot_nonce(&self, mac: Mac, version: u64, first_seen: u64) -> String {
+        self.mac_of(&[
+            b"grant",
+            &mac.octets(),
+            &version.to_be_bytes(),
+            &first_seen.to_be_bytes(),
+        ])
+    }
+
+    /// The nonce after `nonce`: for a boot decided from the same record as the one before it
+    /// (its writes not landed yet), so the next boot still closes the last one's URLs.
+    pub fn next_nonce(&self, nonce: &str) -> String {
+        self.mac_of(&[b"next", nonce.as_bytes()])
+    }
+
+    /// 32 hex digits of the HMAC of `parts`, each behind its length: no two different inputs
+    /// make one message.
+    fn mac_of(&self, parts: &[&[u8]]) -> String {
+        let mut msg = Vec::with_capacity(128);
+        for part in parts {
             msg.extend_from_slice(&(part.len() as u64).to_be_bytes());
             msg.extend_from_slice(part);
         }
@@ -281,5 +305,25 @@ mod tests {
         let done = t.url("", PersonalKind::Installed, A, "n");
         assert!(!shown(&done).contains(&t.tag(PersonalKind::Installed, A, "n")));
         assert_eq!(super::shown("/kernel"), "/kernel");
+    }
+
+    /// Item: a boot's nonce is the same for the same record on every replica sharing the key,
+    /// new with every change to the record, and unguessable without the key.
+    #[test]
+    fn a_boots_nonce_follows_its_record_and_the_key() {
+        let t = Tokens::from_hex(&"ab".repeat(32)).unwrap();
+        let same = Tokens::from_hex(&"ab".repeat(32)).unwrap();
+        let other = Tokens::from_hex(&"cd".repeat(32)).unwrap();
+        let n = t.boot_nonce(A, 7, 100);
+        assert_eq!(n.len(), 32);
+        assert_eq!(n, same.boot_nonce(A, 7, 100));
+        assert_ne!(n, t.boot_nonce(A, 8, 100));
+        assert_ne!(n, t.boot_nonce(A, 7, 101));
+        assert_ne!(n, t.boot_nonce(Mac([0x52, 0x54, 0, 0, 0, 0xb]), 7, 100));
+        assert_ne!(n, other.boot_nonce(A, 7, 100));
+        let next = t.next_nonce(&n);
+        assert!(next != n && next == same.next_nonce(&n));
+        // Never a tag of the same inputs.
+        assert_ne!(n, t.tag(PersonalKind::Config, A, "7"));
     }
 }

@@ -193,8 +193,17 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
     assert_eq!(code, 200, "{first}");
     assert!(first.contains("boot kernel"), "{first}");
     let config_url = common::config_url(&first);
-    let (code, config) = on(1, &config_url);
-    assert_eq!(code, 200, "replica 1 refused replica 0's URL: {config}");
+    // Open on replica 1 once replica 0's grant reached the store (the watch's lag: ms).
+    let mut config = String::new();
+    waits_for(
+        "replica 0's URL on replica 1",
+        Duration::from_secs(2),
+        || {
+            let (code, text) = on(1, &config_url);
+            config = text;
+            code == 200
+        },
+    );
     let done = config
         .lines()
         .find_map(|l| l.strip_prefix("done: "))
@@ -302,6 +311,13 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
         common::get_text("http://127.0.0.1:8091/api/machines")
     });
     assert!(api.contains(MAC) && api.contains("installed"), "{api}");
+    // ... and the replicas sharing the store, each with its address.
+    assert!(
+        api.contains("\"replicas\":")
+            && api.contains("\"10.79.0.3\"")
+            && api.contains("\"10.79.0.4\""),
+        "{api}"
+    );
     drop(replicas);
     drop(etcd);
     let _ = std::fs::remove_dir_all(dir);

@@ -63,6 +63,12 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// The nonce of `mac`'s boot this process holds, if any.
+    pub fn held(&self, mac: Mac) -> Option<String> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&mac).map(|h| h.nonce.clone())
+    }
+
     /// A new grant for `mac`'s boot, deciding `profile`; the nonce its URLs are keyed by.
     pub fn issue(&self, mac: Mac, profile: Option<Profile>, nonce: String, now: Instant) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());

@@ -236,6 +236,12 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// Says this replica is one of those sharing the store (`addresses`: where machines reach
+    /// it); nothing for a store that is one host's.
+    pub fn join(&self, addresses: Vec<String>) {
+        self.store.join(crate::store::Member::me(addresses));
+    }
+
     /// How many profiles, and machines remembered.
     pub fn describe(&self) -> String {
         let (p, n) = (self.profiles().len(), self.store.len());
@@ -450,13 +456,24 @@ impl Fleet {
         profile: Option<profiles::Profile>,
         remember: bool,
     ) -> Option<String> {
-        let nonce = match artifacts::random_hex(16) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(mac = %mac, error = %e, "no randomness for a boot's URLs");
-                return None;
-            }
+        // From the record the decision saw: every replica with the same record makes the same
+        // URLs. A machine with no record yet: from the minute (replicas agree within it).
+        let nonce = match (remember, self.store.cached(mac)) {
+            (true, Some(v)) => self.tokens.boot_nonce(mac, v.version, v.record.first_seen),
+            (true, None) => self.tokens.boot_nonce(mac, 0, artifacts::now() / 60),
+            (false, _) => match artifacts::random_hex(16) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(mac = %mac, error = %e, "no randomness for a boot's URLs");
+                    return None;
+                }
+            },
         };
+        // The machine boots again before its last boot reached the store: a nonce of its own.
+        let mut nonce = nonce;
+        if self.grants.held(mac).as_deref() == Some(nonce.as_str()) {
+            nonce = self.tokens.next_nonce(&nonce);
+        }
         self.grants
             .issue(mac, profile, nonce.clone(), std::time::Instant::now());
         if !remember {
@@ -617,8 +634,11 @@ impl crate::admin::Machines for Fleet {
     fn list_json(&self, offset: usize, limit: usize) -> Vec<u8> {
         let profiles = self.profiles();
         let mut json = Vec::new();
+        let replicas = self.store.members();
         self.store.with(&mut |records| {
-            json = self.timelines.list_json(&profiles, records, offset, limit)
+            json = self
+                .timelines
+                .list_json(&profiles, records, &replicas, offset, limit)
         });
         json
     }

@@ -893,3 +893,50 @@ fn an_install_callback_waits_for_etcd_answering_503_until_it_commits() {
     assert_eq!(get(&s, &cb, peer(11)).unwrap().0, 404, "once");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// Item: any replica, the same answer: replicas whose stores hold the same records (and that
+/// share the URL key) answer the same request with byte-identical iPXE scripts and GRUB
+/// configurations, per-machine URLs included; a machine with no record yet too.
+#[test]
+fn replicas_with_the_same_records_answer_byte_identically() {
+    let a = setup("same-a", MACHINES);
+    // B has a record (one boot through replica A); A-the-machine has none.
+    script(&a, B, 11);
+    wait("B's record and grant", || {
+        a.fleet
+            .store
+            .cached(mac(B))
+            .is_some_and(|v| v.record.grant.is_some())
+    });
+    let replica = |tag: &str| {
+        let dir = tmpdir(&format!("fleet-same-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&a.dir)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        open(dir, a.fleet.main.clone(), None)
+    };
+    let (x, y) = (replica("x"), replica("y"));
+    for m in [B, A] {
+        let (sx, sy) = (script(&x, m, 11), script(&y, m, 11));
+        assert!(sx.contains("config_url="), "{sx}");
+        assert_eq!(sx, sy, "the scripts of {m}");
+    }
+    let (x, y) = (replica("gx"), replica("gy"));
+    bind(&x, B, 11);
+    bind(&y, B, 11);
+    let path = format!("/_/grub/{B}.cfg");
+    let (gx, gy) = (
+        get(&x, &path, peer(11)).unwrap().1,
+        get(&y, &path, peer(11)).unwrap().1,
+    );
+    assert!(gx.contains("linux"), "{gx}");
+    assert_eq!(gx, gy);
+    for s in [a, x, y] {
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+}

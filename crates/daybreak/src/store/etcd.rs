@@ -120,6 +120,8 @@ struct Snapshot {
     lines: Mutex<crate::bounded::LineBudget>,
     /// The profiles every replica decides from, and the revision they were put at.
     profiles: RwLock<Option<(Arc<[u8]>, i64)>>,
+    /// The replicas, by key.
+    members: RwLock<HashMap<Vec<u8>, super::Member>>,
 }
 
 impl Snapshot {
@@ -170,6 +172,25 @@ impl Snapshot {
         }
         *map = loaded;
         self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes in a member's key as written (`None`: gone); a value not as Daybreak writes it is
+    /// skipped.
+    fn set_member(&self, key: &[u8], value: Option<&[u8]>) {
+        let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let Some(v) = value else {
+            m.remove(key);
+            return;
+        };
+        match serde_json::from_slice::<super::Member>(v) {
+            Ok(member) if v.len() <= 4096 && member.is_valid() && m.len() < 1024 => {
+                m.insert(key.to_vec(), member);
+            }
+            _ => {
+                m.remove(key);
+                self.hostile(key, "is not a member as Daybreak writes one");
+            }
+        }
     }
 
     fn set_profiles(&self, p: Option<(Arc<[u8]>, i64)>) {
@@ -351,6 +372,7 @@ impl EtcdStore {
                 "etcd values skipped",
             )),
             profiles: RwLock::default(),
+            members: RwLock::default(),
         });
         let s = EtcdStore {
             keys: Arc::new(Keys::new(&target.prefix)),
@@ -589,6 +611,8 @@ struct Keys {
     profiles: Vec<u8>,
     /// `PREFIX/profiles/`: the chunks of each generation, under `GEN/NNNN`.
     chunks: String,
+    /// `PREFIX/members/`: a key per replica, bound to its lease.
+    members: Vec<u8>,
 }
 
 impl Keys {
@@ -598,6 +622,7 @@ impl Keys {
             machines: format!("{prefix}/machines/").into_bytes(),
             profiles: format!("{prefix}/profiles/current").into_bytes(),
             chunks: format!("{prefix}/profiles/"),
+            members: format!("{prefix}/members/").into_bytes(),
         }
     }
 }
@@ -742,6 +767,25 @@ async fn load(
             _ => break,
         }
     }
+    let members = kv
+        .get(
+            keys.members.clone(),
+            Some(
+                GetOptions::new()
+                    .with_range(range_end(&keys.members))
+                    .with_limit(1024)
+                    .with_revision(revision),
+            ),
+        )
+        .await?;
+    snapshot
+        .members
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    for item in members.kvs() {
+        snapshot.set_member(item.key(), Some(item.value()));
+    }
     let head = kv
         .get(
             keys.profiles.clone(),
@@ -757,6 +801,46 @@ async fn load(
     }
     snapshot.replace(map, revision);
     Ok(revision)
+}
+
+/// A member's lease: gone this long after its replica stops renewing it.
+const MEMBER_TTL: i64 = 10;
+
+/// Keeps this replica's member key in etcd for as long as the store's runtime runs: a lease of
+/// [`MEMBER_TTL`] seconds renewed every third of it; when the lease is lost (etcd unreachable
+/// longer than that), a new one and the key again.
+async fn membership(client: Client, target: Target, key: Vec<u8>, value: Vec<u8>) {
+    let mut said = false;
+    loop {
+        let why = async {
+            let mut leases = client.lease_client();
+            let lease = leases.grant(MEMBER_TTL, None).await?.id();
+            client
+                .kv_client()
+                .put(
+                    key.clone(),
+                    value.clone(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )
+                .await?;
+            let (mut keeper, mut answers) = leases.keep_alive(lease).await?;
+            loop {
+                tokio::time::sleep(Duration::from_secs(MEMBER_TTL as u64 / 3)).await;
+                keeper.keep_alive().await?;
+                match answers.message().await? {
+                    Some(a) if a.ttl() > 0 => {}
+                    _ => return Ok::<String, etcd_client::Error>("the lease expired".into()),
+                }
+            }
+        }
+        .await
+        .unwrap_or_else(|e| explain(&e));
+        if !said {
+            tracing::warn!(store = %target.url(), "this replica's membership lapsed ({why}); joining again");
+            said = true;
+        }
+        tokio::time::sleep(RETRY_MIN).await;
+    }
 }
 
 /// How often members are checked for a listening client port.
@@ -858,6 +942,13 @@ async fn take_in(
                     Err(why) => snapshot.hostile(item.key(), &why),
                 }
             }
+        }
+        return Ok(());
+    }
+    if item.key().starts_with(&keys.members) {
+        match ev.event_type() {
+            EventType::Put => snapshot.set_member(item.key(), Some(item.value())),
+            EventType::Delete => snapshot.set_member(item.key(), None),
         }
         return Ok(());
     }
@@ -1051,6 +1142,30 @@ impl MachineStore for EtcdStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn join(&self, me: super::Member) {
+        let key = [self.keys.members.as_slice(), me.id.as_bytes()].concat();
+        let value = serde_json::to_vec(&me).unwrap_or_default();
+        self.handle.spawn(membership(
+            self.client.clone(),
+            self.target.clone(),
+            key,
+            value,
+        ));
+    }
+
+    fn members(&self) -> Vec<super::Member> {
+        let mut all: Vec<super::Member> = self
+            .snapshot
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     fn shared_profiles(&self) -> Option<(Arc<[u8]>, Version)> {

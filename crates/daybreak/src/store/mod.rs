@@ -85,6 +85,46 @@ impl Grant {
     }
 }
 
+/// One replica, as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `HOSTNAME-XXXXXX`: the host and a random suffix of this run.
+    pub id: String,
+    /// Where machines reach it (its served interfaces' addresses, or `--advertise`).
+    pub addresses: Vec<String>,
+    /// Daybreak's version.
+    pub version: String,
+    /// Unix seconds it started.
+    pub started: u64,
+}
+
+impl Member {
+    /// This process: its host name and a random suffix, and `addresses`.
+    pub fn me(addresses: Vec<String>) -> Member {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && h.len() <= 64)
+            .unwrap_or_else(|| "daybreak".into());
+        let suffix = artifacts::random_hex(3).unwrap_or_default();
+        Member {
+            id: format!("{host}-{suffix}"),
+            addresses,
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: artifacts::now(),
+        }
+    }
+
+    /// Whether it is one Daybreak could have written (a store is read as hostile).
+    pub fn is_valid(&self) -> bool {
+        let printable = |t: &str| t.len() <= 100 && t.bytes().all(|b| b.is_ascii_graphic());
+        printable(&self.id)
+            && printable(&self.version)
+            && self.addresses.len() <= 16
+            && self.addresses.iter().all(|a| printable(a))
+    }
+}
+
 /// A change to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -245,6 +285,15 @@ pub trait MachineStore: Send + Sync + 'static {
     /// (nothing is written).
     fn put_profiles(&self, _bytes: &[u8]) -> Result<bool, StoreError> {
         Ok(false)
+    }
+
+    /// Says this process is one of the replicas sharing the store, for as long as it runs (a
+    /// store that is one host's has no members: nothing is written).
+    fn join(&self, _me: Member) {}
+
+    /// The replicas sharing this store now, by id; empty for a store that is one host's.
+    fn members(&self) -> Vec<Member> {
+        Vec::new()
     }
 
     /// How long ago this process's copy was last known current: `Some(None)` while it is not

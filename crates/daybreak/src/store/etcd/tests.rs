@@ -266,3 +266,38 @@ fn profiles_are_shared_whole_by_generation_and_hostile_ones_skipped() {
     let f = super::super::FileStore::open(&d).unwrap();
     assert!(!f.put_profiles(b"[]").unwrap() && f.shared_profiles().is_none());
 }
+
+/// Item: members: one key per replica bound to a lease (id, addresses, version); gone when
+/// its replica stops; a value not as Daybreak writes one is not a member.
+#[test]
+fn replicas_are_members_while_they_run() {
+    let Some(etcd) = testkit::Etcd::start("etcd-members") else {
+        return;
+    };
+    let c = config(&etcd.endpoint, "/m");
+    let (a, b) = (
+        EtcdStore::connect(&c).unwrap(),
+        EtcdStore::connect(&c).unwrap(),
+    );
+    let me = crate::store::Member::me(vec!["10.0.0.2".into()]);
+    a.join(me.clone());
+    b.join(crate::store::Member::me(vec!["10.0.0.3".into()]));
+    etcd.ctl(&["put", "/m/members/x", "{\"id\":\"\\u0007\"}"])
+        .unwrap();
+    etcd.ctl(&["put", "/m/members/y", "garbage"]).unwrap();
+    let seen = eventually(Duration::from_secs(2), || {
+        let m = b.members();
+        (m.len() == 2).then_some(m)
+    });
+    assert!(seen.contains(&me), "{seen:?}");
+    assert!(seen.iter().all(|m| m.version == env!("CARGO_PKG_VERSION")));
+    let lease = etcd
+        .ctl(&["get", &format!("/m/members/{}", me.id), "-w", "json"])
+        .unwrap();
+    assert!(lease.contains("\"lease\":"), "bound to a lease: {lease}");
+    // A stops (its runtime ends): its lease lapses, and it is gone from B's view.
+    drop(a);
+    eventually(Duration::from_secs(super::MEMBER_TTL as u64 + 5), || {
+        (b.members().len() == 1).then_some(())
+    });
+}
