@@ -251,6 +251,22 @@ fn uefi_secure_boot_refuses_an_unsigned_kernel_and_the_log_says_why() {
     boot("uefi-sbunsigned");
 }
 
+/// Replicas on etcd with a real machine (tests/e2e/cluster.sh): a SeaBIOS machine installs
+/// through replica A (its cloud-config calls installed_url), A is killed with kill -9, the
+/// machine reboots and replica B, which never saw it, sends it to its disk; headless Chromium
+/// shows it installed on replica C's status page (screenshot in target/e2e-artifacts).
+#[test]
+fn a_machine_installed_through_one_replica_boots_from_its_disk_through_another() {
+    if let Some(guest) = guest(&["chromium", "etcd", "etcdctl"]) {
+        let out = workspace_root().join("target/e2e-artifacts");
+        run_e2e(
+            "cluster.sh",
+            &[BIN, &guest, &out.to_string_lossy()],
+            "E2E-PASS",
+        );
+    }
+}
+
 /// A fleet from one server (tests/e2e/fleet.sh): three SeaBIOS machines and a machines file.
 /// A (live) and B (install) boot side by side with their own cloud-configs, compared byte for
 /// byte in the guests, while headless Chromium shows both on the status page (screenshot in
