@@ -37,14 +37,19 @@
 #              boots, answers with anything of a machine's own given to the attacker, machines
 #              whose answer changed; then the same machines boot again with the attacker gone
 #
-#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet|attack]...     (default: all eight)
+#   CLUSTER    replicas on etcd (Debian's etcd-server): a replica's start (its snapshot loaded)
+#              and RSS with 100,000 machine records in etcd against the same records in the file
+#              store, and how long an install written to etcd takes to show on a replica's
+#              /api/machines (the watch's lag), p50/p99 of 200
+#
+#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet|attack|cluster]...   (default: all nine)
 #   sudo DAYBREAK_BIN=/path/to/daybreak bench/run.sh dhcp          (another build of the server)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet attack)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet attack cluster)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -513,6 +518,58 @@ if [[ " ${what[*]} " == *" attack "* ]]; then
     "$(field scripts_asked "$a") / $(field answered "$a") / $(field personal "$a")" "" ""
   row "  requests doubted (daybreak_identity_doubts_total)" "$doubts" "" ""
   fleet_rows "Attack: the same machines again, attacker gone" "$again"
+fi
+
+if [[ " ${what[*]} " == *" cluster "* ]]; then
+  # etcd (Debian's etcd-server) in the server's namespace, on its loopback, holding machine records
+  # as Daybreak writes them (every fourth installed): 60,000 under /bench60, as many as in a file
+  # store beside it (which holds 65,536 at most), and 100,000 under /bench.
+  ip netns exec "$sns" etcd --name bench --data-dir "$tmp/etcd" --log-level error \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster bench=http://127.0.0.1:2380 >"$tmp/etcd.err" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do S etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+  seeded=$(S "$lg" etcd-seed 127.0.0.1:2379 /bench 100000); echo "etcd /bench: $seeded"
+  seeded60=$(S "$lg" etcd-seed 127.0.0.1:2379 /bench60 60000); echo "etcd /bench60: $seeded60"
+  mkdir -m 700 -p "$tmp/cluster/file/machines" "$tmp/cluster/etcd" "$tmp/cluster/etcd60"
+  awk -v dir="$tmp/cluster/file/machines" 'BEGIN {
+    for (i = 0; i < 60000; i++) {
+      mac = sprintf("52:54:bb:%02x:%02x:%02x", int(i / 65536), int(i / 256) % 256, i % 256)
+      f = sprintf("%s/5254bb%02x%02x%02x.json", dir, int(i / 65536), int(i / 256) % 256, i % 256)
+      printf "{\"mac\":\"%s\",\"first_seen\":1796000000,\"last_seen\":1796000000,\"boots\":3,\"arch\":\"amd64\",\"firmware\":\"UEFI PXE, then iPXE\"%s}\n", \
+        mac, (i % 4 == 0 ? ",\"installed_at\":1796000100" : "") > f
+      close(f)
+    }
+  }'
+  replica() { # label args...: starts a replica and waits until it is ready; sets rpid and started
+    local label=$1; shift
+    local t0; t0=$(date +%s%N)
+    ip netns exec "$sns" "$db" serve --kernel "$tmp/kernel" --no-proxy-dhcp "$@" >/dev/null 2>"$tmp/cluster-$label.err" &
+    pids+=($!); rpid=$!
+    for _ in $(seq 1 1200); do grep -q " ready" "$tmp/cluster-$label.err" && break; sleep 0.05; done
+    grep -q " ready" "$tmp/cluster-$label.err" || { echo "the $label replica did not start" >&2; tail -5 "$tmp/cluster-$label.err" >&2; exit 1; }
+    local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    sleep 1
+    started="start_ms=$ms rss_mib=$(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$rpid/status") \
+known=$(grep -o '[0-9]* machines remembered' "$tmp/cluster-$label.err" | head -1 | cut -d' ' -f1)"
+    echo "$label: $started"
+  }
+  stop_replica() { kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true; }
+  replica file60 --state-dir "$tmp/cluster/file"; f=$started; stop_replica
+  replica etcd60 --state-dir "$tmp/cluster/etcd60" --store etcd://127.0.0.1:2379/bench60; e60=$started; stop_replica
+  replica etcd100 --state-dir "$tmp/cluster/etcd" --store etcd://127.0.0.1:2379/bench; e=$started
+  lag=$(S "$lg" etcd-lag 127.0.0.1:2379 /bench 127.0.0.1:8091 200); echo "etcd: $lag"
+  stop_all
+  row "Replica start, 60,000 machine records: etcd vs file store ms" "$(field start_ms "$e60")" "$(field start_ms "$f")" \
+    "$(ratio "$(field start_ms "$e60")" "$(field start_ms "$f")")"
+  row "  RSS after start MiB, etcd vs file store" "$(field rss_mib "$e60")" "$(field rss_mib "$f")" \
+    "$(ratio "$(field rss_mib "$e60")" "$(field rss_mib "$f")")"
+  row "  records known at start, etcd / file store" "$(field known "$e60") / $(field known "$f")" "" ""
+  row "Replica start, 100,000 records in etcd ms / RSS MiB / known" \
+    "$(field start_ms "$e") / $(field rss_mib "$e") / $(field known "$e")" "" ""
+  row "  an install written to etcd, seen on /api/machines p50 / p99 ms" \
+    "$(field lag_p50_ms "$lag") / $(field lag_p99_ms "$lag")" "" ""
 fi
 
 echo

@@ -8,6 +8,8 @@
 //!   daybreak-bench storm IFACE SERVER N EFI,KERNEL,INITRD,ROOTFS PID [FIRST [fleet]]
 //!   daybreak-bench flood SERVER SECONDS
 //!   daybreak-bench attack IFACE SERVER SECONDS N
+//!   daybreak-bench etcd-seed ETCD PREFIX N
+//!   daybreak-bench etcd-lag ETCD PREFIX ADMIN N
 //!
 //! Loads are bounded in count and time and only target the address given (loopback or a test
 //! namespace).
@@ -22,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use pxe::message::{Message, MessageType};
 
 mod burst;
+mod etcd;
 mod storm;
 
 fn main() -> Result<()> {
@@ -79,6 +82,15 @@ fn main() -> Result<()> {
         Some("attack") if args.len() == 5 => storm::attack(
             &args[1],
             args[2].parse()?,
+            args[3].parse()?,
+            args[4].parse()?,
+        ),
+        Some("etcd-seed") if args.len() == 4 => {
+            etcd::seed(args[1].parse()?, &args[2], args[3].parse()?)
+        }
+        Some("etcd-lag") if args.len() == 5 => etcd::lag(
+            args[1].parse()?,
+            &args[2],
             args[3].parse()?,
             args[4].parse()?,
         ),

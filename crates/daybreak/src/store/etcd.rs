@@ -380,7 +380,7 @@ impl EtcdStore {
             client,
             handle,
             snapshot,
-            cap: super::MAX_RECORDS,
+            cap: super::MAX_SHARED_RECORDS,
             _stop: stop,
         };
         let (client, keys, snapshot, cap) =

@@ -22,6 +22,9 @@ pub use file::FileStore;
 /// push out a machine whose install finished).
 pub const MAX_RECORDS: usize = 65_536;
 
+/// Records a store replicas share keeps (a fleet across racks and sites): the same rule past it.
+pub const MAX_SHARED_RECORDS: usize = 262_144;
+
 /// Up to `n` machines a full store may forget: never installed, not seen the longest first.
 pub fn evictable(records: &std::collections::HashMap<Mac, Versioned>, n: usize) -> Vec<Mac> {
     let mut never: Vec<(u64, Mac)> = records
@@ -210,8 +213,8 @@ pub enum StoreError {
     /// Someone else changed the record since it was read: read it again and retry.
     #[error("the record changed meanwhile")]
     Conflict,
-    /// No room for another machine (see [`MAX_RECORDS`]).
-    #[error("the machine store is full ({MAX_RECORDS} machines)")]
+    /// No room for another machine (see [`MAX_RECORDS`], [`MAX_SHARED_RECORDS`]).
+    #[error("the machine store is full (every machine in it installed)")]
     Full,
     /// The store cannot be reached or cannot commit (no quorum): try again later.
     #[error("{store} cannot answer: {why}")]
