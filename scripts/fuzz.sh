@@ -22,7 +22,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 export CARGO_TARGET_DIR="$PWD/target"
 # With an explicit --target, RUSTFLAGS reach the fuzzed code only, not build scripts.
 host=$(rustc -vV | sed -n 's/^host: //p')
-all=(dhcp tftp http_head oci layer iso machines store_record api_answer render)
+all=(dhcp tftp http_head oci layer iso machines store_record shared_store api_answer render)
 cargo build --release --locked -q --target "$host" "${all[@]/#/--bin=}"
 bin=target/$host/release
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")

@@ -214,4 +214,22 @@ fn main() {
             .unwrap();
     });
     put(dir, "layer", "kairos", &kairos);
+    // What a shared store holds: profiles as `daybreak machines apply` writes them, a member.
+    for (name, text) in [
+        (
+            "profiles",
+            r#"[{"mac":"52:54:00:00:00:01","hostname":"edge-1","cloud_config":"c","container_image":"quay.io/kairos/ubuntu:24.04"}]"#,
+        ),
+        (
+            "profiles-machines",
+            r#"{"machines":[{"arch":"arm64","iso":"https://example.invalid/k.iso"},{"action":"live"}]}"#,
+        ),
+        ("local", r#"[{"kernel":"/etc/shadow"}]"#),
+        (
+            "member",
+            r#"{"id":"host-1a2b3c","addresses":["10.0.0.2"],"version":"0.1.0","started":1}"#,
+        ),
+    ] {
+        put(dir, "shared_store", name, text.as_bytes());
+    }
 }

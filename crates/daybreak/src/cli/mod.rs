@@ -61,7 +61,10 @@ listen_addr           :8080, the artifact file server (artifacts only, never the
 disable_netboot, disable_http_server   turn either server off (both: build and exit)\n  \
 state_dir             artifacts, layers and downloads: /var/lib/daybreak as root, else\n                        \
 ~/.local/state/daybreak. It must be yours and writable by no one else\n                        \
-(created 0700); /tmp/auroraboot works when asked for, under the same rule\n\n\
+(created 0700); /tmp/auroraboot works when asked for, under the same rule\n  \
+store                 file (STATE_DIR/machines, the default) or etcd://HOST:PORT[,...][/PREFIX]:\n                        \
+replicas share machines, profiles and URLs; store_ca, store_cert,\n                        \
+store_key, store_auth_file: TLS and credentials, from files\n\n\
 The cloud-config is a template: [[[ .key.path ]]] is replaced by that --set value (empty if unset), \
 so secrets stay off the file: --set-file kairos.password=/run/secrets/pw with \
 passwd: [[[ .kairos.password ]]] (--set works too, but any local user can read a command line). It is \

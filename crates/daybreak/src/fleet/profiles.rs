@@ -221,9 +221,10 @@ impl Profiles {
 }
 
 /// A machines file as a store shares it with every replica (`daybreak machines apply`): JSON of
-/// the same list, each local `cloud_config_file` made its text (`cloud_config`). Checked
-/// exactly as `--machines FILE` is, first; an entry naming a local image file is refused (what
-/// a shared store says is read as hostile, so a replica never opens a local path it names).
+/// the same list, each `cloud_config_file` (a file or a URL, read here, by the operator) made
+/// its text (`cloud_config`). Checked exactly as `--machines FILE` is, first; an entry naming a
+/// local image file is refused (what a shared store says is read as hostile, so a replica never
+/// opens a local path, nor fetches a URL for a cloud-config, that it names).
 pub fn shared_text(path: &Path) -> anyhow::Result<(Profiles, Vec<u8>)> {
     let profiles = Profiles::load(path)?;
     let text = read_capped(path, "machines file")?;
@@ -241,11 +242,12 @@ pub fn shared_text(path: &Path) -> anyhow::Result<(Profiles, Vec<u8>)> {
         for e in entries {
             let Value::Object(m) = e else { continue };
             if let Some(Value::String(f)) = m.get("cloud_config_file").cloned() {
-                if !artifacts::is_url(&f) {
-                    let t = read_capped(&base.join(&f), "cloud_config_file")?;
-                    m.remove("cloud_config_file");
-                    m.insert("cloud_config".into(), Value::String(t));
-                }
+                let t = match artifacts::is_url(&f) {
+                    true => crate::template::read_text(&f, "cloud_config_file")?,
+                    false => read_capped(&base.join(&f), "cloud_config_file")?,
+                };
+                m.remove("cloud_config_file");
+                m.insert("cloud_config".into(), Value::String(t));
             }
         }
     }
@@ -256,8 +258,10 @@ pub fn shared_text(path: &Path) -> anyhow::Result<(Profiles, Vec<u8>)> {
     Ok((profiles, bytes))
 }
 
-/// Profiles from what a store shares, read as hostile: checked as a file is, and no entry may
-/// name a local file (a cloud-config, a kernel, an initrd, a squashfs or an ISO on this host).
+/// Profiles from what a store shares, read as hostile: checked as a file is, no entry may name
+/// a local file (a kernel, an initrd, a squashfs or an ISO on this host), and cloud-configs are
+/// inline (a URL to fetch would let whoever writes the store make every replica fetch any URL
+/// and hand the answer to a machine).
 pub fn from_shared(bytes: &[u8]) -> anyhow::Result<Profiles> {
     if bytes.len() > MAX_FILE {
         bail!("larger than {} MiB", MAX_FILE >> 20);
@@ -272,18 +276,16 @@ pub fn from_shared(bytes: &[u8]) -> anyhow::Result<Profiles> {
         for (i, e) in entries.iter_mut().enumerate() {
             let Value::Object(m) = e else { continue };
             let refuse = |key: &str| {
-                anyhow!("entry {}: {key} names a file on this host; profiles shared by replicas name images by a registry container_image or an iso URL, and cloud-configs inline or by URL", i + 1)
+                anyhow!("entry {}: {key} names a file on this host or a URL to fetch; profiles shared by replicas name images by a registry container_image or an iso URL, and carry cloud-configs inline (daybreak machines apply puts a cloud_config_file's text in)", i + 1)
             };
-            for key in ["kernel", "initrd", "rootfs"] {
+            for key in ["kernel", "initrd", "rootfs", "cloud_config_file"] {
                 if m.get(key).is_some_and(|v| !v.is_null()) {
                     return Err(refuse(key));
                 }
             }
-            for key in ["cloud_config_file", "iso"] {
-                if let Some(Value::String(s)) = m.get(key) {
-                    if !artifacts::is_url(s) {
-                        return Err(refuse(key));
-                    }
+            if let Some(Value::String(s)) = m.get("iso") {
+                if !artifacts::is_url(s) {
+                    return Err(refuse("iso"));
                 }
             }
             // Only a registry: a path, dir://, file:// would be read on this host.
@@ -716,6 +718,7 @@ mod tests {
             r#"[{"container_image":"./x"}]"#,
             r#"[{"container_image":"file:///root/x.tar"}]"#,
             r#"[{"cloud_config_file":"/etc/shadow"}]"#,
+            r#"[{"cloud_config_file":"http://169.254.169.254/latest/user-data"}]"#,
             r#"[{"iso":"/var/lib/x.iso"}]"#,
             r#"{"machines":[{"rootfs":"/etc/passwd"}]}"#,
             r#"[{"initrd":["/etc/shadow"]}]"#,

@@ -122,6 +122,9 @@ struct Snapshot {
     profiles: RwLock<Option<(Arc<[u8]>, i64)>>,
     /// The replicas, by key.
     members: RwLock<HashMap<Vec<u8>, super::Member>>,
+    /// Records held at most: past it, a machine new to the snapshot is not taken in (whatever
+    /// is written to etcd, memory stays bounded).
+    cap: usize,
 }
 
 impl Snapshot {
@@ -141,6 +144,14 @@ impl Snapshot {
             return;
         }
         let mut map = self.write();
+        if !map.contains_key(&mac) && map.len() >= self.cap {
+            drop(map);
+            self.hostile(
+                b"machines/",
+                "would hold more records than this store keeps",
+            );
+            return;
+        }
         if map.get(&mac).is_none_or(|old| old.version < v.version) {
             map.insert(mac, v);
             self.changes.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +194,11 @@ impl Snapshot {
             return;
         };
         match serde_json::from_slice::<super::Member>(v) {
-            Ok(member) if v.len() <= 4096 && member.is_valid() && m.len() < 1024 => {
+            Ok(member)
+                if v.len() <= 4096
+                    && member.is_valid()
+                    && (m.contains_key(key) || m.len() < 1024) =>
+            {
                 m.insert(key.to_vec(), member);
             }
             _ => {
@@ -373,6 +388,7 @@ impl EtcdStore {
             )),
             profiles: RwLock::default(),
             members: RwLock::default(),
+            cap: super::MAX_SHARED_RECORDS,
         });
         let s = EtcdStore {
             keys: Arc::new(Keys::new(&target.prefix)),
