@@ -72,14 +72,8 @@ cat > "$tmp/machines.yaml" <<YAML
     e2e-callback: [[[ .daybreak.installed_url ]]]
 YAML
 
-# A disk whose boot sector writes E2E-DISK-BOOTED to COM1 and halts (as in fleet.sh).
-{
-  printf '\xfa\xfc\x31\xc0\x8e\xd8\xbe\x17\x7c\xba\xf8\x03\xac\x84\xc0\x74\x03\xee\xeb\xf8\xf4\xeb\xfd'
-  printf 'E2E-DISK-BOOTED\r\n\0'
-} > "$tmp/mbr"
-head -c 1048576 /dev/zero > "$tmp/disk.img"
-dd if="$tmp/mbr" of="$tmp/disk.img" conv=notrunc status=none
-printf '\x55\xaa' | dd of="$tmp/disk.img" bs=1 seek=510 conv=notrunc status=none
+# A disk whose boot sector prints E2E-DISK-BOOTED (lan.sh).
+boot_disk "$tmp/disk.img"
 
 replica() { # NS NAME ARGS...
   local ns=$1 name=$2; shift 2

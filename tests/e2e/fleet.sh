@@ -73,15 +73,8 @@ YAML
 write_machines "- mac: $C
   action: ignore"
 
-# A disk whose boot sector writes E2E-DISK-BOOTED to COM1 and halts (16-bit code by hand:
-# cli; cld; ds=0; si=message; out each byte to 0x3f8; hlt).
-{
-  printf '\xfa\xfc\x31\xc0\x8e\xd8\xbe\x17\x7c\xba\xf8\x03\xac\x84\xc0\x74\x03\xee\xeb\xf8\xf4\xeb\xfd'
-  printf 'E2E-DISK-BOOTED\r\n\0'
-} > "$tmp/mbr"
-head -c 1048576 /dev/zero > "$tmp/disk.img"
-dd if="$tmp/mbr" of="$tmp/disk.img" conv=notrunc status=none
-printf '\x55\xaa' | dd of="$tmp/disk.img" bs=1 seek=510 conv=notrunc status=none
+# A disk whose boot sector prints E2E-DISK-BOOTED (lan.sh).
+boot_disk "$tmp/disk.img"
 
 ip netns exec "$srv" "$bin" -d --set "container_image=dir://$tmp/img" --set "state_dir=$tmp/state" \
   --set "k3s_token=K10-$id" --set disable_http_server=true \

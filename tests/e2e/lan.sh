@@ -104,3 +104,15 @@ wait_serial() {
     sleep 0.5
   done
 }
+
+# boot_disk FILE: a 1 MiB disk whose boot sector writes E2E-DISK-BOOTED to COM1 and halts
+# (16-bit code by hand: cli; cld; ds=0; si=message; out each byte to 0x3f8; hlt).
+boot_disk() {
+  {
+    printf '\xfa\xfc\x31\xc0\x8e\xd8\xbe\x17\x7c\xba\xf8\x03\xac\x84\xc0\x74\x03\xee\xeb\xf8\xf4\xeb\xfd'
+    printf 'E2E-DISK-BOOTED\r\n\0'
+  } > "$tmp/mbr"
+  head -c 1048576 /dev/zero > "$1"
+  dd if="$tmp/mbr" of="$1" conv=notrunc status=none
+  printf '\x55\xaa' | dd of="$1" bs=1 seek=510 conv=notrunc status=none
+}

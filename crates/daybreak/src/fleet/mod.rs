@@ -277,9 +277,7 @@ impl Fleet {
             if now.is_some() && now != *at {
                 *at = now;
                 if let Some(p) = shared_profiles(&*self.store) {
-                    let p = Arc::new(p);
-                    self.images.build_all(&p);
-                    *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
+                    self.use_profiles(p);
                 }
             }
         }
@@ -295,15 +293,20 @@ impl Fleet {
                         tracing::error!("{e:#}; the store keeps its profiles");
                     }
                 }
-                let p = Arc::new(p);
-                self.images.build_all(&p);
-                *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
+                self.use_profiles(p);
             }
             Err(e) => tracing::error!(
                 "{e:#}; keeping the last good version ({} entries) until the file is fixed",
                 self.profiles().len()
             ),
         }
+    }
+
+    /// Decides from `p` from each machine's next boot on; the images it names are built.
+    fn use_profiles(&self, p: Profiles) {
+        let p = Arc::new(p);
+        self.images.build_all(&p);
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     /// Whether machines of `arch` may have something to boot here.

@@ -298,11 +298,6 @@ fn options(config: &StoreConfig) -> anyhow::Result<(ConnectOptions, bool)> {
     Ok((o, tls))
 }
 
-/// The key of `mac`'s record under `prefix`.
-fn record_key(prefix: &str, mac: &Mac) -> String {
-    format!("{prefix}/machines/{}", mac.hex())
-}
-
 /// The MAC a record key names; `None` for any other key.
 fn mac_of_key(dir: &[u8], key: &[u8]) -> Option<Mac> {
     let hex = std::str::from_utf8(key.strip_prefix(dir)?).ok()?;
@@ -399,20 +394,13 @@ impl EtcdStore {
             cap: super::MAX_SHARED_RECORDS,
             _stop: stop,
         };
-        let (client, keys, snapshot, cap) =
-            (s.client.clone(), s.keys.clone(), s.snapshot.clone(), s.cap);
-        let revision = run(&s.handle, async move {
-            let mut tries = 0u64;
-            loop {
-                match load(client.clone(), keys.clone(), snapshot.clone(), cap).await {
-                    Err(e) if tries < 4 && unreached(&e) => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-                    }
-                    r => return r,
-                }
-            }
-        })
+        let (keys, snapshot, cap) = (s.keys.clone(), s.snapshot.clone(), s.cap);
+        let revision = run(
+            &s.handle,
+            retrying(s.client.clone(), move |client| {
+                load(client, keys.clone(), snapshot.clone(), cap)
+            }),
+        )
         .map_err(|why| {
             anyhow::anyhow!(
                 "cannot read the machine store at {}: {why}; {FIX}",
@@ -484,42 +472,6 @@ impl EtcdStore {
         })
     }
 
-    /// How long ago the snapshot was last known current; `None` while the watch is lost.
-    fn age(&self) -> Option<Duration> {
-        self.snapshot
-            .current_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
-    }
-
-    /// The URL-tag key shared by every replica: the one under `PREFIX/secret`, or `fresh` put
-    /// there by a transaction that only creates (the first replica's wins).
-    fn secret(&self, fresh: String) -> Result<String, StoreError> {
-        let key = format!("{}/secret", self.target.prefix);
-        let resp = self.kv_txn(
-            Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
-                .or_else([TxnOp::get(key, None)]),
-        )?;
-        if resp.succeeded() {
-            return Ok(fresh);
-        }
-        let value = resp
-            .op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        String::from_utf8(value).map_err(|_| StoreError::Unavailable {
-            store: self.target.url(),
-            why: format!("{}/secret is not text", self.target.prefix),
-        })
-    }
-
     /// Room for a new machine in a full store: the never-installed machines not seen the
     /// longest go, each only if unchanged since read.
     fn make_room(&self) -> Result<(), StoreError> {
@@ -534,7 +486,7 @@ impl EtcdStore {
             return Err(StoreError::Full);
         }
         for (mac, version) in &gone {
-            let key = record_key(&self.target.prefix, mac);
+            let key = self.keys.record(mac);
             let resp = self.kv_txn(
                 Txn::new()
                     .when([Compare::mod_revision(
@@ -579,15 +531,17 @@ fn run<T: Send + 'static>(
     }
 }
 
-/// `op` on `kv`, sent again (a few times, on another member) while it did not reach one.
-async fn retrying<T, F, Fut>(kv: etcd_client::KvClient, op: F) -> Result<T, etcd_client::Error>
+/// `op` on `with` (a client), sent again (a few times, on another member) while it did not
+/// reach one.
+async fn retrying<C, T, F, Fut>(with: C, op: F) -> Result<T, etcd_client::Error>
 where
-    F: Fn(etcd_client::KvClient) -> Fut,
+    C: Clone,
+    F: Fn(C) -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     let mut tries = 0u64;
     loop {
-        match op(kv.clone()).await {
+        match op(with.clone()).await {
             Err(e) if tries < 4 && unreached(&e) => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(50 * tries)).await;
@@ -632,6 +586,11 @@ struct Keys {
 }
 
 impl Keys {
+    /// The key of `mac`'s record.
+    fn record(&self, mac: &Mac) -> Vec<u8> {
+        [self.machines.as_slice(), mac.hex().as_bytes()].concat()
+    }
+
     fn new(prefix: &str) -> Keys {
         Keys {
             all: format!("{prefix}/").into_bytes(),
@@ -1074,8 +1033,8 @@ impl MachineStore for EtcdStore {
     /// A linearizable read: what a quorum holds now. A value that is not a record reads as a
     /// blank record at its revision, so the machine's next write replaces it.
     fn get(&self, mac: Mac) -> Result<Option<Versioned>, StoreError> {
-        let key = record_key(&self.target.prefix, &mac);
-        let resp = self.kv_get(key.into_bytes(), None)?;
+        let key = self.keys.record(&mac);
+        let resp = self.kv_get(key, None)?;
         let Some(item) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -1103,7 +1062,7 @@ impl MachineStore for EtcdStore {
         if expect.is_none() && self.cached(mac).is_none() && self.len() >= self.cap {
             self.make_room()?;
         }
-        let key = record_key(&self.target.prefix, &mac);
+        let key = self.keys.record(&mac);
         let value = serde_json::to_vec(record).map_err(|e| StoreError::Io {
             what: format!("cannot write the record of {mac}"),
             source: std::io::Error::other(e),
@@ -1132,20 +1091,15 @@ impl MachineStore for EtcdStore {
     }
 
     fn forget(&self, mac: Mac) -> Result<bool, StoreError> {
-        let key = record_key(&self.target.prefix, &mac);
-        let resp = self.kv_delete(key.into_bytes(), None)?;
+        let key = self.keys.record(&mac);
+        let resp = self.kv_delete(key, None)?;
         let at = resp.header().map_or(0, |h| h.revision());
         self.snapshot
             .gone
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(mac, at);
-        {
-            let mut map = self.snapshot.write();
-            if map.remove(&mac).is_some() {
-                self.snapshot.changes.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.snapshot.remove(mac, at);
         Ok(resp.deleted() > 0)
     }
 
@@ -1207,14 +1161,12 @@ impl MachineStore for EtcdStore {
             source: e,
         })?;
         let keys = self.keys.clone();
-        let old = {
-            self.kv_get(keys.profiles.clone(), None)?
-                .kvs()
-                .first()
-                .and_then(|kv| serde_json::from_slice::<ProfilesHead>(kv.value()).ok())
-                .map(|h| h.generation)
-                .filter(|g| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
-        };
+        let old = self
+            .kv_get(keys.profiles.clone(), None)?
+            .kvs()
+            .first()
+            .and_then(|kv| profiles_head(kv.value()).ok())
+            .map(|h| h.generation);
         let chunks: Vec<Vec<u8>> = bytes.chunks(CHUNK).map(<[u8]>::to_vec).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let key = format!("{}{generation}/{i:04}", keys.chunks);
@@ -1239,12 +1191,44 @@ impl MachineStore for EtcdStore {
         Ok(true)
     }
 
+    /// The URL-tag key shared by every replica: the one under `PREFIX/secret`, or `fresh` put
+    /// there by a transaction that only creates (the first replica's wins).
     fn shared_secret(&self, fresh: String) -> Result<Option<String>, StoreError> {
-        self.secret(fresh).map(Some)
+        let key = format!("{}/secret", self.target.prefix);
+        let resp = self.kv_txn(
+            Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
+                .or_else([TxnOp::get(key, None)]),
+        )?;
+        if resp.succeeded() {
+            return Ok(Some(fresh));
+        }
+        let value = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        String::from_utf8(value)
+            .map(Some)
+            .map_err(|_| StoreError::Unavailable {
+                store: self.target.url(),
+                why: format!("{}/secret is not text", self.target.prefix),
+            })
     }
 
+    /// How long ago the snapshot was last known current; inner `None` while the watch is lost.
     fn snapshot_age(&self) -> Option<Option<Duration>> {
-        Some(self.age())
+        Some(
+            self.snapshot
+                .current_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|t| t.elapsed()),
+        )
     }
 }
 

@@ -18,6 +18,17 @@ fn config(endpoint: &str, prefix: &str) -> StoreConfig {
     }
 }
 
+/// A real etcd and two stores on it under `prefix` (two replicas); `None` when etcd is not here.
+fn two_replicas(tag: &str, prefix: &str) -> Option<(testkit::Etcd, EtcdStore, EtcdStore)> {
+    let etcd = testkit::Etcd::start(tag)?;
+    let c = config(&etcd.endpoint, prefix);
+    let (a, b) = (
+        EtcdStore::connect(&c).unwrap(),
+        EtcdStore::connect(&c).unwrap(),
+    );
+    Some((etcd, a, b))
+}
+
 fn booted(at: u64) -> Change {
     Change::Booted {
         at,
@@ -213,14 +224,10 @@ fn with_etcd_gone_the_snapshot_answers_and_writes_say_unavailable() {
 /// replica never reads half of one; a head or chunks not as Daybreak writes them are skipped.
 #[test]
 fn profiles_are_shared_whole_by_generation_and_hostile_ones_skipped() {
-    let Some(etcd) = testkit::Etcd::start("etcd-profiles") else {
+    let Some((etcd, a, b)) = two_replicas("etcd-profiles", "/p") else {
         return;
     };
     let c = config(&etcd.endpoint, "/p");
-    let (a, b) = (
-        EtcdStore::connect(&c).unwrap(),
-        EtcdStore::connect(&c).unwrap(),
-    );
     assert!(b.shared_profiles().is_none());
     // 2.5 MiB: three chunks.
     let big: Vec<u8> = std::iter::repeat_n(b"- hostname: x\n".as_slice(), 190_000)
@@ -271,14 +278,9 @@ fn profiles_are_shared_whole_by_generation_and_hostile_ones_skipped() {
 /// its replica stops; a value not as Daybreak writes one is not a member.
 #[test]
 fn replicas_are_members_while_they_run() {
-    let Some(etcd) = testkit::Etcd::start("etcd-members") else {
+    let Some((etcd, a, b)) = two_replicas("etcd-members", "/m") else {
         return;
     };
-    let c = config(&etcd.endpoint, "/m");
-    let (a, b) = (
-        EtcdStore::connect(&c).unwrap(),
-        EtcdStore::connect(&c).unwrap(),
-    );
     let me = crate::store::Member::me(vec!["10.0.0.2".into()]);
     a.join(me.clone());
     b.join(crate::store::Member::me(vec!["10.0.0.3".into()]));
