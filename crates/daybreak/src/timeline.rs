@@ -7,7 +7,7 @@
 //! Bounded: [`MAX_LIVE`] machines, [`TIMELINE`] steps each; past that, the machines seen
 //! longest ago go, in bulk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +16,39 @@ use pxe::{Mac, Machine};
 
 use crate::events::{BootEvent, Step};
 use crate::fleet::profiles::{Action, Profiles};
-use crate::store::{Record, Versioned};
+use crate::store::{Record, Steps, Versioned};
+
+/// Machines' steps the other replicas shared, by MAC ([`crate::store::MachineStore::with_steps`]).
+pub type Shared = crate::store::SharedSteps;
+
+/// The phases a machine can be in, for those another replica shares (read as hostile: any
+/// other word is "seen").
+const PHASES: [&str; 11] = [
+    "seen",
+    "offered",
+    "loader",
+    "script",
+    "kernel",
+    "initrd",
+    "rootfs",
+    "booting",
+    "config",
+    "installed",
+    "local disk",
+];
+
+fn phase_of(word: &str) -> &'static str {
+    PHASES
+        .iter()
+        .find(|p| **p == word)
+        .copied()
+        .unwrap_or("seen")
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Machines with a timeline in memory; past this the ones seen longest ago are dropped.
 pub const MAX_LIVE: usize = 4096;
@@ -84,6 +116,17 @@ fn stall_cause(phase: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
+/// Of the steps other replicas shared of a machine, the one with the latest step, when it is
+/// later than this replica's own (`local`, Unix ms).
+fn latest_other(others: &[std::sync::Arc<Steps>], local: Option<u64>) -> Option<&Steps> {
+    others
+        .iter()
+        .filter(|o| phase_of(&o.phase) != "seen")
+        .max_by_key(|o| o.last)
+        .map(|o| &**o)
+        .filter(|o| local.is_none_or(|l| o.last > l))
+}
+
 /// Adds a step to a machine's timeline, the oldest going past [`TIMELINE`].
 fn push(s: &mut Seen, at: SystemTime, what: What) {
     if s.timeline.len() >= TIMELINE {
@@ -137,6 +180,8 @@ impl Default for Seen {
 #[derive(Default)]
 struct Live {
     machines: HashMap<Mac, Seen>,
+    /// Machines with steps not yet shared with the other replicas (when shared).
+    unshared: HashSet<Mac>,
 }
 
 impl Live {
@@ -164,11 +209,11 @@ struct View<'a> {
     phase: &'static str,
     /// The step it is at (failed at, stalled after).
     #[serde(skip_serializing_if = "Option::is_none")]
-    stage: Option<&'static str>,
+    stage: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_good: Option<&'static str>,
+    last_good: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<&'a Failure>,
+    failure: Option<FailureView<'a>>,
     /// Why it is stalled, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     stalled: Option<&'static str>,
@@ -180,6 +225,37 @@ struct View<'a> {
     doubts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeline: Option<Vec<Moment<'a>>>,
+}
+
+/// What failed, as a page shows it: this replica's own or another's.
+#[derive(serde::Serialize)]
+struct FailureView<'a> {
+    kind: &'a str,
+    stage: &'a str,
+    text: &'a str,
+    at: u64,
+}
+
+impl<'a> From<&'a Failure> for FailureView<'a> {
+    fn from(f: &'a Failure) -> Self {
+        FailureView {
+            kind: f.kind,
+            stage: f.stage,
+            text: &f.text,
+            at: f.at,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::store::StepFailure> for FailureView<'a> {
+    fn from(f: &'a crate::store::StepFailure) -> Self {
+        FailureView {
+            kind: &f.kind,
+            stage: &f.stage,
+            text: &f.text,
+            at: f.at,
+        }
+    }
 }
 
 /// How much of its squashfs a machine has.
@@ -194,6 +270,11 @@ struct Progress {
 struct Moment<'a> {
     at: u64,
     what: std::borrow::Cow<'a, str>,
+    /// The replica that saw it, when another one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<&'a str>,
+    #[serde(skip)]
+    ms: u64,
 }
 
 /// The machines seen since this server started.
@@ -206,6 +287,8 @@ pub struct Timelines {
     /// Whether a booted machine is to ask for a cloud-config (there is one to give): else the
     /// root is the last step expected.
     pub config_expected: bool,
+    /// This replica's id, when its machines' steps are shared with other replicas.
+    shared_as: std::sync::OnceLock<String>,
 }
 
 /// What fits a real boot: the slowest step (a squashfs of a few GB over a busy network, an
@@ -224,7 +307,57 @@ impl Timelines {
             rootfs_size,
             stall_after,
             config_expected: true,
+            shared_as: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps the machines' steps for [`Timelines::unshared`], as replica `member` saw them.
+    pub fn share_as(&self, member: String) {
+        let _ = self.shared_as.set(member);
+    }
+
+    /// The steps of each machine that took a step since the last call, to share with the
+    /// other replicas (nothing unless [`Timelines::share_as`]).
+    pub fn unshared(&self) -> Vec<(Mac, Steps)> {
+        let Some(member) = self.shared_as.get() else {
+            return Vec::new();
+        };
+        let mut live = self.live();
+        let macs: Vec<Mac> = live.unshared.drain().collect();
+        macs.into_iter()
+            .filter_map(|mac| {
+                let s = live.machines.get(&mac)?;
+                let text = |t: &str| -> String {
+                    let mut end = t.len().min(crate::store::MAX_STEP_TEXT);
+                    while !t.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    t[..end].chars().filter(|c| !c.is_control()).collect()
+                };
+                let steps = Steps {
+                    member: member.clone(),
+                    phase: s.phase.into(),
+                    last_good: s.last_good.map(Into::into),
+                    failure: s.failure.as_ref().map(|f| crate::store::StepFailure {
+                        kind: f.kind.into(),
+                        stage: f.stage.into(),
+                        text: text(&f.text),
+                        at: f.at,
+                    }),
+                    ip: s.ip.map(|i| i.to_string()),
+                    last: unix_ms(s.last),
+                    steps: s
+                        .timeline
+                        .iter()
+                        .rev()
+                        .take(crate::store::MAX_STEPS)
+                        .rev()
+                        .map(|(t, w)| (unix_ms(*t), text(&w.text())))
+                        .collect(),
+                };
+                Some((mac, steps))
+            })
+            .collect()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
@@ -385,6 +518,9 @@ impl Timelines {
             s.last_good = Some(s.phase);
         }
         push(s, e.at, what);
+        if self.shared_as.get().is_some() {
+            live.unshared.insert(mac);
+        }
     }
 
     /// Machines `offset..offset + limit` of the remembered and the seen, by MAC, as the JSON of
@@ -394,6 +530,7 @@ impl Timelines {
         &self,
         profiles: &Profiles,
         records: &HashMap<Mac, Versioned>,
+        shared: &Shared,
         replicas: &[crate::store::Member],
         offset: usize,
         limit: usize,
@@ -402,6 +539,11 @@ impl Timelines {
         let mut macs: Vec<&Mac> = records
             .keys()
             .chain(live.machines.keys().filter(|m| !records.contains_key(*m)))
+            .chain(
+                shared
+                    .keys()
+                    .filter(|m| !records.contains_key(*m) && !live.machines.contains_key(*m)),
+            )
             .collect();
         let total = macs.len();
         let end = offset.saturating_add(limit).min(total);
@@ -425,7 +567,8 @@ impl Timelines {
             .iter()
             .map(|m| {
                 let record = records.get(m).map(|v| &v.record);
-                self.view(m, live.machines.get(m), record, profiles)
+                let others = shared.get(m).map_or(&[][..], |o| &o[..]);
+                self.view(m, live.machines.get(m), others, record, profiles)
             })
             .collect();
         #[derive(serde::Serialize)]
@@ -450,34 +593,61 @@ impl Timelines {
         &self,
         m: &Mac,
         seen: Option<&'a Seen>,
+        others: &'a [std::sync::Arc<Steps>],
         record: Option<&'a Record>,
         profiles: &'a Profiles,
     ) -> View<'a> {
         let machine = machine_of(*m, seen);
         let profile = profiles.find(&machine);
-        let phase = match (seen, record) {
-            (Some(s), _) if s.phase != "seen" => s.phase,
-            (_, Some(r)) if r.installed_at.is_some() => "installed",
-            _ => "seen",
+        let local = seen.filter(|s| s.phase != "seen");
+        // Whichever replica saw its latest step tells where its boot is.
+        let other = latest_other(others, local.map(|s| unix_ms(s.last)));
+        let (phase, failure, last_good, stalled) = match (local, other) {
+            (_, Some(o)) => {
+                let phase = phase_of(&o.phase);
+                (
+                    phase,
+                    o.failure.as_ref().map(FailureView::from),
+                    o.last_good.as_deref(),
+                    self.stall(phase, o.failure.is_some(), o.last),
+                )
+            }
+            (Some(s), None) => (
+                s.phase,
+                s.failure.as_ref().map(FailureView::from),
+                s.last_good,
+                self.stall_of(s),
+            ),
+            (None, None) if record.is_some_and(|r| r.installed_at.is_some()) => {
+                ("installed", None, None, None)
+            }
+            (None, None) => ("seen", None, None, None),
         };
-        let failure = seen.and_then(|s| s.failure.as_ref());
-        let stalled = seen.and_then(|s| self.stall_of(s));
-        let (shown, stage) = match (failure, stalled) {
+        let (shown, stage) = match (&failure, stalled) {
             (Some(f), _) => ("failed", Some(f.stage)),
             (None, Some(_)) => ("stalled", Some(phase)),
             (None, None) => (phase, None),
         };
-        let progress = seen.filter(|s| s.phase == "rootfs").and_then(|s| {
-            let total = if s.rootfs_total > 0 {
-                s.rootfs_total
-            } else {
-                self.rootfs_size
-            };
-            (total > 0).then(|| Progress {
-                bytes: (s.rootfs_bytes + s.rootfs_sending).min(total),
-                total,
-            })
-        });
+        let progress = seen
+            .filter(|s| s.phase == "rootfs" && other.is_none())
+            .and_then(|s| {
+                let total = if s.rootfs_total > 0 {
+                    s.rootfs_total
+                } else {
+                    self.rootfs_size
+                };
+                (total > 0).then(|| Progress {
+                    bytes: (s.rootfs_bytes + s.rootfs_sending).min(total),
+                    total,
+                })
+            });
+        let last_seen = seen
+            .map(|s| unix(s.last))
+            .into_iter()
+            .chain(others.iter().map(|o| o.last / 1000))
+            .max()
+            .or(record.map(|r| r.last_seen))
+            .unwrap_or(0);
         View {
             mac: *m,
             hostname: profile.and_then(|p| p.hostname.as_deref()),
@@ -492,19 +662,19 @@ impl Timelines {
                 .and_then(|s| s.offer)
                 .map(|(c, l)| pxe::driver::boot_path(&c, l))
                 .or(record.and_then(|r| r.firmware.as_deref())),
-            ip: seen.and_then(|s| s.ip).map(|i| i.to_string()),
+            ip: match other {
+                Some(o) => o.ip.clone(),
+                None => seen.and_then(|s| s.ip).map(|i| i.to_string()),
+            },
             profile: profile.map(|p| p.name.as_str()),
             action: profile.map_or(Action::Install, |p| p.action).as_str(),
             phase: shown,
             stage,
-            last_good: seen.and_then(|s| s.last_good),
+            last_good,
             failure,
             stalled,
             progress,
-            last_seen: seen
-                .map(|s| unix(s.last))
-                .or(record.map(|r| r.last_seen))
-                .unwrap_or(0),
+            last_seen,
             installed_at: record.and_then(|r| r.installed_at),
             boots: record.map_or(0, |r| r.boots),
             doubts: seen.map_or(0, |s| s.doubts),
@@ -512,54 +682,69 @@ impl Timelines {
         }
     }
 
-    /// One machine with its timeline; `None` when neither seen nor remembered.
+    /// One machine with its timeline (the steps other replicas saw among this one's); `None`
+    /// when neither seen nor remembered.
     pub fn show_json(
         &self,
         m: &Mac,
         profiles: &Profiles,
         record: Option<&Record>,
+        others: &[std::sync::Arc<Steps>],
     ) -> Option<Vec<u8>> {
         let live = self.live();
         let seen = live.machines.get(m);
-        {
-            if seen.is_none() && record.is_none() {
-                return None;
-            }
-            let mut v = self.view(m, seen, record, profiles);
-            v.timeline = Some(
-                seen.map(|s| {
-                    s.timeline
-                        .iter()
-                        .map(|(t, what)| Moment {
-                            at: unix(*t),
-                            what: what.text(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            );
-            serde_json::to_vec(&v).ok()
+        if seen.is_none() && record.is_none() && others.is_empty() {
+            return None;
         }
+        let mut v = self.view(m, seen, others, record, profiles);
+        let mut steps: Vec<Moment> = seen
+            .into_iter()
+            .flat_map(|s| s.timeline.iter())
+            .map(|(t, what)| Moment {
+                at: unix(*t),
+                what: what.text(),
+                replica: None,
+                ms: unix_ms(*t),
+            })
+            .chain(others.iter().flat_map(|o| {
+                o.steps.iter().map(|(ms, what)| Moment {
+                    at: ms / 1000,
+                    what: what.as_str().into(),
+                    replica: Some(o.member.as_str()),
+                    ms: *ms,
+                })
+            }))
+            .collect();
+        steps.sort_by_key(|m| m.ms);
+        v.timeline = Some(steps);
+        serde_json::to_vec(&v).ok()
     }
 
     /// Why `s` (in `phase`) is stalled, when it is: no failure, and its next step has not come
     /// within the stall time.
     fn stall_of(&self, s: &Seen) -> Option<&'static str> {
-        if s.failure.is_some() || (s.phase == "rootfs" && !self.config_expected) {
+        self.stall(s.phase, s.failure.is_some(), unix_ms(s.last))
+    }
+
+    /// Why a machine in `phase` whose last step was at `last` (Unix ms) is stalled, if it is.
+    fn stall(&self, phase: &str, failed: bool, last: u64) -> Option<&'static str> {
+        if failed || (phase == "rootfs" && !self.config_expected) {
             return None;
         }
-        let waited = SystemTime::now().duration_since(s.last).unwrap_or_default();
-        (waited >= self.stall_after)
-            .then(|| stall_cause(s.phase))
+        let waited = unix_ms(SystemTime::now()).saturating_sub(last);
+        (waited >= self.stall_after.as_millis() as u64)
+            .then(|| stall_cause(phase))
             .flatten()
     }
 
-    /// Machines stalled now, by the step they are stalled after, in the order of the steps.
-    pub fn stalled(&self) -> Vec<(&'static str, u64)> {
+    /// Machines stalled now, by the step they are stalled after, in the order of the steps: of
+    /// those whose latest step this replica saw (another replica counts the others).
+    pub fn stalled(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
         let live = self.live();
         let mut n = [0u64; STALLS.len()];
-        for s in live.machines.values() {
-            if self.stall_of(s).is_some() {
+        for (mac, s) in &live.machines {
+            let others = shared.get(mac).map_or(&[][..], |o| &o[..]);
+            if self.stall_of(s).is_some() && latest_other(others, Some(unix_ms(s.last))).is_none() {
                 if let Some(i) = STALLS.iter().position(|(p, _)| *p == s.phase) {
                     n[i] += 1;
                 }
@@ -606,7 +791,7 @@ mod tests {
     }
 
     fn shown(t: &Timelines) -> serde_json::Value {
-        let json = t.show_json(&M, &Profiles::default(), None).unwrap();
+        let json = t.show_json(&M, &Profiles::default(), None, &[]).unwrap();
         serde_json::from_slice(&json).unwrap()
     }
 
@@ -712,7 +897,11 @@ mod tests {
         let v = shown(&t);
         assert_eq!(v["phase"], "stalled", "{v}");
         assert_eq!(v["stage"], "booting", "{v}");
-        assert!(t.stalled().contains(&("booting", 1)), "{:?}", t.stalled());
+        assert!(
+            t.stalled(&Shared::new()).contains(&("booting", 1)),
+            "{:?}",
+            t.stalled(&Shared::new())
+        );
         assert!(
             v["stalled"]
                 .as_str()
@@ -731,6 +920,79 @@ mod tests {
         step(&t, Step::LocalBoot);
         std::thread::sleep(std::time::Duration::from_millis(80));
         assert_eq!(shown(&t)["phase"], "local disk");
+    }
+
+    /// Item: the status page and `/api/machines` of every replica show every machine's steps:
+    /// the steps another replica saw come in order among this one's, and the replica with the
+    /// latest step tells the phase (a machine that took its DHCP here and its files there is
+    /// not stalled here).
+    #[test]
+    fn steps_another_replica_saw_are_shown_in_order_and_its_latest_tells_the_phase() {
+        let t = Timelines::with_stall(0, std::time::Duration::from_millis(50));
+        t.share_as("here-000001".into());
+        offer(&t);
+        let shared = t.unshared();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].1.phase, "offered");
+        assert_eq!(shared[0].1.member, "here-000001");
+        assert!(t.unshared().is_empty(), "shared once");
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        assert_eq!(t.stalled(&Shared::new())[0], ("offered", 1));
+        let now = unix_ms(SystemTime::now());
+        let there = std::sync::Arc::new(Steps {
+            member: "there-000002".into(),
+            phase: "rootfs".into(),
+            last_good: Some("rootfs".into()),
+            ip: Some("10.0.0.31".into()),
+            last: now,
+            steps: vec![
+                (now - 2, "boot script".into()),
+                (now, "rootfs.squashfs: 10 bytes".into()),
+            ],
+            ..Default::default()
+        });
+        let mut shared = Shared::new();
+        shared.insert(M, vec![there.clone()]);
+        let json = t
+            .show_json(&M, &Profiles::default(), None, &shared[&M])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["phase"], "rootfs", "{v}");
+        assert_eq!(v["last_good"], "rootfs", "{v}");
+        let tl = v["timeline"].as_array().unwrap();
+        assert_eq!(tl.len(), 3, "{v}");
+        assert!(tl[0]["what"].as_str().unwrap().starts_with("DHCP offer"));
+        assert!(tl[0]["replica"].is_null());
+        assert_eq!(tl[1]["what"], "boot script");
+        assert_eq!(tl[2]["replica"], "there-000002");
+        assert!(t.stalled(&shared).iter().all(|(_, n)| *n == 0));
+        // A machine only another replica saw is listed.
+        let other = Mac([0x52, 0x54, 0, 0, 0, 0x32]);
+        shared.insert(other, vec![there]);
+        let list: serde_json::Value = serde_json::from_slice(&t.list_json(
+            &Profiles::default(),
+            &HashMap::new(),
+            &shared,
+            &[],
+            0,
+            10,
+        ))
+        .unwrap();
+        assert_eq!(list["total"], 2, "{list}");
+        assert_eq!(list["machines"][1]["phase"], "rootfs", "{list}");
+        // Hostile words from another replica are not phases.
+        let odd = std::sync::Arc::new(Steps {
+            member: "odd".into(),
+            phase: "<script>".into(),
+            last: now + 10,
+            ..Default::default()
+        });
+        let v: serde_json::Value = serde_json::from_slice(
+            &t.show_json(&other, &Profiles::default(), None, &[odd])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["phase"], "seen", "{v}");
     }
 
     #[test]
@@ -752,7 +1014,8 @@ mod tests {
             t.observe(&step(a, Step::Booting));
         }
         let one: serde_json::Value =
-            serde_json::from_slice(&t.show_json(&a, &Profiles::default(), None).unwrap()).unwrap();
+            serde_json::from_slice(&t.show_json(&a, &Profiles::default(), None, &[]).unwrap())
+                .unwrap();
         assert_eq!(one["timeline"].as_array().unwrap().len(), TIMELINE);
         assert_eq!(one["phase"], "booting");
     }

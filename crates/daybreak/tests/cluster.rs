@@ -318,6 +318,28 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
             && api.contains("\"10.79.0.4\""),
         "{api}"
     );
+    // ... and the machine's steps replica 1 saw, among its own (each machine's recent
+    // timeline is shared through etcd).
+    let mut shown = String::new();
+    waits_for(
+        "replica 1's steps on replica 2",
+        Duration::from_secs(3),
+        || {
+            let ns = ns.clone();
+            shown = in_netns(&ns, || {
+                common::get_text(&format!("http://127.0.0.1:8091/api/machines/{MAC}"))
+            });
+            shown.contains("\"replica\":") && shown.contains("boot script")
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let r1 = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["replica"].as_str().is_some())
+        .count();
+    assert!(r1 >= 2, "{shown}");
     drop(replicas);
     drop(etcd);
     let _ = std::fs::remove_dir_all(dir);

@@ -36,6 +36,8 @@ pub use profiles::{Action, Profiles};
 
 /// How often the machines file and the store are checked for changes.
 const POLL: Duration = Duration::from_secs(2);
+/// How often machines' new steps are shared with the other replicas.
+const SHARE_EVERY: Duration = Duration::from_secs(1);
 /// How long a machine whose image is being prepared waits before it asks again.
 const RETRY: Duration = Duration::from_secs(10);
 /// New machines one source address may add to the store in [`NEW_WINDOW`]: a boot network
@@ -233,13 +235,43 @@ impl Fleet {
                 let Some(f) = weak.upgrade() else { break };
                 f.refresh();
             })?;
+        if fleet.store.is_shared() {
+            let weak: Weak<Fleet> = Arc::downgrade(&fleet);
+            let mut lines = crate::bounded::LineBudget::new(
+                std::time::Instant::now(),
+                1,
+                "lines about steps not shared",
+            );
+            std::thread::Builder::new()
+                .name("steps-share".into())
+                .spawn(move || loop {
+                    std::thread::sleep(SHARE_EVERY);
+                    let Some(f) = weak.upgrade() else { break };
+                    f.share_steps(&mut lines);
+                })?;
+        }
         Ok(fleet)
     }
 
     /// Says this replica is one of those sharing the store (`addresses`: where machines reach
     /// it); nothing for a store that is one host's.
     pub fn join(&self, addresses: Vec<String>) {
-        self.store.join(crate::store::Member::me(addresses));
+        let me = crate::store::Member::me(addresses);
+        if self.store.is_shared() {
+            self.timelines.share_as(me.id.clone());
+        }
+        self.store.join(me);
+    }
+
+    /// Shares the steps machines took since the last call with the other replicas. Best
+    /// effort: steps not written (the store unreachable) go with the machine's next step.
+    fn share_steps(&self, lines: &mut crate::bounded::LineBudget) {
+        let steps = self.timelines.unshared();
+        if let Err(e) = self.store.share_steps(&steps) {
+            if lines.admit(std::time::Instant::now()) {
+                tracing::warn!(store = %self.store.describe(), machines = steps.len(), "machines' steps not shared with the other replicas: {e}");
+            }
+        }
     }
 
     /// How many profiles, and machines remembered.
@@ -638,22 +670,31 @@ impl crate::admin::Machines for Fleet {
         let profiles = self.profiles();
         let mut json = Vec::new();
         let replicas = self.store.members();
-        self.store.with(&mut |records| {
-            json = self
-                .timelines
-                .list_json(&profiles, records, &replicas, offset, limit)
+        self.store.with_steps(&mut |shared| {
+            self.store.with(&mut |records| {
+                json = self
+                    .timelines
+                    .list_json(&profiles, records, shared, &replicas, offset, limit)
+            })
         });
         json
     }
 
     fn show_json(&self, mac: Mac) -> Option<Vec<u8>> {
         let record = self.store.cached(mac).map(|v| v.record);
+        let mut others = Vec::new();
+        self.store.with_steps(&mut |shared| {
+            others = shared.get(&mac).cloned().unwrap_or_default();
+        });
         self.timelines
-            .show_json(&mac, &self.profiles(), record.as_ref())
+            .show_json(&mac, &self.profiles(), record.as_ref(), &others)
     }
 
     fn stalled(&self) -> Vec<(&'static str, u64)> {
-        self.timelines.stalled()
+        let mut n = Vec::new();
+        self.store
+            .with_steps(&mut |shared| n = self.timelines.stalled(shared));
+        n
     }
 
     fn store_metrics(&self, s: &mut String) {

@@ -6,6 +6,8 @@
 //!   two replicas never undo each other.
 //! - `PREFIX/secret`: the key every replica tags per-machine URLs with, made once by whichever
 //!   replica comes first (a transaction that only creates).
+//! - `PREFIX/timeline/MAC/MEMBER`: a machine's recent steps as one replica saw them, on a
+//!   lease of that replica's ([`super::STEPS_KEPT`]), so every replica's page shows every step.
 //!
 //! Readers never wait on etcd: every record is held in memory, loaded at start and kept current
 //! by a watch from the revision it was loaded at. When the watch is lost (etcd unreachable, no
@@ -23,10 +25,14 @@ use etcd_client::{
 };
 use pxe::Mac;
 
-use super::{Location, MachineStore, Record, StoreConfig, StoreError, Version, Versioned};
+use super::{Location, MachineStore, Record, Steps, StoreConfig, StoreError, Version, Versioned};
 
 /// A record value larger than this is not one of ours.
 const MAX_VALUE: usize = 16 << 10;
+/// Machines' steps held, of every replica: past it, steps new to the snapshot are not taken in.
+const MAX_SHARED_STEPS: usize = 16_384;
+/// Steps written in one transaction (etcd takes 128 operations in one by default).
+const STEPS_PER_TXN: usize = 64;
 /// Keys asked for at once while loading the snapshot.
 const PAGE: i64 = 1000;
 /// How long one request may take before the store is said to be unavailable.
@@ -122,6 +128,10 @@ struct Snapshot {
     profiles: RwLock<Option<(Arc<[u8]>, i64)>>,
     /// The replicas, by key.
     members: RwLock<HashMap<Vec<u8>, super::Member>>,
+    /// Machines' steps as each replica shared them, by MAC, and how many there are.
+    steps: RwLock<(super::SharedSteps, usize)>,
+    /// This replica's id, once it joined: its own steps are in its own timelines already.
+    me: std::sync::OnceLock<String>,
     /// Records held at most: past it, a machine new to the snapshot is not taken in (whatever
     /// is written to etcd, memory stays bounded).
     cap: usize,
@@ -208,6 +218,57 @@ impl Snapshot {
         }
     }
 
+    /// Takes in a machine's steps as a replica shared them (`None`: gone); a key or value not
+    /// as Daybreak writes them is skipped.
+    fn set_steps(&self, dir: &[u8], key: &[u8], value: Option<&[u8]>) {
+        let Some((mac, member)) = steps_of_key(dir, key) else {
+            self.hostile(
+                key,
+                "is under the timelines' prefix but names no MAC and replica",
+            );
+            return;
+        };
+        if self.me.get().is_some_and(|me| me == member) {
+            return;
+        }
+        let parsed = match value {
+            None => None,
+            Some(v) => match serde_json::from_slice::<Steps>(v) {
+                Ok(s) if v.len() <= MAX_VALUE && s.is_valid() && s.member == member => {
+                    Some(Arc::new(s))
+                }
+                _ => {
+                    self.hostile(key, "is not a machine's steps as Daybreak writes them");
+                    None
+                }
+            },
+        };
+        let mut guard = self.steps.write().unwrap_or_else(|e| e.into_inner());
+        let (map, count) = &mut *guard;
+        let list = map.entry(mac).or_default();
+        let at = list.iter().position(|s| s.member == member);
+        match (at, parsed) {
+            (Some(i), Some(s)) => list[i] = s,
+            (None, Some(s)) if *count < MAX_SHARED_STEPS => {
+                list.push(s);
+                *count += 1;
+            }
+            (None, Some(_)) => {
+                drop(guard);
+                self.hostile(key, "would hold more machines' steps than this store keeps");
+                return;
+            }
+            (Some(i), None) => {
+                list.swap_remove(i);
+                *count -= 1;
+            }
+            (None, None) => {}
+        }
+        if list.is_empty() {
+            map.remove(&mac);
+        }
+    }
+
     fn set_profiles(&self, p: Option<(Arc<[u8]>, i64)>) {
         *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = p;
     }
@@ -230,6 +291,8 @@ pub struct EtcdStore {
     handle: tokio::runtime::Handle,
     snapshot: Arc<Snapshot>,
     cap: usize,
+    /// The lease this replica's shared steps are put on, and when it was granted.
+    steps_lease: Mutex<Option<(i64, Instant)>>,
     /// Dropped with the store: its runtime's thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -383,6 +446,8 @@ impl EtcdStore {
             )),
             profiles: RwLock::default(),
             members: RwLock::default(),
+            steps: RwLock::default(),
+            me: std::sync::OnceLock::new(),
             cap: super::MAX_SHARED_RECORDS,
         });
         let s = EtcdStore {
@@ -392,6 +457,7 @@ impl EtcdStore {
             handle,
             snapshot,
             cap: super::MAX_SHARED_RECORDS,
+            steps_lease: Mutex::new(None),
             _stop: stop,
         };
         let (keys, snapshot, cap) = (s.keys.clone(), s.snapshot.clone(), s.cap);
@@ -472,6 +538,24 @@ impl EtcdStore {
         })
     }
 
+    /// The lease this replica's steps go on: granted anew every half of [`super::STEPS_KEPT`].
+    fn steps_lease(&self) -> Result<i64, StoreError> {
+        let mut held = self.steps_lease.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, at)) = *held {
+            if at.elapsed() < super::STEPS_KEPT / 2 {
+                return Ok(id);
+            }
+        }
+        let ttl = super::STEPS_KEPT.as_secs() as i64;
+        let client = self.client.clone();
+        let id = run(&self.handle, async move {
+            client.lease_client().grant(ttl, None).await.map(|l| l.id())
+        })
+        .map_err(|e| unavailable(&self.target, e))?;
+        *held = Some((id, Instant::now()));
+        Ok(id)
+    }
+
     /// Room for a new machine in a full store: the never-installed machines not seen the
     /// longest go, each only if unchanged since read.
     fn make_room(&self) -> Result<(), StoreError> {
@@ -509,6 +593,14 @@ impl EtcdStore {
         );
         Ok(())
     }
+}
+
+/// The MAC and the replica a timeline key names; `None` for any other key.
+fn steps_of_key<'a>(dir: &[u8], key: &'a [u8]) -> Option<(Mac, &'a str)> {
+    let rest = std::str::from_utf8(key.strip_prefix(dir)?).ok()?;
+    let (hex, member) = rest.split_once('/')?;
+    let mac: Mac = hex.parse().ok()?;
+    (mac.hex() == hex && !member.is_empty()).then_some((mac, member))
 }
 
 /// Runs `fut` on `handle`'s runtime from any thread (async or not) and waits for its result.
@@ -583,12 +675,25 @@ struct Keys {
     chunks: String,
     /// `PREFIX/members/`: a key per replica, bound to its lease.
     members: Vec<u8>,
+    /// `PREFIX/timeline/`: a machine's steps per replica, under `MAC/MEMBER`.
+    timeline: Vec<u8>,
 }
 
 impl Keys {
     /// The key of `mac`'s record.
     fn record(&self, mac: &Mac) -> Vec<u8> {
         [self.machines.as_slice(), mac.hex().as_bytes()].concat()
+    }
+
+    /// The key of `mac`'s steps as `member` saw them.
+    fn steps(&self, mac: &Mac, member: &str) -> Vec<u8> {
+        [
+            self.timeline.as_slice(),
+            mac.hex().as_bytes(),
+            b"/",
+            member.as_bytes(),
+        ]
+        .concat()
     }
 
     fn new(prefix: &str) -> Keys {
@@ -598,6 +703,7 @@ impl Keys {
             profiles: format!("{prefix}/profiles/current").into_bytes(),
             chunks: format!("{prefix}/profiles/"),
             members: format!("{prefix}/members/").into_bytes(),
+            timeline: format!("{prefix}/timeline/").into_bytes(),
         }
     }
 }
@@ -761,6 +867,26 @@ async fn load(
     for item in members.kvs() {
         snapshot.set_member(item.key(), Some(item.value()));
     }
+    *snapshot.steps.write().unwrap_or_else(|e| e.into_inner()) = Default::default();
+    let end = range_end(&keys.timeline);
+    let mut from = keys.timeline.clone();
+    loop {
+        let o = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE)
+            .with_revision(revision);
+        let resp = kv.get(from.clone(), Some(o)).await?;
+        for item in resp.kvs() {
+            snapshot.set_steps(&keys.timeline, item.key(), Some(item.value()));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() && snapshot_has_room(&snapshot) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
     let head = kv
         .get(
             keys.profiles.clone(),
@@ -776,6 +902,10 @@ async fn load(
     }
     snapshot.replace(map, revision);
     Ok(revision)
+}
+
+fn snapshot_has_room(snapshot: &Snapshot) -> bool {
+    snapshot.steps.read().unwrap_or_else(|e| e.into_inner()).1 < MAX_SHARED_STEPS
 }
 
 /// A member's lease: gone this long after its replica stops renewing it.
@@ -925,6 +1055,11 @@ async fn take_in(
             EventType::Put => snapshot.set_member(item.key(), Some(item.value())),
             EventType::Delete => snapshot.set_member(item.key(), None),
         }
+        return Ok(());
+    }
+    if item.key().starts_with(&keys.timeline) {
+        let value = (ev.event_type() == EventType::Put).then(|| item.value());
+        snapshot.set_steps(&keys.timeline, item.key(), value);
         return Ok(());
     }
     if !item.key().starts_with(&keys.machines) {
@@ -1115,6 +1250,7 @@ impl MachineStore for EtcdStore {
     }
 
     fn join(&self, me: super::Member) {
+        let _ = self.snapshot.me.set(me.id.clone());
         let key = [self.keys.members.as_slice(), me.id.as_bytes()].concat();
         let value = serde_json::to_vec(&me).unwrap_or_default();
         self.handle.spawn(membership(
@@ -1136,6 +1272,49 @@ impl MachineStore for EtcdStore {
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
+    }
+
+    /// In transactions of [`STEPS_PER_TXN`], each key on this replica's steps lease: a lease of
+    /// [`super::STEPS_KEPT`], a new one every half of it, so a machine's steps stay between half
+    /// of that and all of it after their last write, and go by themselves.
+    fn share_steps(&self, steps: &[(Mac, Steps)]) -> Result<(), StoreError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let lease = self.steps_lease()?;
+        for batch in steps.chunks(STEPS_PER_TXN) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .filter_map(|(mac, s)| {
+                    let v = serde_json::to_vec(s).ok()?;
+                    (v.len() <= MAX_VALUE && s.is_valid()).then(|| {
+                        TxnOp::put(
+                            self.keys.steps(mac, &s.member),
+                            v,
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        )
+                    })
+                })
+                .collect();
+            match self.kv_txn(Txn::new().and_then(ops)) {
+                Ok(_) => {}
+                // The lease expired (etcd was away longer than it): a new one next time.
+                Err(e) => {
+                    *self.steps_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn with_steps(&self, f: &mut dyn FnMut(&super::SharedSteps)) {
+        f(&self
+            .snapshot
+            .steps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0)
     }
 
     fn shared_profiles(&self) -> Option<(Arc<[u8]>, Version)> {

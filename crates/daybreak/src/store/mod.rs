@@ -128,6 +128,66 @@ impl Member {
     }
 }
 
+/// A machine's recent steps as one replica saw them, shared with the others so that every
+/// replica's page shows every machine's whole boot (its DHCP on one replica, its files from
+/// another). Bounded ([`Steps::is_valid`]); kept for [`STEPS_KEPT`] after its last write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Steps {
+    /// The replica that saw them ([`Member::id`]).
+    pub member: String,
+    /// Its phase as that replica saw it (`kernel`, `rootfs`...).
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<StepFailure>,
+    /// Its address, as that replica saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Unix milliseconds of the latest step.
+    pub last: u64,
+    /// Unix milliseconds and words of each step, oldest first.
+    pub steps: Vec<(u64, String)>,
+}
+
+/// Machines' steps other replicas shared, by MAC.
+pub type SharedSteps = std::collections::HashMap<Mac, Vec<std::sync::Arc<Steps>>>;
+
+/// What failed in a boot, as [`Steps`] carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFailure {
+    pub kind: String,
+    pub stage: String,
+    pub text: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// How long a machine's shared steps are kept after they were last written.
+pub const STEPS_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Steps one replica shares of one machine, and the length of each.
+pub const MAX_STEPS: usize = 32;
+pub const MAX_STEP_TEXT: usize = 400;
+
+impl Steps {
+    /// Whether it is one Daybreak could have written (a store is read as hostile).
+    pub fn is_valid(&self) -> bool {
+        let word = |t: &str| t.len() <= 100 && t.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        let text = |t: &str| t.len() <= MAX_STEP_TEXT && !t.chars().any(char::is_control);
+        word(&self.member)
+            && !self.member.is_empty()
+            && word(&self.phase)
+            && self.last_good.as_deref().is_none_or(word)
+            && self.ip.as_deref().is_none_or(word)
+            && self
+                .failure
+                .as_ref()
+                .is_none_or(|f| word(&f.kind) && word(&f.stage) && text(&f.text))
+            && self.steps.len() <= MAX_STEPS
+            && self.steps.iter().all(|(_, t)| text(t))
+    }
+}
+
 /// A change to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -298,6 +358,15 @@ pub trait MachineStore: Send + Sync + 'static {
     fn members(&self) -> Vec<Member> {
         Vec::new()
     }
+
+    /// Shares machines' recent steps as this replica saw them (`member`: its id) with the
+    /// other replicas; a store that is one host's keeps nothing.
+    fn share_steps(&self, _steps: &[(Mac, Steps)]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// `f` over the machines' steps the other replicas shared (not this one's own), by MAC.
+    fn with_steps(&self, _f: &mut dyn FnMut(&SharedSteps)) {}
 
     /// How long ago this process's copy was last known current: `Some(None)` while it is not
     /// (the store is unreachable); `None` for a store nobody else writes without telling.

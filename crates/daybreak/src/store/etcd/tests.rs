@@ -303,3 +303,111 @@ fn replicas_are_members_while_they_run() {
         (b.members().len() == 1).then_some(())
     });
 }
+
+/// Item: each machine's recent timeline in etcd, bounded, on a lease: a replica's steps reach
+/// the others (never itself back), each key on a lease of [`crate::store::STEPS_KEPT`], and a
+/// key or value not as Daybreak writes them is skipped.
+#[test]
+fn machines_steps_are_shared_on_a_lease_and_hostile_ones_skipped() {
+    use crate::store::{StepFailure, Steps};
+    let Some((etcd, a, b)) = two_replicas("etcd-steps", "/t") else {
+        return;
+    };
+    let (ma, mb) = (
+        crate::store::Member::me(vec!["10.0.0.2".into()]),
+        crate::store::Member::me(vec!["10.0.0.3".into()]),
+    );
+    a.join(ma.clone());
+    b.join(mb.clone());
+    let mac: Mac = "52:54:00:aa:cc:01".parse().unwrap();
+    let steps = Steps {
+        member: ma.id.clone(),
+        phase: "kernel".into(),
+        last_good: Some("kernel".into()),
+        failure: Some(StepFailure {
+            kind: "not found".into(),
+            stage: "initrd".into(),
+            text: "initrd0: 404".into(),
+            at: 5,
+        }),
+        ip: Some("10.0.0.31".into()),
+        last: 1_000,
+        steps: vec![
+            (900, "boot script".into()),
+            (1_000, "kernel: 10 bytes".into()),
+        ],
+    };
+    a.share_steps(&[(mac, steps.clone())]).unwrap();
+    let seen = eventually(Duration::from_secs(3), || {
+        let mut got = None;
+        b.with_steps(&mut |m| got = m.get(&mac).cloned());
+        got
+    });
+    assert_eq!(*seen[0], steps);
+    // A never gets its own steps back.
+    let mut own = 1;
+    a.with_steps(&mut |m| own = m.len());
+    assert_eq!(own, 0);
+    let json = etcd
+        .ctl(&[
+            "get",
+            &format!("/t/timeline/{}/{}", mac.hex(), ma.id),
+            "-w",
+            "json",
+        ])
+        .unwrap();
+    let lease = json
+        .split("\"lease\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("bound to a lease: {json}"));
+    let ttl = etcd
+        .ctl(&[
+            "lease",
+            "timetolive",
+            &format!("{:x}", lease.parse::<i64>().unwrap()),
+        ])
+        .unwrap();
+    let secs: u64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ttl}"));
+    assert!(
+        secs > 3000 && secs <= crate::store::STEPS_KEPT.as_secs(),
+        "{ttl}"
+    );
+    // Hostile keys and values: skipped, the good one kept.
+    let good = serde_json::to_string(&Steps {
+        member: "x".into(),
+        ..steps.clone()
+    })
+    .unwrap();
+    let put = |k: &str, v: &str| etcd.ctl(&["put", k, v]).unwrap();
+    put("/t/timeline/525400aacc02/x", "{not json");
+    put("/t/timeline/525400aacc03/other", &good);
+    put("/t/timeline/not-a-mac/x", &good);
+    put("/t/timeline/525400aacc04/", &good);
+    put(
+        "/t/timeline/525400aacc05/x",
+        &good.replace("boot script", "boot\u{7}script"),
+    );
+    put("/t/timeline/525400aacc06/x", &good);
+    eventually(Duration::from_secs(3), || {
+        let mut n = 0;
+        b.with_steps(&mut |m| n = m.len());
+        (n == 2).then_some(())
+    });
+    let mut macs = Vec::new();
+    b.with_steps(&mut |m| macs = m.keys().map(|m| m.hex()).collect());
+    macs.sort();
+    assert_eq!(macs, ["525400aacc01", "525400aacc06"]);
+    // Gone from etcd, gone from the view.
+    etcd.ctl(&["del", "/t/timeline/525400aacc06/x"]).unwrap();
+    eventually(Duration::from_secs(3), || {
+        let mut n = 0;
+        b.with_steps(&mut |m| n = m.len());
+        (n == 1).then_some(())
+    });
+}
