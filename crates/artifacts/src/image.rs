@@ -87,6 +87,25 @@ pub trait Report: Sync {
     fn event(&self, e: Event);
 }
 
+/// Other servers an image's build is shared with (replicas of one cluster): one of them
+/// builds each image and the others fetch what it built, instead of building it again.
+pub trait Peers: Send + Sync {
+    /// Asked when `key` is not in `store` and would be built here: [`Turn::Have`] once the
+    /// entry is in `store` (fetched from the peer that built it), or [`Turn::Build`]: build it
+    /// here, holding the turn until done (the others wait on it).
+    fn turn(&self, key: &Key, store: &Store, report: &dyn Report) -> Turn;
+    /// This process has `artifacts` under `key` (found in its store, built, or fetched): the
+    /// others may fetch them from it.
+    fn have(&self, key: &Key, artifacts: &Artifacts);
+}
+
+/// What [`Peers::turn`] decided.
+pub enum Turn {
+    Have(Artifacts),
+    /// Build here; the others wait until this is dropped.
+    Build(Box<dyn Send>),
+}
+
 pub struct Request {
     /// The source as the user wrote it (any `container_image` form).
     pub source: String,
@@ -94,6 +113,8 @@ pub struct Request {
     pub insecure: bool,
     pub compression: Compression,
     pub state_dir: PathBuf,
+    /// Servers the builds of images (by digest) are shared with, if any.
+    pub peers: Option<std::sync::Arc<dyn Peers>>,
 }
 
 #[derive(Debug)]
@@ -130,10 +151,33 @@ pub(crate) fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, Ima
             }
             None => Some(announce),
         };
+        let key = Key::image(&digest, req.compression);
         if let Some(o) = cached(&store, req, &digest, report, announce) {
             way.remember(req, &store, &digest);
+            if let Some(p) = &req.peers {
+                p.have(&key, &o.artifacts);
+            }
             return Ok(o);
         }
+        if layers.is_none() {
+            continue;
+        }
+        // One build per image among the peers: another's, fetched, or this one's turn.
+        let turn = match req.peers.as_ref().map(|p| p.turn(&key, &store, report)) {
+            Some(Turn::Have(artifacts)) => {
+                way.remember(req, &store, &digest);
+                report.event(Event::Cached {
+                    dir: artifacts.dir.clone(),
+                });
+                return Ok(Obtained {
+                    artifacts,
+                    digest: digest.to_string(),
+                    built: false,
+                });
+            }
+            Some(Turn::Build(turn)) => Some(turn),
+            None => None,
+        };
         let built = match layers {
             None => continue,
             Some(Layers::Local(img)) => {
@@ -149,6 +193,10 @@ pub(crate) fn obtain(req: &Request, report: &dyn Report) -> Result<Obtained, Ima
             }
         };
         way.remember(req, &store, &digest);
+        if let Some(p) = &req.peers {
+            p.have(&key, &built.artifacts);
+        }
+        drop(turn);
         return Ok(built);
     }
 }
@@ -660,6 +708,7 @@ mod tests {
             insecure: false,
             compression: Compression::Gzip,
             state_dir: state.to_path_buf(),
+            peers: None,
         }
     }
 

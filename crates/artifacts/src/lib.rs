@@ -33,7 +33,7 @@ mod write;
 pub use digest::{hex, printable, Digest};
 pub use download::{download, DownloadError, Outcome};
 pub use extent::Extent;
-pub use image::{Event, ImageError, Report, Request};
+pub use image::{Event, ImageError, Peers, Report, Request, Turn};
 pub use iso9660::{Iso, IsoError};
 pub use lock::{random_hex, Lock};
 pub use release::ReleaseKeys;
@@ -41,5 +41,5 @@ pub use source::{
     from_iso_file, is_url, open, open_iso, safe_name, BootFile, BootSet, Fetch, Origin, SourceError,
 };
 pub use squashfs::Compression;
-pub use store::{absolute, default_state_dir, now, Store};
+pub use store::{absolute, default_state_dir, now, Artifacts, Key, Meta, Store};
 pub use write::{copy_extents_atomic, link_atomic, read_small, write_atomic, Stop};

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod render;
 pub mod routes;
 pub mod serve;
+pub mod shared_builds;
 pub mod sockets;
 pub mod sources;
 pub mod store;

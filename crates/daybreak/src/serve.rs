@@ -240,7 +240,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 .map(|a| a.to_string())
                 .collect(),
         };
-        f.join(addresses);
+        f.join(addresses, http.port);
     }
     tracing::info!("ready");
     tasks.until_shutdown(counters).await;

@@ -12,6 +12,18 @@ pub struct ImageOptions {
     pub arch: String,
     pub insecure: bool,
     pub compression: artifacts::Compression,
+    /// The replicas builds are shared with ([`crate::shared_builds`]), if any.
+    pub peers: Option<Peers>,
+}
+
+/// The replicas an image's build is shared with.
+#[derive(Clone)]
+pub struct Peers(pub std::sync::Arc<dyn artifacts::Peers>);
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peers")
+    }
 }
 
 /// Who is told how opening a source goes.
@@ -33,6 +45,7 @@ pub fn open_source(
         insecure: opts.insecure,
         compression: opts.compression,
         state_dir: artifacts::absolute(state_dir),
+        peers: opts.peers.as_ref().map(|p| p.0.clone()),
     };
     Ok(artifacts::open(&req, report, &mut |f| {
         report.fetch(source, f)

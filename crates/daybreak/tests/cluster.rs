@@ -344,3 +344,185 @@ fn replicas_on_etcd_share_one_fleet_through_the_loss_of_a_replica_the_leader_and
     drop(etcd);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A small image: a kernel and an initrd in /boot and a few MB besides (`n` makes it another).
+fn small_image(n: u32) -> common::oci::Image {
+    use common::oci::{Comp, Image, E};
+    Image {
+        arch: "amd64",
+        layers: vec![(
+            vec![
+                E::Dir("boot/", 0o755),
+                E::File(
+                    "boot/vmlinuz-6.1.0-1-amd64",
+                    0o644,
+                    0,
+                    testkit::pattern(3_000_000, n),
+                ),
+                E::File(
+                    "boot/initrd.img-6.1.0-1-amd64",
+                    0o644,
+                    0,
+                    testkit::pattern(1_000_000, n + 1),
+                ),
+                E::Dir("var/", 0o755),
+                E::File("var/data", 0o644, 0, testkit::pattern(4_000_000, n + 2)),
+            ],
+            Comp::Gzip,
+        )],
+    }
+}
+
+/// sha256 of each of an entry's three files.
+fn entry_sums(state: &std::path::Path, key: &str) -> Vec<String> {
+    ["kernel", "initrd", "rootfs.squashfs"]
+        .iter()
+        .map(|f| {
+            common::oci::sha256(
+                &std::fs::read(state.join("artifacts").join(key).join(f))
+                    .unwrap_or_else(|e| panic!("{key}/{f}: {e}")),
+            )
+        })
+        .collect()
+}
+
+/// Item: one build per image across the cluster: three replicas started at once with one image
+/// build it once; the others wait, then fetch the builder's kernel, initrd and squashfs over
+/// HTTP, checked against the sha256 it published; every member lists what it holds. A turn to
+/// build held by a replica that dies expires with its lease, and another builds.
+#[test]
+fn an_image_is_built_once_across_the_replicas_and_fetched_by_the_others() {
+    if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
+        return;
+    }
+    let mut sw = Switch::new("sb");
+    let e0 = sw.plug("e0", Ipv4Addr::new(10, 81, 0, 21), None);
+    let Some(etcd) = testkit::Etcd::cluster("builds-etcd", &[(&e0, Ipv4Addr::new(10, 81, 0, 21))])
+    else {
+        return;
+    };
+    let store = "etcd://10.81.0.21:2379/builds".to_string();
+    let dir = tempdir("cluster-builds");
+    let layout = dir.join("layout");
+    let digest = common::oci::write_layout(&layout, "v1", &[small_image(1)])[0].clone();
+    let key = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let mut bases = Vec::new();
+    for i in 0..3u8 {
+        let addr = Ipv4Addr::new(10, 81, 0, 2 + i);
+        sw.plug(&format!("r{i}"), addr, None);
+        bases.push(format!("http://{addr}:8090"));
+    }
+    let start = |i: u8, image: &std::path::Path| {
+        let ns = sw_ns(&sw, &format!("r{i}"));
+        let rdir = dir.join(format!("r{i}"));
+        std::fs::create_dir_all(&rdir).unwrap();
+        let args: Vec<String> = [
+            format!("container_image={}", image.display()),
+            format!("state_dir={}", rdir.join("state").display()),
+            "netboot.proxy_dhcp=false".into(),
+            "disable_http_server=true".into(),
+        ]
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .chain(["--store".to_string(), store.clone()])
+        .collect();
+        in_netns(&ns, move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            Daybreak::spawn_with(&a, &rdir, None)
+        })
+    };
+    let mut replicas: Vec<Daybreak> = (0..3).map(|i| start(i, &layout)).collect();
+    for r in &mut replicas {
+        r.wait_for(" ready\n", Duration::from_secs(90));
+    }
+    let logs: Vec<String> = replicas.iter().map(Daybreak::log_text).collect();
+    let built = logs.iter().filter(|l| l.contains("image built")).count();
+    let fetched = logs
+        .iter()
+        .filter(|l| l.contains("artifacts fetched from another replica"))
+        .count();
+    assert_eq!((built, fetched), (1, 2), "{logs:#?}");
+    // The same bytes everywhere, as the builder published them.
+    let sums: Vec<Vec<String>> = (0..3)
+        .map(|i| entry_sums(&dir.join(format!("r{i}/state")), &key))
+        .collect();
+    assert!(sums.iter().all(|s| *s == sums[0]), "{sums:?}");
+    let published = etcd[0]
+        .ctl(&[
+            "get",
+            "--print-value-only",
+            &format!("/builds/artifacts/{key}"),
+        ])
+        .unwrap();
+    for s in &sums[0] {
+        let hex = s.trim_start_matches("sha256:");
+        assert!(published.contains(hex), "{published}");
+    }
+    // Every member lists what it holds.
+    waits_for(
+        "every member listing the image",
+        Duration::from_secs(5),
+        || {
+            let members = etcd[0]
+                .ctl(&["get", "--prefix", "--print-value-only", "/builds/members/"])
+                .unwrap();
+            members.matches(key.as_str()).count() == 3
+        },
+    );
+    // What the route hands out: an entry's own files, nothing else.
+    let client = sw_ns(&sw, "r2");
+    let url = format!("{}/_/artifacts/{key}/kernel", bases[0]);
+    let got = in_netns(&client, move || {
+        output_within(
+            Command::new("curl").args(["-s", "-r", "10-19", "-w", "%{http_code}", &url]),
+            Duration::from_secs(15),
+        )
+        .stdout
+    });
+    assert_eq!(got.len(), 13, "ten bytes and 206: {got:?}");
+    assert!(got.ends_with(b"206"), "{got:?}");
+    for bad in [
+        format!("_/artifacts/{key}/meta.json"),
+        format!("_/artifacts/{key}/../../../etc/passwd"),
+        "_/artifacts/..%2f..%2fetc/passwd".to_string(),
+        format!("_/artifacts/sha256-{}/kernel", "0".repeat(64)),
+    ] {
+        let (code, body) = fetch(&client, &format!("{}/{bad}", bases[0]));
+        assert_eq!(code, 404, "{bad}: {body}");
+    }
+
+    // A turn held by a replica that died (its lease lapses): the next one waits, then builds.
+    let layout2 = dir.join("layout2");
+    let digest2 = common::oci::write_layout(&layout2, "v1", &[small_image(7)])[0].clone();
+    let key2 = format!("sha256-{}", digest2.trim_start_matches("sha256:"));
+    let lease = etcd[0].ctl(&["lease", "grant", "4"]).unwrap();
+    let id = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID")
+        .to_string();
+    etcd[0]
+        .ctl(&[
+            "put",
+            &format!("--lease={id}"),
+            &format!("/builds/builds/{key2}"),
+            "gone-000000",
+        ])
+        .unwrap();
+    drop(replicas.remove(2));
+    let t = Instant::now();
+    let mut r2 = start(2, &layout2);
+    r2.wait_for("another replica is building", Duration::from_secs(30));
+    r2.wait_for(" ready\n", Duration::from_secs(90));
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(r2.log_text().contains("image built"), "{}", r2.log_text());
+    drop(r2);
+    drop(replicas);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The namespace of a plugged name.
+fn sw_ns(sw: &Switch, name: &str) -> String {
+    format!("{}{name}", sw.id)
+}

@@ -157,6 +157,7 @@ pub fn open_quietly(
             insecure: false,
             compression: artifacts::Compression::Gzip,
             state_dir: state.to_path_buf(),
+            peers: None,
         },
         &Quiet,
         &mut |_| {},

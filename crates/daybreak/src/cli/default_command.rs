@@ -64,10 +64,22 @@ pub fn prepare(
     };
     // The command's image, and later any other a machine needs (another architecture's
     // variant, a profile's), are pulled and built alike.
+    // A store replicas share is opened first: the image's build is shared with them too.
+    let store_config = store.config(&s.store);
+    let opened = match &store_config.location {
+        crate::store::Location::Etcd(_) => Some(crate::store::Opened(crate::store::open(
+            &store_config,
+            &s.state_dir,
+        )?)),
+        crate::store::Location::File => None,
+    };
     let images = crate::sources::ImageOptions {
         arch: s.arch.clone(),
         insecure: s.insecure,
         compression: artifacts::Compression::Gzip,
+        peers: opened
+            .as_ref()
+            .map(|o| crate::sources::Peers(crate::shared_builds::SharedBuilds::new(o.0.clone()))),
     };
     let report = super::progress::reporter();
     let set = match &s.container_image {
@@ -118,7 +130,8 @@ pub fn prepare(
     Ok(Some(ServeOptions {
         fleet: Some(FleetOptions {
             state_dir: s.state_dir.clone(),
-            store: store.config(&s.store),
+            store: store_config,
+            opened,
             machines,
             template,
             data: root,

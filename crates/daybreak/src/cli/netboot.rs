@@ -44,6 +44,7 @@ pub fn command(a: NetbootArgs) -> ExitCode {
         arch: a.arch,
         insecure: a.allow_insecure_registries,
         compression: a.compression,
+        peers: None,
     };
     match run(&a.source, &a.outdir, &a.prefix, &a.state_dir, &opts) {
         Ok(paths) => {

@@ -245,10 +245,12 @@ impl ServeArgs {
             arch: artifacts::oci::host_arch().to_string(),
             insecure: false,
             compression: artifacts::Compression::Gzip,
+            peers: None,
         };
         let fleet = crate::fleet::FleetOptions {
             state_dir: self.state_dir.clone(),
             store: self.store.config(&Default::default()),
+            opened: None,
             machines: self
                 .machines
                 .map(|m| crate::fleet::MachinesSource::File(artifacts::absolute(&m))),

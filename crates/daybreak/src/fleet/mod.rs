@@ -60,6 +60,8 @@ pub struct FleetOptions {
     pub state_dir: PathBuf,
     /// Where machine records are kept (`--store`).
     pub store: crate::store::StoreConfig,
+    /// That store, when it is opened already.
+    pub opened: Option<crate::store::Opened>,
     pub machines: Option<MachinesSource>,
     /// The command's cloud-config template, rendered per machine (the default command's).
     pub template: Option<String>,
@@ -86,6 +88,8 @@ pub struct Fleet {
     store: Arc<dyn MachineStore>,
     writes: Writes,
     timelines: Timelines,
+    /// This state directory's artifacts, which other replicas fetch (a shared store's).
+    artifacts: Option<Arc<artifacts::Store>>,
     tokens: Tokens,
     template: Option<String>,
     data: Map<String, Value>,
@@ -151,7 +155,10 @@ impl Fleet {
         main_arch: Option<CpuArch>,
         events: Option<Arc<Hub>>,
     ) -> anyhow::Result<Arc<Fleet>> {
-        let store = crate::store::open(&opts.store, &opts.state_dir)?;
+        let store = match &opts.opened {
+            Some(o) => o.0.clone(),
+            None => crate::store::open(&opts.store, &opts.state_dir)?,
+        };
         let state = artifacts::Store::open(&opts.state_dir)?;
         let tokens = Tokens::for_store(&*store, state.root())?;
         Fleet::new(opts, plan, main_arch, store, tokens, events)
@@ -194,7 +201,20 @@ impl Fleet {
         timelines.config_expected = config_expected;
         // Profiles may come from the store at any time: every machine gets URLs of its own.
         let shared = store.is_shared();
+        // Replicas build each image once among them.
+        let mut opts = opts.clone();
+        if shared && opts.images.peers.is_none() {
+            opts.images.peers = Some(crate::sources::Peers(
+                crate::shared_builds::SharedBuilds::new(store.clone()),
+            ));
+        }
+        let opts = &opts;
+        let artifacts = match shared {
+            true => Some(Arc::new(artifacts::Store::open(&opts.state_dir)?)),
+            false => None,
+        };
         let fleet = Arc::new(Fleet {
+            artifacts,
             timelines,
             main: plan,
             images: Images::new(opts, main_arch)?,
@@ -255,8 +275,8 @@ impl Fleet {
 
     /// Says this replica is one of those sharing the store (`addresses`: where machines reach
     /// it); nothing for a store that is one host's.
-    pub fn join(&self, addresses: Vec<String>) {
-        let me = crate::store::Member::me(addresses);
+    pub fn join(&self, addresses: Vec<String>, port: u16) {
+        let me = crate::store::Member::me(addresses, port);
         if self.store.is_shared() {
             self.timelines.share_as(me.id.clone());
         }
@@ -616,6 +636,13 @@ impl Booter for Fleet {
     }
 
     fn file(&self, name: &str) -> Option<Reply> {
+        if let (Some(store), true) = (&self.artifacts, name.starts_with("_/artifacts/")) {
+            // Opened from the disk: on a thread of its own.
+            let (store, name) = (store.clone(), name.to_string());
+            return Some(Reply::Later(Arc::new(move || {
+                crate::shared_builds::serve(&store, &name).unwrap_or(Reply::NotFound)
+            })));
+        }
         match self.main.file(name) {
             Some(f) => Some(f.reply()),
             None => self.images.file(name),

@@ -41,6 +41,7 @@ fn images() -> crate::sources::ImageOptions {
         arch: "amd64".into(),
         insecure: false,
         compression: artifacts::Compression::Gzip,
+        peers: None,
     }
 }
 
@@ -92,6 +93,7 @@ fn open_in(
         &FleetOptions {
             state_dir: dir.join("state"),
             store,
+            opened: None,
             machines: Some(MachinesSource::File(dir.join("machines.yaml"))),
             template: Some(TEMPLATE.into()),
             data,
@@ -615,6 +617,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
         &FleetOptions {
             state_dir: s.dir.join("state"),
             store: Default::default(),
+            opened: None,
             machines: Some(MachinesSource::File(s.dir.join("machines.yaml"))),
             template: None,
             data: Map::new(),

@@ -6,6 +6,8 @@
 //!   two replicas never undo each other.
 //! - `PREFIX/secret`: the key every replica tags per-machine URLs with, made once by whichever
 //!   replica comes first (a transaction that only creates).
+//! - `PREFIX/builds/KEY`: the replica building an image's artifacts, on a lease it renews
+//!   while it builds; `PREFIX/artifacts/KEY`: what it built (each file's size and sha256).
 //! - `PREFIX/timeline/MAC/MEMBER`: a machine's recent steps as one replica saw them, on a
 //!   lease of that replica's ([`super::STEPS_KEPT`]), so every replica's page shows every step.
 //!
@@ -293,6 +295,10 @@ pub struct EtcdStore {
     cap: usize,
     /// The lease this replica's shared steps are put on, and when it was granted.
     steps_lease: Mutex<Option<(i64, Instant)>>,
+    /// This replica as a member (once it joined) and the artifacts it holds.
+    me: Mutex<(Option<super::Member>, Vec<String>)>,
+    /// Its member key's value, for the task that keeps it.
+    member_value: tokio::sync::watch::Sender<Vec<u8>>,
     /// Dropped with the store: its runtime's thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -458,6 +464,8 @@ impl EtcdStore {
             snapshot,
             cap: super::MAX_SHARED_RECORDS,
             steps_lease: Mutex::new(None),
+            me: Mutex::default(),
+            member_value: tokio::sync::watch::Sender::new(Vec::new()),
             _stop: stop,
         };
         let (keys, snapshot, cap) = (s.keys.clone(), s.snapshot.clone(), s.cap);
@@ -677,6 +685,10 @@ struct Keys {
     members: Vec<u8>,
     /// `PREFIX/timeline/`: a machine's steps per replica, under `MAC/MEMBER`.
     timeline: Vec<u8>,
+    /// `PREFIX/builds/`: who builds an image, by store key.
+    builds: String,
+    /// `PREFIX/artifacts/`: what was built of an image, by store key.
+    artifacts: String,
 }
 
 impl Keys {
@@ -704,6 +716,8 @@ impl Keys {
             chunks: format!("{prefix}/profiles/"),
             members: format!("{prefix}/members/").into_bytes(),
             timeline: format!("{prefix}/timeline/").into_bytes(),
+            builds: format!("{prefix}/builds/"),
+            artifacts: format!("{prefix}/artifacts/"),
         }
     }
 }
@@ -914,27 +928,43 @@ const MEMBER_TTL: i64 = 10;
 /// Keeps this replica's member key in etcd for as long as the store's runtime runs: a lease of
 /// [`MEMBER_TTL`] seconds renewed every third of it; when the lease is lost (etcd unreachable
 /// longer than that), a new one and the key again.
-async fn membership(client: Client, target: Target, key: Vec<u8>, value: Vec<u8>) {
+async fn membership(
+    client: Client,
+    target: Target,
+    key: Vec<u8>,
+    mut value: tokio::sync::watch::Receiver<Vec<u8>>,
+) {
     let mut said = false;
     loop {
         let why = async {
             let mut leases = client.lease_client();
             let lease = leases.grant(MEMBER_TTL, None).await?.id();
-            client
-                .kv_client()
-                .put(
-                    key.clone(),
-                    value.clone(),
-                    Some(etcd_client::PutOptions::new().with_lease(lease)),
-                )
-                .await?;
+            let put = |v: Vec<u8>| {
+                let (mut kv, key) = (client.kv_client(), key.clone());
+                async move {
+                    kv.put(key, v, Some(etcd_client::PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            };
+            let first = value.borrow_and_update().clone();
+            put(first).await?;
             let (mut keeper, mut answers) = leases.keep_alive(lease).await?;
             loop {
-                tokio::time::sleep(Duration::from_secs(MEMBER_TTL as u64 / 3)).await;
-                keeper.keep_alive().await?;
-                match answers.message().await? {
-                    Some(a) if a.ttl() > 0 => {}
-                    _ => return Ok::<String, etcd_client::Error>("the lease expired".into()),
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(MEMBER_TTL as u64 / 3)) => {
+                        keeper.keep_alive().await?;
+                        match answers.message().await? {
+                            Some(a) if a.ttl() > 0 => {}
+                            _ => return Ok::<String, etcd_client::Error>("the lease expired".into()),
+                        }
+                    }
+                    changed = value.changed() => {
+                        if changed.is_err() {
+                            return Ok("the store closed".into());
+                        }
+                        let next = value.borrow_and_update().clone();
+                        put(next).await?;
+                    }
                 }
             }
         }
@@ -1249,16 +1279,121 @@ impl MachineStore for EtcdStore {
         true
     }
 
-    fn join(&self, me: super::Member) {
+    fn join(&self, mut me: super::Member) {
         let _ = self.snapshot.me.set(me.id.clone());
         let key = [self.keys.members.as_slice(), me.id.as_bytes()].concat();
-        let value = serde_json::to_vec(&me).unwrap_or_default();
+        {
+            let mut held = self.me.lock().unwrap_or_else(|e| e.into_inner());
+            me.artifacts = held.1.clone();
+            self.member_value
+                .send_replace(serde_json::to_vec(&me).unwrap_or_default());
+            held.0 = Some(me);
+        }
         self.handle.spawn(membership(
             self.client.clone(),
             self.target.clone(),
             key,
-            value,
+            self.member_value.subscribe(),
         ));
+    }
+
+    fn hold(&self, key: &str) {
+        let mut held = self.me.lock().unwrap_or_else(|e| e.into_inner());
+        if held.1.iter().any(|k| k == key) {
+            return;
+        }
+        if held.1.len() >= super::MAX_HELD {
+            held.1.remove(0);
+        }
+        held.1.push(key.to_string());
+        let list = held.1.clone();
+        if let Some(me) = held.0.as_mut() {
+            me.artifacts = list;
+            self.member_value
+                .send_replace(serde_json::to_vec(&*me).unwrap_or_default());
+        }
+    }
+
+    /// A key under `PREFIX/builds/` created only if absent, on a lease of [`MEMBER_TTL`]
+    /// renewed while the turn is held: dropped, or this process gone, and it is gone.
+    fn lock_build(&self, key: &str) -> Result<Option<Box<dyn Send>>, StoreError> {
+        let at = format!("{}{key}", self.keys.builds);
+        let client = self.client.clone();
+        let me = super::Member::my_id().to_string();
+        let taken = run(&self.handle, async move {
+            let mut leases = client.lease_client();
+            let lease = leases.grant(MEMBER_TTL, None).await?.id();
+            let resp = client
+                .kv_client()
+                .txn(
+                    Txn::new()
+                        .when([Compare::create_revision(at.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            at,
+                            me,
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        )]),
+                )
+                .await?;
+            if !resp.succeeded() {
+                let _ = leases.revoke(lease).await;
+                return Ok(None);
+            }
+            Ok(Some(lease))
+        })
+        .map_err(|e| unavailable(&self.target, e))?;
+        let Some(lease) = taken else {
+            return Ok(None);
+        };
+        let (done, mut released) = tokio::sync::oneshot::channel::<()>();
+        let client = self.client.clone();
+        self.handle.spawn(async move {
+            let mut leases = client.lease_client();
+            if let Ok((mut keeper, _answers)) = leases.keep_alive(lease).await {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(MEMBER_TTL as u64 / 3)) => {
+                            if keeper.keep_alive().await.is_err() {
+                                break;
+                            }
+                        }
+                        _ = &mut released => break,
+                    }
+                }
+            }
+            let _ = leases.revoke(lease).await;
+        });
+        Ok(Some(Box::new(done)))
+    }
+
+    fn published(&self, key: &str) -> Result<Option<super::Published>, StoreError> {
+        let at = format!("{}{key}", self.keys.artifacts);
+        let resp = self.kv_get(at.clone().into_bytes(), None)?;
+        let Some(item) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<super::Published>(item.value()) {
+            Ok(p) if item.value().len() <= MAX_VALUE && p.is_valid(key) => Ok(Some(p)),
+            _ => {
+                self.snapshot
+                    .hostile(at.as_bytes(), "is not what Daybreak publishes of a build");
+                Ok(None)
+            }
+        }
+    }
+
+    fn publish_built(&self, p: &super::Published) -> Result<(), StoreError> {
+        let at = format!("{}{}", self.keys.artifacts, p.key);
+        let value = serde_json::to_vec(p).map_err(|e| StoreError::Io {
+            what: format!("what was built of {}", p.key),
+            source: std::io::Error::other(e),
+        })?;
+        self.kv_txn(
+            Txn::new()
+                .when([Compare::create_revision(at.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(at, value, None)]),
+        )?;
+        Ok(())
     }
 
     fn members(&self) -> Vec<super::Member> {

@@ -99,23 +99,55 @@ pub struct Member {
     pub version: String,
     /// Unix seconds it started.
     pub started: u64,
+    /// The port its boot HTTP server listens on (others fetch artifacts there).
+    #[serde(default)]
+    pub port: u16,
+    /// The artifacts it holds, by store key (`sha256-HEX`): others fetch them from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
+/// Artifacts a member lists; past this, the oldest it took leave the list.
+pub const MAX_HELD: usize = 64;
+
 impl Member {
-    /// This process: its host name and a random suffix, and `addresses`.
-    pub fn me(addresses: Vec<String>) -> Member {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty() && h.len() <= 64)
-            .unwrap_or_else(|| "daybreak".into());
-        let suffix = artifacts::random_hex(3).unwrap_or_default();
+    /// This process (its id: [`Member::my_id`]), reached at `addresses` on `port`.
+    pub fn me(addresses: Vec<String>, port: u16) -> Member {
         Member {
-            id: format!("{host}-{suffix}"),
+            id: Member::my_id().to_string(),
             addresses,
             version: env!("CARGO_PKG_VERSION").into(),
             started: artifacts::now(),
+            port,
+            artifacts: Vec::new(),
         }
+    }
+
+    /// This process's id: its host name and a random suffix, the same for the whole run (the
+    /// build it locks before it serves is the one it lists after).
+    pub fn my_id() -> &'static str {
+        static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        ID.get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| {
+                    !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .unwrap_or_else(|| "daybreak".into());
+            let suffix = artifacts::random_hex(3).unwrap_or_default();
+            format!("{host}-{suffix}")
+        })
+    }
+
+    /// Base URLs it serves artifacts at (`http://ADDR:PORT`).
+    pub fn bases(&self) -> Vec<String> {
+        self.addresses
+            .iter()
+            .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+            .filter(|_| self.port != 0)
+            .map(|ip| format!("http://{}", std::net::SocketAddr::new(ip, self.port)))
+            .collect()
     }
 
     /// Whether it is one Daybreak could have written (a store is read as hostile).
@@ -125,6 +157,75 @@ impl Member {
             && printable(&self.version)
             && self.addresses.len() <= 16
             && self.addresses.iter().all(|a| printable(a))
+            && self.artifacts.len() <= MAX_HELD
+            && self
+                .artifacts
+                .iter()
+                .all(|k| artifacts::Key::parse(k).is_some_and(|k| k.content_addressed()))
+    }
+}
+
+/// What a replica published of an image's artifacts it built: each file's size and sha256,
+/// so another fetches them from any replica holding them and checks what it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The store key (`sha256-HEX`).
+    pub key: String,
+    /// The replica that built them.
+    pub by: String,
+    pub files: Vec<PublishedFile>,
+    pub meta: artifacts::Meta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Names an entry's files may have: the three, and the image's own signed shim and GRUB.
+pub const PUBLISHED_NAMES: [&str; 5] = [
+    artifacts::build::KERNEL,
+    artifacts::build::INITRD,
+    artifacts::build::ROOTFS,
+    artifacts::build::SHIM,
+    artifacts::build::GRUB,
+];
+
+/// A published file larger than this is not one Daybreak built.
+pub const MAX_PUBLISHED_SIZE: u64 = 1 << 40;
+
+impl Published {
+    /// Whether it is one Daybreak could have written for `key` (a store is read as hostile):
+    /// the three files first, then at most the shim and GRUB, each once, with sane sizes and
+    /// sha256s, and a meta of short printable words.
+    pub fn is_valid(&self, key: &str) -> bool {
+        let word = |t: &str| t.len() <= 300 && t.bytes().all(|b| b.is_ascii_graphic());
+        let names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        let known = names.len() >= 3
+            && names[..3] == PUBLISHED_NAMES[..3]
+            && names[3..].iter().all(|n| PUBLISHED_NAMES[3..].contains(n))
+            && (names.len() < 5 || names[3] != names[4]);
+        self.key == key
+            && artifacts::Key::parse(key).is_some_and(|k| k.content_addressed())
+            && word(&self.by)
+            && known
+            && self.files.iter().all(|f| {
+                f.size <= MAX_PUBLISHED_SIZE
+                    && f.sha256.len() == 64
+                    && f.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            && [
+                &self.meta.source,
+                &self.meta.digest,
+                &self.meta.arch,
+                &self.meta.compression,
+                &self.meta.kernel,
+                &self.meta.initrd,
+            ]
+            .iter()
+            .all(|t| word(t))
     }
 }
 
@@ -368,6 +469,26 @@ pub trait MachineStore: Send + Sync + 'static {
     /// `f` over the machines' steps the other replicas shared (not this one's own), by MAC.
     fn with_steps(&self, _f: &mut dyn FnMut(&SharedSteps)) {}
 
+    /// Takes the cluster's turn to build the image `key`: `None` while another replica holds it
+    /// (it builds), else a turn held until dropped (gone by itself if this process dies). A
+    /// store that is one host's has nobody to share with: always this one's turn.
+    fn lock_build(&self, _key: &str) -> Result<Option<Box<dyn Send>>, StoreError> {
+        Ok(Some(Box::new(())))
+    }
+
+    /// What the replica that built `key` published of it, checked as hostile.
+    fn published(&self, _key: &str) -> Result<Option<Published>, StoreError> {
+        Ok(None)
+    }
+
+    /// Publishes what this replica built (once per key: the first stays).
+    fn publish_built(&self, _p: &Published) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Lists `key` among the artifacts this replica holds, for the others to fetch.
+    fn hold(&self, _key: &str) {}
+
     /// How long ago this process's copy was last known current: `Some(None)` while it is not
     /// (the store is unreachable); `None` for a store nobody else writes without telling.
     fn snapshot_age(&self) -> Option<Option<std::time::Duration>> {
@@ -477,6 +598,17 @@ impl Writes {
     /// Changes waiting to be written.
     pub fn queued(&self) -> usize {
         self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A store already opened (a replica opens its shared store before building its image, so
+/// the build is shared too), handed to what would otherwise open it again.
+#[derive(Clone)]
+pub struct Opened(pub std::sync::Arc<dyn MachineStore>);
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Opened({})", self.0.describe())
     }
 }
 

@@ -74,6 +74,16 @@ impl Daybreak {
     /// As [`Daybreak::start`], under a hard limit of `nofile` descriptors when given (the
     /// common 1,024: the server cannot raise it).
     pub fn start_with(args: &[&str], dir: &Path, nofile: Option<u64>) -> Daybreak {
+        let mut d = Daybreak::spawn_with(args, dir, nofile);
+        d.wait_for_any(
+            &[" ready\n", "\"message\":\"ready\""],
+            Duration::from_secs(10),
+        );
+        d
+    }
+
+    /// As [`Daybreak::start_with`], without waiting for it to be ready.
+    pub fn spawn_with(args: &[&str], dir: &Path, nofile: Option<u64>) -> Daybreak {
         use std::os::unix::process::CommandExt;
         let log = dir.join(format!("daybreak-{}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
@@ -98,12 +108,7 @@ impl Daybreak {
             }
         }
         let child = cmd.spawn().unwrap();
-        let mut d = Daybreak { child, log };
-        d.wait_for_any(
-            &[" ready\n", "\"message\":\"ready\""],
-            Duration::from_secs(10),
-        );
-        d
+        Daybreak { child, log }
     }
 
     /// `daybreak ARGS… --listen 127.0.0.1 --http-port H --tftp-port T --no-proxy-dhcp` on free

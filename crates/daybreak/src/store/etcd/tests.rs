@@ -29,6 +29,14 @@ fn two_replicas(tag: &str, prefix: &str) -> Option<(testkit::Etcd, EtcdStore, Et
     Some((etcd, a, b))
 }
 
+/// A replica of its own id (one test process plays several).
+fn member(id: &str, address: &str) -> crate::store::Member {
+    crate::store::Member {
+        id: id.into(),
+        ..crate::store::Member::me(vec![address.into()], 8090)
+    }
+}
+
 fn booted(at: u64) -> Change {
     Change::Booted {
         at,
@@ -281,9 +289,9 @@ fn replicas_are_members_while_they_run() {
     let Some((etcd, a, b)) = two_replicas("etcd-members", "/m") else {
         return;
     };
-    let me = crate::store::Member::me(vec!["10.0.0.2".into()]);
+    let me = member("a-000001", "10.0.0.2");
     a.join(me.clone());
-    b.join(crate::store::Member::me(vec!["10.0.0.3".into()]));
+    b.join(member("b-000002", "10.0.0.3"));
     etcd.ctl(&["put", "/m/members/x", "{\"id\":\"\\u0007\"}"])
         .unwrap();
     etcd.ctl(&["put", "/m/members/y", "garbage"]).unwrap();
@@ -314,8 +322,8 @@ fn machines_steps_are_shared_on_a_lease_and_hostile_ones_skipped() {
         return;
     };
     let (ma, mb) = (
-        crate::store::Member::me(vec!["10.0.0.2".into()]),
-        crate::store::Member::me(vec!["10.0.0.3".into()]),
+        member("a-000001", "10.0.0.2"),
+        member("b-000002", "10.0.0.3"),
     );
     a.join(ma.clone());
     b.join(mb.clone());
@@ -410,4 +418,94 @@ fn machines_steps_are_shared_on_a_lease_and_hostile_ones_skipped() {
         b.with_steps(&mut |m| n = m.len());
         (n == 1).then_some(())
     });
+}
+
+/// Item: one build per image: the turn to build is one replica's at a time and goes when it is
+/// dropped; what a builder published is read as hostile (names, sizes, sha256s, the key).
+#[test]
+fn one_replica_builds_at_a_time_and_what_it_published_is_checked() {
+    use crate::store::{Published, PublishedFile};
+    let Some((etcd, a, b)) = two_replicas("etcd-builds", "/b") else {
+        return;
+    };
+    let key = format!("sha256-{}", "ab".repeat(32));
+    let turn = a
+        .lock_build(&key)
+        .unwrap()
+        .expect("the first asks, the first builds");
+    assert!(b.lock_build(&key).unwrap().is_none(), "one at a time");
+    drop(turn);
+    eventually(Duration::from_secs(3), || b.lock_build(&key).unwrap());
+    let file = |name: &str| PublishedFile {
+        name: name.into(),
+        size: 10,
+        sha256: "0f".repeat(32),
+    };
+    let good = Published {
+        key: key.clone(),
+        by: "a-000001".into(),
+        files: vec![file("kernel"), file("initrd"), file("rootfs.squashfs")],
+        meta: artifacts::Meta {
+            source: "quay.io/kairos/ubuntu:24.04".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            arch: "amd64".into(),
+            compression: "gzip".into(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd".into(),
+            created: 1,
+            sizes: None,
+        },
+    };
+    assert_eq!(b.published(&key).unwrap(), None);
+    a.publish_built(&good).unwrap();
+    assert_eq!(b.published(&key).unwrap(), Some(good.clone()));
+    // The first stays.
+    let other = Published {
+        by: "b-000002".into(),
+        ..good.clone()
+    };
+    b.publish_built(&other).unwrap();
+    assert_eq!(b.published(&key).unwrap().unwrap().by, "a-000001");
+    let hostile = |p: Published| {
+        let k = format!("sha256-{}", "cd".repeat(32));
+        etcd.ctl(&[
+            "put",
+            &format!("/b/artifacts/{k}"),
+            &serde_json::to_string(&p).unwrap(),
+        ])
+        .unwrap();
+        b.published(&k).unwrap()
+    };
+    let mut bad = Vec::new();
+    bad.push(good.clone()); // another key's
+    let mut p = good.clone();
+    p.key = format!("sha256-{}", "cd".repeat(32));
+    let base = p.clone();
+    p.files[0].name = "../../etc/passwd".into();
+    bad.push(p.clone());
+    p = base.clone();
+    p.files[2].size = u64::MAX;
+    bad.push(p.clone());
+    p = base.clone();
+    p.files[1].sha256 = "zz".repeat(32);
+    bad.push(p.clone());
+    p = base.clone();
+    p.files.pop();
+    bad.push(p.clone());
+    p = base.clone();
+    p.files.push(file("kernel"));
+    bad.push(p.clone());
+    p = base.clone();
+    p.meta.source = "a\nb".into();
+    bad.push(p);
+    for p in bad {
+        assert_eq!(hostile(p.clone()), None, "{p:?}");
+    }
+    let mut ok = base.clone();
+    ok.files.push(file("shimx64.efi"));
+    ok.files.push(file("grubx64.efi"));
+    assert!(hostile(ok).is_some());
+    etcd.ctl(&["put", "/b/artifacts/sha256-ee", "{not json"])
+        .unwrap();
+    assert_eq!(b.published("sha256-ee").unwrap(), None);
 }
