@@ -106,8 +106,10 @@ pub struct Api {
     files: ureq::Agent,
     answers: Mutex<HashMap<Mac, Cached>>,
     asking: std::sync::atomic::AtomicUsize,
-    /// Key the file URLs' tokens: new every run.
+    /// Key the file URLs' tokens: new every run, or the one replicas share (`--store`).
     tokens: Tokens,
+    /// The store replicas share, when there is one: this replica is one of its members.
+    store: Option<Arc<dyn crate::store::MachineStore>>,
     /// Itself, for the questions asked in the background.
     me: std::sync::Weak<Api>,
     /// Whether each kernel URL the API named carries a Secure Boot signature (its head read
@@ -133,6 +135,15 @@ struct Cached {
 
 impl Api {
     pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Arc<Api>> {
+        Api::with_store(url, timeout, None)
+    }
+
+    /// As [`Api::new`], its file URLs keyed by `store`'s shared key when it has one.
+    pub fn with_store(
+        url: &str,
+        timeout: Duration,
+        store: Option<Arc<dyn crate::store::MachineStore>>,
+    ) -> anyhow::Result<Arc<Api>> {
         if !artifacts::is_url(url) {
             bail!("{url}: the API URL must be http:// or https://");
         }
@@ -158,8 +169,12 @@ impl Api {
             .max_redirects(0)
             .build()
             .new_agent();
-        let tokens = Tokens::ephemeral()?;
+        let tokens = match &store {
+            Some(s) if s.is_shared() => Tokens::for_store(&**s, &artifacts::default_state_dir())?,
+            _ => Tokens::ephemeral()?,
+        };
         Ok(Arc::new_cyclic(|me| Api {
+            store,
             base,
             timeout,
             agent,
@@ -170,6 +185,13 @@ impl Api {
             me: me.clone(),
             kernels: Mutex::default(),
         }))
+    }
+
+    /// Says this replica is one of those sharing the store, when there is one.
+    pub fn join(&self, addresses: Vec<String>, port: u16) {
+        if let Some(s) = &self.store {
+            s.join(crate::store::Member::me(addresses, port));
+        }
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<Mac, Cached>> {
@@ -630,7 +652,50 @@ impl Booter for Api {
         let PersonalKind::File(i) = p.kind else {
             return None;
         };
-        let spec = self.last(p.mac)?;
+        let spec = match self.last(p.mac) {
+            Some(spec) => spec,
+            // A URL another replica made (they share the key): the API is asked here, once a
+            // second at most, on a thread of its own.
+            None if self.store.as_ref().is_some_and(|s| s.is_shared()) => {
+                let recently = self
+                    .answers()
+                    .get(&p.mac)
+                    .and_then(|c| c.at)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                if recently {
+                    return None;
+                }
+                let me = self.me.upgrade()?;
+                let (mac, tag, query) = (p.mac, p.tag.to_string(), p.query.to_string());
+                return Some(Reply::Later(Arc::new(move || {
+                    let Some(spec) = me.ask(mac) else {
+                        return Reply::NotFound;
+                    };
+                    let p = Personal {
+                        kind: PersonalKind::File(i),
+                        mac,
+                        tag: &tag,
+                        query: &query,
+                    };
+                    me.file_of(&spec, &p, i).unwrap_or(Reply::NotFound)
+                })));
+            }
+            None => return None,
+        };
+        self.file_of(&spec, p, i)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "booting each machine as the API says: {}",
+            Api::describe(self)
+        )
+    }
+}
+
+impl Api {
+    /// File `i` of `spec` for the machine `p` names, if its URL's tag is that file's.
+    fn file_of(&self, spec: &Spec, p: &Personal<'_>, i: usize) -> Option<Reply> {
         let url = spec.urls.get(i)?;
         if !self.tokens.check(p, url) {
             return None;
@@ -656,13 +721,6 @@ impl Booter for Api {
                 }),
             },
         })
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "booting each machine as the API says: {}",
-            Api::describe(self)
-        )
     }
 }
 

@@ -230,21 +230,27 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         start_artifacts(addr, plan, &opts.plan, &mut tasks).await?;
     }
     if let Some(f) = &d.fleet {
-        // Where machines reach this replica, for the others' pages.
-        let addresses: Vec<String> = match http.advertise {
-            Some(a) => vec![a.to_string()],
-            None if !ifaces.is_empty() => ifaces.iter().map(|i| i.ipv4.to_string()).collect(),
-            None => udp::interfaces()
-                .iter()
-                .filter_map(|i| i.ipv4.filter(|a| !a.is_loopback()))
-                .map(|a| a.to_string())
-                .collect(),
-        };
-        f.join(addresses, http.port);
+        f.join(reached_at(http, &ifaces), http.port);
+    }
+    if let Some(api) = &opts.api {
+        api.join(reached_at(http, &ifaces), http.port);
     }
     tracing::info!("ready");
     tasks.until_shutdown(counters).await;
     Ok(())
+}
+
+/// Where machines reach this replica, for the other replicas.
+fn reached_at(http: pxe::HttpAddress, ifaces: &[Iface]) -> Vec<String> {
+    match http.advertise {
+        Some(a) => vec![a.to_string()],
+        None if !ifaces.is_empty() => ifaces.iter().map(|i| i.ipv4.to_string()).collect(),
+        None => udp::interfaces()
+            .iter()
+            .filter_map(|i| i.ipv4.filter(|a| !a.is_loopback()))
+            .map(|a| a.to_string())
+            .collect(),
+    }
 }
 
 /// The artifact file server: the plan's boot files (and the ISO they are read from) for people

@@ -526,3 +526,145 @@ fn an_image_is_built_once_across_the_replicas_and_fetched_by_the_others() {
 fn sw_ns(sw: &Switch, name: &str) -> String {
     format!("{}{name}", sw.id)
 }
+
+/// A tiny HTTP server on `listener` answering each path of `pages` with its body, 404 else.
+fn serve_pages(listener: std::net::TcpListener, pages: Vec<(String, String)>) {
+    use std::io::{BufRead, Write};
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(64) {
+            let Ok(mut s) = conn else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            let answer = match pages.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .into(),
+            };
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+}
+
+/// Item: `--store` on `boot` and `api` (pixiecore's commands): two `daybreak boot` replicas on
+/// one etcd remember the same machines (one boots through the first, the second lists it), and
+/// two `daybreak api` replicas share the URL key: a file URL one hands out opens on the other.
+#[test]
+fn pixiecore_boot_and_api_replicas_share_a_store() {
+    if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
+        return;
+    }
+    let mut sw = Switch::new("pb");
+    let machine = sw.plug("m", Ipv4Addr::new(10, 82, 0, 10), Some(MAC));
+    let e0 = sw.plug("e0", Ipv4Addr::new(10, 82, 0, 21), None);
+    let Some(etcd) = testkit::Etcd::cluster("pixie-etcd", &[(&e0, Ipv4Addr::new(10, 82, 0, 21))])
+    else {
+        return;
+    };
+    let store = "etcd://10.82.0.21:2379/pixie".to_string();
+    let dir = tempdir("cluster-pixie");
+    for f in ["vmlinuz", "initrd"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let ns: Vec<String> = (0..2u8)
+        .map(|i| sw.plug(&format!("r{i}"), Ipv4Addr::new(10, 82, 0, 2 + i), None))
+        .collect();
+    let base = |i: usize| format!("http://10.82.0.{}:8090", 2 + i);
+    let start = |i: usize, args: Vec<String>| {
+        let rdir = dir.join(format!("r{i}"));
+        std::fs::create_dir_all(&rdir).unwrap();
+        let mut args = args;
+        args.extend(
+            [
+                "-p",
+                "8090",
+                "--store",
+                &store,
+                "--state-dir",
+                &rdir.join("state").to_string_lossy(),
+            ]
+            .map(String::from),
+        );
+        in_netns(&ns[i], move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            Daybreak::start(&a, &rdir)
+        })
+    };
+
+    // `daybreak boot`: a machine booted through one replica is listed by the other.
+    let boot = |i| {
+        start(
+            i,
+            ["boot", "../vmlinuz", "../initrd", "--cmdline", "quiet"]
+                .map(String::from)
+                .to_vec(),
+        )
+    };
+    let replicas = vec![boot(0), boot(1)];
+    let (code, script) = fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", base(0)));
+    assert!(code == 200 && script.contains("boot kernel"), "{script}");
+    let on_r1 = ns[1].clone();
+    waits_for(
+        "the machine on the other replica",
+        Duration::from_secs(3),
+        || {
+            let ns = on_r1.clone();
+            in_netns(&ns, || {
+                common::get_text("http://127.0.0.1:8091/api/machines")
+            })
+            .contains(MAC)
+        },
+    );
+    drop(replicas);
+
+    // `daybreak api`: a file URL one replica hands out opens on the other.
+    let api = sw.plug("api", Ipv4Addr::new(10, 82, 0, 30), None);
+    let listener = in_netns(&api, || {
+        std::net::TcpListener::bind("10.82.0.30:9000").unwrap()
+    });
+    serve_pages(
+        listener,
+        vec![
+            (
+                format!("/v1/boot/{MAC}"),
+                r#"{"kernel":"http://10.82.0.30:9000/k","initrd":["http://10.82.0.30:9000/i"],"cmdline":"quiet"}"#.into(),
+            ),
+            ("/k".into(), "THE-KERNEL".into()),
+            ("/i".into(), "THE-INITRD".into()),
+        ],
+    );
+    let api_replica = |i| {
+        start(
+            i,
+            ["api", "http://10.82.0.30:9000"].map(String::from).to_vec(),
+        )
+    };
+    let replicas = vec![api_replica(0), api_replica(1)];
+    let mut script = String::new();
+    waits_for("the API's answer", Duration::from_secs(5), || {
+        let (code, s) = fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", base(0)));
+        script = s;
+        code == 200 && script.contains("kernel")
+    });
+    let kernel = script
+        .split_whitespace()
+        .find(|w| w.starts_with(&base(0)) && !w.contains("/_/ipxe"))
+        .unwrap_or_else(|| panic!("a file URL in {script}"))
+        .to_string();
+    let there = kernel.replace(&base(0), &base(1));
+    let (code, body) = fetch(&machine, &there);
+    assert_eq!((code, body.as_str()), (200, "THE-KERNEL"), "{there}");
+    drop(replicas);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(dir);
+}

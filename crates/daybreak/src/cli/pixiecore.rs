@@ -48,9 +48,24 @@ pub struct ServerArgs {
     log_timestamps: bool,
     #[command(flatten)]
     admin: super::serve::AdminArgs,
+    /// With --store: machines are remembered (and shown on the status page) in that store;
+    /// an etcd store is shared by replicas (one fleet, any replica the same answer).
+    #[command(flatten)]
+    store: super::serve::StoreArgs,
+    /// Where a file store keeps machines (with --store file), and the URL key.
+    #[arg(long, value_name = "DIR", default_value_os_t = artifacts::default_state_dir())]
+    state_dir: PathBuf,
 }
 
 impl ServerArgs {
+    /// The store `--store` names, if it was given.
+    fn store(&self) -> Option<crate::store::StoreConfig> {
+        let s = self.store.clone();
+        s.store
+            .is_some()
+            .then(|| s.config(&crate::store::StoreConfig::default()))
+    }
+
     /// The server for `plan`, logging as pixiecore does. What pixiecore does and Daybreak does
     /// not is said with a warning: the boot works without it.
     pub fn options(mut self, plan: PlanInput) -> anyhow::Result<ServeOptions> {
@@ -113,14 +128,33 @@ impl BootArgs {
                 bail!("{s}: Daybreak boots local files; download it first (curl -fLO {s}) and give its path");
             }
         }
-        self.server.options(PlanInput {
+        // With a store, machines are remembered (and replicas share them).
+        let fleet = self.server.store().map(|store| crate::fleet::FleetOptions {
+            state_dir: self.server.state_dir.clone(),
+            store,
+            opened: None,
+            machines: None,
+            template: None,
+            data: Default::default(),
+            images: crate::sources::ImageOptions {
+                arch: artifacts::oci::host_arch().to_string(),
+                insecure: false,
+                compression: artifacts::Compression::Gzip,
+                peers: None,
+            },
+            source: None,
+            stall_after: None,
+        });
+        let mut o = self.server.options(PlanInput {
             kernel: Some(self.kernel),
             initrds: self.initrds,
             // pixiecore's command line is taken as it is: with neither --rootfs nor
             // --cloud-config, Daybreak adds nothing to it.
             cmdline: Some(self.cmdline.unwrap_or_default()),
             ..Default::default()
-        })
+        })?;
+        o.fleet = fleet;
+        Ok(o)
     }
 }
 
@@ -143,7 +177,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl ApiArgs {
     pub fn into_options(self) -> anyhow::Result<ServeOptions> {
-        let api = Api::new(&self.url, self.api_request_timeout)?;
+        // With a store, the URLs the API's files are served at are keyed by the key replicas
+        // share, and this replica is a member of them.
+        let store = match self.server.store() {
+            Some(c) => Some(crate::store::open(&c, &self.server.state_dir)?),
+            None => None,
+        };
+        let api = Api::with_store(&self.url, self.api_request_timeout, store)?;
         let mut o = self.server.options(PlanInput::default())?;
         o.api = Some(api);
         Ok(o)

@@ -467,7 +467,9 @@ pub trait MachineStore: Send + Sync + 'static {
     }
 
     /// `f` over the machines' steps the other replicas shared (not this one's own), by MAC.
-    fn with_steps(&self, _f: &mut dyn FnMut(&SharedSteps)) {}
+    fn with_steps(&self, f: &mut dyn FnMut(&SharedSteps)) {
+        f(&SharedSteps::new())
+    }
 
     /// Takes the cluster's turn to build the image `key`: `None` while another replica holds it
     /// (it builds), else a turn held until dropped (gone by itself if this process dies). A
