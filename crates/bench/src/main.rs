@@ -10,6 +10,7 @@
 //!   daybreak-bench attack IFACE SERVER SECONDS N
 //!   daybreak-bench etcd-seed ETCD PREFIX N
 //!   daybreak-bench etcd-lag ETCD PREFIX ADMIN N
+//!   daybreak-bench cluster-storm IFACE N EFI,KERNEL,INITRD,ROOTFS PIDS REPLICAS FIRST RAMP KILLS
 //!
 //! Loads are bounded in count and time and only target the address given (loopback or a test
 //! namespace).
@@ -24,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use pxe::message::{Message, MessageType};
 
 mod burst;
+mod cluster;
 mod etcd;
 mod storm;
 
@@ -85,6 +87,37 @@ fn main() -> Result<()> {
             args[3].parse()?,
             args[4].parse()?,
         ),
+        Some("cluster-storm") if args.len() == 9 => {
+            let list =
+                |s: &str| -> Result<Vec<String>> { Ok(s.split(',').map(str::to_string).collect()) };
+            let sizes: [usize; 4] = list(&args[3])?
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<usize>, _>>()?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("four sizes"))?;
+            cluster::storm(
+                &args[1],
+                cluster::Storm {
+                    n: args[2].parse()?,
+                    sizes,
+                    pids: list(&args[4])?
+                        .iter()
+                        .map(|p| p.parse())
+                        .collect::<Result<_, _>>()?,
+                    replicas: list(&args[5])?
+                        .iter()
+                        .map(|p| p.parse())
+                        .collect::<Result<_, _>>()?,
+                    first: args[6].parse()?,
+                    ramp: args[7].parse()?,
+                    kills: list(&args[8])?
+                        .iter()
+                        .map(|p| p.parse())
+                        .collect::<Result<_, _>>()?,
+                },
+            )
+        }
         Some("etcd-seed") if args.len() == 4 => {
             etcd::seed(args[1].parse()?, &args[2], args[3].parse()?)
         }

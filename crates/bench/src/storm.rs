@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 /// How EDK2's PXE waits for a TFTP answer (`PXEBC_MTFTP_TIMEOUT`, `PXEBC_MTFTP_RETRIES`): 4 s
 /// a try, 6 tries. A request the server leaves unanswered because it is full is asked again.
-const EDK2_RETRY: crate::Retry = crate::Retry {
+pub(crate) const EDK2_RETRY: crate::Retry = crate::Retry {
     timeout: Duration::from_secs(4),
     tries: 6,
 };
@@ -77,10 +77,10 @@ pub fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr) -> 
     m.encode()
 }
 
-type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
+pub(crate) type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
 
 /// One DHCP exchange, retried as firmware does (up to 4 tries, 1, 2, 4 s apart).
-async fn exchange(
+pub(crate) async fn exchange(
     sock: &tokio::net::UdpSocket,
     waiting: &Waiting,
     to: SocketAddrV4,
@@ -101,7 +101,7 @@ async fn exchange(
 
 /// The port 4011 exchange, from the machine's own address (port 68, beside the shared socket
 /// that hears broadcasts), with the same retries.
-async fn exchange_4011(
+pub(crate) async fn exchange_4011(
     src: Ipv4Addr,
     to: SocketAddrV4,
     packet: &[u8],
@@ -126,7 +126,7 @@ async fn exchange_4011(
     bail!("no answer from {to}")
 }
 
-async fn http_get(src: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>> {
+pub(crate) async fn http_get(src: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((src, 0)))?;
@@ -269,6 +269,28 @@ async fn machine(
     Ok(t)
 }
 
+/// Hands each answer heard on the shared port 68 to the exchange waiting for its xid (the
+/// first answer wins: beside several servers, the first offer is the one taken).
+pub(crate) fn dispatch(
+    sock: Arc<tokio::net::UdpSocket>,
+    waiting: Waiting,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = sock.recv(&mut buf).await {
+            let Ok(m) = Message::decode(&buf[..n]) else {
+                continue;
+            };
+            if m.op != 2 {
+                continue;
+            }
+            if let Some(tx) = waiting.lock().unwrap().remove(&m.xid) {
+                let _ = tx.send(m);
+            }
+        }
+    })
+}
+
 fn peak_of(pid: u32, peak_rss: &AtomicU64, peak_fds: &AtomicU64) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -336,23 +358,7 @@ pub fn storm(
         s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
         let sock = Arc::new(tokio::net::UdpSocket::from_std(s.into())?);
         let waiting: Waiting = Arc::default();
-        let dispatcher = {
-            let (sock, waiting) = (sock.clone(), waiting.clone());
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1500];
-                while let Ok(n) = sock.recv(&mut buf).await {
-                    let Ok(m) = Message::decode(&buf[..n]) else {
-                        continue;
-                    };
-                    if m.op != 2 {
-                        continue;
-                    }
-                    if let Some(tx) = waiting.lock().unwrap().remove(&m.xid) {
-                        let _ = tx.send(m);
-                    }
-                }
-            })
-        };
+        let dispatcher = dispatch(sock.clone(), waiting.clone());
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
             let (sock, waiting) = (sock.clone(), waiting.clone());

@@ -1,0 +1,349 @@
+//! The boot storm across replicas: N simulated UEFI machines powered on over RAMP seconds
+//! beside three Daybreak replicas on one etcd. Each takes the first ProxyDHCP offer (any
+//! replica's) and boots from the replica that made it: port 4011, the EFI loader over TFTP, the
+//! script, its own cloud-config, kernel, initrd and squashfs, then calls its install URL
+//! (`curl --retry`: a 503 while etcd cannot commit is asked again; a replica that does not answer
+//! is passed over for another, as through a shared address). A step that fails (its replica was
+//! killed) starts the boot again from DHCP, as firmware does. Once installed, the machine asks
+//! another replica for its script until it is told to boot from its disk: the install's lag.
+//!
+//! bench/run.sh kills a replica and the etcd leader while it runs. Only the given replicas are
+//! targeted (a test namespace); every loop is bounded in count and time.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pxe::message::MessageType;
+
+use crate::storm::{address, exchange, exchange_4011, http_get, mac_of, request, Waiting};
+
+/// Boots a machine tries before it counts as failed.
+const TRIES: usize = 4;
+
+/// What one machine did.
+#[derive(Default)]
+struct Done {
+    /// Each DHCP exchange: when it was sent (since the storm began) and how long it took.
+    dhcp: Vec<(Duration, Duration)>,
+    /// Boots started again after a step failed.
+    restarts: u32,
+    /// From its install call's 200 to another replica telling it to boot from its disk.
+    lag: Option<Duration>,
+    /// The whole boot, power-on to installed.
+    boot: Duration,
+}
+
+/// A GET that tells a refused or cut connection from an answer: `Ok((status, body))`.
+async fn get_status(src: Ipv4Addr, server: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
+    match http_get(src, server, path).await {
+        Ok(b) => Ok((200, b)),
+        Err(e) => {
+            let text = format!("{e:#}");
+            match text.split_once(": http/1.1 ") {
+                Some((_, rest)) => Ok((rest.get(..3).unwrap_or("0").parse().unwrap_or(0), vec![])),
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// One boot, from DHCP to the install call answered; the replica it installed through.
+#[allow(clippy::too_many_arguments)]
+async fn boot_once(
+    i: usize,
+    sock: &tokio::net::UdpSocket,
+    waiting: &Waiting,
+    sizes: [usize; 4],
+    first: u8,
+    replicas: &[Ipv4Addr],
+    began: Instant,
+    done: &mut Done,
+) -> Result<Ipv4Addr> {
+    let mac = mac_of(i);
+    let xid = 0x5800_0000 | ((i as u32) << 4) | done.restarts;
+    let src = address(first, i);
+    let sent = began.elapsed();
+    let t = Instant::now();
+    let offer = exchange(
+        sock,
+        waiting,
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        &request(MessageType::Discover, xid, mac, Ipv4Addr::UNSPECIFIED),
+        xid,
+    )
+    .await
+    .context("DISCOVER")?;
+    done.dhcp.push((sent, t.elapsed()));
+    let server = offer.siaddr;
+    if !replicas.contains(&server) {
+        bail!("an offer from {server}, not a replica");
+    }
+    exchange_4011(
+        src,
+        SocketAddrV4::new(server, 4011),
+        &request(MessageType::Request, xid, mac, src),
+        xid,
+    )
+    .await
+    .context("port 4011")?;
+    crate::tftp_one(
+        SocketAddr::from((server, 69)),
+        src,
+        "ipxe.efi",
+        (1468, 4),
+        sizes[0],
+        crate::storm::EDK2_RETRY,
+    )
+    .await
+    .context("TFTP")?;
+    let http = SocketAddr::from((server, 8090));
+    let script = http_get(src, http, &script_path(mac)).await?;
+    let script = String::from_utf8_lossy(&script).into_owned();
+    let path = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("config_url="))
+        .and_then(path_of)
+        .with_context(|| format!("no cloud-config of its own: {script:?}"))?;
+    let config = http_get(src, http, &path).await.context("cloud-config")?;
+    let config = String::from_utf8_lossy(&config).into_owned();
+    if !config
+        .lines()
+        .any(|l| l.trim() == format!("hostname: storm-{i}"))
+    {
+        bail!("not its own cloud-config");
+    }
+    let install = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("install: "))
+        .and_then(path_of)
+        .context("no install URL")?;
+    for (path, size) in [
+        ("/kernel", sizes[1]),
+        ("/initrd0", sizes[2]),
+        ("/rootfs.squashfs", sizes[3]),
+    ] {
+        let body = http_get(src, http, path).await?;
+        if body.len() != size {
+            bail!("{path}: {} bytes, expected {size}", body.len());
+        }
+    }
+    // curl --retry: a 503 is asked again; a replica that does not answer is passed over.
+    let mut at = replicas.iter().position(|r| *r == server).unwrap_or(0);
+    for _ in 0..120 {
+        let to = SocketAddr::from((replicas[at], 8090));
+        match get_status(src, to, &install).await {
+            Ok((200, _)) => return Ok(replicas[at]),
+            Ok((503, _)) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Ok((code, _)) => bail!("the install call answered {code}"),
+            Err(_) => {
+                at = (at + 1) % replicas.len();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    bail!("the install call was never answered")
+}
+
+fn script_path(mac: [u8; 6]) -> String {
+    format!(
+        "/_/ipxe?arch=7&mac=52:54:00:99:{:02x}:{:02x}",
+        mac[4], mac[5]
+    )
+}
+
+/// The path of an `http://HOST/PATH` URL.
+fn path_of(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    rest.find('/').map(|p| rest[p..].to_string())
+}
+
+/// After its install: another replica asked for its script until it says "local disk".
+async fn lag(
+    i: usize,
+    first: u8,
+    installed_at: Ipv4Addr,
+    replicas: &[Ipv4Addr],
+) -> Option<Duration> {
+    let src = address(first, i);
+    let t = Instant::now();
+    let mut others: Vec<Ipv4Addr> = replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != installed_at)
+        .collect();
+    let turn = i % others.len().max(1);
+    others.rotate_left(turn);
+    let mut k = 0;
+    while t.elapsed() < Duration::from_secs(10) && !others.is_empty() {
+        let to = SocketAddr::from((others[k % others.len()], 8090));
+        match http_get(src, to, &script_path(mac_of(i))).await {
+            Ok(s) if String::from_utf8_lossy(&s).contains("booting from the local disk") => {
+                return Some(t.elapsed())
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            // That one is down: another.
+            Err(_) => k += 1,
+        }
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What a storm across replicas is.
+pub struct Storm {
+    pub n: usize,
+    pub sizes: [usize; 4],
+    pub pids: Vec<u32>,
+    pub replicas: Vec<Ipv4Addr>,
+    pub first: u8,
+    pub ramp: f64,
+    pub kills: Vec<f64>,
+}
+
+/// `cluster-storm IFACE N SIZES PIDS REPLICAS FIRST RAMP KILLS`: N machines powered on over
+/// RAMP seconds; SIZES `efi,kernel,initrd,rootfs`; PIDS and REPLICAS the replicas' (commas);
+/// machine `i` at [`address`]`(FIRST, i)`; KILLS the seconds of the kills (commas), whose
+/// windows' DHCP is reported apart.
+pub fn storm(iface: &str, s: Storm) -> Result<()> {
+    let Storm {
+        n,
+        sizes,
+        pids,
+        replicas,
+        first,
+        ramp,
+        kills,
+    } = s;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let peaks: Arc<Vec<AtomicU64>> = Arc::new(pids.iter().map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peaks, stop, pids) = (peaks.clone(), stop.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (k, p) in pids.iter().enumerate() {
+                    peaks[k].fetch_max(rss_kib(*p), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let began = Instant::now();
+    let replicas = Arc::new(replicas);
+    let results = rt.block_on(async {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(iface.as_bytes()))?;
+        s.set_recv_buffer_size(8 << 20)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+        let sock = Arc::new(tokio::net::UdpSocket::from_std(s.into())?);
+        let waiting: Waiting = Arc::default();
+        let dispatcher = crate::storm::dispatch(sock.clone(), waiting.clone());
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (sock, waiting, replicas) = (sock.clone(), waiting.clone(), replicas.clone());
+            let at = Duration::from_secs_f64(ramp * i as f64 / n.max(1) as f64);
+            set.spawn(async move {
+                tokio::time::sleep(at).await;
+                let t = Instant::now();
+                let mut done = Done::default();
+                let mut last = None;
+                for _ in 0..TRIES {
+                    let one = boot_once(
+                        i, &sock, &waiting, sizes, first, &replicas, began, &mut done,
+                    );
+                    match tokio::time::timeout(Duration::from_secs(120), one).await {
+                        Ok(Ok(via)) => {
+                            done.boot = t.elapsed();
+                            done.lag = lag(i, first, via, &replicas).await;
+                            return (i, Ok(done));
+                        }
+                        Ok(Err(e)) => last = Some(e),
+                        Err(_) => last = Some(anyhow::anyhow!("a boot took over 120 s")),
+                    }
+                    done.restarts += 1;
+                }
+                (i, Err(last.unwrap_or_else(|| anyhow::anyhow!("no try"))))
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r?);
+        }
+        dispatcher.abort();
+        anyhow::Ok(out)
+    })?;
+    let secs = began.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let (mut failed, mut restarts, mut local) = (0, 0, 0);
+    let (mut dhcp, mut in_kills, mut lags, mut boots) = (vec![], vec![], vec![], vec![]);
+    for (i, r) in &results {
+        match r {
+            Ok(d) => {
+                restarts += d.restarts;
+                boots.push(d.boot);
+                if let Some(l) = d.lag {
+                    local += 1;
+                    lags.push(l);
+                }
+                for (sent, took) in &d.dhcp {
+                    dhcp.push(*took);
+                    let s = sent.as_secs_f64();
+                    if kills.iter().any(|k| s >= *k && s < k + 3.0) {
+                        in_kills.push(*took);
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("machine {i}: {e:#}");
+                }
+            }
+        }
+    }
+    for v in [&mut dhcp, &mut in_kills, &mut lags, &mut boots] {
+        v.sort();
+    }
+    let ms =
+        |v: &[Duration], p: f64| format!("{:.1}", crate::percentile(v, p).as_secs_f64() * 1000.0);
+    let rss: Vec<String> = peaks
+        .iter()
+        .map(|p| (p.load(Ordering::Relaxed) / 1024).to_string())
+        .collect();
+    println!(
+        "machines={n} failed={failed} installed={} restarts={restarts} local={local} seconds={secs:.2} \
+         boot_p50_ms={} boot_p99_ms={} dhcp_p50_ms={} dhcp_p99_ms={} kill_dhcp_n={} kill_dhcp_p99_ms={} \
+         lag_p50_ms={} lag_p99_ms={} lag_max_ms={} rss_mib={}",
+        n - failed,
+        ms(&boots, 0.5),
+        ms(&boots, 0.99),
+        ms(&dhcp, 0.5),
+        ms(&dhcp, 0.99),
+        in_kills.len(),
+        ms(&in_kills, 0.99),
+        ms(&lags, 0.5),
+        ms(&lags, 0.99),
+        ms(&lags, 1.0),
+        rss.join(","),
+    );
+    Ok(())
+}
