@@ -665,6 +665,7 @@ known=$(grep -o '[0-9]* machines remembered' "$tmp/cluster-$label.err" | head -1
   stop_all; cluster_cleanup
   row "Storm across 3 replicas, 1000 machines over 15 s: failed" "$(field failed "$cs")/$(field machines "$cs")" "" ""
   row "  replica 1 killed at 5 s, etcd leader at 10 s: boots restarted" "$(field restarts "$cs")" "" ""
+  row "  installs committed but never answered (then sent to disk)" "$(field unanswered "$cs")" "" ""
   row "  records installed in etcd / second boots told local" "$installed / $(field local "$cs")" "" ""
   row "  install seen on another replica p50 / p99 / max ms" \
     "$(field lag_p50_ms "$cs") / $(field lag_p99_ms "$cs") / $(field lag_max_ms "$cs")" "" ""
