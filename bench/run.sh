@@ -669,6 +669,7 @@ known=$(grep -o '[0-9]* machines remembered' "$tmp/cluster-$label.err" | head -1
   row "  records installed in etcd / second boots told local" "$installed / $(field local "$cs")" "" ""
   row "  install seen on another replica p50 / p99 / max ms" \
     "$(field lag_p50_ms "$cs") / $(field lag_p99_ms "$cs") / $(field lag_max_ms "$cs")" "" ""
+  row "    of which the script request that saw it p50 / p99 ms" "$(field ask_p50_ms "$cs") / $(field ask_p99_ms "$cs")" "" ""
   row "  DHCP p50 / p99 ms; p99 in the 3 s after each kill" \
     "$(field dhcp_p50_ms "$cs") / $(field dhcp_p99_ms "$cs"); $(field kill_dhcp_p99_ms "$cs")" "" ""
   row "  whole boot p50 / p99 ms" "$(field boot_p50_ms "$cs") / $(field boot_p99_ms "$cs")" "" ""

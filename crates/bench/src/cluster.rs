@@ -92,8 +92,9 @@ struct Done {
     dhcp: Vec<(Duration, Duration)>,
     /// Boots started again after a step failed.
     restarts: u32,
-    /// From its install call's 200 to another replica telling it to boot from its disk.
-    lag: Option<Duration>,
+    /// From its install call's 200 to another replica telling it to boot from its disk, and
+    /// how long that last script request took (the storm's HTTP load, not the store's lag).
+    lag: Option<(Duration, Duration)>,
     /// The whole boot, power-on to installed.
     boot: Duration,
     /// Its install call committed but was never answered (its replica died): its next boot
@@ -235,7 +236,7 @@ async fn lag(
     first: u8,
     installed_at: Ipv4Addr,
     replicas: &[Ipv4Addr],
-) -> Option<Duration> {
+) -> Option<(Duration, Duration)> {
     let src = address(first, i);
     let t = Instant::now();
     let mut others: Vec<Ipv4Addr> = replicas
@@ -248,9 +249,10 @@ async fn lag(
     let mut k = 0;
     while t.elapsed() < Duration::from_secs(10) && !others.is_empty() {
         let to = SocketAddr::from((others[k % others.len()], 8090));
+        let asked = Instant::now();
         match http_get(src, to, &script_path(mac_of(i))).await {
             Ok(s) if String::from_utf8_lossy(&s).contains("booting from the local disk") => {
-                return Some(t.elapsed())
+                return Some((t.elapsed(), asked.elapsed()))
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             // That one is down: another.
@@ -364,15 +366,17 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
     let _ = sampler.join();
     let (mut failed, mut restarts, mut local, mut unanswered) = (0, 0, 0, 0);
     let (mut dhcp, mut in_kills, mut lags, mut boots) = (vec![], vec![], vec![], vec![]);
+    let mut asks = vec![];
     for (i, r) in &results {
         match r {
             Ok(d) => {
                 restarts += d.restarts;
                 unanswered += usize::from(d.unanswered);
                 boots.push(d.boot);
-                if let Some(l) = d.lag {
+                if let Some((l, ask)) = d.lag {
                     local += 1;
                     lags.push(l);
+                    asks.push(ask);
                 }
                 for (sent, took) in &d.dhcp {
                     dhcp.push(*took);
@@ -390,7 +394,7 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
             }
         }
     }
-    for v in [&mut dhcp, &mut in_kills, &mut lags, &mut boots] {
+    for v in [&mut dhcp, &mut in_kills, &mut lags, &mut boots, &mut asks] {
         v.sort();
     }
     let ms =
@@ -402,7 +406,7 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
     println!(
         "machines={n} failed={failed} installed={} restarts={restarts} unanswered={unanswered} local={local} seconds={secs:.2} \
          boot_p50_ms={} boot_p99_ms={} dhcp_p50_ms={} dhcp_p99_ms={} kill_dhcp_n={} kill_dhcp_p99_ms={} \
-         lag_p50_ms={} lag_p99_ms={} lag_max_ms={} rss_mib={}",
+         lag_p50_ms={} lag_p99_ms={} lag_max_ms={} ask_p50_ms={} ask_p99_ms={} rss_mib={}",
         n - failed,
         ms(&boots, 0.5),
         ms(&boots, 0.99),
@@ -413,6 +417,8 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
         ms(&lags, 0.5),
         ms(&lags, 0.99),
         ms(&lags, 1.0),
+        ms(&asks, 0.5),
+        ms(&asks, 0.99),
         rss.join(","),
     );
     Ok(())
