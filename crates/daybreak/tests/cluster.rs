@@ -3,7 +3,9 @@
 //! it plays). A machine installed through one replica is sent to its disk by the others, a
 //! replica's per-machine URLs are accepted by all, `daybreak machines reinstall` against the
 //! store reaches every replica within 2 s; the loss of a replica, of the etcd leader and of the
-//! quorum does not stop boots, and the install callback answers 503 until it can commit.
+//! quorum does not stop boots, and the install callback answers 503 until it can commit. A
+//! replica killed mid-boot loses nothing of the boot; an image is built once across replicas
+//! (the others fetch it); pixiecore's `boot` and `api` share a store too.
 
 mod common;
 
@@ -664,6 +666,115 @@ fn pixiecore_boot_and_api_replicas_share_a_store() {
     let there = kernel.replace(&base(0), &base(1));
     let (code, body) = fetch(&machine, &there);
     assert_eq!((code, body.as_str()), (200, "THE-KERNEL"), "{there}");
+    drop(replicas);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Item: `kill -9` of a replica mid-boot: a machine whose script and cloud-config came from
+/// replica 0 goes on with replica 1 once replica 0 is killed (its files, the cloud-config URL
+/// replica 0 made, byte for byte, and the install callback), and is installed on every replica.
+#[test]
+fn a_replica_killed_mid_boot_loses_nothing_of_the_boot() {
+    if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
+        return;
+    }
+    let mut sw = Switch::new("mk");
+    let machine = sw.plug("m", Ipv4Addr::new(10, 83, 0, 10), Some(MAC));
+    let e0 = sw.plug("e0", Ipv4Addr::new(10, 83, 0, 21), None);
+    let Some(etcd) = testkit::Etcd::cluster("midboot-etcd", &[(&e0, Ipv4Addr::new(10, 83, 0, 21))])
+    else {
+        return;
+    };
+    let store = "etcd://10.83.0.21:2379/midboot".to_string();
+    let dir = tempdir("cluster-midboot");
+    for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f.repeat(1000)).unwrap();
+    }
+    std::fs::write(
+        dir.join("machines.yaml"),
+        format!(
+            "- mac: {MAC}\n  hostname: edge-2\n  cloud_config: |\n    #cloud-config\n    done: [[[ .daybreak.installed_url ]]]\n"
+        ),
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..2u8 {
+        let addr = Ipv4Addr::new(10, 83, 0, 2 + i);
+        let ns = sw.plug(&format!("r{i}"), addr, None);
+        let rdir = dir.join(format!("r{i}"));
+        std::fs::create_dir_all(&rdir).unwrap();
+        let mut args: Vec<String> = [
+            "serve",
+            "--kernel",
+            "../vmlinuz",
+            "--initrd",
+            "../initrd",
+            "--rootfs",
+            "../rootfs.squashfs",
+            "--no-proxy-dhcp",
+            "--store",
+            &store,
+            "--state-dir",
+            &rdir.join("state").to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if i == 0 {
+            args.extend(["--machines".into(), "../machines.yaml".into()]);
+        }
+        let d = rdir.clone();
+        replicas.push(Some(in_netns(&ns, move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            Daybreak::start(&a, &d)
+        })));
+        bases.push(format!("http://{addr}:8090"));
+    }
+    let path = |url: &str| url[url.find("/_/").expect("a per-machine URL")..].to_string();
+    let (code, script) = fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", bases[0]));
+    assert!(code == 200 && script.contains("boot kernel"), "{script}");
+    let config_url = path(&common::config_url(&script));
+    let (code, config) = fetch(&machine, &format!("{}{config_url}", bases[0]));
+    assert_eq!(code, 200, "{config}");
+    let done = path(
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("done: "))
+            .expect("the install callback"),
+    );
+
+    // Replica 0 dies mid-boot: before the kernel, the root and the install call.
+    let mut r0 = replicas[0].take().unwrap();
+    r0.child.kill().unwrap();
+    r0.child.wait().unwrap();
+    for (name, file) in [
+        ("kernel", "vmlinuz"),
+        ("initrd0", "initrd"),
+        ("rootfs.squashfs", "rootfs.squashfs"),
+    ] {
+        let got = fetch(&machine, &format!("{}/{name}", bases[1]));
+        assert_eq!(got, (200, file.repeat(1000)), "{name} from replica 1");
+    }
+    assert_eq!(
+        fetch(&machine, &format!("{}{config_url}", bases[1])),
+        (200, config.replace(&bases[0], &bases[1])),
+        "replica 0's cloud-config URL on replica 1: the same, but for its own address"
+    );
+    assert_eq!(
+        fetch(&machine, &format!("{}{done}", bases[1])),
+        (200, "installed\n".to_string())
+    );
+    let (_, s) = fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", bases[1]));
+    assert!(s.contains("sanboot"), "{s}");
+    let record = etcd[0]
+        .ctl(&[
+            "get",
+            "--print-value-only",
+            &format!("/midboot/machines/{}", MAC.replace(':', "")),
+        ])
+        .unwrap();
+    assert!(record.contains("\"installed_at\""), "{record}");
     drop(replicas);
     drop(etcd);
     let _ = std::fs::remove_dir_all(dir);
