@@ -437,7 +437,10 @@ impl EtcdStore {
         let client = run(&handle, async move {
             Client::connect(endpoints, Some(opts)).await
         })
-        .map_err(|e| anyhow::anyhow!("cannot connect to etcd at {}: {e}; {FIX}", target.url()))?;
+        .map_err(|e| {
+            let fix = fix_for(&e, &target.prefix);
+            anyhow::anyhow!("cannot connect to etcd at {}: {e}; {fix}", target.url())
+        })?;
         let snapshot = Arc::new(Snapshot {
             records: RwLock::default(),
             gone: Mutex::default(),
@@ -477,8 +480,9 @@ impl EtcdStore {
         )
         .map_err(|why| {
             anyhow::anyhow!(
-                "cannot read the machine store at {}: {why}; {FIX}",
-                s.target.url()
+                "cannot read the machine store at {}: {why}; {}",
+                s.target.url(),
+                fix_for(&why, &s.target.prefix)
             )
         })?;
         *s.snapshot
@@ -660,6 +664,21 @@ fn unreached(e: &etcd_client::Error) -> bool {
             s.code() as i32 == 14 && !s.message().starts_with("etcdserver:")
         }
         _ => false,
+    }
+}
+
+/// The fix for what etcd said (`why`, as [`explain`] wrote it) about the store under `prefix`.
+fn fix_for(why: &str, prefix: &str) -> String {
+    if why.contains("authentication failed") {
+        "check the USER:PASSWORD line of --store-auth-file (one of etcd's users)".into()
+    } else if why.contains("user name is empty") || why.contains("invalid auth token") {
+        "etcd asks for a user: give --store-auth-file FILE, FILE's first line USER:PASSWORD".into()
+    } else if why.contains("permission denied") {
+        format!(
+            "give the user of --store-auth-file read and write on {prefix}/ (etcdctl role grant-permission ROLE --prefix=true readwrite {prefix}/)"
+        )
+    } else {
+        FIX.into()
     }
 }
 

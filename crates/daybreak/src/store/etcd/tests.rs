@@ -509,3 +509,135 @@ fn one_replica_builds_at_a_time_and_what_it_published_is_checked() {
         .unwrap();
     assert_eq!(b.published("sha256-ee").unwrap(), None);
 }
+
+/// Item: credentials from a file, never the command line; a wrong password or a user without
+/// read and write on the prefix is one clear line naming the store and the fix.
+#[test]
+fn etcd_users_and_permissions_are_named_with_the_fix() {
+    let Some(etcd) = testkit::Etcd::start("etcd-auth") else {
+        return;
+    };
+    for a in [
+        &["user", "add", "root:rootpw1", "--interactive=false"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "fleet"],
+        &[
+            "role",
+            "grant-permission",
+            "fleet",
+            "--prefix=true",
+            "readwrite",
+            "/fleet/",
+        ],
+        &["user", "add", "db:dbpw1234", "--interactive=false"],
+        &["user", "grant-role", "db", "fleet"],
+        &["auth", "enable"],
+    ] {
+        etcd.ctl(a).unwrap();
+    }
+    let dir = testkit::tempdir("etcd-auth");
+    let with = |prefix: &str, creds: Option<&str>| {
+        let mut c = config(&etcd.endpoint, prefix);
+        if let Some(text) = creds {
+            let f = dir.join(format!("auth-{}", text.len()));
+            std::fs::write(&f, format!("{text}\n")).unwrap();
+            c.auth_file = Some(f);
+        }
+        EtcdStore::connect(&c)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    };
+    with("/fleet", Some("db:dbpw1234")).expect("its own prefix");
+    let e = with("/fleet", Some("db:wrong")).unwrap_err();
+    assert!(
+        e.contains(&etcd.endpoint) && e.contains("--store-auth-file") && !e.contains("wrong"),
+        "{e}"
+    );
+    let e = with("/other", Some("db:dbpw1234")).unwrap_err();
+    assert!(
+        e.contains("permission denied") && e.contains("/other/") && e.contains("grant-permission"),
+        "{e}"
+    );
+    let e = with("/fleet", None).unwrap_err();
+    assert!(e.contains("--store-auth-file"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Item: TLS to etcd: an etcd that asks for client certificates (`--client-cert-auth`) is
+/// reached with `--store-ca`, `--store-cert` and `--store-key`; without the certificate, or
+/// trusting another CA, it is one line naming the store and the fix.
+#[test]
+fn tls_to_etcd_with_a_client_certificate() {
+    if !testkit::require(true, &["etcd", "openssl"]) {
+        return;
+    }
+    let dir = testkit::tempdir("etcd-tls");
+    let sh = |script: &str| {
+        let o = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    sh("q() { openssl \"$@\" 2>/dev/null; }
+        for ca in ca other; do q req -x509 -newkey rsa:2048 -nodes -keyout $ca.key -out $ca.pem -days 1 -subj /CN=$ca; done
+        printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext
+        printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+        q req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=etcd
+        q x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext
+        q req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=daybreak
+        q x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 -extfile client.ext");
+    let (client, peer) = (testkit::free_port(), testkit::free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let mut etcd = std::process::Command::new("etcd")
+        .current_dir(&dir)
+        .args([
+            "--name",
+            "tls",
+            "--data-dir",
+            "data",
+            "--log-level",
+            "error",
+        ])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .args(["--trusted-ca-file", "ca.pem", "--client-cert-auth"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let with = |ca: &str, cert: bool| {
+        let mut c = config(&format!("127.0.0.1:{client}"), "/tls");
+        c.ca = Some(dir.join(ca));
+        if cert {
+            c.cert = Some(dir.join("client.pem"));
+            c.key = Some(dir.join("client.key"));
+        }
+        EtcdStore::connect(&c).map_err(|e| format!("{e:#}"))
+    };
+    let s = eventually(Duration::from_secs(10), || with("ca.pem", true).ok());
+    let mac: Mac = "52:54:00:aa:dd:01".parse().unwrap();
+    update(&s, mac, &booted(3)).unwrap();
+    assert_eq!(s.get(mac).unwrap().unwrap().record.boots, 1);
+    for (ca, cert) in [("ca.pem", false), ("other.pem", true)] {
+        let e = with(ca, cert).err().expect("refused");
+        assert!(
+            e.contains(&format!("127.0.0.1:{client}")) && e.contains("--store-ca"),
+            "{ca} {cert}: {e}"
+        );
+    }
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
