@@ -129,9 +129,13 @@ HOME=$tmp C "${chrome[@]}" --dump-dom http://127.0.0.1:8091/ >"$tmp/status.html"
 HOME=$tmp C "${chrome[@]}" --window-size=1400,300 --screenshot="$out/cluster-status.png" http://127.0.0.1:8091/ \
   >/dev/null 2>>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
 cp "$tmp/status.html" "$out/cluster-status.html"
-row=$(tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$M\">.*" | sed 's#</tr>.*##')
+row=$(tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$M\"[^>]*>.*" | sed 's#</tr>.*##' || true)
 [ -n "$row" ] || fail "C's status page has no row for the machine"
-echo "$row" | grep -q '<span class="phase[^"]*">installed<' || fail "C's status page does not show it installed: $row"
+# Installed through A, then sent to its disk by B: C shows B's latest step (each machine's steps
+# are shared through etcd) and that it is installed.
+echo "$row" | grep -q '<span class="phase[^"]*">installed<\|<span class="phase local-disk">local disk</span><span class="note">installed ' ||
+  fail "C's status page does not show it installed: $row"
+echo "$row" | grep -q 'local disk' || fail "C's status page does not show B's step (sent to its disk): $row"
 echo "$row" | grep -q "edge-1" || fail "C's status page lacks the profile's hostname: $row"
 grep -q "sharing the store: .*10.77.0.3.*\|sharing the store: .*10.77.0.4" "$tmp/status.html" ||
   fail "C's status page does not list the replicas: $(grep -o 'id="replicas">[^<]*' "$tmp/status.html")"

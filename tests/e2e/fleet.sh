@@ -114,7 +114,7 @@ HOME=$tmp S "${chrome[@]}" --window-size=1400,360 --screenshot="$out/fleet-statu
   >/dev/null 2>>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
 cp "$tmp/status.html" "$out/fleet-status.html"
 for m in $A $B; do
-  row=$(tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$m\">.*" | sed 's#</tr>.*##')
+  row=$(tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$m\"[^>]*>.*" | sed 's#</tr>.*##' || true)
   [ -n "$row" ] || fail "the status page in Chromium has no row for $m"
   p=$(echo "$row" | sed -n 's/.*<span class="phase[^"]*">\([^<]*\)<.*/\1/p')
   case "$p" in ""|seen) fail "the status page shows no boot phase for $m (row: $row)" ;; esac

@@ -75,6 +75,9 @@ pub enum PersonalKind {
     Config,
     /// `/_/installed/MAC-TAG`: the machine's install finished.
     Installed,
+    /// `/_/report/MAC-TAG?stage=STAGE[&status=failed&reason=WHY]`: a stage of the booted
+    /// system (its cloud-config's, Kairos's yip stages) reached, or failed.
+    Report,
     /// `/_/api?mac=MAC&n=N&t=TAG`: file `N` of what an API named for the machine.
     File(usize),
 }

@@ -58,6 +58,11 @@ pub enum Step {
     Config,
     /// The machine called back that its install finished.
     Installed,
+    /// The booted system reported a stage (its report URL): reached, or failed with `why`.
+    Reported {
+        stage: String,
+        failed: Option<String>,
+    },
     /// The machine was told to boot from its local disk.
     LocalBoot,
     /// A request from another host named this machine; it was given nothing personal.

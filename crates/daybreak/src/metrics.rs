@@ -21,7 +21,7 @@ const MAX_BOOTS: usize = 4096;
 /// Distinct file names counted (the plan's files, or an API's answers); more go under "other".
 const MAX_FILES: usize = 256;
 /// The kinds of steps counted.
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "offer",
     "lease",
     "loader",
@@ -33,6 +33,7 @@ const STEPS: [&str; 12] = [
     "local_boot",
     "doubted",
     "failed",
+    "reported",
     "sending",
 ];
 /// Phases timed from a machine's first offer.
@@ -164,7 +165,8 @@ impl Metrics {
                 *m.failures.entry((kind, stage)).or_default() += 1;
                 10
             }
-            Step::Sending { .. } => 11,
+            Step::Reported { .. } => 11,
+            Step::Sending { .. } => 12,
         };
         m.steps[kind] += 1;
         if let Step::File { name, bytes, .. } = &e.step {

@@ -495,6 +495,24 @@ impl Timelines {
                 s.phase = "installed";
                 What::Line("install finished".into())
             }
+            Step::Reported {
+                stage,
+                failed: None,
+            } => What::Line(format!("the booted system reported: {stage}")),
+            Step::Reported {
+                stage,
+                failed: Some(why),
+            } => {
+                s.failure = Some(Failure {
+                    kind: "reported failure",
+                    stage: "booted system",
+                    text: format!("{stage}: {why}"),
+                    at: unix(e.at),
+                });
+                What::Line(format!(
+                    "FAILED: the booted system reported {stage} failed: {why}"
+                ))
+            }
             Step::LocalBoot => {
                 s.phase = "local disk";
                 What::Line("told to boot from its local disk".into())
@@ -512,7 +530,13 @@ impl Timelines {
         };
         let good = !matches!(
             e.step,
-            Step::Failed { .. } | Step::Lease | Step::Loader { ok: false, .. }
+            Step::Failed { .. }
+                | Step::Lease
+                | Step::Loader { ok: false, .. }
+                | Step::Reported {
+                    failed: Some(_),
+                    ..
+                }
         );
         if good && s.phase != "seen" {
             s.last_good = Some(s.phase);

@@ -19,6 +19,8 @@ use crate::decision::{Personal, PersonalKind};
 pub const CONFIG: &str = "/_/config/";
 /// A machine's install callback: `/_/installed/MAC-TAG`.
 pub const INSTALLED: &str = "/_/installed/";
+/// Where a booted machine reports its stages: `/_/report/MAC-TAG?stage=STAGE`.
+pub const REPORT: &str = "/_/report/";
 /// A file an API named for a machine: `/_/api?mac=MAC&n=N&t=TAG`.
 pub const API_FILE: &str = "/_/api";
 
@@ -117,6 +119,7 @@ impl Tokens {
         let (name, n) = match kind {
             PersonalKind::Config => ("config", 0),
             PersonalKind::Installed => ("installed", 0),
+            PersonalKind::Report => ("report", 0),
             PersonalKind::File(n) => ("file", n),
         };
         self.mac_of(&[
@@ -169,6 +172,7 @@ impl Tokens {
         match kind {
             PersonalKind::Config => format!("{base}{CONFIG}{}-{tag}.yaml", mac.hex()),
             PersonalKind::Installed => format!("{base}{INSTALLED}{}-{tag}", mac.hex()),
+            PersonalKind::Report => format!("{base}{REPORT}{}-{tag}", mac.hex()),
             PersonalKind::File(n) => format!("{base}{API_FILE}?mac={mac}&n={n}&t={tag}"),
         }
     }
@@ -178,7 +182,7 @@ impl Tokens {
 /// `path` for a log line: a machine's own URL without its tag (it opens the machine's
 /// cloud-config or install), anything else as [`http::loggable`] shows it.
 pub fn shown(path: &str) -> String {
-    for prefix in [CONFIG, INSTALLED] {
+    for prefix in [CONFIG, INSTALLED, REPORT] {
         if let Some(rest) = path.strip_prefix(prefix) {
             let mac = rest.split('-').next().unwrap_or("");
             return format!("{prefix}{}-<tag>", http::loggable(mac));
@@ -200,6 +204,10 @@ pub fn parse<'a>(path: &'a str, query: &'a str) -> Option<(PersonalKind, Mac, St
     if let Some(rest) = path.strip_prefix(INSTALLED) {
         let (mac, tag) = mac_tag(rest)?;
         return Some((PersonalKind::Installed, mac, tag));
+    }
+    if let Some(rest) = path.strip_prefix(REPORT) {
+        let (mac, tag) = mac_tag(rest)?;
+        return Some((PersonalKind::Report, mac, tag));
     }
     if path == API_FILE {
         let mac = http::query_param(query, "mac")?.parse().ok()?;

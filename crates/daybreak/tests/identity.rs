@@ -543,12 +543,13 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
                 .arg(format!("{page}/{hash}"));
             output_within(&mut c, Duration::from_secs(60))
         };
+        // The failing machine with its row open: its timeline under it.
         let _ = chrome(
             &[
-                "--window-size=1400,300",
+                "--window-size=1400,520",
                 &format!("--screenshot={}", shot.display()),
             ],
-            "",
+            &format!("#open={VICTIM}"),
         );
         let dom = |hash: &str| {
             String::from_utf8_lossy(&chrome(&["--dump-dom"], hash).stdout).into_owned()
@@ -557,9 +558,26 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
             dom(""),
             dom("#filter=vault%20failed"),
             dom("#filter=nothing-like-it"),
+            dom(&format!("#open={VICTIM}")),
         )
     });
-    let (dom, matching, none) = dom;
+    let (dom, matching, none, opened) = dom;
+    // An opened row shows the machine's timeline: every step with its time, and the failure.
+    let detail = opened
+        .split("<tr ")
+        .find(|r| r.starts_with(&format!("class=\"detail\" data-detail-mac=\"{VICTIM}\"")))
+        .unwrap_or_else(|| panic!("no timeline under the machine's row: {opened}"));
+    assert!(
+        detail.contains("boot script")
+            && detail.contains("failed at kernel (cut off)")
+            && detail.contains("FAILED at initrd (not found)")
+            && detail.contains("last good step:"),
+        "{detail}"
+    );
+    assert!(
+        !dom.contains("data-detail-mac"),
+        "rows are closed unless opened: {dom}"
+    );
     assert!(
         matching.contains(VICTIM) && matching.contains("1 match the filter"),
         "{matching}"

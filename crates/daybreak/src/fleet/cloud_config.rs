@@ -34,6 +34,7 @@ impl Fleet {
             "daybreak".into(),
             json!({
                 "installed_url": self.tokens.url(base, PersonalKind::Installed, mac, nonce),
+                "report_url": self.tokens.url(base, PersonalKind::Report, mac, nonce),
                 "mac": mac.to_string(),
                 "hostname": profile.and_then(|p| p.hostname.clone()).unwrap_or_default(),
                 "profile": profile.map(|p| p.name.clone()).unwrap_or_default(),

@@ -549,6 +549,35 @@ impl Fleet {
         self.store.cached(mac).and_then(|v| v.record.grant)
     }
 
+    /// The booted system of `mac` reported a stage (`stage=`, `status=failed`, `reason=` in
+    /// `query`): a line of its timeline, a failure when it failed. What it says is shown
+    /// escaped and cut short.
+    fn reported(&self, mac: Mac, from: SocketAddr, query: &str) -> Reply {
+        let word = |key: &str, max: usize| {
+            let v = http::query_param(query, key).unwrap_or_default();
+            let v: String = http::loggable(&v).chars().take(max).collect();
+            v
+        };
+        let stage = match word("stage", 64) {
+            s if s.is_empty() => "a stage it did not name".to_string(),
+            s => s,
+        };
+        let failed = (word("status", 16) == "failed").then(|| match word("reason", 200) {
+            r if r.is_empty() => "no reason given".to_string(),
+            r => r,
+        });
+        match &failed {
+            Some(why) => {
+                tracing::warn!(mac = %mac, client = %from.ip(), stage = %stage, "the booted system reported a failure: {why}")
+            }
+            None => {
+                tracing::info!(mac = %mac, client = %from.ip(), stage = %stage, "the booted system reported a stage")
+            }
+        }
+        self.emit(Some(from), mac, Step::Reported { stage, failed });
+        Reply::memory("_report", "text/plain; charset=utf-8", &b"noted\n"[..])
+    }
+
     /// `mac` reported its install failed (`reason=` in `query`, shown escaped and cut short).
     fn install_failed(&self, mac: Mac, from: SocketAddr, query: &str) -> Reply {
         let reason = http::query_param(query, "reason").unwrap_or_default();
@@ -672,6 +701,11 @@ impl Booter for Fleet {
                     .check_install(p.mac, &opens, stored.as_ref(), now)
                     .map(|()| self.install_failed(p.mac, from, p.query))
             }
+            // A stage of the booted system, taken while its install callback is open.
+            PersonalKind::Report => self
+                .grants
+                .check_install(p.mac, &opens, stored.as_ref(), now)
+                .map(|()| self.reported(p.mac, from, p.query)),
             PersonalKind::Installed => self
                 .grants
                 .install(p.mac, &opens, stored.as_ref(), now)

@@ -29,8 +29,7 @@ const MACHINES: &str = "\
   action: ignore
 ";
 
-const TEMPLATE: &str =
-    "#cloud-config\nhostname: [[[ .hostname ]]]\ninstalled: [[[ .daybreak.installed_url ]]]\n";
+const TEMPLATE: &str = "#cloud-config\nhostname: [[[ .hostname ]]]\ninstalled: [[[ .daybreak.installed_url ]]]\nreport: [[[ .daybreak.report_url ]]]\n";
 
 fn mac(s: &str) -> Mac {
     s.parse().unwrap()
@@ -732,6 +731,55 @@ fn an_install_reported_failed_is_a_failure_and_never_installed() {
         .is_none_or(|v| v.record.installed_at.is_none()));
     // Its callback stays open: the retry that succeeds is installed.
     install(&s, &cb);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Item: stages the booted machine reports to its own URL (`[[[ .daybreak.report_url ]]]`):
+/// each a line of its timeline, a failure when it says so, only from the machine itself and
+/// only with its boot's tag.
+#[test]
+fn the_booted_system_reports_its_stages_to_its_own_url() {
+    let hub = Arc::new(crate::events::Hub::default());
+    let s = setup_with("report", MACHINES, Some(hub.clone()));
+    let url = config_url(&script(&s, B, 11));
+    let config = get(&s, &url, peer(11)).unwrap().1;
+    let report = config
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("a report_url in the cloud-config")
+        .strip_prefix(BASE)
+        .unwrap()
+        .to_string();
+    assert!(report.starts_with("/_/report/52540000000b-"), "{report}");
+    let said = |q: &str, from: u8| get(&s, &format!("{report}?{q}"), peer(from)).map(|r| r.0);
+    assert_eq!(said("stage=network", 11), Some(200));
+    assert_eq!(said("stage=boot", 12), Some(404), "from another host");
+    let forged = format!("{}0?stage=x", &report[..report.len() - 1]);
+    assert_eq!(
+        get(&s, &forged, peer(11)).map(|r| r.0),
+        Some(404),
+        "another tag"
+    );
+    assert_eq!(
+        said(
+            "stage=after-install&status=failed&reason=no%20disk%0Aforged",
+            11
+        ),
+        Some(200)
+    );
+    hub.drain(|e| s.fleet.observe(e));
+    let (_, shown) = admin_get(&s, &format!("/api/machines/{B}"));
+    assert!(
+        shown.contains("the booted system reported: network")
+            && shown.contains(r#""phase":"failed""#)
+            && shown.contains(r#""kind":"reported failure""#)
+            && shown.contains("after-install: ")
+            && shown.contains("no disk"),
+        "{shown}"
+    );
+    assert!(!shown.contains("\nforged"), "{shown}");
+    // Reported failed, never installed; the install callback still opens.
+    install(&s, &callback(&config));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
