@@ -54,6 +54,9 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub const MAX_LIVE: usize = 4096;
 /// Events kept per machine.
 pub const TIMELINE: usize = 32;
+/// Machines whose steps are shared with the other replicas in one go (a second): the rest wait
+/// for the next. Whatever floods the link, the store gets at most this many writes a second.
+pub const SHARED_PER_ROUND: usize = 256;
 
 /// What profiles select a machine by, from what is known of it.
 fn machine_of(mac: Mac, seen: Option<&Seen>) -> Machine {
@@ -317,16 +320,29 @@ impl Timelines {
     }
 
     /// The steps of each machine that took a step since the last call, to share with the
-    /// other replicas (nothing unless [`Timelines::share_as`]).
+    /// other replicas (nothing unless [`Timelines::share_as`]); at most [`SHARED_PER_ROUND`],
+    /// the others next time. A machine that only had offers is not shared: a DHCP offer is one
+    /// forged packet away, and a flood of made-up MACs must not become writes to the store.
     pub fn unshared(&self) -> Vec<(Mac, Steps)> {
         let Some(member) = self.shared_as.get() else {
             return Vec::new();
         };
         let mut live = self.live();
-        let macs: Vec<Mac> = live.unshared.drain().collect();
+        let macs: Vec<Mac> = live
+            .unshared
+            .iter()
+            .take(SHARED_PER_ROUND)
+            .copied()
+            .collect();
+        for mac in &macs {
+            live.unshared.remove(mac);
+        }
         macs.into_iter()
             .filter_map(|mac| {
                 let s = live.machines.get(&mac)?;
+                if matches!(s.phase, "seen" | "offered") {
+                    return None;
+                }
                 let text = |t: &str| -> String {
                     let mut end = t.len().min(crate::store::MAX_STEP_TEXT);
                     while !t.is_char_boundary(end) {
@@ -541,8 +557,10 @@ impl Timelines {
         if good && s.phase != "seen" {
             s.last_good = Some(s.phase);
         }
+        // Offers alone are not shared (one forged packet each): from its first step of its own.
+        let share = !matches!(s.phase, "seen" | "offered");
         push(s, e.at, what);
-        if self.shared_as.get().is_some() {
+        if share && self.shared_as.get().is_some() {
             live.unshared.insert(mac);
         }
     }
@@ -955,13 +973,15 @@ mod tests {
         let t = Timelines::with_stall(0, std::time::Duration::from_millis(50));
         t.share_as("here-000001".into());
         offer(&t);
+        assert!(t.unshared().is_empty(), "offers alone are not shared");
+        step(&t, Step::Script);
         let shared = t.unshared();
         assert_eq!(shared.len(), 1);
-        assert_eq!(shared[0].1.phase, "offered");
+        assert_eq!(shared[0].1.phase, "script");
         assert_eq!(shared[0].1.member, "here-000001");
         assert!(t.unshared().is_empty(), "shared once");
         std::thread::sleep(std::time::Duration::from_millis(80));
-        assert_eq!(t.stalled(&Shared::new())[0], ("offered", 1));
+        assert!(t.stalled(&Shared::new()).contains(&("script", 1)));
         let now = unix_ms(SystemTime::now());
         let there = std::sync::Arc::new(Steps {
             member: "there-000002".into(),
@@ -984,11 +1004,11 @@ mod tests {
         assert_eq!(v["phase"], "rootfs", "{v}");
         assert_eq!(v["last_good"], "rootfs", "{v}");
         let tl = v["timeline"].as_array().unwrap();
-        assert_eq!(tl.len(), 3, "{v}");
+        assert_eq!(tl.len(), 4, "{v}");
         assert!(tl[0]["what"].as_str().unwrap().starts_with("DHCP offer"));
         assert!(tl[0]["replica"].is_null());
         assert_eq!(tl[1]["what"], "boot script");
-        assert_eq!(tl[2]["replica"], "there-000002");
+        assert_eq!(tl[3]["replica"], "there-000002");
         assert!(t.stalled(&shared).iter().all(|(_, n)| *n == 0));
         // A machine only another replica saw is listed.
         let other = Mac([0x52, 0x54, 0, 0, 0, 0x32]);
@@ -1017,6 +1037,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v["phase"], "seen", "{v}");
+    }
+
+    /// Item: the shared timelines cannot be bought with forged packets: machines that only had
+    /// offers (a flood of made-up MACs) are not written to the store, and machines taking steps
+    /// are written a bounded number a second.
+    #[test]
+    fn a_flood_of_offers_shares_nothing_and_steps_are_shared_a_bounded_number_at_a_time() {
+        let t = Timelines::new(0);
+        t.share_as("here-000001".into());
+        let at = |i: u32, step: Step| BootEvent {
+            at: SystemTime::now(),
+            mac: Some(Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])),
+            peer: None,
+            step,
+        };
+        for i in 0..1000 {
+            t.observe(&at(
+                i,
+                Step::Offer {
+                    client: crate::events::tests::client(pxe::Arch::EfiX64, pxe::Firmware::Pxe),
+                    loader: pxe::Loader::Ipxe,
+                    target: "ipxe.efi".into(),
+                    port: pxe::Port::Dhcp,
+                },
+            ));
+        }
+        assert!(t.unshared().is_empty());
+        for i in 0..600 {
+            t.observe(&at(i, Step::Script));
+        }
+        let rounds: Vec<usize> = std::iter::from_fn(|| {
+            let r = t.unshared().len();
+            (r > 0).then_some(r)
+        })
+        .collect();
+        assert_eq!(
+            rounds,
+            [
+                SHARED_PER_ROUND,
+                SHARED_PER_ROUND,
+                600 - 2 * SHARED_PER_ROUND
+            ]
+        );
     }
 
     #[test]

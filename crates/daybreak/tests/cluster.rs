@@ -744,7 +744,15 @@ fn a_replica_killed_mid_boot_loses_nothing_of_the_boot() {
             .expect("the install callback"),
     );
 
-    // Replica 0 dies mid-boot: before the kernel, the root and the install call.
+    // Replica 0 dies mid-boot: before the kernel, the root and the install call, once its
+    // boot's grant reached the store (written a few ms after the script: a replica that dies
+    // inside that window leaves a machine whose cloud-config URL opens nowhere; it boots again).
+    let key = format!("/midboot/machines/{}", MAC.replace(':', ""));
+    waits_for("the boot's grant in etcd", Duration::from_secs(5), || {
+        etcd[0]
+            .ctl(&["get", "--print-value-only", &key])
+            .is_ok_and(|v| v.contains("\"grant\""))
+    });
     let mut r0 = replicas[0].take().unwrap();
     r0.child.kill().unwrap();
     r0.child.wait().unwrap();
@@ -767,13 +775,7 @@ fn a_replica_killed_mid_boot_loses_nothing_of_the_boot() {
     );
     let (_, s) = fetch(&machine, &format!("{}/_/ipxe?arch=0&mac={MAC}", bases[1]));
     assert!(s.contains("sanboot"), "{s}");
-    let record = etcd[0]
-        .ctl(&[
-            "get",
-            "--print-value-only",
-            &format!("/midboot/machines/{}", MAC.replace(':', "")),
-        ])
-        .unwrap();
+    let record = etcd[0].ctl(&["get", "--print-value-only", &key]).unwrap();
     assert!(record.contains("\"installed_at\""), "{record}");
     drop(replicas);
     drop(etcd);

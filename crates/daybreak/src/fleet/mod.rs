@@ -36,6 +36,9 @@ pub use profiles::{Action, Profiles};
 
 /// How often the machines file and the store are checked for changes.
 const POLL: Duration = Duration::from_secs(2);
+/// How often the profiles a shared store holds are checked for a new version (a number
+/// compared: the watch keeps them current).
+const SHARED_POLL: Duration = Duration::from_millis(250);
 /// How often machines' new steps are shared with the other replicas.
 const SHARE_EVERY: Duration = Duration::from_secs(1);
 /// How long a machine whose image is being prepared waits before it asks again.
@@ -250,10 +253,17 @@ impl Fleet {
         let weak: Weak<Fleet> = Arc::downgrade(&fleet);
         std::thread::Builder::new()
             .name("machines-watch".into())
-            .spawn(move || loop {
-                std::thread::sleep(POLL);
-                let Some(f) = weak.upgrade() else { break };
-                f.refresh();
+            .spawn(move || {
+                let every = (POLL.as_millis() / SHARED_POLL.as_millis()).max(1);
+                for round in 1u128.. {
+                    std::thread::sleep(SHARED_POLL);
+                    let Some(f) = weak.upgrade() else { break };
+                    if round % every == 0 {
+                        f.refresh();
+                    } else {
+                        f.follow_shared_profiles();
+                    }
+                }
             })?;
         if fleet.store.is_shared() {
             let weak: Weak<Fleet> = Arc::downgrade(&fleet);
@@ -323,16 +333,7 @@ impl Fleet {
                 .and_then(|v| v.record.grant)
                 .map(|g| g.nonce)
         });
-        if self.store.is_shared() {
-            let now = self.store.shared_profiles().map(|(_, v)| v);
-            let mut at = self.shared_at.lock().unwrap_or_else(|e| e.into_inner());
-            if now.is_some() && now != *at {
-                *at = now;
-                if let Some(p) = shared_profiles(&*self.store) {
-                    self.use_profiles(p);
-                }
-            }
-        }
+        self.follow_shared_profiles();
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let Some(edited) = file.as_mut().and_then(|f| f.edited()) else {
             return;
@@ -351,6 +352,21 @@ impl Fleet {
                 "{e:#}; keeping the last good version ({} entries) until the file is fixed",
                 self.profiles().len()
             ),
+        }
+    }
+
+    /// Decides from the profiles the shared store holds once they change (a new version).
+    fn follow_shared_profiles(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let now = self.store.shared_profiles().map(|(_, v)| v);
+        let mut at = self.shared_at.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != *at {
+            *at = now;
+            if let Some(p) = shared_profiles(&*self.store) {
+                self.use_profiles(p);
+            }
         }
     }
 

@@ -471,6 +471,13 @@ impl EtcdStore {
             member_value: tokio::sync::watch::Sender::new(Vec::new()),
             _stop: stop,
         };
+        // Members that are down are left out before the first request: a command run once
+        // (`daybreak machines`) must not spend its tries on them.
+        let (client, endpoints) = (s.client.clone(), endpoints_used.clone());
+        let _ = run(&s.handle, async move {
+            check_endpoints(&client, &endpoints, &mut Default::default()).await;
+            Ok::<(), etcd_client::Error>(())
+        });
         let (keys, snapshot, cap) = (s.keys.clone(), s.snapshot.clone(), s.cap);
         let revision = run(
             &s.handle,
@@ -1008,11 +1015,24 @@ async fn health(client: Client, endpoints: Vec<String>) {
     let mut down: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
-        for e in &endpoints {
-            let at = e
-                .split_once("://")
-                .map_or(e.as_str(), |(_, a)| a)
-                .to_string();
+        check_endpoints(&client, &endpoints, &mut down).await;
+    }
+}
+
+/// One look at each endpoint's port: one that does not take a connection leaves the client's
+/// set (`down`), one back in `down` that does comes back; the last never leaves.
+async fn check_endpoints(
+    client: &Client,
+    endpoints: &[String],
+    down: &mut std::collections::HashSet<String>,
+) {
+    let mut tries = tokio::task::JoinSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let at = e
+            .split_once("://")
+            .map_or(e.as_str(), |(_, a)| a)
+            .to_string();
+        tries.spawn(async move {
             let up = matches!(
                 tokio::time::timeout(
                     Duration::from_millis(500),
@@ -1021,15 +1041,22 @@ async fn health(client: Client, endpoints: Vec<String>) {
                 .await,
                 Ok(Ok(_))
             );
-            if up && down.remove(e) {
-                let _ = client.add_endpoint(e).await;
-            } else if !up
-                && !down.contains(e)
-                && down.len() + 1 < endpoints.len()
-                && client.remove_endpoint(e).await.is_ok()
-            {
-                down.insert(e.clone());
-            }
+            (i, up)
+        });
+    }
+    let mut up = vec![false; endpoints.len()];
+    while let Some(Ok((i, ok))) = tries.join_next().await {
+        up[i] = ok;
+    }
+    for (e, up) in endpoints.iter().zip(up) {
+        if up && down.remove(e) {
+            let _ = client.add_endpoint(e).await;
+        } else if !up
+            && !down.contains(e)
+            && down.len() + 1 < endpoints.len()
+            && client.remove_endpoint(e).await.is_ok()
+        {
+            down.insert(e.clone());
         }
     }
 }
