@@ -124,7 +124,7 @@ fn published_sha256(agent: &ureq::Agent, url: &str) -> Result<Option<String>, Do
 }
 
 /// The sha256 of a file.
-pub(crate) fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     io::copy(&mut File::open(path)?, &mut h)?;
     Ok(h.finalize().into())
@@ -151,11 +151,12 @@ pub(crate) enum ReceiveError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// One GET from `have` bytes on, appended to `part`.
+/// One GET from `have` bytes on, appended to `part` (no further than `limit` bytes).
 fn fetch_once(
     agent: &ureq::Agent,
     url: &str,
     part: &Path,
+    limit: Option<u64>,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), ReceiveError> {
     let have = part_len(part);
@@ -166,7 +167,7 @@ fn fetch_once(
     let resp = req
         .call()
         .map_err(|e| ReceiveError::Network(e.to_string()))?;
-    receive(resp, part, have, None, progress)
+    receive(resp, part, have, limit, progress)
 }
 
 /// Puts the answer to a GET that asked for bytes `have..` (no range when `have` is 0) into
@@ -239,6 +240,52 @@ pub(crate) fn receive(
     Ok(())
 }
 
+/// Fetches `url` into `part` until it holds `size` bytes whose sha256 is `sha256` (hex),
+/// resuming what an earlier try left there, `tries` times at most; a body longer than `size`
+/// is refused, and bytes whose sha256 is another leave `part` empty. `part` is never a link:
+/// one is refused, not followed.
+pub fn fetch_verified(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    size: u64,
+    sha256: &str,
+    tries: u32,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = String::new();
+    for _ in 0..tries {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)?;
+        if file.metadata()?.len() > size {
+            file.set_len(0)?;
+        }
+        if part_len(part) < size {
+            if let Err(e) = fetch_once(agent, url, part, Some(size), &mut |_, _| {}) {
+                last = e.to_string();
+                continue;
+            }
+        }
+        if part_len(part) == size {
+            if crate::digest::hex(&sha256_file(part)?).eq_ignore_ascii_case(sha256) {
+                return Ok(());
+            }
+            file.set_len(0)?;
+            return Err(io::Error::other(format!(
+                "{url}: its sha256 is not the one published"
+            )));
+        }
+    }
+    Err(io::Error::other(format!(
+        "{url}: not fetched in {tries} tries: {last}"
+    )))
+}
+
 /// Downloads `url` to `dest` unless `dest` already exists. `progress` gets (bytes, total).
 pub fn download(
     url: &str,
@@ -266,7 +313,7 @@ pub fn download(
             resumed += 1;
             std::thread::sleep(Duration::from_millis(200 * (1 << attempt.min(5))));
         }
-        match fetch_once(&agent, url, &part, progress) {
+        match fetch_once(&agent, url, &part, None, progress) {
             Ok(()) => {
                 ok = true;
                 break;

@@ -31,7 +31,7 @@ mod store;
 mod write;
 
 pub use digest::{hex, printable, Digest};
-pub use download::{download, DownloadError, Outcome};
+pub use download::{download, fetch_verified, sha256_file, DownloadError, Outcome};
 pub use extent::Extent;
 pub use image::{Event, ImageError, Peers, Report, Request, Turn};
 pub use iso9660::{Iso, IsoError};

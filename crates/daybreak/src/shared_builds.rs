@@ -10,7 +10,6 @@
 //! through [`artifacts::Store::put`] (whole, or not at all) once its sha256 matches.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ const SAY_EVERY: Duration = Duration::from_secs(60);
 /// lists what it holds once it serves) is waited for before building here.
 const GRACE: Duration = Duration::from_secs(30);
 /// Tries of one file from one replica, each resuming where the last stopped.
-const TRIES: usize = 3;
+const TRIES: u32 = 3;
 
 pub struct SharedBuilds {
     store: Arc<dyn MachineStore>,
@@ -158,7 +157,7 @@ fn describe(key: &Key, a: &Artifacts) -> std::io::Result<Published> {
         files.push(PublishedFile {
             name: name.into(),
             size: meta.len(),
-            sha256: sha256_file(&path)?,
+            sha256: artifacts::hex(&artifacts::sha256_file(&path)?),
         });
     }
     let mut meta = a.meta.clone();
@@ -169,21 +168,6 @@ fn describe(key: &Key, a: &Artifacts) -> std::io::Result<Published> {
         files,
         meta,
     })
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(artifacts::hex(&h.finalize()))
 }
 
 /// Fetches every file `p` names from the replica at `base` into the entry `key` of `store`.
@@ -219,77 +203,7 @@ fn fetch(
 /// Downloads `url` into `part` until it holds `f.size` bytes whose sha256 is `f.sha256`,
 /// resuming what an earlier try left there.
 fn download(agent: &ureq::Agent, url: &str, part: &Path, f: &PublishedFile) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut last = String::new();
-    for _ in 0..TRIES {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(part)?;
-        let mut have = file.metadata()?.len();
-        if have > f.size {
-            file.set_len(0)?;
-            have = 0;
-        }
-        if have < f.size {
-            match get_from(agent, url, have, f.size, &mut file) {
-                Ok(()) => {}
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            }
-        }
-        if file.metadata()?.len() == f.size {
-            if sha256_file(part)?.eq_ignore_ascii_case(&f.sha256) {
-                return Ok(());
-            }
-            file.set_len(0)?;
-            return Err(std::io::Error::other(format!(
-                "{url}: its sha256 is not the one the builder published"
-            )));
-        }
-    }
-    Err(std::io::Error::other(format!(
-        "{url}: not fetched in {TRIES} tries: {last}"
-    )))
-}
-
-/// Appends bytes `from..size` of `url` to `file` (all of it when the server ignores the range).
-fn get_from(
-    agent: &ureq::Agent,
-    url: &str,
-    from: u64,
-    size: u64,
-    file: &mut std::fs::File,
-) -> Result<(), String> {
-    let mut req = agent.get(url);
-    if from > 0 {
-        req = req.header("Range", &format!("bytes={from}-"));
-    }
-    let resp = req.call().map_err(|e| e.to_string())?;
-    let start = match resp.status().as_u16() {
-        206 if from > 0 => from,
-        200 => 0,
-        code => return Err(format!("the answer is HTTP {code}")),
-    };
-    file.set_len(start).map_err(|e| e.to_string())?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .map_err(|e| e.to_string())?;
-    let mut body = resp.into_body().into_reader().take(size - start);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-    }
-    file.sync_all().map_err(|e| e.to_string())
+    artifacts::fetch_verified(agent, url, part, f.size, &f.sha256, TRIES)
 }
 
 /// The boot port's `/_/artifacts/KEY/NAME`: a file of an entry this replica holds, for the
@@ -320,7 +234,7 @@ pub fn serve(store: &Store, path: &str) -> Option<http::Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
 
     /// A server of `data` that cuts its first answer after `cut` bytes and answers ranges
     /// after; gives its base URL and, at the end, the Range headers it was sent.
