@@ -83,17 +83,6 @@ pub fn drops(pid: u32, port: u16) -> u64 {
         .sum()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Nanoseconds since `start`, never 0 (0 means "not yet").
 fn since(start: Instant) -> u64 {
     (start.elapsed().as_nanos() as u64).max(1)
@@ -146,7 +135,7 @@ pub fn burst(iface: &str, machines: usize, seconds: u64, pid: u32) -> Result<()>
         let (peak_rss, stop) = (peak_rss.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak_rss.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                peak_rss.fetch_max(crate::rss_kib(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })

@@ -262,17 +262,6 @@ async fn lag(
     None
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// What a storm across replicas is.
 pub struct Storm {
     pub n: usize,
@@ -308,7 +297,7 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for (k, p) in pids.iter().enumerate() {
-                    peaks[k].fetch_max(rss_kib(*p), Ordering::Relaxed);
+                    peaks[k].fetch_max(crate::rss_kib(*p), Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -317,13 +306,7 @@ pub fn storm(iface: &str, s: Storm) -> Result<()> {
     let began = Instant::now();
     let replicas = Arc::new(replicas);
     let results = rt.block_on(async {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        s.set_reuse_address(true)?;
-        s.set_broadcast(true)?;
-        s.bind_device(Some(iface.as_bytes()))?;
-        s.set_recv_buffer_size(8 << 20)?;
-        s.set_nonblocking(true)?;
-        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+        let s = crate::storm::client_port(iface)?;
         let hears: std::net::UdpSocket = s.try_clone()?.into();
         let sock = Arc::new(tokio::net::UdpSocket::from_std(s.into())?);
         let waiting: Waiting = Arc::default();

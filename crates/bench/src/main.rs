@@ -398,6 +398,7 @@ fn tftp_load(
 // HTTP: CLIENTS concurrent GETs of PATH, each read to the end; aggregate throughput, and the peak
 // resident memory of the server processes PIDs while it ran.
 
+/// A process's resident memory, KiB (0 when it is gone).
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -269,6 +269,19 @@ async fn machine(
     Ok(t)
 }
 
+/// The machines' shared DHCP client port: port 68 on `iface`, broadcast, a large receive
+/// buffer, non-blocking (for tokio).
+pub(crate) fn client_port(iface: &str) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.set_recv_buffer_size(8 << 20)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+    Ok(s)
+}
+
 /// Hands each answer heard on the shared port 68 to the exchange waiting for its xid (the
 /// first answer wins: beside several servers, the first offer is the one taken).
 pub(crate) fn dispatch(
@@ -292,14 +305,7 @@ pub(crate) fn dispatch(
 }
 
 fn peak_of(pid: u32, peak_rss: &AtomicU64, peak_fds: &AtomicU64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
+    let rss = crate::rss_kib(pid);
     peak_rss.fetch_max(rss, Ordering::Relaxed);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
     peak_fds.fetch_max(fds, Ordering::Relaxed);
@@ -349,14 +355,7 @@ pub fn storm(
     let drops_before = (udp_drops(pid, DHCP), udp_drops(pid, TFTP));
     let start = Instant::now();
     let results = rt.block_on(async {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        s.set_reuse_address(true)?;
-        s.set_broadcast(true)?;
-        s.bind_device(Some(iface.as_bytes()))?;
-        s.set_recv_buffer_size(8 << 20)?;
-        s.set_nonblocking(true)?;
-        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
-        let sock = Arc::new(tokio::net::UdpSocket::from_std(s.into())?);
+        let sock = Arc::new(tokio::net::UdpSocket::from_std(client_port(iface)?.into())?);
         let waiting: Waiting = Arc::default();
         let dispatcher = dispatch(sock.clone(), waiting.clone());
         let mut set = tokio::task::JoinSet::new();
