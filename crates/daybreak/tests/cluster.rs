@@ -97,6 +97,20 @@ fn fetch(ns: &str, url: &str) -> (u16, String) {
     })
 }
 
+/// A bridge (`tag`) with one etcd member at 10.NET.0.21 in a namespace of its own: the
+/// switch, the member, and the store URL under `/PREFIX`; `None` when etcd is not here.
+fn one_member_etcd(
+    tag: &str,
+    net: u8,
+    prefix: &str,
+) -> Option<(Switch, Vec<testkit::Etcd>, String)> {
+    let mut sw = Switch::new(tag);
+    let at = Ipv4Addr::new(10, net, 0, 21);
+    let e0 = sw.plug("e0", at, None);
+    let etcd = testkit::Etcd::cluster(&format!("{tag}-etcd"), &[(&e0, at)])?;
+    Some((sw, etcd, format!("etcd://{at}:2379/{prefix}")))
+}
+
 fn waits_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
@@ -397,13 +411,9 @@ fn an_image_is_built_once_across_the_replicas_and_fetched_by_the_others() {
     if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
         return;
     }
-    let mut sw = Switch::new("sb");
-    let e0 = sw.plug("e0", Ipv4Addr::new(10, 81, 0, 21), None);
-    let Some(etcd) = testkit::Etcd::cluster("builds-etcd", &[(&e0, Ipv4Addr::new(10, 81, 0, 21))])
-    else {
+    let Some((mut sw, etcd, store)) = one_member_etcd("sb", 81, "builds") else {
         return;
     };
-    let store = "etcd://10.81.0.21:2379/builds".to_string();
     let dir = tempdir("cluster-builds");
     let layout = dir.join("layout");
     let digest = common::oci::write_layout(&layout, "v1", &[small_image(1)])[0].clone();
@@ -566,14 +576,10 @@ fn pixiecore_boot_and_api_replicas_share_a_store() {
     if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
         return;
     }
-    let mut sw = Switch::new("pb");
-    let machine = sw.plug("m", Ipv4Addr::new(10, 82, 0, 10), Some(MAC));
-    let e0 = sw.plug("e0", Ipv4Addr::new(10, 82, 0, 21), None);
-    let Some(etcd) = testkit::Etcd::cluster("pixie-etcd", &[(&e0, Ipv4Addr::new(10, 82, 0, 21))])
-    else {
+    let Some((mut sw, etcd, store)) = one_member_etcd("pb", 82, "pixie") else {
         return;
     };
-    let store = "etcd://10.82.0.21:2379/pixie".to_string();
+    let machine = sw.plug("m", Ipv4Addr::new(10, 82, 0, 10), Some(MAC));
     let dir = tempdir("cluster-pixie");
     for f in ["vmlinuz", "initrd"] {
         std::fs::write(dir.join(f), f).unwrap();
@@ -679,14 +685,10 @@ fn a_replica_killed_mid_boot_loses_nothing_of_the_boot() {
     if !require(true, &["ip", "curl", "etcd", "etcdctl"]) {
         return;
     }
-    let mut sw = Switch::new("mk");
-    let machine = sw.plug("m", Ipv4Addr::new(10, 83, 0, 10), Some(MAC));
-    let e0 = sw.plug("e0", Ipv4Addr::new(10, 83, 0, 21), None);
-    let Some(etcd) = testkit::Etcd::cluster("midboot-etcd", &[(&e0, Ipv4Addr::new(10, 83, 0, 21))])
-    else {
+    let Some((mut sw, etcd, store)) = one_member_etcd("mk", 83, "midboot") else {
         return;
     };
-    let store = "etcd://10.83.0.21:2379/midboot".to_string();
+    let machine = sw.plug("m", Ipv4Addr::new(10, 83, 0, 10), Some(MAC));
     let dir = tempdir("cluster-midboot");
     for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
         std::fs::write(dir.join(f), f.repeat(1000)).unwrap();

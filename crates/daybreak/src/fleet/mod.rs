@@ -254,9 +254,11 @@ impl Fleet {
         std::thread::Builder::new()
             .name("machines-watch".into())
             .spawn(move || {
-                let every = (POLL.as_millis() / SHARED_POLL.as_millis()).max(1);
+                // A store that is one host's has no shared profiles to follow in between.
+                let tick = if shared { SHARED_POLL } else { POLL };
+                let every = (POLL.as_millis() / tick.as_millis()).max(1);
                 for round in 1u128.. {
-                    std::thread::sleep(SHARED_POLL);
+                    std::thread::sleep(tick);
                     let Some(f) = weak.upgrade() else { break };
                     if round % every == 0 {
                         f.refresh();
