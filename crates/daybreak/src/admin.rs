@@ -56,6 +56,8 @@ pub struct AdminOptions {
     pub token: Option<Token>,
     /// Names the `Host` header may carry besides addresses and `localhost`.
     pub hosts: Vec<String>,
+    /// Receive iPXE's syslog lines (UDP 514) and file them under their machines.
+    pub syslog: bool,
 }
 
 impl Default for AdminOptions {
@@ -65,6 +67,7 @@ impl Default for AdminOptions {
             chosen: false,
             token: None,
             hosts: Vec::new(),
+            syslog: true,
         }
     }
 }
@@ -107,6 +110,7 @@ impl AdminOptions {
             chosen: listen.is_some(),
             token,
             hosts,
+            syslog: true,
         })
     }
 }

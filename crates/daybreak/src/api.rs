@@ -833,7 +833,7 @@ mod tests {
 
     /// The iPXE script `api` gives for `spec`.
     fn ipxe_of(api: &Api, spec: &Spec, base: &str, mac: Mac) -> String {
-        crate::render::ipxe(&api.boot(spec, base, mac), "").unwrap()
+        crate::render::ipxe(&api.boot(spec, base, mac), "", None).unwrap()
     }
 
     const BASE: &str = "http://api.example:8000/pixie/";
@@ -1175,6 +1175,7 @@ mod tests {
                 },
                 binaries: Arc::default(),
                 hub,
+                syslog: false,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();

@@ -127,8 +127,6 @@ impl<T> Receiver<T> {
     }
 }
 
-/// Makes room for `key` in `map` (at most `cap` entries): when it is full and `key` is new, the
-/// eighth of the entries whose `age` is smallest (the oldest) is removed.
 /// At most `n` of something per key (a source address) in each `window`, in a table of at most
 /// `cap` keys: what one source may cost is bounded, whatever it sends.
 #[derive(Debug)]
@@ -165,6 +163,8 @@ impl<K: Copy + Eq + Hash> PerKey<K> {
     }
 }
 
+/// Makes room for `key` in `map` (at most `cap` entries): when it is full and `key` is new, the
+/// eighth of the entries whose `age` is smallest (the oldest) is removed.
 pub fn make_room<K: Copy + Eq + Hash, V, A: Ord + Copy>(
     map: &mut HashMap<K, V>,
     key: &K,

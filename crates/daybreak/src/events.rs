@@ -65,6 +65,8 @@ pub enum Step {
     },
     /// The machine was told to boot from its local disk.
     LocalBoot,
+    /// A line iPXE sent by syslog ([`crate::ipxe_says`]), not an error.
+    Said { line: String },
     /// A request from another host named this machine; it was given nothing personal.
     Doubted { why: String },
     /// Something of this boot failed: a file not found or cut off, its loader's transfer, an
@@ -176,6 +178,8 @@ pub struct Hub {
     reader: std::sync::atomic::AtomicI32,
     rx: Mutex<Option<crate::bounded::Receiver<Queued>>>,
     dropped: AtomicU64,
+    /// iPXE's syslog lines, counted by what became of them.
+    pub syslog: crate::ipxe_says::Stats,
 }
 
 impl Default for Hub {
@@ -194,6 +198,7 @@ impl Default for Hub {
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
             reader: std::sync::atomic::AtomicI32::new(0),
+            syslog: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod identity;
 pub mod ipxe;
 pub mod ipxe_iso;
+pub mod ipxe_says;
 pub mod kernel;
 pub mod loaders;
 pub mod metrics;

@@ -21,7 +21,7 @@ const MAX_BOOTS: usize = 4096;
 /// Distinct file names counted (the plan's files, or an API's answers); more go under "other".
 const MAX_FILES: usize = 256;
 /// The kinds of steps counted.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "offer",
     "lease",
     "loader",
@@ -35,6 +35,7 @@ const STEPS: [&str; 13] = [
     "failed",
     "reported",
     "sending",
+    "said",
 ];
 /// Phases timed from a machine's first offer.
 const PHASES: [&str; 4] = ["loader", "script", "kernel", "booting"];
@@ -167,6 +168,7 @@ impl Metrics {
             }
             Step::Reported { .. } => 11,
             Step::Sending { .. } => 12,
+            Step::Said { .. } => 13,
         };
         m.steps[kind] += 1;
         if let Step::File { name, bytes, .. } = &e.step {
@@ -292,6 +294,17 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "daybreak_identity_doubts_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        counter(
+            &mut s,
+            "daybreak_syslog_lines_total",
+            "Syslog lines from iPXE, by what became of them: filed under their machine, from an address no machine booting here holds, over the rate, or not syslog.",
+        );
+        for (outcome, n) in self.hub.syslog.outcomes() {
+            let _ = writeln!(
+                s,
+                "daybreak_syslog_lines_total{{outcome=\"{outcome}\"}} {n}"
             );
         }
 

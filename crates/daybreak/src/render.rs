@@ -2,6 +2,8 @@
 //! configuration (the Secure Boot chain's GRUB reads it over HTTP). One writer per language,
 //! whatever decided.
 
+use std::net::Ipv4Addr;
+
 use crate::decision::{BootSpec, Decision};
 
 /// A machine's GRUB configuration on the Secure Boot chain: `/_/grub/MAC.cfg`.
@@ -12,12 +14,13 @@ fn seconds(d: std::time::Duration) -> u64 {
     d.as_secs().max(1)
 }
 
-/// The iPXE script for `d`; `again` is the URL a waiting machine chains when its wait is over.
-/// `None` for a machine not served here: the request is answered 404, as if unknown.
-pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
+/// The iPXE script for `d`; `again` is the URL a waiting machine chains when its wait is over;
+/// `syslog`, where iPXE sends its own lines (an iPXE built with syslog does; others ignore the
+/// setting). `None` for a machine not served here: the request is answered 404, as if unknown.
+pub fn ipxe(d: &Decision, again: &str, syslog: Option<Ipv4Addr>) -> Option<String> {
     Some(match d {
         Decision::Boot(spec) => match check_ipxe(&spec.cmdline) {
-            Ok(()) => ipxe_boot(spec),
+            Ok(()) => ipxe_boot(spec, syslog),
             Err(e) => {
                 tracing::error!("not booted: {e}");
                 "#!ipxe\necho Daybreak: not booted: its kernel command line cannot go into an iPXE script (the server's log says why)\nexit\n".into()
@@ -46,22 +49,57 @@ pub fn ipxe(d: &Decision, again: &str) -> Option<String> {
     })
 }
 
-fn ipxe_boot(spec: &BootSpec) -> String {
+/// A boot in iPXE's words. With a `ready` URL (the machine is known), each step names itself
+/// (`daybreak_step`) and a failed one goes to a last part that tells the server which step
+/// failed and iPXE's error number (`${errno}`, expanded only there: iPXE expands a whole line
+/// before running it), then ends the script as a failure did before.
+fn ipxe_boot(spec: &BootSpec, syslog: Option<Ipv4Addr>) -> String {
     let mut s = String::from("#!ipxe\n");
-    s.push_str(&format!("kernel --name kernel {}\n", spec.kernel));
+    if let Some(a) = syslog {
+        s.push_str(&format!("set syslog {a} ||\n"));
+    }
+    let report = spec.ready.as_deref();
+    let or_fail = if report.is_some() {
+        " || goto daybreak_failed"
+    } else {
+        ""
+    };
+    let step = |s: &mut String, name: &str| {
+        if report.is_some() {
+            s.push_str(&format!("set {STEP} {name}\n"));
+        }
+    };
+    step(&mut s, "kernel");
+    s.push_str(&format!("kernel --name kernel {}{or_fail}\n", spec.kernel));
     let mut initrd_args = String::new();
     for (name, url) in &spec.initrds {
-        s.push_str(&format!("initrd --name {name} {url}\n"));
+        step(&mut s, "initrd");
+        s.push_str(&format!("initrd --name {name} {url}{or_fail}\n"));
         initrd_args.push_str(&format!("initrd={name} "));
     }
-    if let Some(ready) = &spec.ready {
+    if let Some(ready) = report {
         s.push_str(&format!(
             "imgfetch --name ready {ready} ||\nimgfree ready ||\n"
         ));
     }
-    s.push_str(&format!("boot kernel {initrd_args}{}\n", spec.cmdline));
+    step(&mut s, "boot");
+    s.push_str(&format!(
+        "boot kernel {initrd_args}{}{or_fail}\n",
+        spec.cmdline
+    ));
+    if let Some(ready) = report {
+        s.push_str(&format!(
+            ":daybreak_failed\n\
+             imgfetch --name failed {ready}&failed=${{{STEP}}}&errno=${{errno}} ||\n\
+             echo Daybreak: the ${{{STEP}}} step failed (error ${{errno}}): the server has it on this machine's timeline\n\
+             exit 1\n"
+        ));
+    }
     s
 }
+
+/// The setting an iPXE script names its step in.
+const STEP: &str = "daybreak_step";
 
 /// The host GRUB reaches this server at: the advertised address, else the one it booted from.
 fn grub_host(http: pxe::HttpAddress) -> String {
@@ -330,33 +368,57 @@ mod tests {
     fn every_decision_as_an_ipxe_script() {
         let again = "http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01";
         assert_eq!(
-            ipxe(&Decision::Boot(spec()), again).unwrap(),
-            "#!ipxe\nkernel --name kernel http://10.0.0.1:8090/kernel\n\
-             initrd --name initrd0 http://10.0.0.1:8090/initrd0\n\
+            ipxe(&Decision::Boot(spec()), again, None).unwrap(),
+            "#!ipxe\nset daybreak_step kernel\n\
+             kernel --name kernel http://10.0.0.1:8090/kernel || goto daybreak_failed\n\
+             set daybreak_step initrd\n\
+             initrd --name initrd0 http://10.0.0.1:8090/initrd0 || goto daybreak_failed\n\
              imgfetch --name ready http://10.0.0.1:8090/_/booting?mac=52:54:00:00:00:01 ||\n\
              imgfree ready ||\n\
+             set daybreak_step boot\n\
+             boot kernel initrd=initrd0 root=live:http://10.0.0.1:8090/rootfs.squashfs quiet || goto daybreak_failed\n\
+             :daybreak_failed\n\
+             imgfetch --name failed http://10.0.0.1:8090/_/booting?mac=52:54:00:00:00:01&failed=${daybreak_step}&errno=${errno} ||\n\
+             echo Daybreak: the ${daybreak_step} step failed (error ${errno}): the server has it on this machine's timeline\n\
+             exit 1\n"
+        );
+        // With iPXE's lines asked for; a machine not known by MAC gets no report.
+        let anonymous = BootSpec {
+            ready: None,
+            ..spec()
+        };
+        assert_eq!(
+            ipxe(
+                &Decision::Boot(anonymous),
+                again,
+                Some(Ipv4Addr::new(10, 0, 0, 1))
+            )
+            .unwrap(),
+            "#!ipxe\nset syslog 10.0.0.1 ||\n\
+             kernel --name kernel http://10.0.0.1:8090/kernel\n\
+             initrd --name initrd0 http://10.0.0.1:8090/initrd0\n\
              boot kernel initrd=initrd0 root=live:http://10.0.0.1:8090/rootfs.squashfs quiet\n"
         );
         let wait = Decision::Wait {
             why: "its image is being prepared".into(),
             retry: Duration::from_secs(10),
         };
-        let w = ipxe(&wait, again).unwrap();
+        let w = ipxe(&wait, again, None).unwrap();
         assert!(
             w.contains("asking again in 10 seconds)\nsleep 10\nchain http://10.0.0.1:8090/_/ipxe?mac=52:54:00:00:00:01 ||"),
             "{w}"
         );
-        assert!(ipxe(&Decision::Local, again)
+        assert!(ipxe(&Decision::Local, again, None)
             .unwrap()
             .contains("sanboot --no-describe --drive 0x80"));
-        let r = ipxe(&Decision::Refuse("no kernel\nshell".into()), again).unwrap();
+        let r = ipxe(&Decision::Refuse("no kernel\nshell".into()), again, None).unwrap();
         assert_eq!(
             r,
             "#!ipxe\necho Daybreak: not booted: no kernel shell\nexit\n"
         );
-        assert_eq!(ipxe(&Decision::Ignore, again), None);
+        assert_eq!(ipxe(&Decision::Ignore, again, None), None);
         assert_eq!(
-            ipxe(&Decision::Script("#!ipxe\nshell\n".into()), again).as_deref(),
+            ipxe(&Decision::Script("#!ipxe\nshell\n".into()), again, None).as_deref(),
             Some("#!ipxe\nshell\n")
         );
     }
@@ -424,7 +486,7 @@ mod tests {
             assert!(check_ipxe(bad).is_err(), "{bad:?}");
             let mut sp = spec();
             sp.cmdline = bad.into();
-            let script = ipxe(&Decision::Boot(sp), "").unwrap();
+            let script = ipxe(&Decision::Boot(sp), "", None).unwrap();
             assert!(
                 !script.contains("kernel --name") && !script.contains("shell"),
                 "{script}"
@@ -433,7 +495,7 @@ mod tests {
         // A `;` or `#` inside a word is the kernel's.
         assert!(check_ipxe("ds=nocloud;s=http://10.0.0.1/ a=b#c console=ttyS0,115200").is_ok());
         // What goes into an echo cannot end it either.
-        let r = ipxe(&Decision::Refuse("x ; shell #y ${z}".into()), "").unwrap();
+        let r = ipxe(&Decision::Refuse("x ; shell #y ${z}".into()), "", None).unwrap();
         assert_eq!(
             r,
             "#!ipxe\necho Daybreak: not booted: x [;] shell [#y] $ {z}\nexit\n"

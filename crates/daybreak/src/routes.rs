@@ -72,6 +72,9 @@ pub struct BootRoutes {
     /// iPXE binaries by name, for UEFI HTTP Boot (`/ipxe/NAME`).
     pub binaries: Arc<tftp::Files>,
     pub hub: Arc<Hub>,
+    /// Whether iPXE's syslog lines are received ([`crate::ipxe_says`]): scripts then set
+    /// `syslog` to this server.
+    pub syslog: bool,
 }
 
 impl BootRoutes {
@@ -120,7 +123,14 @@ impl BootRoutes {
             Some(m) => format!("{base}{}?mac={}", routes::SCRIPT, m.mac),
             None => format!("{base}{}", routes::SCRIPT),
         };
-        match crate::render::ipxe(&decision, &again) {
+        // iPXE's syslog setting takes an IPv4 address: the one it reached us at.
+        let syslog = match (self.syslog, self.http.advertise, req.local) {
+            (false, _, _) => None,
+            (true, Some(a), _) => Some(a),
+            (true, None, std::net::IpAddr::V4(a)) => Some(a),
+            (true, None, std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped(),
+        };
+        match crate::render::ipxe(&decision, &again, syslog) {
             Some(script) => {
                 Reply::memory("_script", "text/plain; charset=utf-8", script.into_bytes())
             }
@@ -144,6 +154,9 @@ impl BootRoutes {
 
     fn booting(&self, req: &Request<'_>) -> Reply {
         let mac = query_param(req.query, "mac");
+        if let Some(step) = query_param(req.query, "failed") {
+            return self.script_failed(req, mac.as_deref(), &step);
+        }
         self.named(
             req,
             mac.as_deref().and_then(|m| m.parse().ok()),
@@ -153,6 +166,40 @@ impl BootRoutes {
             client = %req.peer.ip(),
             mac = %loggable(mac.as_deref().unwrap_or("-")),
             "booting kernel"
+        );
+        Reply::memory("_booting", "text/plain", &b""[..])
+    }
+
+    /// A step of the boot script failed (`failed=STEP&errno=N`): the machine's failure, in
+    /// iPXE's words, when the request may speak for it.
+    fn script_failed(&self, req: &Request<'_>, mac: Option<&str>, step: &str) -> Reply {
+        let (Some(stage), Some(mac)) = (
+            crate::ipxe_says::script_stage(step),
+            mac.and_then(|m| m.parse::<Mac>().ok()),
+        ) else {
+            return Reply::NotFound;
+        };
+        let errno = query_param(req.query, "errno");
+        let what = errno
+            .as_deref()
+            .and_then(crate::ipxe_says::parse_errno)
+            .map_or_else(|| "no error number".into(), crate::ipxe_says::error_text);
+        let why = match stage {
+            "booting" => format!("iPXE could not start the kernel: {what}"),
+            file => format!("iPXE could not download the {file}: {what}"),
+        };
+        if self.hub.vouch(req.peer, mac) != Vouch::Vouched {
+            return Reply::NotFound;
+        }
+        tracing::warn!(client = %req.peer.ip(), mac = %mac, stage, "the boot script failed: {why}");
+        self.hub.emit(
+            Some(req.peer),
+            Some(mac),
+            Step::Failed {
+                stage,
+                kind: "ipxe",
+                why,
+            },
         );
         Reply::memory("_booting", "text/plain", &b""[..])
     }
@@ -285,6 +332,7 @@ mod tests {
             http: pxe::HttpAddress::default(),
             binaries: Arc::new(binaries),
             hub: Arc::new(Hub::default()),
+            syslog: false,
         }
     }
 

@@ -537,6 +537,13 @@ async fn start_netboot(
         Arc::new(move |r| reports.on_tftp(r)),
         Arc::new(move |ip| known.booting(ip)),
     ));
+    if opts.admin.syslog {
+        if let Some(sock) = crate::sockets::bind_syslog(opts.listen) {
+            tasks
+                .background
+                .spawn(crate::ipxe_says::receive(sock, hub.clone()));
+        }
+    }
     for (sock, port) in dhcp_sockets {
         let (config, stats) = (dhcp_config.clone(), dhcp_stats.clone());
         let sock = sock.into_blocking(&tasks.dhcp_stop);
@@ -552,6 +559,7 @@ async fn start_netboot(
         http,
         binaries,
         hub: hub.clone(),
+        syslog: opts.admin.syslog,
     };
     tasks.http(listener, Arc::new(routes), hub);
     start_admin(&opts.admin, metrics, d, tasks).await?;

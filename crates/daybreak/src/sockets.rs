@@ -164,6 +164,32 @@ pub fn bind_tftp(listen: Ipv4Addr, port: u16) -> anyhow::Result<TftpListener> {
         })
 }
 
+/// iPXE's syslog lines (UDP 514 on `listen`); `None`, with a warning naming what holds the
+/// port, when it cannot be had: boots go on without iPXE's own lines.
+pub fn bind_syslog(listen: Ipv4Addr) -> Option<tokio::net::UdpSocket> {
+    let port = crate::ipxe_says::PORT;
+    let bound = std::net::UdpSocket::bind(SocketAddrV4::new(listen, port)).and_then(|s| {
+        s.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(s)
+    });
+    match bound {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let holder = match e.kind() {
+                io::ErrorKind::AddrInUse => port_owner("udp", port)
+                    .map_or_else(|| " (in use)".into(), |h| format!(" (held by {h})")),
+                _ => String::new(),
+            };
+            tracing::warn!(
+                "UDP port {port} cannot be bound for iPXE's syslog lines: {e}{holder}; boots go on \
+                 without iPXE's own lines (a failed script step is still reported over HTTP). \
+                 --no-syslog leaves the port alone"
+            );
+            None
+        }
+    }
+}
+
 /// ProxyDHCP (67, beside a DHCP server on this host through a raw socket when it holds the
 /// port) and the PXE boot server (4011).
 pub fn bind_dhcp() -> anyhow::Result<Vec<(udp::Socket, pxe::Port)>> {

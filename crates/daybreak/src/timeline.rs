@@ -534,6 +534,7 @@ impl Timelines {
                 What::Line("told to boot from its local disk".into())
             }
             Step::Doubted { .. } => return,
+            Step::Said { line } => What::Line(format!("iPXE: {line}")),
             Step::Failed { stage, kind, why } => {
                 s.failure = Some(Failure {
                     kind,

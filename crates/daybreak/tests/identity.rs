@@ -609,3 +609,167 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lines sent from namespace `ns` to the server's syslog port as `logger` (util-linux, RFC 3164,
+/// tag `ipxe`, as iPXE tags its lines) sends them.
+fn logger(ns: &str, lines: &[&str]) {
+    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    in_netns(ns, move || {
+        for line in &lines {
+            let o = output_within(
+                std::process::Command::new("logger").args([
+                    "--server",
+                    "10.76.0.2",
+                    "--port",
+                    "514",
+                    "--udp",
+                    "--rfc3164",
+                    "-t",
+                    "ipxe",
+                    line,
+                ]),
+                Duration::from_secs(10),
+            );
+            assert!(o.status.success(), "logger: {o:?}");
+        }
+    });
+}
+
+/// `/api/machines/VICTIM` once it contains `want` (or after 10 s).
+fn shown_once(l: &Link, api: &str, want: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, shown) = fetch(&l.server, api);
+        if shown.contains(want) || Instant::now() > until {
+            return shown;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// iPXE's own words become the machine's: a script step that fails reports its step and iPXE's
+/// error number (told in words with iPXE's page), and iPXE's syslog lines (UDP 514) are filed
+/// under the machine that sent them, its error lines as its failure. The attacker on the same
+/// link can do neither for the machine, a flood is cut to a few lines a second, and a second
+/// server that cannot have port 514 starts anyway, saying so.
+#[test]
+fn ipxe_failures_and_syslog_lines_are_the_machines_own() {
+    if !require(true, &["ip", "curl", "logger"]) {
+        return;
+    }
+    let l = link("sl");
+    let dir = tempdir("syslog");
+    for f in ["vmlinuz", "initrd", "rootfs.squashfs"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let server = vault_server(&l, &dir, &["--no-proxy-dhcp"], None);
+    let admin = server.admin();
+    let api = format!("{admin}/api/machines/{VICTIM}");
+    let (code, script) = fetch(&l.victim, &format!("{BASE}/_/ipxe?arch=7&mac={VICTIM}"));
+    assert_eq!(code, 200);
+    let report = format!("{BASE}/_/booting?mac={VICTIM}");
+    for want in [
+        "#!ipxe\nset syslog 10.76.0.2 ||\n",
+        "set daybreak_step kernel\nkernel --name kernel http://10.76.0.2:8090/kernel || goto daybreak_failed\n",
+        &format!(":daybreak_failed\nimgfetch --name failed {report}&failed=${{daybreak_step}}&errno=${{errno}} ||\n"),
+    ] {
+        assert!(script.contains(want), "{want:?} in {script}");
+    }
+    // The attacker reports a failure for the machine: not its to report.
+    let forged = format!("{report}&failed=initrd&errno=0x2d0c613b");
+    assert_eq!(fetch(&l.attacker, &forged).0, 404);
+    // The machine's iPXE timed out fetching the kernel.
+    assert_eq!(
+        fetch(
+            &l.victim,
+            &format!("{report}&failed=kernel&errno=0x4c0a6035")
+        )
+        .0,
+        200
+    );
+    let shown = shown_once(&l, &api, r#""kind":"ipxe""#);
+    assert!(
+        shown.contains(r#""phase":"failed""#)
+            && shown.contains(r#""stage":"kernel""#)
+            && shown.contains("iPXE could not download the kernel: Connection timed out (https://ipxe.org/4c0a6035)")
+            && !shown.contains("No such file"),
+        "{shown}"
+    );
+    // Nonsense in the report is refused, not filed.
+    for q in ["failed=rootfs&errno=0x1", "failed=kernel&errno=zz"] {
+        let (code, _) = fetch(&l.victim, &format!("{report}&{q}"));
+        assert!(code == 404 || q.ends_with("zz"), "{q}: {code}");
+    }
+    // iPXE's lines by syslog: a plain one, then an error naming the initrd.
+    logger(
+        &l.victim,
+        &[
+            "http://10.76.0.2:8090/kernel... ok",
+            "http://10.76.0.2:8090/initrd... Connection reset (https://ipxe.org/0f0c6039)",
+        ],
+    );
+    let shown = shown_once(&l, &api, "Connection reset");
+    assert!(
+        shown.contains("iPXE: http://10.76.0.2:8090/kernel... ok")
+            && shown.contains(r#""stage":"initrd""#)
+            && shown.contains(r#""kind":"ipxe""#),
+        "{shown}"
+    );
+    // The attacker's lines are nobody's.
+    logger(
+        &l.attacker,
+        &["http://10.76.0.2:8090/kernel... forged by the attacker"],
+    );
+    // A flood from the machine: a few lines a second are filed, the rest counted.
+    in_netns(&l.victim, || {
+        let s = UdpSocket::bind("10.76.0.10:0").unwrap();
+        for i in 0..300 {
+            let _ = s.send_to(format!("<14>ipxe: flood {i}").as_bytes(), "10.76.0.2:514");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, metrics) = fetch(&l.server, &format!("{admin}/metrics"));
+    let count = |outcome: &str| -> u64 {
+        let key = format!("daybreak_syslog_lines_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+    };
+    assert!(count("unknown_sender") >= 1, "{metrics}");
+    assert!(
+        count("rate_limited") >= 200 && count("filed") <= 2 + 2 * 20,
+        "{metrics}"
+    );
+    let (_, shown) = fetch(&l.server, &api);
+    assert!(!shown.contains("forged by the attacker"), "{shown}");
+    // Another server on the same host: port 514 is taken, it starts anyway and says why.
+    let other = dir.to_path_buf();
+    let mut second = in_netns(&l.server, move || {
+        Daybreak::start(
+            &[
+                "serve",
+                "--kernel",
+                "vmlinuz",
+                "--initrd",
+                "initrd",
+                "--no-proxy-dhcp",
+                "--http-port",
+                "8190",
+                "--tftp-port",
+                "6969",
+                "--admin-listen",
+                "off",
+            ],
+            &other,
+        )
+    });
+    second.wait_for(
+        "cannot be bound for iPXE's syslog lines",
+        Duration::from_secs(10),
+    );
+    drop(second);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

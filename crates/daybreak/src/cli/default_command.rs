@@ -36,6 +36,7 @@ pub fn prepare(
         admin_token_file: admin.admin_token_file.or(s.admin_token_file.clone()),
         admin_host: admin.admin_host,
         stall_after,
+        no_syslog: admin.no_syslog,
     }
     .options()?;
     let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;

@@ -149,6 +149,12 @@ pub struct AdminArgs {
     /// a busy network, an install, take minutes).
     #[arg(long, value_name = "DURATION", value_parser = parse_stall)]
     pub stall_after: Option<std::time::Duration>,
+    /// Do not receive iPXE's own lines. By default boot scripts set iPXE's `syslog` to this
+    /// server and UDP 514 takes what an iPXE built with syslog sends (only from machines
+    /// booting here, a few lines a second each): its errors become the machine's failure. A
+    /// script's failed step is reported over HTTP either way.
+    #[arg(long)]
+    pub no_syslog: bool,
 }
 
 fn parse_stall(s: &str) -> Result<std::time::Duration, String> {
@@ -184,11 +190,15 @@ impl AdminArgs {
     }
 
     pub fn options(self) -> anyhow::Result<crate::admin::AdminOptions> {
-        crate::admin::AdminOptions::new(
+        let o = crate::admin::AdminOptions::new(
             self.admin_listen.as_deref(),
             self.admin_token_file.as_deref(),
             self.admin_host,
-        )
+        )?;
+        Ok(crate::admin::AdminOptions {
+            syslog: !self.no_syslog,
+            ..o
+        })
     }
 }
 

@@ -110,6 +110,7 @@ fn open_in(
         http: pxe::HttpAddress::default(),
         binaries: Arc::default(),
         hub: hub.unwrap_or_else(|| Arc::new(crate::events::Hub::with_link(|_| None))),
+        syslog: false,
     };
     Setup { routes, fleet, dir }
 }
@@ -549,7 +550,9 @@ fn a_profile_with_its_own_image_boots_it_once_built() {
     }
     assert!(a.contains("root=live:") && a.contains("/_/config/"), "{a}");
     // The command's own files stay what everyone else boots.
-    assert!(script(&s, C, 12).contains(&format!("kernel --name kernel {BASE}/kernel\n")));
+    assert!(script(&s, C, 12).contains(&format!(
+        "kernel --name kernel {BASE}/kernel || goto daybreak_failed\n"
+    )));
     // An image that cannot be opened: its machine is told why, and goes back to its firmware.
     wait("the failed image", || {
         script(&s, B, 11).contains("cannot be served")
@@ -642,16 +645,18 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
             peer: peer(20),
             base: BASE,
         });
-        crate::render::ipxe(&d, "").unwrap_or_default()
+        crate::render::ipxe(&d, "", None).unwrap_or_default()
     };
     wait("the arm64 image", || {
         ask(A, 11).contains("kernel --name kernel")
     });
     assert!(
-        ask(A, 11).contains("-kernel\n"),
+        ask(A, 11).contains("-kernel || goto daybreak_failed\n"),
         "the arm64 machine boots the profile's kernel"
     );
-    assert!(ask(B, 7).contains(&format!("kernel --name kernel {BASE}/kernel\n")));
+    assert!(ask(B, 7).contains(&format!(
+        "kernel --name kernel {BASE}/kernel || goto daybreak_failed\n"
+    )));
     // Without that profile, an arm64 machine is told there is nothing for it.
     std::fs::write(s.dir.join("machines.yaml"), "- mac: 52:54:00:00:00:ff\n").unwrap();
     fleet.refresh();
