@@ -284,3 +284,20 @@ fn fleet_profiles_install_once_and_status_page() {
         );
     }
 }
+
+/// A boot that goes wrong in iPXE (tests/e2e/faults.sh): OVMF's PXE loads ipxe.efi, whose request
+/// for the kernel never reaches the server; iPXE's download times out and its script reports the
+/// step and iPXE's error number. /api/machines/MAC names the stage and "Connection timed out",
+/// and headless Chromium shows the machine failing with its reason (screenshot in
+/// target/e2e-artifacts).
+#[test]
+fn uefi_ipxe_download_timing_out_is_the_machines_failure() {
+    if let Some(guest) = guest(&["chromium", "iptables"]) {
+        let out = workspace_root().join("target/e2e-artifacts");
+        run_e2e(
+            "faults.sh",
+            &["ipxe-timeout", BIN, &guest, &out.to_string_lossy()],
+            "E2E-PASS",
+        );
+    }
+}
