@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _};
 use http::{query_param, Reply, Request, Router};
@@ -24,7 +24,9 @@ pub const MACHINES: &str = "/api/machines";
 pub const METRICS: &str = "/metrics";
 /// Machines in one answer of `/api/machines`, at most (and when no `limit` is asked).
 pub const MAX_PAGE: usize = 1000;
-/// The status page: static, it reads `/api/machines` every second.
+/// The machines as server-sent events: `/api/machines`'s first page, sent when it changed.
+pub const EVENTS: &str = "/api/machines/events";
+/// The status page: static, it follows [`EVENTS`] (or reads `/api/machines` every second).
 pub const PAGE: &str = include_str!("status.html");
 /// The admin listener's port when none is given.
 pub const DEFAULT_PORT: u16 = 8091;
@@ -187,12 +189,12 @@ impl Token {
     }
 }
 
-/// What the admin listener holds: a few connections (an operator's pages and a Prometheus),
-/// so a page of `/api/machines` each is all it can cost.
+/// What the admin listener holds: an operator's open pages (one event stream each, and their
+/// opened timelines) and a Prometheus; what each costs is a page of `/api/machines` at most.
 pub fn limits() -> http::Limits {
     http::Limits {
-        max_connections: 32,
-        max_per_address: 16,
+        max_connections: 256,
+        max_per_address: 192,
         ..Default::default()
     }
 }
@@ -204,6 +206,45 @@ pub struct AdminRoutes {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The machines the status page and `/api/machines` show, when the command keeps them.
     pub machines: Option<Arc<dyn Machines>>,
+    /// What the open pages are sent, made once for all of them.
+    pub live: Live,
+}
+
+/// `/api/machines`'s first page as every open page's event stream sends it: made at most once
+/// a second whatever the number of pages, and sent to a page only when it changed. A page
+/// costs the server a write when something changed, not a list of the machines a second.
+#[derive(Clone, Default)]
+pub struct Live(Arc<Mutex<Option<Made>>>);
+
+/// A list made: the second it was made in, its id (a hash of it), and its bytes.
+struct Made {
+    second: u64,
+    id: u64,
+    json: Arc<[u8]>,
+}
+
+/// One page's stream of the machines.
+struct Stream {
+    machines: Arc<dyn Machines>,
+    live: Live,
+}
+
+impl http::Events for Stream {
+    fn next(&self, seen: u64) -> Option<(u64, Arc<[u8]>)> {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut made = self.live.0.lock().unwrap_or_else(|e| e.into_inner());
+        if made.as_ref().is_none_or(|m| m.second != second) {
+            let json: Arc<[u8]> = self.machines.list_json(0, MAX_PAGE).into();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&*json, &mut h);
+            let id = std::hash::Hasher::finish(&h).max(1);
+            *made = Some(Made { second, id, json });
+        }
+        let m = made.as_ref()?;
+        (m.id != seen).then(|| (m.id, m.json.clone()))
+    }
 }
 
 const ASK_TOKEN: &str = "WWW-Authenticate: Basic realm=\"Daybreak admin\", charset=\"UTF-8\"\r\n";
@@ -261,6 +302,12 @@ impl AdminRoutes {
 
     fn machines(&self, req: &Request<'_>) -> Option<Reply> {
         let m = self.machines.as_ref()?;
+        if req.path == EVENTS {
+            return Some(Reply::Events(Arc::new(Stream {
+                machines: m.clone(),
+                live: self.live.clone(),
+            })));
+        }
         if req.path == MACHINES {
             let num = |k| query_param(req.query, k).and_then(|v| v.parse::<usize>().ok());
             let offset = num("offset").unwrap_or(0);
@@ -355,6 +402,7 @@ mod tests {
             hosts: vec!["boot.example".into()],
             metrics: None,
             machines: None,
+            live: Default::default(),
         }
     }
 

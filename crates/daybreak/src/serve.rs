@@ -596,6 +596,7 @@ async fn start_admin(
             .fleet
             .clone()
             .map(|f| f as Arc<dyn crate::admin::Machines>),
+        live: Default::default(),
     };
     let shown = listener.local_addr()?;
     let what = match d.fleet.is_some() {

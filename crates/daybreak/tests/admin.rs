@@ -167,3 +167,63 @@ fn a_web_page_cannot_read_the_api_through_a_name_pointed_at_this_host() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An open status page follows the machines by server-sent events: the list at once, then again
+/// only when it changed (`daybreak machines forget` took a machine out of the store), never the
+/// same list twice.
+#[test]
+fn open_pages_follow_the_machines_by_server_sent_events() {
+    if !require(false, &["curl"]) {
+        return;
+    }
+    let dir = files("admin-events");
+    let records = dir.join("state/machines");
+    std::fs::create_dir_all(&records).unwrap();
+    for d in [&dir.join("state"), &records] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    std::fs::write(
+        records.join("525400000002.json"),
+        r#"{"mac":"52:54:00:00:00:02","first_seen":1796000000,"last_seen":1796000000,"boots":1}"#,
+    )
+    .unwrap();
+    let (d, _) = serve(&dir, &[]);
+    let url = format!("{}/api/machines/events", d.admin());
+    let follower = std::thread::spawn(move || {
+        let o = output_within(
+            std::process::Command::new("curl").args(["-sN", "--max-time", "7", &url]),
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let state = dir.join("state");
+    let forgot = output_within(
+        std::process::Command::new(BIN).args([
+            "machines",
+            "forget",
+            "52:54:00:00:00:02",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(forgot.status.success(), "{forgot:?}");
+    let events = follower.join().unwrap();
+    let data: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert!(
+        data.len() >= 2 && data.len() <= 3,
+        "the list at once and when it changed, not every second: {events}"
+    );
+    assert!(data[0].contains("52:54:00:00:00:02"), "{events}");
+    assert!(data.last().unwrap().contains(r#""total":0"#), "{events}");
+    assert!(
+        data.windows(2).all(|w| w[0] != w[1]),
+        "the same list twice: {events}"
+    );
+    assert!(events.lines().filter(|l| l.starts_with("id: ")).count() == data.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -538,7 +538,6 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
                 .args(["--headless", "--no-sandbox", "--disable-gpu"])
                 .args(["--disable-dev-shm-usage", "--no-first-run"])
                 .arg(format!("--user-data-dir={}", home.display()))
-                .arg("--virtual-time-budget=4000")
                 .args(extra)
                 .arg(format!("{page}/{hash}"));
             output_within(&mut c, Duration::from_secs(60))
@@ -546,22 +545,48 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
         // The failing machine with its row open: its timeline under it.
         let _ = chrome(
             &[
+                "--virtual-time-budget=4000",
                 "--window-size=1400,520",
                 &format!("--screenshot={}", shot.display()),
             ],
             &format!("#open={VICTIM}"),
         );
         let dom = |hash: &str| {
-            String::from_utf8_lossy(&chrome(&["--dump-dom"], hash).stdout).into_owned()
+            let c = chrome(&["--virtual-time-budget=4000", "--dump-dom"], hash);
+            String::from_utf8_lossy(&c.stdout).into_owned()
         };
+        // The page as a desktop browser runs it: following the server's events, on the real
+        // clock (a stream open stops headless Chrome's virtual one).
+        let mut b = common::browser::Browser::open(&format!("{page}/#live=events"), &home);
+        let live = b.eval_until(
+            "document.documentElement.outerHTML",
+            "kernel cut off after",
+            Duration::from_secs(15),
+        );
+        drop(b);
         (
             dom(""),
             dom("#filter=vault%20failed"),
             dom("#filter=nothing-like-it"),
             dom(&format!("#open={VICTIM}")),
+            live,
         )
     });
-    let (dom, matching, none, opened) = dom;
+    let (dom, matching, none, opened, live) = dom;
+    let row = |dom: &str| {
+        dom.split("<tr ")
+            .find(|r| r.contains(VICTIM))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no row for the machine: {dom}"))
+    };
+    assert!(
+        live.contains(r#"data-live="events""#) && !dom.contains(r#"data-live="events""#),
+        "the live page follows the events, headless Chrome's virtual clock polls"
+    );
+    assert!(
+        row(&live).contains("kernel cut off after"),
+        "the page following the events shows the machine failing: {live}"
+    );
     // An opened row shows the machine's timeline: every step with its time, and the failure.
     let detail = opened
         .split("<tr ")
@@ -590,10 +615,7 @@ fn a_machines_missing_file_and_cut_off_download_are_its_failures() {
         dom.contains("failed: 1"),
         "counts per phase at the top: {dom}"
     );
-    let row = dom
-        .split("<tr ")
-        .find(|r| r.contains(VICTIM))
-        .unwrap_or_else(|| panic!("no row for the machine: {dom}"));
+    let row = row(&dom);
     assert!(
         row.contains("failed at kernel") && row.contains("kernel cut off after"),
         "{row}"

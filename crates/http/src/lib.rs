@@ -346,7 +346,23 @@ pub enum Reply {
         name: String,
         upstream: Arc<dyn Upstream>,
     },
+    /// Server-sent events (`text/event-stream`) for as long as the client reads them and the
+    /// server runs: a page's live view.
+    Events(Arc<dyn Events>),
 }
+
+/// What a stream of server-sent events sends ([`Reply::Events`]): asked every
+/// [`EVENT_TICK`], on a thread where it may take a while.
+pub trait Events: Send + Sync {
+    /// The event after the one with id `seen` (0 before the first): its id (not 0) and its
+    /// data, one line; `None` while there is nothing new.
+    fn next(&self, seen: u64) -> Option<(u64, Arc<[u8]>)>;
+}
+
+/// How often an event stream asks for its next event.
+pub const EVENT_TICK: Duration = Duration::from_secs(1);
+/// A stream with nothing new sends a comment this often, so a client gone away is noticed.
+const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -360,6 +376,7 @@ impl std::fmt::Debug for Reply {
             Reply::Proxy { name, upstream } => {
                 write!(f, "Proxy({name}, {})", upstream.describe())
             }
+            Reply::Events(_) => f.write_str("Events"),
         }
     }
 }
@@ -562,6 +579,45 @@ impl Progress<'_> {
     }
 }
 
+/// Sends `source`'s events until the client goes or the server stops; the connection closes
+/// after.
+async fn send_events(
+    stream: &mut TcpStream,
+    source: Arc<dyn Events>,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let header = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    write_all(stream, header.as_bytes()).await?;
+    let (mut seen, mut quiet) = (0, Instant::now());
+    loop {
+        let s = source.clone();
+        let next = tokio::task::spawn_blocking(move || s.next(seen))
+            .await
+            .ok()
+            .flatten();
+        match next {
+            Some((id, data)) => {
+                seen = id;
+                let mut event = format!("id: {id}\ndata: ").into_bytes();
+                // One line: a newline in it would end the data early.
+                event.extend(data.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+                event.extend_from_slice(b"\n\n");
+                write_all(stream, &event).await?;
+                quiet = Instant::now();
+            }
+            None if quiet.elapsed() >= EVENT_KEEPALIVE => {
+                write_all(stream, b": nothing new\n\n").await?;
+                quiet = Instant::now();
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(EVENT_TICK) => {}
+        }
+    }
+}
+
 fn status_text(code: u16) -> &'static str {
     match code {
         200 => "OK",
@@ -645,6 +701,7 @@ async fn connection<R: Router>(
             keep_alive,
             pace: Pace::new(&limits),
             observer: &*observer,
+            cancel: &cancel,
         };
         match respond(&mut stream, &head, &*router, exchange).await {
             Ok(()) if keep_alive => continue,
@@ -665,6 +722,8 @@ struct Exchange<'a> {
     keep_alive: bool,
     pace: Pace,
     observer: &'a dyn Observer,
+    /// The server is stopping: a stream of events ends.
+    cancel: &'a CancellationToken,
 }
 
 async fn respond<R: Router>(
@@ -679,6 +738,7 @@ async fn respond<R: Router>(
         keep_alive,
         mut pace,
         observer,
+        cancel,
     } = exchange;
     let pace = &mut pace;
     let is_head = head.method == "HEAD";
@@ -731,6 +791,15 @@ async fn respond<R: Router>(
         Reply::Later(_) => {
             tracing::error!(client = %peer, path = %router.shown(&path), "http: an answer made later gave another later one");
             return write_all(stream, &simple(500, false, "")).await;
+        }
+        Reply::Events(source) if !is_head => {
+            tracing::debug!(client = %peer, path = %router.shown(&path), "http: event stream");
+            return send_events(stream, source, cancel).await;
+        }
+        Reply::Events(_) => {
+            let header =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+            return write_all(stream, header.as_bytes()).await;
         }
         Reply::Proxy { name, upstream } => {
             let started = Instant::now();
@@ -1089,6 +1158,29 @@ mod tests {
         assert_eq!(percent_decode("/a%2Fb").as_deref(), Some("/a/b"));
     }
 
+    /// `router` served on 127.0.0.1 by `rt` on a thread of its own: its address, what stops
+    /// it, and the thread.
+    fn serving<R: Router>(
+        rt: tokio::runtime::Runtime,
+        router: R,
+    ) -> (SocketAddr, CancellationToken, std::thread::JoinHandle<()>) {
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let server = std::thread::spawn(move || {
+            rt.block_on(serve(
+                listener,
+                Arc::new(router),
+                Limits::default(),
+                Arc::new(Unobserved),
+                c,
+                Duration::from_secs(1),
+            ))
+        });
+        (addr, cancel, server)
+    }
+
     /// A reply that waits on the disk (an install callback's fsync) is made on a thread of its
     /// own: on a one-thread runtime, another client is answered meanwhile.
     #[test]
@@ -1110,20 +1202,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        let server = std::thread::spawn(move || {
-            rt.block_on(serve(
-                listener,
-                Arc::new(Slow),
-                Limits::default(),
-                Arc::new(Unobserved),
-                c,
-                Duration::from_secs(1),
-            ))
-        });
+        let (addr, cancel, server) = serving(rt, Slow);
         let get = move |path: &'static str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1143,6 +1222,56 @@ mod tests {
         );
         assert!(slow.join().unwrap().ends_with("slow"));
         cancel.cancel();
+        server.join().unwrap();
+    }
+
+    /// An event stream sends each new event once (its newlines folded into one data line),
+    /// nothing while nothing is new, and ends when the server stops.
+    #[test]
+    fn an_event_stream_sends_what_is_new_until_the_server_stops() {
+        use std::io::{Read as _, Write as _};
+        struct Counter;
+        impl Events for Counter {
+            fn next(&self, seen: u64) -> Option<(u64, Arc<[u8]>)> {
+                (seen < 2).then(|| (seen + 1, Arc::from(&b"{\"n\":\n1}"[..])))
+            }
+        }
+        impl Router for Counter {
+            fn route(&self, _: &Request<'_>) -> Reply {
+                Reply::Events(Arc::new(Counter))
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr, cancel, server) = serving(rt, Counter);
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\n\r\n").unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        });
+        std::thread::sleep(EVENT_TICK * 3 + Duration::from_millis(300));
+        let t = Instant::now();
+        cancel.cancel();
+        let out = reader.join().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the stream ended with the server"
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"),
+            "{out}"
+        );
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(
+            body,
+            "id: 1\ndata: {\"n\": 1}\n\nid: 2\ndata: {\"n\": 1}\n\n"
+        );
         server.join().unwrap();
     }
 

@@ -148,6 +148,7 @@ fn get(s: &Setup, path_query: &str, from: SocketAddr) -> Option<(u16, String)> {
             Some((200, String::from_utf8_lossy(&b).into_owned()))
         }
         Reply::Resource { .. } => Some((200, "<ranges>".into())),
+        Reply::Events(_) => Some((200, "<events>".into())),
         Reply::NotFound => Some((404, String::new())),
         Reply::Refused { code, .. } => Some((code, String::new())),
         Reply::Proxy { .. } | Reply::Later(_) => None,
@@ -170,6 +171,7 @@ fn admin_get(s: &Setup, path_query: &str) -> (u16, String) {
         hosts: Vec::new(),
         metrics: None,
         machines: Some(s.fleet.clone()),
+        live: Default::default(),
     };
     let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
     let req = Request {
