@@ -37,19 +37,25 @@
 #              boots, answers with anything of a machine's own given to the attacker, machines
 #              whose answer changed; then the same machines boot again with the attacker gone
 #
+#   PAGES      that fleet storm with 100 status pages open on the admin listener, following the
+#              machines as a browser does (server-sent events), and again with 100 pages that
+#              poll /api/machines every second (a page without event streams): whole-boot
+#              p50/p99 against the same storm with no page open, in the same run, and what the
+#              pages were sent
+#
 #   CLUSTER    replicas on etcd (Debian's etcd-server): a replica's start (its snapshot loaded)
 #              and RSS with 100,000 machine records in etcd against the same records in the file
 #              store, and how long an install written to etcd takes to show on a replica's
 #              /api/machines (the watch's lag), p50/p99 of 200
 #
-#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet|attack|cluster]...   (default: all nine)
+#   sudo bench/run.sh [dhcp|tftp|http|iso|oci|storm|fleet|attack|pages|cluster]...   (default: all ten)
 #   sudo DAYBREAK_BIN=/path/to/daybreak bench/run.sh dhcp          (another build of the server)
 #
 # Runs in two private network namespaces joined by a veth pair; nothing leaves them. Needs root.
 # Prints a table; the last column is Daybreak's figure divided by the reference's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet attack cluster)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(dhcp tftp http iso oci storm fleet attack pages cluster)
 
 bash scripts/install-deps.sh --bench
 cargo build --release -q -p daybreak -p daybreak-bench
@@ -494,6 +500,38 @@ if [[ " ${what[*]} " == *" fleet "* ]]; then
     "$(ratio "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$plain")")"
   row "  machines known / with a timeline / records on disk" "$known / $live / $records" "" ""
   row "  GET /api/machines ms (all its pages), RSS after MiB" "$api_ms, $rss" "" ""
+fi
+
+if [[ " ${what[*]} " == *" pages "* ]]; then
+  # The same fleet storm three times, each on a fresh server with the same files: no page open,
+  # 100 pages following the events, 100 pages polling.
+  declare -A seen got
+  for mode in none events poll; do
+    fleet_files
+    storm_server
+    if [ "$mode" != none ]; then
+      ip netns exec "$sns" "$lg" pages 127.0.0.1:8091 100 "$mode" > "$tmp/pages.out" & ppid=$!
+      sleep 2
+    fi
+    seen[$mode]=$(C "$lg" storm c0 10.79.0.2 1000 "$sizes" "$spid" 100 fleet); echo "storm, pages $mode: ${seen[$mode]}"
+    if [ "$mode" != none ]; then
+      kill -TERM "$ppid"; wait "$ppid" 2>/dev/null || true
+      got[$mode]=$(cat "$tmp/pages.out"); echo "pages: ${got[$mode]}"
+    fi
+    stop_all
+  done
+  for mode in events poll; do
+    r=${seen[$mode]}; n=${seen[none]}; p=${got[$mode]}
+    row "Pages: fleet storm with 100 pages open ($mode): failed machines" "$(field failed "$r")/$(field machines "$r")" "" ""
+    row "  whole boot p50 ms, with the pages vs none" "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$n")" \
+      "$(ratio "$(field boot_p50_ms "$r")" "$(field boot_p50_ms "$n")")"
+    row "  whole boot p99 ms, with the pages vs none" "$(field boot_p99_ms "$r")" "$(field boot_p99_ms "$n")" \
+      "$(ratio "$(field boot_p99_ms "$r")" "$(field boot_p99_ms "$n")")"
+    row "  peak RSS MiB, with the pages vs none" "$(( $(field peak_rss_kib "$r") / 1024 ))" "$(( $(field peak_rss_kib "$n") / 1024 ))" \
+      "$(ratio "$(field peak_rss_kib "$r")" "$(field peak_rss_kib "$n")")"
+    row "  the pages: updates / MiB received / errors, in $(field seconds "$p") s" \
+      "$(field updates "$p") / $(( $(field bytes "$p") / 1048576 )) / $(field errors "$p")" "" ""
+  done
 fi
 
 if [[ " ${what[*]} " == *" attack "* ]]; then

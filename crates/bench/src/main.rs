@@ -11,6 +11,7 @@
 //!   daybreak-bench etcd-seed ETCD PREFIX N
 //!   daybreak-bench etcd-lag ETCD PREFIX ADMIN N
 //!   daybreak-bench cluster-storm IFACE N EFI,KERNEL,INITRD,ROOTFS PIDS REPLICAS FIRST RAMP KILLS
+//!   daybreak-bench pages ADMIN N events|poll
 //!
 //! Loads are bounded in count and time and only target the address given (loopback or a test
 //! namespace).
@@ -27,6 +28,7 @@ use pxe::message::{Message, MessageType};
 mod burst;
 mod cluster;
 mod etcd;
+mod pages;
 mod storm;
 
 fn main() -> Result<()> {
@@ -127,6 +129,9 @@ fn main() -> Result<()> {
             args[3].parse()?,
             args[4].parse()?,
         ),
+        Some("pages") if args.len() == 4 => {
+            pages::pages(args[1].parse()?, args[2].parse()?, &args[3])
+        }
         _ => bail!("usage: see the module docs of crates/bench/src/main.rs"),
     }
 }
