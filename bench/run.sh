@@ -114,7 +114,7 @@ add_machines() { # count
       $((100 + i / 250)) $((i % 250 + 1)) $((i / 256)) $((i % 256))
   done | ip -n "$sns" -batch -
 }
-if [[ " ${what[*]} " == *" fleet "* || " ${what[*]} " == *" attack "* ]]; then add_machines 1000; fi
+if [[ " ${what[*]} " == *" fleet "* || " ${what[*]} " == *" attack "* || " ${what[*]} " == *" pages "* ]]; then add_machines 1000; fi
 
 wait_port() { # ns proto port
   for _ in $(seq 1 100); do ip netns exec "$1" ss -ln"$2" | grep -q ":$3 " && return 0; sleep 0.05; done

@@ -9,6 +9,7 @@
 //! an answer is built from a snapshot of one page, whatever the fleet's size, and the
 //! listener holds few connections, so what the admin surface costs is bounded.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -210,17 +211,123 @@ pub struct AdminRoutes {
     pub live: Live,
 }
 
-/// `/api/machines`'s first page as every open page's event stream sends it: made at most once
-/// a second whatever the number of pages, and sent to a page only when it changed. A page
-/// costs the server a write when something changed, not a list of the machines a second.
+/// The machines as every open page's event stream sends them, made once a second for all of
+/// them ([`Rounds`]). A page is sent, after the whole list at first, only the machines whose rows
+/// changed since the round it saw, and those gone: a page of 5,000 idle machines costs nothing, a
+/// storm what its machines change.
 #[derive(Clone, Default)]
-pub struct Live(Arc<Mutex<Option<Made>>>);
+pub struct Live(Arc<Mutex<Rounds>>);
 
-/// A list made: the second it was made in, its id (a hash of it), and its bytes.
-struct Made {
+/// Machines gone remembered for the pages that have not seen them go; a page further behind
+/// gets the whole list again.
+const GONE_KEPT: usize = 16_384;
+
+/// The list of machines as rounds of change: each machine's row (JSON) with the round it last
+/// changed in, the machines gone with the round they went in, and the rest of the list.
+#[derive(Default)]
+pub struct Rounds {
+    /// The second the list was last made in, and its round (0: not made yet).
     second: u64,
-    id: u64,
-    json: Arc<[u8]>,
+    round: u64,
+    rows: HashMap<String, (Arc<str>, u64)>,
+    gone: VecDeque<(String, u64)>,
+    /// Rounds up to this one may have lost machines gone (past [`GONE_KEPT`]).
+    forgot: u64,
+    /// `"total":N` and the replicas, as members of the event's object.
+    rest: String,
+    /// The event for a page that saw the round before, and for a page that saw none, once made.
+    delta: Option<(u64, Arc<[u8]>)>,
+    full: Option<(u64, Arc<[u8]>)>,
+}
+
+impl Rounds {
+    /// Makes the list again from `json` (`/api/machines`'s first page); a new round when
+    /// anything in it changed.
+    fn update(&mut self, json: &[u8]) {
+        let Ok(serde_json::Value::Object(mut list)) = serde_json::from_slice(json) else {
+            return;
+        };
+        let machines = match list.remove("machines") {
+            Some(serde_json::Value::Array(m)) => m,
+            _ => Vec::new(),
+        };
+        list.remove("offset");
+        let rest = serde_json::to_string(&list).unwrap_or_default();
+        let rest = rest
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .unwrap_or("")
+            .to_string();
+        let next = self.round + 1;
+        let mut changed = rest != self.rest;
+        self.rest = rest;
+        let mut present = HashSet::with_capacity(machines.len());
+        for m in machines {
+            let Some(mac) = m.get("mac").and_then(|v| v.as_str()).map(str::to_string) else {
+                continue;
+            };
+            let row: Arc<str> = serde_json::to_string(&m).unwrap_or_default().into();
+            present.insert(mac.clone());
+            match self.rows.get_mut(&mac) {
+                Some((old, _)) if *old == row => {}
+                _ => {
+                    self.rows.insert(mac, (row, next));
+                    changed = true;
+                }
+            }
+        }
+        let before = self.rows.len();
+        let gone: Vec<String> = self
+            .rows
+            .keys()
+            .filter(|m| !present.contains(*m))
+            .cloned()
+            .collect();
+        for mac in gone {
+            self.rows.remove(&mac);
+            self.gone.push_back((mac, next));
+        }
+        changed |= self.rows.len() != before;
+        while self.gone.len() > GONE_KEPT {
+            if let Some((_, r)) = self.gone.pop_front() {
+                self.forgot = self.forgot.max(r);
+            }
+        }
+        if changed || self.round == 0 {
+            self.round = next;
+        }
+    }
+
+    /// The event for a page that saw round `seen` (0: none): everything, or what changed since.
+    fn event(&self, seen: u64) -> Arc<[u8]> {
+        let full = seen == 0 || seen <= self.forgot;
+        let mut e = format!("{{\"round\":{},\"full\":{full},", self.round);
+        if !self.rest.is_empty() {
+            e.push_str(&self.rest);
+            e.push(',');
+        }
+        e.push_str("\"machines\":[");
+        let mut first = true;
+        for (row, _) in self.rows.values().filter(|(_, r)| full || *r > seen) {
+            if !first {
+                e.push(',');
+            }
+            first = false;
+            e.push_str(row);
+        }
+        e.push_str("],\"gone\":[");
+        if !full {
+            let gone = self.gone.iter().filter(|(_, r)| *r > seen);
+            for (i, (mac, _)) in gone.enumerate() {
+                if i > 0 {
+                    e.push(',');
+                }
+                e.push_str(&serde_json::to_string(mac).unwrap_or_default());
+            }
+        }
+        e.push_str("]}");
+        e.into_bytes().into()
+    }
 }
 
 /// One page's stream of the machines.
@@ -234,16 +341,32 @@ impl http::Events for Stream {
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut made = self.live.0.lock().unwrap_or_else(|e| e.into_inner());
-        if made.as_ref().is_none_or(|m| m.second != second) {
-            let json: Arc<[u8]> = self.machines.list_json(0, MAX_PAGE).into();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&*json, &mut h);
-            let id = std::hash::Hasher::finish(&h).max(1);
-            *made = Some(Made { second, id, json });
+        let mut r = self.live.0.lock().unwrap_or_else(|e| e.into_inner());
+        if r.round == 0 || r.second != second {
+            let json = self.machines.list_json(0, MAX_PAGE);
+            r.second = second;
+            r.update(&json);
         }
-        let m = made.as_ref()?;
-        (m.id != seen).then(|| (m.id, m.json.clone()))
+        if seen == r.round {
+            return None;
+        }
+        let round = r.round;
+        // Most pages saw the round before, or none: those events are made once for all.
+        let cached = match seen {
+            0 => r.full.as_ref(),
+            s if s + 1 == round && s > r.forgot => r.delta.as_ref(),
+            _ => None,
+        };
+        if let Some((_, e)) = cached.filter(|(at, _)| *at == round) {
+            return Some((round, e.clone()));
+        }
+        let e = r.event(seen);
+        match seen {
+            0 => r.full = Some((round, e.clone())),
+            s if s + 1 == round && s > r.forgot => r.delta = Some((round, e.clone())),
+            _ => {}
+        }
+        Some((round, e))
     }
 }
 
@@ -395,6 +518,61 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list as `/api/machines` gives it, of machines `(mac, phase)`.
+    fn list(machines: &[(&str, &str)]) -> Vec<u8> {
+        let rows: Vec<String> = machines
+            .iter()
+            .map(|(m, p)| format!(r#"{{"mac":"{m}","phase":"{p}"}}"#))
+            .collect();
+        format!(
+            r#"{{"total":{},"offset":0,"machines":[{}]}}"#,
+            machines.len(),
+            rows.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn event(r: &Rounds, seen: u64) -> serde_json::Value {
+        serde_json::from_slice(&r.event(seen)).unwrap()
+    }
+
+    #[test]
+    fn pages_are_sent_what_changed_since_the_round_they_saw() {
+        let mut r = Rounds::default();
+        r.update(&list(&[("a", "seen"), ("b", "kernel")]));
+        assert_eq!(r.round, 1);
+        let full = event(&r, 0);
+        assert_eq!(full["full"], true);
+        assert_eq!(full["machines"].as_array().unwrap().len(), 2);
+        // The same list again: no new round.
+        r.update(&list(&[("b", "kernel"), ("a", "seen")]));
+        assert_eq!(r.round, 1);
+        // One machine moves on, one goes, one comes.
+        r.update(&list(&[("b", "rootfs"), ("c", "offered")]));
+        assert_eq!(r.round, 2);
+        let delta = event(&r, 1);
+        assert_eq!(delta["full"], false);
+        assert_eq!(delta["total"], 2);
+        let macs: HashSet<&str> = delta["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mac"].as_str().unwrap())
+            .collect();
+        assert_eq!(macs, HashSet::from(["b", "c"]));
+        assert_eq!(delta["gone"], serde_json::json!(["a"]));
+        // A page that saw round 2 gets nothing new from round 3's change of b only.
+        r.update(&list(&[("b", "config"), ("c", "offered")]));
+        assert_eq!(event(&r, 2)["machines"].as_array().unwrap().len(), 1);
+        assert_eq!(event(&r, 2)["gone"], serde_json::json!([]));
+        // Garbage makes no round.
+        r.update(b"not json");
+        assert_eq!(r.round, 3);
+        // Past what is remembered of the gone, a page behind gets everything.
+        r.forgot = 2;
+        assert_eq!(event(&r, 2)["full"], true);
+    }
 
     fn routes(token: Option<&str>) -> AdminRoutes {
         AdminRoutes {

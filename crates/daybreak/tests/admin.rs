@@ -218,8 +218,18 @@ fn open_pages_follow_the_machines_by_server_sent_events() {
         data.len() >= 2 && data.len() <= 3,
         "the list at once and when it changed, not every second: {events}"
     );
-    assert!(data[0].contains("52:54:00:00:00:02"), "{events}");
-    assert!(data.last().unwrap().contains(r#""total":0"#), "{events}");
+    assert!(
+        data[0].contains(r#""full":true"#) && data[0].contains("52:54:00:00:00:02"),
+        "{events}"
+    );
+    // Then only what changed: the machine gone, no list.
+    let last = data.last().unwrap();
+    assert!(
+        last.contains(r#""full":false"#)
+            && last.contains(r#""total":0"#)
+            && last.contains(r#""machines":[],"gone":["52:54:00:00:00:02"]"#),
+        "{events}"
+    );
     assert!(
         data.windows(2).all(|w| w[0] != w[1]),
         "the same list twice: {events}"

@@ -598,11 +598,20 @@ async fn send_events(
         match next {
             Some((id, data)) => {
                 seen = id;
-                let mut event = format!("id: {id}\ndata: ").into_bytes();
-                // One line: a newline in it would end the data early.
-                event.extend(data.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
-                event.extend_from_slice(b"\n\n");
-                write_all(stream, &event).await?;
+                write_all(stream, format!("id: {id}\ndata: ").as_bytes()).await?;
+                // One line: a newline in it would end the data early. The data is shared by
+                // every stream: written as it is, not copied, when it is one line already.
+                match data.contains(&b'\n') {
+                    false => write_all(stream, &data).await?,
+                    true => {
+                        let line: Vec<u8> = data
+                            .iter()
+                            .map(|&b| if b == b'\n' { b' ' } else { b })
+                            .collect();
+                        write_all(stream, &line).await?
+                    }
+                }
+                write_all(stream, b"\n\n").await?;
                 quiet = Instant::now();
             }
             None if quiet.elapsed() >= EVENT_KEEPALIVE => {
