@@ -212,11 +212,66 @@ pub struct AdminRoutes {
 }
 
 /// The machines as every open page's event stream sends them, made once a second for all of
-/// them ([`Rounds`]). A page is sent, after the whole list at first, only the machines whose rows
-/// changed since the round it saw, and those gone: a page of 5,000 idle machines costs nothing, a
-/// storm what its machines change.
+/// them ([`Rounds`]) by one thread that runs while pages are open. A page is sent, after the whole
+/// list at first, only the machines whose rows changed since the round it saw, and those gone: a
+/// page of 5,000 idle machines costs nothing, a storm what its machines change. A page never
+/// waits on the making: it takes the round made last.
 #[derive(Clone, Default)]
-pub struct Live(Arc<Mutex<Rounds>>);
+pub struct Live(Arc<LiveInner>);
+
+#[derive(Default)]
+pub struct LiveInner {
+    rounds: Mutex<Rounds>,
+    /// Pages open now; the maker stops when none is.
+    pages: std::sync::atomic::AtomicUsize,
+    /// Whether the maker runs.
+    making: std::sync::atomic::AtomicBool,
+}
+
+impl Live {
+    /// A page's stream of `machines`, the maker started when it is the first.
+    fn open(&self, machines: &Arc<dyn Machines>) -> Stream {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.pages.fetch_add(1, SeqCst);
+        if !self.0.making.swap(true, SeqCst) {
+            let (live, machines) = (self.clone(), machines.clone());
+            let started = std::thread::Builder::new()
+                .name("admin-pages".into())
+                .spawn(move || live.make(&*machines));
+            if started.is_err() {
+                self.0.making.store(false, SeqCst);
+            }
+        }
+        Stream { live: self.clone() }
+    }
+
+    /// Makes a round a second while pages are open.
+    fn make(&self, machines: &dyn Machines) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let json = machines.list_json(0, MAX_PAGE);
+            let made = Rounds::rows_of(&json);
+            if let Some(made) = made {
+                self.0
+                    .rounds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(made);
+            }
+            std::thread::sleep(http::EVENT_TICK);
+            if self.0.pages.load(SeqCst) == 0 {
+                self.0.making.store(false, SeqCst);
+                // A page that opened meanwhile saw the maker running: make for it.
+                if self.0.pages.load(SeqCst) == 0 || self.0.making.swap(true, SeqCst) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A list made: the rest of it (as members of an object), and each machine's row by MAC.
+type Made = (String, Vec<(String, Arc<str>)>);
 
 /// Machines gone remembered for the pages that have not seen them go; a page further behind
 /// gets the whole list again.
@@ -226,8 +281,7 @@ const GONE_KEPT: usize = 16_384;
 /// changed in, the machines gone with the round they went in, and the rest of the list.
 #[derive(Default)]
 pub struct Rounds {
-    /// The second the list was last made in, and its round (0: not made yet).
-    second: u64,
+    /// The round last made (0: none yet).
     round: u64,
     rows: HashMap<String, (Arc<str>, u64)>,
     gone: VecDeque<(String, u64)>,
@@ -241,11 +295,11 @@ pub struct Rounds {
 }
 
 impl Rounds {
-    /// Makes the list again from `json` (`/api/machines`'s first page); a new round when
-    /// anything in it changed.
-    fn update(&mut self, json: &[u8]) {
-        let Ok(serde_json::Value::Object(mut list)) = serde_json::from_slice(json) else {
-            return;
+    /// `/api/machines`'s first page as rows by MAC (each serialized), and the rest of the
+    /// list (`"total":N` and the replicas, as members of an object); `None` if it is not one.
+    fn rows_of(json: &[u8]) -> Option<Made> {
+        let serde_json::Value::Object(mut list) = serde_json::from_slice(json).ok()? else {
+            return None;
         };
         let machines = match list.remove("machines") {
             Some(serde_json::Value::Array(m)) => m,
@@ -258,15 +312,24 @@ impl Rounds {
             .and_then(|r| r.strip_suffix('}'))
             .unwrap_or("")
             .to_string();
+        let rows = machines
+            .iter()
+            .filter_map(|m| {
+                let mac = m.get("mac")?.as_str()?.to_string();
+                Some((mac, serde_json::to_string(m).ok()?.into()))
+            })
+            .collect();
+        Some((rest, rows))
+    }
+
+    /// Takes in the list made again ([`Rounds::rows_of`]): a new round when anything in it
+    /// changed.
+    fn update(&mut self, (rest, machines): Made) {
         let next = self.round + 1;
         let mut changed = rest != self.rest;
         self.rest = rest;
         let mut present = HashSet::with_capacity(machines.len());
-        for m in machines {
-            let Some(mac) = m.get("mac").and_then(|v| v.as_str()).map(str::to_string) else {
-                continue;
-            };
-            let row: Arc<str> = serde_json::to_string(&m).unwrap_or_default().into();
+        for (mac, row) in machines {
             present.insert(mac.clone());
             match self.rows.get_mut(&mac) {
                 Some((old, _)) if *old == row => {}
@@ -332,38 +395,39 @@ impl Rounds {
 
 /// One page's stream of the machines.
 struct Stream {
-    machines: Arc<dyn Machines>,
     live: Live,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.live
+            .0
+            .pages
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl http::Events for Stream {
     fn next(&self, seen: u64) -> Option<(u64, Arc<[u8]>)> {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut r = self.live.0.lock().unwrap_or_else(|e| e.into_inner());
-        if r.round == 0 || r.second != second {
-            let json = self.machines.list_json(0, MAX_PAGE);
-            r.second = second;
-            r.update(&json);
-        }
-        if seen == r.round {
+        // Being remade: this page gets it next time.
+        let mut r = self.live.0.rounds.try_lock().ok()?;
+        if r.round == 0 || seen == r.round {
             return None;
         }
         let round = r.round;
         // Most pages saw the round before, or none: those events are made once for all.
+        let shared = seen == 0 || (seen + 1 == round && seen > r.forgot);
         let cached = match seen {
             0 => r.full.as_ref(),
-            s if s + 1 == round && s > r.forgot => r.delta.as_ref(),
-            _ => None,
+            _ => r.delta.as_ref(),
         };
-        if let Some((_, e)) = cached.filter(|(at, _)| *at == round) {
+        if let Some((_, e)) = cached.filter(|(at, _)| shared && *at == round) {
             return Some((round, e.clone()));
         }
         let e = r.event(seen);
-        match seen {
-            0 => r.full = Some((round, e.clone())),
-            s if s + 1 == round && s > r.forgot => r.delta = Some((round, e.clone())),
+        match (shared, seen) {
+            (true, 0) => r.full = Some((round, e.clone())),
+            (true, _) => r.delta = Some((round, e.clone())),
             _ => {}
         }
         Some((round, e))
@@ -426,10 +490,7 @@ impl AdminRoutes {
     fn machines(&self, req: &Request<'_>) -> Option<Reply> {
         let m = self.machines.as_ref()?;
         if req.path == EVENTS {
-            return Some(Reply::Events(Arc::new(Stream {
-                machines: m.clone(),
-                live: self.live.clone(),
-            })));
+            return Some(Reply::Events(Arc::new(self.live.open(m))));
         }
         if req.path == MACHINES {
             let num = |k| query_param(req.query, k).and_then(|v| v.parse::<usize>().ok());
@@ -540,16 +601,16 @@ mod tests {
     #[test]
     fn pages_are_sent_what_changed_since_the_round_they_saw() {
         let mut r = Rounds::default();
-        r.update(&list(&[("a", "seen"), ("b", "kernel")]));
+        r.update(Rounds::rows_of(&list(&[("a", "seen"), ("b", "kernel")])).unwrap());
         assert_eq!(r.round, 1);
         let full = event(&r, 0);
         assert_eq!(full["full"], true);
         assert_eq!(full["machines"].as_array().unwrap().len(), 2);
         // The same list again: no new round.
-        r.update(&list(&[("b", "kernel"), ("a", "seen")]));
+        r.update(Rounds::rows_of(&list(&[("b", "kernel"), ("a", "seen")])).unwrap());
         assert_eq!(r.round, 1);
         // One machine moves on, one goes, one comes.
-        r.update(&list(&[("b", "rootfs"), ("c", "offered")]));
+        r.update(Rounds::rows_of(&list(&[("b", "rootfs"), ("c", "offered")])).unwrap());
         assert_eq!(r.round, 2);
         let delta = event(&r, 1);
         assert_eq!(delta["full"], false);
@@ -563,11 +624,11 @@ mod tests {
         assert_eq!(macs, HashSet::from(["b", "c"]));
         assert_eq!(delta["gone"], serde_json::json!(["a"]));
         // A page that saw round 2 gets nothing new from round 3's change of b only.
-        r.update(&list(&[("b", "config"), ("c", "offered")]));
+        r.update(Rounds::rows_of(&list(&[("b", "config"), ("c", "offered")])).unwrap());
         assert_eq!(event(&r, 2)["machines"].as_array().unwrap().len(), 1);
         assert_eq!(event(&r, 2)["gone"], serde_json::json!([]));
-        // Garbage makes no round.
-        r.update(b"not json");
+        // Garbage is no list.
+        assert!(Rounds::rows_of(b"not json").is_none());
         assert_eq!(r.round, 3);
         // Past what is remembered of the gone, a page behind gets everything.
         r.forgot = 2;

@@ -352,7 +352,8 @@ pub enum Reply {
 }
 
 /// What a stream of server-sent events sends ([`Reply::Events`]): asked every
-/// [`EVENT_TICK`], on a thread where it may take a while.
+/// [`EVENT_TICK`], on the threads that answer every connection, so it must not wait (what takes
+/// time is made elsewhere, and taken when it is ready).
 pub trait Events: Send + Sync {
     /// The event after the one with id `seen` (0 before the first): its id (not 0) and its
     /// data, one line; `None` while there is nothing new.
@@ -590,12 +591,7 @@ async fn send_events(
     write_all(stream, header.as_bytes()).await?;
     let (mut seen, mut quiet) = (0, Instant::now());
     loop {
-        let s = source.clone();
-        let next = tokio::task::spawn_blocking(move || s.next(seen))
-            .await
-            .ok()
-            .flatten();
-        match next {
+        match source.next(seen) {
             Some((id, data)) => {
                 seen = id;
                 write_all(stream, format!("id: {id}\ndata: ").as_bytes()).await?;
