@@ -9,7 +9,8 @@ set -euo pipefail
 need=(dnsmasq-base ovmf busybox-static atftp curl cpio iproute2 xz-utils ipxe-qemu xorriso squashfs-tools g++
       docker-registry skopeo apache2-utils openssl xfsprogs podman runc systemd util-linux prometheus
       chromium fonts-dejavu-core qemu-efi-aarch64 isc-dhcp-relay kea-dhcp4-server tcpdump
-      etcd-server etcd-client protobuf-compiler libprotobuf-dev iptables)
+      etcd-server etcd-client protobuf-compiler libprotobuf-dev iptables
+      dracut-core dracut-network dracut-live)
 [ "${1:-}" = "--bench" ] && need+=(nginx-light umoci)
 
 missing=()

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pixiecore;
 pub mod plan;
 pub mod render;
+pub mod report_initrd;
 pub mod routes;
 pub mod serve;
 pub mod shared_builds;

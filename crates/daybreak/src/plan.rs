@@ -161,6 +161,8 @@ pub struct Own<'a> {
     pub cmdline: Option<&'a str>,
     /// The machine's own cloud-config URL, in place of the plan's.
     pub config_url: Option<String>,
+    /// The machine's own report URL, and when its boot gets the report initrd to use it.
+    pub report: Option<(String, crate::report_initrd::When)>,
 }
 
 pub struct Plan {
@@ -518,14 +520,23 @@ impl Plan {
     /// What machine `mac` boots from this plan, its URLs under `base`, with `own`'s
     /// differences.
     pub fn spec(&self, base: &str, mac: Option<Mac>, own: &Own) -> BootSpec {
+        let mut initrds: Vec<(String, String)> = self
+            .initrds
+            .iter()
+            .map(|f| (f.name.clone(), self.file_url(base, &f.name)))
+            .collect();
+        let mut cmdline = self.render_cmdline(base, false, own);
+        if let Some((url, when)) = &own.report {
+            if when.with(&cmdline) {
+                use crate::report_initrd::{ARG, NAME, PATH};
+                initrds.push((NAME.into(), format!("{base}{PATH}")));
+                cmdline.push_str(&format!(" {ARG}={url}"));
+            }
+        }
         BootSpec {
             kernel: self.file_url(base, &self.kernel.name),
-            initrds: self
-                .initrds
-                .iter()
-                .map(|f| (f.name.clone(), self.file_url(base, &f.name)))
-                .collect(),
-            cmdline: self.render_cmdline(base, false, own),
+            initrds,
+            cmdline,
             ready: mac.map(|m| format!("{base}{}?mac={m}", routes::BOOTING)),
         }
     }

@@ -216,6 +216,13 @@ impl Router for BootRoutes {
             routes::SCRIPT | routes::SCRIPT_ALIAS => return self.script(req),
             routes::BOOTING => return self.booting(req),
             routes::IPXE_ISO => return iso_reply(&self.http.base(req.local)),
+            crate::report_initrd::PATH => {
+                return Reply::memory(
+                    crate::report_initrd::NAME,
+                    "application/octet-stream",
+                    crate::report_initrd::cpio(),
+                )
+            }
             routes::FILE => {
                 return query_param(req.query, "name")
                     .and_then(|n| self.booter.file(&n))

@@ -301,3 +301,54 @@ fn uefi_ipxe_download_timing_out_is_the_machines_failure() {
         );
     }
 }
+
+/// A live boot as Kairos's is made (tests/e2e/build-dracut.sh: Debian's kernel, a dracut initrd
+/// with its network, livenet and dmsquash-live modules, a squashfs root), in mode `mode` of
+/// tests/e2e/dracut.sh.
+fn dracut_boot(mode: &str) {
+    let tools = [
+        "qemu-system-x86_64",
+        "dnsmasq",
+        "ip",
+        "curl",
+        "flock",
+        "dracut",
+        "mksquashfs",
+        "depmod",
+        "iptables",
+        "chromium",
+    ];
+    if !require(true, &tools) {
+        return;
+    }
+    let root = workspace_root();
+    let dir = root.join("target/e2e-dracut");
+    let built = Command::new("bash")
+        .arg(root.join("tests/e2e/build-dracut.sh"))
+        .arg(&dir)
+        .status()
+        .expect("run build-dracut.sh");
+    assert!(built.success(), "building the dracut live boot failed");
+    let out = root.join("target/e2e-artifacts");
+    run_e2e(
+        "dracut.sh",
+        &[mode, BIN, &dir.to_string_lossy(), &out.to_string_lossy()],
+        "E2E-PASS",
+    );
+}
+
+/// SeaBIOS's iPXE boots a dracut live root with the report initrd appended: the machine's
+/// timeline shows every stage in order, from the DHCP offer through the kernel, the initrd's
+/// network, the root fetched and mounted, to "switching root" (screenshot of its open row in
+/// target/e2e-artifacts/dracut-timeline.png).
+#[test]
+fn a_dracut_live_boot_reports_every_stage_up_to_switching_root() {
+    dracut_boot("reports");
+}
+
+/// The same boot with every report dropped on the way: the hooks never block, the machine
+/// reaches its root all the same.
+#[test]
+fn a_dracut_live_boot_whose_reports_go_unheard_still_reaches_its_root() {
+    dracut_boot("unheard");
+}

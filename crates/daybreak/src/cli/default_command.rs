@@ -30,13 +30,14 @@ pub fn prepare(
 ) -> anyhow::Result<Option<ServeOptions>> {
     let root = config::merge(config_file, sets, set_files)?;
     let s = Settings::from_map(&root)?;
-    let stall_after = admin.stall_after;
+    let (stall_after, report_initrd) = (admin.stall_after, admin.report_initrd);
     let admin = super::serve::AdminArgs {
         admin_listen: admin.admin_listen.or(s.admin_listen.clone()),
         admin_token_file: admin.admin_token_file.or(s.admin_token_file.clone()),
         admin_host: admin.admin_host,
         stall_after,
         no_syslog: admin.no_syslog,
+        report_initrd,
     }
     .options()?;
     let template = config::cloud_config_source(cloud_config, s.cloud_config.as_deref())?;
@@ -139,6 +140,7 @@ pub fn prepare(
             source: s.container_image.clone(),
             images,
             stall_after,
+            report_initrd,
         }),
         netboot: !s.disable_netboot,
         proxy_dhcp: s.proxy_dhcp,

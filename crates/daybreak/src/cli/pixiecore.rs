@@ -144,6 +144,7 @@ impl BootArgs {
             },
             source: None,
             stall_after: None,
+            report_initrd: Default::default(),
         });
         let mut o = self.server.options(PlanInput {
             kernel: Some(self.kernel),

@@ -155,6 +155,13 @@ pub struct AdminArgs {
     /// script's failed step is reported over HTTP either way.
     #[arg(long)]
     pub no_syslog: bool,
+    /// Whether machines with URLs of their own (profiles, a cloud-config template) get a small
+    /// extra initrd whose dracut hooks report "initrd network up", "root fetched", "root
+    /// mounted" and "switching root" to their timeline, in the background with short timeouts
+    /// (a server gone never fails or delays the boot). auto: when the kernel command line is
+    /// dracut's (root=live:, rd. options), as Kairos's is.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::report_initrd::When::Auto)]
+    pub report_initrd: crate::report_initrd::When,
 }
 
 fn parse_stall(s: &str) -> Result<std::time::Duration, String> {
@@ -269,6 +276,7 @@ impl ServeArgs {
             data: Default::default(),
             images,
             stall_after: self.admin.stall_after,
+            report_initrd: self.admin.report_initrd,
         };
         let admin = self.admin.options()?;
         let report = super::progress::reporter();

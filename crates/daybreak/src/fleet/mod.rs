@@ -78,6 +78,8 @@ pub struct FleetOptions {
     /// How long a step may wait for the next before its machine is shown stalled (default
     /// [`crate::timeline::STALL_AFTER`]).
     pub stall_after: Option<std::time::Duration>,
+    /// When boots get the report initrd ([`crate::report_initrd`]).
+    pub report_initrd: crate::report_initrd::When,
 }
 
 pub struct Fleet {
@@ -108,6 +110,8 @@ pub struct Fleet {
     not_added: Mutex<crate::bounded::LineBudget>,
     /// Told of installs, local boots and cloud-configs.
     events: Option<Arc<Hub>>,
+    /// When boots get the report initrd.
+    report_initrd: crate::report_initrd::When,
 }
 
 /// Puts the machines file `path` in the shared `store` for every replica, checked first.
@@ -236,6 +240,7 @@ impl Fleet {
             file: Mutex::new(file),
             shared_at: Mutex::default(),
             writes: Writes::spawn(store.clone())?,
+            report_initrd: opts.report_initrd,
             store,
             tokens,
             template: opts.template.clone(),
@@ -461,9 +466,14 @@ impl Fleet {
                 };
                 let size = plan.rootfs.as_ref().map_or(0, |r| r.size);
                 self.timelines.rootfs_total(mac, size);
+                let mut report = None;
                 let config_url = match b.config {
                     true => match self.grant(mac, profile.cloned(), remember) {
                         Some(nonce) => {
+                            // Its initrd's stages go to its own report URL, open as long as
+                            // its install callback is.
+                            let url = self.tokens.url(base, PersonalKind::Report, mac, &nonce);
+                            report = Some((url, self.report_initrd));
                             Some(self.tokens.url(base, PersonalKind::Config, mac, &nonce))
                         }
                         None => {
@@ -479,6 +489,7 @@ impl Fleet {
                 let own = Own {
                     cmdline: b.cmdline.as_deref(),
                     config_url,
+                    report,
                 };
                 Decision::Boot(plan.spec(base, Some(mac), &own))
             }

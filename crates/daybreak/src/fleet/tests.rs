@@ -99,6 +99,7 @@ fn open_in(
             images: images(),
             source: None,
             stall_after: None,
+            report_initrd: Default::default(),
         },
         plan,
         None,
@@ -240,9 +241,25 @@ fn each_machine_gets_its_profile_and_its_own_cloud_config() {
     // A: the default command line, its own config URL, distinct from B's.
     assert!(a.contains("rd.live.overlay.overlayfs"), "{a}");
     assert!(
-        b.contains("boot kernel initrd=initrd0 quiet console=ttyS0 root=live:"),
+        b.contains(
+            "boot kernel initrd=initrd0 initrd=daybreak-report quiet console=ttyS0 root=live:"
+        ),
         "{b}"
     );
+    // Its initrd's stages go to its own report URL, through the report initrd's hooks.
+    assert!(
+        b.contains("initrd --name daybreak-report http://10.0.0.1:8090/_/report-initrd.cpio || goto daybreak_failed\n"),
+        "{b}"
+    );
+    let report = b
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("daybreak.report=http://10.0.0.1:8090"))
+        .unwrap_or_else(|| panic!("no report URL: {b}"));
+    assert!(report.starts_with("/_/report/52540000000b-"), "{report}");
+    let (code, cpio) = get(&s, "/_/report-initrd.cpio", peer(11)).unwrap();
+    assert!(code == 200 && cpio.starts_with("070701"), "{cpio}");
+    let (code, _) = get(&s, &format!("{report}?stage=root%20fetched"), peer(11)).unwrap();
+    assert_eq!(code, 200);
     let (ca, cb) = (config_url(&a), config_url(&b));
     assert!(
         ca.starts_with("/_/config/52540000000a-") && ca != cb,
@@ -395,7 +412,7 @@ fn an_edited_machines_file_applies_at_the_next_boot_and_a_broken_edit_keeps_the_
     )
     .unwrap();
     s.fleet.refresh();
-    assert!(script(&s, A, 10).contains("initrd=initrd0 edited=1 root=live:"));
+    assert!(script(&s, A, 10).contains("initrd=initrd0 initrd=daybreak-report edited=1 root=live:"));
     std::fs::write(&file, "- mac: 52:54:00:00:00:0a\n  action: explode\n").unwrap();
     s.fleet.refresh();
     assert!(
@@ -628,6 +645,7 @@ fn machines_boot_a_kernel_of_their_own_architecture_or_are_told_why_not() {
             images: images(),
             source: None,
             stall_after: None,
+            report_initrd: Default::default(),
         },
         s.fleet.main.clone(),
         Some(pxe::CpuArch::Amd64),
