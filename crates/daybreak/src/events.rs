@@ -67,6 +67,8 @@ pub enum Step {
     LocalBoot,
     /// A line iPXE sent by syslog ([`crate::ipxe_says`]), not an error.
     Said { line: String },
+    /// ProxyDHCP did not answer the machine: nothing here boots its architecture.
+    NotOffered { client: pxe::Client, why: String },
     /// A request from another host named this machine; it was given nothing personal.
     Doubted { why: String },
     /// Something of this boot failed: a file not found or cut off, its loader's transfer, an
@@ -435,6 +437,18 @@ impl Hub {
                     step: Step::Lease,
                 }
             }
+            pxe::driver::Event::NoLoader(client) => BootEvent {
+                at,
+                mac: Some(client.mac),
+                peer: None,
+                step: Step::NotOffered {
+                    client,
+                    why: format!(
+                        "not answered: nothing here boots {} machines (no kernel for its architecture, so no loader; a kernel or image for it, or --ipxe-arm64, would be)",
+                        pxe::driver::firmware_label(&client)
+                    ),
+                },
+            },
             pxe::driver::Event::Answered(a) => {
                 if budget.admit(Instant::now()) {
                     a.log();

@@ -166,6 +166,10 @@ impl Metrics {
                 *m.failures.entry((kind, stage)).or_default() += 1;
                 10
             }
+            Step::NotOffered { .. } => {
+                *m.failures.entry(("no offer", "offer")).or_default() += 1;
+                10
+            }
             Step::Reported { .. } => 11,
             Step::Sending { .. } => 12,
             Step::Said { .. } => 13,

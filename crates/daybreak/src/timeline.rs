@@ -535,6 +535,17 @@ impl Timelines {
             }
             Step::Doubted { .. } => return,
             Step::Said { line } => What::Line(format!("iPXE: {line}")),
+            Step::NotOffered { client, why } => {
+                s.uuid = client.uuid.or(s.uuid);
+                s.arch = pxe::CpuArch::of(client.arch).or(s.arch);
+                s.failure = Some(Failure {
+                    kind: "no offer",
+                    stage: "offer",
+                    text: why.clone(),
+                    at: unix(e.at),
+                });
+                What::Line(format!("FAILED at offer (no offer): {why}"))
+            }
             Step::Failed { stage, kind, why } => {
                 s.failure = Some(Failure {
                     kind,
@@ -548,6 +559,7 @@ impl Timelines {
         let good = !matches!(
             e.step,
             Step::Failed { .. }
+                | Step::NotOffered { .. }
                 | Step::Lease
                 | Step::Loader { ok: false, .. }
                 | Step::Reported {
@@ -642,7 +654,8 @@ impl Timelines {
     ) -> View<'a> {
         let machine = machine_of(*m, seen);
         let profile = profiles.find(&machine);
-        let local = seen.filter(|s| s.phase != "seen");
+        // A machine only seen is shown as the store has it, unless something of it failed.
+        let local = seen.filter(|s| s.phase != "seen" || s.failure.is_some());
         // Whichever replica saw its latest step tells where its boot is.
         let other = latest_other(others, local.map(|s| unix_ms(s.last)));
         let (phase, failure, last_good, stalled) = match (local, other) {

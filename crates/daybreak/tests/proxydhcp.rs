@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{in_netns, ip, require, tempdir, veth_pair, Daybreak, Netns};
+use common::{in_netns, ip, output_within, require, tempdir, veth_pair, Daybreak, Netns};
 use pxe::message::{Message, MessageType};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x78, 0x00, 0x10];
@@ -405,4 +405,90 @@ fn a_flood_of_offers_logs_at_most_5000_lines_a_second_and_counts_the_rest() {
         lines <= 5_000 * seconds,
         "{lines} offer lines in {seconds} s"
     );
+}
+
+/// A machine nothing here boots (an arm64 PXE client, the server holding an x86-64 kernel) gets
+/// no offer, and its timeline says why: `/api/machines/MAC` has it failed at the offer, and the
+/// page in headless Chromium shows it among the failing ones with the reason.
+#[test]
+fn a_machine_of_an_architecture_nothing_here_boots_is_told_why_it_got_no_offer() {
+    if !require(true, &["ip", "curl", "chromium"]) {
+        return;
+    }
+    let (cns, sns, _guards) = veth_pair("arch", "10.78.9.10/24", &["10.78.9.2/24"]);
+    let dir = tempdir("proxydhcp-arch");
+    // An x86-64 bzImage as far as its header goes ("HdrS" at 0x202, 64-bit entry).
+    let mut kernel = vec![0u8; 4096];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    kernel[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    kernel[0x236..0x238].copy_from_slice(&0x0001u16.to_le_bytes());
+    std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let d = dir.clone();
+    let server = in_netns(&sns, move || {
+        Daybreak::start(&["serve", "--kernel", "vmlinuz", "--state-dir", &state], &d)
+    });
+    let arm64 = vec![
+        (60, b"PXEClient:Arch:00011:UNDI:003000".to_vec()),
+        (93, vec![0, 11]),
+        (94, vec![1, 3, 0]),
+    ];
+    in_netns(&cns, move || {
+        let sock = udp(68);
+        let discover = request(
+            MessageType::Discover,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            arm64,
+        );
+        sock.send_to(&discover, (Ipv4Addr::BROADCAST, 67)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1500];
+        assert!(sock.recv_from(&mut buf).is_err(), "an offer came");
+    });
+    let mac = "52:54:00:78:00:10";
+    let api = format!("{}/api/machines/{mac}", server.admin());
+    let page = server.admin();
+    let home = dir.join("chrome");
+    let (shown, dom) = in_netns(&sns, move || {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let shown = loop {
+            let o = output_within(
+                std::process::Command::new("curl").args(["-s", "--max-time", "5", &api]),
+                Duration::from_secs(10),
+            );
+            let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+            if shown.contains("no offer") || std::time::Instant::now() > until {
+                break shown;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut c = std::process::Command::new("chromium");
+        c.env("HOME", &home)
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .args(["--disable-dev-shm-usage", "--no-first-run"])
+            .arg(format!("--user-data-dir={}", home.display()))
+            .args(["--virtual-time-budget=4000", "--dump-dom"])
+            .arg(format!("{page}/"));
+        let dom = output_within(&mut c, Duration::from_secs(60));
+        (shown, String::from_utf8_lossy(&dom.stdout).into_owned())
+    });
+    assert!(
+        shown.contains(r#""phase":"failed""#)
+            && shown.contains(r#""stage":"offer""#)
+            && shown.contains(r#""kind":"no offer""#)
+            && shown.contains("nothing here boots UEFI arm64")
+            && !shown.contains(r#""phase":"installed""#),
+        "{shown}"
+    );
+    let row = dom
+        .split("<tr ")
+        .find(|r| r.contains(mac))
+        .unwrap_or_else(|| panic!("no row for the machine: {dom}"));
+    assert!(
+        row.contains("failed at offer") && row.contains("nothing here boots"),
+        "{row}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -159,6 +159,9 @@ pub enum Event {
         mac: crate::Mac,
         ip: Ipv4Addr,
     },
+    /// A PXE client got no offer because nothing here boots its architecture (no loader for
+    /// it): its machine is told why on its timeline.
+    NoLoader(crate::Client),
 }
 
 /// Where [`Event`]s go, each moved there after its reply left. Called on the DHCP path: it
@@ -246,7 +249,14 @@ impl One<'_> {
         }
         let mut t = match handled.outcome {
             Ok(t) => t,
-            Err(why) => return note_dropped(&why, port_name, &datagram, stats),
+            Err(why) => {
+                if let (Dropped::Ignored(Ignored::NoBootFile(client)), Some(sink)) =
+                    (&why, &config.events)
+                {
+                    (sink.0)(Event::NoLoader(*client));
+                }
+                return note_dropped(&why, port_name, &datagram, stats);
+            }
         };
         if let Some(allow) = &config.allow {
             let allowed = (allow.0)(&t.reply.client);
@@ -316,10 +326,10 @@ fn note_dropped(why: &Dropped, port_name: &str, d: &Datagram<'_>, stats: &Stats)
                 "request on an interface with no IPv4 address; ignored"
             );
         }
-        Dropped::Ignored(Ignored::NoBootFile(arch)) => {
+        Dropped::Ignored(Ignored::NoBootFile(client)) => {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                arch = arch.name(),
+                arch = client.arch.name(),
                 from = %d.source,
                 "no iPXE binary for this architecture; not answering (see --ipxe-arm64)"
             );
@@ -389,7 +399,13 @@ mod tests {
             Dropped::Ignored(Ignored::NotPxe),
             Dropped::Ignored(Ignored::NotEthernet),
             Dropped::Ignored(Ignored::UnknownArch(99)),
-            Dropped::Ignored(Ignored::NoBootFile(crate::Arch::EfiArm64)),
+            Dropped::Ignored(Ignored::NoBootFile(crate::Client {
+                arch: crate::Arch::EfiArm64,
+                arch_code: 11,
+                firmware: crate::Firmware::Pxe,
+                mac: crate::Mac::from([2, 0, 0, 0, 0, 1]),
+                uuid: None,
+            })),
             Dropped::Ignored(Ignored::BadRelay(Ipv4Addr::LOCALHOST)),
             Dropped::Ignored(Ignored::BadSource),
         ];

@@ -302,8 +302,8 @@ pub enum Ignored {
     NotEthernet,
     /// An option 93 value we do not know.
     UnknownArch(u16),
-    /// We have no boot file for this architecture.
-    NoBootFile(Arch),
+    /// We have no boot file for this architecture: the machine, as it asked.
+    NoBootFile(Client),
     /// A relay address (giaddr) no relay agent can have: 0.0.0.0/8, loopback, multicast,
     /// broadcast or reserved. Answering would send our reply where the sender chose.
     BadRelay(Ipv4Addr),
@@ -480,7 +480,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         Firmware::Ipxe { http: false } => {
             let name = files
                 .for_arch(client.arch, true)
-                .ok_or(Ignored::NoBootFile(client.arch))?;
+                .ok_or(Ignored::NoBootFile(client))?;
             (
                 BootTarget::Url(format!("tftp://{}/{}", ctx.server, name)),
                 "PXEClient",
@@ -490,7 +490,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
         Firmware::HttpBoot => {
             let name = files
                 .for_arch(client.arch, false)
-                .ok_or(Ignored::NoBootFile(client.arch))?;
+                .ok_or(Ignored::NoBootFile(client))?;
             (BootTarget::Url(ctx.binary_url(name)), "HTTPClient", false)
         }
         Firmware::Pxe => {
@@ -503,7 +503,7 @@ pub fn answer(msg: &Message, ctx: &Context, port: Port) -> Result<Reply, Ignored
             }
             let name = signed
                 .or_else(|| files.for_arch(client.arch, false))
-                .ok_or(Ignored::NoBootFile(client.arch))?;
+                .ok_or(Ignored::NoBootFile(client))?;
             (BootTarget::Tftp(name.to_string()), "PXEClient", true)
         }
     };
