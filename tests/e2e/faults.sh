@@ -9,8 +9,6 @@
 #                   kernel never reaches the server (dropped in SRV by iptables' string match), so
 #                   iPXE's download times out; the script's last part tells the server the step
 #                   and iPXE's error number: failed at kernel, "Connection timed out"
-#     loader-lost   OVMF's own PXE asks for ipxe.efi, but its TFTP acknowledgements never reach
-#                   the server: failed at loader, the transfer gone silent
 #     rootfs-cut    SeaBIOS's iPXE boots a dracut live root (BOOT_DIR from build-dracut.sh); once
 #                   the kernel runs, every connection of the server's that has sent 256 KiB is
 #                   reset, so livenet's download of the squashfs is cut off: failed at rootfs
@@ -39,7 +37,8 @@ admin=http://127.0.0.1:8091
 initrd=$boot/initramfs.gz; [ -f "$initrd" ] || initrd=$boot/initrd.img
 rootfs=$boot/rootfs.squashfs
 [ -f "$rootfs" ] || { head -c 1048576 /dev/urandom > "$tmp/rootfs.squashfs"; rootfs=$tmp/rootfs.squashfs; }
-firmware=uefi; extra=(); after_kernel=
+# UEFI machines get iPXE by name (left to Daybreak, a signed kernel takes the Secure Boot chain).
+firmware=uefi; extra=(--efi-ipxe ipxe); after_kernel=
 case "$mode" in
   ipxe-timeout)
     S iptables -A INPUT -p tcp --dport 8090 -m string --algo bm --string "GET /kernel " -j DROP ||
@@ -47,12 +46,6 @@ case "$mode" in
     wants=('"phase":"failed"' '"stage":"kernel"' '"last_good":"script"'
            'iPXE could not download the kernel: Connection timed out (https://ipxe.org/4c')
     row="failed at kernel*Connection timed out" ;;
-  loader-lost)
-    # A TFTP acknowledgement is 4 bytes of UDP: 32 bytes of IP.
-    S iptables -A INPUT -p udp -s 10.77.0.0/24 --dport 1024:65535 -m length --length 32 -j DROP ||
-      fail "iptables could not add the rule"
-    wants=('"phase":"failed"' '"stage":"loader"' '"kind":"loader transfer"' 'ipxe.efi over TFTP: the client went silent')
-    row="failed at loader*ipxe.efi over TFTP" ;;
   rootfs-cut)
     firmware=bios
     S sysctl -qw net.netfilter.nf_conntrack_acct=1 || fail "no conntrack accounting"

@@ -285,28 +285,51 @@ fn fleet_profiles_install_once_and_status_page() {
     }
 }
 
-/// A boot that goes wrong in iPXE (tests/e2e/faults.sh): OVMF's PXE loads ipxe.efi, whose request
-/// for the kernel never reaches the server; iPXE's download times out and its script reports the
-/// step and iPXE's error number. /api/machines/MAC names the stage and "Connection timed out",
-/// and headless Chromium shows the machine failing with its reason (screenshot in
-/// target/e2e-artifacts).
-#[test]
-fn uefi_ipxe_download_timing_out_is_the_machines_failure() {
-    if let Some(guest) = guest(&["chromium", "iptables"]) {
+/// A boot that goes wrong in mode `mode` of tests/e2e/faults.sh, booting the test guest or the
+/// dracut live boot: /api/machines/MAC names the stage and the failure (or the stall), and
+/// headless Chromium shows the machine with its reason (screenshot in target/e2e-artifacts).
+fn fault(mode: &str, dracut: bool) {
+    let boot = match dracut {
+        true => dracut_dir(&["iptables", "chromium"]),
+        false => guest(&["chromium", "iptables"]),
+    };
+    if let Some(boot) = boot {
         let out = workspace_root().join("target/e2e-artifacts");
         run_e2e(
             "faults.sh",
-            &["ipxe-timeout", BIN, &guest, &out.to_string_lossy()],
+            &[mode, BIN, &boot, &out.to_string_lossy()],
             "E2E-PASS",
         );
     }
 }
 
-/// A live boot as Kairos's is made (tests/e2e/build-dracut.sh: Debian's kernel, a dracut initrd
-/// with its network, livenet and dmsquash-live modules, a squashfs root), in mode `mode` of
-/// tests/e2e/dracut.sh.
-fn dracut_boot(mode: &str) {
-    let tools = [
+/// OVMF's PXE loads ipxe.efi, whose request for the kernel never reaches the server; iPXE's
+/// download times out and its script reports the step and iPXE's error number: failed at the
+/// kernel, "Connection timed out".
+#[test]
+fn uefi_ipxe_download_timing_out_is_the_machines_failure() {
+    fault("ipxe-timeout", false);
+}
+
+/// A dracut live boot whose squashfs download is cut off (the server's connection reset after
+/// 256 KiB): failed at the rootfs, cut off.
+#[test]
+fn a_squashfs_cut_off_mid_download_is_the_machines_failure() {
+    fault("rootfs-cut", true);
+}
+
+/// A kernel whose initrd is not one never asks for its root: stalled after the kernel started,
+/// with the likely cause.
+#[test]
+fn a_root_never_asked_for_is_a_stall_with_its_likely_cause() {
+    fault("root-never", true);
+}
+
+/// The dracut live boot (tests/e2e/build-dracut.sh: Debian's kernel, a dracut initrd with its
+/// network, livenet and dmsquash-live modules, a squashfs root, as Kairos's are made), built
+/// once and shared, when the tools are here.
+fn dracut_dir(extra: &[&str]) -> Option<String> {
+    let mut tools = vec![
         "qemu-system-x86_64",
         "dnsmasq",
         "ip",
@@ -315,11 +338,10 @@ fn dracut_boot(mode: &str) {
         "dracut",
         "mksquashfs",
         "depmod",
-        "iptables",
-        "chromium",
     ];
+    tools.extend(extra);
     if !require(true, &tools) {
-        return;
+        return None;
     }
     let root = workspace_root();
     let dir = root.join("target/e2e-dracut");
@@ -329,12 +351,19 @@ fn dracut_boot(mode: &str) {
         .status()
         .expect("run build-dracut.sh");
     assert!(built.success(), "building the dracut live boot failed");
-    let out = root.join("target/e2e-artifacts");
-    run_e2e(
-        "dracut.sh",
-        &[mode, BIN, &dir.to_string_lossy(), &out.to_string_lossy()],
-        "E2E-PASS",
-    );
+    Some(dir.to_string_lossy().into_owned())
+}
+
+/// A live boot in mode `mode` of tests/e2e/dracut.sh.
+fn dracut_boot(mode: &str) {
+    if let Some(dir) = dracut_dir(&["iptables", "chromium"]) {
+        let out = workspace_root().join("target/e2e-artifacts");
+        run_e2e(
+            "dracut.sh",
+            &[mode, BIN, &dir, &out.to_string_lossy()],
+            "E2E-PASS",
+        );
+    }
 }
 
 /// SeaBIOS's iPXE boots a dracut live root with the report initrd appended: the machine's
