@@ -313,6 +313,19 @@ mod tests {
         assert_eq!(failure_stage("ipxe.org/4c0a"), None);
     }
 
+    proptest::proptest! {
+        /// Any datagram: no panic, a line within bounds and without control characters.
+        #[test]
+        fn any_datagram_is_a_bounded_line_or_nothing(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1500)) {
+            if let Some(line) = message(&bytes) {
+                proptest::prop_assert!(!line.is_empty() && !line.chars().any(char::is_control));
+                proptest::prop_assert!(line.chars().count() <= LINE * 6);
+                let _ = failure_stage(&line);
+            }
+            let _ = parse_errno(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     #[test]
     fn only_machines_booting_here_are_heard_and_each_at_a_bounded_rate() {
         let hub = Hub::with_link(|ip| match ip {
