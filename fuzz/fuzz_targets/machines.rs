@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     if text.contains("cloud_config_file")
         || text.contains("iso")
         || text.contains("container_image")
-        || text.contains("kernel") {
+        || text.contains("kernel")
+    {
         return;
     }
     if let Ok(p) = daybreak::fleet::Profiles::parse(text, std::path::Path::new("/nonexistent")) {

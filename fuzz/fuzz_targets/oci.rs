@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use artifacts::Digest;
 use artifacts::oci::{select_platform, Document, Reference};
+use artifacts::Digest;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(doc) = Document::parse(data, "fuzz") {

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = serde_json::from_slice::<daybreak::store::Steps>(data) {
         if s.is_valid() {
             assert!(s.steps.len() <= daybreak::store::MAX_STEPS);
-            assert!(s.steps.iter().all(|(_, t)| !t.chars().any(char::is_control)));
+            assert!(s
+                .steps
+                .iter()
+                .all(|(_, t)| !t.chars().any(char::is_control)));
         }
     }
     if let Ok(p) = serde_json::from_slice::<daybreak::store::Published>(data) {

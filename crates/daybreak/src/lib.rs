@@ -16,6 +16,7 @@ pub mod ipxe;
 pub mod ipxe_iso;
 pub mod ipxe_says;
 pub mod kernel;
+pub mod live;
 pub mod loaders;
 pub mod metrics;
 pub mod pixiecore;
