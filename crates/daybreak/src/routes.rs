@@ -179,6 +179,9 @@ impl BootRoutes {
         ) else {
             return Reply::NotFound;
         };
+        if self.hub.vouch(req.peer, mac) != Vouch::Vouched {
+            return Reply::NotFound;
+        }
         let errno = query_param(req.query, "errno");
         let what = errno
             .as_deref()
@@ -188,9 +191,6 @@ impl BootRoutes {
             "booting" => format!("iPXE could not start the kernel: {what}"),
             file => format!("iPXE could not download the {file}: {what}"),
         };
-        if self.hub.vouch(req.peer, mac) != Vouch::Vouched {
-            return Reply::NotFound;
-        }
         tracing::warn!(client = %req.peer.ip(), mac = %mac, stage, "the boot script failed: {why}");
         self.hub.emit(
             Some(req.peer),
