@@ -75,10 +75,8 @@ if [ "$mode" = reports ]; then
   done
   case "$shown" in *'"failure"'*|*'"phase":"failed"'*) fail "a clean boot shows a failure: $shown" ;; esac
   echo "${#stages[@]} stages in order"
-  chrome=(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run
-          --user-data-dir="$tmp/chrome" --virtual-time-budget=4000)
-  HOME=$tmp S "${chrome[@]}" --window-size=1400,640 --screenshot="$out/dracut-timeline.png" "$admin/#open=$mac" \
-    >/dev/null 2>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
+  page "$srv" "$admin/#open=$mac" --window-size=1400,640 --screenshot="$out/dracut-timeline.png" >/dev/null ||
+    fail "chromium could not take a screenshot"
 else
   ! echo "$steps" | grep -q "the booted system reported" || fail "a report got through: $steps"
   grep -q "http sent.*file=rootfs.squashfs" "$tmp/daybreak.log" || fail "the root was not fetched"

@@ -106,12 +106,10 @@ if [ "$mode" = ipxe-timeout ]; then
 fi
 
 # The page an operator keeps open, in a real browser: the machine among the failing ones.
-chrome=(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run
-        --user-data-dir="$tmp/chrome" --virtual-time-budget=4000)
-HOME=$tmp S "${chrome[@]}" --dump-dom "$admin/" >"$tmp/status.html" 2>"$tmp/chrome.log" ||
+page "$srv" "$admin/" --dump-dom >"$tmp/status.html" ||
   fail "chromium could not load the status page: $(tail -3 "$tmp/chrome.log")"
-HOME=$tmp S "${chrome[@]}" --window-size=1400,520 --screenshot="$out/fault-$mode.png" "$admin/#open=$mac" \
-  >/dev/null 2>>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
+page "$srv" "$admin/#open=$mac" --window-size=1400,520 --screenshot="$out/fault-$mode.png" >/dev/null ||
+  fail "chromium could not take a screenshot"
 tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$mac\"[^>]*>.*" | sed 's#</tr>.*##' > "$tmp/row" || true
 [ -s "$tmp/row" ] || fail "the status page in Chromium has no row for $mac"
 # shellcheck disable=SC2053

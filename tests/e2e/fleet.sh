@@ -106,12 +106,10 @@ for _ in $(seq 1 240); do
   sleep 0.5
 done
 [ -n "$pa" ] && [ -n "$pb" ] || fail "the two machines never showed up in /api/machines"
-chrome=(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run
-        --user-data-dir="$tmp/chrome" --virtual-time-budget=4000)
-HOME=$tmp S "${chrome[@]}" --dump-dom "$admin/" >"$tmp/status.html" 2>"$tmp/chrome.log" ||
+page "$srv" "$admin/" --dump-dom >"$tmp/status.html" ||
   fail "chromium could not load the status page: $(tail -3 "$tmp/chrome.log")"
-HOME=$tmp S "${chrome[@]}" --window-size=1400,360 --screenshot="$out/fleet-status.png" "$admin/" \
-  >/dev/null 2>>"$tmp/chrome.log" || fail "chromium could not take a screenshot"
+page "$srv" "$admin/" --window-size=1400,360 --screenshot="$out/fleet-status.png" >/dev/null ||
+  fail "chromium could not take a screenshot"
 cp "$tmp/status.html" "$out/fleet-status.html"
 for m in $A $B; do
   row=$(tr -d '\n' < "$tmp/status.html" | grep -o "<tr data-mac=\"$m\"[^>]*>.*" | sed 's#</tr>.*##' || true)

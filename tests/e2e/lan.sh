@@ -69,6 +69,15 @@ lan_up() {
   L ss -lun | grep -q "0.0.0.0:67 " || fail "dnsmasq did not bind port 67"
 }
 
+# page NS URL ARGS...: URL in headless Chromium inside namespace NS (its profile in $tmp, 4 s of
+# the page's virtual clock), given ARGS (--dump-dom, --screenshot=FILE); its messages go to
+# $tmp/chrome.log.
+page() {
+  local ns=$1 url=$2; shift 2
+  HOME=$tmp ip netns exec "$ns" chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --no-first-run --user-data-dir="$tmp/chrome" --virtual-time-budget=4000 "$@" "$url" 2>>"$tmp/chrome.log"
+}
+
 # push_image LAYOUT: a docker-registry on SRV's loopback (127.0.0.1:5000), and the layout's image
 # `e2e` pushed to it as 127.0.0.1:5000/e2e/kairos:v1, every platform of an index included.
 push_image() {
